@@ -1,0 +1,320 @@
+/**
+ * The IOTLB shared by the IOMMU models: a bounded cache of translated blocks.
+ *
+ * Entries are keyed by (tag, page) where the tag names an address space as the model defines it
+ * (a virtio-iommu domain, a VT-d domain and PASID, an SMMUv3 VMID and ASID) and the page is
+ * 4 KiB, 2 MiB or 1 GiB. Storage is an open-addressing hash table over typed arrays, so lookups
+ * allocate nothing. Capacity is bounded; a full cache evicts with a clock hand.
+ */
+import type { Translation } from "./translation.ts";
+
+export const PAGE_SHIFTS = [12, 21, 30] as const;
+export type PageShift = (typeof PAGE_SHIFTS)[number];
+
+export interface IotlbStats {
+  readonly capacity: number;
+  readonly entries: number;
+  readonly hits: number;
+  readonly misses: number;
+  readonly inserts: number;
+  readonly evictions: number;
+  readonly invalidations: number;
+  readonly invalidatedEntries: number;
+}
+
+const EMPTY = 0;
+const FULL = 1;
+/** Above this many candidate pages a range invalidation scans the table instead of probing. */
+const PROBE_LIMIT = 64;
+
+function shiftIndex(shift: number): number {
+  return shift === 12 ? 0 : shift === 21 ? 1 : shift === 30 ? 2 : -1;
+}
+
+export class Iotlb {
+  readonly capacity: number;
+  private readonly mask: number;
+  private readonly state: Uint8Array;
+  private readonly tags: Float64Array;
+  private readonly iovaBases: Float64Array;
+  private readonly gpaBases: Float64Array;
+  private readonly shifts: Uint8Array;
+  private readonly permsArr: Uint8Array;
+  /** Live entries per page size (index 0: 4 KiB, 1: 2 MiB, 2: 1 GiB); lookups skip empty sizes. */
+  private readonly perSize = new Int32Array(3);
+  private count = 0;
+  private hand = 0;
+  /** Incremented by every invalidation; address spaces compare it to drop their own caches. */
+  epoch = 0;
+
+  hits = 0;
+  misses = 0;
+  inserts = 0;
+  evictions = 0;
+  invalidations = 0;
+  invalidatedEntries = 0;
+
+  constructor(capacity = 4096) {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) {
+      throw new Error(`IOTLB capacity must be an integer in [1, 2^22], got ${capacity}`);
+    }
+    this.capacity = capacity;
+    let slots = 2;
+    while (slots < capacity * 2) slots *= 2;
+    this.mask = slots - 1;
+    this.state = new Uint8Array(slots);
+    this.tags = new Float64Array(slots);
+    this.iovaBases = new Float64Array(slots);
+    this.gpaBases = new Float64Array(slots);
+    this.shifts = new Uint8Array(slots);
+    this.permsArr = new Uint8Array(slots);
+  }
+
+  get entries(): number {
+    return this.count;
+  }
+
+  private home(tag: number, iovaBase: number, shift: number): number {
+    const page = iovaBase / 2 ** shift;
+    let h = Math.imul((page >>> 0) ^ Math.imul(Math.floor(page / 0x1_0000_0000), 0x9e3779b1), 0x85ebca6b);
+    h ^= Math.imul((tag >>> 0) ^ Math.imul(Math.floor(tag / 0x1_0000_0000), 0x27d4eb2d) ^ shift, 0xc2b2ae35);
+    h ^= h >>> 15;
+    h = Math.imul(h, 0x2c1b3c6d);
+    h ^= h >>> 12;
+    return h & this.mask;
+  }
+
+  private find(tag: number, iovaBase: number, shift: number): number {
+    let i = this.home(tag, iovaBase, shift);
+    const state = this.state;
+    while (state[i] === FULL) {
+      if (this.iovaBases[i] === iovaBase && this.tags[i] === tag && this.shifts[i] === shift) return i;
+      i = (i + 1) & this.mask;
+    }
+    return -1;
+  }
+
+  /**
+   * Looks up the block containing `iova` in address space `tag`; on a hit fills `out`.
+   * Permissions are not checked here: the caller compares `out.perms` with its access.
+   */
+  lookup(tag: number, iova: number, out: Translation): boolean {
+    const perSize = this.perSize;
+    for (let s = 0; s < 3; s++) {
+      if (perSize[s] === 0) continue;
+      const shift = PAGE_SHIFTS[s];
+      const size = 2 ** shift;
+      const base = iova - (iova % size);
+      const i = this.find(tag, base, shift);
+      if (i >= 0) {
+        this.hits++;
+        out.iovaBase = base;
+        out.gpaBase = this.gpaBases[i];
+        out.sizeBytes = size;
+        out.perms = this.permsArr[i];
+        return true;
+      }
+    }
+    this.misses++;
+    return false;
+  }
+
+  /** Caches a translated page. `iovaBase` and `gpaBase` must be aligned to 2^shift. */
+  insert(tag: number, iovaBase: number, gpaBase: number, shift: PageShift, perms: number): void {
+    const size = 2 ** shift;
+    if (iovaBase % size !== 0 || gpaBase % size !== 0) {
+      throw new Error(`IOTLB insert of a misaligned ${size}-byte page at iova 0x${iovaBase.toString(16)}`);
+    }
+    const existing = this.find(tag, iovaBase, shift);
+    if (existing >= 0) {
+      this.gpaBases[existing] = gpaBase;
+      this.permsArr[existing] = perms;
+      this.inserts++;
+      return;
+    }
+    if (this.count >= this.capacity) this.evictOne();
+    let i = this.home(tag, iovaBase, shift);
+    while (this.state[i] === FULL) i = (i + 1) & this.mask;
+    this.state[i] = FULL;
+    this.tags[i] = tag;
+    this.iovaBases[i] = iovaBase;
+    this.gpaBases[i] = gpaBase;
+    this.shifts[i] = shift;
+    this.permsArr[i] = perms;
+    this.perSize[shiftIndex(shift)]++;
+    this.count++;
+    this.inserts++;
+  }
+
+  /** Caches the page-sized block of `t` that contains `iova`, choosing the largest page that fits. */
+  insertFrom(tag: number, iova: number, t: Translation): void {
+    for (let s = 2; s >= 0; s--) {
+      const shift = PAGE_SHIFTS[s];
+      const size = 2 ** shift;
+      if (t.sizeBytes < size) continue;
+      const iovaBase = iova - (iova % size);
+      const gpaBase = t.gpaBase + (iovaBase - t.iovaBase);
+      if (gpaBase % size !== 0 || iovaBase < t.iovaBase || iovaBase + size > t.iovaBase + t.sizeBytes)
+        continue;
+      this.insert(tag, iovaBase, gpaBase, shift, t.perms);
+      return;
+    }
+  }
+
+  private evictOne(): void {
+    const state = this.state;
+    for (;;) {
+      const i = this.hand;
+      this.hand = (this.hand + 1) & this.mask;
+      if (state[i] === FULL) {
+        this.removeAt(i);
+        this.evictions++;
+        return;
+      }
+    }
+  }
+
+  /** Removes slot `i` and re-homes the rest of its probe cluster (backward-shift deletion). */
+  private removeAt(i: number): void {
+    const mask = this.mask;
+    const state = this.state;
+    this.perSize[shiftIndex(this.shifts[i])]--;
+    this.count--;
+    state[i] = EMPTY;
+    let hole = i;
+    let j = (i + 1) & mask;
+    while (state[j] === FULL) {
+      const home = this.home(this.tags[j], this.iovaBases[j], this.shifts[j]);
+      // The entry at j may move into the hole if its home is not cyclically within (hole, j].
+      const dist = (j - home) & mask;
+      const holeDist = (j - hole) & mask;
+      if (dist >= holeDist) {
+        state[hole] = FULL;
+        this.tags[hole] = this.tags[j];
+        this.iovaBases[hole] = this.iovaBases[j];
+        this.gpaBases[hole] = this.gpaBases[j];
+        this.shifts[hole] = this.shifts[j];
+        this.permsArr[hole] = this.permsArr[j];
+        state[j] = EMPTY;
+        hole = j;
+      }
+      j = (j + 1) & mask;
+    }
+  }
+
+  private noteInvalidation(removed: number): number {
+    this.epoch++;
+    this.invalidations++;
+    this.invalidatedEntries += removed;
+    return removed;
+  }
+
+  /** Drops every entry. Returns how many were removed. */
+  invalidateAll(): number {
+    const removed = this.count;
+    this.state.fill(EMPTY);
+    this.perSize.fill(0);
+    this.count = 0;
+    return this.noteInvalidation(removed);
+  }
+
+  /** Drops every entry whose tag satisfies `match` (e.g. all PASIDs of one VT-d domain). */
+  invalidateTags(match: (tag: number) => boolean): number {
+    return this.noteInvalidation(this.rebuildWithout((i) => match(this.tags[i])));
+  }
+
+  /** Drops every entry of address space `tag`. */
+  invalidateSpace(tag: number): number {
+    return this.noteInvalidation(this.rebuildWithout((i) => this.tags[i] === tag));
+  }
+
+  /**
+   * Drops every entry of `tag` (or of every tag, when `tag` is null) that overlaps
+   * [iova, iova + sizeBytes). A 2 MiB entry overlapping a 4 KiB invalidation is dropped whole.
+   */
+  invalidateRange(tag: number | null, iova: number, sizeBytes: number): number {
+    if (sizeBytes <= 0) return this.noteInvalidation(0);
+    const last = iova + sizeBytes - 1;
+    let candidates = 0;
+    for (let s = 0; s < 3; s++) {
+      if (this.perSize[s] === 0) continue;
+      const size = 2 ** PAGE_SHIFTS[s];
+      candidates += Math.floor(last / size) - Math.floor(iova / size) + 1;
+    }
+    if (tag === null || candidates > PROBE_LIMIT) {
+      return this.noteInvalidation(
+        this.rebuildWithout((i) => {
+          if (tag !== null && this.tags[i] !== tag) return false;
+          const base = this.iovaBases[i];
+          return base <= last && base + 2 ** this.shifts[i] - 1 >= iova;
+        }),
+      );
+    }
+    let removed = 0;
+    for (let s = 0; s < 3; s++) {
+      if (this.perSize[s] === 0) continue;
+      const shift = PAGE_SHIFTS[s];
+      const size = 2 ** shift;
+      for (let page = Math.floor(iova / size); page <= Math.floor(last / size); page++) {
+        const i = this.find(tag, page * size, shift);
+        if (i >= 0) {
+          this.removeAt(i);
+          removed++;
+        }
+      }
+    }
+    return this.noteInvalidation(removed);
+  }
+
+  /** Drops the entry (of any page size) that contains `iova` in `tag`. */
+  invalidatePage(tag: number, iova: number): number {
+    return this.invalidateRange(tag, iova, 1);
+  }
+
+  /** Removes every slot for which `drop` is true and re-inserts the survivors. */
+  private rebuildWithout(drop: (slot: number) => boolean): number {
+    const keep: number[] = [];
+    let removed = 0;
+    for (let i = 0; i <= this.mask; i++) {
+      if (this.state[i] !== FULL) continue;
+      if (drop(i)) removed++;
+      else keep.push(this.tags[i], this.iovaBases[i], this.gpaBases[i], this.shifts[i], this.permsArr[i]);
+    }
+    if (removed === 0) return 0;
+    this.state.fill(EMPTY);
+    this.perSize.fill(0);
+    this.count = 0;
+    for (let k = 0; k < keep.length; k += 5) {
+      let i = this.home(keep[k], keep[k + 1], keep[k + 3]);
+      while (this.state[i] === FULL) i = (i + 1) & this.mask;
+      this.state[i] = FULL;
+      this.tags[i] = keep[k];
+      this.iovaBases[i] = keep[k + 1];
+      this.gpaBases[i] = keep[k + 2];
+      this.shifts[i] = keep[k + 3];
+      this.permsArr[i] = keep[k + 4];
+      this.perSize[shiftIndex(keep[k + 3])]++;
+      this.count++;
+    }
+    return removed;
+  }
+
+  stats(): IotlbStats {
+    return {
+      capacity: this.capacity,
+      entries: this.count,
+      hits: this.hits,
+      misses: this.misses,
+      inserts: this.inserts,
+      evictions: this.evictions,
+      invalidations: this.invalidations,
+      invalidatedEntries: this.invalidatedEntries,
+    };
+  }
+
+  /** Hit rate in [0, 1] over all lookups so far (0 when there were none). */
+  get hitRate(): number {
+    const total = this.hits + this.misses;
+    return total === 0 ? 0 : this.hits / total;
+  }
+}
