@@ -23,6 +23,7 @@
 #
 # The package mirror is taken from this machine's apt sources at run time (or $VIOMMU_MIRROR).
 set -euo pipefail
+shopt -s nullglob
 
 CACHE="${VIOMMU_CACHE:-$HOME/.cache/viommu}"
 ROOT="$CACHE/trixie-root"
@@ -90,13 +91,16 @@ kernel_ok() {
 }
 
 guest_bin_ok() {
-  local src name
+  # Every guest/*.c has a binary newer than every file in guest/ (sources and headers).
+  local src name f
+  [ -d "$CACHE/guest-bin" ] || return 1
   for src in "$REPO"/guest/*.c; do
     name="$(basename "$src" .c)"
     [ -x "$CACHE/guest-bin/$name" ] || return 1
-    [ "$CACHE/guest-bin/$name" -nt "$src" ] || return 1
+    for f in "$REPO"/guest/*; do
+      [ "$CACHE/guest-bin/$name" -nt "$f" ] || return 1
+    done
   done
-  [ -d "$CACHE/guest-bin" ]
 }
 
 initramfs_ok() {
@@ -297,9 +301,17 @@ else
   cp "$VMLINUZ" "$KDIR.tmp/vmlinuz"
   cp "$KDIR.tmp"/x/boot/config-* "$KDIR.tmp/config" 2>/dev/null || true
   cp "$KDIR.tmp"/x/boot/System.map-* "$KDIR.tmp/System.map" 2>/dev/null || true
-  mv "$KDIR.tmp/x/lib/modules/$KVER" "$KDIR.tmp/modules" 2>/dev/null ||
-    mv "$KDIR.tmp/x/usr/lib/modules/$KVER" "$KDIR.tmp/modules"
-  [ -f "$KDIR.tmp/modules/modules.dep" ] || depmod -b "$KDIR.tmp/x" "$KVER" 2>/dev/null || true
+  # The package ships no modules.dep (its postinst runs depmod): run the host's depmod on a
+  # base directory laid out as <base>/lib/modules/<kver>.
+  mkdir -p "$KDIR.tmp/base/lib/modules"
+  if [ -d "$KDIR.tmp/x/usr/lib/modules/$KVER" ]; then
+    mv "$KDIR.tmp/x/usr/lib/modules/$KVER" "$KDIR.tmp/base/lib/modules/$KVER"
+  else
+    mv "$KDIR.tmp/x/lib/modules/$KVER" "$KDIR.tmp/base/lib/modules/$KVER"
+  fi
+  depmod -b "$KDIR.tmp/base" "$KVER"
+  mv "$KDIR.tmp/base/lib/modules/$KVER" "$KDIR.tmp/modules"
+  rm -rf "$KDIR.tmp/base"
   rm -rf "$KDIR.tmp/x"
   echo "$KVER" >"$KDIR.tmp/kver"
   echo "$PKG" >"$KDIR.tmp/package"
@@ -322,7 +334,7 @@ else
   mkdir -p "$CACHE/guest-bin"
   for src in "$REPO"/guest/*.c; do
     name="$(basename "$src" .c)"
-    gcc -O2 -static -Wall -Wextra -Werror -std=gnu11 -o "$CACHE/guest-bin/$name.tmp" "$src"
+    gcc -O2 -static -Wall -Wextra -Werror -std=gnu11 -I"$REPO/guest" -o "$CACHE/guest-bin/$name.tmp" "$src"
     mv "$CACHE/guest-bin/$name.tmp" "$CACHE/guest-bin/$name"
     log "built $name"
   done
