@@ -77,7 +77,7 @@ export function isValidRange(start: number, sizeBytes: number): boolean {
     Number.isSafeInteger(sizeBytes) &&
     start >= 0 &&
     sizeBytes > 0 &&
-    start + sizeBytes - 1 <= MAX_ADDRESS
+    sizeBytes - 1 <= MAX_ADDRESS - start // no rounding: both sides are exact
   );
 }
 
