@@ -223,8 +223,29 @@ export class DmaAddressSpace {
     return null;
   }
 
+  /**
+   * The guest-physical address of [iova, iova + sizeBytes) when it lies in one translated block
+   * and one RAM region (the common case for ring and register-sized accesses), else -1.
+   */
+  private directGpa(iova: number, sizeBytes: number, access: Access): number {
+    const t = this.rangeBlock;
+    if (this.translate(iova, access, t) !== null) return -2;
+    const offset = iova - t.iovaBase;
+    if (offset + sizeBytes > t.sizeBytes) return -1;
+    const gpa = t.gpaBase + offset;
+    return this.memory.contiguousBytesAt(gpa) >= sizeBytes ? gpa : -1;
+  }
+
   /** Reads a little-endian unsigned value of 1, 2 or 4 bytes; returns -1 on a fault (see lastFault). */
   readUint(iova: number, sizeBytes: 1 | 2 | 4): number {
+    const gpa = this.directGpa(iova, sizeBytes, ACCESS_READ);
+    if (gpa >= 0) {
+      this.reads++;
+      this.bytesRead += sizeBytes;
+      const m = this.memory;
+      return sizeBytes === 4 ? m.readU32(gpa) : sizeBytes === 2 ? m.readU16(gpa) : m.readU8(gpa);
+    }
+    if (gpa === -2) return -1;
     const buf = this.scratch8.subarray(0, sizeBytes);
     if (this.read(iova, buf) !== null) return -1;
     const v = this.scratchView;
@@ -239,6 +260,17 @@ export class DmaAddressSpace {
 
   /** Writes a little-endian unsigned value of 1, 2 or 4 bytes. */
   writeUint(iova: number, sizeBytes: 1 | 2 | 4, value: number): DmaFault | null {
+    const gpa = this.directGpa(iova, sizeBytes, ACCESS_WRITE);
+    if (gpa >= 0) {
+      this.writes++;
+      this.bytesWritten += sizeBytes;
+      const m = this.memory;
+      if (sizeBytes === 4) m.writeU32(gpa, value);
+      else if (sizeBytes === 2) m.writeU16(gpa, value);
+      else m.writeU8(gpa, value);
+      return null;
+    }
+    if (gpa === -2) return this.lastFault;
     const v = this.scratchView;
     if (sizeBytes === 1) v.setUint8(0, value);
     else if (sizeBytes === 2) v.setUint16(0, value, true);

@@ -7,7 +7,7 @@
  * here: callers decide those semantics.
  */
 
-const CHUNK_MAX = 512;
+const CHUNK_MAX = 64;
 
 interface Chunk<T> {
   starts: number[];

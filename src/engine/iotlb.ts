@@ -10,6 +10,7 @@ import type { Translation } from "./translation.ts";
 
 export const PAGE_SHIFTS = [12, 21, 30] as const;
 export type PageShift = (typeof PAGE_SHIFTS)[number];
+const PAGE_SIZES = [0x1000, 0x20_0000, 0x4000_0000] as const;
 
 export interface IotlbStats {
   readonly capacity: number;
@@ -74,18 +75,26 @@ export class Iotlb {
     return this.count;
   }
 
-  private home(tag: number, iovaBase: number, shift: number): number {
-    const page = iovaBase / 2 ** shift;
-    let h = Math.imul((page >>> 0) ^ Math.imul(Math.floor(page / 0x1_0000_0000), 0x9e3779b1), 0x85ebca6b);
-    h ^= Math.imul((tag >>> 0) ^ Math.imul(Math.floor(tag / 0x1_0000_0000), 0x27d4eb2d) ^ shift, 0xc2b2ae35);
+  /** Hash of (tag, page number, page shift) into a slot index. */
+  private hash(tag: number, page: number, shift: number): number {
+    let h = Math.imul((page >>> 0) ^ Math.imul((page / 0x1_0000_0000) | 0, 0x9e3779b1), 0x85ebca6b);
+    h ^= Math.imul((tag >>> 0) ^ Math.imul((tag / 0x1_0000_0000) | 0, 0x27d4eb2d) ^ shift, 0xc2b2ae35);
     h ^= h >>> 15;
     h = Math.imul(h, 0x2c1b3c6d);
     h ^= h >>> 12;
     return h & this.mask;
   }
 
+  private home(tag: number, iovaBase: number, shift: number): number {
+    return this.hash(tag, Math.floor(iovaBase / PAGE_SIZES[shiftIndex(shift)]), shift);
+  }
+
   private find(tag: number, iovaBase: number, shift: number): number {
-    let i = this.home(tag, iovaBase, shift);
+    return this.probe(this.home(tag, iovaBase, shift), tag, iovaBase, shift);
+  }
+
+  private probe(start: number, tag: number, iovaBase: number, shift: number): number {
+    let i = start;
     const state = this.state;
     while (state[i] === FULL) {
       if (this.iovaBases[i] === iovaBase && this.tags[i] === tag && this.shifts[i] === shift) return i;
@@ -103,9 +112,10 @@ export class Iotlb {
     for (let s = 0; s < 3; s++) {
       if (perSize[s] === 0) continue;
       const shift = PAGE_SHIFTS[s];
-      const size = 2 ** shift;
-      const base = iova - (iova % size);
-      const i = this.find(tag, base, shift);
+      const size = PAGE_SIZES[s];
+      const page = Math.floor(iova / size);
+      const base = page * size;
+      const i = this.probe(this.hash(tag, page, shift), tag, base, shift);
       if (i >= 0) {
         this.hits++;
         out.iovaBase = base;
