@@ -48,6 +48,16 @@ export type RunGuestOptions = {
   memMiB?: number;
   /** Guest CPUs (default 1). */
   smp?: number;
+  /**
+   * Guest RAM as a shared memfd (`memory-backend-memfd,share=on`), which vfio-user servers need
+   * to map guest memory. Default false (QEMU's private RAM).
+   */
+  sharedMemory?: boolean;
+  /**
+   * Which kernel file QEMU loads: the bzImage ("vmlinuz", default) or the uncompressed ELF
+   * ("vmlinux", booted through its PVH entry note), the one the KVM VMM uses.
+   */
+  kernelImage?: "vmlinuz" | "vmlinux";
   /** Extra kernel command line words (e.g. "hugepages=512"). */
   cmdline?: string;
   /** Extra files for the guest, keyed by path relative to /viommu/. */
@@ -183,9 +193,13 @@ function installExitHook(): void {
 export function qemuCommand(
   paths: LabPaths,
   initrd: string,
-  opts: Pick<RunGuestOptions, "qemuArgs" | "memMiB" | "smp" | "cmdline">,
+  opts: Pick<RunGuestOptions, "qemuArgs" | "memMiB" | "smp" | "cmdline" | "sharedMemory" | "kernelImage">,
 ): { file: string; args: string[] } {
   const append = ["console=ttyS0", "panic=-1", "loglevel=4", opts.cmdline ?? ""].join(" ").trim();
+  const memMiB = opts.memMiB ?? 1024;
+  const memory = opts.sharedMemory
+    ? ["-object", `memory-backend-memfd,id=ram0,size=${memMiB}M,share=on`, "-machine", "memory-backend=ram0"]
+    : [];
   return {
     file: paths.qemu,
     args: [
@@ -194,7 +208,8 @@ export function qemuCommand(
       "-accel",
       "tcg",
       "-m",
-      String(opts.memMiB ?? 1024),
+      `${memMiB}M`,
+      ...memory,
       "-smp",
       String(opts.smp ?? 1),
       "-nodefaults",
@@ -207,7 +222,7 @@ export function qemuCommand(
       "none",
       "-no-reboot",
       "-kernel",
-      paths.vmlinuz,
+      opts.kernelImage === "vmlinux" ? paths.vmlinux : paths.vmlinuz,
       "-initrd",
       initrd,
       "-append",

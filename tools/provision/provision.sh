@@ -119,7 +119,10 @@ initramfs_inputs_hash() {
   } | sha256sum | cut -d' ' -f1
 }
 
-manifest_ok() { [ -s "$CACHE/manifest.json" ] && [ "$CACHE/manifest.json" -nt "$CACHE/initramfs.cpio.gz" ]; }
+manifest_ok() {
+  [ -s "$CACHE/manifest.json" ] && [ "$CACHE/manifest.json" -nt "$CACHE/initramfs.cpio.gz" ] &&
+    [ "$CACHE/manifest.json" -nt "$ROOT/.viommu-qemu-ok" ] && [ "$CACHE/manifest.json" -nt "$KDIR/.viommu-kernel-ok" ]
+}
 
 # ---------------------------------------------------------------------------------------------
 
@@ -200,6 +203,16 @@ chroot_mounts() {
     fi
   done
 }
+# Remove the root safely: first any mounts left inside it by an interrupted run, then the files
+# without crossing into other filesystems.
+remove_root() {
+  local m
+  [ -d "$ROOT" ] || return 0
+  awk -v r="$ROOT/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" || die "cannot unmount $m"
+  done
+  rm -rf --one-file-system "$ROOT"
+}
 in_root() { DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 chroot "$ROOT" "$@"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +234,7 @@ if root_ok; then
 else
   MIRROR="$(find_mirror)"
   log "mirror from apt sources: $MIRROR"
-  rm -rf "$ROOT"
+  remove_root
   debootstrap --variant=minbase trixie "$ROOT" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
     {
       tail -20 "$CACHE/debootstrap.log" >&2
@@ -401,6 +414,11 @@ else
 fi
 
 step 8 "manifest ($CACHE/manifest.json)"
+if manifest_ok; then
+  log "manifest up to date, skipped"
+  echo "[provision] done in $((SECONDS - START))s; cache $CACHE"
+  exit 0
+fi
 QEMU_VERSION="$("$CACHE/bin/qemu-system-x86_64" --version | head -1 | sed -n 's/.*version \([^ ]*\).*/\1/p')"
 QEMU_PKG="$(in_root dpkg-query -W -f '${Version}' qemu-system-x86 2>/dev/null || echo unknown)"
 cat >"$CACHE/manifest.json.tmp" <<EOF
