@@ -1,0 +1,775 @@
+/**
+ * The virtio-iommu device (VIRTIO 1.3 section 5.13, device ID 23), independent of any transport.
+ *
+ * A transport (virtio-pci, virtio-mmio, vfio-user) hands over each request chain as its
+ * device-readable bytes and its device-writable area, and gets back the used length. The device
+ * keeps domains, mappings and attachments, answers every request with the architected status,
+ * translates endpoint DMA as a `DmaTranslator` through the shared IOTLB (tag = domain ID), queues
+ * fault records for the eventq, and mirrors mapping changes into the host IOMMU of assigned
+ * endpoints.
+ */
+import {
+  ACCESS_WRITE,
+  type Access,
+  type DmaFault,
+  type DmaFaultReason,
+  dmaFault,
+  MAX_ADDRESS,
+  PERM_READ,
+  PERM_RW,
+  PERM_WRITE,
+} from "../engine/access.ts";
+import { DmaAddressSpace } from "../engine/dma-space.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import type { HostIommu } from "../engine/host-iommu.ts";
+import { Iotlb, type IotlbStats } from "../engine/iotlb.ts";
+import { Tracer } from "../engine/trace.ts";
+import type { DmaTranslator, Translation } from "../engine/translation.ts";
+import { ConfigSpace } from "./config-space.ts";
+import { type Domain, DomainTable, type Mapping, mappingSizeBytes } from "./domains.ts";
+import { Endpoint } from "./endpoints.ts";
+import { encodeFaultRecord, FaultEventQueue } from "./fault-events.ts";
+import { type HostFailure, HostMirror, type HostView } from "./host-mirror.ts";
+import { type ResolvedOptions, resolveOptions, type VirtioIommuOptions } from "./options.ts";
+import { encodeProbeProperties, probePropertiesBytes } from "./probe-properties.ts";
+import { DecodedRequest, decodeRequest, U64_UNREPRESENTABLE, writeTail } from "./requests.ts";
+import { findOverlappingRegion, type ReservedRegion, validateReservedRegions } from "./reserved-regions.ts";
+import {
+  ATTACH_F_BYPASS,
+  CONFIG_BYPASS,
+  CONFIG_SIZE_BYTES,
+  F_BYPASS,
+  F_BYPASS_CONFIG,
+  F_DOMAIN_RANGE,
+  F_INPUT_RANGE,
+  F_MAP_UNMAP,
+  F_MMIO,
+  F_PROBE,
+  FAULT_F_ADDRESS,
+  FAULT_F_READ,
+  FAULT_F_WRITE,
+  FAULT_R_DOMAIN,
+  FAULT_R_MAPPING,
+  FAULT_REASON_NAMES,
+  MAP_F_MMIO,
+  MAP_F_READ,
+  MAP_F_WRITE,
+  REQ_ATTACH,
+  REQ_DETACH,
+  REQ_MAP,
+  REQ_PROBE,
+  REQUEST_TYPE_NAMES,
+  type RequestTypeName,
+  S_DEVERR,
+  S_INVAL,
+  S_NOENT,
+  S_NOMEM,
+  S_OK,
+  S_RANGE,
+  S_UNSUPP,
+  STATUS_NAMES,
+  type Status,
+  type StatusName,
+  TAIL_SIZE_BYTES,
+} from "./wire.ts";
+
+export type { VirtioIommuOptions } from "./options.ts";
+
+const SOURCE = "virtio-iommu";
+const STATUS_COUNT = STATUS_NAMES.length;
+
+export interface VirtioIommuEndpointOptions {
+  /** The host IOMMU of an assigned device; it is kept mirroring what the endpoint may reach. */
+  host?: HostIommu;
+  /** RESV_MEM regions of this endpoint only, on top of the device-wide ones. */
+  reservedRegions?: readonly ReservedRegion[];
+}
+
+export interface VirtioIommuStats {
+  readonly domains: number;
+  readonly endpoints: number;
+  readonly attachedEndpoints: number;
+  readonly mappings: number;
+  /** Requests answered, by type and status. */
+  readonly requests: Readonly<
+    Record<Exclude<RequestTypeName, "unknown">, Readonly<Record<StatusName, number>>>
+  >;
+  /** Requests returned with used length 0 (unknown type, no room for the tail, PROBE not offered). */
+  readonly requestsUnanswered: number;
+  /** Translation faults by virtio fault reason. */
+  readonly faults: Readonly<Record<(typeof FAULT_REASON_NAMES)[number], number>>;
+  /** Translation faults by cause. */
+  readonly faultCauses: Readonly<Record<"blocked" | "unmapped" | "permission", number>>;
+  readonly events: {
+    readonly queued: number;
+    readonly taken: number;
+    readonly pending: number;
+    readonly droppedQueueFull: number;
+    readonly droppedEndpointLimit: number;
+  };
+  readonly iotlb: IotlbStats;
+  readonly host: {
+    readonly maps: number;
+    readonly unmaps: number;
+    readonly refusals: number;
+    readonly teardownErrors: number;
+    /** View changes the host refused outside a request that could report them (DETACH, bypass). */
+    readonly unreportedFailures: number;
+  };
+  /** Translations resolved by the model (cache misses of the endpoints' one-entry caches). */
+  readonly translations: number;
+  readonly bypassTranslations: number;
+  /** Exceptions caught at the request boundary and answered S_DEVERR: always 0 unless a bug. */
+  readonly internalErrors: number;
+}
+
+export class VirtioIommu implements DmaTranslator {
+  readonly memory: GuestMemory;
+  readonly deviceFeatures: bigint;
+  readonly configSizeBytes = CONFIG_SIZE_BYTES;
+  readonly iotlb: Iotlb;
+  readonly tracer: Tracer;
+  /** Called by the device when a fault record is queued; the transport then calls takeEvent. */
+  onEvent: (() => void) | undefined = undefined;
+
+  private readonly opts: ResolvedOptions;
+  private readonly config: ConfigSpace;
+  private negotiated = 0n;
+  private readonly domains = new DomainTable();
+  private readonly endpoints = new Map<number, Endpoint>();
+  private readonly hostsInUse = new Set<HostIommu>();
+  private lastEndpoint: Endpoint | null = null;
+  private readonly events: FaultEventQueue;
+  private readonly decoded = new DecodedRequest();
+  private ownEpoch = 0;
+
+  private readonly requestCounts = new Float64Array(REQUEST_TYPE_NAMES.length * STATUS_COUNT);
+  private requestsUnanswered = 0;
+  private readonly faultReasonCounts = new Float64Array(FAULT_REASON_NAMES.length);
+  private faultsBlocked = 0;
+  private faultsUnmapped = 0;
+  private faultsPermission = 0;
+  private translations = 0;
+  private bypassTranslations = 0;
+  private hostUnreportedFailures = 0;
+  private internalErrors = 0;
+
+  constructor(memory: GuestMemory, options: VirtioIommuOptions = {}) {
+    this.memory = memory;
+    const o = resolveOptions(options);
+    this.opts = o;
+    this.iotlb = options.iotlb ?? new Iotlb();
+    this.tracer = options.tracer ?? new Tracer();
+    this.events = new FaultEventQueue(o.eventQueueDepth, o.maxPendingEventsPerEndpoint);
+    // 5.13.3.2: SHOULD offer MAP_UNMAP; BYPASS_CONFIG supersedes BYPASS, never both.
+    let features = F_INPUT_RANGE | F_DOMAIN_RANGE | F_MAP_UNMAP;
+    features |= o.offerLegacyBypass ? F_BYPASS : F_BYPASS_CONFIG;
+    if (o.offerProbe) features |= F_PROBE;
+    if (o.offerMmio) features |= F_MMIO;
+    this.deviceFeatures = features;
+    if (o.offerProbe && probePropertiesBytes(o.reservedRegions) > o.probeSizeBytes) {
+      throw new RangeError("virtio-iommu: probe_size is too small for the reserved regions");
+    }
+    this.config = new ConfigSpace({
+      pageSizeMask: o.pageSizeMask,
+      inputStart: o.inputStart,
+      inputEnd: o.inputEnd,
+      domainStart: o.domainStart,
+      domainEnd: o.domainEnd,
+      probeSizeBytes: o.offerProbe ? o.probeSizeBytes : 0,
+      bypass: o.bypassInitially ? 1 : 0,
+    });
+  }
+
+  // ---- DmaTranslator ------------------------------------------------------------------------
+
+  /** Changes whenever a translation handed out may be stale (IOTLB invalidations included). */
+  get epoch(): number {
+    return this.iotlb.epoch + this.ownEpoch;
+  }
+
+  translate(endpointId: number, iova: number, access: Access, out: Translation): DmaFault | null {
+    this.translations++;
+    let ep = this.lastEndpoint;
+    if (ep === null || ep.id !== endpointId) {
+      const found = this.endpoints.get(endpointId);
+      if (found === undefined) {
+        // Not an endpoint of this device: no valid endpoint ID to report on the eventq.
+        this.faultsBlocked++;
+        return dmaFault("blocked", endpointId, iova, access, 0, "unknown endpoint");
+      }
+      ep = found;
+      this.lastEndpoint = ep;
+    }
+    const domain = ep.domain;
+    if (domain === null) {
+      if (this.unattachedBypass()) return this.identity(out);
+      // 5.13.6.2: unattached endpoints not in bypass mode SHOULD NOT access guest memory.
+      return this.fault(ep, FAULT_R_DOMAIN, "blocked", iova, access);
+    }
+    if (domain.bypass) return this.identity(out);
+    const tag = domain.id;
+    if (this.iotlb.lookup(tag, iova, out)) {
+      if ((out.perms & access) !== 0) return null;
+      return this.fault(ep, FAULT_R_MAPPING, "permission", iova, access);
+    }
+    const m = domain.mappings.valueAt(iova);
+    if (m === undefined) return this.fault(ep, FAULT_R_MAPPING, "unmapped", iova, access);
+    // 5.13.6.5.2: MUST NOT allow writes to a range mapped without WRITE (and reads need READ).
+    if ((m.perms & access) === 0) return this.fault(ep, FAULT_R_MAPPING, "permission", iova, access);
+    out.set(m.iovaStart, m.gpaStart, mappingSizeBytes(m), m.perms);
+    this.iotlb.insertFrom(tag, iova, out);
+    return null;
+  }
+
+  private identity(out: Translation): null {
+    this.bypassTranslations++;
+    // 5.13.6: accesses in bypass mode are translated with the identity function.
+    out.set(0, 0, MAX_ADDRESS + 1, PERM_RW);
+    return null;
+  }
+
+  private fault(ep: Endpoint, reason: number, cause: DmaFaultReason, iova: number, access: Access): DmaFault {
+    ep.faults++;
+    this.faultReasonCounts[reason]++;
+    if (cause === "blocked") this.faultsBlocked++;
+    else if (cause === "unmapped") this.faultsUnmapped++;
+    else this.faultsPermission++;
+    const flags = (access === ACCESS_WRITE ? FAULT_F_WRITE : FAULT_F_READ) | FAULT_F_ADDRESS;
+    const queued = this.events.push(ep, encodeFaultRecord(reason, flags, ep.id, iova));
+    if (this.tracer.on("fault")) {
+      this.tracer.emit("fault", SOURCE, "fault", {
+        endpoint: ep.id,
+        iova,
+        access: access === ACCESS_WRITE ? "write" : "read",
+        reason: FAULT_REASON_NAMES[reason],
+        cause,
+        queued,
+      });
+    }
+    if (queued) this.onEvent?.();
+    return dmaFault(cause, ep.id, iova, access, reason, `virtio-iommu ${FAULT_REASON_NAMES[reason]} fault`);
+  }
+
+  // ---- Features and configuration ----------------------------------------------------------
+
+  negotiate(driverFeatures: bigint): void {
+    const before = this.unattachedBypass();
+    this.negotiated = driverFeatures & this.deviceFeatures;
+    if (this.tracer.on("config")) {
+      this.tracer.emit("config", SOURCE, "negotiate", { features: `0x${this.negotiated.toString(16)}` });
+    }
+    if (before !== this.unattachedBypass()) this.unattachedModeChanged();
+  }
+
+  get negotiatedFeatures(): bigint {
+    return this.negotiated;
+  }
+
+  private has(feature: bigint): boolean {
+    return (this.negotiated & feature) !== 0n;
+  }
+
+  /** 5.13.6: which unattached endpoints are in bypass mode. */
+  private unattachedBypass(): boolean {
+    if ((this.deviceFeatures & F_BYPASS_CONFIG) !== 0n) {
+      // Applies even if the driver did not accept BYPASS_CONFIG.
+      return this.config.bypass === 1;
+    }
+    return this.has(F_BYPASS);
+  }
+
+  readConfig(offset: number, sizeBytes: 1 | 2 | 4): number {
+    return this.config.read(offset, sizeBytes);
+  }
+
+  /** Only `bypass` is writable, and only with BYPASS_CONFIG negotiated (5.13.4.1). */
+  writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
+    if (!this.has(F_BYPASS_CONFIG)) return;
+    if (!Number.isInteger(offset) || offset > CONFIG_BYPASS || offset + sizeBytes <= CONFIG_BYPASS) return;
+    const byte = Math.floor(value / 2 ** (8 * (CONFIG_BYPASS - offset))) & 0xff;
+    // The driver MUST NOT write other values and the device MUST NOT present them: ignore them.
+    if (byte > 1) return;
+    if (byte === this.config.bypass) return;
+    this.config.bypass = byte as 0 | 1;
+    if (this.tracer.on("config")) this.tracer.emit("config", SOURCE, "bypass", { bypass: byte });
+    this.unattachedModeChanged();
+  }
+
+  private unattachedModeChanged(): void {
+    this.ownEpoch++;
+    for (const ep of this.endpoints.values()) {
+      if (ep.domain === null) this.syncHostQuietly(ep);
+    }
+  }
+
+  // ---- Endpoints ----------------------------------------------------------------------------
+
+  /** Declares endpoint `endpointId` (platform setup) and returns its DMA address space. */
+  addEndpoint(endpointId: number, options: VirtioIommuEndpointOptions = {}): DmaAddressSpace {
+    if (!Number.isInteger(endpointId) || endpointId < 0 || endpointId > 0xffff_ffff) {
+      throw new RangeError(`virtio-iommu: endpoint ID ${endpointId} is not a 32-bit value`);
+    }
+    if (this.endpoints.has(endpointId)) throw new Error(`virtio-iommu: endpoint ${endpointId} exists`);
+    const host = options.host;
+    if (host !== undefined && this.hostsInUse.has(host)) {
+      throw new Error("virtio-iommu: a host IOMMU serves one endpoint (one container per assigned device)");
+    }
+    const regions = validateReservedRegions([
+      ...this.opts.reservedRegions,
+      ...(options.reservedRegions ?? []),
+    ]);
+    if (this.opts.offerProbe && probePropertiesBytes(regions) > this.opts.probeSizeBytes) {
+      throw new RangeError(`virtio-iommu: probe_size is too small for endpoint ${endpointId}'s regions`);
+    }
+    const space = new DmaAddressSpace(this.memory, this, endpointId);
+    const mirror = host === undefined ? null : new HostMirror(host, this.memory);
+    const ep = new Endpoint(endpointId, space, regions, mirror);
+    if (mirror !== null) {
+      const failure = mirror.apply(this.hostViewFor(ep));
+      if (failure !== null) {
+        throw new Error(
+          `virtio-iommu: endpoint ${endpointId}: host refused the initial view: ${failure.message}`,
+        );
+      }
+      this.hostsInUse.add(host!);
+    }
+    this.endpoints.set(endpointId, ep);
+    return space;
+  }
+
+  /** The DMA address space of a declared endpoint. */
+  endpointSpace(endpointId: number): DmaAddressSpace | undefined {
+    return this.endpoints.get(endpointId)?.space;
+  }
+
+  private hostViewFor(ep: Endpoint): HostView {
+    const d = ep.domain;
+    if (d !== null) return d.bypass ? "identity" : d;
+    return this.unattachedBypass() ? "identity" : "none";
+  }
+
+  private syncHost(ep: Endpoint): HostFailure | null {
+    return ep.hostMirror === null ? null : ep.hostMirror.apply(this.hostViewFor(ep));
+  }
+
+  /** For changes no request status can report: a refusal leaves the host mapping nothing. */
+  private syncHostQuietly(ep: Endpoint): void {
+    const failure = this.syncHost(ep);
+    if (failure !== null) {
+      this.hostUnreportedFailures++;
+      if (this.tracer.on("fault")) {
+        this.tracer.emit("fault", SOURCE, "host-view-refused", { endpoint: ep.id, errno: failure.errno });
+      }
+    }
+  }
+
+  // ---- Requests -----------------------------------------------------------------------------
+
+  /**
+   * Handles one request. `request` is every device-readable byte of the chain, `response` the
+   * device-writable area (for PROBE: properties, then the tail). Returns the used length.
+   */
+  handleRequest(request: Uint8Array, response: Uint8Array): number {
+    try {
+      return this.dispatch(request, response);
+    } catch (e) {
+      // Nothing guest-controlled should get here; if it does, the guest still gets an answer.
+      this.internalErrors++;
+      if (this.tracer.on("fault")) {
+        this.tracer.emit("fault", SOURCE, "internal-error", { message: String(e) });
+      }
+      const type = request.length > 0 ? request[0] : 0;
+      if (type === REQ_PROBE) return this.probeAnswer(response, S_DEVERR);
+      if (response.length < TAIL_SIZE_BYTES) return this.unanswered();
+      writeTail(response, 0, S_DEVERR);
+      return TAIL_SIZE_BYTES;
+    }
+  }
+
+  private dispatch(request: Uint8Array, response: Uint8Array): number {
+    const d = this.decoded;
+    const outcome = decodeRequest(request, d);
+    // 5.13.6.2: an unrecognized type: do not write the buffer, used length 0.
+    if (outcome === "empty" || outcome === "unknown-type") return this.unanswered();
+    const type = d.type;
+    if (type === REQ_PROBE) {
+      // 5.13.6.7.2: PROBE without the feature offered: no write, used length 0.
+      if (!this.opts.offerProbe) return this.unanswered();
+      return this.probe(outcome === "ok", response);
+    }
+    // 5.13.6: a request whose tail cannot be found is returned without writing to it.
+    if (response.length < TAIL_SIZE_BYTES) return this.unanswered();
+    let status: Status;
+    if (outcome === "short") status = S_INVAL;
+    else if (type === REQ_ATTACH) status = this.attach(d);
+    else if (type === REQ_DETACH) status = this.detach(d);
+    else if (type === REQ_MAP) status = this.map(d);
+    else status = this.unmap(d);
+    this.countRequest(type, status);
+    writeTail(response, 0, status);
+    return TAIL_SIZE_BYTES;
+  }
+
+  private unanswered(): number {
+    this.requestsUnanswered++;
+    return 0;
+  }
+
+  private countRequest(type: number, status: Status): void {
+    this.requestCounts[type * STATUS_COUNT + status]++;
+  }
+
+  private domainInRange(domainId: number): boolean {
+    return domainId >= this.opts.domainStart && domainId <= this.opts.domainEnd;
+  }
+
+  private attach(d: DecodedRequest): Status {
+    // 5.13.6.3.2: non-zero reserved MUST be INVAL; an unrecognized flag MUST be INVAL.
+    if (d.reservedNonZero) return S_INVAL;
+    // ATTACH_F_BYPASS exists only with BYPASS_CONFIG negotiated (5.13.6.3).
+    const knownFlags = this.has(F_BYPASS_CONFIG) ? ATTACH_F_BYPASS : 0;
+    if ((d.flags & ~knownFlags) !== 0) return S_INVAL;
+    const ep = this.endpoints.get(d.endpointId);
+    if (ep === undefined) return S_NOENT;
+    if (!this.domainInRange(d.domainId)) return S_RANGE;
+    const wantBypass = (d.flags & ATTACH_F_BYPASS) !== 0;
+    const existing = this.domains.get(d.domainId);
+    if (existing !== undefined) {
+      // 5.13.6.3.2: bypass flag inconsistent with the existing domain SHOULD be INVAL.
+      if (existing.bypass !== wantBypass) return S_INVAL;
+      if (ep.domain === existing) return S_OK;
+      // 5.13.6.3.2: properties incompatible with the domain SHOULD be UNSUPP: a reserved region
+      // of this endpoint that the domain already maps.
+      for (const r of ep.reservedRegions) {
+        if (existing.mappings.overlaps(r.iovaStart, r.iovaLast)) return S_UNSUPP;
+      }
+    } else {
+      const leavingDies = ep.domain !== null && ep.domain.endpoints.size === 1 ? 1 : 0;
+      if (this.domains.size - leavingDies >= this.opts.maxDomains) return S_NOMEM;
+    }
+    // 5.13.6.3.2: attached elsewhere: behave as DETACH, then ATTACH.
+    if (ep.domain !== null) this.leaveDomain(ep);
+    const domain = existing ?? this.createDomain(d.domainId, wantBypass);
+    domain.endpoints.add(ep);
+    ep.domain = domain;
+    this.ownEpoch++;
+    const failure = this.syncHost(ep);
+    if (failure !== null) {
+      // The host could not take the domain: undo the ATTACH half; the endpoint stays detached.
+      this.leaveDomain(ep);
+      this.syncHostQuietly(ep);
+      return this.hostStatus(failure, "attach", ep.id);
+    }
+    if (this.tracer.on("attach")) {
+      this.tracer.emit("attach", SOURCE, "attach", {
+        domain: domain.id,
+        endpoint: ep.id,
+        bypass: domain.bypass,
+      });
+    }
+    return S_OK;
+  }
+
+  private createDomain(id: number, bypass: boolean): Domain {
+    const domain = this.domains.create(id, bypass);
+    if (this.tracer.on("attach")) this.tracer.emit("attach", SOURCE, "domain-create", { domain: id, bypass });
+    return domain;
+  }
+
+  /** Removes `ep` from its domain; a domain left without endpoints ceases to exist (5.13.6.4). */
+  private leaveDomain(ep: Endpoint): void {
+    const domain = ep.domain;
+    if (domain === null) return;
+    domain.endpoints.delete(ep);
+    ep.domain = null;
+    this.ownEpoch++;
+    if (this.tracer.on("attach"))
+      this.tracer.emit("attach", SOURCE, "detach", { domain: domain.id, endpoint: ep.id });
+    if (domain.endpoints.size === 0) {
+      this.domains.delete(domain);
+      this.iotlb.invalidateSpace(domain.id);
+      if (this.tracer.on("attach")) {
+        this.tracer.emit("attach", SOURCE, "domain-destroy", {
+          domain: domain.id,
+          mappings: domain.mappings.size,
+        });
+      }
+    }
+  }
+
+  private detach(d: DecodedRequest): Status {
+    // 5.13.6.4.2: reserved is ignored; an unknown endpoint MUST be NOENT.
+    const ep = this.endpoints.get(d.endpointId);
+    if (ep === undefined) return S_NOENT;
+    // 5.13.6.4.2: no such domain, or not attached to it: MAY be INVAL (and nothing changes).
+    const domain = this.domains.get(d.domainId);
+    if (domain === undefined || ep.domain !== domain) return S_INVAL;
+    this.leaveDomain(ep);
+    // The endpoint is now blocked or in bypass mode; it can no longer reach the domain's mappings.
+    this.syncHostQuietly(ep);
+    return S_OK;
+  }
+
+  private map(d: DecodedRequest): Status {
+    // 5.13.6.5: only available when MAP_UNMAP has been negotiated.
+    if (!this.has(F_MAP_UNMAP)) return S_UNSUPP;
+    // 5.13.6.5.2: an unrecognized flag MUST be INVAL; MMIO exists only with F_MMIO negotiated.
+    const knownFlags = MAP_F_READ | MAP_F_WRITE | (this.has(F_MMIO) ? MAP_F_MMIO : 0);
+    if ((d.flags & ~knownFlags) !== 0) return S_INVAL;
+    if (!this.domainInRange(d.domainId)) return S_RANGE;
+    const domain = this.domains.get(d.domainId);
+    if (domain === undefined) return S_NOENT;
+    if (domain.bypass) return S_INVAL;
+    if (d.endBeforeStart) return S_INVAL;
+    const virtStart = d.virtStart;
+    const virtLast = d.virtEnd;
+    const physStart = d.physStart;
+    // Values of 2^53 or more lie outside the (clamped) input range or guest-physical space.
+    if (
+      virtStart === U64_UNREPRESENTABLE ||
+      virtLast === U64_UNREPRESENTABLE ||
+      physStart === U64_UNREPRESENTABLE
+    ) {
+      return S_RANGE;
+    }
+    // 5.13.6.5.2: virt_start, phys_start and virt_end + 1 not aligned on the granule: RANGE.
+    const g = this.opts.granuleBytes;
+    if (virtStart % g !== 0 || (virtLast + 1) % g !== 0 || physStart % g !== 0) return S_RANGE;
+    // 5.13.6: a mapping request outside input_range fails.
+    if (virtStart < this.opts.inputStart || virtLast > this.opts.inputEnd) return S_RANGE;
+    const sizeBytes = virtLast - virtStart + 1;
+    if (physStart + (sizeBytes - 1) > MAX_ADDRESS) return S_RANGE;
+    // 5.13.6.8.1.2: SHOULD reject a MAP overlapping a RESV_MEM region of an attached endpoint.
+    for (const ep of domain.endpoints) {
+      if (findOverlappingRegion(ep.reservedRegions, virtStart, virtLast) !== undefined) return S_INVAL;
+    }
+    // 5.13.6.5.2: a mapping already in the range SHOULD be INVAL.
+    if (domain.mappings.overlaps(virtStart, virtLast)) return S_INVAL;
+    if (
+      domain.mappings.size >= this.opts.maxMappingsPerDomain ||
+      this.domains.totalMappings >= this.opts.maxMappingsTotal
+    ) {
+      return S_NOMEM;
+    }
+    const perms = (d.flags & MAP_F_READ ? PERM_READ : 0) | (d.flags & MAP_F_WRITE ? PERM_WRITE : 0);
+    const m: Mapping = {
+      iovaStart: virtStart,
+      iovaLast: virtLast,
+      gpaStart: physStart,
+      perms,
+      mmio: (d.flags & MAP_F_MMIO) !== 0,
+    };
+    this.domains.addMapping(domain, m);
+    const failure = this.propagateMap(domain, m);
+    if (failure !== null) {
+      this.domains.removeMapping(domain, m);
+      return this.hostStatus(failure, "map", domain.id);
+    }
+    if (this.tracer.on("map")) {
+      this.tracer.emit("map", SOURCE, "map", {
+        domain: domain.id,
+        iova: virtStart,
+        gpa: physStart,
+        sizeBytes,
+        perms,
+        mmio: m.mmio,
+      });
+    }
+    return S_OK;
+  }
+
+  /** Gives a new mapping to every host mirroring `domain`; all or nothing. */
+  private propagateMap(domain: Domain, m: Mapping): HostFailure | null {
+    let done: HostMirror[] | null = null;
+    for (const ep of domain.endpoints) {
+      const mirror = ep.hostMirror;
+      if (mirror === null || !mirror.mirrors(domain)) continue;
+      const failure = mirror.map(m);
+      if (failure !== null) {
+        // Roll back the hosts that took it: the MAP fails everywhere.
+        if (done !== null) for (const other of done) other.unmap(m);
+        return failure;
+      }
+      if (done === null) done = [];
+      done.push(mirror);
+    }
+    return null;
+  }
+
+  /**
+   * The status for a host refusal. 5.13.6 defines S_NOMEM as "insufficient resources" and
+   * S_DEVERR as an internal device error: a host out of DMA entries (ENOSPC, VFIO's
+   * dma_entry_limit) or memory (ENOMEM) is the former, any other refusal the latter.
+   */
+  private hostStatus(failure: HostFailure, what: string, id: number): Status {
+    if (this.tracer.on("fault")) {
+      this.tracer.emit("fault", SOURCE, "host-refused", {
+        what,
+        id,
+        errno: failure.errno,
+        message: failure.message,
+      });
+    }
+    return failure.errno === "ENOSPC" || failure.errno === "ENOMEM" ? S_NOMEM : S_DEVERR;
+  }
+
+  private unmap(d: DecodedRequest): Status {
+    if (!this.has(F_MAP_UNMAP)) return S_UNSUPP;
+    // 5.13.6.6.2: non-zero reserved MAY be INVAL; then we do not perform the UNMAP.
+    if (d.reservedNonZero) return S_INVAL;
+    if (!this.domainInRange(d.domainId)) return S_RANGE;
+    const domain = this.domains.get(d.domainId);
+    if (domain === undefined) return S_NOENT;
+    if (domain.bypass) return S_INVAL;
+    if (d.endBeforeStart) return S_INVAL;
+    // Nothing is mapped at or above 2^53 (the input range is clamped below it).
+    if (d.virtStart === U64_UNREPRESENTABLE) return S_OK;
+    const last = d.virtEnd === U64_UNREPRESENTABLE ? MAX_ADDRESS : d.virtEnd;
+    const victims = domain.mappingsToUnmap(d.virtStart, last);
+    // 5.13.6.6.2: a range that would split a mapping: RANGE, and remove nothing.
+    if (victims === "split") return S_RANGE;
+    for (const m of victims) {
+      this.domains.removeMapping(domain, m);
+      this.iotlb.invalidateRange(domain.id, m.iovaStart, mappingSizeBytes(m));
+      for (const ep of domain.endpoints) {
+        if (ep.hostMirror?.mirrors(domain)) ep.hostMirror.unmap(m);
+      }
+      if (this.tracer.on("unmap")) {
+        this.tracer.emit("unmap", SOURCE, "unmap", {
+          domain: domain.id,
+          iova: m.iovaStart,
+          sizeBytes: mappingSizeBytes(m),
+        });
+      }
+    }
+    return S_OK;
+  }
+
+  private probe(wellFormed: boolean, response: Uint8Array): number {
+    if (!wellFormed) return this.probeAnswer(response, S_INVAL);
+    const ep = this.endpoints.get(this.decoded.endpointId);
+    // 5.13.6.7.2: an unknown endpoint SHOULD be NOENT.
+    if (ep === undefined) return this.probeAnswer(response, S_NOENT);
+    return this.probeAnswer(response, S_OK, ep);
+  }
+
+  /**
+   * Writes a PROBE answer: properties (zero-filled past the list), then the tail at probe_size.
+   * 5.13.6.7.2: a properties area smaller than probe_size gets no property and S_INVAL (tail at
+   * the end of what the driver gave); no room for a tail at all: used length 0.
+   */
+  private probeAnswer(response: Uint8Array, status: Status, ep?: Endpoint): number {
+    const probeSize = this.opts.probeSizeBytes;
+    if (response.length < TAIL_SIZE_BYTES) return this.unanswered();
+    let tailOffset = probeSize;
+    if (response.length < probeSize + TAIL_SIZE_BYTES) {
+      status = S_INVAL;
+      tailOffset = response.length - TAIL_SIZE_BYTES;
+    }
+    const properties = response.subarray(0, tailOffset);
+    if (status === S_OK && ep !== undefined) encodeProbeProperties(ep.reservedRegions, properties);
+    else properties.fill(0);
+    writeTail(response, tailOffset, status);
+    this.countRequest(REQ_PROBE, status);
+    return tailOffset + TAIL_SIZE_BYTES;
+  }
+
+  // ---- Events -------------------------------------------------------------------------------
+
+  /** The next pending 24-byte fault record for the eventq, or undefined. */
+  takeEvent(): Uint8Array | undefined {
+    return this.events.take();
+  }
+
+  get pendingEvents(): number {
+    return this.events.pending;
+  }
+
+  // ---- Reset --------------------------------------------------------------------------------
+
+  /** Virtio device reset: no attachments, no domains (5.13.5); config.bypass survives (5.13.4.2). */
+  reset(): void {
+    for (const ep of this.endpoints.values()) this.leaveDomain(ep);
+    this.negotiated = 0n;
+    this.events.clear();
+    this.ownEpoch++;
+    for (const ep of this.endpoints.values()) this.syncHostQuietly(ep);
+    if (this.tracer.on("config")) this.tracer.emit("config", SOURCE, "reset", { bypass: this.config.bypass });
+  }
+
+  /** System reset: a device reset that also restores config.bypass to its initial value. */
+  systemReset(): void {
+    this.config.bypass = this.opts.bypassInitially ? 1 : 0;
+    this.reset();
+  }
+
+  // ---- Observability ------------------------------------------------------------------------
+
+  stats(): VirtioIommuStats {
+    const requests = {} as Record<Exclude<RequestTypeName, "unknown">, Record<StatusName, number>>;
+    for (let t = REQ_ATTACH; t <= REQ_PROBE; t++) {
+      const byStatus = {} as Record<StatusName, number>;
+      for (let s = 0; s < STATUS_COUNT; s++)
+        byStatus[STATUS_NAMES[s]] = this.requestCounts[t * STATUS_COUNT + s];
+      requests[REQUEST_TYPE_NAMES[t] as Exclude<RequestTypeName, "unknown">] = byStatus;
+    }
+    let attached = 0;
+    let maps = 0;
+    let unmaps = 0;
+    let refusals = 0;
+    let teardownErrors = 0;
+    for (const ep of this.endpoints.values()) {
+      if (ep.domain !== null) attached++;
+      const m = ep.hostMirror;
+      if (m !== null) {
+        maps += m.maps;
+        unmaps += m.unmaps;
+        refusals += m.refusals;
+        teardownErrors += m.teardownErrors;
+      }
+    }
+    return {
+      domains: this.domains.size,
+      endpoints: this.endpoints.size,
+      attachedEndpoints: attached,
+      mappings: this.domains.totalMappings,
+      requests,
+      requestsUnanswered: this.requestsUnanswered,
+      faults: {
+        unknown: this.faultReasonCounts[0],
+        domain: this.faultReasonCounts[FAULT_R_DOMAIN],
+        mapping: this.faultReasonCounts[FAULT_R_MAPPING],
+      },
+      faultCauses: {
+        blocked: this.faultsBlocked,
+        unmapped: this.faultsUnmapped,
+        permission: this.faultsPermission,
+      },
+      events: {
+        queued: this.events.queued,
+        taken: this.events.taken,
+        pending: this.events.pending,
+        droppedQueueFull: this.events.droppedQueueFull,
+        droppedEndpointLimit: this.events.droppedSourceLimit,
+      },
+      iotlb: this.iotlb.stats(),
+      host: { maps, unmaps, refusals, teardownErrors, unreportedFailures: this.hostUnreportedFailures },
+      translations: this.translations,
+      bypassTranslations: this.bypassTranslations,
+      internalErrors: this.internalErrors,
+    };
+  }
+
+  /** The mappings of a domain in IOVA order (for tools, tests and debugging). */
+  domainMappings(domainId: number): Mapping[] | undefined {
+    const d = this.domains.get(domainId);
+    if (d === undefined) return undefined;
+    return [...d.mappings.entries()].map((e) => e.value);
+  }
+
+  /** The domain an endpoint is attached to, or null. */
+  endpointDomain(endpointId: number): number | null {
+    return this.endpoints.get(endpointId)?.domain?.id ?? null;
+  }
+}
