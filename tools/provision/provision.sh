@@ -65,7 +65,7 @@ die() {
 
 host_ok() {
   local t
-  for t in debootstrap zstd cpio gcc xz gzip busybox dpkg-deb; do
+  for t in debootstrap zstd cpio gcc xz gzip busybox dpkg-deb depmod readelf; do
     command -v "$t" >/dev/null 2>&1 || return 1
   done
   [ -f /usr/include/linux/vfio.h ] || return 1
@@ -216,14 +216,13 @@ remove_root() {
 in_root() { DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 chroot "$ROOT" "$@"; }
 
 # ---------------------------------------------------------------------------------------------
-step 1 "host packages (debootstrap zstd cpio gcc xz-utils busybox-static binutils)"
+step 1 "host packages (debootstrap zstd cpio gcc xz-utils busybox-static binutils kmod)"
 if host_ok; then
   log "host tools already installed, skipped"
 else
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    debootstrap zstd cpio gcc libc6-dev linux-libc-dev xz-utils gzip busybox-static binutils \
-    kmod file ca-certificates debian-archive-keyring
+    debootstrap zstd cpio gcc libc6-dev linux-libc-dev xz-utils gzip busybox-static binutils kmod
   host_ok || die "host tools still missing after apt-get install"
 fi
 
