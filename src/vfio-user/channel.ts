@@ -1,0 +1,274 @@
+/**
+ * One vfio-user connection's byte stream: message framing, descriptor passing, send queue.
+ *
+ * Receive: each message is read as its 16-byte header first (one recvmsg, which also collects
+ * the SCM_RIGHTS descriptors the sender attached to the message's first byte), then its body.
+ * Reads are non-blocking and resumable, driven by libuv readiness (see libc.ts `watchFd`).
+ * A message larger than `maxMessageBytes` is read and discarded in pieces and reported as
+ * oversized (the server replies E2BIG); a header whose size is below 16 or whose type is not
+ * command/reply means the stream cannot be trusted and the connection is closed.
+ *
+ * Send: replies are staged in native memory and sent with sendmsg; whatever the socket does not
+ * take at once is queued and flushed when it becomes writable, in order.
+ */
+import {
+  closeFd,
+  ERRNO,
+  type FdWatch,
+  MAX_FDS_PER_MESSAGE,
+  MsgScratch,
+  NativeBuffer,
+  watchFd,
+} from "./libc.ts";
+import {
+  decodeHeader,
+  FLAG_TYPE_MASK,
+  HEADER_SIZE,
+  type MessageHeader,
+  TYPE_COMMAND,
+  TYPE_REPLY,
+} from "./protocol.ts";
+
+export interface ReceivedMessage {
+  readonly header: MessageHeader;
+  /** The body (after the header); a view into the receive buffer, valid during the callback only. */
+  readonly payload: Uint8Array;
+  readonly payloadView: DataView;
+  /** Descriptors that arrived with the message; the handler owns them (must close or keep). */
+  readonly fds: number[];
+  /** True when the body exceeded the receive limit and was discarded (payload is empty). */
+  readonly oversized: boolean;
+}
+
+export interface ChannelHandlers {
+  onMessage(message: ReceivedMessage): void;
+  onClose(reason: string): void;
+}
+
+export interface ChannelStats {
+  readonly messagesIn: number;
+  readonly messagesOut: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly fdsIn: number;
+  readonly queuedSends: number;
+}
+
+export class MessageChannel {
+  readonly fd: number;
+  readonly maxMessageBytes: number;
+  private readonly handlers: ChannelHandlers;
+  private readonly scratch = new MsgScratch();
+  private readonly rx: NativeBuffer;
+  private readonly rxView: DataView;
+  /** Staging area for outgoing messages, in native memory. */
+  readonly tx: NativeBuffer;
+  readonly txView: DataView;
+  private readonly watch: FdWatch;
+  private readonly pendingOut: Uint8Array[] = [];
+  private pendingOutFds: number[][] = [];
+  private closed = false;
+
+  // Receive state.
+  private have = 0; // bytes of the current message read so far (header + body)
+  private skipLeft = 0; // bytes of an oversized body still to discard
+  private header: MessageHeader | null = null;
+  private fds: number[] = [];
+
+  messagesIn = 0;
+  messagesOut = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  fdsIn = 0;
+  queuedSends = 0;
+
+  constructor(fd: number, maxMessageBytes: number, handlers: ChannelHandlers) {
+    this.fd = fd;
+    this.maxMessageBytes = maxMessageBytes;
+    this.handlers = handlers;
+    this.rx = new NativeBuffer(maxMessageBytes);
+    this.rxView = new DataView(this.rx.bytes.buffer, this.rx.bytes.byteOffset, maxMessageBytes);
+    this.tx = new NativeBuffer(maxMessageBytes);
+    this.txView = new DataView(this.tx.bytes.buffer, this.tx.bytes.byteOffset, maxMessageBytes);
+    this.watch = watchFd(fd, (readable, writable, hangup) => this.onReady(readable, writable, hangup));
+    this.watch.start(true, false);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  private onReady(readable: boolean, writable: boolean, hangup: boolean): void {
+    if (this.closed) return;
+    if (writable) this.flush();
+    if (readable || hangup) this.readAvailable();
+  }
+
+  /** Reads and dispatches every complete message available now. */
+  private readAvailable(): void {
+    // Bounded so one chatty client cannot starve the event loop.
+    for (let round = 0; round < 4096 && !this.closed; round++) {
+      if (!this.step()) return;
+    }
+  }
+
+  /** One non-blocking receive step; false when the socket has nothing more now (or closed). */
+  private step(): boolean {
+    if (this.skipLeft > 0) {
+      const n = Math.min(this.skipLeft, this.maxMessageBytes);
+      const r = this.scratch.recv(this.fd, this.rx, 0, n, this.fds);
+      if (!this.checkRecv(r.n)) return false;
+      this.skipLeft -= r.n;
+      this.bytesIn += r.n;
+      if (this.skipLeft === 0) this.dispatch(true);
+      return true;
+    }
+    if (this.header === null) {
+      const r = this.scratch.recv(this.fd, this.rx, this.have, HEADER_SIZE - this.have, this.fds);
+      if (r.truncated) {
+        this.close("a message carried more descriptors than max_msg_fds");
+        return false;
+      }
+      if (!this.checkRecv(r.n)) return false;
+      this.have += r.n;
+      this.bytesIn += r.n;
+      if (this.have < HEADER_SIZE) return true;
+      const h = decodeHeader(this.rxView, 0);
+      const type = h.flags & FLAG_TYPE_MASK;
+      if (h.sizeBytes < HEADER_SIZE || (type !== TYPE_COMMAND && type !== TYPE_REPLY)) {
+        this.close(`malformed header (size ${h.sizeBytes}, type ${type})`);
+        return false;
+      }
+      this.header = h;
+      if (h.sizeBytes > this.maxMessageBytes) {
+        this.skipLeft = h.sizeBytes - HEADER_SIZE;
+        return true;
+      }
+      if (h.sizeBytes === HEADER_SIZE) this.dispatch(false);
+      return true;
+    }
+    const h = this.header;
+    const r = this.scratch.recv(this.fd, this.rx, this.have, h.sizeBytes - this.have, this.fds);
+    if (r.truncated) {
+      this.close("a message carried more descriptors than max_msg_fds");
+      return false;
+    }
+    if (!this.checkRecv(r.n)) return false;
+    this.have += r.n;
+    this.bytesIn += r.n;
+    if (this.have === h.sizeBytes) this.dispatch(false);
+    return true;
+  }
+
+  /** True when `n` bytes were read; handles EAGAIN (false, keep waiting), EOF and errors (close). */
+  private checkRecv(n: number): boolean {
+    if (n > 0) return true;
+    if (n === -ERRNO.EAGAIN || n === -ERRNO.EINTR) return false;
+    this.close(n === 0 ? "peer closed the connection" : `recvmsg failed (errno ${-n})`);
+    return false;
+  }
+
+  private dispatch(oversized: boolean): void {
+    const header = this.header!;
+    const fds = this.fds;
+    this.header = null;
+    this.have = 0;
+    this.fds = [];
+    this.messagesIn++;
+    this.fdsIn += fds.length;
+    const len = oversized ? 0 : header.sizeBytes - HEADER_SIZE;
+    const payload = this.rx.bytes.subarray(HEADER_SIZE, HEADER_SIZE + len);
+    const payloadView = new DataView(payload.buffer, payload.byteOffset, len);
+    this.handlers.onMessage({ header, payload, payloadView, fds, oversized });
+  }
+
+  /**
+   * Sends `tx[0, sizeBytes)` (already staged by the caller) with optional descriptors. Never
+   * throws; on a broken socket the connection is closed.
+   */
+  sendStaged(sizeBytes: number, fds: readonly number[] = []): void {
+    if (this.closed) return;
+    if (fds.length > MAX_FDS_PER_MESSAGE) {
+      this.close("internal: too many descriptors in one message");
+      return;
+    }
+    this.messagesOut++;
+    if (this.pendingOut.length > 0) {
+      this.enqueue(this.tx.bytes.slice(0, sizeBytes), [...fds]);
+      return;
+    }
+    const n = this.scratch.send(this.fd, this.tx, 0, sizeBytes, fds);
+    if (n === sizeBytes) {
+      this.bytesOut += n;
+      return;
+    }
+    if (n < 0 && n !== -ERRNO.EAGAIN && n !== -ERRNO.EINTR) {
+      this.close(`sendmsg failed (errno ${-n})`);
+      return;
+    }
+    const sent = Math.max(n, 0);
+    this.bytesOut += sent;
+    // Descriptors go with the first byte; once any byte went out they were delivered.
+    this.enqueue(this.tx.bytes.slice(sent, sizeBytes), sent > 0 ? [] : [...fds]);
+  }
+
+  private enqueue(bytes: Uint8Array, fds: number[]): void {
+    this.pendingOut.push(bytes);
+    this.pendingOutFds.push(fds);
+    this.queuedSends++;
+    this.watch.start(true, true);
+  }
+
+  private flush(): void {
+    while (this.pendingOut.length > 0 && !this.closed) {
+      const chunk = this.pendingOut[0];
+      const fds = this.pendingOutFds[0];
+      const len = Math.min(chunk.length, this.maxMessageBytes);
+      this.tx.bytes.set(chunk.subarray(0, len), 0);
+      const n = this.scratch.send(this.fd, this.tx, 0, len, fds);
+      if (n === -ERRNO.EAGAIN || n === -ERRNO.EINTR) return;
+      if (n < 0) {
+        this.close(`sendmsg failed (errno ${-n})`);
+        return;
+      }
+      this.bytesOut += n;
+      this.pendingOutFds[0] = [];
+      if (n === chunk.length) {
+        this.pendingOut.shift();
+        this.pendingOutFds.shift();
+      } else {
+        this.pendingOut[0] = chunk.subarray(n);
+      }
+    }
+    if (!this.closed) this.watch.start(true, false);
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watch.close();
+    for (const fd of this.fds) closeFd(fd);
+    this.fds = [];
+    closeFd(this.fd);
+    this.pendingOut.length = 0;
+    this.pendingOutFds = [];
+    // Native buffers are released after the handler ran (it may still read a payload view).
+    queueMicrotask(() => {
+      this.scratch.free();
+      this.rx.free();
+      this.tx.free();
+    });
+    this.handlers.onClose(reason);
+  }
+
+  stats(): ChannelStats {
+    return {
+      messagesIn: this.messagesIn,
+      messagesOut: this.messagesOut,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      fdsIn: this.fdsIn,
+      queuedSends: this.queuedSends,
+    };
+  }
+}

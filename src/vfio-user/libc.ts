@@ -1,0 +1,395 @@
+/**
+ * The few libc calls the vfio-user server needs and Node does not offer: UNIX stream sockets
+ * with SCM_RIGHTS descriptor passing (recvmsg/sendmsg), mmap of client memory, eventfd writes.
+ *
+ * Bound with koffi. Every call here is non-blocking (sockets are created O_NONBLOCK) and returns
+ * the libc result; callers read `errno()` on failure. Structures are laid out by hand for
+ * x86-64 / aarch64 Linux (LP64): msghdr 56 bytes, iovec 16, cmsghdr 16, sockaddr_un 110.
+ *
+ * Event-loop integration: `watchFd` uses koffi's libuv poll handle (uv_poll_t), so readiness of
+ * a raw descriptor is reported on Node's own event loop; the server then calls recvmsg or
+ * accept4 non-blockingly. This keeps one thread, no busy polling, and no data ever read by Node
+ * itself (a net.Socket over the fd would read() the stream and discard passed descriptors).
+ */
+import koffi from "koffi";
+
+const lib = koffi.load("libc.so.6");
+
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SCM_RIGHTS = 1;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CTRUNC = 0x8;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+export const MFD_CLOEXEC = 1;
+
+export const ERRNO = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EFAULT: 14,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  ENOSPC: 28,
+  ENOSYS: 38,
+  E2BIG: 7,
+  ENOTSUP: 95,
+} as const;
+
+const c = {
+  socket: lib.func("int socket(int domain, int type, int protocol)"),
+  bind: lib.func("int bind(int fd, const void *addr, uint32_t addrlen)"),
+  listen: lib.func("int listen(int fd, int backlog)"),
+  accept4: lib.func("int accept4(int fd, void *addr, void *addrlen, int flags)"),
+  connect: lib.func("int connect(int fd, const void *addr, uint32_t addrlen)"),
+  close: lib.func("int close(int fd)"),
+  recvmsg: lib.func("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  sendmsg: lib.func("intptr_t sendmsg(int fd, const void *msg, int flags)"),
+  write: lib.func("intptr_t write(int fd, const void *buf, uintptr_t count)"),
+  read: lib.func("intptr_t read(int fd, void *buf, uintptr_t count)"),
+  mmap: lib.func("void *mmap(void *addr, uintptr_t length, int prot, int flags, int fd, int64_t offset)"),
+  munmap: lib.func("int munmap(void *addr, uintptr_t length)"),
+  eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
+  memfdCreate: lib.func("int memfd_create(const char *name, unsigned int flags)"),
+  ftruncate: lib.func("int ftruncate(int fd, int64_t length)"),
+  fstat: lib.func("int fstat(int fd, void *statbuf)"),
+  socketpair: lib.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
+};
+
+export function errno(): number {
+  return koffi.errno();
+}
+
+export function errnoName(e: number): string {
+  for (const [k, v] of Object.entries(ERRNO)) if (v === e) return k;
+  return `errno ${e}`;
+}
+
+/** A libc failure as an exception, for setup paths only (never for guest-driven paths). */
+export class LibcError extends Error {
+  readonly errno: number;
+  constructor(what: string, e: number) {
+    super(`${what}: ${errnoName(e)}`);
+    this.name = "LibcError";
+    this.errno = e;
+  }
+}
+
+function sockaddrUn(path: string): Buffer {
+  const enc = Buffer.from(path, "utf8");
+  // sun_path is 108 bytes including the terminating NUL.
+  if (enc.length > 107) throw new Error(`UNIX socket path too long (${enc.length} > 107 bytes): ${path}`);
+  const sa = Buffer.alloc(110);
+  sa.writeUInt16LE(AF_UNIX, 0);
+  enc.copy(sa, 2);
+  return sa;
+}
+
+/** A listening, non-blocking UNIX stream socket bound at `path`. */
+export function listenUnix(path: string, backlog = 8): number {
+  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new LibcError("socket", errno());
+  const sa = sockaddrUn(path);
+  if ((c.bind(fd, sa, sa.length) as number) < 0) {
+    const e = errno();
+    c.close(fd);
+    throw new LibcError(`bind ${path}`, e);
+  }
+  if ((c.listen(fd, backlog) as number) < 0) {
+    const e = errno();
+    c.close(fd);
+    throw new LibcError("listen", e);
+  }
+  return fd;
+}
+
+/** Accepts one connection (non-blocking, close-on-exec); -1 with errno EAGAIN when none is pending. */
+export function acceptUnix(listenFd: number): number {
+  return c.accept4(listenFd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC) as number;
+}
+
+/** A connected, non-blocking UNIX stream socket (used by tests and tools as a client). */
+export function connectUnix(path: string): number {
+  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new LibcError("socket", errno());
+  const sa = sockaddrUn(path);
+  if ((c.connect(fd, sa, sa.length) as number) < 0) {
+    const e = errno();
+    c.close(fd);
+    throw new LibcError(`connect ${path}`, e);
+  }
+  return fd;
+}
+
+export function closeFd(fd: number): void {
+  if (fd >= 0) c.close(fd);
+}
+
+export function socketPair(): [number, number] {
+  const sv = [0, 0];
+  if ((c.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) as number) < 0) {
+    throw new LibcError("socketpair", errno());
+  }
+  return [sv[0], sv[1]];
+}
+
+export function createEventFd(nonBlocking = true): number {
+  const fd = c.eventfd(0, EFD_CLOEXEC | (nonBlocking ? EFD_NONBLOCK : 0)) as number;
+  if (fd < 0) throw new LibcError("eventfd", errno());
+  return fd;
+}
+
+const eventOne = new BigUint64Array([1n]);
+const eventBuf = new Uint8Array(eventOne.buffer);
+
+/** Adds 1 to an eventfd counter (the vfio-user interrupt signal). Returns false on failure. */
+export function signalEventFd(fd: number): boolean {
+  return (c.write(fd, eventBuf, 8) as number) === 8;
+}
+
+const eventRead = new Uint8Array(8);
+/** Reads and clears an eventfd counter; returns the count, 0 when it was zero (non-blocking fd). */
+export function drainEventFd(fd: number): number {
+  const n = c.read(fd, eventRead, 8) as number;
+  if (n !== 8) return 0;
+  return Number(new DataView(eventRead.buffer).getBigUint64(0, true));
+}
+
+export function memfdCreate(name: string, sizeBytes: number): number {
+  const fd = c.memfdCreate(name, MFD_CLOEXEC) as number;
+  if (fd < 0) throw new LibcError("memfd_create", errno());
+  if ((c.ftruncate(fd, sizeBytes) as number) < 0) {
+    const e = errno();
+    c.close(fd);
+    throw new LibcError("ftruncate", e);
+  }
+  return fd;
+}
+
+/** The (st_dev, st_ino) identity of an open file, or null when fstat fails. */
+export function fileIdentity(fd: number): { dev: bigint; ino: bigint; sizeBytes: number } | null {
+  const st = Buffer.alloc(144);
+  if ((c.fstat(fd, st) as number) < 0) return null;
+  // struct stat (x86-64): st_dev u64 @0, st_ino u64 @8, st_size i64 @48.
+  return { dev: st.readBigUInt64LE(0), ino: st.readBigUInt64LE(8), sizeBytes: Number(st.readBigInt64LE(48)) };
+}
+
+/** A native mapping of a file: its address and a Uint8Array over it (koffi.view, zero-copy). */
+export interface NativeMapping {
+  readonly address: bigint;
+  readonly sizeBytes: number;
+  readonly bytes: Uint8Array;
+  /** The koffi pointer value, for munmap / remap. */
+  readonly pointer: unknown;
+}
+
+/** mmap(fd, offset, sizeBytes); null with errno on failure. */
+export function mapFile(
+  fd: number,
+  offset: number,
+  sizeBytes: number,
+  prot: number,
+  flags: number,
+): NativeMapping | null {
+  const p = c.mmap(null, sizeBytes, prot, flags, fd, offset);
+  const address = koffi.address(p);
+  if (p === null || address === 0xffffffffffffffffn) return null;
+  const bytes = new Uint8Array(koffi.view(p, sizeBytes));
+  return { address, sizeBytes, bytes, pointer: p };
+}
+
+/**
+ * Replaces a mapping in place with private anonymous zero pages (MAP_FIXED), so any view a
+ * device still holds keeps pointing at valid memory that is no longer the client's. Returns
+ * false on failure.
+ */
+export function quarantineMapping(m: NativeMapping): boolean {
+  const p = c.mmap(
+    m.pointer,
+    m.sizeBytes,
+    PROT_READ | PROT_WRITE,
+    MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+    -1,
+    0,
+  );
+  return koffi.address(p) === m.address;
+}
+
+export function unmapMapping(m: NativeMapping): boolean {
+  return (c.munmap(m.pointer, m.sizeBytes) as number) === 0;
+}
+
+// --- recvmsg / sendmsg with SCM_RIGHTS --------------------------------------------------------
+
+const CMSG_HDR_SIZE = 16;
+
+/** Most descriptors one message may carry (our advertised max_msg_fds). */
+export const MAX_FDS_PER_MESSAGE = 16;
+const CONTROL_SIZE = CMSG_HDR_SIZE + MAX_FDS_PER_MESSAGE * 4; // CMSG_SPACE(64) = 80
+
+/** A block of native (malloc'd) memory with a zero-copy Uint8Array over it. */
+export class NativeBuffer {
+  readonly pointer: unknown;
+  readonly address: bigint;
+  readonly bytes: Uint8Array;
+  readonly sizeBytes: number;
+
+  constructor(sizeBytes: number) {
+    this.sizeBytes = sizeBytes;
+    this.pointer = koffi.alloc("uint8_t", sizeBytes);
+    this.address = koffi.address(this.pointer);
+    this.bytes = new Uint8Array(koffi.view(this.pointer, sizeBytes));
+  }
+
+  free(): void {
+    koffi.free(this.pointer);
+  }
+}
+
+/**
+ * Native scratch for one socket's recvmsg/sendmsg: msghdr, iovec and control buffers allocated
+ * once in native memory, so a call allocates nothing on the JS heap and every pointer handed
+ * to the kernel is stable (JS typed arrays may move; native memory does not).
+ */
+export class MsgScratch {
+  private readonly arena = new NativeBuffer(128 + CONTROL_SIZE);
+  private readonly view = new DataView(
+    this.arena.bytes.buffer,
+    this.arena.bytes.byteOffset,
+    128 + CONTROL_SIZE,
+  );
+  // Layout inside the arena: msghdr at 0, iovec at 64, control at 128.
+  private static readonly MSG = 0;
+  private static readonly IOV = 64;
+  private static readonly CTRL = 128;
+
+  free(): void {
+    this.arena.free();
+  }
+
+  private setMsg(iovBase: bigint, iovLen: number, controlLen: number): void {
+    const v = this.view;
+    this.arena.bytes.fill(0);
+    v.setBigUint64(MsgScratch.MSG + 16, this.arena.address + BigInt(MsgScratch.IOV), true); // msg_iov
+    v.setBigUint64(MsgScratch.MSG + 24, 1n, true); // msg_iovlen
+    if (controlLen > 0) {
+      v.setBigUint64(MsgScratch.MSG + 32, this.arena.address + BigInt(MsgScratch.CTRL), true); // msg_control
+      v.setBigUint64(MsgScratch.MSG + 40, BigInt(controlLen), true); // msg_controllen
+    }
+    v.setBigUint64(MsgScratch.IOV, iovBase, true);
+    v.setBigUint64(MsgScratch.IOV + 8, BigInt(iovLen), true);
+  }
+
+  /**
+   * recvmsg into `buf[offset, offset + len)`; received descriptors are appended to `fds`.
+   * Returns the byte count (0 = peer closed) or -errno, and whether descriptors were dropped
+   * for lack of control space (MSG_CTRUNC).
+   */
+  recv(
+    fd: number,
+    buf: NativeBuffer,
+    offset: number,
+    len: number,
+    fds: number[],
+  ): { n: number; truncated: boolean } {
+    this.setMsg(buf.address + BigInt(offset), len, CONTROL_SIZE);
+    const n = c.recvmsg(fd, this.arena.pointer, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) as number;
+    if (n < 0) return { n: -errno(), truncated: false };
+    const v = this.view;
+    const flags = v.getInt32(MsgScratch.MSG + 48, true);
+    const controlLen = Number(v.getBigUint64(MsgScratch.MSG + 40, true));
+    let off = 0;
+    while (off + CMSG_HDR_SIZE <= controlLen) {
+      const at = MsgScratch.CTRL + off;
+      const cmsgLen = Number(v.getBigUint64(at, true));
+      const level = v.getInt32(at + 8, true);
+      const type = v.getInt32(at + 12, true);
+      if (cmsgLen < CMSG_HDR_SIZE || off + cmsgLen > controlLen) break;
+      if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+        const count = Math.floor((cmsgLen - CMSG_HDR_SIZE) / 4);
+        for (let i = 0; i < count; i++) fds.push(v.getInt32(at + CMSG_HDR_SIZE + 4 * i, true));
+      }
+      off += (cmsgLen + 7) & ~7;
+    }
+    return { n, truncated: (flags & MSG_CTRUNC) !== 0 };
+  }
+
+  /** sendmsg of `buf[offset, offset + len)` with `fds` attached. Returns bytes sent or -errno. */
+  send(fd: number, buf: NativeBuffer, offset: number, len: number, fds: readonly number[] = []): number {
+    if (fds.length > MAX_FDS_PER_MESSAGE) return -ERRNO.E2BIG;
+    const controlLen = fds.length > 0 ? CMSG_HDR_SIZE + ((fds.length * 4 + 7) & ~7) : 0;
+    this.setMsg(buf.address + BigInt(offset), len, controlLen);
+    if (fds.length > 0) {
+      const v = this.view;
+      v.setBigUint64(MsgScratch.CTRL, BigInt(CMSG_HDR_SIZE + fds.length * 4), true);
+      v.setInt32(MsgScratch.CTRL + 8, SOL_SOCKET, true);
+      v.setInt32(MsgScratch.CTRL + 12, SCM_RIGHTS, true);
+      for (let i = 0; i < fds.length; i++) v.setInt32(MsgScratch.CTRL + CMSG_HDR_SIZE + 4 * i, fds[i], true);
+    }
+    const n = c.sendmsg(fd, this.arena.pointer, MSG_DONTWAIT | MSG_NOSIGNAL) as number;
+    return n < 0 ? -errno() : n;
+  }
+}
+
+/** Readiness watching of a raw descriptor on Node's event loop (koffi's uv_poll_t). */
+export interface FdWatch {
+  /** (Re)arms the watch for the given conditions; hang-ups are always reported. */
+  start(readable: boolean, writable: boolean): void;
+  stop(): void;
+  close(): void;
+}
+
+interface PollEvents {
+  readable: boolean;
+  writable: boolean;
+  disconnect: boolean;
+}
+
+type ReadyCallback = (readable: boolean, writable: boolean, hangup: boolean) => void;
+
+/**
+ * Watches `fd`. koffi calls back with (status, events) (its .d.ts shows only the events): a
+ * negative libuv status is an error on the descriptor, reported here as a hang-up.
+ */
+export function watchFd(fd: number, onReady: ReadyCallback): FdWatch {
+  const cb = (status: number, ev: PollEvents) => {
+    if (status < 0) onReady(false, false, true);
+    else onReady(ev.readable, ev.writable, ev.disconnect);
+  };
+  const poll = koffi.node.poll as unknown as (
+    fd: number,
+    opts: { readable: boolean; writable: boolean; disconnect: boolean },
+    callback: typeof cb,
+  ) => { start(o: object, c: typeof cb): void; stop(): void; close(): void };
+  const handle = poll(fd, { readable: false, writable: false, disconnect: true }, cb);
+  return {
+    start(readable: boolean, writable: boolean): void {
+      handle.start({ readable, writable, disconnect: true }, cb);
+    },
+    stop(): void {
+      handle.stop();
+    },
+    close(): void {
+      handle.close();
+    },
+  };
+}

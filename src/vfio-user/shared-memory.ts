@@ -1,0 +1,402 @@
+/**
+ * Guest memory built from the DMA regions vfio-user clients register.
+ *
+ * QEMU sends every device's connection the same guest RAM map (VFIO_USER_DMA_MAP per RAM
+ * section, each with a descriptor of the shared memory backend). All devices of one `serve`
+ * instance share one `SharedGuestMemory`: the first client to map a range mmaps it; another
+ * client mapping the same range of the same file (same st_dev/st_ino and offset) only takes a
+ * reference, and its descriptor is closed at once. A map that overlaps a live range with a
+ * different backing is refused with EEXIST (vfio-user.rst "VFIO_USER_DMA_MAP": a map over an
+ * existing region must fail with EEXIST). An unmap must match a client's earlier map exactly.
+ *
+ * When the last reference goes, the range leaves guest memory at once (later DMA to it faults as
+ * not-RAM) and its mapping is replaced in place by private anonymous pages (MAP_FIXED), so a
+ * view a device still holds can never reach the client's memory again nor fault the process
+ * ("the server must release all references to that DMA region before replying").
+ *
+ * A region registered without a descriptor is recorded (the client may access-check against
+ * it) but is not guest RAM here: the engine's memory interface is synchronous, and DMA by
+ * VFIO_USER_DMA_READ/WRITE messages is a round trip to the client. Devices DMAing there get
+ * a not-RAM fault, counted in `stats().dmaToFdlessRegion`. `viommu serve` prints a QEMU
+ * command line with a shared memory backend so every region comes with a descriptor.
+ *
+ * This class extends the engine's `GuestMemory` so models and address spaces take it as is;
+ * it overrides every public method to read its own, changeable region list.
+ */
+import { GuestMemory, GuestMemoryError, type RamRegion } from "../engine/guest-memory.ts";
+import {
+  closeFd,
+  ERRNO,
+  fileIdentity,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  mapFile,
+  type NativeMapping,
+  PROT_READ,
+  PROT_WRITE,
+  quarantineMapping,
+} from "./libc.ts";
+
+export interface DmaMapRequest {
+  readonly iova: number;
+  readonly sizeBytes: number;
+  readonly fileOffset: number;
+  readonly readable: boolean;
+  readonly writable: boolean;
+  /** -1 when the client sent no descriptor. */
+  readonly fd: number;
+}
+
+export type MapResult = { ok: true } | { ok: false; errno: number; why: string };
+
+interface Backing {
+  readonly gpa: number;
+  readonly sizeBytes: number;
+  readonly dev: bigint;
+  readonly ino: bigint;
+  readonly fileOffset: number;
+  readonly writable: boolean;
+  readonly mapping: NativeMapping;
+  /** The region's bytes (the mapping minus any head below a page-aligned file offset). */
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  readonly end: number;
+  refs: number;
+}
+
+/** One client's registration (what its DMA_UNMAP must match). */
+interface ClientRegion {
+  readonly iova: number;
+  readonly sizeBytes: number;
+  readonly backing: Backing | null;
+}
+
+export interface SharedMemoryStats {
+  readonly regions: number;
+  readonly mappedBytes: number;
+  readonly fdlessRegions: number;
+  readonly maps: number;
+  readonly unmaps: number;
+  readonly sharedMaps: number;
+  readonly refusedMaps: number;
+  readonly quarantinedBytes: number;
+}
+
+const PAGE_SIZE = 4096;
+const PLACEHOLDER: RamRegion = { gpa: 0, sizeBytes: 1, bytes: new Uint8Array(1), name: "placeholder" };
+
+export class SharedGuestMemory extends GuestMemory {
+  private backings: Backing[] = [];
+  private lastHit: Backing | null = null;
+  /** Bumped whenever the region set changes. */
+  generation = 0;
+  maps = 0;
+  unmaps = 0;
+  sharedMaps = 0;
+  refusedMaps = 0;
+  quarantinedBytes = 0;
+  private fdless = 0;
+
+  constructor() {
+    // The base class needs one region; every method below ignores it.
+    super([PLACEHOLDER]);
+  }
+
+  /** Per-client registration table; each connection owns one. */
+  createClientTable(maxRegions: number): ClientDmaTable {
+    return new ClientDmaTable(this, maxRegions);
+  }
+
+  /** Finds a backing that exactly matches (same file, offset, range). */
+  private findExact(
+    gpa: number,
+    sizeBytes: number,
+    dev: bigint,
+    ino: bigint,
+    fileOffset: number,
+  ): Backing | undefined {
+    return this.backings.find(
+      (b) =>
+        b.gpa === gpa &&
+        b.sizeBytes === sizeBytes &&
+        b.dev === dev &&
+        b.ino === ino &&
+        b.fileOffset === fileOffset,
+    );
+  }
+
+  private overlapping(gpa: number, sizeBytes: number): Backing | undefined {
+    return this.backings.find((b) => gpa < b.end && b.gpa < gpa + sizeBytes);
+  }
+
+  /** Takes a reference on (or creates) the backing for a mapped region. Consumes `req.fd`. */
+  acquire(req: DmaMapRequest): { ok: true; backing: Backing } | { ok: false; errno: number; why: string } {
+    const id = fileIdentity(req.fd);
+    if (id === null) {
+      closeFd(req.fd);
+      return { ok: false, errno: ERRNO.EBADF, why: "descriptor cannot be stat'ed" };
+    }
+    const existing = this.findExact(req.iova, req.sizeBytes, id.dev, id.ino, req.fileOffset);
+    if (existing !== undefined) {
+      closeFd(req.fd);
+      existing.refs++;
+      this.sharedMaps++;
+      this.maps++;
+      return { ok: true, backing: existing };
+    }
+    const clash = this.overlapping(req.iova, req.sizeBytes);
+    if (clash !== undefined) {
+      closeFd(req.fd);
+      this.refusedMaps++;
+      return {
+        ok: false,
+        errno: ERRNO.EEXIST,
+        why: `overlaps guest memory at 0x${clash.gpa.toString(16)} with another backing`,
+      };
+    }
+    // A read-only region is mapped private and writable: a device write to it lands in a private
+    // copy-on-write page (dropped, as a DMA write to ROM is) instead of faulting the process.
+    // mmap needs a page-aligned file offset: map from the page below and skip the head.
+    const head = req.fileOffset % PAGE_SIZE;
+    const mapped = mapFile(
+      req.fd,
+      req.fileOffset - head,
+      head + req.sizeBytes,
+      PROT_READ | PROT_WRITE,
+      req.writable ? MAP_SHARED : MAP_PRIVATE,
+    );
+    closeFd(req.fd); // the mapping keeps the file alive
+    if (mapped === null) {
+      this.refusedMaps++;
+      return { ok: false, errno: ERRNO.EINVAL, why: "mmap of the region failed" };
+    }
+    const mapping = mapped;
+    const bytes = mapped.bytes.subarray(head, head + req.sizeBytes);
+    const b: Backing = {
+      gpa: req.iova,
+      sizeBytes: req.sizeBytes,
+      dev: id.dev,
+      ino: id.ino,
+      fileOffset: req.fileOffset,
+      writable: req.writable,
+      mapping,
+      bytes,
+      view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      end: req.iova + req.sizeBytes,
+      refs: 1,
+    };
+    this.backings.push(b);
+    this.backings.sort((x, y) => x.gpa - y.gpa);
+    this.generation++;
+    this.maps++;
+    return { ok: true, backing: b };
+  }
+
+  release(b: Backing): void {
+    this.unmaps++;
+    b.refs--;
+    if (b.refs > 0) return;
+    this.backings = this.backings.filter((x) => x !== b);
+    if (this.lastHit === b) this.lastHit = null;
+    this.generation++;
+    if (quarantineMapping(b.mapping)) this.quarantinedBytes += b.sizeBytes;
+  }
+
+  noteFdless(delta: number): void {
+    this.fdless += delta;
+  }
+
+  /** DMA attempts that hit a region shared without descriptor (not RAM here). */
+  dmaToFdlessRegion = 0;
+
+  // --- GuestMemory interface over the changeable region list ----------------------------------
+
+  private findBacking(gpa: number, sizeBytes: number): Backing | undefined {
+    const l = this.lastHit;
+    if (l !== null && gpa >= l.gpa && gpa + sizeBytes <= l.end) return l;
+    for (const b of this.backings) {
+      if (gpa >= b.gpa && gpa + sizeBytes <= b.end) {
+        this.lastHit = b;
+        return b;
+      }
+    }
+    return undefined;
+  }
+
+  private backingOrThrow(gpa: number, sizeBytes: number): Backing {
+    const b = this.findBacking(gpa, sizeBytes);
+    if (b === undefined || !(sizeBytes >= 0))
+      throw new GuestMemoryError(gpa, sizeBytes, "not inside a client DMA region");
+    return b;
+  }
+
+  override get regions(): readonly RamRegion[] {
+    return this.backings.map((b) => ({
+      gpa: b.gpa,
+      sizeBytes: b.sizeBytes,
+      bytes: b.bytes,
+      name: b.writable ? "client-ram" : "client-rom",
+    }));
+  }
+
+  override get totalBytes(): number {
+    let t = 0;
+    for (const b of this.backings) t += b.sizeBytes;
+    return t;
+  }
+
+  override isRam(gpa: number, sizeBytes: number): boolean {
+    return sizeBytes >= 0 && this.findBacking(gpa, sizeBytes) !== undefined;
+  }
+
+  override contiguousBytesAt(gpa: number): number {
+    const b = this.findBacking(gpa, 1);
+    return b === undefined ? 0 : b.end - gpa;
+  }
+
+  override view(gpa: number, sizeBytes: number): Uint8Array {
+    const b = this.backingOrThrow(gpa, sizeBytes);
+    const off = gpa - b.gpa;
+    return b.bytes.subarray(off, off + sizeBytes);
+  }
+
+  override read(gpa: number, dest: Uint8Array): void {
+    dest.set(this.view(gpa, dest.length));
+  }
+
+  override write(gpa: number, src: Uint8Array): void {
+    this.view(gpa, src.length).set(src);
+  }
+
+  override fill(gpa: number, sizeBytes: number, value: number): void {
+    this.view(gpa, sizeBytes).fill(value);
+  }
+
+  override readU8(gpa: number): number {
+    const b = this.backingOrThrow(gpa, 1);
+    return b.view.getUint8(gpa - b.gpa);
+  }
+  override readU16(gpa: number): number {
+    const b = this.backingOrThrow(gpa, 2);
+    return b.view.getUint16(gpa - b.gpa, true);
+  }
+  override readU32(gpa: number): number {
+    const b = this.backingOrThrow(gpa, 4);
+    return b.view.getUint32(gpa - b.gpa, true);
+  }
+  override readU64(gpa: number): bigint {
+    const b = this.backingOrThrow(gpa, 8);
+    return b.view.getBigUint64(gpa - b.gpa, true);
+  }
+  override writeU8(gpa: number, value: number): void {
+    const b = this.backingOrThrow(gpa, 1);
+    b.view.setUint8(gpa - b.gpa, value);
+  }
+  override writeU16(gpa: number, value: number): void {
+    const b = this.backingOrThrow(gpa, 2);
+    b.view.setUint16(gpa - b.gpa, value, true);
+  }
+  override writeU32(gpa: number, value: number): void {
+    const b = this.backingOrThrow(gpa, 4);
+    b.view.setUint32(gpa - b.gpa, value, true);
+  }
+  override writeU64(gpa: number, value: bigint): void {
+    const b = this.backingOrThrow(gpa, 8);
+    b.view.setBigUint64(gpa - b.gpa, value, true);
+  }
+
+  override describe(): string {
+    if (this.backings.length === 0) return "no client DMA regions";
+    return this.backings
+      .map(
+        (b) =>
+          `${b.writable ? "ram" : "rom"} [0x${b.gpa.toString(16)}, 0x${b.end.toString(16)}) refs=${b.refs}`,
+      )
+      .join(", ");
+  }
+
+  stats(): SharedMemoryStats {
+    return {
+      regions: this.backings.length,
+      mappedBytes: this.totalBytes,
+      fdlessRegions: this.fdless,
+      maps: this.maps,
+      unmaps: this.unmaps,
+      sharedMaps: this.sharedMaps,
+      refusedMaps: this.refusedMaps,
+      quarantinedBytes: this.quarantinedBytes,
+    };
+  }
+}
+
+/** The DMA regions one client registered, for exact-match unmap and cleanup on disconnect. */
+export class ClientDmaTable {
+  private readonly memory: SharedGuestMemory;
+  private readonly maxRegions: number;
+  private readonly regions: ClientRegion[] = [];
+
+  constructor(memory: SharedGuestMemory, maxRegions: number) {
+    this.memory = memory;
+    this.maxRegions = maxRegions;
+  }
+
+  get count(): number {
+    return this.regions.length;
+  }
+
+  /** VFIO_USER_DMA_MAP. Consumes `req.fd` in every case. */
+  map(req: DmaMapRequest): MapResult {
+    const fail = (errno: number, why: string): MapResult => {
+      if (req.fd >= 0) closeFd(req.fd);
+      return { ok: false, errno, why };
+    };
+    if (req.sizeBytes <= 0 || req.iova < 0 || req.iova + req.sizeBytes > Number.MAX_SAFE_INTEGER) {
+      return fail(ERRNO.EINVAL, "address or size out of range");
+    }
+    if (!req.readable && !req.writable) return fail(ERRNO.EINVAL, "region neither readable nor writable");
+    if (req.fd >= 0 && (req.fileOffset < 0 || req.fileOffset + req.sizeBytes > Number.MAX_SAFE_INTEGER)) {
+      return fail(ERRNO.EINVAL, "file offset out of range");
+    }
+    for (const r of this.regions) {
+      if (req.iova < r.iova + r.sizeBytes && r.iova < req.iova + req.sizeBytes) {
+        return fail(ERRNO.EEXIST, `overlaps this client's region at 0x${r.iova.toString(16)}`);
+      }
+    }
+    if (this.regions.length >= this.maxRegions) return fail(ERRNO.ENOSPC, "max_dma_maps reached");
+    if (req.fd < 0) {
+      this.regions.push({ iova: req.iova, sizeBytes: req.sizeBytes, backing: null });
+      this.memory.noteFdless(1);
+      return { ok: true };
+    }
+    const r = this.memory.acquire(req);
+    if (!r.ok) return r;
+    this.regions.push({ iova: req.iova, sizeBytes: req.sizeBytes, backing: r.backing });
+    return { ok: true };
+  }
+
+  /** VFIO_USER_DMA_UNMAP: address and size must match a previous map exactly. */
+  unmap(iova: number, sizeBytes: number): MapResult {
+    const i = this.regions.findIndex((r) => r.iova === iova && r.sizeBytes === sizeBytes);
+    if (i < 0) return { ok: false, errno: ERRNO.ENOENT, why: "no region with that address and size" };
+    this.drop(i);
+    return { ok: true };
+  }
+
+  private drop(i: number): void {
+    const [r] = this.regions.splice(i, 1);
+    if (r.backing !== null) this.memory.release(r.backing);
+    else this.memory.noteFdless(-1);
+  }
+
+  /** Client disconnect: every region is released. */
+  clear(): void {
+    while (this.regions.length > 0) this.drop(this.regions.length - 1);
+  }
+
+  /** True when [iova, iova + sizeBytes) lies inside one region this client shared without fd. */
+  inFdlessRegion(iova: number, sizeBytes: number): boolean {
+    return this.regions.some(
+      (r) => r.backing === null && iova >= r.iova && iova + sizeBytes <= r.iova + r.sizeBytes,
+    );
+  }
+}
