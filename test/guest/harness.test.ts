@@ -95,12 +95,12 @@ test("parseResults: RESULT lines amid kernel noise and carriage returns", () => 
 
 test("runGuest: the hard timeout kills QEMU and says so", { timeout: 120_000 }, async (t) => {
   if (skipWithoutLab(t)) return;
-  const run = await runGuest({ script: 'result started pass ""\nsleep 600\n', timeoutMs: 20_000 });
+  const run = await runGuest({ script: 'result started pass ""\nsleep 600\n', timeoutMs: 30_000 });
   const why = describeRun(run);
   assert.equal(run.timedOut, true, why);
   assert.equal(run.scriptExit, null, why);
   assert.equal(findResult(run.results, "started")?.status, "pass", why);
-  assert.ok(run.durationMs < 30_000, `took ${run.durationMs} ms`);
+  assert.ok(run.durationMs < 45_000, `took ${run.durationMs} ms`);
 });
 
 test("runGuest: shared memfd guest RAM, extra files, and a QEMU socket in a host directory", {
