@@ -69,6 +69,8 @@ import type { ClientDmaTable, SharedGuestMemory } from "./shared-memory.ts";
 /** Config space exposed to the client: the conventional 256-byte header and capabilities. */
 export const CONFIG_REGION_SIZE = 256;
 const WRITE_MULTI_ENTRY_SIZE = 24;
+/** <linux/vfio.h> vfio_iommu_type1_dma_unmap flag: unmap everything. */
+export const VFIO_DMA_UNMAP_FLAG_ALL = 2;
 
 export interface DeviceServerOptions {
   readonly name: string;
@@ -388,12 +390,23 @@ export class VfioUserDeviceServer {
     const flags = p.getUint32(4, true);
     const iova = readU64(p, 8);
     const sizeBytes = readU64(p, 16);
-    // "flags is unused in this version": dirty-bitmap and unmap-all requests are refused.
-    if (flags !== 0) throw new RequestError(ERRNO.EINVAL, "DMA_UNMAP flags must be zero");
-    if (iova < 0 || sizeBytes <= 0) throw new RequestError(ERRNO.EINVAL, "DMA_UNMAP address or size invalid");
-    const r = session.dma.unmap(iova, sizeBytes);
-    if (!r.ok) throw new RequestError(r.errno, r.why);
-    this.dmaUnmaps++;
+    // The spec leaves flags unused; QEMU's client sends VFIO_DMA_UNMAP_FLAG_ALL (2, as in
+    // <linux/vfio.h>) with iova = size = 0 when its whole address space goes away. Other flags
+    // (dirty bitmap, vaddr) are refused.
+    if (flags === VFIO_DMA_UNMAP_FLAG_ALL) {
+      if (iova !== 0 || sizeBytes !== 0)
+        throw new RequestError(ERRNO.EINVAL, "unmap-all needs iova and size 0");
+      this.dmaUnmaps += session.dma.count;
+      session.dma.clear();
+    } else {
+      if (flags !== 0)
+        throw new RequestError(ERRNO.EINVAL, `DMA_UNMAP flags 0x${flags.toString(16)} not supported`);
+      if (iova < 0 || sizeBytes <= 0)
+        throw new RequestError(ERRNO.EINVAL, "DMA_UNMAP address or size invalid");
+      const r = session.dma.unmap(iova, sizeBytes);
+      if (!r.ok) throw new RequestError(r.errno, r.why);
+      this.dmaUnmaps++;
+    }
     if (this.tracer?.on("unmap"))
       this.tracer.emit("unmap", "vfio-user", "dma-unmap", { device: this.name, iova, sizeBytes });
     // "The server responds with the original DMA entry in the request."
