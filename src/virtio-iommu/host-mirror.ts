@@ -8,12 +8,27 @@
  */
 import { PERM_RW } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import type { HostErrno, HostIommu } from "../engine/host-iommu.ts";
+import type { HostErrno, HostIommu, HostResult } from "../engine/host-iommu.ts";
 import { type Domain, type Mapping, mappingSizeBytes } from "./domains.ts";
 
 export interface HostFailure {
-  readonly errno: HostErrno;
+  /** The host's errno, or "exception" when the host threw instead of answering. */
+  readonly errno: HostErrno | "exception";
   readonly message: string;
+}
+
+/** Calls the host, turning a thrown error into a refusal so no request is left half done. */
+function callHost(call: () => HostResult): HostResult | HostFailure {
+  try {
+    return call();
+  } catch (e) {
+    return { errno: "exception", message: String(e) };
+  }
+}
+
+function refused(r: HostResult | HostFailure): HostFailure | null {
+  if ("ok" in r) return r.ok ? null : { errno: r.errno, message: r.message };
+  return r;
 }
 
 export type HostView = "none" | "identity" | Domain;
@@ -56,10 +71,13 @@ export class HostMirror {
   /** Propagates a new mapping of the mirrored domain. */
   map(m: Mapping): HostFailure | null {
     if ((m.perms & PERM_RW) === 0) return null;
-    const r = this.host.map(m.iovaStart, m.gpaStart, mappingSizeBytes(m), m.perms & PERM_RW);
-    if (!r.ok) {
+    const host = this.host;
+    const failure = refused(
+      callHost(() => host.map(m.iovaStart, m.gpaStart, mappingSizeBytes(m), m.perms & PERM_RW)),
+    );
+    if (failure !== null) {
       this.refusals++;
-      return { errno: r.errno, message: r.message };
+      return failure;
     }
     this.maps++;
     return null;
@@ -68,8 +86,12 @@ export class HostMirror {
   /** Propagates the removal of a mapping of the mirrored domain. */
   unmap(m: Mapping): void {
     if ((m.perms & PERM_RW) === 0) return;
-    const r = this.host.unmap(m.iovaStart, mappingSizeBytes(m));
-    if (r.ok) this.unmaps++;
+    this.hostUnmap(m.iovaStart, mappingSizeBytes(m));
+  }
+
+  private hostUnmap(iova: number, sizeBytes: number): void {
+    const host = this.host;
+    if (refused(callHost(() => host.unmap(iova, sizeBytes))) === null) this.unmaps++;
     else this.teardownErrors++;
   }
 
@@ -77,11 +99,7 @@ export class HostMirror {
     const view = this.current;
     this.current = "none";
     if (view === "identity") {
-      for (const r of this.memory.regions) {
-        const res = this.host.unmap(r.gpa, r.sizeBytes);
-        if (res.ok) this.unmaps++;
-        else this.teardownErrors++;
-      }
+      for (const r of this.memory.regions) this.hostUnmap(r.gpa, r.sizeBytes);
     } else if (view !== "none") {
       for (const e of view.mappings.entries()) this.unmap(e.value);
     }
@@ -91,11 +109,12 @@ export class HostMirror {
     const regions = this.memory.regions;
     for (let i = 0; i < regions.length; i++) {
       const r = regions[i];
-      const res = this.host.map(r.gpa, r.gpa, r.sizeBytes, PERM_RW);
-      if (!res.ok) {
+      const host = this.host;
+      const failure = refused(callHost(() => host.map(r.gpa, r.gpa, r.sizeBytes, PERM_RW)));
+      if (failure !== null) {
         this.refusals++;
-        for (let j = 0; j < i; j++) this.host.unmap(regions[j].gpa, regions[j].sizeBytes);
-        return { errno: res.errno, message: res.message };
+        for (let j = 0; j < i; j++) this.hostUnmap(regions[j].gpa, regions[j].sizeBytes);
+        return failure;
       }
       this.maps++;
     }
