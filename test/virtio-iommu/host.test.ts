@@ -19,7 +19,7 @@ function rig(hosts: VfioType1Container[], options: VirtioIommuOptions = {}) {
     { gpa: 0x1_0000_0000, sizeBytes: RAM / 2 },
   ]);
   const dev = new VirtioIommu(memory, options);
-  hosts.forEach((host, i) => dev.addEndpoint(0x10 + i, { host }));
+  for (const [i, host] of hosts.entries()) dev.addEndpoint(0x10 + i, { host });
   dev.addEndpoint(0x100); // an emulated endpoint
   dev.negotiate(dev.deviceFeatures);
   return { memory, dev };

@@ -193,7 +193,10 @@ test("fuzz: random requests and writable sizes never throw and always answer per
       space.read(int(0x200) * 0x1000, new Uint8Array(1 + int(64)));
     }
     dev.takeEvent();
-    if (i % 5000 === 4999) dev.reset(), dev.negotiate(dev.deviceFeatures);
+    if (i % 5000 === 4999) {
+      dev.reset();
+      dev.negotiate(dev.deviceFeatures);
+    }
   }
   const s = dev.stats();
   assert.equal(s.internalErrors, 0);
