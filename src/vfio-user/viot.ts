@@ -22,21 +22,25 @@ export const VIOT_VIRTIO_IOMMU_PCI_SIZE = 16;
 export interface ViotOptions {
   /** BDF of the virtio-iommu PCI function. */
   readonly iommuBdf: number;
-  /** Endpoint BDFs translated by it; contiguous runs are merged into one range node. */
+  /** Endpoint BDFs translated by it; adjacent device slots are merged into one range node. */
   readonly endpointBdfs: readonly number[];
   readonly segment?: number;
   readonly oemId?: string;
   readonly oemTableId?: string;
 }
 
-/** Merges sorted BDFs into [start, end] runs. */
+/**
+ * Ranges [bdfStart, bdfEnd] covering whole devices (functions 0-7) of the given endpoints, with
+ * adjacent device slots merged. A slot never appears unless one of its BDFs was given, so an
+ * endpoint outside the list (iommu=off) is never covered.
+ */
 export function bdfRuns(bdfs: readonly number[]): [number, number][] {
-  const sorted = [...new Set(bdfs)].sort((a, b) => a - b);
+  const slots = [...new Set(bdfs.map((b) => b >> 3))].sort((a, b) => a - b);
   const runs: [number, number][] = [];
-  for (const b of sorted) {
+  for (const s of slots) {
     const last = runs[runs.length - 1];
-    if (last !== undefined && last[1] + 1 === b) last[1] = b;
-    else runs.push([b, b]);
+    if (last !== undefined && last[1] + 1 === s << 3) last[1] = (s << 3) | 7;
+    else runs.push([s << 3, (s << 3) | 7]);
   }
   return runs;
 }
