@@ -1,0 +1,171 @@
+/**
+ * First-stage paging in scalable mode (VT-d 3.6, 9.7): IA-32e 4-level or 5-level tables with
+ * P, R/W, U/S, A, D, PS and XD, translating a (canonical) IOVA for one PASID.
+ *
+ * Hardware sets Accessed on every entry it uses and Dirty on the leaf of a write (VT-d 3.6.2);
+ * the walk does so with a plain store (the emulated unit is the only writer during a walk).
+ * A supervisor request may write through read-only entries unless the PASID entry sets WPE.
+ */
+import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import { WALK, type WalkOut } from "./second-stage.ts";
+
+export interface FirstStageFormat {
+  readonly hawBits: number;
+  /** CAP.FL1GP: 1 GiB leaves at level 3. */
+  readonly superpage1G: boolean;
+}
+
+export interface FirstStageRequest {
+  /** Supervisor (privileged) request. */
+  readonly privileged: boolean;
+  /** PASID entry WPE: supervisor writes honour R/W. */
+  readonly writeProtect: boolean;
+  /** PASID entry NXE: bit 63 (XD) is defined; otherwise reserved. */
+  readonly noExecute: boolean;
+  /** Set A/D bits (true for DMA; false when enumerating for caching-mode replay). */
+  readonly updateAccessed: boolean;
+}
+
+const TWO32 = 0x1_0000_0000;
+
+function reservedHigh(hawBits: number, noExecute: boolean): number {
+  const h = Math.min(hawBits, 52);
+  const addrMask = h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
+  return (addrMask | (noExecute ? 0 : 2 ** 31)) >>> 0;
+}
+
+export class FirstStageWalker {
+  private readonly memory: GuestMemory;
+  private readonly format: FirstStageFormat;
+  entryReads = 0;
+  accessedUpdates = 0;
+
+  constructor(memory: GuestMemory, format: FirstStageFormat) {
+    this.memory = memory;
+    this.format = format;
+  }
+
+  private reserved(lo: number, hi: number, level: number, resHigh: number): boolean {
+    if ((hi & resHigh) !== 0) return true;
+    if (level > 1 && (lo & 0x80) !== 0) {
+      if (level === 2) return (lo & 0x1fe000) !== 0; // 2 MiB: bits 20:13 (12 is PAT)
+      if (level === 3) return !this.format.superpage1G || (lo & 0x3fffe000) !== 0;
+      return true; // PS is reserved in PML4E / PML5E
+    }
+    return false;
+  }
+
+  /** Largest input address + 1 for 4 or 5 levels (canonical lower half). */
+  static inputLimit(levels: number): number {
+    return levels === 5 ? 2 ** 56 : 2 ** 47;
+  }
+
+  walk(
+    rootGpa: number,
+    levels: number,
+    iova: number,
+    access: number,
+    req: FirstStageRequest,
+    out: WalkOut,
+  ): number {
+    // Canonical lower half only: the engine cannot express upper-half (>= 2^53) addresses.
+    if (iova >= FirstStageWalker.inputLimit(levels)) return WALK.NON_CANONICAL;
+    if (rootGpa >= 2 ** Math.min(this.format.hawBits, 52)) return WALK.ROOT_INVALID;
+    const memory = this.memory;
+    const resHigh = reservedHigh(this.format.hawBits, req.noExecute);
+    let table = rootGpa;
+    let writable = true;
+    let user = true;
+    for (let level = levels; level >= 1; level--) {
+      const shift = 12 + 9 * (level - 1);
+      const size = 2 ** shift;
+      const entryGpa = table + (Math.floor(iova / size) % 512) * 8;
+      out.leafLevel = level;
+      if (!memory.isRam(entryGpa, 8)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
+      this.entryReads++;
+      let lo = memory.readU32(entryGpa);
+      const hi = memory.readU32(entryGpa + 4);
+      if ((lo & 1) === 0) return WALK.NOT_PRESENT;
+      if (this.reserved(lo, hi, level, resHigh)) return WALK.RESERVED;
+      if ((lo & 2) === 0) writable = false;
+      if ((lo & 4) === 0) user = false;
+      const leaf = level === 1 || (lo & 0x80) !== 0;
+      if (req.updateAccessed) {
+        let set = 0x20; // A
+        if (leaf && access & PERM_WRITE) set |= 0x40; // D
+        if ((lo & set) !== set) {
+          lo = (lo | set) >>> 0;
+          memory.writeU32(entryGpa, lo);
+          this.accessedUpdates++;
+        }
+      }
+      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      if (leaf) {
+        if (!req.privileged && !user) return WALK.USER_SUPERVISOR;
+        const writeAllowed = writable || (req.privileged && !req.writeProtect);
+        // A write needs D set: report write permission only when the leaf is already dirty.
+        const dirty = (lo & 0x40) !== 0;
+        out.iovaBase = iova - (iova % size);
+        out.gpaBase = level === 1 ? addr : addr - (addr % size);
+        out.sizeBytes = size;
+        out.perms = PERM_READ | (writeAllowed && dirty ? PERM_WRITE : 0);
+        if (access & PERM_WRITE && !writeAllowed) return WALK.PERMISSION;
+        if (access & PERM_WRITE && !dirty) out.perms |= PERM_WRITE;
+        return WALK.OK;
+      }
+      table = addr;
+    }
+    return WALK.NOT_PRESENT;
+  }
+
+  /** Every translating leaf in [startIova, lastIova], without touching A/D bits. */
+  forEachLeaf(
+    rootGpa: number,
+    levels: number,
+    startIova: number,
+    lastIova: number,
+    req: FirstStageRequest,
+    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
+  ): void {
+    if (rootGpa >= 2 ** Math.min(this.format.hawBits, 52)) return;
+    const last = Math.min(lastIova, FirstStageWalker.inputLimit(levels) - 1);
+    this.visit(rootGpa, levels, 0, startIova, last, true, true, req, leaf);
+  }
+
+  private visit(
+    table: number,
+    level: number,
+    baseIova: number,
+    startIova: number,
+    lastIova: number,
+    writable: boolean,
+    user: boolean,
+    req: FirstStageRequest,
+    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
+  ): void {
+    const memory = this.memory;
+    const resHigh = reservedHigh(this.format.hawBits, req.noExecute);
+    const size = 2 ** (12 + 9 * (level - 1));
+    const first = Math.max(0, Math.floor((startIova - baseIova) / size));
+    const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
+    for (let i = first; i <= last; i++) {
+      const entryGpa = table + i * 8;
+      if (!memory.isRam(entryGpa, 8)) return;
+      const lo = memory.readU32(entryGpa);
+      const hi = memory.readU32(entryGpa + 4);
+      if ((lo & 1) === 0 || this.reserved(lo, hi, level, resHigh)) continue;
+      const w = writable && (lo & 2) !== 0;
+      const u = user && (lo & 4) !== 0;
+      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      const iova = baseIova + i * size;
+      if (level === 1 || (lo & 0x80) !== 0) {
+        if (!req.privileged && !u) continue;
+        const perms = w || (req.privileged && !req.writeProtect) ? PERM_RW : PERM_READ;
+        leaf(iova, level === 1 ? addr : addr - (addr % size), size, perms);
+      } else {
+        this.visit(addr, level - 1, iova, startIova, lastIova, w, u, req, leaf);
+      }
+    }
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * Interrupt remapping (VT-d 5.1): MSI writes (and IOAPIC messages) in remappable format carry
+ * a handle into the interrupt remapping table (IRTA_REG: base, size 2^(S+1), EIME); the IRTE
+ * found there supplies vector, destination, modes, and a source-id check. Compatibility-format
+ * messages pass through unchanged unless x2APIC mode (EIME) or GSTS.CFIS blocks them.
+ *
+ * Decoded IRTEs are kept in the interrupt entry cache until an IEC invalidation (or SIRTP)
+ * drops them. Faults (0x20-0x26) go to the fault log with the handle in bits 63:48 of the
+ * fault information, as VT-d 7.1.3 lays out for interrupt requests.
+ */
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import type { Tracer } from "../engine/trace.ts";
+import type { MsiMessage } from "../platform/interrupts.ts";
+import { FR } from "./fault-reasons.ts";
+
+/** A remapped interrupt: what the IRTE says, and the message that delivers it. */
+export interface RemappedInterrupt {
+  readonly vector: number;
+  /** 8-bit xAPIC id (EIME clear) or 32-bit x2APIC id (EIME set). */
+  readonly destination: number;
+  readonly destinationLogical: boolean;
+  readonly redirectionHint: boolean;
+  readonly levelTriggered: boolean;
+  readonly deliveryMode: number;
+  /**
+   * The compatibility-format message for the local APICs; x2APIC destinations above 255 put
+   * bits 31:8 of the id in address bits 63:40 (the extended-destination layout KVM accepts).
+   */
+  readonly message: MsiMessage;
+}
+
+export type RemapResult =
+  | {
+      readonly ok: true;
+      readonly remapped: boolean;
+      readonly interrupt: RemappedInterrupt | null;
+      readonly message: MsiMessage;
+    }
+  | { readonly ok: false; readonly reason: number; readonly detail: string };
+
+export type IrteFaultSink = (
+  sourceId: number,
+  reason: number,
+  handle: number,
+  qualified: boolean,
+  fpd: boolean,
+) => void;
+
+interface CachedIrte {
+  readonly lo: number;
+  readonly hi: number;
+  readonly lo2: number;
+  readonly hi2: number;
+}
+
+/** The address of an MSI in the interrupt window (bits 31:20 = 0xFEE). */
+export function isInterruptAddress(address: number): boolean {
+  return address >= 0xfee00000 && address <= 0xfeefffff;
+}
+
+export class InterruptRemapper {
+  private readonly memory: GuestMemory;
+  private readonly tracer: Tracer;
+  private readonly fault: IrteFaultSink;
+  private readonly eimSupported: boolean;
+  /** Latched by SIRTP. */
+  tableGpa = 0;
+  tableEntries = 2;
+  extendedMode = false;
+  private readonly cache = new Map<number, CachedIrte>();
+  remapped = 0;
+  passedCompatibility = 0;
+  faults = 0;
+  cacheHits = 0;
+  cacheMisses = 0;
+
+  constructor(memory: GuestMemory, eimSupported: boolean, fault: IrteFaultSink, tracer: Tracer) {
+    this.memory = memory;
+    this.eimSupported = eimSupported;
+    this.fault = fault;
+    this.tracer = tracer;
+  }
+
+  /** SIRTP: latch IRTA (VT-d 11.4.20); with CAP.ESIRTPS this also empties the entry cache. */
+  setTable(irtaLo: number, irtaHi: number): void {
+    this.tableGpa = irtaHi * 0x1_0000_0000 + ((irtaLo & 0xfffff000) >>> 0);
+    this.tableEntries = 2 ** ((irtaLo & 0xf) + 1);
+    this.extendedMode = this.eimSupported && (irtaLo & 0x800) !== 0;
+    this.cache.clear();
+  }
+
+  /** IEC invalidation (VT-d 6.5.2.7): everything, or 2^indexMask entries from `index`. */
+  invalidate(global: boolean, index: number, indexMask: number): void {
+    if (global) {
+      this.cache.clear();
+      return;
+    }
+    const count = 2 ** indexMask;
+    const first = index - (index % count);
+    if (count > this.cache.size) {
+      for (const k of [...this.cache.keys()]) if (k >= first && k < first + count) this.cache.delete(k);
+    } else {
+      for (let i = first; i < first + count; i++) this.cache.delete(i);
+    }
+  }
+
+  get cachedEntries(): number {
+    return this.cache.size;
+  }
+
+  private fail(sourceId: number, reason: number, handle: number, detail: string, fpd = false): RemapResult {
+    this.faults++;
+    this.fault(sourceId, reason, handle, true, fpd);
+    if (this.tracer.on("irq"))
+      this.tracer.emit("irq", "vtd", "ir-fault", { sid: sourceId, reason, handle, detail });
+    return { ok: false, reason, detail };
+  }
+
+  /**
+   * Remaps one interrupt request. `enabled` is GSTS.IRES, `compatAllowed` GSTS.CFIS.
+   * `msiAddress` is the 64-bit address (below 2^53), `msiData` the 32-bit data.
+   */
+  remap(
+    sourceId: number,
+    msiAddress: number,
+    msiData: number,
+    enabled: boolean,
+    compatAllowed: boolean,
+  ): RemapResult {
+    const message = { address: msiAddress, data: msiData };
+    if (!enabled) return { ok: true, remapped: false, interrupt: null, message };
+    const addrLo = msiAddress % 0x1_0000_0000;
+    if ((addrLo & 0x10) === 0) {
+      // Compatibility format (VT-d 5.1.2.1): blocked in x2APIC mode or unless CFI is enabled.
+      if (this.extendedMode || !compatAllowed) {
+        return this.fail(sourceId, FR.IR_COMPAT_BLOCKED, 0, "compatibility-format interrupt blocked");
+      }
+      this.passedCompatibility++;
+      return { ok: true, remapped: false, interrupt: null, message };
+    }
+    // Remappable format (VT-d 5.1.2.2): handle[14:0] in 19:5, handle[15] in bit 2, SHV bit 3.
+    let handle = ((addrLo >>> 5) & 0x7fff) | (((addrLo >>> 2) & 1) << 15);
+    if (addrLo & 0x8) {
+      if (msiData >>> 16 !== 0) {
+        return this.fail(sourceId, FR.IR_REQUEST_RESERVED, handle, "data bits 31:16 set with SHV");
+      }
+      handle = (handle + (msiData & 0xffff)) >>> 0;
+    }
+    if (handle >= this.tableEntries) {
+      return this.fail(
+        sourceId,
+        FR.IR_INDEX_OVER_LIMIT,
+        handle,
+        `handle ${handle} >= ${this.tableEntries} entries`,
+      );
+    }
+    let e = this.cache.get(handle);
+    if (e === undefined) {
+      this.cacheMisses++;
+      const gpa = this.tableGpa + handle * 16;
+      if (!this.memory.isRam(gpa, 16)) {
+        return this.fail(sourceId, FR.IR_TABLE_ACCESS, handle, "IRTE not in RAM");
+      }
+      const m = this.memory;
+      e = { lo: m.readU32(gpa), hi: m.readU32(gpa + 4), lo2: m.readU32(gpa + 8), hi2: m.readU32(gpa + 12) };
+      // Only present entries are cached (VT-d 6.2.5: not-present entries are never cached here).
+      if (e.lo & 1) this.cache.set(handle, e);
+    } else {
+      this.cacheHits++;
+    }
+    const fpd = (e.lo & 2) !== 0;
+    if ((e.lo & 1) === 0) return this.fail(sourceId, FR.IR_NOT_PRESENT, handle, "IRTE not present", fpd);
+    // Reserved (VT-d 9.10): 14:12, 31:24, posted mode (IM, no CAP.PI), xAPIC 39:32 and 63:48,
+    // SVT 11, high 63:20.
+    const svt = (e.lo2 >>> 18) & 3;
+    if (
+      (e.lo & 0xff00f000) !== 0 ||
+      (!this.extendedMode && (e.hi & 0xffff00ff) !== 0) ||
+      (e.lo2 & 0xfff00000) !== 0 ||
+      e.hi2 !== 0 ||
+      svt === 3
+    ) {
+      return this.fail(sourceId, FR.IR_ENTRY_RESERVED, handle, "IRTE reserved bits set");
+    }
+    const sid = e.lo2 & 0xffff;
+    const sq = (e.lo2 >>> 16) & 3;
+    if (svt === 1) {
+      // Compare the requester id with SID, ignoring bits per SQ (VT-d 9.10, Table 9-x).
+      const ignore = sq === 0 ? 0 : sq === 1 ? 0b100 : sq === 2 ? 0b110 : 0b111;
+      if (((sourceId ^ sid) & ~ignore & 0xffff) !== 0) {
+        return this.fail(
+          sourceId,
+          FR.IR_SOURCE_ID,
+          handle,
+          `source 0x${sourceId.toString(16)} is not 0x${sid.toString(16)}`,
+          fpd,
+        );
+      }
+    } else if (svt === 2) {
+      const bus = sourceId >>> 8;
+      if (bus < sid >>> 8 || bus > (sid & 0xff)) {
+        return this.fail(
+          sourceId,
+          FR.IR_SOURCE_ID,
+          handle,
+          `bus ${bus} outside ${sid >>> 8}-${sid & 0xff}`,
+          fpd,
+        );
+      }
+    }
+    const vector = (e.lo >>> 16) & 0xff;
+    const destination = this.extendedMode ? e.hi >>> 0 : (e.hi >>> 8) & 0xff;
+    const destinationLogical = (e.lo & 4) !== 0;
+    const redirectionHint = (e.lo & 8) !== 0;
+    const levelTriggered = (e.lo & 0x10) !== 0;
+    const deliveryMode = (e.lo >>> 5) & 7;
+    const lo32 =
+      0xfee00000 + (destination & 0xff) * 0x1000 + (redirectionHint ? 8 : 0) + (destinationLogical ? 4 : 0);
+    const extended = Math.floor(destination / 256);
+    // Address bits 63:40 carry destination bits 31:8 (below 2^53 only up to 2^21 ids).
+    const address = extended === 0 ? lo32 : extended < 0x2000 ? extended * 2 ** 40 + lo32 : lo32;
+    const data =
+      vector | (deliveryMode << 8) | (levelTriggered ? 1 << 15 : 0) | (levelTriggered ? 1 << 14 : 0);
+    const out: RemappedInterrupt = {
+      vector,
+      destination,
+      destinationLogical,
+      redirectionHint,
+      levelTriggered,
+      deliveryMode,
+      message: { address, data },
+    };
+    this.remapped++;
+    if (this.tracer.on("irq")) {
+      this.tracer.emit("irq", "vtd", "ir-remap", { sid: sourceId, handle, vector, destination });
+    }
+    return { ok: true, remapped: true, interrupt: out, message: out.message };
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Second-stage (second-level) paging (VT-d 3.7, 9.8): 3, 4 or 5 levels of 512 eight-byte
+ * entries translating an IOVA (or guest-physical address) into a host-visible guest-physical
+ * address, with R/W permissions ANDed down the walk and 2 MiB / 1 GiB leaves when CAP.SLLPS
+ * advertises them.
+ *
+ * Entries are read as two u32 halves; nothing allocates. The same walk enumerates every leaf
+ * in a range (for caching-mode replay), skipping what does not translate.
+ */
+import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
+
+/** Why a walk stopped (mapped to legacy or scalable fault reasons by the caller). */
+export const WALK = {
+  OK: 0,
+  /** An entry could not be read (not RAM). */
+  ACCESS: 1,
+  /** R and W both clear (second stage) / P clear (first stage). */
+  NOT_PRESENT: 2,
+  RESERVED: 3,
+  /** The leaf forbids the access. */
+  PERMISSION: 4,
+  /** The table pointer itself is unusable (beyond the host address width). */
+  ROOT_INVALID: 5,
+  /** First stage: the input address is not canonical for the paging mode. */
+  NON_CANONICAL: 6,
+  /** First stage: a user request reached a supervisor-only page. */
+  USER_SUPERVISOR: 7,
+} as const;
+
+/** The result of a successful walk: a page-sized block. */
+export class WalkOut {
+  iovaBase = 0;
+  gpaBase = 0;
+  sizeBytes = 0;
+  perms = 0;
+  /** Level of the leaf (1: 4 KiB, 2: 2 MiB, 3: 1 GiB). */
+  leafLevel = 0;
+}
+
+export interface SecondStageFormat {
+  /** Host address width: address bits at and above it are reserved in entries. */
+  readonly hawBits: number;
+  readonly superpage2M: boolean;
+  readonly superpage1G: boolean;
+  /** ECAP.SC: the SNP bit (11) of leaves is defined; otherwise reserved. */
+  readonly snoopControl: boolean;
+}
+
+const TWO32 = 0x1_0000_0000;
+
+/** Reserved high-dword bits: address bits haw..51 and bit 62 (VT-d 9.8). */
+function reservedHigh(hawBits: number): number {
+  const h = Math.min(hawBits, 52);
+  const addrMask = h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
+  return (addrMask | (1 << 30)) >>> 0;
+}
+
+export class SecondStageWalker {
+  private readonly memory: GuestMemory;
+  private readonly format: SecondStageFormat;
+  private readonly resHigh: number;
+  /** Entries read by walks so far (a cost counter for stats). */
+  entryReads = 0;
+
+  constructor(memory: GuestMemory, format: SecondStageFormat) {
+    this.memory = memory;
+    this.format = format;
+    this.resHigh = reservedHigh(format.hawBits);
+  }
+
+  /** True when an entry has reserved bits set for its level and kind (VT-d 9.8). */
+  private reserved(lo: number, hi: number, level: number): boolean {
+    if ((hi & this.resHigh) !== 0) return true;
+    const ps = (lo & 0x80) !== 0 && level > 1;
+    if (ps) {
+      if (level === 2 && (!this.format.superpage2M || (lo & 0x1ff000) !== 0)) return true;
+      if (level === 3 && (!this.format.superpage1G || (lo & 0x3ffff000) !== 0)) return true;
+      if (level > 3) return true;
+    }
+    const leaf = level === 1 || ps;
+    if (leaf && !this.format.snoopControl && (lo & 0x800) !== 0) return true;
+    return false;
+  }
+
+  /** Top-level table pointer usable? (bits at or above the host address width are reserved.) */
+  rootValid(rootGpa: number): boolean {
+    return rootGpa < 2 ** Math.min(this.format.hawBits, 52);
+  }
+
+  /**
+   * Walks `levels` levels from `rootGpa` for `iova` and `access`. Fills `out` on success and
+   * returns WALK.OK, or returns why it stopped (`out.leafLevel` then names the level).
+   */
+  walk(rootGpa: number, levels: number, iova: number, access: number, out: WalkOut): number {
+    if (!this.rootValid(rootGpa)) return WALK.ROOT_INVALID;
+    const memory = this.memory;
+    let table = rootGpa;
+    let perms = PERM_RW;
+    for (let level = levels; level >= 1; level--) {
+      const shift = 12 + 9 * (level - 1);
+      const size = 2 ** shift;
+      const index = Math.floor(iova / size) % 512;
+      const entryGpa = table + index * 8;
+      out.leafLevel = level;
+      if (!memory.isRam(entryGpa, 8)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
+      this.entryReads++;
+      const lo = memory.readU32(entryGpa);
+      const hi = memory.readU32(entryGpa + 4);
+      if ((lo & 3) === 0) return WALK.NOT_PRESENT;
+      if (this.reserved(lo, hi, level)) return WALK.RESERVED;
+      perms &= (lo & 1 ? PERM_READ : 0) | (lo & 2 ? PERM_WRITE : 0);
+      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      if (level === 1 || (lo & 0x80) !== 0) {
+        out.iovaBase = iova - (iova % size);
+        out.gpaBase = addr - (addr % size);
+        out.sizeBytes = size;
+        out.perms = perms;
+        return (perms & access) === access ? WALK.OK : WALK.PERMISSION;
+      }
+      table = addr;
+    }
+    return WALK.NOT_PRESENT;
+  }
+
+  /**
+   * Calls `leaf` for every translating leaf overlapping [startIova, lastIova] (clipped to the
+   * leaf, in IOVA order). Entries that do not translate (not present, reserved bits, not RAM)
+   * are skipped: they map nothing.
+   */
+  forEachLeaf(
+    rootGpa: number,
+    levels: number,
+    startIova: number,
+    lastIova: number,
+    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
+  ): void {
+    if (!this.rootValid(rootGpa)) return;
+    this.visit(rootGpa, levels, 0, startIova, lastIova, PERM_RW, leaf);
+  }
+
+  private visit(
+    table: number,
+    level: number,
+    baseIova: number,
+    startIova: number,
+    lastIova: number,
+    perms: number,
+    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
+  ): void {
+    const memory = this.memory;
+    const size = 2 ** (12 + 9 * (level - 1));
+    const first = Math.max(0, Math.floor((startIova - baseIova) / size));
+    const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
+    for (let i = first; i <= last; i++) {
+      const entryGpa = table + i * 8;
+      if (!memory.isRam(entryGpa, 8)) return;
+      const lo = memory.readU32(entryGpa);
+      const hi = memory.readU32(entryGpa + 4);
+      if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
+      const p = perms & ((lo & 1 ? PERM_READ : 0) | (lo & 2 ? PERM_WRITE : 0));
+      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      const iova = baseIova + i * size;
+      if (level === 1 || (lo & 0x80) !== 0) {
+        if (p !== 0) leaf(iova, addr - (addr % size), size, p);
+      } else {
+        this.visit(addr, level - 1, iova, startIova, lastIova, p, leaf);
+      }
+    }
+  }
+}

@@ -1,0 +1,997 @@
+/**
+ * An emulated Intel VT-d remapping unit (DMA remapping, interrupt remapping, queued
+ * invalidation, device-TLBs, caching mode) over the engine.
+ *
+ * The unit is a `DmaTranslator` for the endpoints added to it (each gets a `DmaAddressSpace`)
+ * and an `IoHandler` for its 4 KiB register page (placed by the host, 0xFED90000 on q35).
+ * Translation: target cache (context + PASID caches) -> engine IOTLB (tag = domain, PASID,
+ * privilege) -> table walk on a miss. Every fault is recorded through the fault log with its
+ * architected reason, unless an FPD bit on the path disabled recording.
+ */
+import {
+  ACCESS_WRITE,
+  type Access,
+  type DmaFault,
+  type DmaFaultReason,
+  dmaFault,
+  MAX_ADDRESS,
+  PERM_RW,
+  PERM_WRITE,
+} from "../engine/access.ts";
+import { DmaAddressSpace } from "../engine/dma-space.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import type { HostIommu } from "../engine/host-iommu.ts";
+import { Iotlb, type IotlbStats } from "../engine/iotlb.ts";
+import { Tracer } from "../engine/trace.ts";
+import { type DmaTranslator, Translation } from "../engine/translation.ts";
+import type { AccessSize, IoHandler } from "../platform/bus.ts";
+import type { InterruptSink } from "../platform/interrupts.ts";
+import {
+  capRegister,
+  DEFAULT_VTD_CONFIG,
+  ecapRegister,
+  MAMV,
+  parseVtdConfig,
+  type VtdConfig,
+  validateVtdConfig,
+} from "./config.ts";
+import { FR, faultReasonName } from "./fault-reasons.ts";
+import { ADDRESS_TYPE, type FaultInfo, FaultLog, type FaultStats } from "./faults.ts";
+import { FirstStageWalker } from "./first-stage.ts";
+import { HostShadow, type HostShadowStats, type LeafSource } from "./host-shadow.ts";
+import { InterruptRemapper, isInterruptAddress, type RemapResult } from "./interrupt-remap.ts";
+import { GRAN, InvalidationQueue, type InvalidationTarget, type QueueStats } from "./invalidation-queue.ts";
+import {
+  FSTS,
+  GCMD,
+  REG,
+  REGISTER_FILE_BYTES,
+  type RegisterDef,
+  RegisterFile,
+  registerLayout,
+} from "./registers.ts";
+import { SecondStageWalker, WALK, WalkOut } from "./second-stage.ts";
+import { TableReader } from "./tables.ts";
+import { decodeEndpointKey, endpointKey, TARGET, type Target, TargetCache, tagDomain } from "./target.ts";
+
+/** The interrupt window: DMA whose output lands here faults (VT-d 3.14). */
+const INTERRUPT_BASE = 0xfee00000;
+const INTERRUPT_LAST = 0xfeefffff;
+
+/** An ATS-capable endpoint's device-TLB: told about every device-TLB invalidation aimed at it. */
+export interface DeviceTlb {
+  /** `pasid` is -1 for the request-without-PASID TLB; `allPasids` for a global PASID-based one. */
+  invalidate(iova: number, sizeBytes: number, pasid: number, allPasids: boolean): void;
+}
+
+export interface EndpointOptions {
+  /** The host IOMMU protecting an assigned device; needs caching-mode=on. */
+  readonly host?: HostIommu;
+  /** The endpoint's device-TLB (ATS); needs device-iotlb=on. */
+  readonly ats?: DeviceTlb;
+}
+
+export interface VtdOptions {
+  /** A configuration or a `key=value,...` string in QEMU's intel-iommu syntax. */
+  readonly config?: VtdConfig | string;
+  /** Receives the fault event and invalidation completion event messages. */
+  readonly interrupts?: InterruptSink;
+  /** Requester id the unit's own event messages carry (the unit is not a PCI function). */
+  readonly unitSourceId?: number;
+  readonly tracer?: Tracer;
+  readonly iotlbCapacity?: number;
+}
+
+/** Answer to an ATS translation request (PCIe ATS 2.2 completion, VT-d 4.2.3). */
+export type AtsCompletion =
+  | {
+      readonly status: "success";
+      readonly iovaBase: number;
+      readonly gpaBase: number;
+      readonly sizeBytes: number;
+      /** PERM_READ / PERM_WRITE the endpoint may cache; 0 means not present. */
+      readonly perms: number;
+    }
+  | { readonly status: "unsupported-request" | "completer-abort"; readonly reason: number };
+
+interface EndpointState {
+  readonly sourceId: number;
+  readonly dma: DmaAddressSpace;
+  readonly shadow: HostShadow | null;
+  readonly deviceTlb: DeviceTlb | null;
+  deviceTlbInvalidations: number;
+}
+
+export interface VtdStats {
+  readonly translations: number;
+  readonly iotlbHits: number;
+  readonly iotlbMisses: number;
+  readonly iotlb: IotlbStats;
+  readonly contextCache: { entries: number; hits: number; misses: number; invalidations: number };
+  readonly interruptEntryCache: { entries: number; hits: number; misses: number };
+  readonly tableEntryReads: number;
+  readonly dmaFaults: number;
+  readonly faults: FaultStats;
+  readonly queue: QueueStats;
+  readonly registerInvalidations: number;
+  readonly interruptsRemapped: number;
+  readonly interruptFaults: number;
+  readonly atsRequests: number;
+  readonly deviceTlbInvalidations: number;
+  readonly hosts: readonly HostShadowStats[];
+}
+
+function bdf(sourceId: number): string {
+  const bus = (sourceId >> 8).toString(16).padStart(2, "0");
+  const dev = ((sourceId >> 3) & 0x1f).toString(16).padStart(2, "0");
+  return `${bus}:${dev}.${sourceId & 7}`;
+}
+
+function engineReason(code: number): DmaFaultReason {
+  switch (code) {
+    case FR.ROOT_NOT_PRESENT:
+    case FR.CONTEXT_NOT_PRESENT:
+    case FR.SM_ROOT_NOT_PRESENT:
+    case FR.SM_CONTEXT_NOT_PRESENT:
+    case FR.SM_PASID_DIR_NOT_PRESENT:
+    case FR.SM_PASID_ENTRY_NOT_PRESENT:
+    case FR.SM_SS_NOT_PRESENT:
+    case FR.SM_FS_NOT_PRESENT:
+      return "unmapped";
+    case FR.WRITE_DENIED:
+    case FR.READ_DENIED:
+    case FR.SM_WRITE_DENIED:
+    case FR.SM_READ_DENIED:
+    case FR.SM_USER_TO_SUPERVISOR:
+    case FR.SM_PASID_SRE_CLEAR:
+      return "permission";
+    case FR.ADDRESS_BEYOND_MGAW:
+    case FR.SM_ADDRESS_BEYOND_AW:
+    case FR.SM_NON_CANONICAL:
+    case FR.INTERRUPT_ADDRESS:
+    case FR.SM_INTERRUPT_ADDRESS:
+      return "address-range";
+    case FR.TRANSLATION_BLOCKED:
+    case FR.SM_TTM0_WITH_PASID:
+    case FR.SM_CONTEXT_PASIDE_CLEAR:
+    case FR.SM_CONTEXT_DTE_CLEAR:
+      return "blocked";
+    default:
+      return "bad-table";
+  }
+}
+
+export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
+  readonly config: VtdConfig;
+  readonly memory: GuestMemory;
+  readonly tracer: Tracer;
+  readonly regs: RegisterFile;
+  readonly faults: FaultLog;
+  readonly queue: InvalidationQueue;
+  readonly interruptRemapper: InterruptRemapper;
+  readonly iotlb: Iotlb;
+  private readonly tables: TableReader;
+  private readonly targets: TargetCache;
+  private readonly secondStage: SecondStageWalker;
+  private readonly firstStage: FirstStageWalker;
+  private readonly interrupts: InterruptSink | null;
+  private readonly unitSourceId: number;
+  private readonly endpoints = new Map<number, EndpointState>();
+  private readonly walkOut = new WalkOut();
+  private readonly atsScratch = new Translation();
+  private ownEpoch = 0;
+  /** Latched by SRTP. */
+  private rootTable = 0;
+  private translationTableMode = 0;
+
+  translations = 0;
+  dmaFaults = 0;
+  registerInvalidations = 0;
+  atsRequests = 0;
+  deviceTlbInvalidations = 0;
+
+  constructor(memory: GuestMemory, options: VtdOptions = {}) {
+    const c = options.config;
+    this.config =
+      c === undefined ? DEFAULT_VTD_CONFIG : typeof c === "string" ? parseVtdConfig(c) : validateVtdConfig(c);
+    this.memory = memory;
+    this.tracer = options.tracer ?? new Tracer();
+    this.interrupts = options.interrupts ?? null;
+    this.unitSourceId = options.unitSourceId ?? 0;
+    this.regs = new RegisterFile(registerLayout(this.config));
+    this.regs.onWrite = (reg, index, written) => this.onRegisterWrite(reg, index, written);
+    this.iotlb = new Iotlb(options.iotlbCapacity ?? 4096);
+    this.tables = new TableReader(memory, this.config);
+    this.targets = new TargetCache(this.tables, this.config);
+    const haw = this.config.awBits;
+    this.secondStage = new SecondStageWalker(memory, {
+      hawBits: haw,
+      superpage2M: true,
+      superpage1G: true,
+      snoopControl: this.config.snoopControl,
+    });
+    this.firstStage = new FirstStageWalker(memory, { hawBits: haw, superpage1G: true });
+    this.faults = new FaultLog(this.regs, (a, d) => this.sendEvent(a, d), this.tracer);
+    this.queue = new InvalidationQueue(
+      this.regs,
+      memory,
+      this,
+      {
+        scalableModeSupported: this.config.scalableMode,
+        deviceTlbSupported: this.config.deviceIotlb,
+        interruptRemappingSupported: this.config.intremap,
+        scalableModeActive: () => this.translationTableMode === 1,
+        sendCompletionEvent: (a, d) => this.sendEvent(a, d),
+        setFaultStatus: (bit) => this.faults.setStatus(bit),
+      },
+      this.tracer,
+    );
+    this.interruptRemapper = new InterruptRemapper(
+      memory,
+      this.config.eim,
+      (sid, reason, handle, _qualified, fpd) => this.recordInterruptFault(sid, reason, handle, fpd),
+      this.tracer,
+    );
+    this.resetRegisters();
+  }
+
+  private resetRegisters(): void {
+    const r = this.regs;
+    r.values.fill(0);
+    r.set32(REG.VER, this.config.scalableMode ? 0x30 : 0x10);
+    r.set64(REG.CAP, capRegister(this.config));
+    r.set64(REG.ECAP, ecapRegister(this.config));
+  }
+
+  /** Model epoch: changes whenever a translation handed out may have become stale. */
+  get epoch(): number {
+    return this.iotlb.epoch + this.ownEpoch;
+  }
+
+  private get translationEnabled(): boolean {
+    return (this.regs.get32(REG.GSTS) & GCMD.TE) !== 0;
+  }
+
+  private sendEvent(address: number, data: number): void {
+    if (this.tracer.on("irq")) this.tracer.emit("irq", "vtd", "event-msi", { address, data });
+    this.interrupts?.signalMsi(this.unitSourceId, { address, data }, 0);
+  }
+
+  // ---------------------------------------------------------------- endpoints
+
+  /**
+   * Adds the endpoint `sourceId` (its PCI BDF) and returns its DMA address space. An endpoint
+   * backed by a host IOMMU needs caching mode; one with a device-TLB needs device-iotlb.
+   */
+  addEndpoint(sourceId: number, options: EndpointOptions = {}): DmaAddressSpace {
+    if (!Number.isInteger(sourceId) || sourceId < 0 || sourceId > 0xffff) {
+      throw new Error(`VT-d: source id ${sourceId} is not a 16-bit BDF`);
+    }
+    if (this.endpoints.has(sourceId)) throw new Error(`VT-d: endpoint ${bdf(sourceId)} added twice`);
+    if (options.host !== undefined && !this.config.cachingMode) {
+      throw new Error(
+        `VT-d: endpoint ${bdf(sourceId)} is an assigned device behind a host IOMMU; the guest's mappings can only be ` +
+          "shadowed to the host with caching mode: add caching-mode=on to the intel-iommu options",
+      );
+    }
+    if (options.ats !== undefined && !this.config.deviceIotlb) {
+      throw new Error(
+        `VT-d: endpoint ${bdf(sourceId)} has a device-TLB (ATS): add device-iotlb=on to the intel-iommu options`,
+      );
+    }
+    const dma = new DmaAddressSpace(this.memory, this, sourceId);
+    const shadow = options.host === undefined ? null : new HostShadow(sourceId, options.host, this.tracer);
+    const ep: EndpointState = {
+      sourceId,
+      dma,
+      shadow,
+      deviceTlb: options.ats ?? null,
+      deviceTlbInvalidations: 0,
+    };
+    this.endpoints.set(sourceId, ep);
+    if (shadow !== null) this.resyncHost(ep);
+    if (this.tracer.on("attach")) {
+      this.tracer.emit("attach", "vtd", "endpoint", {
+        sid: sourceId,
+        host: shadow !== null,
+        ats: ep.deviceTlb !== null,
+      });
+    }
+    return dma;
+  }
+
+  /** A DMA address space for requests with PASID `pasid` from an added endpoint (scalable mode). */
+  pasidAddressSpace(sourceId: number, pasid: number, privileged = false): DmaAddressSpace {
+    if (!this.endpoints.has(sourceId)) throw new Error(`VT-d: endpoint ${bdf(sourceId)} was not added`);
+    if (!this.config.pasid) throw new Error("VT-d: requests with PASID need pasid=on (and scalable-mode=on)");
+    if (!Number.isInteger(pasid) || pasid < 0 || pasid >= 2 ** 20)
+      throw new Error(`VT-d: PASID ${pasid} is not 20-bit`);
+    return new DmaAddressSpace(this.memory, this, endpointKey(sourceId, pasid, privileged));
+  }
+
+  // ---------------------------------------------------------------- translation
+
+  private lookupTarget(key: number): {
+    target: Target | null;
+    reason: number;
+    fpd: boolean;
+    hasPasid: boolean;
+  } {
+    const cached = this.targets.get(key);
+    if (cached !== undefined)
+      return { target: cached, reason: 0, fpd: false, hasPasid: cached.requestHasPasid };
+    const scalable = this.translationTableMode === 1;
+    if (this.translationTableMode > 1) {
+      return {
+        target: null,
+        reason: FR.SM_RTADDR_INVALID,
+        fpd: false,
+        hasPasid: decodeEndpointKey(key).pasid >= 0,
+      };
+    }
+    const r = this.targets.resolve(key, this.rootTable, scalable);
+    if (r.ok) return { target: r.target, reason: 0, fpd: false, hasPasid: r.target.requestHasPasid };
+    return { target: null, reason: r.reason, fpd: r.fpd, hasPasid: r.requestHasPasid };
+  }
+
+  private fault(
+    key: number,
+    iova: number,
+    access: Access,
+    reason: number,
+    fpd: boolean,
+    addressType: number,
+  ): DmaFault {
+    this.dmaFaults++;
+    const { sourceId, pasid, privileged } = decodeEndpointKey(key);
+    const page =
+      Number.isSafeInteger(iova) && iova >= 0
+        ? BigInt(iova)
+        : Number.isFinite(iova) && iova > 0
+          ? BigInt(Math.floor(iova))
+          : 0n;
+    const info: FaultInfo = {
+      sourceId,
+      reason,
+      address: page & 0xffff_ffff_ffff_ffffn,
+      write: access === ACCESS_WRITE,
+      pasid,
+      privileged,
+      addressType,
+    };
+    if (fpd) this.faults.noteSuppressed(info);
+    else this.faults.record(info);
+    return dmaFault(engineReason(reason), key, iova, access, reason, faultReasonName(reason));
+  }
+
+  /** Maps a walk stop to the architected reason for the mode (VT-d 7.1.3). */
+  private walkReason(t: Target, code: number, access: number): number {
+    const write = (access & PERM_WRITE) !== 0;
+    if (t.kind === TARGET.FIRST_STAGE) {
+      switch (code) {
+        case WALK.ACCESS:
+          return FR.SM_FS_ACCESS;
+        case WALK.NOT_PRESENT:
+          return FR.SM_FS_NOT_PRESENT;
+        case WALK.RESERVED:
+          return FR.SM_FS_RESERVED;
+        case WALK.ROOT_INVALID:
+          return FR.SM_FS_ROOT_ACCESS;
+        case WALK.NON_CANONICAL:
+          return FR.SM_NON_CANONICAL;
+        case WALK.USER_SUPERVISOR:
+          return FR.SM_USER_TO_SUPERVISOR;
+        default:
+          return write ? FR.SM_WRITE_DENIED : FR.SM_READ_DENIED;
+      }
+    }
+    if (t.scalable) {
+      switch (code) {
+        case WALK.ACCESS:
+          return FR.SM_SS_ACCESS;
+        case WALK.NOT_PRESENT:
+          return FR.SM_SS_NOT_PRESENT;
+        case WALK.RESERVED:
+          return FR.SM_SS_RESERVED;
+        case WALK.ROOT_INVALID:
+          return FR.SM_SS_ROOT_INVALID;
+        default:
+          return write ? FR.SM_WRITE_DENIED : FR.SM_READ_DENIED;
+      }
+    }
+    switch (code) {
+      case WALK.ACCESS:
+        return FR.PAGING_ENTRY_ACCESS;
+      case WALK.RESERVED:
+        return FR.PAGING_ENTRY_RESERVED;
+      case WALK.ROOT_INVALID:
+        return FR.CONTEXT_INVALID;
+      default:
+        // Legacy second stage has no "not present": R=W=0 denies the access (VT-d 3.7.1).
+        return write ? FR.WRITE_DENIED : FR.READ_DENIED;
+    }
+  }
+
+  /**
+   * Translates for `target` into `out`; 0 on success, else the fault reason. `forAts` walks
+   * without a permission requirement (the completion reports what the page allows).
+   */
+  private translateTarget(t: Target, iova: number, access: number, out: Translation): number {
+    if (!(iova < t.inputLimit)) {
+      if (t.kind === TARGET.FIRST_STAGE) return FR.SM_NON_CANONICAL;
+      return t.scalable ? FR.SM_ADDRESS_BEYOND_AW : FR.ADDRESS_BEYOND_MGAW;
+    }
+    const intrReason = t.scalable ? FR.SM_INTERRUPT_ADDRESS : FR.INTERRUPT_ADDRESS;
+    if (t.kind === TARGET.IDENTITY) {
+      if (iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) return intrReason;
+      if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, PERM_RW);
+      else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, t.inputLimit - INTERRUPT_LAST - 1, PERM_RW);
+      return 0;
+    }
+    const iotlb = this.iotlb;
+    if (iotlb.lookup(t.iotlbTag, iova, out) && (out.perms & access) === access) return 0;
+    const w = this.walkOut;
+    const code =
+      t.kind === TARGET.SECOND_STAGE
+        ? this.secondStage.walk(t.root, t.levels, iova, access, w)
+        : this.firstStage.walk(t.root, t.levels, iova, access, t.fsRequest, w);
+    if (code !== WALK.OK) return this.walkReason(t, code, access);
+    const gpa = w.gpaBase + (iova - w.iovaBase);
+    if (w.gpaBase <= INTERRUPT_LAST && w.gpaBase + w.sizeBytes > INTERRUPT_BASE) {
+      // The leaf overlaps the interrupt window: only its 4 KiB pages outside it translate.
+      if (gpa >= INTERRUPT_BASE && gpa <= INTERRUPT_LAST) return intrReason;
+      const page = iova - (iova % 4096);
+      out.set(page, gpa - (gpa % 4096), 4096, w.perms);
+    } else {
+      out.set(w.iovaBase, w.gpaBase, w.sizeBytes, w.perms);
+    }
+    iotlb.insertFrom(t.iotlbTag, iova, out);
+    return 0;
+  }
+
+  /** DmaTranslator: translates an untranslated DMA request (VT-d 3.x), recording faults. */
+  translate(endpointId: number, iova: number, access: Access, out: Translation): DmaFault | null {
+    this.translations++;
+    if (!this.translationEnabled) {
+      out.set(0, 0, MAX_ADDRESS + 1, PERM_RW);
+      return null;
+    }
+    const key = endpointId;
+    const lt = this.lookupTarget(key);
+    if (lt.target === null)
+      return this.fault(key, iova, access, lt.reason, lt.fpd, ADDRESS_TYPE.UNTRANSLATED);
+    const t = lt.target;
+    if (!(Number.isSafeInteger(iova) && iova >= 0)) {
+      // Addresses at or above 2^53 cannot be represented: an address-width fault (documented).
+      return this.fault(
+        key,
+        iova,
+        access,
+        t.scalable ? FR.SM_ADDRESS_BEYOND_AW : FR.ADDRESS_BEYOND_MGAW,
+        t.fpd,
+        0,
+      );
+    }
+    const reason = this.translateTarget(t, iova, access, out);
+    if (reason !== 0) return this.fault(key, iova, access, reason, t.fpd, ADDRESS_TYPE.UNTRANSLATED);
+    return null;
+  }
+
+  // ---------------------------------------------------------------- ATS
+
+  /**
+   * An ATS translation request from `sourceId` (VT-d 4.2.3). Context-level errors and blocked
+   * translation types are recorded and answered Unsupported Request; malformed paging entries
+   * are recorded and answered Completer Abort; a not-present or permission-limited page is a
+   * successful completion with the permissions the tables give (0 when none), not a fault.
+   */
+  translationRequest(
+    sourceId: number,
+    iova: number,
+    write: boolean,
+    pasid = -1,
+    privileged = false,
+  ): AtsCompletion {
+    this.atsRequests++;
+    const ep = this.endpoints.get(sourceId);
+    const access: Access = write ? ACCESS_WRITE : 1;
+    if (ep === undefined || ep.deviceTlb === null || !this.translationEnabled) {
+      return { status: "unsupported-request", reason: FR.TRANSLATION_BLOCKED };
+    }
+    const key = endpointKey(sourceId, pasid, privileged);
+    const lt = this.lookupTarget(key);
+    if (lt.target === null) {
+      this.fault(key, iova, access, lt.reason, lt.fpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
+      return { status: "unsupported-request", reason: lt.reason };
+    }
+    const t = lt.target;
+    if (!t.atsAllowed) {
+      const reason = t.scalable ? FR.SM_CONTEXT_DTE_CLEAR : FR.TRANSLATION_BLOCKED;
+      this.fault(key, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
+      return { status: "unsupported-request", reason };
+    }
+    if (!(Number.isSafeInteger(iova) && iova >= 0)) {
+      const reason = t.scalable ? FR.SM_ADDRESS_BEYOND_AW : FR.ADDRESS_BEYOND_MGAW;
+      this.fault(key, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
+      return { status: "unsupported-request", reason };
+    }
+    const scratch = this.atsScratch;
+    // Walk for a read first: that gives the page and what it allows without demanding write.
+    let reason = this.translateTarget(t, iova, 1, scratch);
+    if (reason === 0 && write && (scratch.perms & PERM_WRITE) === 0 && t.kind === TARGET.FIRST_STAGE) {
+      // First stage: a write request sets D when the page is writable.
+      const again = this.translateTarget(t, iova, ACCESS_WRITE, scratch);
+      if (again !== 0 && again !== FR.SM_WRITE_DENIED) reason = again;
+      if (again === FR.SM_WRITE_DENIED) this.translateTarget(t, iova, 1, scratch);
+    }
+    if (reason === 0) {
+      return {
+        status: "success",
+        iovaBase: scratch.iovaBase,
+        gpaBase: scratch.gpaBase,
+        sizeBytes: scratch.sizeBytes,
+        perms: scratch.perms,
+      };
+    }
+    const notPresent =
+      reason === FR.READ_DENIED ||
+      reason === FR.WRITE_DENIED ||
+      reason === FR.SM_SS_NOT_PRESENT ||
+      reason === FR.SM_FS_NOT_PRESENT ||
+      reason === FR.SM_READ_DENIED ||
+      reason === FR.SM_USER_TO_SUPERVISOR ||
+      reason === FR.INTERRUPT_ADDRESS ||
+      reason === FR.SM_INTERRUPT_ADDRESS;
+    if (notPresent) {
+      const page = iova - (iova % 4096);
+      return { status: "success", iovaBase: page, gpaBase: 0, sizeBytes: 4096, perms: 0 };
+    }
+    this.fault(key, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
+    const usr =
+      reason === FR.ADDRESS_BEYOND_MGAW ||
+      reason === FR.SM_ADDRESS_BEYOND_AW ||
+      reason === FR.SM_NON_CANONICAL;
+    return { status: usr ? "unsupported-request" : "completer-abort", reason };
+  }
+
+  // ---------------------------------------------------------------- interrupt remapping
+
+  /**
+   * Remaps an interrupt request (an MSI write, or an IOAPIC message with the IOAPIC's source
+   * id from the DMAR device scope). Returns the message to deliver, or the fault (recorded).
+   */
+  remap(sourceId: number, msiAddress: number, msiData: number): RemapResult {
+    if (!this.config.intremap)
+      return { ok: true, remapped: false, interrupt: null, message: { address: msiAddress, data: msiData } };
+    if (!(Number.isSafeInteger(msiAddress) && msiAddress >= 0 && Number.isInteger(msiData))) {
+      return {
+        ok: false,
+        reason: FR.IR_REQUEST_RESERVED,
+        detail: "message address or data not representable",
+      };
+    }
+    const gsts = this.regs.get32(REG.GSTS);
+    if ((gsts & GCMD.IRE) !== 0 && !isInterruptAddress(msiAddress % 0x1_0000_0000)) {
+      return { ok: false, reason: FR.IR_REQUEST_RESERVED, detail: "not an interrupt address" };
+    }
+    return this.interruptRemapper.remap(
+      sourceId & 0xffff,
+      msiAddress,
+      msiData >>> 0,
+      (gsts & GCMD.IRE) !== 0,
+      (gsts & GCMD.CFI) !== 0,
+    );
+  }
+
+  private recordInterruptFault(sourceId: number, reason: number, handle: number, fpd: boolean): void {
+    const info: FaultInfo = {
+      sourceId,
+      reason,
+      address: BigInt(handle & 0xffff) << 48n,
+      write: true,
+      pasid: -1,
+      privileged: false,
+      addressType: 0,
+    };
+    if (fpd && (reason === FR.IR_NOT_PRESENT || reason === FR.IR_SOURCE_ID)) this.faults.noteSuppressed(info);
+    else this.faults.record(info);
+  }
+
+  // ---------------------------------------------------------------- invalidation (InvalidationTarget)
+
+  private bumpEpoch(): void {
+    this.ownEpoch++;
+  }
+
+  private traceInvalidate(name: string, fields: Record<string, number | string | boolean>): void {
+    if (this.tracer.on("invalidate")) this.tracer.emit("invalidate", "vtd", name, fields);
+  }
+
+  invalidateContextCache(
+    granularity: number,
+    domainId: number,
+    sourceId: number,
+    functionMask: number,
+  ): void {
+    this.traceInvalidate("context-cache", { granularity, did: domainId, sid: sourceId, fm: functionMask });
+    let affected: (sid: number) => boolean;
+    if (granularity === GRAN.GLOBAL) {
+      this.targets.clear();
+      affected = () => true;
+    } else if (granularity === GRAN.DOMAIN) {
+      // Scalable-mode context entries carry no domain id: drop every scalable target.
+      this.targets.dropWhere((t) => t.scalable || t.domainId === domainId);
+      affected = () => true;
+    } else {
+      const ignore = functionMask === 0 ? 0 : functionMask === 1 ? 0b100 : functionMask === 2 ? 0b110 : 0b111;
+      const match = (sid: number) => ((sid ^ sourceId) & ~ignore & 0xffff) === 0;
+      this.targets.dropWhere((t) => match(t.sourceId));
+      affected = match;
+    }
+    this.bumpEpoch();
+    for (const ep of this.endpoints.values())
+      if (ep.shadow !== null && affected(ep.sourceId)) this.resyncHost(ep);
+  }
+
+  invalidateIotlb(granularity: number, domainId: number, iova: number, addressMask: number): void {
+    this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
+    if (granularity === GRAN.GLOBAL) {
+      this.iotlb.invalidateAll();
+      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+      return;
+    }
+    if (granularity === GRAN.DOMAIN) {
+      this.iotlb.invalidateTags((tag) => tagDomain(tag) === domainId);
+      for (const ep of this.endpoints.values()) {
+        if (ep.shadow !== null && this.hostDomain(ep) === domainId) this.resyncHost(ep);
+      }
+      return;
+    }
+    const sizeBytes = 2 ** (12 + addressMask);
+    const base = iova - (iova % sizeBytes);
+    const tags = this.targets.domainTags.get(domainId);
+    if (tags !== undefined) for (const tag of tags) this.iotlb.invalidateRange(tag, base, sizeBytes);
+    this.bumpEpoch();
+    for (const ep of this.endpoints.values()) {
+      if (ep.shadow !== null && this.hostDomain(ep) === domainId)
+        this.syncHostRange(ep, base, base + sizeBytes - 1);
+    }
+  }
+
+  invalidatePasidIotlb(
+    pageSelective: boolean,
+    domainId: number,
+    pasid: number,
+    iova: number,
+    addressMask: number,
+  ): void {
+    this.traceInvalidate("pasid-iotlb", { pageSelective, did: domainId, pasid, iova, am: addressMask });
+    const tags = this.targets.domainTags.get(domainId);
+    const sizeBytes = 2 ** (12 + addressMask);
+    const base = iova - (iova % sizeBytes);
+    if (tags !== undefined) {
+      for (const tag of tags) {
+        // tag = did * 2^22 + pasid * 2 + privileged
+        if (Math.floor((tag % 2 ** 22) / 2) !== pasid) continue;
+        if (pageSelective) this.iotlb.invalidateRange(tag, base, sizeBytes);
+        else this.iotlb.invalidateSpace(tag);
+      }
+    }
+    this.bumpEpoch();
+    for (const ep of this.endpoints.values()) {
+      if (ep.shadow === null || this.hostDomain(ep) !== domainId) continue;
+      const t = this.targets.get(ep.sourceId);
+      if (t !== undefined && t.pasid !== pasid) continue;
+      if (pageSelective) this.syncHostRange(ep, base, base + sizeBytes - 1);
+      else this.resyncHost(ep);
+    }
+  }
+
+  invalidatePasidCache(granularity: number, domainId: number, pasid: number): void {
+    this.traceInvalidate("pasid-cache", { granularity, did: domainId, pasid });
+    if (granularity === 3) this.targets.dropWhere((t) => t.scalable);
+    else if (granularity === 0) this.targets.dropWhere((t) => t.scalable && t.domainId === domainId);
+    else this.targets.dropWhere((t) => t.scalable && t.domainId === domainId && t.pasid === pasid);
+    this.bumpEpoch();
+    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+  }
+
+  invalidateDeviceTlb(
+    sourceId: number,
+    pasid: number,
+    allPasids: boolean,
+    iova: number,
+    sizeBytes: number,
+  ): void {
+    this.traceInvalidate("device-tlb", { sid: sourceId, pasid, all: allPasids, iova, size: sizeBytes });
+    this.deviceTlbInvalidations++;
+    const ep = this.endpoints.get(sourceId);
+    if (ep === undefined || ep.deviceTlb === null) return;
+    ep.deviceTlbInvalidations++;
+    ep.deviceTlb.invalidate(iova, sizeBytes, pasid, allPasids);
+  }
+
+  invalidateInterruptEntryCache(global: boolean, index: number, indexMask: number): void {
+    this.traceInvalidate("iec", { global, index, im: indexMask });
+    this.interruptRemapper.invalidate(global, index, indexMask);
+  }
+
+  // ---------------------------------------------------------------- caching mode (host shadow)
+
+  private hostDomain(ep: EndpointState): number {
+    if (!this.translationEnabled) return -1;
+    const lt = this.lookupTarget(ep.sourceId);
+    return lt.target === null ? -1 : lt.target.domainId;
+  }
+
+  private leafSource(ep: EndpointState): LeafSource {
+    const ramLeaves: LeafSource = (start, last, leaf) => {
+      for (const r of this.memory.regions) {
+        const rLast = r.gpa + r.sizeBytes - 1;
+        if (r.gpa > last || rLast < start) continue;
+        if (r.gpa <= INTERRUPT_LAST && rLast >= INTERRUPT_BASE) continue;
+        leaf(r.gpa, r.gpa, r.sizeBytes, PERM_RW);
+      }
+    };
+    if (!this.translationEnabled) return ramLeaves;
+    const lt = this.lookupTarget(ep.sourceId);
+    const t = lt.target;
+    if (t === null) return () => {};
+    if (t.kind === TARGET.IDENTITY) return ramLeaves;
+    const outsideWindow =
+      (leaf: (i: number, g: number, s: number, p: number) => void) =>
+      (i: number, g: number, s: number, p: number) => {
+        if (g <= INTERRUPT_LAST && g + s > INTERRUPT_BASE) return;
+        leaf(i, g, s, p);
+      };
+    if (t.kind === TARGET.SECOND_STAGE) {
+      return (start, last, leaf) =>
+        this.secondStage.forEachLeaf(
+          t.root,
+          t.levels,
+          start,
+          Math.min(last, t.inputLimit - 1),
+          outsideWindow(leaf),
+        );
+    }
+    const req = { ...t.fsRequest, updateAccessed: false };
+    return (start, last, leaf) =>
+      this.firstStage.forEachLeaf(
+        t.root,
+        t.levels,
+        start,
+        Math.min(last, t.inputLimit - 1),
+        req,
+        outsideWindow(leaf),
+      );
+  }
+
+  private resyncHost(ep: EndpointState): void {
+    if (ep.shadow === null) return;
+    ep.shadow.sync(0, MAX_ADDRESS, this.leafSource(ep));
+  }
+
+  private syncHostRange(ep: EndpointState, start: number, last: number): void {
+    if (ep.shadow === null) return;
+    ep.shadow.sync(start, last, this.leafSource(ep));
+  }
+
+  // ---------------------------------------------------------------- registers
+
+  private onRegisterWrite(reg: RegisterDef, index: number, written: number): void {
+    const offset = index * 4;
+    switch (reg.name) {
+      case "GCMD":
+        this.globalCommand(written);
+        return;
+      case "CCMD":
+        if (offset === REG.CCMD + 4) this.contextCommand();
+        return;
+      case "IOTLB":
+        if (offset === REG.IOTLB + 4) this.iotlbCommand();
+        return;
+      case "FSTS":
+        this.faults.refresh();
+        if (written & FSTS.IQE) this.queue.process();
+        return;
+      case "FECTL":
+        this.faults.onFectlWrite();
+        return;
+      case "IQT":
+        if (offset === REG.IQT && (this.regs.get32(REG.GSTS) & GCMD.QIE) !== 0) this.queue.process();
+        return;
+      case "ICS":
+        this.queue.onIcsWrite();
+        return;
+      case "IECTL":
+        this.queue.onIectlWrite();
+        return;
+      case "PMEN": {
+        // No protected regions are reported (CAP.PLMR = PHMR = 0): PRS follows EPM, nothing else.
+        const pmen = this.regs.get32(REG.PMEN);
+        this.regs.set32(REG.PMEN, (pmen & 0x80000000) !== 0 ? pmen | 1 : pmen & ~1);
+        return;
+      }
+      default:
+        if (reg.name.startsWith("FRCD")) this.faults.refresh();
+    }
+  }
+
+  /** GCMD_REG write (VT-d 11.4.4): persistent enables and one-shot commands. */
+  private globalCommand(value: number): void {
+    const r = this.regs;
+    let gsts = r.get32(REG.GSTS);
+    const before = gsts;
+    const c = this.config;
+    if (value & GCMD.SRTP && c.dmaTranslation) {
+      const lo = r.get32(REG.RTADDR);
+      this.rootTable = r.getHi(REG.RTADDR) * 0x1_0000_0000 + ((lo & 0xfffff000) >>> 0);
+      this.translationTableMode = (lo >>> 10) & 3;
+      // CAP.ESRTPS: setting the root table pointer invalidates every translation cache.
+      this.targets.clear();
+      this.iotlb.invalidateAll();
+      this.bumpEpoch();
+      gsts |= GCMD.SRTP;
+      this.traceInvalidate("srtp", { root: this.rootTable, ttm: this.translationTableMode });
+    }
+    const te = (value & GCMD.TE) !== 0 && c.dmaTranslation;
+    if (te !== ((gsts & GCMD.TE) !== 0)) {
+      gsts = te ? gsts | GCMD.TE : gsts & ~GCMD.TE;
+      this.bumpEpoch();
+    }
+    const qie = (value & GCMD.QIE) !== 0;
+    const qiWasOn = (gsts & GCMD.QIE) !== 0;
+    if (qie && !qiWasOn) {
+      r.set32(REG.IQH, 0);
+      r.setHi(REG.IQH, 0);
+      gsts |= GCMD.QIE;
+    } else if (!qie && qiWasOn) {
+      gsts &= ~GCMD.QIE;
+    }
+    if (c.intremap) {
+      if (value & GCMD.SIRTP) {
+        this.interruptRemapper.setTable(r.get32(REG.IRTA), r.getHi(REG.IRTA));
+        gsts |= GCMD.SIRTP;
+      }
+      gsts = value & GCMD.IRE ? gsts | GCMD.IRE : gsts & ~GCMD.IRE;
+      gsts = value & GCMD.CFI ? gsts | GCMD.CFI : gsts & ~GCMD.CFI;
+    }
+    r.set32(REG.GSTS, gsts >>> 0);
+    if (gsts !== before && this.tracer.on("config")) {
+      this.tracer.emit("config", "vtd", "gsts", {
+        before: before >>> 0,
+        after: gsts >>> 0,
+        command: value >>> 0,
+      });
+    }
+    if ((gsts & GCMD.QIE) !== 0 && !qiWasOn) this.queue.process();
+    if ((before ^ gsts) & GCMD.TE || value & GCMD.SRTP) {
+      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+    }
+  }
+
+  /** CCMD_REG with ICC set (VT-d 6.5.1.1, 11.4.6.1). */
+  private contextCommand(): void {
+    const r = this.regs;
+    let hi = r.getHi(REG.CCMD);
+    if ((hi & 0x80000000) === 0) return;
+    const lo = r.get32(REG.CCMD);
+    const cirg = (hi >>> 29) & 3;
+    let caig = 0;
+    // Register-based invalidation is not used while queued invalidation is enabled (6.5.2).
+    if ((r.get32(REG.GSTS) & GCMD.QIE) === 0 && cirg !== 0) {
+      this.registerInvalidations++;
+      this.invalidateContextCache(cirg, lo & 0xffff, lo >>> 16, hi & 3);
+      caig = cirg;
+    }
+    hi = (hi & ~0x98000000) | (caig << 27);
+    r.setHi(REG.CCMD, hi >>> 0);
+  }
+
+  /** IOTLB_REG with IVT set (VT-d 6.5.1.2, 11.4.8.1); IVA_REG gives the page range. */
+  private iotlbCommand(): void {
+    const r = this.regs;
+    let hi = r.getHi(REG.IOTLB);
+    if ((hi & 0x80000000) === 0) return;
+    let iirg = (hi >>> 28) & 3;
+    let iaig = 0;
+    if ((r.get32(REG.GSTS) & GCMD.QIE) === 0 && iirg !== 0) {
+      this.registerInvalidations++;
+      const ivaLo = r.get32(REG.IVA);
+      const am = ivaLo & 0x3f;
+      // An address mask beyond CAP.MAMV is performed (and reported) as domain-selective.
+      if (iirg === GRAN.PAGE_OR_DEVICE && am > MAMV) iirg = GRAN.DOMAIN;
+      this.invalidateIotlb(
+        iirg,
+        hi & 0xffff,
+        r.getHi(REG.IVA) * 0x1_0000_0000 + ((ivaLo & 0xfffff000) >>> 0),
+        am,
+      );
+      iaig = iirg;
+    }
+    hi = (hi & ~(0x80000000 | (3 << 25))) | (iaig << 25);
+    r.setHi(REG.IOTLB, hi >>> 0);
+  }
+
+  // ---------------------------------------------------------------- IoHandler
+
+  private static aligned(offset: number, sizeBytes: number): boolean {
+    return (
+      Number.isInteger(offset) &&
+      offset >= 0 &&
+      offset + sizeBytes <= REGISTER_FILE_BYTES &&
+      offset % sizeBytes === 0
+    );
+  }
+
+  read(offset: number, sizeBytes: AccessSize): number {
+    if (!VtdUnit.aligned(offset, sizeBytes)) return 0;
+    const index = offset >> 2;
+    if (sizeBytes === 8) return this.regs.readDword(index + 1) * 0x1_0000_0000 + this.regs.readDword(index);
+    const dword = this.regs.readDword(index);
+    if (sizeBytes === 4) return dword;
+    const shift = (offset & 3) * 8;
+    return sizeBytes === 2 ? (dword >>> shift) & 0xffff : (dword >>> shift) & 0xff;
+  }
+
+  /** Exact 64-bit read (CAP, ECAP and others carry bits above 2^53). */
+  readWide(offset: number): bigint {
+    if (!VtdUnit.aligned(offset, 8)) return 0n;
+    const index = offset >> 2;
+    return (BigInt(this.regs.readDword(index + 1)) << 32n) | BigInt(this.regs.readDword(index));
+  }
+
+  /**
+   * 4- and 8-byte writes (the only sizes VT-d defines, 11.1); 1- and 2-byte writes are ignored.
+   * An 8-byte `number` above 2^53 has lost its low bits: hosts use `writeWide` for those.
+   */
+  write(offset: number, sizeBytes: AccessSize, value: number): void {
+    if (!VtdUnit.aligned(offset, sizeBytes) || !Number.isFinite(value)) return;
+    const index = offset >> 2;
+    if (sizeBytes === 4) this.regs.writeDword(index, value >>> 0);
+    else if (sizeBytes === 8)
+      this.regs.writeQword(index, (value % 0x1_0000_0000) >>> 0, Math.floor(value / 0x1_0000_0000) >>> 0);
+  }
+
+  /** Exact 64-bit write. */
+  writeWide(offset: number, value: bigint): void {
+    if (!VtdUnit.aligned(offset, 8)) return;
+    const v = BigInt.asUintN(64, value);
+    this.regs.writeQword(offset >> 2, Number(v & 0xffffffffn), Number(v >> 32n));
+  }
+
+  // ---------------------------------------------------------------- observability
+
+  stats(): VtdStats {
+    const io = this.iotlb.stats();
+    const hosts: HostShadowStats[] = [];
+    for (const ep of this.endpoints.values()) if (ep.shadow !== null) hosts.push(ep.shadow.stats());
+    return {
+      translations: this.translations,
+      iotlbHits: io.hits,
+      iotlbMisses: io.misses,
+      iotlb: io,
+      contextCache: {
+        entries: this.targets.size,
+        hits: this.targets.hits,
+        misses: this.targets.misses,
+        invalidations: this.targets.invalidations,
+      },
+      interruptEntryCache: {
+        entries: this.interruptRemapper.cachedEntries,
+        hits: this.interruptRemapper.cacheHits,
+        misses: this.interruptRemapper.cacheMisses,
+      },
+      tableEntryReads: this.tables.entryReads + this.secondStage.entryReads + this.firstStage.entryReads,
+      dmaFaults: this.dmaFaults,
+      faults: this.faults.stats(),
+      queue: this.queue.stats(),
+      registerInvalidations: this.registerInvalidations,
+      interruptsRemapped: this.interruptRemapper.remapped,
+      interruptFaults: this.interruptRemapper.faults,
+      atsRequests: this.atsRequests,
+      deviceTlbInvalidations: this.deviceTlbInvalidations,
+      hosts,
+    };
+  }
+}
