@@ -629,9 +629,9 @@ export class VirtioIommu implements DmaTranslator {
     const victims = domain.mappingsToUnmap(d.virtStart, last);
     // 5.13.6.6.2: a range that would split a mapping: RANGE, and remove nothing.
     if (victims === "split") return S_RANGE;
+    if (victims.length === 0) return S_OK;
     for (const m of victims) {
       this.domains.removeMapping(domain, m);
-      this.iotlb.invalidateRange(domain.id, m.iovaStart, mappingSizeBytes(m));
       for (const ep of domain.endpoints) {
         if (ep.hostMirror?.mirrors(domain)) ep.hostMirror.unmap(m);
       }
@@ -643,6 +643,11 @@ export class VirtioIommu implements DmaTranslator {
         });
       }
     }
+    // One invalidation for the span of the removed mappings: every IOTLB entry of this domain in
+    // it came from one of them, since they are all the mappings the range touches.
+    const first = victims[0];
+    const final = victims[victims.length - 1];
+    this.iotlb.invalidateRange(domain.id, first.iovaStart, final.iovaLast - first.iovaStart + 1);
     return S_OK;
   }
 
