@@ -1,0 +1,173 @@
+/**
+ * The event queue as the SMMU produces into it (SMMUv3 7.2, 6.3.27-6.3.29): records written at
+ * PROD in guest memory, PROD.OVFLG toggled when events are lost while the guest has acknowledged
+ * the previous overflow (OVFLG == CONS.OVACKFLG), EVENTQ_ABT when the queue memory is not
+ * writable.
+ *
+ * On top of the architecture, a per-stream budget: one stream may hold at most
+ * `perStreamPending` unconsumed records, so a faulting device cannot fill the queue and starve
+ * every other stream's events. Records over budget are dropped, counted per stream, and reported
+ * to the guest as lost events (OVFLG), exactly like an overflow.
+ */
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import { EVENT_RECORD_BYTES, type EventRecord } from "./events.ts";
+import { ptrIncrement, ptrIndex, ptrMask, queueFull, queueUsed } from "./queue.ts";
+
+export const OVFLG = 0x8000_0000;
+
+export type PushResult = "written" | "disabled" | "overflow" | "rate-limited" | "abort";
+
+export interface EventQueueStats {
+  readonly written: number;
+  readonly lostDisabled: number;
+  readonly lostOverflow: number;
+  readonly lostRateLimited: number;
+  readonly lostAbort: number;
+  /** Streams that have had events dropped by the per-stream budget, with counts. */
+  readonly rateLimitedByStream: Readonly<Record<number, number>>;
+}
+
+export class EventQueue {
+  /** Guest-visible registers (only the pointer bits and OVFLG / OVACKFLG are kept). */
+  prod = 0;
+  cons = 0;
+  baseGpa = 0;
+  log2size = 0;
+  private readonly memory: GuestMemory;
+  private readonly perStreamLimit: number;
+  /** StreamID of the record in each slot (for the per-stream budget). */
+  private slotSid = new Int32Array(1);
+  private readonly pending = new Map<number, number>();
+  private readonly scratch = new Uint8Array(EVENT_RECORD_BYTES);
+  private readonly scratchView = new DataView(this.scratch.buffer);
+  private written = 0;
+  private lostDisabled = 0;
+  private lostOverflow = 0;
+  private lostRateLimited = 0;
+  private lostAbort = 0;
+  private readonly limitedBySid = new Map<number, number>();
+
+  constructor(memory: GuestMemory, perStreamLimit: number) {
+    this.memory = memory;
+    this.perStreamLimit = Math.max(1, perStreamLimit);
+  }
+
+  /** Called when the queue is (re)enabled: geometry from EVENTQ_BASE, budget state reset. */
+  configure(baseGpa: number, log2size: number): void {
+    this.baseGpa = baseGpa;
+    this.log2size = log2size;
+    const size = 1 << log2size;
+    if (this.slotSid.length !== size) this.slotSid = new Int32Array(size);
+    this.recountPending();
+  }
+
+  private budget(): number {
+    return Math.min(this.perStreamLimit, Math.max(1, (1 << this.log2size) >>> 1));
+  }
+
+  /** Marks lost events: OVFLG toggles only when the previous overflow was acknowledged. */
+  private markLost(): boolean {
+    if ((this.prod & OVFLG) === (this.cons & OVFLG)) {
+      this.prod = (this.prod ^ OVFLG) >>> 0;
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Writes `rec` when the queue is enabled and has room. Returns what happened; `overflowSignalled`
+   * tells the caller whether OVFLG changed (worth an interrupt).
+   */
+  push(rec: EventRecord, enabled: boolean): { result: PushResult; overflowSignalled: boolean } {
+    if (!enabled) {
+      this.lostDisabled++;
+      return { result: "disabled", overflowSignalled: false };
+    }
+    const log2 = this.log2size;
+    const sid = rec.streamId | 0;
+    const held = this.pending.get(sid) ?? 0;
+    if (held >= this.budget()) {
+      this.lostRateLimited++;
+      this.limitedBySid.set(rec.streamId, (this.limitedBySid.get(rec.streamId) ?? 0) + 1);
+      return { result: "rate-limited", overflowSignalled: this.markLost() };
+    }
+    if (queueFull(this.prod, this.cons, log2)) {
+      this.lostOverflow++;
+      return { result: "overflow", overflowSignalled: this.markLost() };
+    }
+    const index = ptrIndex(this.prod, log2);
+    const gpa = this.baseGpa + index * EVENT_RECORD_BYTES;
+    if (!this.memory.isRam(gpa, EVENT_RECORD_BYTES)) {
+      this.lostAbort++;
+      return { result: "abort", overflowSignalled: false };
+    }
+    rec.encode(this.scratchView, 0);
+    this.memory.write(gpa, this.scratch);
+    this.slotSid[index] = sid;
+    this.pending.set(sid, held + 1);
+    this.prod = ((this.prod & OVFLG) | ptrIncrement(this.prod, log2)) >>> 0;
+    this.written++;
+    return { result: "written", overflowSignalled: false };
+  }
+
+  /** The guest wrote EVENTQ_CONS: release the budget of the records it consumed. */
+  writeCons(value: number): void {
+    const log2 = this.log2size;
+    const m = ptrMask(log2);
+    const next = ((value & OVFLG) | (value & m)) >>> 0;
+    const before = queueUsed(this.prod, this.cons, log2);
+    const after = queueUsed(this.prod, next, log2);
+    const consumed = before - after;
+    if (consumed >= 0 && queueUsed(next, this.cons, log2) === consumed) {
+      let c = this.cons;
+      for (let i = 0; i < consumed; i++) {
+        const sid = this.slotSid[ptrIndex(c, log2)];
+        const n = (this.pending.get(sid) ?? 1) - 1;
+        if (n <= 0) this.pending.delete(sid);
+        else this.pending.set(sid, n);
+        c = ptrIncrement(c, log2);
+      }
+      this.cons = next;
+    } else {
+      // CONS moved outside [CONS, PROD]: UNPREDICTABLE for the guest; keep the budget consistent.
+      this.cons = next;
+      this.recountPending();
+    }
+  }
+
+  /** The guest wrote EVENTQ_PROD (only while the queue is disabled). */
+  writeProd(value: number): void {
+    this.prod = ((value & OVFLG) | (value & ptrMask(this.log2size))) >>> 0;
+    this.recountPending();
+  }
+
+  private recountPending(): void {
+    this.pending.clear();
+    const log2 = this.log2size;
+    const used = queueUsed(this.prod, this.cons, log2);
+    let c = this.cons;
+    for (let i = 0; i < used; i++) {
+      const sid = this.slotSid[ptrIndex(c, log2)];
+      this.pending.set(sid, (this.pending.get(sid) ?? 0) + 1);
+      c = ptrIncrement(c, log2);
+    }
+  }
+
+  /** Records held in the queue for `streamId` and not yet consumed. */
+  pendingFor(streamId: number): number {
+    return this.pending.get(streamId | 0) ?? 0;
+  }
+
+  stats(): EventQueueStats {
+    const byStream: Record<number, number> = {};
+    for (const [sid, n] of this.limitedBySid) byStream[sid] = n;
+    return {
+      written: this.written,
+      lostDisabled: this.lostDisabled,
+      lostOverflow: this.lostOverflow,
+      lostRateLimited: this.lostRateLimited,
+      lostAbort: this.lostAbort,
+      rateLimitedByStream: byStream,
+    };
+  }
+}
