@@ -20,14 +20,18 @@ import { mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { EduDevice } from "../devices/edu.ts";
+import { VirtioRng } from "../devices/virtio-rng.ts";
 import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import type { PciFunction } from "../pci/function.ts";
 import { VfioUserDeviceServer } from "../vfio-user/server.ts";
 import { SharedGuestMemory } from "../vfio-user/shared-memory.ts";
+import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+
+export type DeviceKind = "edu" | "rng";
 
 export interface DeviceSpec {
-  readonly kind: "edu";
+  readonly kind: DeviceKind;
   readonly iommu: boolean;
 }
 
@@ -37,9 +41,10 @@ export interface ServeOptions {
   readonly guestRamMiB: number;
 }
 
-export const USAGE = `usage: viommu serve --socket-dir DIR [--device edu[,iommu=on|off]]... [--guest-ram-mib N]
+export const USAGE = `usage: viommu serve --socket-dir DIR [--device edu[,iommu=on|off]]... [--rng [iommu=on|off]]... [--guest-ram-mib N]
   --socket-dir DIR      where the vfio-user sockets are created (one per device)
   --device edu          QEMU's edu device (PCI 1234:11e8)
+  --rng                 virtio-rng (virtio-pci modern, MSI-X)
   --guest-ram-mib N     guest RAM size for the printed memory backend (default 1024; pass the same -m to QEMU)`;
 
 /** First PCI slot we assign on the client's root bus (low slots are the machine's own). */
@@ -53,7 +58,8 @@ function parseBool(v: string | undefined, what: string): boolean {
 
 function parseDevice(spec: string): DeviceSpec {
   const [kind, ...props] = spec.split(",");
-  if (kind !== "edu") throw new Error(`--device: unknown device "${kind}" (available: edu)`);
+  if (kind !== "edu" && kind !== "rng")
+    throw new Error(`--device: unknown device "${kind}" (available: edu, rng)`);
   let iommu = false;
   for (const p of props) {
     const [k, v] = p.split("=", 2);
@@ -76,7 +82,11 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     };
     if (a === "--socket-dir") socketDir = value();
     else if (a === "--device") devices.push(parseDevice(value()));
-    else if (a === "--guest-ram-mib") {
+    else if (a === "--rng") {
+      const next = argv[i + 1];
+      const props = next !== undefined && !next.startsWith("--") ? argv[++i] : "";
+      devices.push(parseDevice(props === "" ? "rng" : `rng,${props}`));
+    } else if (a === "--guest-ram-mib") {
       guestRamMiB = Number(value());
       if (!Number.isInteger(guestRamMiB) || guestRamMiB < 16)
         throw new Error("--guest-ram-mib must be an integer >= 16");
@@ -90,6 +100,21 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     );
   if (FIRST_SLOT + devices.length > 0x1f) throw new Error("too many devices for one bus");
   return { socketDir: resolve(socketDir), devices, guestRamMiB };
+}
+
+/** Builds the PCI function of one device (the device platform's models, unchanged). */
+function createDevice(
+  spec: DeviceSpec,
+  name: string,
+  tracer: Tracer,
+): { fn: PciFunction; stats: () => unknown } {
+  if (spec.kind === "edu") {
+    const edu = new EduDevice({ name });
+    return { fn: edu.pci, stats: () => edu.stats() };
+  }
+  const rng = new VirtioRng({ name });
+  const transport = new VirtioPciTransport(rng, { accessPlatform: spec.iommu, tracer });
+  return { fn: transport.pci, stats: () => ({ rng: rng.stats(), transport: transport.stats() }) };
 }
 
 interface Served {
@@ -138,13 +163,7 @@ export async function runServe(argv: string[]): Promise<number> {
   for (const [i, spec] of opts.devices.entries()) {
     const name = `${spec.kind}${i}`;
     const bdf = slot << 3;
-    let fn: PciFunction;
-    let stats: () => unknown;
-    {
-      const edu = new EduDevice({ name });
-      fn = edu.pci;
-      stats = () => edu.stats();
-    }
+    const { fn, stats } = createDevice(spec, name, tracer);
     fn.tracer = tracer;
     const socketPath = join(opts.socketDir, `${name}.sock`);
     rmSync(socketPath, { force: true });

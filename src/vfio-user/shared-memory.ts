@@ -5,9 +5,16 @@
  * section, each with a descriptor of the shared memory backend). All devices of one `serve`
  * instance share one `SharedGuestMemory`: the first client to map a range mmaps it; another
  * client mapping the same range of the same file (same st_dev/st_ino and offset) only takes a
- * reference, and its descriptor is closed at once. A map that overlaps a live range with a
- * different backing is refused with EEXIST (vfio-user.rst "VFIO_USER_DMA_MAP": a map over an
- * existing region must fail with EEXIST). An unmap must match a client's earlier map exactly.
+ * reference, and its descriptor is closed at once. Within one client a map over one of its
+ * live regions fails with EEXIST (vfio-user.rst "VFIO_USER_DMA_MAP"); an unmap must match one of
+ * its earlier maps exactly.
+ *
+ * Across clients, overlaps are expected and accepted: when the guest re-lays its memory (PAM
+ * changes during firmware boot), QEMU sends every connection its unmaps and maps, and our server
+ * reads the connections in whatever order they become readable, so one client's new layout
+ * briefly coexists with another's old one. The view then resolves an address to the most
+ * recently mapped region that contains it; every region in the view is one some client
+ * registered, so DMA never reaches memory outside the clients' DMA regions.
  *
  * When the last reference goes, the range leaves guest memory at once (later DMA to it faults as
  * not-RAM) and its mapping is replaced in place by private anonymous pages (MAP_FIXED), so a
@@ -79,6 +86,7 @@ export interface SharedMemoryStats {
   readonly unmaps: number;
   readonly sharedMaps: number;
   readonly refusedMaps: number;
+  readonly crossClientOverlaps: number;
   readonly quarantinedBytes: number;
 }
 
@@ -95,6 +103,8 @@ export class SharedGuestMemory extends GuestMemory {
   sharedMaps = 0;
   refusedMaps = 0;
   quarantinedBytes = 0;
+  /** Maps that overlapped another client's live region (transient re-layouts). */
+  crossClientOverlaps = 0;
   private fdless = 0;
 
   constructor() {
@@ -144,16 +154,7 @@ export class SharedGuestMemory extends GuestMemory {
       this.maps++;
       return { ok: true, backing: existing };
     }
-    const clash = this.overlapping(req.iova, req.sizeBytes);
-    if (clash !== undefined) {
-      closeFd(req.fd);
-      this.refusedMaps++;
-      return {
-        ok: false,
-        errno: ERRNO.EEXIST,
-        why: `overlaps guest memory at 0x${clash.gpa.toString(16)} with another backing`,
-      };
-    }
+    if (this.overlapping(req.iova, req.sizeBytes) !== undefined) this.crossClientOverlaps++;
     // A read-only region is mapped private and writable: a device write to it lands in a private
     // copy-on-write page (dropped, as a DMA write to ROM is) instead of faulting the process.
     // mmap needs a page-aligned file offset: map from the page below and skip the head.
@@ -185,8 +186,9 @@ export class SharedGuestMemory extends GuestMemory {
       end: req.iova + req.sizeBytes,
       refs: 1,
     };
+    // Newest last; lookups search from the end (see the file comment).
     this.backings.push(b);
-    this.backings.sort((x, y) => x.gpa - y.gpa);
+    this.lastHit = null;
     this.generation++;
     this.maps++;
     return { ok: true, backing: b };
@@ -214,7 +216,9 @@ export class SharedGuestMemory extends GuestMemory {
   private findBacking(gpa: number, sizeBytes: number): Backing | undefined {
     const l = this.lastHit;
     if (l !== null && gpa >= l.gpa && gpa + sizeBytes <= l.end) return l;
-    for (const b of this.backings) {
+    const list = this.backings;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const b = list[i];
       if (gpa >= b.gpa && gpa + sizeBytes <= b.end) {
         this.lastHit = b;
         return b;
@@ -324,6 +328,7 @@ export class SharedGuestMemory extends GuestMemory {
       unmaps: this.unmaps,
       sharedMaps: this.sharedMaps,
       refusedMaps: this.refusedMaps,
+      crossClientOverlaps: this.crossClientOverlaps,
       quarantinedBytes: this.quarantinedBytes,
     };
   }

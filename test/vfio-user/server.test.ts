@@ -590,7 +590,7 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
 });
 
 describe("shared guest memory across devices", () => {
-  test("every client maps the same guest RAM: one mapping, reference-counted, released with the last client", async () => {
+  test("every client maps the same guest RAM: one mapping, reference-counted, released with the last client; cross-client overlaps resolve to the newest", async () => {
     const dir = mkdtempSync(join(tmpdir(), "vfio-user-test-"));
     const memory = new SharedGuestMemory();
     const a = makeServer(dir, memory, "a", 0x10);
@@ -605,8 +605,16 @@ describe("shared guest memory across devices", () => {
       assert.equal((await dmaMap(cb, RAM_GPA, RAM_SIZE, 0, 3, [memfd])).error, 0);
       assert.equal(memory.stats().regions, 1);
       assert.equal(memory.stats().sharedMaps, 1);
+      // Another client's transient re-layout over a live region is accepted; the newest wins.
       const other = memfdCreate("other", RAM_SIZE);
-      assert.equal((await dmaMap(cb, RAM_GPA + RAM_SIZE - 4096, 8192, 0, 3, [other])).error, EEXIST);
+      const otherRam = mapFile(other, 0, 8192, PROT_READ | PROT_WRITE, MAP_SHARED)!.bytes;
+      otherRam[0] = 0x77;
+      assert.equal((await dmaUnmap(cb, RAM_GPA, RAM_SIZE)).error, 0);
+      assert.equal((await dmaMap(cb, RAM_GPA + RAM_SIZE - 4096, 8192, 0, 3, [other])).error, 0);
+      assert.equal(memory.stats().crossClientOverlaps, 1);
+      assert.equal(memory.readU8(RAM_GPA + RAM_SIZE - 4096), 0x77);
+      assert.equal((await dmaUnmap(cb, RAM_GPA + RAM_SIZE - 4096, 8192)).error, 0);
+      assert.equal((await dmaMap(cb, RAM_GPA, RAM_SIZE, 0, 3, [memfd])).error, 0);
       closeFd(other);
       ca.close();
       for (let i = 0; i < 50 && a.server.connected; i++) await new Promise((r) => setTimeout(r, 10));
