@@ -135,6 +135,11 @@ export class VirtioIommu implements DmaTranslator {
   private readonly opts: ResolvedOptions;
   private readonly config: ConfigSpace;
   private negotiated = 0n;
+  // Negotiated bits as booleans: request handling tests them without BigInt arithmetic.
+  private mapUnmapNegotiated = false;
+  private mmioNegotiated = false;
+  private bypassConfigNegotiated = false;
+  private legacyBypassNegotiated = false;
   private readonly domains = new DomainTable();
   private readonly endpoints = new Map<number, Endpoint>();
   private readonly hostsInUse = new Set<HostIommu>();
@@ -255,7 +260,7 @@ export class VirtioIommu implements DmaTranslator {
 
   negotiate(driverFeatures: bigint): void {
     const before = this.unattachedBypass();
-    this.negotiated = driverFeatures & this.deviceFeatures;
+    this.setNegotiated(driverFeatures & this.deviceFeatures);
     if (this.tracer.on("config")) {
       this.tracer.emit("config", SOURCE, "negotiate", { features: `0x${this.negotiated.toString(16)}` });
     }
@@ -266,17 +271,21 @@ export class VirtioIommu implements DmaTranslator {
     return this.negotiated;
   }
 
-  private has(feature: bigint): boolean {
-    return (this.negotiated & feature) !== 0n;
+  private setNegotiated(features: bigint): void {
+    this.negotiated = features;
+    this.mapUnmapNegotiated = (features & F_MAP_UNMAP) !== 0n;
+    this.mmioNegotiated = (features & F_MMIO) !== 0n;
+    this.bypassConfigNegotiated = (features & F_BYPASS_CONFIG) !== 0n;
+    this.legacyBypassNegotiated = (features & F_BYPASS) !== 0n;
   }
 
   /** 5.13.6: which unattached endpoints are in bypass mode. */
   private unattachedBypass(): boolean {
-    if ((this.deviceFeatures & F_BYPASS_CONFIG) !== 0n) {
+    if (!this.opts.offerLegacyBypass) {
       // Applies even if the driver did not accept BYPASS_CONFIG.
       return this.config.bypass === 1;
     }
-    return this.has(F_BYPASS);
+    return this.legacyBypassNegotiated;
   }
 
   readConfig(offset: number, sizeBytes: 1 | 2 | 4): number {
@@ -285,7 +294,7 @@ export class VirtioIommu implements DmaTranslator {
 
   /** Only `bypass` is writable, and only with BYPASS_CONFIG negotiated (5.13.4.1). */
   writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
-    if (!this.has(F_BYPASS_CONFIG)) return;
+    if (!this.bypassConfigNegotiated) return;
     if (!Number.isInteger(offset) || offset > CONFIG_BYPASS || offset + sizeBytes <= CONFIG_BYPASS) return;
     const byte = Math.floor(value / 2 ** (8 * (CONFIG_BYPASS - offset))) & 0xff;
     // The driver MUST NOT write other values and the device MUST NOT present them: ignore them.
@@ -428,7 +437,7 @@ export class VirtioIommu implements DmaTranslator {
     // 5.13.6.3.2: non-zero reserved MUST be INVAL; an unrecognized flag MUST be INVAL.
     if (d.reservedNonZero) return S_INVAL;
     // ATTACH_F_BYPASS exists only with BYPASS_CONFIG negotiated (5.13.6.3).
-    const knownFlags = this.has(F_BYPASS_CONFIG) ? ATTACH_F_BYPASS : 0;
+    const knownFlags = this.bypassConfigNegotiated ? ATTACH_F_BYPASS : 0;
     if ((d.flags & ~knownFlags) !== 0) return S_INVAL;
     const ep = this.endpoints.get(d.endpointId);
     if (ep === undefined) return S_NOENT;
@@ -513,9 +522,9 @@ export class VirtioIommu implements DmaTranslator {
 
   private map(d: DecodedRequest): Status {
     // 5.13.6.5: only available when MAP_UNMAP has been negotiated.
-    if (!this.has(F_MAP_UNMAP)) return S_UNSUPP;
+    if (!this.mapUnmapNegotiated) return S_UNSUPP;
     // 5.13.6.5.2: an unrecognized flag MUST be INVAL; MMIO exists only with F_MMIO negotiated.
-    const knownFlags = MAP_F_READ | MAP_F_WRITE | (this.has(F_MMIO) ? MAP_F_MMIO : 0);
+    const knownFlags = MAP_F_READ | MAP_F_WRITE | (this.mmioNegotiated ? MAP_F_MMIO : 0);
     if ((d.flags & ~knownFlags) !== 0) return S_INVAL;
     if (!this.domainInRange(d.domainId)) return S_RANGE;
     const domain = this.domains.get(d.domainId);
@@ -615,7 +624,7 @@ export class VirtioIommu implements DmaTranslator {
   }
 
   private unmap(d: DecodedRequest): Status {
-    if (!this.has(F_MAP_UNMAP)) return S_UNSUPP;
+    if (!this.mapUnmapNegotiated) return S_UNSUPP;
     // 5.13.6.6.2: non-zero reserved MAY be INVAL; then we do not perform the UNMAP.
     if (d.reservedNonZero) return S_INVAL;
     if (!this.domainInRange(d.domainId)) return S_RANGE;
@@ -696,7 +705,7 @@ export class VirtioIommu implements DmaTranslator {
   /** Virtio device reset: no attachments, no domains (5.13.5); config.bypass survives (5.13.4.2). */
   reset(): void {
     for (const ep of this.endpoints.values()) this.leaveDomain(ep);
-    this.negotiated = 0n;
+    this.setNegotiated(0n);
     this.events.clear();
     this.ownEpoch++;
     for (const ep of this.endpoints.values()) this.syncHostQuietly(ep);

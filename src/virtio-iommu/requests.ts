@@ -161,6 +161,11 @@ export function writeU32(bytes: Uint8Array, offset: number, value: number): void
 
 /** Writes a le64; numbers must be safe non-negative integers, bigints are taken modulo 2^64. */
 export function writeU64(bytes: Uint8Array, offset: number, value: number | bigint): void {
+  if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) {
+    writeU32(bytes, offset, value >>> 0);
+    writeU32(bytes, offset + 4, Math.floor(value / 0x1_0000_0000));
+    return;
+  }
   const v = BigInt.asUintN(64, typeof value === "bigint" ? value : BigInt(value));
   writeU32(bytes, offset, Number(v & 0xffff_ffffn));
   writeU32(bytes, offset + 4, Number(v >> 32n));
