@@ -1,0 +1,110 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ACCESS_READ, ACCESS_WRITE } from "../../src/engine/access.ts";
+import { DmaAddressSpace } from "../../src/engine/dma-space.ts";
+import { EVT } from "../../src/smmuv3/events.ts";
+import { REG } from "../../src/smmuv3/regs.ts";
+import { cdWords, cmd, ITS_DOORBELL, makeFixture, PageTables, s1Attrs, writeWords } from "./harness.ts";
+
+/** Attaches `sid` to a stage-1 domain (ASID `asid`, 4 KiB granule, 48-bit VA) as Linux does. */
+function attachS1(fx: ReturnType<typeof makeFixture>, sid: number, asid: number): PageTables {
+  const pt = new PageTables(fx.alloc, 12, 48);
+  const cd = fx.alloc.alloc(64, 64);
+  writeWords(fx.memory, cd, cdWords({ t0sz: 16, tg0: 0, asid, ttb0: pt.root }));
+  fx.driver.writeSte(sid, { config: 0b101, cdTable: cd, s1CdMax: 0 });
+  fx.driver.submit([cmd.cfgiSte(sid)]);
+  return pt;
+}
+
+test("Linux probe sequence: IDRs read first, CR0 cleared and acknowledged, queues then SMMUEN", () => {
+  const fx = makeFixture();
+  fx.driver.probe();
+  const log = fx.driver.log;
+  assert.deepEqual(log.slice(0, 5), ["r 0x0", "r 0x4", "r 0xc", "r 0x14", "r 0x18"]);
+  const order = (s: string): number => log.indexOf(s);
+  assert.ok(order("w 0x20") < order("w64 0x80"), "CR0 cleared before the stream table is set");
+  assert.ok(order("w64 0x80") < order("w 0x88"), "STRTAB_BASE then STRTAB_BASE_CFG");
+  assert.ok(order("w64 0x90") < order("w 0x98"));
+  assert.ok(order("w 0x98") < order("w64 0xa0"), "command queue before event queue");
+  assert.ok(order("w64 0xa0") < order("w 0x100a8"));
+  const cr0 = fx.smmu.read(REG.CR0, 4);
+  assert.equal(cr0, 0b1101);
+  assert.equal(fx.smmu.read(REG.CR0ACK, 4), cr0);
+  assert.equal(fx.smmu.read(REG.IRQ_CTRLACK, 4), 0b101);
+  // CFGI_ALL, TLBI_NSNH_ALL and two CMD_SYNCs were consumed; no command error.
+  const s = fx.smmu.stats();
+  assert.equal(s.commands.CFGI_STE_RANGE, 1);
+  assert.equal(s.commands.TLBI_NSNH_ALL, 1);
+  assert.equal(s.commands.CMD_SYNC, 2);
+  assert.equal(s.commandErrors, 0);
+  assert.equal(fx.smmu.read(REG.GERROR, 4) ^ fx.smmu.read(REG.GERRORN, 4), 0);
+});
+
+test("Linux probe with a 2-level stream table", () => {
+  const fx = makeFixture();
+  fx.driver.probe({ twoLevel: true });
+  const pt = attachS1(fx, 300, 7);
+  pt.map(0x4000_0000, 0x20_0000, 3, s1Attrs());
+  const dma = new DmaAddressSpace(fx.memory, fx.smmu, 300);
+  fx.memory.writeU32(0x20_0010, 0xfeedf00d);
+  assert.equal(dma.readUint(0x4000_0010, 4), 0xfeedf00d);
+});
+
+test("map, DMA, unmap + TLBI_NH_VA + CMD_SYNC: no stale translation survives", () => {
+  const fx = makeFixture();
+  fx.driver.probe();
+  const pt = attachS1(fx, 8, 3);
+  pt.map(0x1000_0000, 0x30_0000, 3, s1Attrs());
+  const dma = new DmaAddressSpace(fx.memory, fx.smmu, 8);
+  assert.equal(dma.writeUint(0x1000_0008, 4, 0x12345678), null);
+  assert.equal(fx.memory.readU32(0x30_0008), 0x12345678);
+  assert.equal(dma.readUint(0x1000_0008, 4), 0x12345678);
+  assert.ok(fx.smmu.stats().iotlb.entries >= 1);
+  // Unmap: clear the PTE, then invalidate by VA and sync (arm_smmu_tlb_inv_range_asid).
+  pt.unmap(0x1000_0000, 3);
+  fx.driver.submit([cmd.tlbiNhVa(0, 3, 0x1000_0000)]);
+  assert.equal(dma.readUint(0x1000_0008, 4), -1);
+  assert.equal(dma.lastFault?.code, EVT.F_TRANSLATION);
+  const events = fx.driver.drainEvents();
+  assert.equal(events.length, 1);
+  assert.equal(events[0].type, EVT.F_TRANSLATION);
+  assert.equal(events[0].streamId, 8);
+  assert.equal(events[0].inputAddr, 0x1000_0008n);
+  assert.equal(events[0].rnw, true);
+  // The event interrupt went to the ITS doorbell with the programmed data.
+  const msi = fx.sink.msis.at(-1);
+  assert.deepEqual(msi?.message, { address: ITS_DOORBELL, data: 0x20 });
+});
+
+test("CMD_SYNC with CS=SEV completes by CONS polling", () => {
+  const fx = makeFixture();
+  fx.driver.probe();
+  const r = fx.driver.submit([cmd.tlbiNhAll(0)], "sev");
+  assert.equal(r.consErr, 0);
+  assert.equal(fx.smmu.read(REG.CMDQ_CONS, 4) & 0xfffff, fx.smmu.read(REG.CMDQ_PROD, 4));
+});
+
+test("CMD_SYNC with CS=IRQ writes MSIData to MSIAddr in guest memory", () => {
+  const fx = makeFixture();
+  fx.driver.probe();
+  const target = fx.alloc.alloc(4096);
+  fx.memory.writeU32(target, 0xffffffff);
+  fx.driver.submit([cmd.sync(1, target + 8, 0xabcd1234)], "sev");
+  assert.equal(fx.memory.readU32(target + 8), 0xabcd1234);
+});
+
+test("write then read through a read-only mapping: write faults F_PERMISSION, nothing written", () => {
+  const fx = makeFixture();
+  fx.driver.probe();
+  const pt = attachS1(fx, 9, 1);
+  pt.map(0x8000, 0x40_0000, 3, s1Attrs({ ap: 0b11 }));
+  const dma = new DmaAddressSpace(fx.memory, fx.smmu, 9);
+  fx.memory.writeU32(0x40_0000, 7);
+  assert.equal(dma.readUint(0x8000, 4), 7);
+  assert.equal(dma.writeUint(0x8000, 4, 9)?.code, EVT.F_PERMISSION);
+  assert.equal(fx.memory.readU32(0x40_0000), 7);
+  const [e] = fx.driver.drainEvents();
+  assert.equal(e.type, EVT.F_PERMISSION);
+  assert.equal(e.rnw, false);
+  assert.equal(ACCESS_READ + ACCESS_WRITE, 3);
+});
