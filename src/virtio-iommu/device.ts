@@ -131,6 +131,13 @@ export class VirtioIommu implements DmaTranslator {
   readonly tracer: Tracer;
   /** Called by the device when a fault record is queued; the transport then calls takeEvent. */
   onEvent: (() => void) | undefined = undefined;
+  /**
+   * Called when the device can no longer vouch for its state: a host IOMMU refused to unmap (an
+   * assigned device may still reach memory it should not) or an internal error. The transport
+   * sets DEVICE_NEEDS_RESET (VIRTIO 1.3 2.1.2; 5.13.6.9 recommends it for such errors).
+   */
+  onNeedsReset: ((reason: string) => void) | undefined = undefined;
+  private needsResetReason: string | null = null;
 
   private readonly opts: ResolvedOptions;
   private readonly config: ConfigSpace;
@@ -332,7 +339,12 @@ export class VirtioIommu implements DmaTranslator {
       throw new RangeError(`virtio-iommu: probe_size is too small for endpoint ${endpointId}'s regions`);
     }
     const space = new DmaAddressSpace(this.memory, this, endpointId);
-    const mirror = host === undefined ? null : new HostMirror(host, this.memory);
+    const mirror =
+      host === undefined
+        ? null
+        : new HostMirror(host, this.memory, () =>
+            this.flagNeedsReset(`host IOMMU of endpoint ${endpointId} refused an unmap`),
+          );
     const ep = new Endpoint(endpointId, space, regions, mirror);
     if (mirror !== null) {
       const failure = mirror.apply(this.hostViewFor(ep));
@@ -373,6 +385,18 @@ export class VirtioIommu implements DmaTranslator {
     }
   }
 
+  /** True after an error the device cannot recover from by itself, until the next reset. */
+  get needsReset(): boolean {
+    return this.needsResetReason !== null;
+  }
+
+  private flagNeedsReset(reason: string): void {
+    if (this.tracer.on("fault")) this.tracer.emit("fault", SOURCE, "needs-reset", { reason });
+    if (this.needsResetReason !== null) return;
+    this.needsResetReason = reason;
+    this.onNeedsReset?.(reason);
+  }
+
   // ---- Requests -----------------------------------------------------------------------------
 
   /**
@@ -385,6 +409,7 @@ export class VirtioIommu implements DmaTranslator {
     } catch (e) {
       // Nothing guest-controlled should get here; if it does, the guest still gets an answer.
       this.internalErrors++;
+      this.flagNeedsReset(`internal error: ${String(e)}`);
       if (this.tracer.on("fault")) {
         this.tracer.emit("fault", SOURCE, "internal-error", { message: String(e) });
       }
@@ -607,11 +632,12 @@ export class VirtioIommu implements DmaTranslator {
   }
 
   /**
-   * The status for a host refusal. 5.13.6 defines S_NOMEM as "insufficient resources" and
-   * S_DEVERR as an internal device error: a host out of DMA entries (ENOSPC, VFIO's
-   * dma_entry_limit) or memory (ENOMEM) is the former, any other refusal the latter.
+   * The status for a host refusal. 5.13.6 defines S_NOMEM as "insufficient resources": a host
+   * out of DMA entries (ENOSPC, VFIO's dma_entry_limit) or memory (ENOMEM). Any other refusal of
+   * an ATTACH means the device cannot attach the endpoint to that domain, which 5.13.6.3.2 answers
+   * with S_UNSUPP; of a MAP, it is an internal device error, S_DEVERR.
    */
-  private hostStatus(failure: HostFailure, what: string, id: number): Status {
+  private hostStatus(failure: HostFailure, what: "attach" | "map", id: number): Status {
     if (this.tracer.on("fault")) {
       this.tracer.emit("fault", SOURCE, "host-refused", {
         what,
@@ -620,7 +646,8 @@ export class VirtioIommu implements DmaTranslator {
         message: failure.message,
       });
     }
-    return failure.errno === "ENOSPC" || failure.errno === "ENOMEM" ? S_NOMEM : S_DEVERR;
+    if (failure.errno === "ENOSPC" || failure.errno === "ENOMEM") return S_NOMEM;
+    return what === "attach" ? S_UNSUPP : S_DEVERR;
   }
 
   private unmap(d: DecodedRequest): Status {
@@ -707,6 +734,7 @@ export class VirtioIommu implements DmaTranslator {
     for (const ep of this.endpoints.values()) this.leaveDomain(ep);
     this.setNegotiated(0n);
     this.events.clear();
+    this.needsResetReason = null;
     this.ownEpoch++;
     for (const ep of this.endpoints.values()) this.syncHostQuietly(ep);
     if (this.tracer.on("config")) this.tracer.emit("config", SOURCE, "reset", { bypass: this.config.bypass });

@@ -44,9 +44,13 @@ export class HostMirror {
   /** Unmaps the host refused while tearing a view down (the host and the model disagree). */
   teardownErrors = 0;
 
-  constructor(host: HostIommu, memory: GuestMemory) {
+  /** Called when the host refuses an unmap: the endpoint may keep reaching what it should not. */
+  private readonly onIsolationLost: () => void;
+
+  constructor(host: HostIommu, memory: GuestMemory, onIsolationLost: () => void = () => {}) {
     this.host = host;
     this.memory = memory;
+    this.onIsolationLost = onIsolationLost;
   }
 
   get view(): HostView {
@@ -91,8 +95,12 @@ export class HostMirror {
 
   private hostUnmap(iova: number, sizeBytes: number): void {
     const host = this.host;
-    if (refused(callHost(() => host.unmap(iova, sizeBytes))) === null) this.unmaps++;
-    else this.teardownErrors++;
+    if (refused(callHost(() => host.unmap(iova, sizeBytes))) === null) {
+      this.unmaps++;
+      return;
+    }
+    this.teardownErrors++;
+    this.onIsolationLost();
   }
 
   private teardown(): void {

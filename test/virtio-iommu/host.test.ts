@@ -104,13 +104,43 @@ test("host: a refused MAP is rolled back everywhere; ENOSPC answers S_NOMEM (5.1
   assert.notEqual(dev.endpointSpace(0x10)!.read(0x3000, new Uint8Array(1)), null, "not reachable");
 });
 
-test("host: a refusal other than resources (host page larger than the granule) answers S_DEVERR", () => {
+test("host: a refusal other than resources (host page larger than the granule): MAP S_DEVERR, ATTACH S_UNSUPP", () => {
   const h = new VfioType1Container({ pageSizeBytes: 0x10000 });
   const { dev } = rig([h]);
   assert.equal(attach(dev, 1, 0x10), "OK");
   assert.equal(map(dev, 1, 0x1000, 0x1fff, 0), "DEVERR");
   assert.equal(map(dev, 1, 0x10000, 0x1ffff, 0), "OK");
   assert.equal(dev.stats().mappings, 1);
+  // 5.13.6.3.2: a device that cannot attach the endpoint to the domain MUST answer S_UNSUPP.
+  assert.equal(attach(dev, 2, 0x100), "OK");
+  assert.equal(map(dev, 2, 0x1000, 0x1fff, 0), "OK");
+  assert.equal(attach(dev, 2, 0x10), "UNSUPP");
+  assert.equal(dev.endpointDomain(0x10), null);
+  assert.deepEqual(entries(h), []);
+});
+
+test("host: a host that refuses an unmap makes the device ask for a reset (isolation lost)", () => {
+  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 20 }]);
+  const dev = new VirtioIommu(memory);
+  const inner = new VfioType1Container();
+  let refuse = false;
+  const flaky: HostIommu = {
+    map: (iova, gpa, size, perms) => inner.map(iova, gpa, size, perms),
+    unmap: (iova, size) => (refuse ? { ok: false, errno: "EPERM", message: "no" } : inner.unmap(iova, size)),
+  };
+  dev.addEndpoint(1, { host: flaky });
+  dev.negotiate(dev.deviceFeatures);
+  const reasons: string[] = [];
+  dev.onNeedsReset = (r) => reasons.push(r);
+  assert.equal(attach(dev, 1, 1), "OK");
+  assert.equal(map(dev, 1, 0, 0xfff, 0), "OK");
+  refuse = true;
+  assert.equal(unmap(dev, 1, 0, 0xfff), "OK", "the guest's view is unmapped");
+  assert.equal(dev.needsReset, true);
+  assert.equal(reasons.length, 1);
+  assert.equal(dev.stats().host.teardownErrors, 1);
+  dev.reset();
+  assert.equal(dev.needsReset, false);
 });
 
 test("host: ATTACH whose replay the host refuses fails, leaving the endpoint detached", () => {
