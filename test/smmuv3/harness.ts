@@ -498,3 +498,38 @@ export class LinuxLikeDriver {
     return out;
   }
 }
+
+export interface AttachOptions {
+  asid?: number;
+  vmid?: number;
+  granuleShift?: 12 | 14 | 16;
+  inputBits?: number;
+  cd?: Partial<CdFields>;
+  ste?: Partial<SteFields>;
+}
+
+const TG0: Record<number, number> = { 12: 0, 14: 2, 16: 1 };
+
+/** Gives `sid` a stage-1 domain as Linux does (CD, STE, CFGI_STE + CMD_SYNC); returns its tables. */
+export function attachS1(fx: Fixture, sid: number, o: AttachOptions = {}): PageTables {
+  const g = o.granuleShift ?? 12;
+  const bits = o.inputBits ?? 48;
+  const pt = new PageTables(fx.alloc, g, bits);
+  const cd = fx.alloc.alloc(64, 64);
+  writeWords(
+    fx.memory,
+    cd,
+    cdWords({ t0sz: 64 - bits, tg0: TG0[g], asid: o.asid ?? 1, ttb0: pt.root, ...o.cd }),
+  );
+  fx.driver.writeSte(sid, { config: 0b101, cdTable: cd, vmid: o.vmid ?? 0, ...o.ste });
+  fx.driver.submit([cmd.cfgiSte(sid)]);
+  return pt;
+}
+
+/** Gives `sid` a stage-2-only configuration (4K granule, 40-bit IPA, SL0=1: start at level 1). */
+export function attachS2(fx: Fixture, sid: number, vmid: number, o: Partial<SteFields> = {}): PageTables {
+  const pt = new PageTables(fx.alloc, 12, 40, 1);
+  fx.driver.writeSte(sid, { config: 0b110, vmid, s2t0sz: 24, s2sl0: 1, s2tg: 0, s2ttb: pt.root, ...o });
+  fx.driver.submit([cmd.cfgiSte(sid)]);
+  return pt;
+}

@@ -4,17 +4,7 @@ import { ACCESS_READ, ACCESS_WRITE } from "../../src/engine/access.ts";
 import { DmaAddressSpace } from "../../src/engine/dma-space.ts";
 import { EVT } from "../../src/smmuv3/events.ts";
 import { REG } from "../../src/smmuv3/regs.ts";
-import { cdWords, cmd, ITS_DOORBELL, makeFixture, PageTables, s1Attrs, writeWords } from "./harness.ts";
-
-/** Attaches `sid` to a stage-1 domain (ASID `asid`, 4 KiB granule, 48-bit VA) as Linux does. */
-function attachS1(fx: ReturnType<typeof makeFixture>, sid: number, asid: number): PageTables {
-  const pt = new PageTables(fx.alloc, 12, 48);
-  const cd = fx.alloc.alloc(64, 64);
-  writeWords(fx.memory, cd, cdWords({ t0sz: 16, tg0: 0, asid, ttb0: pt.root }));
-  fx.driver.writeSte(sid, { config: 0b101, cdTable: cd, s1CdMax: 0 });
-  fx.driver.submit([cmd.cfgiSte(sid)]);
-  return pt;
-}
+import { attachS1, cmd, ITS_DOORBELL, makeFixture, s1Attrs } from "./harness.ts";
 
 test("Linux probe sequence: IDRs read first, CR0 cleared and acknowledged, queues then SMMUEN", () => {
   const fx = makeFixture();
@@ -43,7 +33,7 @@ test("Linux probe sequence: IDRs read first, CR0 cleared and acknowledged, queue
 test("Linux probe with a 2-level stream table", () => {
   const fx = makeFixture();
   fx.driver.probe({ twoLevel: true });
-  const pt = attachS1(fx, 300, 7);
+  const pt = attachS1(fx, 300, { asid: 7 });
   pt.map(0x4000_0000, 0x20_0000, 3, s1Attrs());
   const dma = new DmaAddressSpace(fx.memory, fx.smmu, 300);
   fx.memory.writeU32(0x20_0010, 0xfeedf00d);
@@ -53,7 +43,7 @@ test("Linux probe with a 2-level stream table", () => {
 test("map, DMA, unmap + TLBI_NH_VA + CMD_SYNC: no stale translation survives", () => {
   const fx = makeFixture();
   fx.driver.probe();
-  const pt = attachS1(fx, 8, 3);
+  const pt = attachS1(fx, 8, { asid: 3 });
   pt.map(0x1000_0000, 0x30_0000, 3, s1Attrs());
   const dma = new DmaAddressSpace(fx.memory, fx.smmu, 8);
   assert.equal(dma.writeUint(0x1000_0008, 4, 0x12345678), null);
@@ -96,7 +86,7 @@ test("CMD_SYNC with CS=IRQ writes MSIData to MSIAddr in guest memory", () => {
 test("write then read through a read-only mapping: write faults F_PERMISSION, nothing written", () => {
   const fx = makeFixture();
   fx.driver.probe();
-  const pt = attachS1(fx, 9, 1);
+  const pt = attachS1(fx, 9, { asid: 1 });
   pt.map(0x8000, 0x40_0000, 3, s1Attrs({ ap: 0b11 }));
   const dma = new DmaAddressSpace(fx.memory, fx.smmu, 9);
   fx.memory.writeU32(0x40_0000, 7);
