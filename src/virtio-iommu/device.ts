@@ -106,6 +106,7 @@ export interface VirtioIommuStats {
     readonly pending: number;
     readonly droppedQueueFull: number;
     readonly droppedEndpointLimit: number;
+    readonly droppedRateLimit: number;
   };
   readonly iotlb: IotlbStats;
   readonly host: {
@@ -172,7 +173,12 @@ export class VirtioIommu implements DmaTranslator {
     this.opts = o;
     this.iotlb = options.iotlb ?? new Iotlb();
     this.tracer = options.tracer ?? new Tracer();
-    this.events = new FaultEventQueue(o.eventQueueDepth, o.maxPendingEventsPerEndpoint);
+    this.events = new FaultEventQueue({
+      depth: o.eventQueueDepth,
+      maxPendingPerSource: o.maxPendingEventsPerEndpoint,
+      ratePerSecond: o.eventsPerSecondPerEndpoint,
+      burst: o.eventBurstPerEndpoint,
+    });
     // 5.13.3.2: SHOULD offer MAP_UNMAP; BYPASS_CONFIG supersedes BYPASS, never both.
     let features = F_INPUT_RANGE | F_DOMAIN_RANGE | F_MAP_UNMAP;
     features |= o.offerLegacyBypass ? F_BYPASS : F_BYPASS_CONFIG;
@@ -248,7 +254,7 @@ export class VirtioIommu implements DmaTranslator {
     else if (cause === "unmapped") this.faultsUnmapped++;
     else this.faultsPermission++;
     const flags = (access === ACCESS_WRITE ? FAULT_F_WRITE : FAULT_F_READ) | FAULT_F_ADDRESS;
-    const queued = this.events.push(ep, encodeFaultRecord(reason, flags, ep.id, iova));
+    const queued = this.events.push(ep, encodeFaultRecord(reason, flags, ep.id, iova), this.opts.clockMs());
     if (this.tracer.on("fault")) {
       this.tracer.emit("fault", SOURCE, "fault", {
         endpoint: ep.id,
@@ -346,6 +352,7 @@ export class VirtioIommu implements DmaTranslator {
             this.flagNeedsReset(`host IOMMU of endpoint ${endpointId} refused an unmap`),
           );
     const ep = new Endpoint(endpointId, space, regions, mirror);
+    this.events.initSource(ep, this.opts.clockMs());
     if (mirror !== null) {
       const failure = mirror.apply(this.hostViewFor(ep));
       if (failure !== null) {
@@ -794,6 +801,7 @@ export class VirtioIommu implements DmaTranslator {
         pending: this.events.pending,
         droppedQueueFull: this.events.droppedQueueFull,
         droppedEndpointLimit: this.events.droppedSourceLimit,
+        droppedRateLimit: this.events.droppedRateLimit,
       },
       iotlb: this.iotlb.stats(),
       host: { maps, unmaps, refusals, teardownErrors, unreportedFailures: this.hostUnreportedFailures },

@@ -20,6 +20,8 @@ export class Endpoint {
   pendingEvents = 0;
   faults = 0;
   eventsDropped = 0;
+  eventTokens = 0;
+  eventTokensAtMs = 0;
 
   constructor(
     id: number,

@@ -2,11 +2,12 @@
  * Fault records for the event queue (5.13.6.9) and the bounded queue that holds them until the
  * transport has an eventq buffer.
  *
- * A guest-driven device can fault at any rate, so the queue is bounded twice: a total depth,
- * and a per-endpoint limit on records not yet taken, which throttles each endpoint to the rate
- * the driver consumes its reports and keeps one flooding endpoint from hiding the faults of the
- * others. Dropping is allowed: "If no buffer is available, the device can either wait for one to
- * be consumed, or drop the event" (5.13.6.9). Every drop is counted.
+ * A guest-driven device can fault at any rate, so records are limited three ways: a total
+ * queue depth; per endpoint, a limit on records not yet taken (one flooding endpoint cannot fill
+ * the queue and hide the others' faults); and per endpoint, a token bucket on the rate of records
+ * (so a driver that keeps the eventq stocked is not stormed with reports). Dropping is allowed:
+ * "If no buffer is available, the device can either wait for one to be consumed, or drop the
+ * event" (5.13.6.9). Every drop is counted by cause.
  */
 import { writeU32, writeU64 } from "./requests.ts";
 import { FAULT_RECORD_BYTES } from "./wire.ts";
@@ -45,15 +46,31 @@ export function decodeFaultRecord(b: Uint8Array): DecodedFaultRecord {
   };
 }
 
-/** What the queue needs to know of the endpoint a record belongs to. */
+/** What the queue keeps per endpoint a record belongs to. */
 export interface EventSource {
   pendingEvents: number;
   eventsDropped: number;
+  /** Token bucket state: records the endpoint may still report now, and when it was refilled. */
+  eventTokens: number;
+  eventTokensAtMs: number;
+}
+
+export interface FaultEventLimits {
+  /** Records held in total. */
+  readonly depth: number;
+  /** Records of one endpoint not yet taken. */
+  readonly maxPendingPerSource: number;
+  /** Sustained records per second per endpoint. */
+  readonly ratePerSecond: number;
+  /** Records an endpoint may report in a burst (the bucket size). */
+  readonly burst: number;
 }
 
 export class FaultEventQueue {
   readonly depth: number;
   readonly maxPendingPerSource: number;
+  readonly ratePerSecond: number;
+  readonly burst: number;
   private readonly records: (Uint8Array | undefined)[];
   private readonly sources: (EventSource | undefined)[];
   private head = 0;
@@ -62,20 +79,39 @@ export class FaultEventQueue {
   taken = 0;
   droppedQueueFull = 0;
   droppedSourceLimit = 0;
+  droppedRateLimit = 0;
 
-  constructor(depth: number, maxPendingPerSource: number) {
-    this.depth = depth;
-    this.maxPendingPerSource = maxPendingPerSource;
-    this.records = new Array(depth);
-    this.sources = new Array(depth);
+  constructor(limits: FaultEventLimits) {
+    this.depth = limits.depth;
+    this.maxPendingPerSource = limits.maxPendingPerSource;
+    this.ratePerSecond = limits.ratePerSecond;
+    this.burst = limits.burst;
+    this.records = new Array(limits.depth);
+    this.sources = new Array(limits.depth);
   }
 
   get pending(): number {
     return this.count;
   }
 
-  /** Queues a record; false (and counted) when a bound drops it. */
-  push(source: EventSource, record: Uint8Array): boolean {
+  /** A new endpoint starts with a full bucket. */
+  initSource(source: EventSource, nowMs: number): void {
+    source.eventTokens = this.burst;
+    source.eventTokensAtMs = nowMs;
+  }
+
+  /** Queues a record reported at `nowMs`; false (and counted) when a limit drops it. */
+  push(source: EventSource, record: Uint8Array, nowMs: number): boolean {
+    const elapsedMs = nowMs - source.eventTokensAtMs;
+    if (elapsedMs > 0) {
+      source.eventTokens = Math.min(this.burst, source.eventTokens + (elapsedMs * this.ratePerSecond) / 1000);
+      source.eventTokensAtMs = nowMs;
+    }
+    if (source.eventTokens < 1) {
+      this.droppedRateLimit++;
+      source.eventsDropped++;
+      return false;
+    }
     if (source.pendingEvents >= this.maxPendingPerSource) {
       this.droppedSourceLimit++;
       source.eventsDropped++;
@@ -91,6 +127,7 @@ export class FaultEventQueue {
     this.sources[i] = source;
     this.count++;
     source.pendingEvents++;
+    source.eventTokens -= 1;
     this.queued++;
     return true;
   }

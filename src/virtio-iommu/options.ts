@@ -43,6 +43,12 @@ export interface VirtioIommuOptions {
   eventQueueDepth?: number;
   /** Fault records one endpoint may have pending before its further faults are dropped (default 8). */
   maxPendingEventsPerEndpoint?: number;
+  /** Sustained fault records per second one endpoint may report (default 1000). */
+  eventsPerSecondPerEndpoint?: number;
+  /** Fault records one endpoint may report in a burst above that rate (default 32). */
+  eventBurstPerEndpoint?: number;
+  /** Milliseconds clock for the event rate limit (default performance.now); tests inject one. */
+  clockMs?: () => number;
 }
 
 /** The x86 MSI doorbell window (Intel SDM vol. 3 11.11.1), reported as RESV_MEM_T_MSI. */
@@ -61,6 +67,8 @@ export const DEFAULT_MAX_MAPPINGS_TOTAL = 2 ** 21;
 export const DEFAULT_MAX_DOMAINS = 2 ** 16;
 export const DEFAULT_EVENT_QUEUE_DEPTH = 64;
 export const DEFAULT_MAX_PENDING_EVENTS_PER_ENDPOINT = 8;
+export const DEFAULT_EVENTS_PER_SECOND_PER_ENDPOINT = 1000;
+export const DEFAULT_EVENT_BURST_PER_ENDPOINT = 32;
 
 export interface ResolvedOptions {
   readonly pageSizeMask: bigint;
@@ -80,6 +88,9 @@ export interface ResolvedOptions {
   readonly maxDomains: number;
   readonly eventQueueDepth: number;
   readonly maxPendingEventsPerEndpoint: number;
+  readonly eventsPerSecondPerEndpoint: number;
+  readonly eventBurstPerEndpoint: number;
+  readonly clockMs: () => number;
 }
 
 function positiveInt(name: string, value: number, max = Number.MAX_SAFE_INTEGER): number {
@@ -155,5 +166,14 @@ export function resolveOptions(options: VirtioIommuOptions = {}): ResolvedOption
       "maxPendingEventsPerEndpoint",
       options.maxPendingEventsPerEndpoint ?? DEFAULT_MAX_PENDING_EVENTS_PER_ENDPOINT,
     ),
+    eventsPerSecondPerEndpoint: positiveInt(
+      "eventsPerSecondPerEndpoint",
+      options.eventsPerSecondPerEndpoint ?? DEFAULT_EVENTS_PER_SECOND_PER_ENDPOINT,
+    ),
+    eventBurstPerEndpoint: positiveInt(
+      "eventBurstPerEndpoint",
+      options.eventBurstPerEndpoint ?? DEFAULT_EVENT_BURST_PER_ENDPOINT,
+    ),
+    clockMs: options.clockMs ?? (() => performance.now()),
   };
 }

@@ -33,6 +33,33 @@ test("events: one endpoint is limited to its pending records; others still repor
   assert.equal(dev.stats().faults.domain, 102, "every fault is counted, queued or not");
 });
 
+test("events: a token bucket limits each endpoint's report rate even when records are taken", () => {
+  let now = 0;
+  const { dev } = makeRig(
+    { eventsPerSecondPerEndpoint: 10, eventBurstPerEndpoint: 2, clockMs: () => now },
+    [1, 2],
+  );
+  const reported = () => {
+    let n = 0;
+    while (dev.takeEvent() !== undefined) n++;
+    return n;
+  };
+  for (let i = 0; i < 5; i++) fault(dev, 1, 0x1000);
+  assert.equal(reported(), 2, "the burst");
+  fault(dev, 2, 0x1000);
+  assert.equal(reported(), 1, "other endpoints have their own bucket");
+  now = 100; // 100 ms at 10/s: one token
+  fault(dev, 1, 0x1000);
+  fault(dev, 1, 0x1000);
+  assert.equal(reported(), 1);
+  now = 10_000; // refills to the burst, not beyond
+  for (let i = 0; i < 5; i++) fault(dev, 1, 0x1000);
+  assert.equal(reported(), 2);
+  const s = dev.stats();
+  assert.equal(s.events.droppedRateLimit, 3 + 1 + 3);
+  assert.equal(s.faults.domain, 13, "every fault is counted");
+});
+
 test("events: the queue depth bounds all endpoints together", () => {
   const { dev } = makeRig({ maxPendingEventsPerEndpoint: 8, eventQueueDepth: 10 }, [1, 2, 3]);
   for (const ep of [1, 2, 3]) for (let i = 0; i < 8; i++) fault(dev, ep, i * 0x1000);
