@@ -366,6 +366,25 @@ export class VirtioIommu implements DmaTranslator {
     return space;
   }
 
+  /**
+   * Removes endpoint `endpointId` (hot-unplug): it leaves its domain (which dies if it was the
+   * last endpoint), its host IOMMU is emptied and released, and its DMA space faults from now on.
+   * Returns false when no such endpoint exists.
+   */
+  removeEndpoint(endpointId: number): boolean {
+    const ep = this.endpoints.get(endpointId);
+    if (ep === undefined) return false;
+    this.leaveDomain(ep);
+    this.endpoints.delete(endpointId);
+    if (this.lastEndpoint === ep) this.lastEndpoint = null;
+    this.ownEpoch++;
+    if (ep.hostMirror !== null) {
+      ep.hostMirror.apply("none");
+      this.hostsInUse.delete(ep.hostMirror.host);
+    }
+    return true;
+  }
+
   /** The DMA address space of a declared endpoint. */
   endpointSpace(endpointId: number): DmaAddressSpace | undefined {
     return this.endpoints.get(endpointId)?.space;

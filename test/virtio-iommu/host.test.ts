@@ -187,3 +187,20 @@ test("host: a host that throws is a refusal: S_DEVERR and the MAP is not applied
   assert.equal(dev.stats().host.refusals, 1);
   assert.equal(dev.stats().internalErrors, 0);
 });
+
+test("host: removing an endpoint (hot-unplug) empties and releases its container", () => {
+  const h = new VfioType1Container();
+  const { dev } = rig([h]);
+  assert.equal(attach(dev, 1, 0x10), "OK");
+  assert.equal(map(dev, 1, 0x1000, 0x1fff, 0x1000), "OK");
+  const space = dev.endpointSpace(0x10)!;
+  assert.equal(space.readUint(0x1000, 1), 0);
+  assert.equal(dev.removeEndpoint(0x10), true);
+  assert.deepEqual(entries(h), []);
+  assert.equal(dev.stats().domains, 0, "its domain died with it");
+  assert.equal(space.readUint(0x1000, 1), -1, "the old DMA space faults");
+  assert.equal(attach(dev, 1, 0x10), "NOENT");
+  assert.equal(dev.removeEndpoint(0x10), false);
+  dev.addEndpoint(0x10, { host: h });
+  assert.equal(attach(dev, 1, 0x10), "OK");
+});

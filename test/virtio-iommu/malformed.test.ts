@@ -217,3 +217,16 @@ test("malformed: handleRequest is safe on views into larger buffers", () => {
   assert.equal(backing[150], 0);
   assert.equal(backing[154], 0x33);
 });
+
+test("malformed: a response area aliasing the request bytes (hostile chain) is decoded first", () => {
+  const { dev } = makeRig();
+  const shared = new Uint8Array(600);
+  shared.set(encodeAttach(1, 8));
+  assert.equal(dev.handleRequest(shared.subarray(0, 20), shared.subarray(0, 4)), 4);
+  assert.equal(shared[0], 0);
+  assert.equal(dev.endpointDomain(8), 1);
+  shared.set(encodeProbe(8));
+  assert.equal(dev.handleRequest(shared.subarray(0, 72), shared.subarray(0, 516)), 516);
+  assert.equal(shared[512], 0, "S_OK for endpoint 8");
+  assert.equal(dev.stats().internalErrors, 0);
+});
