@@ -72,7 +72,8 @@ test("CFGI_CD (4.3.3) drops one context descriptor; CFGI_CD_ALL (4.3.4) all of a
   pt.map(0x1000, 0x20_0000, 3, s1Attrs());
   // Give stream 8 a 4-entry linear CD table with substreams 1 and 2.
   const cds = fx.alloc.alloc(4 * 64, 256);
-  for (const ssid of [0, 1, 2]) writeWords(fx.memory, cds + ssid * 64, cdWords({ asid: 10 + ssid, ttb0: pt.root }));
+  for (const ssid of [0, 1, 2])
+    writeWords(fx.memory, cds + ssid * 64, cdWords({ asid: 10 + ssid, ttb0: pt.root }));
   fx.driver.writeSte(8, { config: 0b101, cdTable: cds, s1CdMax: 2, s1Dss: 0b10 });
   fx.driver.submit([cmd.cfgiSte(8)]);
   const t = new Translation();
@@ -257,7 +258,12 @@ test("configuring a StreamID the guest does not own: C_BAD_STREAMID event and a 
     ],
   );
   assert.equal(fx.backend.violationCount, 2);
-  assert.deepEqual(fx.backend.violations[0], { guestId: "guest0", physicalIommu: "psmmu0", vId: 77, action: "CFGI_STE" });
+  assert.deepEqual(fx.backend.violations[0], {
+    guestId: "guest0",
+    physicalIommu: "psmmu0",
+    vId: 77,
+    action: "CFGI_STE",
+  });
   assert.equal(fx.viommu.stats().violations, 2);
 });
 
