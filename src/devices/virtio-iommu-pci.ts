@@ -1,0 +1,194 @@
+/**
+ * virtio-iommu-pci: the virtio-iommu request engine (src/virtio-iommu/device.ts) behind the
+ * virtio-pci transport. PCI 1af4:1057, class 00:ff as QEMU's virtio-iommu-pci (Linux binds by
+ * vendor/device ID and finds the endpoints through ACPI VIOT, not the class).
+ *
+ * Queues (VIRTIO 1.3 5.13.2): 0 requestq, 1 eventq. The device's own queues are not behind
+ * itself: the host connects this function's DMA to an IDENTITY space (guest-physical), and the
+ * transport does not offer ACCESS_PLATFORM.
+ *
+ * requestq: each chain's device-readable bytes (at most 4 KiB are read: every request type is
+ * smaller) form the request; its device-writable area (at most 64 KiB) receives the answer;
+ * the engine returns the used length.
+ * eventq: fault records queued by the engine are written into driver-posted buffers of at least
+ * 24 bytes (5.13.6.6), when the driver posts buffers or the engine reports a new fault. With
+ * no buffer available the records wait in the engine's bounded queue (which drops the excess,
+ * as 5.13.6.6 allows). A buffer shorter than a record is returned with used length 0.
+ */
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import { VIRTIO_ID_IOMMU } from "../virtio/constants.ts";
+import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
+import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import { DescriptorChain, POP_CHAIN } from "../virtio/split-queue.ts";
+import { VirtioIommu, type VirtioIommuOptions } from "../virtio-iommu/device.ts";
+
+export const REQUEST_QUEUE = 0;
+export const EVENT_QUEUE = 1;
+const MAX_REQUEST_BYTES = 4096;
+const MAX_RESPONSE_BYTES = 64 * 1024;
+const FAULT_RECORD_BYTES = 24;
+
+export interface VirtioIommuPciStats {
+  readonly requests: number;
+  readonly requestDmaFaults: number;
+  readonly eventsDelivered: number;
+  readonly eventBuffersTooSmall: number;
+}
+
+class VirtioIommuDevice implements VirtioDevice {
+  readonly name: string;
+  readonly deviceType = VIRTIO_ID_IOMMU;
+  readonly pciClassCode = 0x00ff00;
+  readonly deviceFeatures: bigint;
+  readonly queueCount = 2;
+  readonly queueMaxSize: number;
+  readonly configSizeBytes: number;
+  readonly engine: VirtioIommu;
+  private context: VirtioDeviceContext | undefined;
+  private readonly chain = new DescriptorChain();
+  // Events can be reported while a request is being serviced: they use their own chain.
+  private readonly eventChain = new DescriptorChain();
+  private readonly request = new Uint8Array(MAX_REQUEST_BYTES);
+  private response = new Uint8Array(512);
+
+  requests = 0;
+  requestDmaFaults = 0;
+  eventsDelivered = 0;
+  eventBuffersTooSmall = 0;
+
+  constructor(engine: VirtioIommu, name: string, queueSize: number) {
+    this.engine = engine;
+    this.name = name;
+    this.queueMaxSize = queueSize;
+    this.deviceFeatures = engine.deviceFeatures;
+    this.configSizeBytes = engine.configSizeBytes;
+    engine.onEvent = () => this.deliverEvents();
+  }
+
+  readConfig(offset: number, sizeBytes: 1 | 2 | 4): number {
+    return this.engine.readConfig(offset, sizeBytes);
+  }
+
+  writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
+    this.engine.writeConfig(offset, sizeBytes, value);
+  }
+
+  acceptFeatures(features: bigint): boolean {
+    this.engine.negotiate(features & this.deviceFeatures);
+    return true;
+  }
+
+  activate(context: VirtioDeviceContext): void {
+    this.context = context;
+    this.deliverEvents();
+  }
+
+  queueNotify(index: number): void {
+    if (index === REQUEST_QUEUE) this.serviceRequests();
+    else if (index === EVENT_QUEUE) this.deliverEvents();
+  }
+
+  private serviceRequests(): void {
+    const ctx = this.context;
+    if (ctx === undefined) return;
+    const q = ctx.queue(REQUEST_QUEUE);
+    const dma = q.dma;
+    if (dma === undefined) return;
+    const chain = this.chain;
+    let pushed = false;
+    while (q.pop(chain) === POP_CHAIN) {
+      this.requests++;
+      const reqLen = Math.min(chain.readableBytes, MAX_REQUEST_BYTES);
+      const respLen = Math.min(chain.writableBytes, MAX_RESPONSE_BYTES);
+      if (this.response.length < respLen) this.response = new Uint8Array(MAX_RESPONSE_BYTES);
+      const request = this.request.subarray(0, reqLen);
+      const response = this.response.subarray(0, respLen);
+      response.fill(0);
+      let used = 0;
+      const r = chain.read(dma, 0, request);
+      if (typeof r !== "number") {
+        this.requestDmaFaults++;
+      } else {
+        used = this.engine.handleRequest(request, response);
+        if (used > 0) {
+          const w = chain.write(dma, 0, response.subarray(0, used));
+          if (typeof w !== "number") {
+            this.requestDmaFaults++;
+            used = 0;
+          }
+        }
+      }
+      if (!q.pushUsed(chain.head, used)) break;
+      pushed = true;
+    }
+    if (pushed) ctx.notifyUsed(REQUEST_QUEUE);
+  }
+
+  private deliverEvents(): void {
+    const ctx = this.context;
+    if (ctx === undefined) return;
+    const q = ctx.queue(EVENT_QUEUE);
+    const dma = q.dma;
+    if (dma === undefined || !q.ready) return;
+    const chain = this.eventChain;
+    let pushed = false;
+    // Check for a record before taking a buffer: a popped buffer cannot be given back.
+    while (this.engine.pendingEvents > 0 && q.pop(chain) === POP_CHAIN) {
+      if (chain.writableBytes < FAULT_RECORD_BYTES || chain.readableBytes > 0) {
+        this.eventBuffersTooSmall++;
+        if (!q.pushUsed(chain.head, 0)) break;
+        pushed = true;
+        continue;
+      }
+      const record = this.engine.takeEvent();
+      if (record === undefined) break;
+      const w = chain.write(dma, 0, record);
+      const used = typeof w === "number" ? w : 0;
+      if (used > 0) this.eventsDelivered++;
+      if (!q.pushUsed(chain.head, used)) break;
+      pushed = true;
+    }
+    if (pushed) ctx.notifyUsed(EVENT_QUEUE);
+  }
+
+  reset(): void {
+    this.context = undefined;
+    this.engine.reset();
+  }
+}
+
+export interface VirtioIommuPciOptions extends VirtioIommuOptions {
+  readonly name?: string;
+  /** Maximum size of each queue (default 256, as QEMU). */
+  readonly queueSize?: number;
+}
+
+export class VirtioIommuPci {
+  readonly engine: VirtioIommu;
+  readonly transport: VirtioPciTransport;
+  private readonly device: VirtioIommuDevice;
+
+  constructor(memory: GuestMemory, options: VirtioIommuPciOptions = {}) {
+    this.engine = new VirtioIommu(memory, options);
+    this.device = new VirtioIommuDevice(
+      this.engine,
+      options.name ?? "virtio-iommu",
+      options.queueSize ?? 256,
+    );
+    this.transport = new VirtioPciTransport(this.device, { accessPlatform: false, tracer: options.tracer });
+  }
+
+  get pci() {
+    return this.transport.pci;
+  }
+
+  stats(): VirtioIommuPciStats {
+    const d = this.device;
+    return {
+      requests: d.requests,
+      requestDmaFaults: d.requestDmaFaults,
+      eventsDelivered: d.eventsDelivered,
+      eventBuffersTooSmall: d.eventBuffersTooSmall,
+    };
+  }
+}
