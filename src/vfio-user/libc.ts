@@ -302,7 +302,8 @@ export class MsgScratch {
   /**
    * recvmsg into `buf[offset, offset + len)`; received descriptors are appended to `fds`.
    * Returns the byte count (0 = peer closed) or -errno, and whether descriptors were dropped
-   * for lack of control space (MSG_CTRUNC).
+   * for lack of control space (MSG_CTRUNC). `blocking` waits for data on a blocking socket
+   * (tools and benchmarks only; the server never blocks).
    */
   recv(
     fd: number,
@@ -310,9 +311,10 @@ export class MsgScratch {
     offset: number,
     len: number,
     fds: number[],
+    blocking = false,
   ): { n: number; truncated: boolean } {
     this.setMsg(buf.address + BigInt(offset), len, CONTROL_SIZE);
-    const n = c.recvmsg(fd, this.arena.pointer, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) as number;
+    const n = c.recvmsg(fd, this.arena.pointer, (blocking ? 0 : MSG_DONTWAIT) | MSG_CMSG_CLOEXEC) as number;
     if (n < 0) return { n: -errno(), truncated: false };
     const v = this.view;
     const flags = v.getInt32(MsgScratch.MSG + 48, true);
