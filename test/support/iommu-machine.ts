@@ -16,7 +16,8 @@ import { GuestAllocator, VIRTIO_F_VERSION_1, VirtioPciDriver } from "./virtio-dr
 export const VIOMMU_BDF: Bdf = { bus: 0, device: 1, fn: 0 };
 export const DMA_WINDOW_GPA = 4 << 20;
 export const DMA_WINDOW_BYTES = 8 << 20;
-export const DMA_IOVA_OFFSET = 0x1_0000_0000;
+// Below 2^28 so that edu (28-bit DMA mask) can use the same window.
+export const DMA_IOVA_OFFSET = 0x0800_0000;
 
 const F_MAP_UNMAP = 1n << 2n;
 const F_INPUT_RANGE = 1n << 0n;
