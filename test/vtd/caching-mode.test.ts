@@ -1,0 +1,123 @@
+/**
+ * Caching mode (CAP.CM) with an assigned endpoint: invalidations replay guest mappings onto the
+ * host IOMMU (the engine's VFIO type1 model), without duplicate maps or stray unmaps.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { VfioType1Container } from "../../src/engine/host-iommu.ts";
+import { GCMD } from "../../src/vtd/registers.ts";
+import { D, PageTable, rig } from "./guest.ts";
+
+const SID = 0x0200;
+
+function assigned(config = "caching-mode=on") {
+  const r = rig({ config });
+  const host = new VfioType1Container();
+  r.driver.enableQueuedInvalidation(config.includes("scalable-mode=on"));
+  r.driver.setRootTable(config.includes("scalable-mode=on"));
+  const pt = new PageTable(r.memory, r.alloc, 4);
+  if (config.includes("scalable-mode=on")) {
+    const dir = r.driver.setScalableContext(SID);
+    r.driver.setPasidEntry(dir, 0, { pgtt: 2, did: 1, slptptr: pt.root });
+  } else {
+    r.driver.setLegacyContext(SID, { did: 1, slptptr: pt.root });
+  }
+  const dma = r.unit.addEndpoint(SID, { host });
+  return { ...r, host, pt, dma };
+}
+
+test("an assigned endpoint without caching mode is refused with the option to add", () => {
+  const r = rig();
+  assert.throws(() => r.unit.addEndpoint(SID, { host: new VfioType1Container() }), /caching-mode=on/);
+});
+
+test("before TE the host maps guest RAM identity; TE replaces it with the (empty) guest tables", () => {
+  const { host, driver: d } = assigned();
+  assert.deepEqual(host.list(), [{ iova: 0, gpa: 0, sizeBytes: 64 << 20, perms: 3 }]);
+  d.setPersistent(GCMD.TE, true);
+  assert.equal(host.entryCount, 0);
+});
+
+test("legacy: a new mapping reaches the host only after its page-selective invalidation", () => {
+  const { host, pt, driver: d, unit } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.equal(host.lookup(0x10000), undefined);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  assert.deepEqual(host.lookup(0x10000), { iova: 0x10000, gpa: 0x100000, sizeBytes: 4096, perms: 3 });
+  // The same invalidation again changes nothing on the host.
+  const maps = host.maps;
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  assert.equal(host.maps, maps);
+  assert.ok(unit.stats().hosts[0].duplicateMapsSuppressed >= 1);
+});
+
+test("unmap + page-selective invalidation unmaps on the host; a stray invalidation unmaps nothing", () => {
+  const { host, pt, driver: d, unit } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  pt.unmap(0x10000);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  assert.equal(host.lookup(0x10000), undefined);
+  const unmaps = host.unmaps;
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x50000)]));
+  assert.equal(host.unmaps, unmaps);
+  assert.equal(host.stats().refused.EINVAL, 0);
+  assert.ok(unit.stats().hosts[0].strayUnmapsSuppressed >= 1);
+});
+
+test("a changed mapping (new gpa or permissions) is unmapped then remapped", () => {
+  const { host, pt, driver: d } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  pt.map(0x10000, 0x300000, 1, 1n);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  assert.deepEqual(host.lookup(0x10000), { iova: 0x10000, gpa: 0x300000, sizeBytes: 4096, perms: 1 });
+});
+
+test("domain-selective invalidation resynchronises the whole space (2 MiB leaf, many pages)", () => {
+  const { host, pt, driver: d } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  for (let i = 0; i < 16; i++) pt.map(0x100000 + i * 4096, 0x400000 + i * 4096, 1, 3n);
+  pt.map(0x40000000, 0x200000, 2, 3n);
+  assert.ok(d.submitAndWait([D.iotlbDomain(1)]));
+  assert.equal(host.entryCount, 17);
+  assert.equal(host.lookup(0x40000000)?.sizeBytes, 2 << 20);
+  pt.unmap(0x40000000, 2);
+  assert.ok(d.submitAndWait([D.iotlbGlobal()]));
+  assert.equal(host.entryCount, 16);
+});
+
+test("a context switch to another table resyncs after the context-cache invalidation", () => {
+  const { host, pt, driver: d, memory, alloc } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  const pt2 = new PageTable(memory, alloc, 4);
+  pt2.map(0x20000, 0x200000, 1, 3n);
+  d.setLegacyContext(SID, { did: 2, slptptr: pt2.root });
+  assert.ok(d.submitAndWait([D.contextDevice(1, SID)]));
+  assert.equal(host.lookup(0x10000), undefined);
+  assert.equal(host.lookup(0x20000)?.gpa, 0x200000);
+});
+
+test("scalable mode: PASID-based IOTLB invalidation replays the RID_PASID second stage", () => {
+  const { host, pt, driver: d } = assigned("caching-mode=on,scalable-mode=on");
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.ok(d.submitAndWait([D.pasidIotlbPage(1, 0, 0x10000)]));
+  assert.equal(host.lookup(0x10000)?.gpa, 0x100000);
+});
+
+test("the guest's DMA through the unit and the host mapping agree", () => {
+  const { host, pt, driver: d, dma, memory } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  memory.writeU32(0x100000, 99);
+  assert.equal(dma.readUint(0x10000, 4), 99);
+  const e = host.lookup(0x10000);
+  assert.ok(e !== undefined && memory.readU32(e.gpa) === 99);
+});
