@@ -311,27 +311,24 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   // ---------------------------------------------------------------- translation
 
-  private lookupTarget(key: number): {
-    target: Target | null;
-    reason: number;
-    fpd: boolean;
-    hasPasid: boolean;
-  } {
+  /** Why the last `lookupTarget` returned null, and whether an FPD bit on the path was set. */
+  private lookupReason = 0;
+  private lookupFpd = false;
+
+  /** The cached or freshly resolved target of `key`; null with lookupReason/lookupFpd on a fault. */
+  private lookupTarget(key: number): Target | null {
     const cached = this.targets.get(key);
-    if (cached !== undefined)
-      return { target: cached, reason: 0, fpd: false, hasPasid: cached.requestHasPasid };
-    const scalable = this.translationTableMode === 1;
+    if (cached !== undefined) return cached;
     if (this.translationTableMode > 1) {
-      return {
-        target: null,
-        reason: FR.SM_RTADDR_INVALID,
-        fpd: false,
-        hasPasid: decodeEndpointKey(key).pasid >= 0,
-      };
+      this.lookupReason = FR.SM_RTADDR_INVALID;
+      this.lookupFpd = false;
+      return null;
     }
-    const r = this.targets.resolve(key, this.rootTable, scalable);
-    if (r.ok) return { target: r.target, reason: 0, fpd: false, hasPasid: r.target.requestHasPasid };
-    return { target: null, reason: r.reason, fpd: r.fpd, hasPasid: r.requestHasPasid };
+    const r = this.targets.resolve(key, this.rootTable, this.translationTableMode === 1);
+    if (r.ok) return r.target;
+    this.lookupReason = r.reason;
+    this.lookupFpd = r.fpd;
+    return null;
   }
 
   private fault(
@@ -457,10 +454,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       return null;
     }
     const key = endpointId;
-    const lt = this.lookupTarget(key);
-    if (lt.target === null)
-      return this.fault(key, iova, access, lt.reason, lt.fpd, ADDRESS_TYPE.UNTRANSLATED);
-    const t = lt.target;
+    const t = this.lookupTarget(key);
+    if (t === null)
+      return this.fault(key, iova, access, this.lookupReason, this.lookupFpd, ADDRESS_TYPE.UNTRANSLATED);
     if (!(Number.isSafeInteger(iova) && iova >= 0)) {
       // Addresses at or above 2^53 cannot be represented: an address-width fault (documented).
       return this.fault(
@@ -499,12 +495,12 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       return { status: "unsupported-request", reason: FR.TRANSLATION_BLOCKED };
     }
     const key = endpointKey(sourceId, pasid, privileged);
-    const lt = this.lookupTarget(key);
-    if (lt.target === null) {
-      this.fault(key, iova, access, lt.reason, lt.fpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
-      return { status: "unsupported-request", reason: lt.reason };
+    const t = this.lookupTarget(key);
+    if (t === null) {
+      const reason = this.lookupReason;
+      this.fault(key, iova, access, reason, this.lookupFpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
+      return { status: "unsupported-request", reason };
     }
-    const t = lt.target;
     if (!t.atsAllowed) {
       const reason = t.scalable ? FR.SM_CONTEXT_DTE_CLEAR : FR.TRANSLATION_BLOCKED;
       this.fault(key, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATION_REQUEST);
@@ -720,8 +716,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   private hostDomain(ep: EndpointState): number {
     if (!this.translationEnabled) return -1;
-    const lt = this.lookupTarget(ep.sourceId);
-    return lt.target === null ? -1 : lt.target.domainId;
+    const t = this.lookupTarget(ep.sourceId);
+    return t === null ? -1 : t.domainId;
   }
 
   private leafSource(ep: EndpointState): LeafSource {
@@ -734,8 +730,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       }
     };
     if (!this.translationEnabled) return ramLeaves;
-    const lt = this.lookupTarget(ep.sourceId);
-    const t = lt.target;
+    const t = this.lookupTarget(ep.sourceId);
     if (t === null) return () => {};
     if (t.kind === TARGET.IDENTITY) return ramLeaves;
     const outsideWindow =
