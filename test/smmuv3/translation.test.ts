@@ -196,7 +196,7 @@ test("DMA through the model: a 3-page write crossing pages lands in three differ
   const fx = ready();
   const pt = attachS1(fx, 8);
   const frames = [0x60_0000, 0x20_3000, 0x41_1000];
-  frames.forEach((f, i) => pt.map(0x10_0000 + i * 4096, f, 3, s1Attrs()));
+  for (const [i, f] of frames.entries()) pt.map(0x10_0000 + i * 4096, f, 3, s1Attrs());
   const dma = new DmaAddressSpace(fx.memory, fx.smmu, 8);
   const buf = new Uint8Array(3 * 4096 - 100).map((_, i) => i & 0xff);
   assert.equal(dma.write(0x10_0000 + 50, buf), null);
