@@ -1,0 +1,198 @@
+/**
+ * Device platform figures: configuration access through ECAM and 0xCF8/0xCFC, BAR MMIO
+ * dispatch, MSI-X delivery, and full request round trips (driver posts, notifies, device
+ * serves, driver reaps) for virtio-rng, virtio-blk and edu DMA, each with identity DMA and
+ * behind virtio-iommu mappings, side by side.
+ */
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EDU_DMA_BUFFER_ADDRESS, EduDevice } from "../src/devices/edu.ts";
+import { VirtioBlk } from "../src/devices/virtio-blk.ts";
+import { VirtioRng } from "../src/devices/virtio-rng.ts";
+import { VirtioPciTransport } from "../src/virtio/pci-transport.ts";
+import { DMA_IOVA_OFFSET, IommuMachine } from "../test/support/iommu-machine.ts";
+import { TestMachine } from "../test/support/machine.ts";
+import {
+  GuestAllocator,
+  VIRTIO_F_ACCESS_PLATFORM,
+  VIRTIO_F_VERSION_1,
+  VirtioPciDriver,
+} from "../test/support/virtio-driver.ts";
+import type { BenchCase } from "./harness.ts";
+
+const GROUP = "devices";
+let sink = 0;
+
+function pciCases(): BenchCase[] {
+  const m = new TestMachine();
+  const edu = new EduDevice();
+  m.add(edu.pci, 4);
+  const b = { bus: 0, device: 4, fn: 0 };
+  const bars = m.driver.assignBars(b);
+  const [cap] = m.driver.findCapabilities(b, 0x05);
+  m.driver.enableMsi(b, cap, 0xfee00000, 0x30);
+  const ecam = 0xb000_0000 + (4 << 15);
+  const base = bars[0].address;
+  return [
+    {
+      group: GROUP,
+      name: "pci: config dword read via ECAM",
+      run(n) {
+        for (let i = 0; i < n; i++) sink ^= m.mmio.read(ecam, 4);
+      },
+    },
+    {
+      group: GROUP,
+      name: "pci: config dword read via 0xCF8/0xCFC",
+      run(n) {
+        for (let i = 0; i < n; i++) {
+          m.io.write(0xcf8, 4, 0x8000_2000);
+          sink ^= m.io.read(0xcfc, 4);
+        }
+      },
+    },
+    {
+      group: GROUP,
+      name: "edu: BAR0 register read (bus decode + handler)",
+      run(n) {
+        for (let i = 0; i < n; i++) sink ^= m.mmio.read(base + 4, 4);
+      },
+    },
+    {
+      group: GROUP,
+      name: "edu: interrupt raise + ack by MSI (2 MMIO writes)",
+      run(n) {
+        for (let i = 0; i < n; i++) {
+          m.mmio.write(base + 0x60, 4, 1);
+          m.mmio.write(base + 0x64, 4, 1);
+        }
+        m.irq.msis.length = 0;
+      },
+    },
+  ];
+}
+
+function eduDmaCase(translated: boolean): BenchCase {
+  let m: TestMachine;
+  const edu = new EduDevice();
+  let iova: number;
+  if (translated) {
+    const im = new IommuMachine();
+    const rid = im.addBehindIommu(edu.pci, 4);
+    im.mapDmaWindow(1, rid);
+    iova = im.dmaAllocator.alloc(4096, 4096) + DMA_IOVA_OFFSET;
+    m = im;
+  } else {
+    m = new TestMachine();
+    m.add(edu.pci, 4);
+    iova = 0x40_0000;
+  }
+  const base = m.driver.assignBars({ bus: 0, device: 4, fn: 0 })[0].address;
+  return {
+    group: GROUP,
+    name: `edu: 4 KiB DMA RAM->device, ${translated ? "virtio-iommu mapping" : "identity"}`,
+    run(n) {
+      for (let i = 0; i < n; i++) {
+        m.mmio.write(base + 0x80, 8, iova);
+        m.mmio.write(base + 0x88, 8, EDU_DMA_BUFFER_ADDRESS);
+        m.mmio.write(base + 0x90, 8, 4096);
+        m.mmio.write(base + 0x98, 4, 1);
+      }
+      if (edu.dmaFaults !== 0) throw new Error("bench DMA faulted");
+    },
+  };
+}
+
+/** Driver + device for a virtio function at 00:02.0, identity or behind the virtio-iommu. */
+function virtioSetup(fnOf: (accessPlatform: boolean) => VirtioPciTransport, translated: boolean) {
+  if (translated) {
+    const im = new IommuMachine();
+    const t = fnOf(true);
+    const rid = im.addBehindIommu(t.pci, 2);
+    im.mapDmaWindow(1, rid);
+    const drv = new VirtioPciDriver(im, { bus: 0, device: 2, fn: 0 }, im.dmaAllocator, DMA_IOVA_OFFSET);
+    drv.bringUp(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM, 1, 256);
+    return { m: im as TestMachine, drv, alloc: im.dmaAllocator };
+  }
+  const m = new TestMachine();
+  const t = fnOf(false);
+  m.add(t.pci, 2);
+  const alloc = new GuestAllocator(4 << 20, 12 << 20);
+  const drv = new VirtioPciDriver(m, { bus: 0, device: 2, fn: 0 }, alloc);
+  drv.bringUp(VIRTIO_F_VERSION_1, 1, 256);
+  return { m, drv, alloc };
+}
+
+function rngCase(translated: boolean): BenchCase {
+  const { m, drv, alloc } = virtioSetup(
+    (ap) => new VirtioPciTransport(new VirtioRng(), { accessPlatform: ap }),
+    translated,
+  );
+  const q = drv.queues[0];
+  const buf = alloc.alloc(64);
+  const chain = [{ gpa: buf, len: 64, writable: true }];
+  return {
+    group: GROUP,
+    name: `virtio-rng: 64 B request round trip, ${translated ? "virtio-iommu" : "identity"}`,
+    run(n) {
+      for (let i = 0; i < n; i++) {
+        q.add(chain);
+        drv.kick(0);
+        sink ^= q.takeUsed().length;
+      }
+      m.irq.msis.length = 0;
+    },
+  };
+}
+
+function blkCase(translated: boolean, path: string): BenchCase {
+  const { m, drv, alloc } = virtioSetup(
+    (ap) => new VirtioBlk({ path, accessPlatform: ap, queueSize: 256 }).transport,
+    translated,
+  );
+  const q = drv.queues[0];
+  const header = alloc.alloc(16);
+  m.memory.writeU32(header, 0); // VIRTIO_BLK_T_IN
+  const data = alloc.alloc(4096, 4096);
+  const status = alloc.alloc(1);
+  const chain = [
+    { gpa: header, len: 16, writable: false },
+    { gpa: data, len: 4096, writable: true },
+    { gpa: status, len: 1, writable: true },
+  ];
+  let sector = 0;
+  return {
+    group: GROUP,
+    name: `virtio-blk: 4 KiB read round trip (page cache), ${translated ? "virtio-iommu" : "identity"}`,
+    run(n) {
+      for (let i = 0; i < n; i++) {
+        sector = (sector + 8) & 0x7ff;
+        m.memory.writeU64(header + 8, BigInt(sector));
+        q.add(chain);
+        drv.kick(0);
+        sink ^= q.takeUsed().length;
+      }
+      if (m.memory.readU8(status) !== 0) throw new Error("bench read failed");
+      m.irq.msis.length = 0;
+    },
+  };
+}
+
+const dir = mkdtempSync(join(tmpdir(), "viommu-bench-"));
+const disk = join(dir, "disk.img");
+writeFileSync(disk, new Uint8Array(2 << 20).fill(0x5a));
+
+export const cases: BenchCase[] = [
+  ...pciCases(),
+  eduDmaCase(false),
+  eduDmaCase(true),
+  rngCase(false),
+  rngCase(true),
+  blkCase(false, disk),
+  blkCase(true, disk),
+];
+
+export function benchSink(): number {
+  return sink;
+}
