@@ -21,7 +21,7 @@ export interface FirstStageRequest {
   readonly privileged: boolean;
   /** PASID entry WPE: supervisor writes honour R/W. */
   readonly writeProtect: boolean;
-  /** PASID entry NXE: bit 63 (XD) is defined; otherwise reserved. */
+  /** PASID entry NXE (recorded; XD never faults since execute requests are not supported). */
   readonly noExecute: boolean;
   /** Set A/D bits (true for DMA; false when enumerating for caching-mode replay). */
   readonly updateAccessed: boolean;
@@ -29,10 +29,14 @@ export interface FirstStageRequest {
 
 const TWO32 = 0x1_0000_0000;
 
-function reservedHigh(hawBits: number, noExecute: boolean): number {
+/**
+ * Reserved high-dword bits: address bits at and above the host address width. XD (bit 63) is
+ * accepted whatever the PASID entry's NXE says: the unit takes no execute requests (ECAP.ERS
+ * clear), and Linux sets XD in every first-stage entry it writes.
+ */
+function reservedHigh(hawBits: number): number {
   const h = Math.min(hawBits, 52);
-  const addrMask = h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
-  return (addrMask | (noExecute ? 0 : 2 ** 31)) >>> 0;
+  return h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
 }
 
 export class FirstStageWalker {
@@ -73,7 +77,7 @@ export class FirstStageWalker {
     if (iova >= FirstStageWalker.inputLimit(levels)) return WALK.NON_CANONICAL;
     if (rootGpa >= 2 ** Math.min(this.format.hawBits, 52)) return WALK.ROOT_INVALID;
     const memory = this.memory;
-    const resHigh = reservedHigh(this.format.hawBits, req.noExecute);
+    const resHigh = reservedHigh(this.format.hawBits);
     let table = rootGpa;
     let writable = true;
     let user = true;
@@ -145,7 +149,7 @@ export class FirstStageWalker {
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
     const memory = this.memory;
-    const resHigh = reservedHigh(this.format.hawBits, req.noExecute);
+    const resHigh = reservedHigh(this.format.hawBits);
     const size = 2 ** (12 + 9 * (level - 1));
     const first = Math.max(0, Math.floor((startIova - baseIova) / size));
     const last = Math.min(511, Math.floor((lastIova - baseIova) / size));

@@ -476,13 +476,13 @@ const cases: Case[] = [
     },
   },
   {
-    name: "first-stage XD bit without NXE is reserved",
+    name: "first-stage PS bit in a PML4 entry is reserved",
     reason: FR.SM_FS_RESERVED,
     config: S,
     scalable: true,
     setup: (r, d) => {
       const fs = new PageTable(r.memory, r.alloc, 4, true);
-      fs.map(0x5000, 0x100000, 1, 7n | (1n << 63n));
+      r.memory.writeU64(fs.root, 0x87n);
       const dir = d.setScalableContext(SID);
       d.setPasidEntry(dir, 0, { pgtt: 1, did: 1, flptptr: fs.root });
       return { dma: r.unit.addEndpoint(SID), iova: 0x5000 };
