@@ -4,7 +4,7 @@ import { EDU_DMA_BUFFER_ADDRESS, EduDevice } from "../../src/devices/edu.ts";
 import { VirtioRng } from "../../src/devices/virtio-rng.ts";
 import { VirtioPciTransport } from "../../src/virtio/pci-transport.ts";
 import { DMA_IOVA_OFFSET, IommuMachine, VIOMMU_BDF } from "../support/iommu-machine.ts";
-import { checksum } from "../support/machine.ts";
+import { checksum, prng } from "../support/machine.ts";
 import { detachRequest } from "../support/viommu-requests.ts";
 import {
   MSI_ADDRESS,
@@ -136,4 +136,63 @@ test("virtio-rng behind the virtio-iommu (iommu=on): rings and buffers are IOVAs
   drv.kick(0);
   assert.ok(m.memory.view(buf, 128).every((x) => x === 0));
   assert.equal(drv.status & 0x40, 0x40);
+});
+
+test("fuzz: random virtio BAR and configuration traffic on an iommu=on device never throws and stays inside its mappings", () => {
+  const seed = 0x71b0_5eed;
+  console.log(`fuzz seed 0x${seed.toString(16)}`);
+  const r = prng(seed);
+  const m = new IommuMachine();
+  const rng = new VirtioRng({ queueSize: 16 });
+  const t = new VirtioPciTransport(rng, { accessPlatform: true });
+  const rid = m.addBehindIommu(t.pci, 4);
+  m.mapDmaWindow(1, rid);
+  const b = { bus: 0, device: 4, fn: 0 };
+  const drv = new VirtioPciDriver(m, b, m.dmaAllocator, DMA_IOVA_OFFSET);
+  const outside = () => checksum(m.memory.view(0, 1 << 20)) ^ checksum(m.memory.view(12 << 20, 4 << 20));
+  const sum = outside();
+  const sizes = [1, 2, 4, 8] as const;
+  const regions = [
+    [0, 0x40],
+    [0x1000, 4],
+    [0x2000, 0x10],
+    [0x3000, 8],
+    [0x4000, 0x20],
+    [0x5000, 8],
+  ];
+  for (let epoch = 0; epoch < 20; epoch++) {
+    drv.bringUp(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM, 1);
+    const bar = drv.bars[0].address;
+    const q = drv.queues[0];
+    for (let i = 0; i < 1000; i++) {
+      const size = sizes[Math.floor(r() * 4)];
+      const value = r() < 0.5 ? Math.floor(r() * 256) : Math.floor(r() * 2 ** 53);
+      const [start, len] = regions[Math.floor(r() * regions.length)];
+      const offset = start + Math.floor(r() * len);
+      const pick = r();
+      if (pick < 0.3) m.mmio.write(bar + offset, size, value);
+      else if (pick < 0.5) m.mmio.read(bar + offset, size);
+      else if (pick < 0.6) {
+        // Configuration space past the BARs (capabilities: MSI-X control, PCI_CFG window).
+        m.driver.write(b, 0x34 + Math.floor(r() * 0xcc), ([1, 2, 4] as const)[Math.floor(r() * 3)], value);
+      } else if (pick < 0.9 && q.size > 0) {
+        // Buffers, valid or not, then a notification.
+        const addr = r() < 0.7 ? q.iova(m.dmaAllocator.alloc(16)) : Math.floor(r() * 2 ** 30);
+        try {
+          q.addRaw([{ addr, len: 1 + Math.floor(r() * 64), flags: r() < 0.9 ? 2 : Math.floor(r() * 8) }]);
+        } catch {
+          q.takeUsed();
+        }
+        drv.kick(0);
+      } else {
+        m.driver.write(b, 4, 2, r() < 0.9 ? 0x6 : Math.floor(r() * 0x10000));
+      }
+    }
+  }
+  assert.equal(outside(), sum);
+  const st = t.stats();
+  console.log(
+    `fuzz: notifications=${st.notifications} resets=${st.resets} needsReset=${st.needsReset} rng=${JSON.stringify(rng.stats())}`,
+  );
+  assert.ok(rng.stats().requests > 100, "the fuzz reaches the device");
 });
