@@ -2,53 +2,77 @@
  * `viommu serve`: our PCI devices as vfio-user servers, one UNIX socket per device, for QEMU's
  * vfio-user-pci client (QEMU 10.1+).
  *
- *   viommu serve --socket-dir DIR [--device edu[,iommu=on]]... [--guest-ram-mib N]
+ *   viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g]]
+ *                [--disk path=F[,iommu=on]]... [--rng [iommu=on]]... [--device edu[,iommu=on]]...
+ *                [--guest-ram-mib N]
  *
  * All devices share one device platform and one guest memory view built from the DMA regions
- * the clients register (see src/vfio-user/shared-memory.ts). Each device DMAs through its own
- * address space: identity, or (iommu=on) an endpoint of the virtual IOMMU served alongside.
+ * the clients register (src/vfio-user/shared-memory.ts). Each device DMAs through its own
+ * address space: identity (iommu=off), or an endpoint of the virtio-iommu served alongside
+ * (iommu=on; endpoint ID = the BDF we assign). An iommu=on edu also gets a host-propagation
+ * model (the engine's VfioType1Container), standing for the host IOMMU of an assigned device:
+ * every mapping the guest gives it is mirrored there, with VFIO type1's rules and its
+ * 65,535-entry limit.
+ *
+ * Slots: the virtio-iommu at 00:10.0, the other devices from 00:11.0 in command-line order.
+ * With an IOMMU, DIR/viot.bin is the ACPI VIOT naming it and the iommu=on endpoints.
  *
  * stdout: one line of QEMU arguments to append (shared guest RAM backend, one
- * `-device {"driver":"vfio-user-pci",...}` per device with the slot we assigned, and
- * `-acpitable file=DIR/viot.bin` when an IOMMU is served). stderr: a "ready" line when every
- * socket listens, client events, and a stats summary on SIGINT/SIGTERM.
+ * `-device {"driver":"vfio-user-pci",...}` per device, `-acpitable file=DIR/viot.bin`).
+ * stderr: a "ready" line when every socket listens, client events, and a stats summary on
+ * SIGINT/SIGTERM.
  *
- * This module exports `runServe(argv)`; src/cli/main.ts dispatches the `serve` subcommand to it.
- * It can also be run directly: `node --import tsx src/cli/serve.ts --socket-dir DIR ...`.
+ * This module exports `runServe(argv)` for src/cli/main.ts; it also runs directly:
+ * `node --import tsx src/cli/serve.ts --socket-dir DIR ...`.
  */
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { EduDevice } from "../devices/edu.ts";
-import { VirtioRng } from "../devices/virtio-rng.ts";
 import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
+import { VfioType1Container } from "../engine/host-iommu.ts";
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
+import { EduDevice } from "../devices/edu.ts";
+import { VirtioBlk } from "../devices/virtio-blk.ts";
+import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
+import { VirtioRng } from "../devices/virtio-rng.ts";
 import type { PciFunction } from "../pci/function.ts";
+import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { VfioUserDeviceServer } from "../vfio-user/server.ts";
 import { SharedGuestMemory } from "../vfio-user/shared-memory.ts";
-import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import { buildViot } from "../vfio-user/viot.ts";
 
-export type DeviceKind = "edu" | "rng";
+export type DeviceKind = "edu" | "rng" | "disk";
 
 export interface DeviceSpec {
   readonly kind: DeviceKind;
   readonly iommu: boolean;
+  /** disk: the backing file. */
+  readonly path?: string;
+  readonly readOnly?: boolean;
 }
 
 export interface ServeOptions {
   readonly socketDir: string;
+  /** page_size_mask of the virtio-iommu; undefined when no IOMMU is served. */
+  readonly iommuPageSizeMask: bigint | undefined;
   readonly devices: readonly DeviceSpec[];
   readonly guestRamMiB: number;
 }
 
-export const USAGE = `usage: viommu serve --socket-dir DIR [--device edu[,iommu=on|off]]... [--rng [iommu=on|off]]... [--guest-ram-mib N]
-  --socket-dir DIR      where the vfio-user sockets are created (one per device)
-  --device edu          QEMU's edu device (PCI 1234:11e8)
-  --rng                 virtio-rng (virtio-pci modern, MSI-X)
-  --guest-ram-mib N     guest RAM size for the printed memory backend (default 1024; pass the same -m to QEMU)`;
+export const USAGE = `usage: viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g]]
+                    [--disk path=FILE[,iommu=on][,readonly=on]]... [--rng [iommu=on]]...
+                    [--device edu[,iommu=on]]... [--guest-ram-mib N]
+  --socket-dir DIR     where the vfio-user sockets and viot.bin are created
+  --iommu virtio       a virtio-iommu-pci (at 00:10.0) translating the iommu=on devices;
+                       page-size-mask: granules joined by ':' (4k, 2m, 1g) or a number
+  --disk path=FILE     virtio-blk on FILE          --rng   virtio-rng
+  --device edu         QEMU's edu device (PCI 1234:11e8)
+  --guest-ram-mib N    guest RAM size for the printed memory backend (default 1024; give QEMU the same -m)`;
 
-/** First PCI slot we assign on the client's root bus (low slots are the machine's own). */
-export const FIRST_SLOT = 0x10;
+/** PCI slot of the virtio-iommu; devices follow it. Low slots are the machine's own. */
+export const IOMMU_SLOT = 0x10;
+
+const GRANULES: Record<string, bigint> = { "4k": 1n << 12n, "2m": 1n << 21n, "1g": 1n << 30n };
 
 function parseBool(v: string | undefined, what: string): boolean {
   if (v === undefined || v === "on" || v === "true" || v === "1") return true;
@@ -56,22 +80,37 @@ function parseBool(v: string | undefined, what: string): boolean {
   throw new Error(`${what}: expected on or off, got "${v}"`);
 }
 
-function parseDevice(spec: string): DeviceSpec {
-  const [kind, ...props] = spec.split(",");
-  if (kind !== "edu" && kind !== "rng")
-    throw new Error(`--device: unknown device "${kind}" (available: edu, rng)`);
-  let iommu = false;
-  for (const p of props) {
-    const [k, v] = p.split("=", 2);
-    if (k === "iommu") iommu = parseBool(v, "iommu");
-    else throw new Error(`--device ${kind}: unknown property "${k}"`);
+function parseProps(text: string, what: string, allowed: readonly string[]): Map<string, string | undefined> {
+  const out = new Map<string, string | undefined>();
+  for (const p of text.split(",").filter((x) => x !== "")) {
+    const eq = p.indexOf("=");
+    const k = eq < 0 ? p : p.slice(0, eq);
+    if (!allowed.includes(k)) throw new Error(`${what}: unknown property "${k}" (known: ${allowed.join(", ")})`);
+    out.set(k, eq < 0 ? undefined : p.slice(eq + 1));
   }
-  return { kind, iommu };
+  return out;
+}
+
+export function parsePageSizeMask(text: string): bigint {
+  let mask = 0n;
+  if (/^(0x[0-9a-f]+|\d+)$/i.test(text)) mask = BigInt(text);
+  else {
+    for (const g of text.toLowerCase().split(/[:|+]/)) {
+      const bit = GRANULES[g];
+      if (bit === undefined) throw new Error(`page-size-mask: unknown granule "${g}" (4k, 2m, 1g)`);
+      mask |= bit;
+    }
+  }
+  // VIRTIO 1.3 5.13.4: at least one bit; the lowest set bit is the granule (4 KiB minimum here:
+  // the vfio-user DMA regions and Linux's pages are 4 KiB).
+  if (mask === 0n || (mask & ((1n << 12n) - 1n)) !== 0n) throw new Error("page-size-mask needs granules of 4 KiB or more");
+  return mask;
 }
 
 export function parseServeArgs(argv: readonly string[]): ServeOptions {
   let socketDir: string | undefined;
   let guestRamMiB = 1024;
+  let iommuPageSizeMask: bigint | undefined;
   const devices: DeviceSpec[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -80,68 +119,75 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
       if (v === undefined) throw new Error(`${a} needs a value`);
       return v;
     };
-    if (a === "--socket-dir") socketDir = value();
-    else if (a === "--device") devices.push(parseDevice(value()));
-    else if (a === "--rng") {
+    const optionalValue = (): string => {
       const next = argv[i + 1];
-      const props = next !== undefined && !next.startsWith("--") ? argv[++i] : "";
-      devices.push(parseDevice(props === "" ? "rng" : `rng,${props}`));
+      return next !== undefined && !next.startsWith("--") ? argv[++i] : "";
+    };
+    if (a === "--socket-dir") socketDir = value();
+    else if (a === "--iommu") {
+      const [model, ...rest] = value().split(",");
+      if (model !== "virtio") throw new Error(`--iommu: unknown model "${model}" (available: virtio)`);
+      const props = parseProps(rest.join(","), "--iommu", ["page-size-mask"]);
+      const m = props.get("page-size-mask");
+      iommuPageSizeMask = m === undefined ? (1n << 12n) | (1n << 21n) | (1n << 30n) : parsePageSizeMask(m);
+    } else if (a === "--disk") {
+      const props = parseProps(value(), "--disk", ["path", "iommu", "readonly"]);
+      const path = props.get("path");
+      if (path === undefined || path === "") throw new Error("--disk needs path=FILE");
+      devices.push({
+        kind: "disk",
+        path: resolve(path),
+        iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu"),
+        readOnly: props.has("readonly") && parseBool(props.get("readonly"), "readonly"),
+      });
+    } else if (a === "--rng") {
+      const props = parseProps(optionalValue(), "--rng", ["iommu"]);
+      devices.push({ kind: "rng", iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu") });
+    } else if (a === "--device") {
+      const [kind, ...rest] = value().split(",");
+      if (kind !== "edu") throw new Error(`--device: unknown device "${kind}" (available: edu)`);
+      const props = parseProps(rest.join(","), "--device edu", ["iommu"]);
+      devices.push({ kind: "edu", iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu") });
     } else if (a === "--guest-ram-mib") {
       guestRamMiB = Number(value());
-      if (!Number.isInteger(guestRamMiB) || guestRamMiB < 16)
-        throw new Error("--guest-ram-mib must be an integer >= 16");
+      if (!Number.isInteger(guestRamMiB) || guestRamMiB < 16) throw new Error("--guest-ram-mib must be an integer >= 16");
     } else throw new Error(`unknown argument "${a}"`);
   }
   if (socketDir === undefined) throw new Error("--socket-dir is required");
-  if (devices.length === 0) throw new Error("nothing to serve: give at least one --device");
-  if (devices.some((d) => d.iommu))
-    throw new Error(
-      "iommu=on needs a virtual IOMMU served alongside (--iommu), which this build does not offer",
-    );
-  if (FIRST_SLOT + devices.length > 0x1f) throw new Error("too many devices for one bus");
-  return { socketDir: resolve(socketDir), devices, guestRamMiB };
-}
-
-/** Builds the PCI function of one device (the device platform's models, unchanged). */
-function createDevice(
-  spec: DeviceSpec,
-  name: string,
-  tracer: Tracer,
-): { fn: PciFunction; stats: () => unknown } {
-  if (spec.kind === "edu") {
-    const edu = new EduDevice({ name });
-    return { fn: edu.pci, stats: () => edu.stats() };
+  if (devices.length === 0 && iommuPageSizeMask === undefined) throw new Error("nothing to serve");
+  if (iommuPageSizeMask === undefined && devices.some((d) => d.iommu)) {
+    throw new Error("iommu=on needs --iommu virtio");
   }
-  const rng = new VirtioRng({ name });
-  const transport = new VirtioPciTransport(rng, { accessPlatform: spec.iommu, tracer });
-  return { fn: transport.pci, stats: () => ({ rng: rng.stats(), transport: transport.stats() }) };
+  if (IOMMU_SLOT + 1 + devices.length > 0x1f) throw new Error("too many devices for one bus");
+  return { socketDir: resolve(socketDir), iommuPageSizeMask, devices, guestRamMiB };
 }
 
 interface Served {
   readonly name: string;
   readonly slot: number;
   readonly bdf: number;
+  readonly iommu: boolean;
   readonly server: VfioUserDeviceServer;
   readonly stats: () => unknown;
+  readonly host?: VfioType1Container;
+  readonly close?: () => void;
 }
 
 /** The QEMU arguments for the served devices, as one shell-quoted line. */
 export function qemuArgsLine(
-  opts: ServeOptions,
+  guestRamMiB: number,
   served: readonly { slot: number; socketPath: string }[],
+  viotPath: string | undefined,
 ): string {
   const parts = [
-    `-object memory-backend-memfd,id=viommu-ram,size=${opts.guestRamMiB}M,share=on`,
+    `-object memory-backend-memfd,id=viommu-ram,size=${guestRamMiB}M,share=on`,
     "-machine memory-backend=viommu-ram",
   ];
   for (const s of served) {
-    const dev = {
-      driver: "vfio-user-pci",
-      socket: { type: "unix", path: s.socketPath },
-      addr: `0x${s.slot.toString(16)}`,
-    };
+    const dev = { driver: "vfio-user-pci", socket: { type: "unix", path: s.socketPath }, addr: `0x${s.slot.toString(16)}` };
     parts.push(`-device '${JSON.stringify(dev)}'`);
   }
+  if (viotPath !== undefined) parts.push(`-acpitable file=${viotPath}`);
   return parts.join(" ");
 }
 
@@ -159,36 +205,80 @@ export async function runServe(argv: string[]): Promise<number> {
   const log = (line: string) => process.stderr.write(`viommu serve: ${line}\n`);
   const memory = new SharedGuestMemory();
   const served: Served[] = [];
-  let slot = FIRST_SLOT;
-  for (const [i, spec] of opts.devices.entries()) {
-    const name = `${spec.kind}${i}`;
+
+  const serveFunction = (
+    name: string,
+    slot: number,
+    fn: PciFunction,
+    dma: DmaAddressSpace,
+    extra: Omit<Served, "name" | "slot" | "bdf" | "server">,
+  ): void => {
     const bdf = slot << 3;
-    const { fn, stats } = createDevice(spec, name, tracer);
     fn.tracer = tracer;
     const socketPath = join(opts.socketDir, `${name}.sock`);
     rmSync(socketPath, { force: true });
-    const server = new VfioUserDeviceServer({
-      name,
-      fn,
-      socketPath,
-      memory,
-      dma: new DmaAddressSpace(memory, IDENTITY, bdf),
-      requesterId: bdf,
-      tracer,
-      log,
-    });
+    const server = new VfioUserDeviceServer({ name, fn, socketPath, memory, dma, requesterId: bdf, tracer, log });
     server.listen();
-    served.push({ name, slot, bdf, server, stats });
+    served.push({ name, slot, bdf, server, ...extra });
+  };
+
+  let viommu: VirtioIommuPci | undefined;
+  if (opts.iommuPageSizeMask !== undefined) {
+    viommu = new VirtioIommuPci(memory, { name: "virtio-iommu", pageSizeMask: opts.iommuPageSizeMask, tracer });
+    const engine = viommu.engine;
+    const pci = viommu;
+    // The IOMMU's own queues are guest-physical (it is not behind itself).
+    serveFunction("virtio-iommu", IOMMU_SLOT, viommu.pci, new DmaAddressSpace(memory, IDENTITY, IOMMU_SLOT << 3), {
+      iommu: false,
+      stats: () => ({ pci: pci.stats(), engine: engine.stats() }),
+    });
+  }
+  let slot = IOMMU_SLOT + 1;
+  const devices: { name: string; close?: () => void }[] = [];
+  for (const [i, spec] of opts.devices.entries()) {
+    const name = `${spec.kind}${i}`;
+    const bdf = slot << 3;
+    let host: VfioType1Container | undefined;
+    let dma: DmaAddressSpace;
+    if (spec.iommu && viommu !== undefined) {
+      if (spec.kind === "edu") host = new VfioType1Container();
+      dma = viommu.engine.addEndpoint(bdf, host !== undefined ? { host } : {});
+    } else {
+      dma = new DmaAddressSpace(memory, IDENTITY, bdf);
+    }
+    if (spec.kind === "edu") {
+      const edu = new EduDevice({ name });
+      serveFunction(name, slot, edu.pci, dma, { iommu: spec.iommu, host, stats: () => edu.stats() });
+    } else if (spec.kind === "rng") {
+      const rng = new VirtioRng({ name });
+      const t = new VirtioPciTransport(rng, { accessPlatform: spec.iommu, tracer });
+      serveFunction(name, slot, t.pci, dma, { iommu: spec.iommu, stats: () => ({ rng: rng.stats(), transport: t.stats() }) });
+    } else {
+      const blk = new VirtioBlk({ path: spec.path!, readOnly: spec.readOnly, accessPlatform: spec.iommu, name });
+      serveFunction(name, slot, blk.pci, dma, { iommu: spec.iommu, stats: () => blk.stats(), close: () => blk.close() });
+      devices.push({ name, close: () => blk.close() });
+    }
     slot++;
   }
-  process.stdout.write(
-    `${qemuArgsLine(
-      opts,
-      served.map((s) => ({ slot: s.slot, socketPath: s.server.socketPath })),
-    )}\n`,
+
+  let viotPath: string | undefined;
+  if (viommu !== undefined) {
+    viotPath = join(opts.socketDir, "viot.bin");
+    writeFileSync(
+      viotPath,
+      buildViot({ iommuBdf: IOMMU_SLOT << 3, endpointBdfs: served.filter((s) => s.iommu).map((s) => s.bdf) }),
+    );
+  }
+  const line = qemuArgsLine(
+    opts.guestRamMiB,
+    served.map((s) => ({ slot: s.slot, socketPath: s.server.socketPath })),
+    viotPath,
   );
+  process.stdout.write(`${line}\n`);
   log(
-    `ready: ${served.map((s) => `${s.name} at 00:${s.slot.toString(16)}.0 on ${s.server.socketPath}`).join(", ")}`,
+    `ready: ${served
+      .map((s) => `${s.name} at 00:${s.slot.toString(16)}.0${s.iommu ? " (iommu=on)" : ""} on ${s.server.socketPath}`)
+      .join(", ")}`,
   );
 
   return await new Promise<number>((done) => {
@@ -197,15 +287,19 @@ export async function runServe(argv: string[]): Promise<number> {
       const summary = {
         memory: memory.stats(),
         devices: served.map((s) => ({
+          name: s.name,
           slot: s.slot,
+          iommu: s.iommu,
           server: s.server.stats(),
           device: s.stats(),
           pci: s.server.fn.stats(),
+          host: s.host === undefined ? undefined : { ...s.host.stats(), largestEntryBytes: largestEntry(s.host) },
         })),
       };
       process.stderr.write(`viommu serve stats ${JSON.stringify(summary)}\n`);
       for (const s of served) {
         s.server.close();
+        s.close?.();
         rmSync(s.server.socketPath, { force: true });
       }
       done(0);
@@ -213,6 +307,12 @@ export async function runServe(argv: string[]): Promise<number> {
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
+}
+
+function largestEntry(host: VfioType1Container): number {
+  let max = 0;
+  for (const e of host.list()) max = Math.max(max, e.sizeBytes);
+  return max;
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
