@@ -11,6 +11,7 @@
  * The device places `tableHandler` and `pbaHandler` inside its BARs (see BarRegions).
  */
 import type { IoHandler } from "../platform/bus.ts";
+import type { MsiMessage } from "../platform/interrupts.ts";
 import { PCI_CAP_ID_MSIX } from "./config-space.ts";
 import type { MessageCapability, PciFunction } from "./function.ts";
 
@@ -45,6 +46,8 @@ export class MsixCapability implements MessageCapability {
   private readonly tableView: DataView;
   private readonly pba: Uint8Array;
   private readonly pbaView: DataView;
+  /** Immutable message per vector, rebuilt after its table entry is written (no allocation per interrupt). */
+  private readonly messages: (MsiMessage | undefined)[];
   /** Messages that found their vector masked and set a pending bit. */
   pendingSet = 0;
   /** Notifications for vectors outside the table (dropped). */
@@ -63,6 +66,7 @@ export class MsixCapability implements MessageCapability {
     this.tableView = new DataView(this.table.buffer);
     this.pba = new Uint8Array(this.pbaSizeBytes);
     this.pbaView = new DataView(this.pba.buffer);
+    this.messages = new Array<MsiMessage | undefined>(n).fill(undefined);
     const c = fn.config;
     this.offset = c.addCapability(PCI_CAP_ID_MSIX, 12, {
       afterWrite: (offsetInCap) => {
@@ -128,6 +132,7 @@ export class MsixCapability implements MessageCapability {
       if (field === MSIX_ENTRY_VECTOR_CONTROL) b &= MSIX_VECTOR_MASKED; // bits 31:1 reserved
       if (field > MSIX_ENTRY_VECTOR_CONTROL) b = 0;
       this.table[o] = b;
+      this.messages[Math.floor(o / MSIX_ENTRY_SIZE)] = undefined;
     }
     this.deliverPending();
   }
@@ -163,14 +168,19 @@ export class MsixCapability implements MessageCapability {
   }
 
   private send(vector: number): void {
-    const e = vector * MSIX_ENTRY_SIZE;
-    const lo = this.tableView.getUint32(e, true);
-    const hi = this.tableView.getUint32(e + 4, true);
-    const data = this.tableView.getUint32(e + 8, true);
-    this.fn.sendMessage({ address: hi * 2 ** 32 + lo, data }, vector);
+    let message = this.messages[vector];
+    if (message === undefined) {
+      const e = vector * MSIX_ENTRY_SIZE;
+      const lo = this.tableView.getUint32(e, true);
+      const hi = this.tableView.getUint32(e + 4, true);
+      message = { address: hi * 2 ** 32 + lo, data: this.tableView.getUint32(e + 8, true) };
+      this.messages[vector] = message;
+    }
+    this.fn.sendMessage(message, vector);
   }
 
   private resetTable(): void {
+    this.messages.fill(undefined);
     this.table.fill(0);
     this.pba.fill(0);
     for (let v = 0; v < this.vectors; v++) {

@@ -358,3 +358,23 @@ test("fuzz: random configuration and BAR accesses never throw and never change i
   assert.equal(d.read(b, 8, 4), 0x00ff0001);
   assert.equal(checksum(ram), sum, "guest RAM untouched: the function has no DMA engine here");
 });
+
+test("PCI 3.0 6.8.2.6: a rewritten MSI-X table entry takes effect for the next message", () => {
+  const { m, d, b, fn } = build();
+  const bars = d.assignBars(b);
+  const [cap] = d.findCapabilities(b, 0x11);
+  const { tableAddress } = d.msixLayout(b, cap, bars);
+  d.setMsixVector(tableAddress, 2, 0xfee0_0000, 0x41);
+  d.enableMsix(b, cap);
+  fn.notifyVector(2);
+  m.mmio.write(tableAddress + 16 * 2 + 8, 4, 0x42);
+  m.mmio.write(tableAddress + 16 * 2, 8, 0x1_fee0_1000); // a QWORD write of the address
+  fn.notifyVector(2);
+  assert.deepEqual(
+    m.irq.msis.map((x) => [x.message.address, x.message.data]),
+    [
+      [0xfee0_0000, 0x41],
+      [0x1_fee0_1000, 0x42],
+    ],
+  );
+});

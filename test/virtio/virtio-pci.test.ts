@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VirtioRng } from "../../src/devices/virtio-rng.ts";
+import { Tracer } from "../../src/engine/trace.ts";
 import { VirtioPciTransport } from "../../src/virtio/pci-transport.ts";
 import { TestMachine } from "../support/machine.ts";
 import {
@@ -370,4 +371,28 @@ test("PCI 3.0 6.2.2 with virtio: clearing Bus Master Enable stops ring DMA (the 
   assert.deepEqual([...m.memory.view(buf, 16)], new Array(16).fill(0));
   assert.equal(m.memory.readU16(q.usedGpa + 2), 0);
   assert.equal(drv.status & S_NEEDS_RESET, S_NEEDS_RESET);
+});
+
+test("observability: status changes, notifications, NEEDS_RESET and MSI-X messages are trace events", () => {
+  const m = new TestMachine();
+  const tracer = new Tracer();
+  const events: string[] = [];
+  tracer.listen((e) => events.push(`${e.category}:${e.source}:${e.name}`));
+  const t = new VirtioPciTransport(new VirtioRng({ queueSize: 16 }), { accessPlatform: false, tracer });
+  m.add(t.pci, 5);
+  const drv = new VirtioPciDriver(m, B, new GuestAllocator(1 << 20, 8 << 20));
+  drv.bringUp(VIRTIO_F_VERSION_1, 1);
+  drv.queues[0].add([{ gpa: drv.allocator.alloc(16), len: 16, writable: true }]);
+  drv.kick(0);
+  drv.queues[0].publish(77);
+  drv.kick(0);
+  for (const e of [
+    "config:virtio-rng:status",
+    "config:pci:command",
+    "queue:virtio-rng:notify",
+    "irq:pci:msi",
+    "queue:virtio-rng:needs-reset",
+  ]) {
+    assert.ok(events.includes(e), e);
+  }
 });
