@@ -166,8 +166,9 @@ export function capRegister(c: VtdConfig): bigint {
     cap |= 1n << 56n; // FL1GP
     if (c.awBits === 57) cap |= 1n << 60n; // FL5LP
   }
-  cap |= 1n << 62n; // ESIRTPS: SIRTP invalidates the interrupt entry cache
-  cap |= 1n << 63n; // ESRTPS: SRTP invalidates every translation cache
+  // ESRTPS / ESIRTPS (63, 62) stay clear: the guest invalidates after SRTP / SIRTP itself. The
+  // unit still empties its caches there (more than required, never less), and CAP stays below
+  // 2^53 for every non-scalable configuration, so an 8-byte read as a number is exact.
   return cap;
 }
 

@@ -81,7 +81,7 @@ export class InterruptRemapper {
     this.tracer = tracer;
   }
 
-  /** SIRTP: latch IRTA (VT-d 11.4.20); with CAP.ESIRTPS this also empties the entry cache. */
+  /** SIRTP: latch IRTA (VT-d 11.4.20) and empty the entry cache (as CAP.ESIRTPS units do). */
   setTable(irtaLo: number, irtaHi: number): void {
     this.tableGpa = irtaHi * 0x1_0000_0000 + ((irtaLo & 0xfffff000) >>> 0);
     this.tableEntries = 2 ** ((irtaLo & 0xf) + 1);

@@ -822,7 +822,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       const lo = r.get32(REG.RTADDR);
       this.rootTable = r.getHi(REG.RTADDR) * 0x1_0000_0000 + ((lo & 0xfffff000) >>> 0);
       this.translationTableMode = (lo >>> 10) & 3;
-      // CAP.ESRTPS: setting the root table pointer invalidates every translation cache.
+      // Setting the root table pointer empties every translation cache (as CAP.ESRTPS units do;
+      // software's own global invalidations then find nothing stale).
       this.targets.clear();
       this.iotlb.invalidateAll();
       this.bumpEpoch();

@@ -177,7 +177,7 @@ test("with IRE clear interrupts pass through untouched", () => {
   assert.ok(res.ok && !res.remapped && res.message.data === 5);
 });
 
-test("SIRTP empties the interrupt entry cache (CAP.ESIRTPS)", () => {
+test("SIRTP empties the interrupt entry cache", () => {
   const r = setup();
   r.irte(1, 1n | (0x30n << 16n));
   r.unit.remap(SID, remappable(1), 0);
