@@ -10,7 +10,7 @@
  * Features: SEG_MAX, BLK_SIZE, FLUSH, DISCARD, WRITE_ZEROES, and RO for a read-only disk.
  * Configuration (5.2.4): capacity (512-byte sectors), seg_max, blk_size, max_discard_sectors,
  * max_discard_seg, discard_sector_alignment, max_write_zeroes_sectors, max_write_zeroes_seg,
- * write_zeroes_may_unmap (0).
+ * write_zeroes_may_unmap.
  *
  * Request answers (5.2.6):
  *   IN / OUT: data length a multiple of 512 and inside the capacity, else IOERR; more data
@@ -21,8 +21,11 @@
  *   DISCARD / WRITE_ZEROES: segments of {sector le64, num_sectors le32, flags le32}; an unknown
  *     flag: UNSUPP; DISCARD with the unmap flag: UNSUPP (5.2.6.2); more segments than the
  *     max_*_seg limit: UNSUPP (as QEMU); a segment beyond num_sectors limits or the capacity:
- *     IOERR; read-only disk: IOERR. WRITE_ZEROES writes zeroes. DISCARD validates the range and
- *     deallocates nothing ("the device MAY deallocate", 5.2.6.2): reads return the old data.
+ *     IOERR; read-only disk: IOERR. All segments are validated before anything changes.
+ *     DISCARD deallocates the ranges by punching holes in the file where the host file system
+ *     can (reads then return zeroes); where it cannot, nothing changes, which 5.2.6.2 allows
+ *     ("the device MAY deallocate"). WRITE_ZEROES with the unmap flag punches holes, falling
+ *     back to writing zeroes; without it, writes zeroes (write_zeroes_may_unmap = 1).
  *   Any other type: UNSUPP. A chain without a 16-byte header or a status byte cannot be
  *   answered: the device sets DEVICE_NEEDS_RESET (as QEMU).
  */
@@ -33,6 +36,7 @@ import { VIRTIO_ID_BLOCK } from "../virtio/constants.ts";
 import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { DescriptorChain, POP_CHAIN } from "../virtio/split-queue.ts";
+import { punchHole } from "./punch-hole.ts";
 
 export const SECTOR_BYTES = 512;
 export const BLK_F_SEG_MAX = 1n << 2n;
@@ -84,6 +88,8 @@ export interface VirtioBlkStats {
   readonly dmaFaults: number;
   /** Host I/O errors answered with IOERR. */
   readonly hostErrors: number;
+  /** Bytes deallocated by DISCARD or WRITE_ZEROES with unmap (holes punched). */
+  readonly deallocatedBytes: number;
 }
 
 class VirtioBlkDevice implements VirtioDevice {
@@ -130,6 +136,7 @@ class VirtioBlkDevice implements VirtioDevice {
   fsyncs = 0;
   dmaFaults = 0;
   hostErrors = 0;
+  deallocatedBytes = 0;
 
   constructor(options: VirtioBlkOptions) {
     this.name = options.name ?? "virtio-blk";
@@ -160,6 +167,7 @@ class VirtioBlkDevice implements VirtioDevice {
     v.setUint32(44, 1, true);
     v.setUint32(48, this.maxWriteZeroesSectors, true);
     v.setUint32(52, this.maxWriteZeroesSegments, true);
+    v.setUint8(56, 1); // write_zeroes_may_unmap
   }
 
   close(): void {
@@ -399,11 +407,16 @@ class VirtioBlkDevice implements VirtioDevice {
       const n = v.getUint32(o + 8, true);
       if (n > maxSectors || !this.rangeOk(sector, n * SECTOR_BYTES)) return BLK_S_IOERR;
     }
-    if (!zero) return BLK_S_OK;
     for (let i = 0; i < count; i++) {
       const o = i * SEGMENT_BYTES;
       let position = (v.getUint32(o + 4, true) * 2 ** 32 + v.getUint32(o, true)) * SECTOR_BYTES;
       let remaining = v.getUint32(o + 8, true) * SECTOR_BYTES;
+      const unmap = !zero || (v.getUint32(o + 12, true) & DWZ_FLAG_UNMAP) !== 0;
+      if (unmap && punchHole(this.fd, position, remaining)) {
+        this.deallocatedBytes += remaining;
+        continue;
+      }
+      if (!zero) continue; // DISCARD: deallocation is optional (5.2.6.2)
       while (remaining > 0) {
         const n = writeSync(this.fd, this.zeroes, 0, Math.min(remaining, this.zeroes.length), position);
         position += n;
@@ -423,6 +436,7 @@ class VirtioBlkDevice implements VirtioDevice {
       fsyncs: this.fsyncs,
       dmaFaults: this.dmaFaults,
       hostErrors: this.hostErrors,
+      deallocatedBytes: this.deallocatedBytes,
     };
   }
 }
