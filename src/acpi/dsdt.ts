@@ -1,0 +1,173 @@
+/**
+ * The Differentiated System Description Table (ACPI 6.5 5.2.11.1, signature "DSDT", revision 2:
+ * 64-bit AML integers) of a hardware-reduced x86 machine. In ASL, what `buildDsdt` emits is:
+ *
+ *   Scope (\_SB) {
+ *     Device (PC00) {                               // PCI root bridge (PCI Firmware 3.3 4.1.3)
+ *       Name (_HID, EisaId ("PNP0A08"))             // PCI Express root bridge
+ *       Name (_CID, EisaId ("PNP0A03"))             // compatible: PCI root bridge
+ *       Name (_SEG, segment)  Name (_UID, segment)  Name (_BBN, busStart)
+ *       Name (_CRS, ResourceTemplate () {
+ *         WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, busStart, busEnd, 0, n)
+ *         IO (Decode16, 0xCF8, 0xCF8, 1, 8)         // the 0xCF8/0xCFC configuration ports
+ *         DWordIO (..., 0x0000, 0x0CF7, ...)  DWordIO (..., 0x0D00, 0xFFFF, ...)
+ *         DWordMemory (..., NonCacheable, ReadWrite, ..., mmio32 window)
+ *         QWordMemory (..., Cacheable, ReadWrite, ..., mmio64 window)   // when given
+ *       })
+ *     }
+ *     Device (MRES) {                               // ECAM reservation: Linux checks MCFG
+ *       Name (_HID, EisaId ("PNP0C02"))             // against PNP0C01/PNP0C02 _CRS
+ *       Name (_UID, 0)
+ *       Name (_CRS, ResourceTemplate () { Memory32Fixed / QWordMemory (ECAM) })
+ *     }
+ *     Device (COM1) {                               // 16550A
+ *       Name (_HID, EisaId ("PNP0501"))  Name (_UID, 1)
+ *       Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh,
+ *         Exclusive) {4}  IO (Decode16, 0x3F8, 0x3F8, 0, 8) })
+ *     }
+ *     Device (C000) { Name (_HID, "ACPI0007")  Name (_UID, 0) }   // one per CPU (ACPI 6.5 8.4)
+ *   }
+ *   Name (_S5, Package (4) { slpTyp, slpTyp, 0, 0 })   // when the FADT has sleep registers
+ *
+ * No _PRT: devices use MSI/MSI-X. No _OSC: Linux then keeps native PCIe services off and
+ * disables ASPM, which a virtual root bridge does not need.
+ */
+
+import type { AmlTerm } from "./aml.ts";
+import { device, eisaId, integer, name, pkg, scope, string } from "./aml.ts";
+import {
+  type AddressRange,
+  dwordIo,
+  dwordMemory,
+  extendedInterrupt,
+  ioPort,
+  MEMORY_CACHING,
+  memory32Fixed,
+  qwordMemory,
+  resourceTemplate,
+  wordBusNumber,
+} from "./aml-resources.ts";
+import { toU64, type U64 } from "./bytes.ts";
+import { ECAM_BYTES_PER_BUS } from "./mcfg.ts";
+import { beginSdt, finishSdt, type SdtIdentity } from "./sdt.ts";
+
+export const DSDT_REVISION = 2;
+
+export const PCI_CONFIG_PORT = 0xcf8;
+export const PCI_CONFIG_PORT_COUNT = 8;
+
+export interface PciRootBridge {
+  readonly segment: number;
+  readonly busStart: number;
+  readonly busEnd: number;
+  /** The 32-bit MMIO window for BARs (below 4 GiB, e.g. 0xC0000000 up to the ECAM). */
+  readonly mmio32: AddressRange;
+  /** The 64-bit MMIO window above RAM, if any. */
+  readonly mmio64?: AddressRange;
+  /** I/O port windows besides 0xCF8-0xCFF; default 0x0000-0x0CF7 and 0x0D00-0xFFFF. */
+  readonly ioWindows?: readonly AddressRange[];
+  /** Guest-physical address of this segment's ECAM (bus 0), reserved through PNP0C02. */
+  readonly ecamBaseGpa?: U64;
+}
+
+export interface SerialPort {
+  readonly ioPort: number;
+  readonly irq: number;
+}
+
+export const COM1: SerialPort = { ioPort: 0x3f8, irq: 4 };
+
+export interface DsdtOptions {
+  readonly pciRoot?: PciRootBridge;
+  readonly com1?: SerialPort;
+  /** Declare one ACPI0007 processor device per CPU, UIDs 0..cpuCount-1 matching the MADT. */
+  readonly cpuCount?: number;
+  /** SLP_TYP for S5 (the value written to the sleep control register, shifted by 2). */
+  readonly s5SleepType?: number;
+}
+
+export const DEFAULT_PCI_IO_WINDOWS: readonly AddressRange[] = [
+  { min: 0x0000, max: 0x0cf7 },
+  { min: 0x0d00, max: 0xffff },
+];
+
+const FOUR_GIB = 1n << 32n;
+
+function pciRootBridgeDevice(root: PciRootBridge): AmlTerm {
+  const resources = [
+    wordBusNumber({ min: root.busStart, max: root.busEnd }),
+    ioPort(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORT_COUNT),
+    ...(root.ioWindows ?? DEFAULT_PCI_IO_WINDOWS).map(dwordIo),
+    dwordMemory(root.mmio32, MEMORY_CACHING.nonCacheable),
+  ];
+  if (root.mmio64 !== undefined) resources.push(qwordMemory(root.mmio64, MEMORY_CACHING.cacheable));
+  return device("PC00", [
+    name("_HID", eisaId("PNP0A08")),
+    name("_CID", eisaId("PNP0A03")),
+    name("_SEG", integer(root.segment)),
+    name("_UID", integer(root.segment)),
+    name("_BBN", integer(root.busStart)),
+    name("_CRS", resourceTemplate(resources)),
+  ]);
+}
+
+/** PNP0C02 "motherboard resources" holding the ECAM of buses [busStart, busEnd]. */
+function ecamReservationDevice(root: PciRootBridge, ecamBaseGpa: U64): AmlTerm {
+  const base = toU64(ecamBaseGpa, "ECAM base") + BigInt(root.busStart * ECAM_BYTES_PER_BUS);
+  const sizeBytes = BigInt((root.busEnd - root.busStart + 1) * ECAM_BYTES_PER_BUS);
+  const descriptor =
+    base + sizeBytes <= FOUR_GIB
+      ? memory32Fixed(true, Number(base), Number(sizeBytes))
+      : qwordMemory({ min: base, max: base + sizeBytes - 1n }, MEMORY_CACHING.nonCacheable);
+  return device("MRES", [
+    name("_HID", eisaId("PNP0C02")),
+    name("_UID", integer(0)),
+    name("_CRS", resourceTemplate([descriptor])),
+  ]);
+}
+
+/** The 16550 at `ioPort` (8 registers) on an edge-triggered, active-high ISA IRQ. */
+export function serialPortDevice(devicePath: string, uid: number, port: SerialPort): AmlTerm {
+  return device(devicePath, [
+    name("_HID", eisaId("PNP0501")),
+    name("_UID", integer(uid)),
+    name(
+      "_CRS",
+      resourceTemplate([
+        extendedInterrupt({ edge: true, activeLow: false }, [port.irq]),
+        ioPort(port.ioPort, port.ioPort, 0, 8),
+      ]),
+    ),
+  ]);
+}
+
+function processorDevice(uid: number): AmlTerm {
+  const hex = uid.toString(16).toUpperCase().padStart(3, "0");
+  if (hex.length > 3) throw new RangeError(`processor UID ${uid} does not fit a C### name`);
+  return device(`C${hex}`, [name("_HID", string("ACPI0007")), name("_UID", integer(uid))]);
+}
+
+/** The DSDT's AML body (without the SDT header), for tests and for SSDT-style reuse. */
+export function dsdtAml(options: DsdtOptions): AmlTerm[] {
+  const sb: AmlTerm[] = [];
+  if (options.pciRoot !== undefined) {
+    sb.push(pciRootBridgeDevice(options.pciRoot));
+    if (options.pciRoot.ecamBaseGpa !== undefined) {
+      sb.push(ecamReservationDevice(options.pciRoot, options.pciRoot.ecamBaseGpa));
+    }
+  }
+  if (options.com1 !== undefined) sb.push(serialPortDevice("COM1", 1, options.com1));
+  for (let uid = 0; uid < (options.cpuCount ?? 0); uid++) sb.push(processorDevice(uid));
+  const terms = [scope("\\_SB", sb)];
+  if (options.s5SleepType !== undefined) {
+    const t = integer(options.s5SleepType);
+    terms.push(name("_S5", pkg([t, t, integer(0), integer(0)])));
+  }
+  return terms;
+}
+
+export function buildDsdt(options: DsdtOptions, identity: SdtIdentity): Uint8Array {
+  const w = beginSdt("DSDT", DSDT_REVISION, identity);
+  for (const term of dsdtAml(options)) w.bytesOf(term);
+  return finishSdt(w);
+}
