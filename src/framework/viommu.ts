@@ -70,11 +70,11 @@ export interface PhysicalIommuBackend {
  */
 export class RecordingBackend implements PhysicalIommuBackend {
   readonly id: string;
-  readonly invalidations: { hostVmid: number; inv: ForwardedInvalidation }[] = [];
-  readonly violations: OwnershipViolation[] = [];
-  readonly hostFaults: { endpoint: Endpoint; fault: DmaFault }[] = [];
-  /** Entries kept per list; older ones are dropped (counts stay exact). */
+  /** Entries kept per log; older ones are dropped (counts stay exact). */
   readonly keep: number;
+  private readonly invLog: BoundedLog<{ hostVmid: number; inv: ForwardedInvalidation }>;
+  private readonly violationLog: BoundedLog<OwnershipViolation>;
+  private readonly faultLog: BoundedLog<{ endpoint: Endpoint; fault: DmaFault }>;
   invalidationCount = 0;
   violationCount = 0;
   hostFaultCount = 0;
@@ -82,26 +82,59 @@ export class RecordingBackend implements PhysicalIommuBackend {
   constructor(id: string, keep = 1024) {
     this.id = id;
     this.keep = keep;
+    this.invLog = new BoundedLog(keep);
+    this.violationLog = new BoundedLog(keep);
+    this.faultLog = new BoundedLog(keep);
   }
 
-  private static push<T>(list: T[], item: T, keep: number): void {
-    if (list.length >= keep) list.shift();
-    list.push(item);
+  /** The most recent forwarded invalidations, oldest first. */
+  get invalidations(): { hostVmid: number; inv: ForwardedInvalidation }[] {
+    return this.invLog.items();
+  }
+
+  get violations(): OwnershipViolation[] {
+    return this.violationLog.items();
+  }
+
+  get hostFaults(): { endpoint: Endpoint; fault: DmaFault }[] {
+    return this.faultLog.items();
   }
 
   forwardInvalidation(hostVmid: number, inv: ForwardedInvalidation): void {
     this.invalidationCount++;
-    RecordingBackend.push(this.invalidations, { hostVmid, inv }, this.keep);
+    this.invLog.push({ hostVmid, inv });
   }
 
   reportViolation(v: OwnershipViolation): void {
     this.violationCount++;
-    RecordingBackend.push(this.violations, v, this.keep);
+    this.violationLog.push(v);
   }
 
   reportHostFault(endpoint: Endpoint, fault: DmaFault): void {
     this.hostFaultCount++;
-    RecordingBackend.push(this.hostFaults, { endpoint, fault }, this.keep);
+    this.faultLog.push({ endpoint, fault });
+  }
+}
+
+/** A ring of the last `capacity` items: O(1) push, no shifting. */
+class BoundedLog<T> {
+  private readonly ring: T[] = [];
+  private next = 0;
+  private readonly capacity: number;
+
+  constructor(capacity: number) {
+    this.capacity = Math.max(1, capacity);
+  }
+
+  push(item: T): void {
+    if (this.ring.length < this.capacity) this.ring.push(item);
+    else this.ring[this.next] = item;
+    this.next = (this.next + 1) % this.capacity;
+  }
+
+  items(): T[] {
+    if (this.ring.length < this.capacity) return [...this.ring];
+    return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
   }
 }
 
@@ -137,6 +170,8 @@ export class ViommuInstance {
   private violations = 0;
   private hostFaults = 0;
   private guestFaults = 0;
+  /** Bumped whenever the endpoint table changes: models drop per-endpoint fast paths. */
+  epoch = 0;
 
   constructor(
     guestId: string,
@@ -162,11 +197,13 @@ export class ViommuInstance {
   /** Used by the registry, which checks physical ownership across guests first. */
   addEndpoint(e: Endpoint): void {
     this.byVid.set(e.vId, e);
+    this.epoch++;
   }
 
   removeEndpoint(vId: number): Endpoint | undefined {
     const e = this.byVid.get(vId);
     this.byVid.delete(vId);
+    this.epoch++;
     return e;
   }
 

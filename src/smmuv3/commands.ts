@@ -34,9 +34,11 @@ export const OP = {
   CMD_SYNC: 0x46,
 } as const;
 
+const OP_NAMES: string[] = Array.from({ length: 256 }, (_, op) => `OP_0x${op.toString(16)}`);
+for (const [name, code] of Object.entries(OP)) OP_NAMES[code] = name;
+
 export function opName(op: number): string {
-  for (const [name, code] of Object.entries(OP)) if (code === op) return name;
-  return `OP_0x${op.toString(16)}`;
+  return OP_NAMES[op & 0xff];
 }
 
 /** CMD_SYNC.CS (4.7.3): completion signal. */

@@ -30,9 +30,11 @@ export const EVT = {
 
 export type EventType = (typeof EVT)[keyof typeof EVT];
 
+const EVENT_NAMES: string[] = Array.from({ length: 256 }, (_, t) => `EVENT_0x${t.toString(16)}`);
+for (const [name, code] of Object.entries(EVT)) EVENT_NAMES[code] = name;
+
 export function eventName(type: number): string {
-  for (const [name, code] of Object.entries(EVT)) if (code === type) return name;
-  return `EVENT_0x${type.toString(16)}`;
+  return EVENT_NAMES[type & 0xff];
 }
 
 /** CLASS field of stage-2 fault records (7.3.12): what the stage-2 access was for. */

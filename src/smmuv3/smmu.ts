@@ -246,7 +246,21 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   /** tag -> (leaf base -> leaf bytes) for leaves cached as smaller IOTLB pieces. */
   private readonly splitLeaves = new Map<number, Map<number, number>>();
   private splitLeafCount = 0;
+  /** Bumped by every configuration change and every invalidation command. */
   private ownEpoch = 0;
+  /** Bumped by configuration changes only (CFGI_*, CR0, GBPA, stream table base). */
+  private configEpoch = 0;
+  /** Tags that may have IOTLB entries (a superset): invalidations of other tags skip the scan. */
+  private readonly liveTags = new Set<number>();
+  // One-entry fast path for the last stage-1 stream context (TTB0 region, no SubstreamID).
+  private fastSid = -1;
+  private fastSsid = -2;
+  private fastConfigEpoch = -1;
+  private fastViommuEpoch = -1;
+  private fastTag = 0;
+  private fastLimit = 0;
+  private fastPrivileged = false;
+  private fastInstruction = false;
 
   // Scratch, reused on every miss.
   private readonly words = new Uint32Array(16);
@@ -334,14 +348,13 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     };
     this.viommu.hostStage2?.onUnmap(() => {
       // Cached entries hold host PAs: drop them all when the host takes memory away.
-      this.iotlb.invalidateAll();
-      this.clearSplitLeaves();
+      this.flushIotlb();
     });
   }
 
   /** Changes whenever any translation handed out may be stale. */
   get epoch(): number {
-    return this.iotlb.epoch + this.ownEpoch + (this.viommu.hostStage2?.epoch ?? 0);
+    return this.iotlb.epoch + this.ownEpoch + this.viommu.epoch + (this.viommu.hostStage2?.epoch ?? 0);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -528,12 +541,12 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
           return;
         }
         this.gbpa = value & GBPA_FIELDS;
-        this.ownEpoch++;
-        this.trace("config", "gbpa", { value: this.gbpa });
+        this.configChanged();
+        if (this.tracer.on("config")) this.trace("config", "gbpa", { value: this.gbpa });
         return;
       case REG.IRQ_CTRL:
         this.irqCtrl = value & IRQ_CTRL_MASK;
-        this.trace("irq", "irq_ctrl", { value: this.irqCtrl });
+        if (this.tracer.on("irq")) this.trace("irq", "irq_ctrl", { value: this.irqCtrl });
         return;
       case REG.GERRORN:
         this.writeGerrorn(value & GERROR_MASK);
@@ -642,8 +655,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       this.cmdqCons &= ptrMask(this.cmdqLog2);
     }
     this.cr0 = value;
-    if ((value ^ old) & CR0_SMMUEN) this.ownEpoch++;
-    this.trace("config", "cr0", { value, old });
+    if ((value ^ old) & CR0_SMMUEN) this.configChanged();
+    if (this.tracer.on("config")) this.trace("config", "cr0", { value, old });
     if ((value & CR0_CMDQEN) !== 0) this.processCommands(this.commandBudget);
   }
 
@@ -657,7 +670,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private raiseGerror(bit: number): void {
     if (this.gerrorActive(bit)) return;
     this.gerror = (this.gerror ^ bit) >>> 0;
-    this.trace("irq", "gerror", { bit, gerror: this.gerror });
+    if (this.tracer.on("irq")) this.trace("irq", "gerror", { bit, gerror: this.gerror });
     if ((this.irqCtrl & IRQ_GERROR) !== 0) {
       this.signal(this.gerrorIrqCfg0Lo, this.gerrorIrqCfg0Hi, this.gerrorIrqCfg1, VECTOR_GERROR);
     }
@@ -738,7 +751,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private commandError(code: number): void {
     this.commandErrors++;
     this.cmdqErr = code;
-    this.trace("queue", "cmdq_error", { code, cons: this.cmdqCons });
+    if (this.tracer.on("queue")) this.trace("queue", "cmdq_error", { code, cons: this.cmdqCons });
     this.raiseGerror(GERROR_CMDQ_ERR);
   }
 
@@ -790,7 +803,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
             if (ep.kind === "assigned") this.viommu.forward({ scope: "config", pId: ep.pId });
           }
         }
-        this.ownEpoch++;
+        this.configChanged();
         return true;
       }
       case OP.CFGI_CD:
@@ -809,7 +822,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
             this.cdCache.delete(sid);
           } else if (cds.delete(ssid)) this.cdCacheEntries--;
         }
-        this.ownEpoch++;
+        this.configChanged();
         if (ep.kind === "assigned") {
           this.viommu.forward({ scope: "context", pId: ep.pId, ssid: op === OP.CFGI_CD ? ssid : -1 });
         }
@@ -818,9 +831,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case OP.TLBI_NH_ALL: {
         this.count(op);
         const vmid = this.vmidOf(w1);
-        this.iotlb.invalidateTags((t) => !isS2OnlyTag(t) && tagVmid(t) === vmid);
+        this.invalidateTags((t) => !isS2OnlyTag(t) && tagVmid(t) === vmid);
         this.viommu.forward({ scope: "all" });
-        this.trace("invalidate", "tlbi_nh_all", { vmid });
+        if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_nh_all", { vmid });
         return true;
       }
       case OP.TLBI_NH_ASID: {
@@ -828,12 +841,10 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         const vmid = this.vmidOf(w1);
         const asid = this.asidOf(w1);
         const tag = vmid * 65536 + asid;
-        this.iotlb.invalidateSpace(tag);
-        this.iotlb.invalidateSpace(tag + TAG_UPPER);
-        this.forgetSplitLeaves(tag);
-        this.forgetSplitLeaves(tag + TAG_UPPER);
+        this.invalidateSpace(tag);
+        this.invalidateSpace(tag + TAG_UPPER);
         this.viommu.forward({ scope: "asid", asid });
-        this.trace("invalidate", "tlbi_nh_asid", { vmid, asid });
+        if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_nh_asid", { vmid, asid });
         return true;
       }
       case OP.TLBI_NH_VA:
@@ -855,14 +866,15 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
           this.invalidateVa(null, key, sizeBytes);
           this.viommu.forward({ scope: "vaa", iova: key, sizeBytes, leaf: cmdLeaf(w2) });
         }
-        this.trace("invalidate", opName(op).toLowerCase(), { vmid, key, sizeBytes });
+        if (this.tracer.on("invalidate"))
+          this.trace("invalidate", opName(op).toLowerCase(), { vmid, key, sizeBytes });
         return true;
       }
       case OP.TLBI_S12_VMALL: {
         this.count(op);
         const vmid = this.vmidOf(w1);
-        this.iotlb.invalidateTags((t) => tagVmid(t) === vmid);
-        this.trace("invalidate", "tlbi_s12_vmall", { vmid });
+        this.invalidateTags((t) => tagVmid(t) === vmid);
+        if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_s12_vmall", { vmid });
         return true;
       }
       case OP.TLBI_S2_IPA: {
@@ -873,16 +885,15 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         const sizeBytes = this.rangeBytes(w0, tg);
         this.invalidateVa(TAG_S2_ONLY + vmid * 65536, ipa, sizeBytes);
         // Combined stage-1+2 entries of this VMID cannot be found by IPA: drop them all.
-        this.iotlb.invalidateTags((t) => !isS2OnlyTag(t) && tagVmid(t) === vmid);
-        this.trace("invalidate", "tlbi_s2_ipa", { vmid, ipa, sizeBytes });
+        this.invalidateTags((t) => !isS2OnlyTag(t) && tagVmid(t) === vmid);
+        if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_s2_ipa", { vmid, ipa, sizeBytes });
         return true;
       }
       case OP.TLBI_NSNH_ALL:
         this.count(op);
-        this.iotlb.invalidateAll();
-        this.clearSplitLeaves();
+        this.flushIotlb();
         this.viommu.forward({ scope: "all" });
-        this.trace("invalidate", "tlbi_nsnh_all", {});
+        if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_nsnh_all", {});
         return true;
       case OP.CMD_SYNC: {
         const cs = cmdSyncCs(w0);
@@ -894,7 +905,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
           const addr = cmdSyncMsiAddr(w2, w3);
           this.signal(addr % 2 ** 32, Math.floor(addr / 2 ** 32), w1, VECTOR_CMD_SYNC);
         } else if (cs === CS_SEV) {
-          this.trace("queue", "sync_sev", {});
+          if (this.tracer.on("queue")) this.trace("queue", "sync_sev", {});
         }
         return true;
       }
@@ -934,6 +945,41 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   // ---------------------------------------------------------------------------------------------
   // Invalidation helpers
 
+  private configChanged(): void {
+    this.ownEpoch++;
+    this.configEpoch++;
+  }
+
+  private flushIotlb(): void {
+    this.iotlb.invalidateAll();
+    this.clearSplitLeaves();
+    this.liveTags.clear();
+    this.ownEpoch++;
+  }
+
+  /** Drops every entry of `tag` (skipping the IOTLB scan when the tag has none). */
+  private invalidateSpace(tag: number): void {
+    this.ownEpoch++;
+    if (!this.liveTags.has(tag)) return;
+    this.iotlb.invalidateSpace(tag);
+    this.liveTags.delete(tag);
+    this.forgetSplitLeaves(tag);
+  }
+
+  /** Drops every entry whose tag matches (skipping the scan when no live tag does). */
+  private invalidateTags(match: (tag: number) => boolean): void {
+    this.ownEpoch++;
+    let any = false;
+    for (const t of this.liveTags) {
+      if (match(t)) {
+        any = true;
+        this.liveTags.delete(t);
+        this.forgetSplitLeaves(t);
+      }
+    }
+    if (any) this.iotlb.invalidateTags(match);
+  }
+
   private invalidateStreamConfig(sid: number): void {
     this.steCache.delete(sid);
     const cds = this.cdCache.get(sid);
@@ -941,15 +987,15 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       this.cdCacheEntries -= cds.size;
       this.cdCache.delete(sid);
     }
-    this.ownEpoch++;
-    this.trace("invalidate", "cfgi_ste", { sid });
+    this.configChanged();
+    if (this.tracer.on("invalidate")) this.trace("invalidate", "cfgi_ste", { sid });
   }
 
   private dropConfigCaches(): void {
     this.steCache.clear();
     this.cdCache.clear();
     this.cdCacheEntries = 0;
-    this.ownEpoch++;
+    this.configChanged();
   }
 
   /**
@@ -958,6 +1004,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
    * `splitLeaves`, so a TLBI at any address of a 32 MiB block drops all of its pieces.
    */
   private invalidateVa(tag: number | null, key: number, sizeBytes: number): void {
+    this.ownEpoch++;
+    if (tag !== null && !this.liveTags.has(tag)) return;
     const first = key;
     const last = key + Math.max(sizeBytes, 1) - 1;
     this.iotlb.invalidateRange(tag, key - (key % 4096), Math.max(sizeBytes, 4096));
@@ -1004,6 +1052,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     leafBase: number,
     leafBytes: number,
   ): void {
+    this.liveTags.add(tag);
     for (const shift of CACHE_SHIFTS) {
       const size = 2 ** shift;
       if (bytes < size) continue;
@@ -1019,10 +1068,15 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         }
         if (!leaves.has(leafBase)) {
           if (this.splitLeafCount >= SPLIT_LEAF_LIMIT) {
-            // Too many to track: start over rather than forget one.
+            // Too many to track: start over rather than forget one (the piece stays inserted).
             this.iotlb.invalidateAll();
             this.clearSplitLeaves();
-            return;
+            this.liveTags.clear();
+            this.ownEpoch++;
+            this.liveTags.add(tag);
+            this.iotlb.insert(tag, pieceIn, pieceOut, shift, perms);
+            leaves = new Map();
+            this.splitLeaves.set(tag, leaves);
           }
           leaves.set(leafBase, leafBytes);
           this.splitLeafCount++;
@@ -1155,7 +1209,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       return this.fail(EVT.F_STE_FETCH, true, false, 0, 0, steGpa, "fetch");
     const d = decodeSte(this.words, this.features);
     if (!d.ok) {
-      this.trace("config", "bad_ste", { sid, why: d.why });
+      if (this.tracer.on("config")) this.trace("config", "bad_ste", { sid, why: d.why });
       return this.failConfig(d.event);
     }
     this.steCache.set(sid, d.value);
@@ -1173,19 +1227,21 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     }
     const f = this.rFetch;
     f.clearFault();
-    const fail = (type: number): number => {
-      r.fault = type;
-      r.faultS2 = true;
-      r.faultClass = cls;
-      r.faultIpa = ipa;
-      r.fetchAddr = f.fetchAddr;
-      return -1;
-    };
-    if (ipa >= 2 ** s2.inputBits) return fail(EVT.F_TRANSLATION);
-    if (!walk(s2, ipa, this.physFetcher, f)) return fail(f.fault);
-    if ((f.perms & P_PR) === 0) return fail(EVT.F_PERMISSION);
+    if (ipa >= 2 ** s2.inputBits) return this.fetchFault(r, EVT.F_TRANSLATION, cls, ipa, 0);
+    if (!walk(s2, ipa, this.physFetcher, f)) return this.fetchFault(r, f.fault, cls, ipa, f.fetchAddr);
+    if ((f.perms & P_PR) === 0) return this.fetchFault(r, EVT.F_PERMISSION, cls, ipa, 0);
     this.cache(tag, ipa, f.inputBase, f.outputBase, f.blockBytes, f.perms, f.inputBase, f.blockBytes);
     return f.outputBase + (ipa - f.inputBase);
+  }
+
+  /** Records a stage-2 fault of a structure fetch in `r`; returns -1. */
+  private fetchFault(r: WalkResult, type: number, cls: number, ipa: number, fetchAddr: number): number {
+    r.fault = type;
+    r.faultS2 = true;
+    r.faultClass = cls;
+    r.faultIpa = ipa;
+    r.fetchAddr = fetchAddr;
+    return -1;
   }
 
   /** The CD at `index` of the stream's CD table (5.4, 3.3.2). */
@@ -1216,7 +1272,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (!this.readWords(cdPa, CD_BYTES)) return this.fail(EVT.F_CD_FETCH, true, false, 0, 0, cdPa, "fetch");
     const d: Decoded<ContextConfig> = decodeCd(this.words, this.features);
     if (!d.ok) {
-      this.trace("config", "bad_cd", { sid, ssid: index, why: d.why });
+      if (this.tracer.on("config")) this.trace("config", "bad_cd", { sid, ssid: index, why: d.why });
       return this.failConfig(d.event);
     }
     if (this.cdCacheEntries >= this.cdCacheLimit) {
@@ -1293,6 +1349,25 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   ): DmaFault | null {
     this.translations++;
     const write = access === ACCESS_WRITE;
+    // Fast path: same stream context as last time, configuration unchanged, IOTLB hit.
+    if (
+      sid === this.fastSid &&
+      ssid === this.fastSsid &&
+      this.configEpoch === this.fastConfigEpoch &&
+      this.viommu.epoch === this.fastViommuEpoch &&
+      !this.curInputKnown &&
+      iova >= 0 &&
+      iova < this.fastLimit &&
+      Number.isInteger(iova)
+    ) {
+      const h = this.hit;
+      const priv = this.fastPrivileged;
+      const inst = this.fastInstruction;
+      if (this.iotlb.lookup(this.fastTag, iova, h) && permits(h.perms, write, priv, inst)) {
+        out.set(h.iovaBase, h.gpaBase, h.sizeBytes, enginePerms(h.perms, priv, inst));
+        return null;
+      }
+    }
     this.curSid = sid;
     this.curSsid = ssid;
     this.curWrite = write;
@@ -1397,6 +1472,16 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       return this.fail(EVT.F_TRANSLATION, cd.record, false, CLASS_IN, 0, 0, "none");
     }
     const tag = ste.vmid * 65536 + cd.asid + (upper ? TAG_UPPER : 0);
+    if (!upper) {
+      this.fastSid = sid;
+      this.fastSsid = ssid;
+      this.fastConfigEpoch = this.configEpoch;
+      this.fastViommuEpoch = this.viommu.epoch;
+      this.fastTag = tag;
+      this.fastLimit = 2 ** region.inputBits;
+      this.fastPrivileged = ste.privileged;
+      this.fastInstruction = ste.instruction;
+    }
     const h = this.hit;
     if (this.iotlb.lookup(tag, key, h) && permits(h.perms, write, ste.privileged, ste.instruction)) {
       out.set(h.iovaBase, h.gpaBase, h.sizeBytes, enginePerms(h.perms, ste.privileged, ste.instruction));
