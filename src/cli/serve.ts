@@ -2,7 +2,7 @@
  * `viommu serve`: our PCI devices as vfio-user servers, one UNIX socket per device, for QEMU's
  * vfio-user-pci client (QEMU 10.1+).
  *
- *   viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g]]
+ *   viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g][,boot-bypass=on|off]]
  *                [--disk path=F[,iommu=on]]... [--rng [iommu=on]]... [--device edu[,iommu=on]]...
  *                [--guest-ram-mib N]
  *
@@ -55,16 +55,19 @@ export interface ServeOptions {
   readonly socketDir: string;
   /** page_size_mask of the virtio-iommu; undefined when no IOMMU is served. */
   readonly iommuPageSizeMask: bigint | undefined;
+  /** Initial config.bypass (QEMU's boot-bypass, default on): firmware DMA works before the OS attaches. */
+  readonly iommuBootBypass: boolean;
   readonly devices: readonly DeviceSpec[];
   readonly guestRamMiB: number;
 }
 
-export const USAGE = `usage: viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g]]
+export const USAGE = `usage: viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g][,boot-bypass=on|off]]
                     [--disk path=FILE[,iommu=on][,readonly=on]]... [--rng [iommu=on]]...
                     [--device edu[,iommu=on]]... [--guest-ram-mib N]
   --socket-dir DIR     where the vfio-user sockets and viot.bin are created
   --iommu virtio       a virtio-iommu-pci (at 00:10.0) translating the iommu=on devices;
-                       page-size-mask: granules joined by ':' (4k, 2m, 1g) or a number
+                       page-size-mask: granules joined by ':' (4k, 2m, 1g) or a number;
+                       boot-bypass: initial config.bypass (default on, as QEMU)
   --disk path=FILE     virtio-blk on FILE          --rng   virtio-rng
   --device edu         QEMU's edu device (PCI 1234:11e8)
   --guest-ram-mib N    guest RAM size for the printed memory backend (default 1024; give QEMU the same -m)`;
@@ -111,6 +114,7 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
   let socketDir: string | undefined;
   let guestRamMiB = 1024;
   let iommuPageSizeMask: bigint | undefined;
+  let iommuBootBypass = true;
   const devices: DeviceSpec[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -127,8 +131,9 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     else if (a === "--iommu") {
       const [model, ...rest] = value().split(",");
       if (model !== "virtio") throw new Error(`--iommu: unknown model "${model}" (available: virtio)`);
-      const props = parseProps(rest.join(","), "--iommu", ["page-size-mask"]);
+      const props = parseProps(rest.join(","), "--iommu", ["page-size-mask", "boot-bypass"]);
       const m = props.get("page-size-mask");
+      if (props.has("boot-bypass")) iommuBootBypass = parseBool(props.get("boot-bypass"), "boot-bypass");
       iommuPageSizeMask = m === undefined ? (1n << 12n) | (1n << 21n) | (1n << 30n) : parsePageSizeMask(m);
     } else if (a === "--disk") {
       const props = parseProps(value(), "--disk", ["path", "iommu", "readonly"]);
@@ -159,7 +164,7 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     throw new Error("iommu=on needs --iommu virtio");
   }
   if (IOMMU_SLOT + 1 + devices.length > 0x1f) throw new Error("too many devices for one bus");
-  return { socketDir: resolve(socketDir), iommuPageSizeMask, devices, guestRamMiB };
+  return { socketDir: resolve(socketDir), iommuPageSizeMask, iommuBootBypass, devices, guestRamMiB };
 }
 
 interface Served {
@@ -224,7 +229,15 @@ export async function runServe(argv: string[]): Promise<number> {
 
   let viommu: VirtioIommuPci | undefined;
   if (opts.iommuPageSizeMask !== undefined) {
-    viommu = new VirtioIommuPci(memory, { name: "virtio-iommu", pageSizeMask: opts.iommuPageSizeMask, tracer });
+    viommu = new VirtioIommuPci(memory, {
+      name: "virtio-iommu",
+      pageSizeMask: opts.iommuPageSizeMask,
+      // VIRTIO 1.3 5.13.4.2 config.bypass: firmware (SeaBIOS drives virtio-blk and accepts
+      // ACCESS_PLATFORM) must reach memory before the OS attaches endpoints, as with QEMU's
+      // boot-bypass default. Linux attaches every endpoint it drives to a translated domain.
+      bypassInitially: opts.iommuBootBypass,
+      tracer,
+    });
     const engine = viommu.engine;
     const pci = viommu;
     // The IOMMU's own queues are guest-physical (it is not behind itself).
@@ -293,7 +306,7 @@ export async function runServe(argv: string[]): Promise<number> {
           server: s.server.stats(),
           device: s.stats(),
           pci: s.server.fn.stats(),
-          host: s.host === undefined ? undefined : { ...s.host.stats(), largestEntryBytes: largestEntry(s.host) },
+          host: s.host === undefined ? undefined : { ...s.host.stats(), entrySizes: entrySizeHistogram(s.host) },
         })),
       };
       process.stderr.write(`viommu serve stats ${JSON.stringify(summary)}\n`);
@@ -309,10 +322,11 @@ export async function runServe(argv: string[]): Promise<number> {
   });
 }
 
-function largestEntry(host: VfioType1Container): number {
-  let max = 0;
-  for (const e of host.list()) max = Math.max(max, e.sizeBytes);
-  return max;
+/** How many host DMA entries of each size (bytes -> count). */
+function entrySizeHistogram(host: VfioType1Container): Record<string, number> {
+  const h: Record<string, number> = {};
+  for (const e of host.list()) h[e.sizeBytes] = (h[e.sizeBytes] ?? 0) + 1;
+  return h;
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
