@@ -1,0 +1,955 @@
+/*
+ * The viommu built-in guest: a bare-metal Multiboot (v1) program, 32-bit protected mode,
+ * paging off, that checks the platform and drives the machine's vIOMMU with QEMU's edu device.
+ *
+ *   1. boot: EAX magic, Multiboot info (mem_upper, memory map); fw_cfg signature, CPUs, RAM
+ *   2. PCI: finds edu (1234:11e8) and virtio-iommu-pci (1af4:1057) on bus 0 through 0xCF8
+ *   3. no vIOMMU: edu DMA round trip through identity DMA
+ *   4. virtio-iommu (VIRTIO 1.3 5.13): modern virtio-pci bring-up, requestq + eventq;
+ *      edu DMA while unattached must fault; ATTACH, MAP one page at IOVA 0x08000000, DMA both
+ *      ways and compare; DMA to an unmapped IOVA must fault (fault record on the eventq);
+ *      UNMAP; DMA to the old IOVA must fault and leave memory untouched
+ *
+ * Each check prints "ok"/"FAIL" on COM1; the verdict goes out through isa-debug-exit
+ * (port 0x501): value 0 = pass (exit status 1), 1 = fail (exit status 3).
+ *
+ * Assembled with `as --32` and linked with `ld -m elf_i386 -T guest.ld` by the VMM.
+ */
+
+        .set MB_MAGIC, 0x1BADB002
+        .set MB_FLAGS, 0x00000003           /* page-align modules, memory information */
+        .set COM1, 0x3F8
+        .set DEBUG_EXIT, 0x501
+        .set FW_CFG_SEL, 0x510
+        .set FW_CFG_DATA, 0x511
+        .set PCI_ADDR, 0xCF8
+        .set PCI_DATA, 0xCFC
+        .set QSZ, 8                         /* entries per virtqueue */
+        .set IOVA, 0x08000000               /* below edu's 28-bit DMA mask */
+        .set EDU_BUF, 0x40000               /* edu's internal DMA buffer address */
+        .set DMA_BYTES, 64
+
+        .section .multiboot, "a"
+        .align 4
+        .long MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
+
+        .text
+        .code32
+        .globl _start
+_start:
+        cli
+        mov $stack_top, %esp
+        mov %eax, boot_eax
+        mov %ebx, boot_ebx
+        cld
+
+        mov $s_banner, %esi
+        call puts
+
+        /* ---- 1. boot information ---- */
+        mov $s_magic, %esi
+        call puts
+        mov boot_eax, %eax
+        cmp $0x2BADB002, %eax
+        sete %al
+        call check
+
+        mov $s_meminfo, %esi
+        call puts
+        mov boot_ebx, %ebx
+        mov 8(%ebx), %eax                   /* mem_upper, KiB */
+        shr $10, %eax
+        call putdec
+        mov $s_mib_mmap, %esi
+        call puts
+        mov 44(%ebx), %eax                  /* mmap_length / 24 bytes per entry */
+        xor %edx, %edx
+        mov $24, %ecx
+        div %ecx
+        call putdec
+        mov $s_entries, %esi
+        call puts
+        mov boot_ebx, %ebx
+        mov (%ebx), %eax
+        and $0x41, %eax                     /* flags: mem_* (bit 0) and mmap (bit 6) valid */
+        cmp $0x41, %eax
+        sete %al
+        call check
+
+        mov $s_fwcfg, %esi
+        call puts
+        xor %eax, %eax                      /* key 0x00: signature */
+        call fwcfg_select
+        call fwcfg_read32
+        cmp $0x554D4551, %eax               /* "QEMU" */
+        jne 1f
+        mov $s_cpus, %esi
+        call puts
+        mov $0x05, %eax                     /* FW_CFG_NB_CPUS */
+        call fwcfg_select
+        call fwcfg_read32
+        and $0xFFFF, %eax
+        call putdec
+        mov $s_ram, %esi
+        call puts
+        mov $0x03, %eax                     /* FW_CFG_RAM_SIZE (low 32 bits) */
+        call fwcfg_select
+        call fwcfg_read32
+        shr $20, %eax
+        call putdec
+        mov $s_mib, %esi
+        call puts
+        mov $1, %al
+        call check
+        jmp 2f
+1:      xor %al, %al
+        call check
+2:
+        /* ---- 2. PCI ---- */
+        mov $0x11E81234, %eax
+        call pci_find
+        mov %eax, edu_bdf
+        mov $0x10571AF4, %eax
+        call pci_find
+        mov %eax, viommu_bdf
+
+        mov $s_edu, %esi
+        call puts
+        mov edu_bdf, %eax
+        cmp $-1, %eax
+        jne 3f
+        mov $s_absent, %esi
+        call puts
+        xor %al, %al
+        call check
+        jmp verdict
+3:      call putbdf
+        mov edu_bdf, %eax
+        shl $8, %eax
+        or $0x10, %eax                      /* BAR0 */
+        call pci_read
+        and $0xFFFFFFF0, %eax
+        mov %eax, edu_mmio
+        mov $s_at, %esi
+        call puts
+        mov edu_mmio, %eax
+        call puthex
+        mov $s_id, %esi
+        call puts
+        mov edu_mmio, %ebx
+        mov (%ebx), %eax                    /* identification register */
+        call puthex
+        cmp $0x010000ED, %eax
+        sete %al
+        call check
+        mov edu_bdf, %eax
+        call pci_enable_master
+
+        mov viommu_bdf, %eax
+        cmp $-1, %eax
+        jne virtio_iommu_test
+
+        /* ---- 3. no vIOMMU: identity DMA ---- */
+        mov $s_identity, %esi
+        call puts
+        mov $0x11223344, %ebx
+        call fill_src
+        mov $src_page, %eax
+        call edu_to_device
+        mov $dst_page, %eax
+        call edu_to_ram
+        mov $dst_page, %esi
+        call compare_pattern
+        call check
+        jmp verdict
+
+        /* ---- 4. virtio-iommu ---- */
+virtio_iommu_test:
+        mov $s_viommu, %esi
+        call puts
+        mov viommu_bdf, %eax
+        call putbdf
+        call virtio_find_caps
+        mov $s_caps, %esi
+        call puts
+        mov common_cfg, %eax
+        test %eax, %eax
+        jz 5f
+        mov notify_base, %eax
+        test %eax, %eax
+        jz 5f
+        mov $1, %al
+        call check
+        mov viommu_bdf, %eax
+        call pci_enable_master
+        call virtio_bring_up
+        mov $s_bringup, %esi
+        call puts
+        call check                          /* AL from virtio_bring_up */
+        jmp 6f
+5:      xor %al, %al
+        call check
+        jmp verdict
+6:
+        /* (a) unattached endpoint: DMA must be blocked */
+        mov $s_unattached, %esi
+        call puts
+        call fill_dst_marker
+        mov $dst_page, %eax                 /* a valid guest-physical address */
+        call edu_to_ram                     /* device buffer -> RAM: nothing may land */
+        call dst_untouched
+        push %eax
+        call take_fault                     /* consume the fault record, if any */
+        pop %eax
+        call check
+
+        /* (b) ATTACH domain 1, MAP IOVA -> dst_page (one 4 KiB page, read+write) */
+        mov $s_attach, %esi
+        call puts
+        mov edu_bdf, %eax
+        call vi_attach
+        call check_status_ok
+        mov $s_map, %esi
+        call puts
+        mov $IOVA, %eax
+        mov $dst_page, %ebx
+        call vi_map
+        call check_status_ok
+
+        /* (c) DMA both ways through the mapping */
+        mov $s_dma_in, %esi
+        call puts
+        mov $0x55667788, %ebx
+        call fill_src
+        call fill_dst_marker
+        /* copy src_page into the mapped page, then device reads it from IOVA */
+        mov $src_page, %esi
+        mov $dst_page, %edi
+        mov $DMA_BYTES, %ecx
+        rep movsb
+        mov $IOVA, %eax
+        call edu_to_device
+        call fill_dst_marker                /* clear the page again */
+        mov $IOVA + 0x100, %eax
+        call edu_to_ram                     /* device buffer -> IOVA + 0x100 */
+        mov $dst_page + 0x100, %esi
+        call compare_pattern
+        call check
+
+        /* (d) a DMA to an unmapped IOVA faults and the eventq reports it */
+        mov $s_unmapped, %esi
+        call puts
+        mov $IOVA + 0x1000, %eax
+        call edu_to_ram
+        call take_fault
+        call check
+
+        /* (e) UNMAP, then the old IOVA faults and memory stays untouched */
+        mov $s_unmap, %esi
+        call puts
+        mov $IOVA, %eax
+        call vi_unmap
+        call check_status_ok
+        mov $s_after_unmap, %esi
+        call puts
+        call fill_dst_marker
+        mov $IOVA, %eax
+        call edu_to_ram
+        call take_fault
+        mov %al, %bl
+        call dst_untouched
+        and %bl, %al
+        call check
+
+verdict:
+        mov $s_summary, %esi
+        call puts
+        mov n_pass, %eax
+        call putdec
+        mov $s_passed, %esi
+        call puts
+        mov n_fail, %eax
+        call putdec
+        mov $s_failed, %esi
+        call puts
+        mov n_fail, %eax
+        test %eax, %eax
+        jnz 7f
+        mov $s_pass, %esi
+        call puts
+        xor %eax, %eax
+        jmp 8f
+7:      mov $s_fail, %esi
+        call puts
+        mov $1, %eax
+8:      mov $DEBUG_EXIT, %dx
+        out %ax, %dx
+9:      hlt                                 /* not reached: the VMM stops at the write */
+        jmp 9b
+
+/* ================================================================ checks and output */
+
+/* check: AL != 0 -> "ok", else "FAIL"; counts both. */
+check:
+        push %esi
+        test %al, %al
+        jz 1f
+        incl n_pass
+        mov $s_ok, %esi
+        jmp 2f
+1:      incl n_fail
+        mov $s_bad, %esi
+2:      call puts
+        pop %esi
+        ret
+
+/* check_status_ok: AL = virtio-iommu status byte; prints it, passes when 0 (S_OK). */
+check_status_ok:
+        push %eax
+        mov $s_status, %esi
+        call puts
+        movzbl (%esp), %eax
+        call putdec
+        pop %eax
+        test %al, %al
+        sete %al
+        jmp check
+
+/* putc: AL, waiting for THRE. */
+putc:
+        push %edx
+        push %eax
+        mov $COM1 + 5, %dx
+1:      in %dx, %al
+        test $0x20, %al
+        jz 1b
+        pop %eax
+        mov $COM1, %dx
+        out %al, %dx
+        pop %edx
+        ret
+
+/* puts: ESI = NUL-terminated string. */
+puts:
+        push %eax
+        push %esi
+1:      lodsb
+        test %al, %al
+        jz 2f
+        call putc
+        jmp 1b
+2:      pop %esi
+        pop %eax
+        ret
+
+/* puthex: EAX as 0x%08x. */
+puthex:
+        push %eax
+        push %ecx
+        push %edx
+        mov %eax, %edx
+        mov $'0', %al
+        call putc
+        mov $'x', %al
+        call putc
+        mov $8, %ecx
+1:      rol $4, %edx
+        mov %dl, %al
+        and $0xF, %al
+        add $'0', %al
+        cmp $'9', %al
+        jbe 2f
+        add $('a' - '9' - 1), %al
+2:      call putc
+        loop 1b
+        pop %edx
+        pop %ecx
+        pop %eax
+        ret
+
+/* putdec: EAX unsigned decimal. */
+putdec:
+        push %eax
+        push %ebx
+        push %ecx
+        push %edx
+        mov $10, %ebx
+        xor %ecx, %ecx
+1:      xor %edx, %edx
+        div %ebx
+        push %edx
+        inc %ecx
+        test %eax, %eax
+        jnz 1b
+2:      pop %eax
+        add $'0', %al
+        call putc
+        loop 2b
+        pop %edx
+        pop %ecx
+        pop %ebx
+        pop %eax
+        ret
+
+/* putbdf: EAX = requester ID, printed bb:dd.f */
+putbdf:
+        push %eax
+        push %ebx
+        mov %eax, %ebx
+        shr $8, %eax
+        call put2hex
+        mov $':', %al
+        call putc
+        mov %ebx, %eax
+        shr $3, %eax
+        and $0x1F, %eax
+        call put2hex
+        mov $'.', %al
+        call putc
+        mov %ebx, %eax
+        and $7, %eax
+        add $'0', %al
+        call putc
+        pop %ebx
+        pop %eax
+        ret
+
+put2hex:
+        push %eax
+        push %ecx
+        mov %al, %cl
+        shr $4, %al
+        call hexdigit
+        mov %cl, %al
+        and $0xF, %al
+        call hexdigit
+        pop %ecx
+        pop %eax
+        ret
+hexdigit:
+        and $0xF, %al
+        add $'0', %al
+        cmp $'9', %al
+        jbe 1f
+        add $('a' - '9' - 1), %al
+1:      jmp putc
+
+/* ================================================================ fw_cfg */
+
+fwcfg_select:                               /* AX = key */
+        push %edx
+        mov $FW_CFG_SEL, %dx
+        out %ax, %dx
+        pop %edx
+        ret
+
+fwcfg_read32:                               /* four data bytes, little-endian -> EAX */
+        push %ebx
+        push %ecx
+        push %edx
+        mov $FW_CFG_DATA, %dx
+        xor %ebx, %ebx
+        xor %ecx, %ecx
+1:      in %dx, %al
+        movzbl %al, %eax
+        shl %cl, %eax
+        or %eax, %ebx
+        add $8, %cl
+        cmp $32, %cl
+        jb 1b
+        mov %ebx, %eax
+        pop %edx
+        pop %ecx
+        pop %ebx
+        ret
+
+/* ================================================================ PCI */
+
+pci_read:                                   /* EAX = bdf << 8 | reg -> EAX */
+        push %edx
+        and $0x00FFFFFC, %eax
+        or $0x80000000, %eax
+        mov $PCI_ADDR, %dx
+        out %eax, %dx
+        mov $PCI_DATA, %dx
+        in %dx, %eax
+        pop %edx
+        ret
+
+pci_write:                                  /* EAX = bdf << 8 | reg, ECX = value */
+        push %edx
+        push %eax
+        and $0x00FFFFFC, %eax
+        or $0x80000000, %eax
+        mov $PCI_ADDR, %dx
+        out %eax, %dx
+        mov $PCI_DATA, %dx
+        mov %ecx, %eax
+        out %eax, %dx
+        pop %eax
+        pop %edx
+        ret
+
+/* pci_find: EAX = device << 16 | vendor -> EAX = requester ID on bus 0, or -1 */
+pci_find:
+        push %ebx
+        push %ecx
+        mov %eax, %ecx
+        xor %ebx, %ebx                      /* devfn */
+1:      mov %ebx, %eax
+        shl $8, %eax
+        call pci_read
+        cmp %ecx, %eax
+        je 2f
+        add $8, %ebx                        /* function 0 of each device */
+        cmp $256, %ebx
+        jb 1b
+        mov $-1, %eax
+        jmp 3f
+2:      mov %ebx, %eax
+3:      pop %ecx
+        pop %ebx
+        ret
+
+pci_enable_master:                          /* EAX = bdf: Command |= memory | bus master */
+        push %eax
+        push %ecx
+        shl $8, %eax
+        or $0x04, %eax
+        push %eax
+        call pci_read
+        mov %eax, %ecx
+        and $0xFFFF, %ecx                   /* keep status write-1-to-clear bits zero */
+        or $0x06, %ecx
+        pop %eax
+        call pci_write
+        pop %ecx
+        pop %eax
+        ret
+
+/* ================================================================ edu */
+
+edu_wait:                                   /* poll DMA command bit 0 (bounded) */
+        push %ecx
+        mov edu_mmio, %ebx
+        mov $1000000, %ecx
+1:      testl $1, 0x98(%ebx)
+        jz 2f
+        loop 1b
+2:      pop %ecx
+        ret
+
+/* edu_to_device: EAX = RAM-side address (IOVA or GPA); DMA_BYTES into the device buffer */
+edu_to_device:
+        mov edu_mmio, %ebx
+        mov %eax, 0x80(%ebx)                /* source */
+        movl $0, 0x84(%ebx)
+        movl $EDU_BUF, 0x88(%ebx)           /* destination */
+        movl $0, 0x8C(%ebx)
+        movl $DMA_BYTES, 0x90(%ebx)
+        movl $0, 0x94(%ebx)
+        movl $1, 0x98(%ebx)                 /* start, RAM -> device */
+        jmp edu_wait
+
+/* edu_to_ram: EAX = RAM-side address; DMA_BYTES from the device buffer */
+edu_to_ram:
+        mov edu_mmio, %ebx
+        movl $EDU_BUF, 0x80(%ebx)
+        movl $0, 0x84(%ebx)
+        mov %eax, 0x88(%ebx)
+        movl $0, 0x8C(%ebx)
+        movl $DMA_BYTES, 0x90(%ebx)
+        movl $0, 0x94(%ebx)
+        movl $3, 0x98(%ebx)                 /* start, device -> RAM */
+        jmp edu_wait
+
+/* fill_src: EBX = 32-bit pattern seed; src_page[0..DMA_BYTES) = seed, seed+1, ... */
+fill_src:
+        push %ecx
+        push %edi
+        mov $src_page, %edi
+        mov %ebx, %eax
+        mov $DMA_BYTES / 4, %ecx
+1:      stosl
+        inc %eax
+        loop 1b
+        pop %edi
+        pop %ecx
+        ret
+
+fill_dst_marker:
+        push %ecx
+        push %edi
+        push %eax
+        mov $dst_page, %edi
+        mov $0xA5A5A5A5, %eax
+        mov $4096 / 4, %ecx
+        rep stosl
+        pop %eax
+        pop %edi
+        pop %ecx
+        ret
+
+/* compare_pattern: ESI = buffer; AL = 1 when it holds the src pattern */
+compare_pattern:
+        push %ecx
+        push %edi
+        mov $src_page, %edi
+        mov $DMA_BYTES, %ecx
+        repe cmpsb
+        sete %al
+        pop %edi
+        pop %ecx
+        ret
+
+/* dst_untouched: AL = 1 when dst_page still holds only the marker */
+dst_untouched:
+        push %ecx
+        push %edi
+        mov $dst_page, %edi
+        mov $0xA5A5A5A5, %eax
+        mov $4096 / 4, %ecx
+        repe scasl
+        sete %al
+        pop %edi
+        pop %ecx
+        ret
+
+/* ================================================================ virtio-pci */
+
+/* virtio_find_caps: walks the vendor capabilities (VIRTIO 1.3 4.1.4) of viommu_bdf */
+virtio_find_caps:
+        pusha
+        mov viommu_bdf, %ebp
+        shl $8, %ebp
+        mov %ebp, %eax
+        or $0x34, %eax
+        call pci_read
+        and $0xFC, %eax
+        mov %eax, %esi                      /* current capability offset */
+        mov $48, %edi                       /* bound the walk */
+1:      test %esi, %esi
+        jz 9f
+        dec %edi
+        jz 9f
+        mov %ebp, %eax
+        or %esi, %eax
+        call pci_read
+        mov %eax, %edx                      /* id | next << 8 | len << 16 | cfg_type << 24 */
+        cmp $0x09, %al
+        jne 8f
+        /* BAR base of cap.bar (a 64-bit BAR below 4 GiB: low dword) */
+        mov %ebp, %eax
+        or %esi, %eax
+        add $4, %eax
+        call pci_read
+        and $0x7, %eax
+        shl $2, %eax
+        add $0x10, %eax
+        or %ebp, %eax
+        call pci_read
+        and $0xFFFFFFF0, %eax
+        mov %eax, %ebx
+        mov %ebp, %eax                      /* + cap.offset */
+        or %esi, %eax
+        add $8, %eax
+        call pci_read
+        add %eax, %ebx
+        mov %edx, %eax
+        shr $24, %eax
+        cmp $1, %al
+        jne 2f
+        mov %ebx, common_cfg
+        jmp 8f
+2:      cmp $2, %al
+        jne 3f
+        mov %ebx, notify_base
+        mov %ebp, %eax
+        or %esi, %eax
+        add $16, %eax
+        call pci_read
+        mov %eax, notify_mult
+        jmp 8f
+3:      cmp $4, %al
+        jne 8f
+        mov %ebx, device_cfg
+8:      mov %edx, %eax
+        shr $8, %eax
+        and $0xFC, %eax
+        mov %eax, %esi
+        jmp 1b
+9:      popa
+        ret
+
+/* virtio_bring_up: VIRTIO 1.3 3.1.1 driver initialization; AL = 1 on success */
+virtio_bring_up:
+        mov common_cfg, %ebx
+        movb $0, 20(%ebx)                   /* reset */
+        movb $1, 20(%ebx)                   /* ACKNOWLEDGE */
+        movb $3, 20(%ebx)                   /* | DRIVER */
+        movl $1, 0(%ebx)                    /* device_feature_select = 1 */
+        mov 4(%ebx), %eax
+        test $1, %eax                       /* VIRTIO_F_VERSION_1 (bit 32) */
+        jz 9f
+        movl $0, 0(%ebx)
+        mov 4(%ebx), %eax
+        test $4, %eax                       /* VIRTIO_IOMMU_F_MAP_UNMAP (bit 2) */
+        jz 9f
+        movl $0, 8(%ebx)                    /* driver_feature_select = 0 */
+        movl $4, 12(%ebx)                   /* MAP_UNMAP */
+        movl $1, 8(%ebx)
+        movl $1, 12(%ebx)                   /* VERSION_1 */
+        movb $0x0B, 20(%ebx)                /* | FEATURES_OK */
+        movb 20(%ebx), %al
+        test $0x08, %al
+        jz 9f
+        xor %eax, %eax
+        mov $rq_desc, %ecx
+        call virtio_setup_queue
+        mov %eax, rq_notify
+        mov $1, %eax
+        mov $eq_desc, %ecx
+        call virtio_setup_queue
+        mov %eax, eq_notify
+        movb $0x0F, 20(%ebx)                /* | DRIVER_OK */
+        call post_event_buffer
+        mov $1, %al
+        ret
+9:      xor %al, %al
+        ret
+
+/* virtio_setup_queue: EAX = queue, ECX = desc table (avail at +128, used at +256);
+   returns EAX = notify address. EBX = common_cfg. */
+virtio_setup_queue:
+        mov %ax, 22(%ebx)                   /* queue_select */
+        movw $QSZ, 24(%ebx)                 /* queue_size */
+        movw $0xFFFF, 26(%ebx)              /* queue_msix_vector: none (polled) */
+        mov %ecx, 32(%ebx)                  /* queue_desc */
+        movl $0, 36(%ebx)
+        lea 128(%ecx), %edx
+        mov %edx, 40(%ebx)                  /* queue_driver (avail ring) */
+        movl $0, 44(%ebx)
+        lea 256(%ecx), %edx
+        mov %edx, 48(%ebx)                  /* queue_device (used ring) */
+        movl $0, 52(%ebx)
+        movw $1, 28(%ebx)                   /* queue_enable */
+        movzwl 30(%ebx), %eax               /* queue_notify_off */
+        imul notify_mult, %eax
+        add notify_base, %eax
+        ret
+
+/* post_event_buffer: one 64-byte device-writable buffer on the eventq */
+post_event_buffer:
+        push %eax
+        push %ebx
+        push %ecx
+        mov $eq_desc, %ebx
+        movl $event_buf, 0(%ebx)
+        movl $0, 4(%ebx)
+        movl $64, 8(%ebx)
+        movw $2, 12(%ebx)                   /* VIRTQ_DESC_F_WRITE */
+        movw $0, 14(%ebx)
+        movzwl eq_avail_idx, %ecx
+        mov %ecx, %eax
+        and $QSZ - 1, %eax
+        movw $0, eq_desc + 128 + 4(,%eax,2) /* avail.ring[idx % QSZ] = 0 */
+        inc %ecx
+        mov %cx, eq_avail_idx
+        mov %cx, eq_desc + 128 + 2          /* avail.idx */
+        mov eq_notify, %eax
+        movw $1, (%eax)                     /* notify queue 1 */
+        pop %ecx
+        pop %ebx
+        pop %eax
+        ret
+
+/* take_fault: AL = 1 when a new fault record arrived for edu (reason MAPPING); prints it
+   and re-posts the buffer. */
+take_fault:
+        push %ebx
+        movzwl eq_desc + 256 + 2, %eax      /* used.idx */
+        cmp eq_used_seen, %ax
+        je 8f
+        mov %ax, eq_used_seen
+        mov $s_fault, %esi
+        call puts
+        movzbl event_buf, %eax              /* reason */
+        call putdec
+        mov $s_fault_ep, %esi
+        call puts
+        mov event_buf + 8, %eax             /* endpoint */
+        call putbdf
+        mov $s_fault_addr, %esi
+        call puts
+        mov event_buf + 16, %eax            /* address (low 32 bits) */
+        call puthex
+        mov $s_close, %esi
+        call puts
+        movzbl event_buf, %ebx
+        mov event_buf + 8, %eax
+        call post_event_buffer
+        cmp edu_bdf, %eax
+        jne 8f
+        cmp $2, %ebx                        /* VIRTIO_IOMMU_FAULT_R_MAPPING */
+        jne 8f
+        mov $1, %al
+        pop %ebx
+        ret
+8:      xor %al, %al
+        pop %ebx
+        ret
+
+/* vi_request: ECX = request length (built in req_buf); AL = status byte of the tail */
+vi_request:
+        push %ebx
+        push %edx
+        mov $rq_desc, %ebx
+        movl $req_buf, 0(%ebx)
+        movl $0, 4(%ebx)
+        mov %ecx, 8(%ebx)
+        movw $1, 12(%ebx)                   /* NEXT */
+        movw $1, 14(%ebx)
+        movl $tail_buf, 16(%ebx)
+        movl $0, 20(%ebx)
+        movl $4, 24(%ebx)
+        movw $2, 28(%ebx)                   /* WRITE */
+        movw $0, 30(%ebx)
+        movl $0xFFFFFFFF, tail_buf
+        movzwl rq_avail_idx, %ecx
+        mov %ecx, %eax
+        and $QSZ - 1, %eax
+        movw $0, rq_desc + 128 + 4(,%eax,2)
+        inc %ecx
+        mov %cx, rq_avail_idx
+        mov %cx, rq_desc + 128 + 2
+        mov rq_notify, %eax
+        movw $0, (%eax)                     /* notify queue 0 */
+        mov $1000000, %edx
+1:      cmpw rq_desc + 256 + 2, %cx         /* used.idx caught up? */
+        je 2f
+        dec %edx
+        jnz 1b
+        mov $0xFF, %al                      /* no answer */
+        jmp 3f
+2:      movb tail_buf, %al
+3:      pop %edx
+        pop %ebx
+        ret
+
+clear_req:
+        push %edi
+        push %ecx
+        push %eax
+        mov $req_buf, %edi
+        xor %eax, %eax
+        mov $16, %ecx
+        rep stosl
+        pop %eax
+        pop %ecx
+        pop %edi
+        ret
+
+/* vi_attach: EAX = endpoint; domain 1 (5.13.6.3) */
+vi_attach:
+        call clear_req
+        movb $1, req_buf                    /* VIRTIO_IOMMU_T_ATTACH */
+        movl $1, req_buf + 4                /* domain */
+        mov %eax, req_buf + 8               /* endpoint */
+        mov $20, %ecx
+        jmp vi_request
+
+/* vi_map: EAX = IOVA, EBX = GPA; one 4 KiB page read+write in domain 1 (5.13.6.5) */
+vi_map:
+        call clear_req
+        movb $3, req_buf                    /* VIRTIO_IOMMU_T_MAP */
+        movl $1, req_buf + 4
+        mov %eax, req_buf + 8               /* virt_start */
+        add $0xFFF, %eax
+        mov %eax, req_buf + 16              /* virt_end (inclusive) */
+        mov %ebx, req_buf + 24              /* phys_start */
+        movl $3, req_buf + 32               /* READ | WRITE */
+        mov $36, %ecx
+        jmp vi_request
+
+/* vi_unmap: EAX = IOVA; the 4 KiB page (5.13.6.6) */
+vi_unmap:
+        call clear_req
+        movb $4, req_buf                    /* VIRTIO_IOMMU_T_UNMAP */
+        movl $1, req_buf + 4
+        mov %eax, req_buf + 8
+        add $0xFFF, %eax
+        mov %eax, req_buf + 16
+        mov $28, %ecx
+        jmp vi_request
+
+/* ================================================================ data */
+
+        .section .rodata
+s_banner:       .asciz "viommu built-in guest\n"
+s_magic:        .asciz "boot: multiboot magic "
+s_meminfo:      .asciz "boot: mem_upper "
+s_mib_mmap:     .asciz " MiB, memory map "
+s_entries:      .asciz " entries "
+s_fwcfg:        .asciz "fw_cfg: signature QEMU"
+s_cpus:         .asciz ", cpus "
+s_ram:          .asciz ", ram "
+s_mib:          .asciz " MiB "
+s_edu:          .asciz "pci: edu "
+s_absent:       .asciz "absent "
+s_at:           .asciz " bar0 "
+s_id:           .asciz " id "
+s_identity:     .asciz "dma: no vIOMMU, identity round trip "
+s_viommu:       .asciz "pci: virtio-iommu "
+s_caps:         .asciz " capabilities "
+s_bringup:      .asciz "virtio-iommu: features VERSION_1|MAP_UNMAP, queues up "
+s_unattached:   .asciz "dma: unattached endpoint is blocked "
+s_attach:       .asciz "virtio-iommu: ATTACH edu to domain 1"
+s_map:          .asciz "virtio-iommu: MAP iova 0x08000000 -> page"
+s_dma_in:       .asciz "dma: edu reads and writes through the mapping "
+s_unmapped:     .asciz "dma: unmapped iova 0x08001000 faults "
+s_unmap:        .asciz "virtio-iommu: UNMAP iova 0x08000000"
+s_after_unmap:  .asciz "dma: after UNMAP the old iova faults, memory untouched "
+s_status:       .asciz " status "
+s_fault:        .asciz "[fault reason "
+s_fault_ep:     .asciz " endpoint "
+s_fault_addr:   .asciz " address "
+s_close:        .asciz "] "
+s_ok:           .asciz "... ok\n"
+s_bad:          .asciz "... FAIL\n"
+s_summary:      .asciz "summary: "
+s_passed:       .asciz " passed, "
+s_failed:       .asciz " failed\n"
+s_pass:         .asciz "verdict: PASS\n"
+s_fail:         .asciz "verdict: FAIL\n"
+
+        .data
+        .align 4
+edu_bdf:        .long -1
+viommu_bdf:     .long -1
+n_pass:         .long 0
+n_fail:         .long 0
+
+        .bss
+        .align 4096
+src_page:       .skip 4096
+dst_page:       .skip 4096
+rq_desc:        .skip 4096                  /* desc 0..127, avail 128.., used 256.. */
+eq_desc:        .skip 4096
+stack:          .skip 16384
+stack_top:
+        .align 16
+req_buf:        .skip 64
+tail_buf:       .skip 16
+event_buf:      .skip 64
+boot_eax:       .skip 4
+boot_ebx:       .skip 4
+edu_mmio:       .skip 4
+common_cfg:     .skip 4
+notify_base:    .skip 4
+notify_mult:    .skip 4
+device_cfg:     .skip 4
+rq_notify:      .skip 4
+eq_notify:      .skip 4
+rq_avail_idx:   .skip 2
+eq_avail_idx:   .skip 2
+eq_used_seen:   .skip 2

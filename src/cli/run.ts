@@ -1,0 +1,113 @@
+/**
+ * `viommu run`: boots a Multiboot kernel (or the built-in guest) in the KVM micro-VMM and
+ * prints a summary of what the machine's IOMMU and devices did. Returns the exit status.
+ */
+import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
+import { LineBufferedSink, NULL_SINK, type SerialSink } from "../devices/uart16550.ts";
+import { formatTraceEvent, Tracer } from "../engine/trace.ts";
+import { KvmUnavailableError } from "../kvm/system.ts";
+import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts";
+import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
+import type { DeviceChoice } from "../vmm/platform.ts";
+import { formatSummary } from "../vmm/summary.ts";
+import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
+
+export interface RunIo {
+  readonly stdout: (text: string) => void;
+  readonly stderr: (text: string) => void;
+}
+
+const PROCESS_IO: RunIo = {
+  stdout: (t) => process.stdout.write(t),
+  stderr: (t) => process.stderr.write(t),
+};
+
+function serialSink(o: RunOptions): { sink: SerialSink; close: () => void } {
+  if (o.serial.kind === "null") return { sink: NULL_SINK, close: () => {} };
+  if (o.serial.kind === "file") {
+    const fd = openSync(o.serial.path, "w");
+    return { sink: new LineBufferedSink((b) => writeSync(fd, b)), close: () => closeSync(fd) };
+  }
+  return { sink: new LineBufferedSink((b) => writeSync(1, b)), close: () => {} };
+}
+
+/** The devices the machine gets: the built-in guest needs an edu, behind the IOMMU if there is one. */
+export function devicesFor(o: RunOptions): DeviceChoice[] {
+  const devices: DeviceChoice[] = o.devices.map((d) => ({ kind: d.kind, iommu: d.iommu }));
+  if (o.kernel === undefined && !devices.some((d) => d.kind === "edu")) {
+    devices.unshift({ kind: "edu", iommu: o.iommu.kind !== "none" });
+  }
+  return devices;
+}
+
+export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number {
+  let options: RunOptions;
+  try {
+    options = parseRunOptions(argv);
+  } catch (e) {
+    io.stderr(`viommu run: ${(e as Error).message}\n`);
+    return 2;
+  }
+  if (options.help) {
+    io.stdout(`${RUN_USAGE}\n`);
+    return 0;
+  }
+  let image: Uint8Array;
+  const modules: { data: Uint8Array; cmdline: string }[] = [];
+  try {
+    image = options.kernel === undefined ? builtinGuestImage() : readFileSync(options.kernel);
+    for (const m of options.modules) {
+      const space = m.indexOf(" ");
+      const path = space < 0 ? m : m.slice(0, space);
+      modules.push({ data: readFileSync(path), cmdline: m });
+    }
+  } catch (e) {
+    io.stderr(`viommu run: ${(e as Error).message}\n`);
+    return 2;
+  }
+
+  const tracer = Tracer.fromSpec(options.trace);
+  if (options.trace) tracer.listen((ev) => io.stderr(`trace: ${formatTraceEvent(ev)}\n`), []);
+  const serial = serialSink(options);
+  let machine: Machine;
+  try {
+    machine = new Machine({
+      cpus: options.cpus,
+      memorySizeBytes: options.memorySizeBytes,
+      memoryFile: options.memoryFile,
+      serial: serial.sink,
+      iommu: options.iommu,
+      devices: devicesFor(options),
+      debugExit: options.debugExit,
+      tracer,
+    });
+  } catch (e) {
+    serial.close();
+    if (e instanceof KvmUnavailableError) io.stderr(`viommu run: ${e.message}\n`);
+    else io.stderr(`viommu run: ${(e as Error).message}\n`);
+    return 2;
+  }
+  let result: RunResult;
+  try {
+    const boot = machine.bootMultiboot(image, options.cmdline || (options.kernel ?? "builtin"), modules);
+    for (const w of boot.warnings) io.stderr(`viommu run: warning: ${w}\n`);
+    result = machine.run(options.timeoutSeconds);
+  } catch (e) {
+    serial.sink.flush();
+    serial.close();
+    machine.close();
+    io.stderr(`viommu run: ${(e as Error).message}\n`);
+    return 2;
+  }
+  serial.sink.flush();
+  serial.close();
+  io.stderr(formatSummary(machine, result));
+  machine.close();
+  if (options.kernel === undefined) {
+    // The built-in guest's verdict: pass (debug-exit value 0) -> 0, anything else -> 1.
+    const passed = result.stop.kind === "debug-exit" && result.status === BUILTIN_PASS_STATUS;
+    io.stderr(`viommu run: built-in guest ${passed ? "passed" : `failed (${describeStop(result.stop)})`}\n`);
+    return passed ? 0 : 1;
+  }
+  return result.status;
+}

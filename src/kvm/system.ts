@@ -1,0 +1,81 @@
+/**
+ * /dev/kvm: opening it, checking the API version and capabilities, creating VMs.
+ */
+import {
+  ioctlName,
+  KVM_API_VERSION,
+  KVM_CHECK_EXTENSION,
+  KVM_CREATE_VM,
+  KVM_GET_API_VERSION,
+  KVM_GET_VCPU_MMAP_SIZE,
+  KvmError,
+} from "./ioctls.ts";
+import { close, errno, errnoName, ioctlValue, O_CLOEXEC, O_RDWR, open } from "./libc.ts";
+
+export const KVM_DEVICE_PATH = "/dev/kvm";
+
+/** /dev/kvm is missing or cannot be opened: a one-line explanation for the user. */
+export class KvmUnavailableError extends Error {
+  readonly errno: number;
+  constructor(path: string, err: number) {
+    const why =
+      err === 2
+        ? "does not exist (no KVM on this host: enable virtualization or load kvm_intel/kvm_amd)"
+        : err === 13
+          ? "is not accessible (add the user to the kvm group)"
+          : `cannot be opened: ${errnoName(err)}`;
+    super(`${path} ${why}`);
+    this.name = "KvmUnavailableError";
+    this.errno = err;
+  }
+}
+
+/** Calls an ioctl with an integer argument and throws a named `KvmError` when it fails. */
+export function kvmIoctl(fd: number, request: number, arg = 0): number {
+  const r = ioctlValue(fd, request, arg);
+  if (r < 0) throw new KvmError(ioctlName(request), errno());
+  return r;
+}
+
+export class Kvm {
+  readonly fd: number;
+  readonly vcpuMmapSizeBytes: number;
+
+  private constructor(fd: number) {
+    this.fd = fd;
+    const version = kvmIoctl(fd, KVM_GET_API_VERSION);
+    if (version !== KVM_API_VERSION) {
+      close(fd);
+      throw new Error(`KVM API version ${version}, expected ${KVM_API_VERSION}`);
+    }
+    this.vcpuMmapSizeBytes = kvmIoctl(fd, KVM_GET_VCPU_MMAP_SIZE);
+  }
+
+  static open(path = KVM_DEVICE_PATH): Kvm {
+    const fd = open(path, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) throw new KvmUnavailableError(path, errno());
+    return new Kvm(fd);
+  }
+
+  /** True when KVM can be opened here (for tests that skip without it). */
+  static available(path = KVM_DEVICE_PATH): boolean {
+    const fd = open(path, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) return false;
+    close(fd);
+    return true;
+  }
+
+  /** KVM_CHECK_EXTENSION: 0 when absent, otherwise a capability-specific positive value. */
+  checkExtension(cap: number): number {
+    return kvmIoctl(this.fd, KVM_CHECK_EXTENSION, cap);
+  }
+
+  /** KVM_CREATE_VM (machine type 0); returns the VM file descriptor. */
+  createVmFd(): number {
+    return kvmIoctl(this.fd, KVM_CREATE_VM, 0);
+  }
+
+  close(): void {
+    close(this.fd);
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * The VMM's interrupt fabric: devices' MSIs and pins, through interrupt remapping when the
+ * machine has it, to the local APICs that KVM emulates (KVM_SIGNAL_MSI).
+ *
+ *   device MSI ──► remapper(requester ID) ──► KVM_SIGNAL_MSI
+ *   device pin ──► IOAPIC pin ──► RTE message ──► remapper(IOAPIC source ID) ──► KVM_SIGNAL_MSI
+ *
+ * A message the remapper blocks (not present, bad source, reserved bits) is dropped here: the
+ * remapper has already recorded its architected fault. A device message whose address is not in
+ * the interrupt range (0xFEEx_xxxx) is a memory write in real hardware; the VMM does not turn it
+ * into an interrupt, and counts it.
+ */
+import type { Ioapic } from "../devices/ioapic.ts";
+import type { InterruptSink, MsiMessage } from "../platform/interrupts.ts";
+
+/** Where messages end up: KVM_SIGNAL_MSI in the VMM, a recorder in tests. */
+export interface MsiTarget {
+  /** True when delivered, false when the local APICs refused it. */
+  signalMsi(address: number, data: number): boolean;
+}
+
+/** Interrupt remapping as the fabric needs it (the VT-d unit's `remap`). */
+export interface MsiRemapper {
+  remap(
+    sourceId: number,
+    msiAddress: number,
+    msiData: number,
+  ):
+    | { readonly ok: true; readonly message: MsiMessage }
+    | { readonly ok: false; readonly reason: number; readonly detail: string };
+}
+
+const INTERRUPT_ADDRESS_BASE = 0xfee00000;
+const INTERRUPT_ADDRESS_END = 0xfef00000;
+/** PCI INTx of device slot d, pin p (INTA#=0): IOAPIC pin 16 + ((d + p) mod 4), the usual swizzle onto four lines. */
+export const PCI_INTX_FIRST_IOAPIC_PIN = 16;
+
+export function intxIoapicPin(requesterId: number, pin: number): number {
+  const slot = (requesterId >> 3) & 0x1f;
+  return PCI_INTX_FIRST_IOAPIC_PIN + ((slot + pin) & 3);
+}
+
+export interface InterruptFabricStats {
+  readonly msisDelivered: number;
+  readonly msisRefusedByLapic: number;
+  readonly msisBlockedByRemapping: number;
+  readonly msisNotInterruptAddress: number;
+  readonly ioapicMessages: number;
+  readonly lastBlockReason: string;
+}
+
+export class InterruptFabric implements InterruptSink {
+  private readonly target: MsiTarget;
+  private remapper: MsiRemapper | null = null;
+  private ioapic: Ioapic | null = null;
+  /** Source ID the IOAPIC's messages carry (the DMAR IOAPIC device scope: q35's 0xFF:00.0). */
+  readonly ioapicSourceId: number;
+  private readonly pinAsserted = new Map<number, number>();
+
+  msisDelivered = 0;
+  msisRefusedByLapic = 0;
+  msisBlockedByRemapping = 0;
+  msisNotInterruptAddress = 0;
+  ioapicMessages = 0;
+  lastBlockReason = "";
+
+  constructor(target: MsiTarget, ioapicSourceId = 0xff00) {
+    this.target = target;
+    this.ioapicSourceId = ioapicSourceId;
+  }
+
+  setRemapper(remapper: MsiRemapper | null): void {
+    this.remapper = remapper;
+  }
+
+  setIoapic(ioapic: Ioapic): void {
+    this.ioapic = ioapic;
+  }
+
+  /** The message after remapping, or null when remapping blocked it (fault already recorded). */
+  translate(sourceId: number, message: MsiMessage): MsiMessage | null {
+    if (this.remapper === null) return message;
+    const r = this.remapper.remap(sourceId, message.address, message.data);
+    if (!r.ok) {
+      this.msisBlockedByRemapping++;
+      this.lastBlockReason = r.detail;
+      return null;
+    }
+    return r.message;
+  }
+
+  private send(sourceId: number, message: MsiMessage): void {
+    const m = this.translate(sourceId, message);
+    if (m === null) return;
+    const low = m.address % 0x1_0000_0000;
+    if (low < INTERRUPT_ADDRESS_BASE || low >= INTERRUPT_ADDRESS_END) {
+      this.msisNotInterruptAddress++;
+      return;
+    }
+    if (this.target.signalMsi(m.address, m.data)) this.msisDelivered++;
+    else this.msisRefusedByLapic++;
+  }
+
+  signalMsi(requesterId: number, message: MsiMessage, _vector: number): void {
+    if (!Number.isSafeInteger(message.address) || message.address < 0 || !Number.isInteger(message.data)) {
+      this.msisNotInterruptAddress++;
+      return;
+    }
+    this.send(requesterId & 0xffff, message);
+  }
+
+  /** INTx: wired-OR of every device sharing the IOAPIC line. */
+  setPin(requesterId: number, pin: number, asserted: boolean): void {
+    if (this.ioapic === null || !Number.isInteger(pin) || pin < 0 || pin > 3) return;
+    this.setIoapicInput(intxIoapicPin(requesterId, pin), `${requesterId}:${pin}`, asserted);
+  }
+
+  private readonly sources = new Map<number, Set<string>>();
+
+  /** Drives IOAPIC input `ioapicPin` for `source`; the line is the OR of its sources. */
+  setIoapicInput(ioapicPin: number, source: string, asserted: boolean): void {
+    if (this.ioapic === null) return;
+    let set = this.sources.get(ioapicPin);
+    if (set === undefined) {
+      set = new Set();
+      this.sources.set(ioapicPin, set);
+    }
+    if (asserted) set.add(source);
+    else set.delete(source);
+    const level = set.size > 0;
+    if ((this.pinAsserted.get(ioapicPin) ?? 0) === (level ? 1 : 0)) return;
+    this.pinAsserted.set(ioapicPin, level ? 1 : 0);
+    this.ioapic.setPin(ioapicPin, level);
+  }
+
+  /** The IOAPIC's delivery callback. */
+  deliverFromIoapic(message: MsiMessage): void {
+    this.ioapicMessages++;
+    this.send(this.ioapicSourceId, message);
+  }
+
+  stats(): InterruptFabricStats {
+    return {
+      msisDelivered: this.msisDelivered,
+      msisRefusedByLapic: this.msisRefusedByLapic,
+      msisBlockedByRemapping: this.msisBlockedByRemapping,
+      msisNotInterruptAddress: this.msisNotInterruptAddress,
+      ioapicMessages: this.ioapicMessages,
+      lastBlockReason: this.lastBlockReason,
+    };
+  }
+}

@@ -1,0 +1,305 @@
+/**
+ * The micro-VMM: one KVM VM with the split irqchip (local APICs in KVM, our IOAPIC), guest RAM
+ * from mmap, the platform's devices on port I/O and MMIO, and a single vCPU run loop.
+ *
+ * One vCPU only: KVM_RUN blocks the JavaScript thread, so more vCPUs would need worker threads
+ * with device state shared across them; `cpus > 1` is refused with a clear message.
+ */
+
+import { IOAPIC_PINS } from "../devices/ioapic.ts";
+import type { SerialSink } from "../devices/uart16550.ts";
+import { GuestMemory } from "../engine/guest-memory.ts";
+import type { Tracer } from "../engine/trace.ts";
+import { type HostMapping, mapGuestRam } from "../kvm/guest-ram.ts";
+import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../kvm/ioctls.ts";
+import { alarm } from "../kvm/libc.ts";
+import { Kvm } from "../kvm/system.ts";
+import type { Vcpu } from "../kvm/vcpu.ts";
+import { type MsiRoute, Vm } from "../kvm/vm.ts";
+import { enterFlatProtectedMode } from "./cpu-state.ts";
+import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout } from "./layout.ts";
+import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
+import { type DeviceChoice, type IommuChoice, Platform } from "./platform.ts";
+
+export interface MachineConfig {
+  readonly cpus: number;
+  readonly memorySizeBytes: number;
+  readonly memoryFile?: string;
+  readonly serial: SerialSink;
+  readonly iommu: IommuChoice;
+  readonly devices: readonly DeviceChoice[];
+  readonly debugExit: { readonly iobase: number; readonly iosize: number };
+  readonly tracer: Tracer;
+}
+
+export type StopReason =
+  | { readonly kind: "debug-exit"; readonly status: number }
+  | { readonly kind: "triple-fault" }
+  | { readonly kind: "system-event"; readonly type: number }
+  | { readonly kind: "internal-error"; readonly suberror: number }
+  | { readonly kind: "fail-entry"; readonly hardwareReason: number }
+  | { readonly kind: "timeout"; readonly seconds: number }
+  | { readonly kind: "interrupted" }
+  | { readonly kind: "hlt" }
+  | { readonly kind: "unknown-exit"; readonly reason: number };
+
+export interface RunResult {
+  readonly stop: StopReason;
+  /** Process exit status: the debug-exit status, 0 for a guest-requested reset or shutdown, 2 for a crash, 124 on timeout, 130 on SIGINT. */
+  readonly status: number;
+  readonly exits: number;
+  readonly wallMs: number;
+}
+
+export class CpuCountError extends Error {
+  constructor(cpus: number) {
+    super(
+      `--cpus ${cpus}: this VMM runs one vCPU (KVM_RUN blocks the JavaScript thread; multiple vCPUs would need worker threads sharing device state)`,
+    );
+    this.name = "CpuCountError";
+  }
+}
+
+const IA32_APIC_LVT0 = 0x350;
+const IA32_APIC_LVT1 = 0x360;
+const APIC_MODE_EXTINT = 7 << 8;
+const APIC_MODE_NMI = 4 << 8;
+
+export class Machine {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  readonly ram: HostMapping;
+  readonly memory: GuestMemory;
+  readonly ramLayout: RamLayout;
+  readonly platform: Platform;
+  readonly vcpu: Vcpu;
+  private stopReason: StopReason | null = null;
+  private ioapicRoutesDirty = true;
+  ioExits = 0;
+  mmioExits = 0;
+  eoiExits = 0;
+
+  constructor(config: MachineConfig) {
+    if (config.cpus !== 1) throw new CpuCountError(config.cpus);
+    this.kvm = Kvm.open();
+    if (!this.kvm.checkExtension(KVM_CAP_SPLIT_IRQCHIP))
+      throw new Error("this KVM lacks KVM_CAP_SPLIT_IRQCHIP");
+    if (!this.kvm.checkExtension(KVM_CAP_SIGNAL_MSI)) throw new Error("this KVM lacks KVM_CAP_SIGNAL_MSI");
+    this.vm = new Vm(this.kvm);
+    this.vm.setSystemPages(KVM_TSS_GPA, KVM_IDENTITY_MAP_GPA);
+    // KVM API: the irqchip (here: split) must exist before any vCPU.
+    this.vm.enableSplitIrqchip(IOAPIC_PINS);
+
+    this.ramLayout = ramLayout(config.memorySizeBytes);
+    this.ram = mapGuestRam(config.memorySizeBytes, config.memoryFile);
+    const regions = this.ramLayout.regions.map((r, i) => {
+      this.vm.addMemory(r.gpa, r.sizeBytes, this.ram.hostAddress + BigInt(r.hostOffset));
+      return {
+        gpa: r.gpa,
+        sizeBytes: r.sizeBytes,
+        bytes: this.ram.bytes.subarray(r.hostOffset, r.hostOffset + r.sizeBytes),
+        name: `ram${i}`,
+      };
+    });
+    this.memory = new GuestMemory(regions);
+
+    this.platform = new Platform({
+      memory: this.memory,
+      ramLayout: this.ramLayout,
+      cpus: config.cpus,
+      serial: config.serial,
+      iommu: config.iommu,
+      devices: config.devices,
+      debugExit: config.debugExit,
+      tracer: config.tracer,
+      msiTarget: this.vm,
+      onDebugExit: (status) => {
+        if (this.stopReason === null) this.stopReason = { kind: "debug-exit", status };
+      },
+      onIoapicRoutesChanged: () => {
+        this.ioapicRoutesDirty = true;
+      },
+    });
+
+    this.vcpu = this.vm.createVcpu(0);
+    this.vcpu.setupCpuid((entries) =>
+      entries.map((e) => {
+        if (e.fn === 1) {
+          // Leaf 1: EBX[31:24] initial APIC ID = 0, ECX[31] hypervisor present.
+          return { ...e, ebx: e.ebx & 0x00ffffff, ecx: (e.ecx | (1 << 31)) >>> 0 };
+        }
+        return e;
+      }),
+    );
+    // As the PC firmware leaves it: LINT0 ExtINT, LINT1 NMI.
+    this.vcpu.editLapic((regs) => {
+      regs.setUint32(IA32_APIC_LVT0, APIC_MODE_EXTINT, true);
+      regs.setUint32(IA32_APIC_LVT1, APIC_MODE_NMI, true);
+    });
+  }
+
+  /** Loads a Multiboot kernel and points the vCPU at it. */
+  bootMultiboot(image: Uint8Array, cmdline: string, modules: readonly MultibootModule[] = []): MultibootBoot {
+    const boot = loadMultiboot(this.memory, image, { cmdline, modules, memoryMap: e820Map(this.ramLayout) });
+    enterFlatProtectedMode(this.vcpu, this.memory, { eip: boot.entry, eax: 0x2badb002, ebx: boot.infoGpa });
+    return boot;
+  }
+
+  /**
+   * Under the split irqchip, KVM exits on EOI only for vectors it sees on the IOAPIC GSIs'
+   * routes; give it one MSI route per unmasked level-triggered pin (after remapping).
+   */
+  private refreshIoapicRoutes(): void {
+    this.ioapicRoutesDirty = false;
+    const io = this.platform.ioapic;
+    const routes: MsiRoute[] = [];
+    for (let pin = 0; pin < IOAPIC_PINS; pin++) {
+      if (io.isMasked(pin) || !io.isLevelTriggered(pin)) continue;
+      const m = this.platform.interrupts.translate(
+        this.platform.interrupts.ioapicSourceId,
+        io.messageFor(pin),
+      );
+      if (m !== null) routes.push({ gsi: pin, address: m.address, data: m.data });
+    }
+    this.vm.setMsiRoutes(routes);
+  }
+
+  /** Runs until the guest stops the machine, or `timeoutSeconds` pass (0: no limit). */
+  run(timeoutSeconds = 0): RunResult {
+    const vcpu = this.vcpu;
+    const run = vcpu.run;
+    const platform = this.platform;
+    const pio = platform.pio;
+    const t0 = Date.now();
+    const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
+    let sigint = false;
+    // A signal interrupts KVM_RUN with EINTR; the handlers only note it.
+    const onAlarm = () => {};
+    const onSigint = () => {
+      sigint = true;
+    };
+    process.on("SIGALRM", onAlarm);
+    process.on("SIGINT", onSigint);
+    if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
+    try {
+      while (this.stopReason === null) {
+        if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
+        const exit = vcpu.runOnce();
+        switch (exit.kind) {
+          case "io": {
+            this.ioExits++;
+            const size = exit.sizeBytes;
+            for (let i = 0, off = exit.dataOffset; i < exit.count; i++, off += size) {
+              if (exit.isWrite) {
+                const v =
+                  size === 1
+                    ? run.getUint8(off)
+                    : size === 2
+                      ? run.getUint16(off, true)
+                      : run.getUint32(off, true);
+                pio.write(exit.port, size, v);
+              } else {
+                const v = pio.read(exit.port, size);
+                if (size === 1) run.setUint8(off, v);
+                else if (size === 2) run.setUint16(off, v, true);
+                else run.setUint32(off, v >>> 0, true);
+              }
+            }
+            break;
+          }
+          case "mmio":
+            this.mmioExits++;
+            if (
+              exit.sizeBytes === 1 ||
+              exit.sizeBytes === 2 ||
+              exit.sizeBytes === 4 ||
+              exit.sizeBytes === 8
+            ) {
+              if (exit.isWrite) platform.mmioWrite(exit.gpa, exit.sizeBytes, run, 0x28);
+              else platform.mmioRead(exit.gpa, exit.sizeBytes, run, 0x28);
+            }
+            break;
+          case "ioapic-eoi":
+            this.eoiExits++;
+            platform.ioapic.eoi(exit.vector);
+            break;
+          case "interrupted":
+            if (sigint) this.stopReason = { kind: "interrupted" };
+            else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
+            break;
+          case "shutdown":
+            this.stopReason = { kind: "triple-fault" };
+            break;
+          case "system-event":
+            this.stopReason = { kind: "system-event", type: exit.type };
+            break;
+          case "internal-error":
+            this.stopReason = { kind: "internal-error", suberror: exit.suberror };
+            break;
+          case "fail-entry":
+            this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
+            break;
+          case "hlt":
+            this.stopReason = { kind: "hlt" };
+            break;
+          case "unknown":
+            this.stopReason = { kind: "unknown-exit", reason: exit.reason };
+            break;
+        }
+      }
+    } finally {
+      if (timeoutSeconds > 0) alarm(0);
+      process.off("SIGALRM", onAlarm);
+      process.off("SIGINT", onSigint);
+      this.platform.uart.flush();
+    }
+    const stop: StopReason = this.stopReason ?? { kind: "interrupted" };
+    return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
+  }
+
+  close(): void {
+    this.vcpu.close();
+    this.vm.close();
+    this.kvm.close();
+  }
+}
+
+export function statusFor(stop: StopReason): number {
+  switch (stop.kind) {
+    case "debug-exit":
+      return stop.status;
+    case "system-event":
+      return stop.type === 3 ? 2 : 0;
+    case "hlt":
+      return 0;
+    case "timeout":
+      return 124;
+    case "interrupted":
+      return 130;
+    default:
+      return 2;
+  }
+}
+
+export function describeStop(stop: StopReason): string {
+  switch (stop.kind) {
+    case "debug-exit":
+      return `guest wrote isa-debug-exit: status ${stop.status}`;
+    case "triple-fault":
+      return "guest triple-faulted (KVM_EXIT_SHUTDOWN)";
+    case "system-event":
+      return `guest system event ${stop.type === 1 ? "shutdown" : stop.type === 2 ? "reset" : stop.type === 3 ? "crash" : stop.type}`;
+    case "internal-error":
+      return `KVM internal error, suberror ${stop.suberror}${stop.suberror === 1 ? " (instruction emulation failed)" : ""}`;
+    case "fail-entry":
+      return `VM entry failed, hardware reason 0x${stop.hardwareReason.toString(16)}`;
+    case "timeout":
+      return `timed out after ${stop.seconds} s`;
+    case "interrupted":
+      return "interrupted (SIGINT)";
+    case "hlt":
+      return "guest halted";
+    case "unknown-exit":
+      return `unhandled KVM exit reason ${stop.reason}`;
+  }
+}

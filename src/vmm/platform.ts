@@ -1,0 +1,244 @@
+/**
+ * The machine's devices and buses, independent of KVM (tests drive it directly):
+ * COM1, isa-debug-exit, fw_cfg, the IOAPIC, the PCI host bridge (0xCF8 and ECAM), and the PCI
+ * functions with the chosen virtual IOMMU in front of those marked iommu=on.
+ *
+ * PCI slots: 00:00.0 host bridge, 00:01.0 virtio-iommu-pci (with --iommu virtio), then the
+ * devices in command-line order from 00:02.0.
+ */
+import { DebugExit } from "../devices/debug-exit.ts";
+import { EduDevice } from "../devices/edu.ts";
+import { FW_CFG_IOBASE, FW_CFG_IOSIZE, FwCfg } from "../devices/fw-cfg.ts";
+import { IOAPIC_SIZE, Ioapic } from "../devices/ioapic.ts";
+import { COM1_IOBASE, COM1_IRQ, type SerialSink, Uart16550 } from "../devices/uart16550.ts";
+import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
+import { VirtioRng } from "../devices/virtio-rng.ts";
+import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
+import type { Tracer } from "../engine/trace.ts";
+import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../pci/bus.ts";
+import type { PciFunction } from "../pci/function.ts";
+import { type AccessSize, IoBus, type IoHandler } from "../platform/bus.ts";
+import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import { dmarForConfig } from "../vtd/dmar.ts";
+import { VtdUnit } from "../vtd/vtd.ts";
+import { InterruptFabric, type MsiTarget } from "./interrupts.ts";
+import {
+  e820Bytes,
+  e820Map,
+  IOAPIC_GPA,
+  PCI_ECAM_BASE,
+  PCI_MMIO32_BASE,
+  PCI_MMIO32_END,
+  type RamLayout,
+  VTD_GPA,
+} from "./layout.ts";
+import { assignPciResources, type BarAssignment } from "./pci-firmware.ts";
+
+export type IommuChoice =
+  | { readonly kind: "none" }
+  | { readonly kind: "virtio" }
+  | { readonly kind: "intel"; readonly spec: string };
+
+export type DeviceChoice =
+  | { readonly kind: "edu"; readonly iommu: boolean }
+  | { readonly kind: "rng"; readonly iommu: boolean };
+
+export interface PlatformConfig {
+  readonly memory: GuestMemory;
+  readonly ramLayout: RamLayout;
+  readonly cpus: number;
+  readonly serial: SerialSink;
+  readonly iommu: IommuChoice;
+  readonly devices: readonly DeviceChoice[];
+  readonly debugExit: { readonly iobase: number; readonly iosize: number };
+  readonly tracer: Tracer;
+  readonly msiTarget: MsiTarget;
+  /** A guest write to isa-debug-exit: the machine should stop with this status. */
+  readonly onDebugExit: (status: number) => void;
+  /** IOAPIC entries changed (the VMM refreshes KVM's routes). */
+  readonly onIoapicRoutesChanged?: () => void;
+}
+
+export const VIRTIO_IOMMU_SLOT = 1;
+export const FIRST_DEVICE_SLOT = 2;
+/** I/O ports firmware hands out to PCI I/O BARs. */
+export const PCI_IO_BASE = 0xc000;
+export const PCI_IO_END = 0x10000;
+
+export interface PlacedDevice {
+  readonly kind: DeviceChoice["kind"];
+  readonly requesterId: number;
+  readonly iommu: boolean;
+  readonly fn: PciFunction;
+  readonly stats: () => object;
+}
+
+/** An MMIO handler whose 8-byte accesses must not be split (the VT-d register file). */
+export interface WideIoHandler extends IoHandler {
+  readWide(offset: number): bigint;
+  writeWide(offset: number, value: bigint): void;
+}
+
+export class Platform {
+  readonly pio = new IoBus("pio");
+  readonly mmio = new IoBus("mmio");
+  readonly memory: GuestMemory;
+  readonly uart: Uart16550;
+  readonly debugExit: DebugExit;
+  readonly fwCfg: FwCfg;
+  readonly ioapic: Ioapic;
+  readonly interrupts: InterruptFabric;
+  readonly pci = new PciBus();
+  readonly viommu: VirtioIommuPci | null = null;
+  readonly vtd: VtdUnit | null = null;
+  /** The ACPI DMAR table for the VT-d unit (for a firmware-table consumer). */
+  readonly dmar: Uint8Array | null = null;
+  readonly devices: PlacedDevice[] = [];
+  readonly bars: BarAssignment[];
+  /** MMIO ranges whose 8-byte accesses go through readWide/writeWide. */
+  readonly wideMmio: { base: number; sizeBytes: number; handler: WideIoHandler }[] = [];
+
+  constructor(config: PlatformConfig) {
+    this.memory = config.memory;
+    this.interrupts = new InterruptFabric(config.msiTarget);
+    this.ioapic = new Ioapic(
+      (message) => this.interrupts.deliverFromIoapic(message),
+      config.onIoapicRoutesChanged,
+    );
+    this.interrupts.setIoapic(this.ioapic);
+    this.mmio.register(IOAPIC_GPA, IOAPIC_SIZE, this.ioapic, "ioapic");
+
+    this.uart = new Uart16550(config.serial, (level) =>
+      this.interrupts.setIoapicInput(COM1_IRQ, "com1", level),
+    );
+    this.pio.register(COM1_IOBASE, 8, this.uart, "com1");
+    this.debugExit = new DebugExit(config.onDebugExit, config.debugExit.iobase, config.debugExit.iosize);
+    this.pio.register(config.debugExit.iobase, config.debugExit.iosize, this.debugExit, "isa-debug-exit");
+    this.fwCfg = new FwCfg({
+      ramSizeBytes: config.ramLayout.totalBytes,
+      cpus: config.cpus,
+      maxCpus: config.cpus,
+    });
+    this.fwCfg.addFile("etc/e820", e820Bytes(e820Map(config.ramLayout)));
+    this.pio.register(FW_CFG_IOBASE, FW_CFG_IOSIZE, this.fwCfg, "fw_cfg");
+
+    this.pio.register(
+      PCI_CONFIG_ADDRESS_PORT,
+      PCI_CONFIG_PORTS_SIZE,
+      this.pci.legacyConfigHandler,
+      "pci-config",
+    );
+    this.mmio.register(PCI_ECAM_BASE, this.pci.ecamSizeBytes, this.pci.ecamHandler, "pci-ecam");
+    this.pci.attachDecode(this.mmio, this.pio);
+
+    const identity = (rid: number) => new DmaAddressSpace(this.memory, IDENTITY, rid);
+    let translated: ((rid: number) => DmaAddressSpace) | null = null;
+    if (config.iommu.kind === "virtio") {
+      const viommu = new VirtioIommuPci(this.memory, { tracer: config.tracer });
+      // The IOMMU's own queues are guest-physical (it is not behind itself).
+      this.pci.addFunction(viommu.pci, {
+        device: VIRTIO_IOMMU_SLOT,
+        interrupts: this.interrupts,
+        dma: identity,
+      });
+      this.viommu = viommu;
+      translated = (rid) => viommu.engine.addEndpoint(rid);
+    } else if (config.iommu.kind === "intel") {
+      const vtd = new VtdUnit(this.memory, {
+        config: config.iommu.spec,
+        interrupts: this.interrupts,
+        tracer: config.tracer,
+      });
+      this.mmio.register(VTD_GPA, 0x1000, vtd, "vtd");
+      this.wideMmio.push({ base: VTD_GPA, sizeBytes: 0x1000, handler: vtd });
+      this.vtd = vtd;
+      this.dmar = dmarForConfig(vtd.config, {
+        registerBase: VTD_GPA,
+        ioapicSourceId: this.interrupts.ioapicSourceId,
+      });
+      translated = (rid) => vtd.addEndpoint(rid);
+      if (vtd.config.intremap) this.interrupts.setRemapper(vtd);
+    }
+
+    config.devices.forEach((d, i) => {
+      const device = FIRST_DEVICE_SLOT + i;
+      if (device > 31) throw new Error("too many PCI devices for one bus");
+      if (d.iommu && translated === null) throw new Error(`${d.kind},iommu=on needs --iommu virtio or intel`);
+      const dma = d.iommu && translated !== null ? translated : identity;
+      if (d.kind === "edu") {
+        const edu = new EduDevice({ name: `edu${i}` });
+        const rid = this.pci.addFunction(edu.pci, { device, interrupts: this.interrupts, dma });
+        this.devices.push({
+          kind: "edu",
+          requesterId: rid,
+          iommu: d.iommu,
+          fn: edu.pci,
+          stats: () => edu.stats(),
+        });
+      } else {
+        const rng = new VirtioRng({ name: `rng${i}` });
+        const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer: config.tracer });
+        const rid = this.pci.addFunction(transport.pci, { device, interrupts: this.interrupts, dma });
+        this.devices.push({
+          kind: "rng",
+          requesterId: rid,
+          iommu: d.iommu,
+          fn: transport.pci,
+          stats: () => transport.stats(),
+        });
+      }
+    });
+
+    this.bars = assignPciResources(this.pci, {
+      mmioBase: PCI_MMIO32_BASE,
+      mmioEnd: PCI_MMIO32_END,
+      ioBase: PCI_IO_BASE,
+      ioEnd: PCI_IO_END,
+    });
+  }
+
+  /** An MMIO read of 1, 2, 4 or 8 bytes; 8-byte accesses are split in two dwords unless wide. */
+  mmioRead(gpa: number, sizeBytes: number, out: DataView, outOffset: number): void {
+    if (sizeBytes === 8) {
+      const wide = this.wideAt(gpa);
+      if (wide !== undefined) {
+        out.setBigUint64(outOffset, wide.handler.readWide(gpa - wide.base), true);
+        return;
+      }
+      out.setUint32(outOffset, this.mmio.read(gpa, 4) >>> 0, true);
+      out.setUint32(outOffset + 4, this.mmio.read(gpa + 4, 4) >>> 0, true);
+      return;
+    }
+    const v = this.mmio.read(gpa, sizeBytes as AccessSize);
+    if (sizeBytes === 1) out.setUint8(outOffset, v);
+    else if (sizeBytes === 2) out.setUint16(outOffset, v, true);
+    else out.setUint32(outOffset, v >>> 0, true);
+  }
+
+  mmioWrite(gpa: number, sizeBytes: number, data: DataView, dataOffset: number): void {
+    if (sizeBytes === 8) {
+      const wide = this.wideAt(gpa);
+      if (wide !== undefined) {
+        wide.handler.writeWide(gpa - wide.base, data.getBigUint64(dataOffset, true));
+        return;
+      }
+      // Low dword first, as a 32-bit driver writes a 64-bit register.
+      this.mmio.write(gpa, 4, data.getUint32(dataOffset, true));
+      this.mmio.write(gpa + 4, 4, data.getUint32(dataOffset + 4, true));
+      return;
+    }
+    const v =
+      sizeBytes === 1
+        ? data.getUint8(dataOffset)
+        : sizeBytes === 2
+          ? data.getUint16(dataOffset, true)
+          : data.getUint32(dataOffset, true);
+    this.mmio.write(gpa, sizeBytes as AccessSize, v);
+  }
+
+  private wideAt(gpa: number): { base: number; sizeBytes: number; handler: WideIoHandler } | undefined {
+    for (const w of this.wideMmio) if (gpa >= w.base && gpa + 8 <= w.base + w.sizeBytes) return w;
+    return undefined;
+  }
+}

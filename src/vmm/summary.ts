@@ -1,0 +1,67 @@
+/**
+ * The VMM's end-of-run summary: how the run ended, KVM exits, and what the IOMMU and the
+ * devices did (mappings, IOTLB hits and misses, faults by reason, interrupts).
+ */
+import type { Machine, RunResult } from "./machine.ts";
+import { describeStop } from "./machine.ts";
+
+function bdf(rid: number): string {
+  const h = (n: number, w: number) => n.toString(16).padStart(w, "0");
+  return `${h(rid >> 8, 2)}:${h((rid >> 3) & 0x1f, 2)}.${rid & 7}`;
+}
+
+function nonZero(record: Readonly<Record<string, number>>): string {
+  const parts = Object.entries(record)
+    .filter(([, v]) => v !== 0)
+    .map(([k, v]) => `${k} ${v}`);
+  return parts.length === 0 ? "none" : parts.join(", ");
+}
+
+export function formatSummary(machine: Machine, result: RunResult): string {
+  const p = machine.platform;
+  const lines: string[] = [];
+  lines.push("--- viommu run summary ---");
+  lines.push(`stop: ${describeStop(result.stop)}; exit status ${result.status}; ${result.wallMs} ms`);
+  lines.push(
+    `kvm: ${result.exits} exits (port I/O ${machine.ioExits}, MMIO ${machine.mmioExits}, IOAPIC EOI ${machine.eoiExits}); ` +
+      `RAM ${machine.ramLayout.totalBytes >> 20} MiB ${machine.ram.backing}`,
+  );
+  const u = p.uart.stats();
+  lines.push(`com1: ${u.txBytes} bytes out, ${u.rxBytes} in`);
+  const irq = p.interrupts.stats();
+  lines.push(
+    `interrupts: ${irq.msisDelivered} MSIs delivered, ${irq.msisBlockedByRemapping} blocked by remapping, ` +
+      `${irq.ioapicMessages} from the IOAPIC`,
+  );
+  if (p.viommu !== null) {
+    const s = p.viommu.engine.stats();
+    const req = Object.entries(s.requests)
+      .map(([type, byStatus]) => [type, Object.values(byStatus).reduce((a, b) => a + b, 0)] as const)
+      .filter(([, n]) => n > 0)
+      .map(([type, n]) => `${type} ${n}`)
+      .join(", ");
+    lines.push(
+      `virtio-iommu: ${s.domains} domains, ${s.attachedEndpoints} attached endpoints, ${s.mappings} mappings`,
+    );
+    lines.push(`virtio-iommu: requests ${req || "none"}`);
+    lines.push(
+      `virtio-iommu: IOTLB ${s.iotlb.hits} hits, ${s.iotlb.misses} misses, ${s.iotlb.invalidations} invalidations`,
+    );
+    lines.push(
+      `virtio-iommu: faults by cause: ${nonZero(s.faultCauses)}; by reason: ${nonZero(s.faults)}; events queued ${s.events.queued}`,
+    );
+  }
+  if (p.vtd !== null) {
+    const s = p.vtd.stats();
+    lines.push(`vt-d: ${s.translations} translations, IOTLB ${s.iotlbHits} hits, ${s.iotlbMisses} misses`);
+    lines.push(
+      `vt-d: ${s.dmaFaults} DMA faults, ${s.interruptsRemapped} interrupts remapped, ${s.interruptFaults} interrupt faults`,
+    );
+  }
+  for (const d of p.devices) {
+    lines.push(
+      `${d.kind} ${bdf(d.requesterId)} (${d.iommu ? "behind the IOMMU" : "bypasses the IOMMU"}): ${JSON.stringify(d.stats())}`,
+    );
+  }
+  return `${lines.join("\n")}\n`;
+}
