@@ -90,6 +90,37 @@ function commandLoop(make: (i: number) => readonly number[], batch: number): (n:
   };
 }
 
+/**
+ * The unmap path with real work: one page of ASID 1 is cached (one walk), then TLBI_NH_VA or
+ * TLBI_NH_ASID + CMD_SYNC removes it while ASID 2 keeps 256 entries resident.
+ */
+function unmapLoop(kind: "va" | "asid"): (n: number) => void {
+  const fx = s1Fixture(4096);
+  const other = attachS1(fx, 9, { asid: 2 });
+  for (let i = 0; i < PAGES; i++) other.map(0x4000_0000 + i * 4096, 0x20_0000 + i * 4096, 3, s1Attrs());
+  const t = new Translation();
+  for (let i = 0; i < PAGES; i++) fx.smmu.translate(9, 0x4000_0000 + i * 4096, ACCESS_READ, t);
+  const log2 = fx.driver.cmdqLog2;
+  const size = 1 << log2;
+  for (let i = 0; i < size; i++) {
+    const c =
+      i % 2
+        ? cmd.sync(1, 0x10_0000, 0)
+        : kind === "va"
+          ? cmd.tlbiNhVa(0, 1, 0x4000_0000)
+          : cmd.tlbiNhAsid(0, 1);
+    writeWords(fx.memory, fx.driver.cmdq + i * 16, c);
+  }
+  let prod = fx.smmu.read(REG.CMDQ_PROD, 4);
+  return (n: number) => {
+    for (let k = 0; k < n; k++) {
+      fx.smmu.translate(8, 0x4000_0000, ACCESS_READ, t);
+      prod = ptrIncrement(ptrIncrement(prod, log2), log2);
+      fx.smmu.write(REG.CMDQ_PROD, 4, prod);
+    }
+  };
+}
+
 const hit = s1Fixture(4096);
 const miss = s1Fixture(1);
 const nestedHit = nestedFixture(4096);
@@ -126,7 +157,17 @@ export const cases: BenchCase[] = [
   },
   {
     group: "smmuv3: command queue",
-    name: "TLBI_NH_ASID + CMD_SYNC (MSI write) pairs",
+    name: "walk + TLBI_NH_VA + CMD_SYNC, 256 other entries live",
+    run: unmapLoop("va"),
+  },
+  {
+    group: "smmuv3: command queue",
+    name: "walk + TLBI_NH_ASID + CMD_SYNC, 256 other entries live",
+    run: unmapLoop("asid"),
+  },
+  {
+    group: "smmuv3: command queue",
+    name: "TLBI_NH_ASID (nothing cached) + CMD_SYNC (MSI write) pairs",
     run: commandLoop((i) => (i % 2 ? cmd.sync(1, 0x10_0000, 0) : cmd.tlbiNhAsid(0, 1)), 2),
   },
 ];
