@@ -127,6 +127,14 @@ function bdf(sourceId: number): string {
   return `${bus}:${dev}.${sourceId & 7}`;
 }
 
+/** Narrows a block that spans the input interrupt window to the 4 KiB page holding `iova`. */
+function clipToInputWindow(out: Translation, iova: number): void {
+  if (out.iovaBase <= INTERRUPT_LAST && out.iovaBase + out.sizeBytes > INTERRUPT_BASE) {
+    const offset = iova - (iova % 4096) - out.iovaBase;
+    out.set(out.iovaBase + offset, out.gpaBase + offset, 4096, out.perms);
+  }
+}
+
 function engineReason(code: number): DmaFaultReason {
   switch (code) {
     case FR.ROOT_NOT_PRESENT:
@@ -419,14 +427,20 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       return t.scalable ? FR.SM_ADDRESS_BEYOND_AW : FR.ADDRESS_BEYOND_MGAW;
     }
     const intrReason = t.scalable ? FR.SM_INTERRUPT_ADDRESS : FR.INTERRUPT_ADDRESS;
+    // VT-d 3.14: requests without PASID to 0xFEEx_xxxx are interrupt requests, never DMA; a
+    // memory access that reaches the DMA path there is blocked whatever the tables say.
+    const inputWindow = !t.requestHasPasid;
+    if (inputWindow && iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) return intrReason;
     if (t.kind === TARGET.IDENTITY) {
-      if (iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) return intrReason;
       if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, PERM_RW);
       else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, t.inputLimit - INTERRUPT_LAST - 1, PERM_RW);
       return 0;
     }
     const iotlb = this.iotlb;
-    if (iotlb.lookup(t.iotlbTag, iova, out) && (out.perms & access) === access) return 0;
+    if (iotlb.lookup(t.iotlbTag, iova, out) && (out.perms & access) === access) {
+      if (inputWindow) clipToInputWindow(out, iova);
+      return 0;
+    }
     const w = this.walkOut;
     const code =
       t.kind === TARGET.SECOND_STAGE
@@ -435,7 +449,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     if (code !== WALK.OK) return this.walkReason(t, code, access);
     const gpa = w.gpaBase + (iova - w.iovaBase);
     if (w.gpaBase <= INTERRUPT_LAST && w.gpaBase + w.sizeBytes > INTERRUPT_BASE) {
-      // The leaf overlaps the interrupt window: only its 4 KiB pages outside it translate.
+      // The leaf's output overlaps the interrupt window: only its 4 KiB pages outside it translate.
       if (gpa >= INTERRUPT_BASE && gpa <= INTERRUPT_LAST) return intrReason;
       const page = iova - (iova % 4096);
       out.set(page, gpa - (gpa % 4096), 4096, w.perms);
@@ -443,6 +457,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       out.set(w.iovaBase, w.gpaBase, w.sizeBytes, w.perms);
     }
     iotlb.insertFrom(t.iotlbTag, iova, out);
+    if (inputWindow) clipToInputWindow(out, iova);
     return 0;
   }
 

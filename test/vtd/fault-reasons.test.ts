@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../../src/engine/access.ts";
 import type { DmaAddressSpace } from "../../src/engine/dma-space.ts";
+import { Translation } from "../../src/engine/translation.ts";
 import { FR } from "../../src/vtd/fault-reasons.ts";
 import { GCMD, REG } from "../../src/vtd/registers.ts";
 import { decodeFrcd, frcd, type GuestDriver, PageTable, type Rig, rig } from "./guest.ts";
@@ -689,4 +690,29 @@ test("an IOVA at or above 2^53 is an address-width fault (engine limit, document
   const f = r.unit.translate(SID, 2 ** 60, ACCESS_READ, out as never);
   assert.equal(f?.code, FR.ADDRESS_BEYOND_MGAW);
   assert.equal(decodeFrcd(frcd(r.unit, 0)).address, 1n << 60n);
+});
+
+test("a request without PASID to input 0xFEEx_xxxx is an interrupt request, never DMA (VT-d 3.14)", () => {
+  const r = rig();
+  r.driver.setRootTable(false);
+  const pt = legacy(r, r.driver);
+  // A 1 GiB leaf covering the interrupt window maps it like any other memory.
+  pt.map(0xc0000000, 0x0, 3, PageTable.ss(true, true));
+  const dma = r.unit.addEndpoint(SID);
+  r.driver.setPersistent(GCMD.TE, true);
+  r.memory.writeU32(0x1000, 5);
+  assert.equal(dma.readUint(0xc0001000, 4), 5);
+  // The block handed to the address space must not cover the window (its one-entry cache).
+  assert.equal(dma.readUint(0xfee00000, 4), -1);
+  assert.equal(dma.lastFault?.code, FR.INTERRUPT_ADDRESS);
+  const rec = decodeFrcd(frcd(r.unit, 0));
+  assert.equal(rec.reason, FR.INTERRUPT_ADDRESS);
+  assert.equal(rec.address, 0xfee00000n);
+  // Pages next to the window still translate through the same superpage, 4 KiB at a time.
+  const out = new Translation();
+  assert.equal(r.unit.translate(SID, 0xfef00010, ACCESS_READ, out), null);
+  assert.deepEqual([out.iovaBase, out.gpaBase, out.sizeBytes], [0xfef00000, 0x3ef00000, 4096]);
+  assert.equal(r.unit.translate(SID, 0xc0001000, ACCESS_READ, out), null);
+  // The 1 GiB block contains the window, so it is handed out 4 KiB at a time everywhere.
+  assert.deepEqual([out.iovaBase, out.gpaBase, out.sizeBytes], [0xc0001000, 0x1000, 4096]);
 });
