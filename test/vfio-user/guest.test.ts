@@ -9,11 +9,18 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { test } from "node:test";
-import { describeRun, findResult, labAvailable, runGuest } from "../../tools/guest-lab/lab.ts";
+import { before, describe, test } from "node:test";
+import {
+  describeRun,
+  findResult,
+  labAvailable,
+  type RunGuestOutcome,
+  runGuest,
+} from "../../tools/guest-lab/lab.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");
 const lab = labAvailable();
@@ -82,9 +89,9 @@ test("guest: vfio-edu-test drives our edu over vfio-user (QEMU virtio-iommu in f
       cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
       timeoutMs: 150_000,
       script: [
-        'v="$(cat /sys/bus/pci/devices/0000:00:10.0/vendor):$(cat /sys/bus/pci/devices/0000:00:10.0/device)"',
+        'v="$(cat /sys/bus/pci/devices/0000:00:11.0/vendor):$(cat /sys/bus/pci/devices/0000:00:11.0/device)"',
         'if [ "$v" = "0x1234:0x11e8" ]; then echo "RESULT name=edu-enumerated status=pass detail=$v"; else echo "RESULT name=edu-enumerated status=fail detail=$v"; fi',
-        "vfio-edu-test 0000:00:10.0",
+        "vfio-edu-test 0000:00:11.0",
       ].join("\n"),
     });
     const stats = await serve.stop();
@@ -114,37 +121,152 @@ test("guest: vfio-edu-test drives our edu over vfio-user (QEMU virtio-iommu in f
   }
 });
 
-test("guest: virtio-rng over vfio-user: Linux virtio_rng binds, /dev/hwrng returns our bytes, MSI-X vectors fire through eventfds", {
+/** Deterministic pattern (xorshift32, seed printed) for the disk test. */
+function pattern(sizeBytes: number, seed: number): Uint8Array {
+  const out = new Uint8Array(sizeBytes);
+  let x = seed;
+  for (let i = 0; i < sizeBytes; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+    out[i + 1] = (x >>> 8) & 0xff;
+    out[i + 2] = (x >>> 16) & 0xff;
+    out[i + 3] = x >>> 24;
+  }
+  return out;
+}
+
+const md5 = (b: Uint8Array) => createHash("md5").update(b).digest("hex");
+
+interface ServeStats {
+  devices: {
+    name: string;
+    server: { irqs: { signalled: { msix: number } } };
+    device: Record<string, unknown>;
+    host?: { entries: number; maps: number; unmaps: number };
+  }[];
+}
+
+describe("guest: our virtio-iommu, edu, virtio-blk and virtio-rng over vfio-user, one Linux boot", {
   skip: !lab.ok,
-  timeout: 180_000,
-}, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "viommu-serve-"));
-  const serve = await startServe(dir, ["--rng"]);
-  try {
-    const run = await runGuest({
-      qemuArgs: serve.qemuArgs,
-      timeoutMs: 150_000,
-      script: [
-        'cur="$(cat /sys/class/misc/hw_random/rng_current)"',
-        'case "$cur" in virtio_rng*) echo "RESULT name=rng-bound status=pass detail=$cur";; *) echo "RESULT name=rng-bound status=fail detail=$cur";; esac',
-        "n=$(dd if=/dev/hwrng bs=512 count=8 2>/dev/null | wc -c)",
-        'distinct=$(dd if=/dev/hwrng bs=256 count=1 2>/dev/null | od -An -v -tx1 | tr " " "\\n" | grep . | sort -u | wc -l)',
-        'if [ "$n" = 4096 ] && [ "$distinct" -gt 100 ]; then s=pass; else s=fail; fi',
-        'echo "RESULT name=rng-read status=$s detail=bytes=$n distinct_of_256=$distinct"',
-        'irq=$(grep virtio0-input /proc/interrupts | awk "{print \\$2}")',
-        'if [ -n "$irq" ] && [ "$irq" -gt 0 ]; then s=pass; else s=fail; fi',
-        'echo "RESULT name=rng-msix status=$s detail=interrupts=$irq"',
-      ].join("\n"),
-    });
-    const stats = await serve.stop();
-    const why = `${describeRun(run)}\n--- serve stderr ---\n${serve.stderr().slice(-3000)}`;
-    for (const name of ["rng-bound", "rng-read", "rng-msix"]) {
+}, () => {
+  const PATTERN_BYTES = 4 << 20;
+  const SEED = 0x1234abcd;
+  let run: RunGuestOutcome;
+  let stats: ServeStats;
+  let why: string;
+  let disk: string;
+  let dir: string;
+  const data = pattern(PATTERN_BYTES, SEED);
+
+  before(async () => {
+    console.log(`# disk pattern seed 0x${SEED.toString(16)}`);
+    dir = mkdtempSync(join(tmpdir(), "viommu-serve-"));
+    disk = join(dir, "disk.img");
+    writeFileSync(disk, new Uint8Array(16 << 20));
+    const serve = await startServe(dir, [
+      "--iommu",
+      "virtio",
+      "--device",
+      "edu,iommu=on",
+      "--disk",
+      `path=${disk},iommu=on`,
+      "--rng",
+    ]);
+    try {
+      run = await runGuest({
+        qemuArgs: serve.qemuArgs,
+        cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+        timeoutMs: 170_000,
+        files: { "pattern.bin": data },
+        script: [
+          'r() { echo "RESULT name=$1 status=$2 detail=$3"; }',
+          // (1) the driver binds to our virtio-iommu-pci (1af4:1057 at 00:10.0)
+          'drv="$(readlink /sys/bus/pci/devices/0000:00:10.0/driver)"',
+          'if [ -e /sys/bus/virtio/drivers/virtio_iommu/virtio0 ] || ls /sys/bus/virtio/drivers/virtio_iommu/ | grep -q virtio; then r viommu-bound pass "$drv"; else r viommu-bound fail "$drv"; fi',
+          // (3) VFIO in the guest on our edu (this binds it to vfio-pci, which puts it in a group)
+          "vfio-edu-test 0000:00:11.0",
+          // (1) groups: every iommu=on endpoint, no iommu=off one
+          'for b in 0000:00:11.0 0000:00:12.0 0000:00:13.0; do if [ -e /sys/bus/pci/devices/$b/iommu_group ]; then g=$(basename $(readlink /sys/bus/pci/devices/$b/iommu_group)); else g=none; fi; echo "GROUP $b $g"; done',
+          'echo "GROUPS $(ls /sys/kernel/iommu_groups/*/devices/ | tr "\n" " ")"',
+          // (2) virtio-blk through the IOMMU
+          "dd if=/viommu/pattern.bin of=/dev/vda bs=65536 conv=fsync 2>/dev/null && r blk-write pass fsync || r blk-write fail rc=$?",
+          "echo 3 > /proc/sys/vm/drop_caches",
+          `sum=$(dd if=/dev/vda bs=65536 count=${PATTERN_BYTES / 65536} 2>/dev/null | md5sum | cut -d" " -f1)`,
+          `if [ "$sum" = "${md5(data)}" ]; then r blk-readback pass "md5=$sum"; else r blk-readback fail "md5=$sum"; fi`,
+          // rng (iommu=off) still works
+          "n=$(dd if=/dev/hwrng bs=256 count=4 2>/dev/null | wc -c)",
+          '[ "$n" = 1024 ] && r rng-read pass "bytes=$n" || r rng-read fail "bytes=$n"',
+          "dmesg | grep -E 'virtio_iommu|iommu group|VIOT' ",
+        ].join("\n"),
+      });
+    } finally {
+      stats = (await serve.stop()) as unknown as ServeStats;
+      why = `${describeRun(run, 80)}\n--- serve stderr ---\n${serve.stderr().slice(-2000)}`;
+    }
+  });
+
+  test("(1) the Linux virtio-iommu driver binds to our virtio-iommu-pci found through our VIOT", () => {
+    assert.equal(findResult(run.results, "viommu-bound")?.status, "pass", why);
+    assert.match(run.log, /ACPI: VIOT .* VIOMMU/, why);
+    assert.match(run.log, /virtio_iommu virtio\d+: page mask: 0x40201000/, why);
+  });
+
+  test("(1) /sys/kernel/iommu_groups lists each iommu=on endpoint and no iommu=off one", () => {
+    const group = (bdf: string) => new RegExp(`GROUP ${bdf} (\\S+)`).exec(run.log)?.[1];
+    assert.notEqual(group("0000:00:11.0"), "none", `edu (iommu=on)\n${why}`);
+    assert.notEqual(group("0000:00:12.0"), "none", `disk (iommu=on)\n${why}`);
+    assert.equal(group("0000:00:13.0"), "none", `rng (iommu=off)\n${why}`);
+    assert.notEqual(group("0000:00:11.0"), undefined, why);
+  });
+
+  test("(2) virtio-blk through the IOMMU: pattern written and read back, checksums equal the host file, flush persisted", () => {
+    assert.equal(findResult(run.results, "blk-write")?.status, "pass", why);
+    assert.equal(findResult(run.results, "blk-readback")?.status, "pass", why);
+    const host = readFileSync(disk).subarray(0, PATTERN_BYTES);
+    assert.equal(md5(host), md5(data), "the host file holds what the guest wrote");
+    const blk = stats.devices.find((d) => d.name.startsWith("disk"))!.device as {
+      requests: Record<string, number>;
+      fsyncs: number;
+      dmaFaults: number;
+      bytesWritten: number;
+    };
+    assert.ok(blk.requests.flush > 0 && blk.fsyncs > 0, `flush reached the file: ${JSON.stringify(blk)}`);
+    assert.ok(blk.bytesWritten >= PATTERN_BYTES);
+    assert.equal(blk.dmaFaults, 0);
+  });
+
+  test("(3) VFIO in the guest: vfio-edu-test maps, edu DMAs both ways through our IOMMU, DMA after unmap is blocked and logged as a fault", () => {
+    for (const name of [
+      "vfio-open",
+      "dma-map",
+      "dma-roundtrip",
+      "dma-roundtrip-2",
+      "dma-unmap",
+      "dma-after-unmap-blocked",
+      "dma-read-after-unmap-blocked",
+      "vfio-edu-test",
+    ]) {
       assert.equal(findResult(run.results, name)?.status, "pass", `${name}\n${why}`);
     }
-    const server = (stats.devices as { server: { irqs: { signalled: { msix: number } } } }[])[0].server;
-    assert.ok(server.irqs.signalled.msix > 0, why);
-  } finally {
-    if (serve.child.exitCode === null) serve.child.kill("SIGKILL");
+    // EP 136 = 0x88 = 00:11.0; the after-unmap write to iova+4K and the read from iova.
+    assert.match(run.log, /virtio_iommu virtio\d+: page fault from EP 136 at 0x101000 \[W\]/, why);
+    assert.match(run.log, /virtio_iommu virtio\d+: page fault from EP 136 at 0x100000 \[R\]/, why);
+    const iommu = stats.devices.find((d) => d.name === "virtio-iommu")!.device as {
+      engine: { faults: { mapping: number }; requests: { map: { OK: number }; unmap: { OK: number } } };
+    };
+    assert.ok(iommu.engine.faults.mapping >= 2, JSON.stringify(iommu.engine.faults));
+    const edu = stats.devices.find((d) => d.name.startsWith("edu"))!;
+    assert.ok((edu.device as { dmaFaults: number }).dmaFaults >= 2);
+    // The host-propagation model saw the VFIO mappings come and go.
+    assert.ok(edu.host !== undefined && edu.host.maps > 0 && edu.host.unmaps > 0, JSON.stringify(edu.host));
+  });
+
+  test("virtio-rng (iommu=off) over vfio-user works beside them, MSI-X through eventfds", () => {
+    assert.equal(findResult(run.results, "rng-read")?.status, "pass", why);
+    const rng = stats.devices.find((d) => d.name.startsWith("rng"))!;
+    assert.ok(rng.server.irqs.signalled.msix > 0);
     rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
