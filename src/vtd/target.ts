@@ -40,6 +40,12 @@ export interface Target {
   readonly fsRequest: FirstStageRequest;
 }
 
+/**
+ * Endpoint ids at or above this carry translated requests (PCIe AT=10b) from the source id in
+ * their low 16 bits: addresses a device-TLB already translated.
+ */
+export const TRANSLATED_KEY = 2 ** 40;
+
 export function endpointKey(sourceId: number, pasid: number, privileged: boolean): number {
   if (pasid < 0) return sourceId;
   return sourceId + 65536 * (1 + pasid + NO_PASID * (privileged ? 1 : 0));

@@ -52,7 +52,15 @@ import {
 } from "./registers.ts";
 import { SecondStageWalker, WALK, WalkOut } from "./second-stage.ts";
 import { TableReader } from "./tables.ts";
-import { decodeEndpointKey, endpointKey, TARGET, type Target, TargetCache, tagDomain } from "./target.ts";
+import {
+  decodeEndpointKey,
+  endpointKey,
+  TARGET,
+  type Target,
+  TargetCache,
+  TRANSLATED_KEY,
+  tagDomain,
+} from "./target.ts";
 
 /** The interrupt window: DMA whose output lands here faults (VT-d 3.14). */
 const INTERRUPT_BASE = 0xfee00000;
@@ -317,6 +325,19 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     return new DmaAddressSpace(this.memory, this, endpointKey(sourceId, pasid, privileged));
   }
 
+  /**
+   * The address space for translated requests (AT=10b) from an endpoint with a device-TLB:
+   * addresses it translated through `translationRequest`. VT-d 4.2.4: they pass untranslated
+   * when the context allows device-TLBs (legacy TT=01, scalable DTE=1) and fault otherwise.
+   */
+  translatedAddressSpace(sourceId: number): DmaAddressSpace {
+    const ep = this.endpoints.get(sourceId);
+    if (ep === undefined || ep.deviceTlb === null) {
+      throw new Error(`VT-d: endpoint ${bdf(sourceId)} has no device-TLB (add it with { ats })`);
+    }
+    return new DmaAddressSpace(this.memory, this, TRANSLATED_KEY + sourceId);
+  }
+
   // ---------------------------------------------------------------- translation
 
   /** Why the last `lookupTarget` returned null, and whether an FPD bit on the path was set. */
@@ -468,6 +489,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       out.set(0, 0, MAX_ADDRESS + 1, PERM_RW);
       return null;
     }
+    if (endpointId >= TRANSLATED_KEY)
+      return this.translateTranslated(endpointId - TRANSLATED_KEY, iova, access, out);
     const key = endpointId;
     const t = this.lookupTarget(key);
     if (t === null)
@@ -485,6 +508,34 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     }
     const reason = this.translateTarget(t, iova, access, out);
     if (reason !== 0) return this.fault(key, iova, access, reason, t.fpd, ADDRESS_TYPE.UNTRANSLATED);
+    return null;
+  }
+
+  /** A translated request: allowed through unchanged only where device-TLBs are enabled. */
+  private translateTranslated(
+    sourceId: number,
+    iova: number,
+    access: Access,
+    out: Translation,
+  ): DmaFault | null {
+    const t = this.lookupTarget(sourceId);
+    if (t === null) {
+      return this.fault(sourceId, iova, access, this.lookupReason, this.lookupFpd, ADDRESS_TYPE.TRANSLATED);
+    }
+    if (!t.atsAllowed) {
+      const reason = t.scalable ? FR.SM_CONTEXT_DTE_CLEAR : FR.TRANSLATION_BLOCKED;
+      return this.fault(sourceId, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATED);
+    }
+    if (!(Number.isSafeInteger(iova) && iova >= 0)) {
+      const reason = t.scalable ? FR.SM_ADDRESS_BEYOND_AW : FR.ADDRESS_BEYOND_MGAW;
+      return this.fault(sourceId, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATED);
+    }
+    if (iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) {
+      const reason = t.scalable ? FR.SM_INTERRUPT_ADDRESS : FR.INTERRUPT_ADDRESS;
+      return this.fault(sourceId, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATED);
+    }
+    if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, PERM_RW);
+    else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, MAX_ADDRESS - INTERRUPT_LAST, PERM_RW);
     return null;
   }
 

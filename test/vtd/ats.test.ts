@@ -74,3 +74,27 @@ test("an endpoint without a device-TLB gets Unsupported Request", () => {
 test("an ATS endpoint needs device-iotlb=on", () => {
   assert.throws(() => rig().unit.addEndpoint(SID, { ats: noopTlb }), /device-iotlb=on/);
 });
+
+test("translated requests pass unchanged when the context allows device-TLBs (TT=01)", () => {
+  const { unit, pt, memory } = legacyAts(1);
+  pt.map(0x8000, 0x108000, 1, 3n);
+  const c = unit.translationRequest(SID, 0x8000, true);
+  assert.equal(c.status, "success");
+  const translated = unit.translatedAddressSpace(SID);
+  memory.writeU32(0x108000, 0x77);
+  assert.equal(c.status === "success" && translated.readUint(c.gpaBase, 4), 0x77);
+});
+
+test("translated requests are blocked with TT=00 (fault 0xD, AT=translated)", () => {
+  const r = rig({ config: "device-iotlb=on" });
+  r.driver.setRootTable(false);
+  const pt = new PageTable(r.memory, r.alloc, 4);
+  r.driver.setLegacyContext(SID, { did: 1, tt: 0, slptptr: pt.root });
+  r.unit.addEndpoint(SID, { ats: noopTlb });
+  r.driver.setPersistent(GCMD.TE, true);
+  const translated = r.unit.translatedAddressSpace(SID);
+  assert.equal(translated.readUint(0x108000, 4), -1);
+  const rec = decodeFrcd(frcd(r.unit, 0));
+  assert.equal(rec.reason, FR.TRANSLATION_BLOCKED);
+  assert.equal(rec.at, 2);
+});
