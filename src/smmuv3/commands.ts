@@ -66,11 +66,6 @@ export const cmdRange = (w2: number): number => w2 & 0x1f;
 export const cmdTtl = (w2: number): number => (w2 >>> 8) & 3;
 export const cmdTg = (w2: number): number => (w2 >>> 10) & 3;
 
-/** TLBI address bits 63:12 as a bigint (VA) — the upper half decides TTB0/TTB1. */
-export function cmdAddress(w2: number, w3: number): bigint {
-  return (BigInt(w3 >>> 0) << 32n) | BigInt((w2 >>> 0) & 0xfffff000);
-}
-
 /** CMD_SYNC MSIAddr bits 51:2. */
 export function cmdSyncMsiAddr(w2: number, w3: number): number {
   return (w3 & 0xfffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffffffc);

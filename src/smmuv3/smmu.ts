@@ -31,7 +31,6 @@ import {
   CMD_BYTES,
   CS_IRQ,
   CS_SEV,
-  cmdAddress,
   cmdAsid,
   cmdLeaf,
   cmdNum,
@@ -246,6 +245,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   /** tag -> (leaf base -> leaf bytes) for leaves cached as smaller IOTLB pieces. */
   private readonly splitLeaves = new Map<number, Map<number, number>>();
   private splitLeafCount = 0;
+  /** Distinct sizes of the tracked leaves (a handful: 16K, 64K, 32M, 512M, ...). */
+  private readonly splitLeafSizes = new Set<number>();
   /** Bumped by every configuration change and every invalidation command. */
   private ownEpoch = 0;
   /** Bumped by configuration changes only (CFGI_*, CR0, GBPA, stream table base). */
@@ -851,9 +852,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case OP.TLBI_NH_VAA: {
         const tg = cmdTg(w2);
         this.count(op);
-        const va = cmdAddress(w2, w3);
-        const upper = ((va >> 55n) & 1n) === 1n;
-        const key = Number(va & 0xffff_ffff_ffffn);
+        // Address bits 63:12; VA[55] (word 3 bit 23) selects the TTB1 half, the key is VA[47:0].
+        const upper = ((w3 >>> 23) & 1) === 1;
+        const key = (w3 & 0xffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffff000);
         const sizeBytes = this.rangeBytes(w0, tg);
         const vmid = this.vmidOf(w1);
         if (op === OP.TLBI_NH_VA) {
@@ -881,7 +882,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         const tg = cmdTg(w2);
         this.count(op);
         const vmid = this.vmidOf(w1);
-        const ipa = Number(cmdAddress(w2, w3 & 0xfffff));
+        const ipa = (w3 & 0xfffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffff000);
         const sizeBytes = this.rangeBytes(w0, tg);
         this.invalidateVa(TAG_S2_ONLY + vmid * 65536, ipa, sizeBytes);
         // Combined stage-1+2 entries of this VMID cannot be found by IPA: drop them all.
@@ -1006,23 +1007,43 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private invalidateVa(tag: number | null, key: number, sizeBytes: number): void {
     this.ownEpoch++;
     if (tag !== null && !this.liveTags.has(tag)) return;
-    const first = key;
-    const last = key + Math.max(sizeBytes, 1) - 1;
     this.iotlb.invalidateRange(tag, key - (key % 4096), Math.max(sizeBytes, 4096));
-    const visit = (t: number, leaves: Map<number, number>): void => {
-      for (const [base, bytes] of leaves) {
-        if (base <= last && base + bytes - 1 >= first) {
-          this.iotlb.invalidateRange(t, base, bytes);
+    if (this.splitLeafCount === 0) return;
+    const last = key + Math.max(sizeBytes, 1) - 1;
+    if (tag !== null) {
+      const leaves = this.splitLeaves.get(tag);
+      if (leaves !== undefined) this.dropSplitLeaves(tag, leaves, key, last, sizeBytes === 0);
+    } else {
+      for (const [t, leaves] of this.splitLeaves) this.dropSplitLeaves(t, leaves, key, last, sizeBytes === 0);
+    }
+  }
+
+  /** Invalidates the tracked leaves of `tag` that overlap [first, last]. */
+  private dropSplitLeaves(
+    tag: number,
+    leaves: Map<number, number>,
+    first: number,
+    last: number,
+    single: boolean,
+  ): void {
+    if (single) {
+      // One address: only the leaf of each tracked size that contains it can match.
+      for (const size of this.splitLeafSizes) {
+        const base = first - (first % size);
+        if (leaves.get(base) === size) {
+          this.iotlb.invalidateRange(tag, base, size);
           leaves.delete(base);
           this.splitLeafCount--;
         }
       }
-    };
-    if (tag !== null) {
-      const leaves = this.splitLeaves.get(tag);
-      if (leaves !== undefined) visit(tag, leaves);
-    } else {
-      for (const [t, leaves] of this.splitLeaves) visit(t, leaves);
+      return;
+    }
+    for (const [base, bytes] of leaves) {
+      if (base <= last && base + bytes - 1 >= first) {
+        this.iotlb.invalidateRange(tag, base, bytes);
+        leaves.delete(base);
+        this.splitLeafCount--;
+      }
     }
   }
 
@@ -1035,6 +1056,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
 
   private clearSplitLeaves(): void {
     this.splitLeaves.clear();
+    this.splitLeafSizes.clear();
     this.splitLeafCount = 0;
   }
 
@@ -1079,6 +1101,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
             this.splitLeaves.set(tag, leaves);
           }
           leaves.set(leafBase, leafBytes);
+          this.splitLeafSizes.add(leafBytes);
           this.splitLeafCount++;
         }
       }
@@ -1191,8 +1214,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       const split = (cfg >>> 6) & 0x1f;
       // SPLIT other than 6, 8 or 10 is reserved; it behaves as 6 here (CONSTRAINED UNPREDICTABLE).
       const s = split === 8 || split === 10 ? split : 6;
-      const l1Base = base - (base % Math.max(64, 2 ** Math.max(0, log2size - s) * 8));
-      const l1Gpa = l1Base + Math.floor(sid / 2 ** s) * 8;
+      const l1Gpa = base + Math.floor(sid / 2 ** s) * 8;
       if (!this.readWords(l1Gpa, 8)) return this.fail(EVT.F_STE_FETCH, true, false, 0, 0, l1Gpa, "fetch");
       const span = this.words[0] & 0x1f;
       // Span 0 marks an invalid L1 descriptor; Span > SPLIT+1 is reserved (5.1.2).
@@ -1200,7 +1222,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       const low = sid % 2 ** s;
       if (low >= 2 ** (span - 1)) return this.failConfig(EVT.C_BAD_STREAMID);
       const l2 = (this.words[1] & 0xfffff) * 2 ** 32 + (this.words[0] & 0xffffffc0);
-      steGpa = l2 - (l2 % Math.max(64, 2 ** (span - 1) * STE_BYTES)) + low * STE_BYTES;
+      steGpa = l2 + low * STE_BYTES;
     } else {
       // FMT 0b1x is reserved: no stream is reachable (CONSTRAINED UNPREDICTABLE choice).
       return this.failConfig(EVT.C_BAD_STREAMID);
