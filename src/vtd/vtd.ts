@@ -251,6 +251,24 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.resetRegisters();
   }
 
+  /**
+   * Platform reset: registers to their power-on values (translation, queued invalidation and
+   * interrupt remapping off), every cache emptied. Endpoints stay attached; assigned ones are
+   * resynchronised (identity over RAM, as DMA is untranslated again).
+   */
+  reset(): void {
+    this.resetRegisters();
+    this.rootTable = 0;
+    this.translationTableMode = 0;
+    this.targets.clear();
+    this.iotlb.invalidateAll();
+    this.interruptRemapper.setTable(0, 0);
+    this.faults.reset();
+    this.bumpEpoch();
+    if (this.tracer.on("config")) this.tracer.emit("config", "vtd", "reset", {});
+    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+  }
+
   private resetRegisters(): void {
     const r = this.regs;
     r.values.fill(0);

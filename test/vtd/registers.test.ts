@@ -252,3 +252,30 @@ test("without scalable mode CAP and ECAP fit below 2^53, so 8-byte reads as numb
   assert.equal(BigInt(u.read(REG.CAP, 8)), u.readWide(REG.CAP));
   assert.equal(BigInt(u.read(REG.ECAP, 8)), u.readWide(REG.ECAP));
 });
+
+test("reset returns registers to power-on values and DMA to untranslated", () => {
+  const { unit: u, driver: d, memory } = rig({ config: "intremap=on" });
+  d.enableQueuedInvalidation();
+  d.setRootTable(false);
+  d.setPersistent(GCMD.TE, true);
+  const dma = u.addEndpoint(0x10);
+  assert.equal(dma.readUint(0x1000, 4), -1);
+  const cap = u.readWide(REG.CAP);
+  u.reset();
+  assert.equal(d.r32(REG.GSTS), 0);
+  assert.equal(d.r64(REG.RTADDR), 0n);
+  assert.equal(d.r32(REG.FSTS), 0);
+  assert.equal(u.readWide(REG.CAP), cap);
+  memory.writeU32(0x1000, 4);
+  assert.equal(dma.readUint(0x1000, 4), 4);
+});
+
+test("dma-translation=off: an interrupt-remapping-only unit (SAGAW=0) ignores TE and SRTP", () => {
+  const { unit: u, driver: d, memory } = rig({ config: "dma-translation=off,intremap=on" });
+  assert.equal((u.readWide(REG.CAP) >> 8n) & 0x1fn, 0n);
+  d.w32(REG.GCMD, GCMD.TE | GCMD.SRTP);
+  assert.equal(d.r32(REG.GSTS) & (GCMD.TE | GCMD.SRTP), 0);
+  const dma = u.addEndpoint(0x10);
+  memory.writeU32(0x2000, 6);
+  assert.equal(dma.readUint(0x2000, 4), 6);
+});
