@@ -188,7 +188,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
           try {
             parseVtdConfig(rest);
           } catch (e) {
-            if (e instanceof VtdConfigError) throw new RunOptionError(`--iommu intel: ${e.message}`);
+            if (e instanceof VtdConfigError) throw new RunOptionError(`--iommu ${e.message}`);
             throw e;
           }
           iommu = { kind: "intel", spec: rest };

@@ -198,7 +198,11 @@ export class Platform {
     });
   }
 
-  /** An MMIO read of 1, 2, 4 or 8 bytes; 8-byte accesses are split in two dwords unless wide. */
+  /**
+   * An MMIO read of 1, 2, 4 or 8 bytes into `out`. An 8-byte access reaches the device as one
+   * 8-byte access (a wide device gets all 64 bits through readWide/writeWide; others the low
+   * 53 bits, per the IoHandler contract).
+   */
   mmioRead(gpa: number, sizeBytes: number, out: DataView, outOffset: number): void {
     if (sizeBytes === 8) {
       const wide = this.wideAt(gpa);
@@ -206,8 +210,9 @@ export class Platform {
         out.setBigUint64(outOffset, wide.handler.readWide(gpa - wide.base), true);
         return;
       }
-      out.setUint32(outOffset, this.mmio.read(gpa, 4) >>> 0, true);
-      out.setUint32(outOffset + 4, this.mmio.read(gpa + 4, 4) >>> 0, true);
+      const v = this.mmio.read(gpa, 8);
+      out.setUint32(outOffset, (v % 0x1_0000_0000) >>> 0, true);
+      out.setUint32(outOffset + 4, Math.floor(v / 0x1_0000_0000) >>> 0, true);
       return;
     }
     const v = this.mmio.read(gpa, sizeBytes as AccessSize);
@@ -216,6 +221,11 @@ export class Platform {
     else out.setUint32(outOffset, v >>> 0, true);
   }
 
+  /**
+   * An MMIO write of 1, 2, 4 or 8 bytes from `data`. An 8-byte value at or above 2^53 cannot be
+   * a `number`: for a device without wide access it is written as two dwords, low first (as a
+   * 32-bit driver would write it).
+   */
   mmioWrite(gpa: number, sizeBytes: number, data: DataView, dataOffset: number): void {
     if (sizeBytes === 8) {
       const wide = this.wideAt(gpa);
@@ -223,9 +233,14 @@ export class Platform {
         wide.handler.writeWide(gpa - wide.base, data.getBigUint64(dataOffset, true));
         return;
       }
-      // Low dword first, as a 32-bit driver writes a 64-bit register.
-      this.mmio.write(gpa, 4, data.getUint32(dataOffset, true));
-      this.mmio.write(gpa + 4, 4, data.getUint32(dataOffset + 4, true));
+      const lo = data.getUint32(dataOffset, true);
+      const hi = data.getUint32(dataOffset + 4, true);
+      if (hi < 0x200000) {
+        this.mmio.write(gpa, 8, hi * 0x1_0000_0000 + lo);
+      } else {
+        this.mmio.write(gpa, 4, lo);
+        this.mmio.write(gpa + 4, 4, hi);
+      }
       return;
     }
     const v =

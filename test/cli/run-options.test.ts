@@ -1,0 +1,110 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { devicesFor } from "../../src/cli/run.ts";
+import { parseRunOptions, parseSize, RUN_USAGE, RunOptionError } from "../../src/cli/run-options.ts";
+
+test("defaults: one vCPU, 256 MiB, built-in guest, no IOMMU, serial on the tty, QEMU's debug-exit port", () => {
+  const o = parseRunOptions([]);
+  assert.equal(o.cpus, 1);
+  assert.equal(o.memorySizeBytes, 256 << 20);
+  assert.equal(o.kernel, undefined);
+  assert.deepEqual(o.iommu, { kind: "none" });
+  assert.deepEqual(o.serial, { kind: "tty" });
+  assert.deepEqual(o.debugExit, { iobase: 0x501, iosize: 2 });
+});
+
+test("sizes: K/M/G suffixes are binary; a bare number is MiB as QEMU's -m", () => {
+  assert.equal(parseSize("512M", "x"), 512 << 20);
+  assert.equal(parseSize("2G", "x"), 2 * 1024 ** 3);
+  assert.equal(parseSize("65536K", "x"), 64 << 20);
+  assert.equal(parseSize("64", "x"), 64 << 20);
+  assert.throws(() => parseSize("12Q", "--memory"), /--memory: "12Q" is not a size/);
+});
+
+test("--memory size=S,file=F", () => {
+  const o = parseRunOptions(["--memory", "size=512M,file=/dev/hugepages/vm0"]);
+  assert.equal(o.memorySizeBytes, 512 << 20);
+  assert.equal(o.memoryFile, "/dev/hugepages/vm0");
+  assert.throws(() => parseRunOptions(["--memory", "size=512M,color=red"]), /unknown property "color"/);
+  assert.throws(() => parseRunOptions(["--memory", "8M"]), /at least 16M/);
+});
+
+test("--iommu intel takes QEMU intel-iommu properties, validated by the VT-d model", () => {
+  const o = parseRunOptions(["--iommu", "intel,intremap=on,caching-mode=on,aw-bits=48"]);
+  assert.deepEqual(o.iommu, { kind: "intel", spec: "intremap=on,caching-mode=on,aw-bits=48" });
+  assert.throws(
+    () => parseRunOptions(["--iommu", "intel,aw-bits=40"]),
+    /--iommu intel-iommu: aw-bits=40: supported values are 39, 48 and 57/,
+  );
+  assert.throws(() => parseRunOptions(["--iommu", "amd"]), /unknown IOMMU "amd"/);
+  assert.throws(() => parseRunOptions(["--iommu", "virtio,x=1"]), /takes no properties/);
+});
+
+test("--device edu[,iommu=on] and --rng [iommu=on]; iommu=on needs an --iommu", () => {
+  const o = parseRunOptions([
+    "--iommu",
+    "virtio",
+    "--device",
+    "edu,iommu=on",
+    "--device",
+    "edu",
+    "--rng",
+    "iommu=on",
+  ]);
+  assert.deepEqual(o.devices, [
+    { kind: "edu", iommu: true },
+    { kind: "edu", iommu: false },
+    { kind: "rng", iommu: true },
+  ]);
+  assert.deepEqual(parseRunOptions(["--rng"]).devices, [{ kind: "rng", iommu: false }]);
+  assert.throws(() => parseRunOptions(["--device", "edu,iommu=on"]), /no --iommu/);
+  assert.throws(() => parseRunOptions(["--device", "gpu"]), /unknown device "gpu"/);
+  assert.throws(
+    () => parseRunOptions(["--iommu", "virtio", "--device", "edu,iommu=maybe"]),
+    /expected on or off/,
+  );
+});
+
+test("the built-in guest gets an edu behind the IOMMU when one is configured", () => {
+  assert.deepEqual(devicesFor(parseRunOptions(["--iommu", "virtio"])), [{ kind: "edu", iommu: true }]);
+  assert.deepEqual(devicesFor(parseRunOptions([])), [{ kind: "edu", iommu: false }]);
+  assert.deepEqual(devicesFor(parseRunOptions(["--kernel", "k"])), []);
+});
+
+test("--serial tty|file=F|null; --debug-exit iobase/iosize; --timeout; --cmdline; --initramfs needs --kernel", () => {
+  assert.deepEqual(parseRunOptions(["--serial", "file=/tmp/x"]).serial, { kind: "file", path: "/tmp/x" });
+  assert.deepEqual(parseRunOptions(["--serial=null"]).serial, { kind: "null" });
+  assert.throws(() => parseRunOptions(["--serial", "pty"]), /--serial: expected tty, null or file=PATH/);
+  assert.deepEqual(parseRunOptions(["--debug-exit", "iobase=0xf4,iosize=4"]).debugExit, {
+    iobase: 0xf4,
+    iosize: 4,
+  });
+  assert.throws(() => parseRunOptions(["--debug-exit", "iobase=0x1ffff"]), /iobase must be a port/);
+  assert.equal(parseRunOptions(["--timeout", "5"]).timeoutSeconds, 5);
+  assert.equal(parseRunOptions(["--kernel", "k", "--cmdline", "a b"]).cmdline, "a b");
+  assert.deepEqual(parseRunOptions(["--kernel", "k", "--initramfs", "m1 x", "--initramfs", "m2"]).modules, [
+    "m1 x",
+    "m2",
+  ]);
+  assert.throws(() => parseRunOptions(["--initramfs", "m"]), /--initramfs needs --kernel/);
+});
+
+test("bad arguments are one line naming the option", () => {
+  for (const argv of [
+    ["--bogus"],
+    ["--cpus"],
+    ["--cpus", "x"],
+    ["--cpus", "0"],
+    ["--kernel", "a", "--kernel", "b"],
+  ]) {
+    assert.throws(
+      () => parseRunOptions(argv),
+      (e: unknown) => e instanceof RunOptionError && !e.message.includes("\n"),
+    );
+  }
+});
+
+test("--help says which devices accept iommu=on", () => {
+  assert.ok(parseRunOptions(["--help"]).help);
+  assert.match(RUN_USAGE, /Devices that accept iommu=on .*: edu, rng/);
+});

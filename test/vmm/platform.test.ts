@@ -1,0 +1,128 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { NULL_SINK } from "../../src/devices/uart16550.ts";
+import { GuestMemory } from "../../src/engine/guest-memory.ts";
+import { Tracer } from "../../src/engine/trace.ts";
+import { InterruptFabric, intxIoapicPin } from "../../src/vmm/interrupts.ts";
+import { ramLayout } from "../../src/vmm/layout.ts";
+import { Platform } from "../../src/vmm/platform.ts";
+
+const MiB = 1 << 20;
+
+function platform(iommu: "none" | "virtio") {
+  const layout = ramLayout(32 * MiB);
+  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 32 * MiB }]);
+  const msis: { address: number; data: number }[] = [];
+  const exits: number[] = [];
+  const p = new Platform({
+    memory,
+    ramLayout: layout,
+    cpus: 1,
+    serial: NULL_SINK,
+    iommu: { kind: iommu },
+    devices: [
+      { kind: "edu", iommu: iommu !== "none" },
+      { kind: "edu", iommu: false },
+    ],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer: new Tracer(),
+    msiTarget: {
+      signalMsi: (address, data) => {
+        msis.push({ address, data });
+        return true;
+      },
+    },
+    onDebugExit: (s) => exits.push(s),
+  });
+  return { p, memory, msis, exits };
+}
+
+/** Enables bus mastering on edu `index` and DMAs 64 bytes of its buffer to RAM at `addr`. */
+function eduToRam(p: Platform, index: number, addr: number): void {
+  const d = p.devices[index];
+  const dev = (d.requesterId >> 3) & 0x1f;
+  const cmd = p.pci.readConfig(0, dev, 0, 4, 2);
+  p.pci.writeConfig(0, dev, 0, 4, 2, cmd | 4);
+  const bar = p.bars.find((b) => b.requesterId === d.requesterId && b.bar === 0);
+  assert.ok(bar, "firmware assigned BAR0");
+  const base = bar.address;
+  p.mmio.write(base + 0x80, 4, 0x40000);
+  p.mmio.write(base + 0x88, 4, addr);
+  p.mmio.write(base + 0x90, 4, 64);
+  p.mmio.write(base + 0x98, 4, 3);
+}
+
+test("firmware assigns BARs in the 32-bit window and enables memory decoding", () => {
+  const { p } = platform("virtio");
+  assert.ok(p.bars.length >= 3);
+  for (const b of p.bars) assert.ok(b.address >= 0xc0000000 && b.address + b.sizeBytes <= 0xe0000000);
+  const edu = p.bars.find((b) => b.requesterId === p.devices[0].requesterId);
+  assert.ok(edu);
+  assert.equal(p.mmio.read(edu.address, 4), 0x010000ed, "edu identification through the decoded BAR");
+});
+
+test("a device without iommu=on bypasses the IOMMU (identity DMA)", () => {
+  const { p, memory } = platform("virtio");
+  memory.fill(0x200000, 64, 0xa5);
+  eduToRam(p, 1, 0x200000);
+  assert.equal(memory.readU8(0x200000), 0, "the device buffer (zeros) landed at the guest-physical address");
+});
+
+test("a device with iommu=on cannot DMA outside its mappings (unattached: blocked, nothing written)", () => {
+  const { p, memory } = platform("virtio");
+  memory.fill(0x200000, 64, 0xa5);
+  eduToRam(p, 0, 0x200000);
+  assert.equal(memory.readU8(0x200000), 0xa5);
+  assert.ok((p.devices[0].stats() as { dmaFaults: number }).dmaFaults >= 1);
+  assert.equal(p.viommu?.engine.stats().faultCauses.blocked, 1);
+});
+
+test("debug-exit and COM1 sit at their ports on the platform's port bus", () => {
+  const { p, exits } = platform("none");
+  p.pio.write(0x501, 1, 0x7);
+  assert.deepEqual(exits, [15]);
+  assert.equal(p.pio.read(0x3f8 + 5, 1) & 0x60, 0x60);
+  p.pio.write(0x510, 2, 0);
+  assert.equal(p.pio.read(0x511, 1), 0x51, "fw_cfg 'Q'");
+});
+
+test("8-byte MMIO accesses reach a device as one 8-byte access (edu DMA registers)", () => {
+  const { p } = platform("none");
+  const bar = p.bars.find((b) => b.requesterId === p.devices[0].requesterId);
+  assert.ok(bar);
+  const buf = new DataView(new ArrayBuffer(8));
+  buf.setBigUint64(0, 0x1_2345_6789n, true);
+  p.mmioWrite(bar.address + 0x80, 8, buf, 0);
+  const out = new DataView(new ArrayBuffer(8));
+  p.mmioRead(bar.address + 0x80, 8, out, 0);
+  assert.equal(out.getBigUint64(0, true), 0x1_2345_6789n);
+});
+
+test("interrupt fabric: remapping blocks a message (no delivery) and non-interrupt addresses are dropped", () => {
+  const delivered: number[] = [];
+  const fabric = new InterruptFabric({
+    signalMsi: (_a, d) => {
+      delivered.push(d);
+      return true;
+    },
+  });
+  fabric.signalMsi(0x10, { address: 0xfee00000, data: 0x41 }, 0);
+  fabric.signalMsi(0x10, { address: 0x1000, data: 0x42 }, 0);
+  fabric.setRemapper({
+    remap: (sid, address, data) =>
+      sid === 0x10
+        ? { ok: true, message: { address, data: data + 1 } }
+        : { ok: false, reason: 0x26, detail: "source" },
+  });
+  fabric.signalMsi(0x10, { address: 0xfee00000, data: 0x41 }, 0);
+  fabric.signalMsi(0x18, { address: 0xfee00000, data: 0x41 }, 0);
+  assert.deepEqual(delivered, [0x41, 0x42]);
+  const s = fabric.stats();
+  assert.equal(s.msisNotInterruptAddress, 1);
+  assert.equal(s.msisBlockedByRemapping, 1);
+});
+
+test("PCI INTx swizzle: slot + pin onto IOAPIC pins 16..19", () => {
+  assert.equal(intxIoapicPin(2 << 3, 0), 18);
+  assert.equal(intxIoapicPin(2 << 3, 3), 17);
+});
