@@ -26,6 +26,8 @@ export interface VtdConfig {
   readonly snoopControl: boolean;
   /** DMA remapping; off gives SAGAW=0, an interrupt-remapping-only unit. */
   readonly dmaTranslation: boolean;
+  /** ECAP.NEST: nested (first stage over second stage) PASID entries; needs scalable-mode. */
+  readonly nested: boolean;
 }
 
 export const DEFAULT_VTD_CONFIG: VtdConfig = {
@@ -39,6 +41,7 @@ export const DEFAULT_VTD_CONFIG: VtdConfig = {
   pasid: false,
   snoopControl: false,
   dmaTranslation: true,
+  nested: false,
 };
 
 export class VtdConfigError extends Error {
@@ -60,6 +63,7 @@ const BOOLEAN_KEYS: Record<string, keyof VtdConfig> = {
   "x-pasid-mode": "pasid",
   "snoop-control": "snoopControl",
   "dma-translation": "dmaTranslation",
+  nested: "nested",
 };
 
 function parseBool(key: string, value: string): boolean {
@@ -86,6 +90,7 @@ export function validateVtdConfig(c: VtdConfig): VtdConfig {
   }
   if (c.eim && !c.intremap) throw new VtdConfigError("eim=on requires intremap=on");
   if (c.pasid && !c.scalableMode) throw new VtdConfigError("pasid=on requires scalable-mode=on");
+  if (c.nested && !c.scalableMode) throw new VtdConfigError("nested=on requires scalable-mode=on");
   if (!c.dmaTranslation && (c.scalableMode || c.cachingMode || c.deviceIotlb || c.passThrough)) {
     throw new VtdConfigError(
       "dma-translation=off gives an interrupt-remapping-only unit: scalable-mode, caching-mode, device-iotlb and pt must be off",
@@ -189,6 +194,7 @@ export function ecapRegister(c: VtdConfig): bigint {
     ecap |= 1n << 43n; // SMTS
     ecap |= 1n << 46n; // SLTS
     ecap |= 1n << 47n; // FLTS
+    if (c.nested) ecap |= 1n << 26n; // NEST
   }
   return ecap;
 }

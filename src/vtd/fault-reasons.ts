@@ -55,6 +55,11 @@ export const FR = {
   SM_FS_NOT_PRESENT: 0x71,
   SM_FS_RESERVED: 0x72,
   SM_FS_ROOT_ACCESS: 0x73,
+  // Nested translation: second-stage checks on first-stage structures (SFL.5-8).
+  SM_NESTED_ADDRESS_BEYOND_AW: 0x74,
+  SM_NESTED_FS_ROOT_READ_DENIED: 0x75,
+  SM_NESTED_FS_READ_DENIED: 0x76,
+  SM_NESTED_FS_WRITE_DENIED: 0x77,
   // Scalable-mode second-stage tables (SSL).
   SM_SS_ACCESS: 0x78,
   SM_SS_NOT_PRESENT: 0x79,

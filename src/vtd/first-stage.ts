@@ -29,6 +29,23 @@ export interface FirstStageRequest {
 
 const TWO32 = 0x1_0000_0000;
 
+/** What a nested second-stage lookup is for (it decides the fault reason). */
+export const NEST_ROOT_TABLE = 0;
+export const NEST_TABLE = 1;
+export const NEST_TABLE_WRITE = 2;
+export const NEST_OUTPUT_READ = 3;
+export const NEST_OUTPUT_WRITE = 4;
+
+/** The second stage under a nested first stage (VT-d 3.8). */
+export interface NestedStage {
+  /** Translates guest-physical `gpa`; returns the host address, or -1 with `reason` set. */
+  toHost(gpa: number, purpose: number): number;
+  /** Size and permissions of the second-stage block the last successful `toHost` used. */
+  readonly lastSizeBytes: number;
+  readonly lastPerms: number;
+  readonly reason: number;
+}
+
 /**
  * Reserved high-dword bits: address bits at and above the host address width. XD (bit 63) is
  * accepted whatever the PASID entry's NXE says: the unit takes no execute requests (ECAP.ERS
@@ -72,6 +89,7 @@ export class FirstStageWalker {
     access: number,
     req: FirstStageRequest,
     out: WalkOut,
+    nest: NestedStage | null = null,
   ): number {
     // Canonical lower half only: the engine cannot express upper-half (>= 2^53) addresses.
     if (iova >= FirstStageWalker.inputLimit(levels)) return WALK.NON_CANONICAL;
@@ -86,10 +104,16 @@ export class FirstStageWalker {
       const size = 2 ** shift;
       const entryGpa = table + (Math.floor(iova / size) % 512) * 8;
       out.leafLevel = level;
-      if (!memory.isRam(entryGpa, 8)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
+      // Nested (VT-d 3.8): every first-stage structure address is a guest-physical address.
+      let entryAddr = entryGpa;
+      if (nest !== null) {
+        entryAddr = nest.toHost(entryGpa, level === levels ? NEST_ROOT_TABLE : NEST_TABLE);
+        if (entryAddr < 0) return WALK.NESTED;
+      }
+      if (!memory.isRam(entryAddr, 8)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
       this.entryReads++;
-      let lo = memory.readU32(entryGpa);
-      const hi = memory.readU32(entryGpa + 4);
+      let lo = memory.readU32(entryAddr);
+      const hi = memory.readU32(entryAddr + 4);
       if ((lo & 1) === 0) return WALK.NOT_PRESENT;
       if (this.reserved(lo, hi, level, resHigh)) return WALK.RESERVED;
       if ((lo & 2) === 0) writable = false;
@@ -99,8 +123,10 @@ export class FirstStageWalker {
         let set = 0x20; // A
         if (leaf && access & PERM_WRITE) set |= 0x40; // D
         if ((lo & set) !== set) {
+          // Setting A/D is a write: nested, the second stage must allow it.
+          if (nest !== null && nest.toHost(entryGpa, NEST_TABLE_WRITE) < 0) return WALK.NESTED;
           lo = (lo | set) >>> 0;
-          memory.writeU32(entryGpa, lo);
+          memory.writeU32(entryAddr, lo);
           this.accessedUpdates++;
         }
       }
@@ -116,6 +142,17 @@ export class FirstStageWalker {
         out.perms = PERM_READ | (writeAllowed && dirty ? PERM_WRITE : 0);
         if (access & PERM_WRITE && !writeAllowed) return WALK.PERMISSION;
         if (access & PERM_WRITE && !dirty) out.perms |= PERM_WRITE;
+        if (nest !== null) {
+          // The output is a guest-physical address too: the block is what both stages share.
+          const gpa = out.gpaBase + (iova - out.iovaBase);
+          const hpa = nest.toHost(gpa, access & PERM_WRITE ? NEST_OUTPUT_WRITE : NEST_OUTPUT_READ);
+          if (hpa < 0) return WALK.NESTED;
+          const block = Math.min(size, nest.lastSizeBytes);
+          out.iovaBase = iova - (iova % block);
+          out.gpaBase = hpa - (hpa % block);
+          out.sizeBytes = block;
+          out.perms &= nest.lastPerms;
+        }
         return WALK.OK;
       }
       table = addr;

@@ -26,6 +26,8 @@ export const WALK = {
   NON_CANONICAL: 6,
   /** First stage: a user request reached a supervisor-only page. */
   USER_SUPERVISOR: 7,
+  /** Nested: the second-stage translation of a first-stage address failed (reason in the stage). */
+  NESTED: 8,
 } as const;
 
 /** The result of a successful walk: a page-sized block. */

@@ -235,8 +235,14 @@ export class TableReader {
       else return fail(FR.SM_PASID_ENTRY_INVALID, fpd);
     } else if (pgtt === PGTT.PASS_THROUGH) {
       if (!this.config.passThrough) return fail(FR.SM_PASID_ENTRY_INVALID, fpd);
+    } else if (pgtt === PGTT.NESTED && this.config.nested) {
+      // Nested: both stages must be valid (VT-d 9.6).
+      ssLevels = levelsForAw(this.config, aw);
+      if (flpm === 0) fsLevels = 4;
+      else if (flpm === 1 && this.config.awBits === 57) fsLevels = 5;
+      if (ssLevels === 0 || fsLevels === 0) return fail(FR.SM_PASID_ENTRY_INVALID, fpd);
     } else {
-      // Nested (ECAP.NEST clear) and reserved encodings.
+      // Nested without ECAP.NEST, and reserved encodings.
       return fail(FR.SM_PASID_ENTRY_INVALID, fpd);
     }
     return {

@@ -14,7 +14,7 @@ import { FR } from "./fault-reasons.ts";
 import { type FirstStageRequest, FirstStageWalker } from "./first-stage.ts";
 import { type ContextEntry, type Lookup, PGTT, type TableReader, TT } from "./tables.ts";
 
-export const TARGET = { IDENTITY: 0, SECOND_STAGE: 1, FIRST_STAGE: 2 } as const;
+export const TARGET = { IDENTITY: 0, SECOND_STAGE: 1, FIRST_STAGE: 2, NESTED: 3 } as const;
 
 /** Tag value for "request without PASID" in legacy mode. */
 const NO_PASID = 2 ** 20;
@@ -30,8 +30,13 @@ export interface Target {
   readonly privileged: boolean;
   readonly fpd: boolean;
   readonly domainId: number;
+  /** First-stage (or second-stage, or nested first-stage) table root and levels. */
   readonly root: number;
   readonly levels: number;
+  /** Nested: the second-stage table under the first stage, its levels and input limit. */
+  readonly ssRoot: number;
+  readonly ssLevels: number;
+  readonly ssLimit: number;
   /** Input addresses must be below this (AGAW / MGAW / paging-mode limit). */
   readonly inputLimit: number;
   readonly iotlbTag: number;
@@ -148,6 +153,9 @@ export class TargetCache {
         domainId: ctx.domainId,
         root: ctx.slptptr,
         levels: ctx.levels,
+        ssRoot: 0,
+        ssLevels: 0,
+        ssLimit: 0,
         inputLimit: pt ? mgawLimit : Math.min(mgawLimit, 2 ** (12 + 9 * ctx.levels)),
         iotlbTag: iotlbTag(ctx.domainId, -1, false),
         atsAllowed: ctx.translationType === TT.DEVICE_TLB,
@@ -176,8 +184,8 @@ export class TargetCache {
         root = pe.slptptr;
         levels = pe.ssLevels;
         inputLimit = Math.min(mgawLimit, 2 ** (12 + 9 * levels));
-      } else if (pe.pgtt === PGTT.FIRST_STAGE) {
-        kind = TARGET.FIRST_STAGE;
+      } else if (pe.pgtt === PGTT.FIRST_STAGE || pe.pgtt === PGTT.NESTED) {
+        kind = pe.pgtt === PGTT.NESTED ? TARGET.NESTED : TARGET.FIRST_STAGE;
         root = pe.flptptr;
         levels = pe.fsLevels;
         inputLimit = Math.min(2 ** 53, FirstStageWalker.inputLimit(levels));
@@ -193,8 +201,11 @@ export class TargetCache {
         domainId: pe.domainId,
         root,
         levels,
+        ssRoot: pe.slptptr,
+        ssLevels: pe.ssLevels,
+        ssLimit: Math.min(mgawLimit, 2 ** (12 + 9 * pe.ssLevels)),
         inputLimit,
-        iotlbTag: iotlbTag(pe.domainId, effectivePasid, effectivePriv && kind === TARGET.FIRST_STAGE),
+        iotlbTag: iotlbTag(pe.domainId, effectivePasid, effectivePriv && kind >= TARGET.FIRST_STAGE),
         atsAllowed: ctx.deviceTlbEnable,
         fsRequest: {
           privileged: effectivePriv,

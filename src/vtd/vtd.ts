@@ -41,6 +41,7 @@ import { FirstStageWalker } from "./first-stage.ts";
 import { HostShadow, type HostShadowStats, type LeafSource } from "./host-shadow.ts";
 import { InterruptRemapper, isInterruptAddress, type RemapResult } from "./interrupt-remap.ts";
 import { GRAN, InvalidationQueue, type InvalidationTarget, type QueueStats } from "./invalidation-queue.ts";
+import { NestedSecondStage } from "./nested-stage.ts";
 import {
   FSTS,
   GCMD,
@@ -194,6 +195,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   private readonly unitSourceId: number;
   private readonly endpoints = new Map<number, EndpointState>();
   private readonly walkOut = new WalkOut();
+  private readonly nestedStage: NestedSecondStage;
   private readonly atsScratch = new Translation();
   private ownEpoch = 0;
   /** Latched by SRTP. */
@@ -227,6 +229,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       snoopControl: this.config.snoopControl,
     });
     this.firstStage = new FirstStageWalker(memory, { hawBits: haw, superpage1G: true });
+    this.nestedStage = new NestedSecondStage(this.secondStage);
     this.faults = new FaultLog(this.regs, (a, d) => this.sendEvent(a, d), this.tracer);
     this.queue = new InvalidationQueue(
       this.regs,
@@ -411,7 +414,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   /** Maps a walk stop to the architected reason for the mode (VT-d 7.1.3). */
   private walkReason(t: Target, code: number, access: number): number {
     const write = (access & PERM_WRITE) !== 0;
-    if (t.kind === TARGET.FIRST_STAGE) {
+    if (code === WALK.NESTED) return this.nestedStage.reason;
+    if (t.kind === TARGET.FIRST_STAGE || t.kind === TARGET.NESTED) {
       switch (code) {
         case WALK.ACCESS:
           return FR.SM_FS_ACCESS;
@@ -484,7 +488,15 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     const code =
       t.kind === TARGET.SECOND_STAGE
         ? this.secondStage.walk(t.root, t.levels, iova, access, w)
-        : this.firstStage.walk(t.root, t.levels, iova, access, t.fsRequest, w);
+        : this.firstStage.walk(
+            t.root,
+            t.levels,
+            iova,
+            access,
+            t.fsRequest,
+            w,
+            t.kind === TARGET.NESTED ? this.nestedStage.bind(t.ssRoot, t.ssLevels, t.ssLimit) : null,
+          );
     if (code !== WALK.OK) return this.walkReason(t, code, access);
     const gpa = w.gpaBase + (iova - w.iovaBase);
     if (w.gpaBase <= INTERRUPT_LAST && w.gpaBase + w.sizeBytes > INTERRUPT_BASE) {
@@ -823,6 +835,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
         if (g <= INTERRUPT_LAST && g + s > INTERRUPT_BASE) return;
         leaf(i, g, s, p);
       };
+    // Nested PASID entries are not shadowed: the host gets no mappings, so an assigned device
+    // behind one cannot reach memory at all (it faults on the host; it never escapes).
+    if (t.kind === TARGET.NESTED) return () => {};
     if (t.kind === TARGET.SECOND_STAGE) {
       return (start, last, leaf) =>
         this.secondStage.forEachLeaf(
