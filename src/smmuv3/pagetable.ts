@@ -110,6 +110,8 @@ export class WalkResult {
   blockBytes = 0;
   /** P_* bits. */
   perms = 0;
+  /** Stage 1: the leaf's nG bit (a global entry matches every ASID). */
+  nonGlobal = true;
 
   clearFault(): void {
     this.fault = 0;
@@ -187,6 +189,7 @@ export function walk(p: StageParams, input: number, fetcher: DescriptorFetcher, 
     r.outputBase = out;
     r.blockBytes = size;
     r.faultLevel = level;
+    r.nonGlobal = (lo & (1 << 11)) !== 0;
     r.perms =
       p.stage === 1 ? stage1Perms(lo, hi, noUnpriv, noWrite, uxnTable, pxnTable, p.wxn) : stage2Perms(lo, hi);
     return true;

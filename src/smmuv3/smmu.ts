@@ -42,6 +42,7 @@ import {
   cmdSyncCs,
   cmdSyncMsiAddr,
   cmdTg,
+  cmdTtl,
   cmdVmid,
   OP,
   opName,
@@ -253,6 +254,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private configEpoch = 0;
   /** Tags that may have IOTLB entries (a superset): invalidations of other tags skip the scan. */
   private readonly liveTags = new Set<number>();
+  /** Tags holding entries from global (nG=0) leaves: TLBI by VA reaches them for any ASID. */
+  private readonly globalTags = new Set<number>();
   // One-entry fast path for the last stage-1 stream context (TTB0 region, no SubstreamID).
   private fastSid = -1;
   private fastSsid = -2;
@@ -768,9 +771,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     switch (op) {
       case OP.PREFETCH_CONFIG:
       case OP.PREFETCH_ADDR: {
-        // Prefetches are hints: accepted and performed as no-ops (4.2).
+        // Prefetches are hints: accepted and performed as no-ops (4.2). SSec=1 is ILLEGAL on
+        // the Non-secure queue (4.1.6).
         if (cmdSsec(w0)) return false;
-        if (cmdSsid(w0) >= 2 ** f.ssidBits && w0 & (1 << 11)) return false;
         this.count(op);
         return true;
       }
@@ -811,8 +814,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case OP.CFGI_CD_ALL: {
         if (cmdSsec(w0)) return false;
         const ssid = cmdSsid(w0);
-        if (op === OP.CFGI_CD && ssid >= 2 ** f.ssidBits) return false;
         this.count(op);
+        // An out-of-range SubstreamID has no effect (4.1.7, CONSTRAINED UNPREDICTABLE choice).
+        if (op === OP.CFGI_CD && ssid >= 2 ** f.ssidBits) return true;
         const sid = w1 >>> 0;
         const ep = this.ownedOrRefused(sid, opName(op));
         if (ep === undefined) return true;
@@ -851,6 +855,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case OP.TLBI_NH_VA:
       case OP.TLBI_NH_VAA: {
         const tg = cmdTg(w2);
+        if (!this.rangeFieldsLegal(w0, w2)) return false;
         this.count(op);
         // Address bits 63:12; VA[55] (word 3 bit 23) selects the TTB1 half, the key is VA[47:0].
         const upper = ((w3 >>> 23) & 1) === 1;
@@ -859,7 +864,14 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         const vmid = this.vmidOf(w1);
         if (op === OP.TLBI_NH_VA) {
           const asid = this.asidOf(w1);
-          this.invalidateVa(vmid * 65536 + asid + (upper ? TAG_UPPER : 0), key, sizeBytes);
+          const tag = vmid * 65536 + asid + (upper ? TAG_UPPER : 0);
+          this.invalidateVa(tag, key, sizeBytes);
+          // 4.4.2.4: global entries of the VMID are invalidated whatever ASID they were cached under.
+          for (const g of this.globalTags) {
+            if (g !== tag && !isS2OnlyTag(g) && tagVmid(g) === vmid && g >= TAG_UPPER === upper) {
+              this.invalidateVa(g, key, sizeBytes);
+            }
+          }
           this.viommu.forward({ scope: "va", asid, iova: key, sizeBytes, leaf: cmdLeaf(w2) });
         } else {
           // All ASIDs of the VMID: invalidate the range in every address space (over-broad is
@@ -880,6 +892,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       }
       case OP.TLBI_S2_IPA: {
         const tg = cmdTg(w2);
+        if (!this.rangeFieldsLegal(w0, w2)) return false;
         this.count(op);
         const vmid = this.vmidOf(w1);
         const ipa = (w3 & 0xfffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffff000);
@@ -925,6 +938,18 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     return cmdAsid(w1) & (this.features.asid16 ? 0xffff : 0xff);
   }
 
+  /**
+   * 4.4.1.1: with TG != 0, NUM == 0 && SCALE == 0 && TTL == 0 is Reserved, and TTL == 0b01 with a
+   * 16 KiB TG is Reserved without SMMU_IDR5.DS; both raise CERROR_ILL.
+   */
+  private rangeFieldsLegal(w0: number, w2: number): boolean {
+    const tg = cmdTg(w2);
+    if (tg === 0) return true;
+    const ttl = cmdTtl(w2);
+    if (cmdNum(w0) === 0 && cmdScale(w0) === 0 && ttl === 0) return false;
+    return !(tg === 2 && ttl === 1);
+  }
+
   /** Bytes covered by a TLBI: a range (RIL, 4.4.1.1) or 0 for "the leaf at Address". */
   private rangeBytes(w0: number, tg: number): number {
     const g = rangeGranuleShift(tg);
@@ -955,6 +980,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.iotlb.invalidateAll();
     this.clearSplitLeaves();
     this.liveTags.clear();
+    this.globalTags.clear();
     this.ownEpoch++;
   }
 
@@ -1519,6 +1545,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (!permits(r.perms, write, ste.privileged, ste.instruction)) {
       return this.fail(EVT.F_PERMISSION, cd.record, false, CLASS_IN, 0, 0, "none");
     }
+    if (!r.nonGlobal) this.globalTags.add(tag);
     const s1In = r.inputBase + regionBase;
     const s1Bytes = r.blockBytes;
     let outBase = r.outputBase;

@@ -186,6 +186,30 @@ test("TLBI_NSNH_ALL (4.4.8) drops every translation", () => {
   assert.equal(fx.smmu.stats().iotlb.entries, 0);
 });
 
+test("TLBI_NH_VA (4.4.2.4) also removes global (nG=0) entries cached under another ASID", () => {
+  const fx = ready();
+  const pt = attachS1(fx, 8, { asid: 1 });
+  pt.map(0x6000, 0x20_0000, 3, s1Attrs({ global: true }));
+  pt.map(0x7000, 0x21_0000, 3, s1Attrs());
+  assert.ok(reads(fx, 8, 0x6000) && reads(fx, 8, 0x7000));
+  pt.unmap(0x6000, 3);
+  pt.unmap(0x7000, 3);
+  fx.driver.submit([cmd.tlbiNhVa(0, 99, 0x6000)]);
+  assert.ok(!reads(fx, 8, 0x6000), "global entry invalidated by a TLBI with another ASID");
+  // Non-global entries of ASID 1 are outside ASID 99's required scope (over-invalidation of an
+  // ASID that holds global entries is permitted, 4.4); ASID 1's own TLBI always reaches them.
+  fx.driver.submit([cmd.tlbiNhVa(0, 1, 0x7000)]);
+  assert.ok(!reads(fx, 8, 0x7000));
+  fx.driver.drainEvents();
+});
+
+test("CFGI_CD with an out-of-range SubstreamID has no effect and is not an error (4.1.7)", () => {
+  const fx = ready({ features: { ssidBits: 4 } });
+  const r = fx.driver.submit([cmd.cfgiCd(8, 100)]);
+  assert.equal(r.consErr, 0);
+  assert.equal(fx.smmu.stats().commandErrors, 0);
+});
+
 const ILLEGAL: [string, Cmd][] = [
   ["opcode 0x00", [0x00, 0, 0, 0]],
   ["opcode 0x7f", [0x7f, 0, 0, 0]],
@@ -201,6 +225,10 @@ const ILLEGAL: [string, Cmd][] = [
   ["STALL_TERM without stalls", [0x45, 8, 0, 0]],
   ["CMD_SYNC with CS=0b11", [0x46 | (3 << 12), 0, 0, 0]],
   ["CFGI_STE with SSec=1", [0x03 | (1 << 10), 8, 0, 0]],
+  ["TLBI_NH_VA with TG set and NUM=SCALE=TTL=0 (4.4.1.1)", [0x12, 1 << 16, (1 << 10) | 0x1000, 0]],
+  ["TLBI_S2_IPA with TG=16K and TTL=0b01 without DS", [0x2a, 1, (2 << 10) | (1 << 8) | 0x4000, 0]],
+  ["CFGI_VMS_PIDM without MPAM", [0x07, 0, 0, 0]],
+  ["CMD_DPTI_ALL without DPT", [0x70, 0, 0, 0]],
 ];
 
 for (const [what, bad] of ILLEGAL) {

@@ -144,12 +144,16 @@ export function cdWords(f: CdFields): number[] {
   return w.map((x) => x >>> 0);
 }
 
-/** Stage-1 leaf attributes: AF, inner shareable, AP[2:1], UXN/PXN. */
-export function s1Attrs(opts: { ap?: number; af?: boolean; uxn?: boolean; pxn?: boolean } = {}): {
+/** Stage-1 leaf attributes: AF, inner shareable, AP[2:1], nG, UXN/PXN. */
+export function s1Attrs(
+  opts: { ap?: number; af?: boolean; uxn?: boolean; pxn?: boolean; global?: boolean } = {},
+): {
   lo: number;
   hi: number;
 } {
-  const lo = ((opts.af ?? true) ? 1 << 10 : 0) | (0b11 << 8) | ((opts.ap ?? 0b01) << 6);
+  // nG is set unless `global`, as Linux's io-pgtable does for every stage-1 mapping.
+  const lo =
+    ((opts.af ?? true) ? 1 << 10 : 0) | (0b11 << 8) | ((opts.ap ?? 0b01) << 6) | (opts.global ? 0 : 1 << 11);
   const hi = (opts.pxn ? 1 << 21 : 0) | (opts.uxn ? 1 << 22 : 0);
   return { lo, hi };
 }

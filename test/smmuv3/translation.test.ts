@@ -155,10 +155,10 @@ test("nested: stage-1 output and every stage-1 table address go through stage 2"
   fx.driver.writeSte(8, { config: 0b111, cdTable: cd + G, vmid: 7, s2t0sz: 24, s2sl0: 1, s2ttb: s2.root });
   fx.driver.submit([cmd.cfgiSte(8)]);
   assert.equal(pa(fx, 8, 0x7040), 0x10_0040);
-  // A stage-2 permission change reaches the combined entry only after TLBI_S2_IPA.
+  // A stage-2 change reaches combined entries after TLBI_S2_IPA + TLBI_NH_ALL (4.4.3.1).
   s2.map(G, 0, 1, s2Attrs({ s2ap: 0b01 }));
   assert.equal(pa(fx, 8, 0x7040, true), 0x10_0040, "cached until invalidated");
-  fx.driver.submit([cmd.tlbiS2Ipa(7, G + 0x10_0000)]);
+  fx.driver.submit([cmd.tlbiS2Ipa(7, G + 0x10_0000), cmd.tlbiNhAll(7)]);
   assert.equal(pa(fx, 8, 0x7040, true), -EVT.F_PERMISSION);
   const [e] = fx.driver.drainEvents();
   assert.equal(e.s2, true);
