@@ -17,6 +17,7 @@ import {
   MAX_ADDRESS,
   PERM_RW,
   PERM_WRITE,
+  permsName,
 } from "../engine/access.ts";
 import { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
@@ -508,6 +509,17 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       out.set(w.iovaBase, w.gpaBase, w.sizeBytes, w.perms);
     }
     iotlb.insertFrom(t.iotlbTag, iova, out);
+    if (this.tracer.on("map")) {
+      this.tracer.emit("map", "vtd", "iotlb-fill", {
+        sid: t.sourceId,
+        did: t.domainId,
+        pasid: t.pasid,
+        iova: out.iovaBase,
+        gpa: out.gpaBase,
+        size: out.sizeBytes,
+        perms: permsName(out.perms),
+      });
+    }
     if (inputWindow) clipToInputWindow(out, iova);
     return 0;
   }
@@ -608,13 +620,11 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       return { status: "unsupported-request", reason };
     }
     const scratch = this.atsScratch;
-    // Walk for a read first: that gives the page and what it allows without demanding write.
-    let reason = this.translateTarget(t, iova, 1, scratch);
-    if (reason === 0 && write && (scratch.perms & PERM_WRITE) === 0 && t.kind === TARGET.FIRST_STAGE) {
-      // First stage: a write request sets D when the page is writable.
-      const again = this.translateTarget(t, iova, ACCESS_WRITE, scratch);
-      if (again !== 0 && again !== FR.SM_WRITE_DENIED) reason = again;
-      if (again === FR.SM_WRITE_DENIED) this.translateTarget(t, iova, 1, scratch);
+    // Walk without demanding a permission: the completion reports what the page allows. A write
+    // request walks for write first, so the first stage sets Dirty where it may.
+    let reason = this.translateTarget(t, iova, write ? ACCESS_WRITE : 0, scratch);
+    if (write && (reason === FR.WRITE_DENIED || reason === FR.SM_WRITE_DENIED)) {
+      reason = this.translateTarget(t, iova, 0, scratch);
     }
     if (reason === 0) {
       return {

@@ -98,3 +98,11 @@ test("translated requests are blocked with TT=00 (fault 0xD, AT=translated)", ()
   assert.equal(rec.reason, FR.TRANSLATION_BLOCKED);
   assert.equal(rec.at, 2);
 });
+
+test("a write-only page is reported as W=1, R=0 (no fault)", () => {
+  const { unit, pt } = legacyAts(1);
+  pt.map(0x8000, 0x108000, 1, 2n);
+  const c = unit.translationRequest(SID, 0x8000, false);
+  assert.deepEqual(c, { status: "success", iovaBase: 0x8000, gpaBase: 0x108000, sizeBytes: 4096, perms: 2 });
+  assert.equal(unit.read(REG.FSTS, 4), 0);
+});

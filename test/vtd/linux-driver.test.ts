@@ -128,3 +128,21 @@ test("second-stage 2 MiB superpage translates a whole block and PSI with AM=9 dr
   void PERM_READ;
   void PERM_RW;
 });
+
+test("trace events: IOTLB fill, invalidation descriptors and faults are observable", () => {
+  const events: string[] = [];
+  const { unit, memory, alloc, driver: d } = linuxInit(false);
+  unit.tracer.listen((e) => events.push(`${e.category}:${e.name}`), ["map", "invalidate", "fault"]);
+  const pt = new PageTable(memory, alloc, 4);
+  d.setLegacyContext(SID, { did: 2, slptptr: pt.root });
+  const dma = unit.addEndpoint(SID);
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x1000, 0x100000, 1, PageTable.ss(true, true));
+  dma.readUint(0x1000, 4);
+  dma.readUint(0x9000, 4);
+  d.submitAndWait([D.iotlbPage(2, 0x1000)]);
+  assert.ok(events.includes("map:iotlb-fill"));
+  assert.ok(events.includes("fault:fault"));
+  assert.ok(events.includes("invalidate:descriptor"));
+  assert.ok(events.includes("invalidate:iotlb"));
+});
