@@ -9,6 +9,11 @@
  *      edu DMA while unattached must fault; ATTACH, MAP one page at IOVA 0x08000000, DMA both
  *      ways and compare; DMA to an unmapped IOVA must fault (fault record on the eventq);
  *      UNMAP; DMA to the old IOVA must fault and leave memory untouched
+ *   5. Intel VT-d (no virtio-iommu, a unit answering at 0xFED90000): root and context tables
+ *      and second-stage page tables (4- or 3-level from CAP.SAGAW), SRTP, global context and
+ *      IOTLB invalidation, TE; a DMA without a present PTE faults (fault recording register
+ *      checked and cleared); DMA both ways; PTE cleared + domain-selective IOTLB invalidation,
+ *      then the old IOVA faults and memory stays untouched
  *
  * Each check prints "ok"/"FAIL" on COM1; the verdict goes out through isa-debug-exit
  * (port 0x501): value 0 = pass (exit status 1), 1 = fail (exit status 3).
@@ -28,6 +33,7 @@
         .set IOVA, 0x08000000               /* below edu's 28-bit DMA mask */
         .set EDU_BUF, 0x40000               /* edu's internal DMA buffer address */
         .set DMA_BYTES, 64
+        .set VTD_BASE, 0xFED90000           /* the q35 VT-d unit's register page */
 
         .section .multiboot, "a"
         .align 4
@@ -148,6 +154,9 @@ _start:
         mov viommu_bdf, %eax
         cmp $-1, %eax
         jne virtio_iommu_test
+        mov VTD_BASE, %eax                  /* VER_REG: all ones when no unit decodes there */
+        cmp $-1, %eax
+        jne vtd_test
 
         /* ---- 3. no vIOMMU: identity DMA ---- */
         mov $s_identity, %esi
@@ -260,6 +269,210 @@ virtio_iommu_test:
         call dst_untouched
         and %bl, %al
         call check
+
+
+        /* ---- 5. Intel VT-d (legacy mode, second-stage tables), VT-d 3.4, 9.1-9.3 ---- */
+vtd_test:
+        mov $s_vtd, %esi
+        call puts
+        mov VTD_BASE, %eax
+        call puthex
+        mov VTD_BASE + 0x10, %eax           /* ECAP.IRO (17:8): IOTLB registers at IRO*16 */
+        shr $8, %eax
+        and $0x3FF, %eax
+        shl $4, %eax
+        add $VTD_BASE, %eax
+        mov %eax, vtd_iva
+        mov VTD_BASE + 0x08, %eax           /* CAP.FRO (33:24): fault records at FRO*16 */
+        shr $24, %eax
+        mov VTD_BASE + 0x0C, %ecx
+        and $3, %ecx
+        shl $8, %ecx
+        or %ecx, %eax
+        shl $4, %eax
+        add $VTD_BASE, %eax
+        mov %eax, vtd_frcd
+        movzbl VTD_BASE + 0x0D, %eax        /* CAP.NFR (47:40): records - 1 */
+        inc %eax
+        mov %eax, vtd_nfr
+        mov VTD_BASE + 0x08, %eax           /* CAP.SAGAW (12:8): bit 2 = 4-level, bit 1 = 3-level */
+        shr $8, %eax
+        mov $2, %ecx
+        mov $sl_pml4, %edx
+        test $4, %eax
+        jnz 1f
+        mov $1, %ecx
+        mov $sl_pdpt, %edx
+        test $2, %eax
+        jz vtd_fail
+1:      mov %ecx, vtd_aw
+        mov %edx, vtd_top
+        mov $1, %al
+        call check
+
+        /* tables: root[bus 0] -> context table; context[edu devfn] -> second-stage tables */
+        mov $s_vtd_tables, %esi
+        call puts
+        movl $ctx_table + 1, root_table     /* P */
+        mov edu_bdf, %eax
+        and $0xFF, %eax
+        shl $4, %eax
+        mov vtd_top, %edx
+        or $1, %edx                         /* P, TT = 00 (untranslated requests) */
+        mov %edx, ctx_table(%eax)
+        mov vtd_aw, %edx
+        or $(1 << 8), %edx                  /* DID 1 */
+        mov %edx, ctx_table + 8(%eax)
+        movl $sl_pdpt + 3, sl_pml4          /* R | W */
+        movl $sl_pd + 3, sl_pdpt
+        movl $sl_pt + 3, sl_pd + 64 * 8     /* IOVA 0x08000000: PD index 64 */
+        movl $dst_page + 3, sl_pt           /* PT index 0 -> dst_page, read + write */
+        movl $root_table, VTD_BASE + 0x20   /* RTADDR */
+        movl $0, VTD_BASE + 0x24
+        mov $0x40000000, %eax               /* GCMD.SRTP */
+        call vtd_gcmd
+        movl $0, VTD_BASE + 0x28            /* CCMD: ICC | global (CIRG 01) */
+        movl $0xA0000000, VTD_BASE + 0x2C
+        mov $VTD_BASE + 0x2C, %ebx
+        call vtd_wait_bit31
+        mov $0x90000000, %eax               /* IOTLB: IVT | global (IIRG 01) */
+        call vtd_iotlb
+        mov $0x80000000, %eax               /* GCMD.TE */
+        call vtd_gcmd
+        mov VTD_BASE + 0x1C, %eax           /* GSTS.TES */
+        test $0x80000000, %eax
+        setnz %al
+        call check
+
+        /* a DMA to an IOVA without a present PTE faults with a fault record */
+        mov $s_vtd_unmapped, %esi
+        call puts
+        mov $IOVA + 0x1000, %eax
+        call edu_to_ram
+        mov $IOVA + 0x1000, %eax
+        call vtd_take_fault
+        call check
+
+        /* DMA both ways through the mapping */
+        mov $s_dma_in, %esi
+        call puts
+        mov $0x55667788, %ebx
+        call fill_src
+        call fill_dst_marker
+        mov $src_page, %esi
+        mov $dst_page, %edi
+        mov $DMA_BYTES, %ecx
+        rep movsb
+        mov $IOVA, %eax
+        call edu_to_device
+        call fill_dst_marker
+        mov $IOVA + 0x100, %eax
+        call edu_to_ram
+        mov $dst_page + 0x100, %esi
+        call compare_pattern
+        call check
+
+        /* unmap: clear the PTE, domain-selective IOTLB invalidation, the old IOVA faults */
+        mov $s_vtd_unmap, %esi
+        call puts
+        movl $0, sl_pt
+        mov $0xA0000001, %eax               /* IVT | domain-selective (IIRG 10) | DID 1 */
+        call vtd_iotlb
+        call fill_dst_marker
+        mov $IOVA, %eax
+        call edu_to_ram
+        mov $IOVA, %eax
+        call vtd_take_fault
+        mov %al, %bl
+        call dst_untouched
+        and %bl, %al
+        call check
+        jmp verdict
+vtd_fail:
+        xor %al, %al
+        call check
+        jmp verdict
+
+/* vtd_gcmd: EAX = command bit; GCMD = (GSTS & persistent enables) | bit, wait GSTS (VT-d 11.4.4) */
+vtd_gcmd:
+        push %ecx
+        mov VTD_BASE + 0x1C, %ecx
+        and $0x96FFFFFF, %ecx               /* keep TE, QIE, IRE, CFI; drop one-shot bits */
+        or %eax, %ecx
+        mov %ecx, VTD_BASE + 0x18
+        mov $1000000, %ecx
+1:      test %eax, VTD_BASE + 0x1C
+        jnz 2f
+        loop 1b
+2:      pop %ecx
+        ret
+
+/* vtd_iotlb: EAX = high dword of IOTLB_REG (IVT set); wait for IVT to clear */
+vtd_iotlb:
+        mov vtd_iva, %ebx
+        movl $0, 8(%ebx)
+        mov %eax, 12(%ebx)
+        add $12, %ebx
+        jmp vtd_wait_bit31
+
+/* vtd_wait_bit31: EBX = register dword; poll until bit 31 clears (bounded) */
+vtd_wait_bit31:
+        push %ecx
+        mov $1000000, %ecx
+1:      testl $0x80000000, (%ebx)
+        jz 2f
+        loop 1b
+2:      pop %ecx
+        ret
+
+/* vtd_take_fault: EAX = expected IOVA; AL = 1 when a fault record for edu at that page
+   exists; prints it and clears F (VT-d 10.4.14) */
+vtd_take_fault:
+        push %ebx
+        push %ecx
+        push %edx
+        push %esi
+        mov %eax, %edx
+        mov vtd_frcd, %ebx
+        mov vtd_nfr, %ecx
+1:      testl $0x80000000, 12(%ebx)         /* F */
+        jnz 2f
+        add $16, %ebx
+        loop 1b
+        xor %al, %al
+        jmp 9f
+2:      mov $s_frcd, %esi
+        call puts
+        movzbl 12(%ebx), %eax               /* FR */
+        call puthex
+        mov $s_fault_ep, %esi
+        call puts
+        movzwl 8(%ebx), %eax                /* SID */
+        call putbdf
+        mov $s_fault_addr, %esi
+        call puts
+        mov (%ebx), %eax                    /* FI (page) */
+        and $0xFFFFF000, %eax
+        call puthex
+        mov $s_close, %esi
+        call puts
+        movzwl 8(%ebx), %ecx
+        mov (%ebx), %esi
+        and $0xFFFFF000, %esi
+        movl $0x80000000, 12(%ebx)          /* write 1 to clear F */
+        movl $1, VTD_BASE + 0x34            /* FSTS.PFO (RW1C) */
+        xor %al, %al
+        cmp edu_bdf, %ecx
+        jne 9f
+        and $0xFFFFF000, %edx
+        cmp %edx, %esi
+        jne 9f
+        mov $1, %al
+9:      pop %esi
+        pop %edx
+        pop %ecx
+        pop %ebx
+        ret
 
 verdict:
         mov $s_summary, %esi
@@ -909,6 +1122,11 @@ s_dma_in:       .asciz "dma: edu reads and writes through the mapping "
 s_unmapped:     .asciz "dma: unmapped iova 0x08001000 faults "
 s_unmap:        .asciz "virtio-iommu: UNMAP iova 0x08000000"
 s_after_unmap:  .asciz "dma: after UNMAP the old iova faults, memory untouched "
+s_vtd:          .asciz "vt-d: unit at 0xfed90000, VER "
+s_vtd_tables:   .asciz "vt-d: root/context/second-stage tables, SRTP, global invalidation, TE "
+s_vtd_unmapped: .asciz "dma: iova 0x08001000 without a PTE faults "
+s_vtd_unmap:    .asciz "vt-d: clear PTE + IOTLB invalidation, old iova faults, memory untouched "
+s_frcd:         .asciz "[FRCD reason "
 s_status:       .asciz " status "
 s_fault:        .asciz "[fault reason "
 s_fault_ep:     .asciz " endpoint "
@@ -953,3 +1171,16 @@ eq_notify:      .skip 4
 rq_avail_idx:   .skip 2
 eq_avail_idx:   .skip 2
 eq_used_seen:   .skip 2
+        .align 4
+vtd_iva:        .skip 4
+vtd_frcd:       .skip 4
+vtd_nfr:        .skip 4
+vtd_aw:         .skip 4
+vtd_top:        .skip 4
+        .align 4096
+root_table:     .skip 4096
+ctx_table:      .skip 4096
+sl_pml4:        .skip 4096
+sl_pdpt:        .skip 4096
+sl_pd:          .skip 4096
+sl_pt:          .skip 4096

@@ -70,6 +70,29 @@ test("built-in guest with --iommu virtio: ATTACH/MAP/DMA/UNMAP/fault all pass an
   assert.match(r.stderr, /faults by cause: blocked 1, unmapped 2/);
 });
 
+test("built-in guest with --iommu intel: tables, TE, FRCD on a missing PTE, DMA, PTE clear + IOTLB invalidation faults", (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  const r = run(["--iommu", "intel"]);
+  assert.match(
+    r.serial,
+    /without a PTE faults \[FRCD reason 0x00000005 endpoint 00:02\.0 address 0x08001000\] \.\.\. ok/,
+  );
+  assert.match(
+    r.serial,
+    /IOTLB invalidation, old iova faults, memory untouched \[FRCD reason 0x00000005 endpoint 00:02\.0 address 0x08000000\] \.\.\. ok/,
+  );
+  assert.match(r.serial, /verdict: PASS/);
+  assert.equal(r.status, 0, r.serial + r.stderr);
+  assert.match(r.stderr, /vt-d: 2 DMA faults/);
+});
+
+test("built-in guest with --iommu intel,aw-bits=39 walks 3-level tables (CAP.SAGAW)", (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  const r = run(["--iommu", "intel,aw-bits=39"]);
+  assert.match(r.serial, /verdict: PASS/);
+  assert.equal(r.status, 0);
+});
+
 test("built-in guest without a vIOMMU: edu DMA is identity and round-trips", (t) => {
   if (!KVM) return t.skip(NO_KVM);
   const r = run([]);
