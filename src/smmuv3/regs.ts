@@ -67,6 +67,8 @@ export const CR0_WRITABLE = CR0_SMMUEN | CR0_EVENTQEN | CR0_CMDQEN;
 export const CR1_MASK = 0xfff;
 /** CR2 (6.3.12): E2H (RES0 without Hyp), RECINVSID bit 1, PTM bit 2. */
 export const CR2_MASK = 0b110;
+/** CR2.RECINVSID: record C_BAD_STREAMID for out-of-range StreamIDs (7.3.3). */
+export const CR2_RECINVSID = 1 << 1;
 
 /** GBPA (6.3.14). */
 export const GBPA_ABORT = 1 << 20;

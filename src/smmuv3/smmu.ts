@@ -90,6 +90,7 @@ import {
   CR0_WRITABLE,
   CR1_MASK,
   CR2_MASK,
+  CR2_RECINVSID,
   DEFAULT_FEATURES,
   GBPA_ABORT,
   GBPA_FIELDS,
@@ -106,6 +107,7 @@ import {
   IRQ_GERROR,
   idr0,
   idr1,
+  OAS_BITS,
   REG,
   type SmmuFeatures,
   STRTAB_FMT_2LVL,
@@ -963,8 +965,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (ep !== undefined) return ep;
     this.ownershipViolations++;
     this.viommu.violation(sid, action);
-    const e = this.event.reset(EVT.C_BAD_STREAMID, sid);
-    this.recordEvent(e);
+    if ((this.cr2 & CR2_RECINVSID) !== 0) this.recordEvent(this.event.reset(EVT.C_BAD_STREAMID, sid));
     return undefined;
   }
 
@@ -1166,7 +1167,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     const access: Access = this.curWrite ? ACCESS_WRITE : 1;
     if (record) {
       const e = this.event.reset(type, this.curSid);
-      e.ssv = this.curSsid >= 0;
+      // C_BAD_SUBSTREAMID always carries the SubstreamID and has no SSV bit (7.3.9).
+      e.ssv = this.curSsid >= 0 && type !== EVT.C_BAD_SUBSTREAMID;
       e.substreamId = Math.max(this.curSsid, 0);
       e.rnw = !this.curWrite;
       e.pnu = this.curPrivileged;
@@ -1195,13 +1197,17 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   }
 
   private failConfig(type: number): DmaFault {
-    return this.fail(type, true, false, 0, 0, 0, "none");
+    // C_BAD_STREAMID is recorded only when CR2.RECINVSID == 1 (7.3.3).
+    const record = type !== EVT.C_BAD_STREAMID || (this.cr2 & CR2_RECINVSID) !== 0;
+    return this.fail(type, record, false, 0, 0, 0, "none");
   }
 
   /** A stage-1 or stage-2 walk fault from `r`. */
   private failWalk(r: WalkResult, stage1Record: boolean, s2Record: boolean): DmaFault {
     if (r.fault === EVT.F_WALK_EABT) {
-      return this.fail(EVT.F_WALK_EABT, true, r.faultS2, r.faultClass, 0, r.fetchAddr, "fetch");
+      // 7.3.12: an abort on a stage-1 descriptor access is S2 == 0, CLASS == TT.
+      const cls = r.faultS2 ? r.faultClass : CLASS_TT;
+      return this.fail(EVT.F_WALK_EABT, true, r.faultS2, cls, 0, r.fetchAddr, "fetch");
     }
     if (r.faultS2) return this.fail(r.fault, s2Record, true, r.faultClass, r.faultIpa, 0, "ipa");
     return this.fail(r.fault, stage1Record, false, CLASS_IN, 0, 0, "none");
@@ -1313,6 +1319,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       // L1CD.V == 0: the SubstreamID has no CD table (C_BAD_SUBSTREAMID, 5.3).
       if ((this.words[0] & 1) === 0) return this.failConfig(EVT.C_BAD_SUBSTREAMID);
       const l2 = (this.words[1] & 0xfffff) * 2 ** 32 + (this.words[0] & 0xfffff000);
+      // An L1CD.L2Ptr beyond the address size is C_BAD_SUBSTREAMID too (7.3.9).
+      if (l2 >= 2 ** OAS_BITS) return this.failConfig(EVT.C_BAD_SUBSTREAMID);
       cdIpa = l2 + (index % 2 ** leafBits) * CD_BYTES;
     }
     const cdPa = this.stage2ForFetch(cdIpa, CLASS_CD, this.r2);
@@ -1472,9 +1480,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     let cdIndex = 0;
     if (stage1) {
       if (ssid >= 0) {
-        if (ste.s1CdMax === 0 || ssid >= 2 ** ste.s1CdMax || (ste.s1Dss === S1DSS_SSID0 && ssid === 0)) {
-          return this.failConfig(EVT.C_BAD_SUBSTREAMID);
-        }
+        if (ste.s1CdMax === 0 || ssid >= 2 ** ste.s1CdMax) return this.failConfig(EVT.C_BAD_SUBSTREAMID);
+        // CD 0 is reserved for non-substream traffic when S1DSS == 0b10 (7.3.7).
+        if (ste.s1Dss === S1DSS_SSID0 && ssid === 0) return this.failConfig(EVT.F_STREAM_DISABLED);
         cdIndex = ssid;
       } else if (ste.s1CdMax !== 0) {
         if (ste.s1Dss === S1DSS_TERMINATE) return this.failConfig(EVT.F_STREAM_DISABLED);

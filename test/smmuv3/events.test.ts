@@ -146,15 +146,40 @@ test("C_BAD_SUBSTREAMID: SubstreamID on a stream with S1CDMax=0", () => {
   const fx = ready();
   attachS1(fx, 8).map(0, 0x20_0000, 3, s1Attrs());
   const e = expectEvent(fx, 8, 0, EVT.C_BAD_SUBSTREAMID, ACCESS_READ, 3);
-  assert.equal(e.ssv, true);
+  assert.equal(e.ssv, false, "C_BAD_SUBSTREAMID has no SSV bit (7.3.9)");
   assert.equal(e.substreamId, 3);
 });
 
-test("C_BAD_SUBSTREAMID: SubstreamID >= 2^S1CDMax, and SSID 0 when S1DSS uses CD 0", () => {
+test("C_BAD_SUBSTREAMID: SubstreamID >= 2^S1CDMax", () => {
   const fx = ready();
   withCd(fx, 8, {}, { s1CdMax: 2, s1Dss: 0b10 });
   expectEvent(fx, 8, 0, EVT.C_BAD_SUBSTREAMID, ACCESS_READ, 4);
-  expectEvent(fx, 8, 0, EVT.C_BAD_SUBSTREAMID, ACCESS_READ, 0);
+});
+
+test("F_STREAM_DISABLED: SubstreamID 0 while S1DSS reserves CD 0 for non-substream traffic (7.3.7)", () => {
+  const fx = ready();
+  withCd(fx, 8, {}, { s1CdMax: 2, s1Dss: 0b10 });
+  const e = expectEvent(fx, 8, 0, EVT.F_STREAM_DISABLED, ACCESS_READ, 0);
+  assert.equal(e.ssv, true);
+});
+
+test("C_BAD_SUBSTREAMID: an L1CD whose L2Ptr is beyond the address size (7.3.9)", () => {
+  const fx = ready();
+  const l1 = fx.alloc.alloc(64 * 8, 512);
+  fx.memory.writeU32(l1 + 8, 1);
+  fx.memory.writeU32(l1 + 12, 0x1_0000); // L2Ptr bit 48
+  ste(fx, 8, { config: 0b101, cdTable: l1, s1CdMax: 12, s1Fmt: 1 });
+  expectEvent(fx, 8, 0, EVT.C_BAD_SUBSTREAMID, ACCESS_READ, 100);
+});
+
+test("C_BAD_STREAMID is recorded only while CR2.RECINVSID == 1 (7.3.3)", () => {
+  const fx = ready();
+  fx.smmu.write(REG.CR0, 4, 0);
+  fx.smmu.write(REG.CR2, 4, 0);
+  fx.smmu.write(REG.CR0, 4, 0b1101);
+  const { code, events } = access(fx, 1234, 0);
+  assert.equal(code, EVT.C_BAD_STREAMID);
+  assert.equal(events.length, 0);
 });
 
 test("C_BAD_SUBSTREAMID: SubstreamID on a bypass stream", () => {
@@ -227,6 +252,8 @@ test("F_WALK_EABT: a table descriptor fetch aborts; FetchAddr is the descriptor 
   withCd(fx, 8, { ttb0: 0x100_0000 * 16 }); // 256 MiB: beyond the 32 MiB of RAM
   const e = expectEvent(fx, 8, 0x1000, EVT.F_WALK_EABT);
   assert.equal(e.fetchAddr, 0x1000_0000);
+  assert.equal(e.s2, false);
+  assert.equal(e.cls, CLASS_TT, "a stage-1 descriptor abort is CLASS TT (7.3.12)");
 });
 
 test("F_TRANSLATION: invalid descriptor, VA beyond T0SZ, EPD0, reserved level-3 encoding, level-0 block", () => {
