@@ -54,7 +54,8 @@ export const COMMON_QUEUE_DRIVER = 40;
 export const COMMON_QUEUE_DEVICE = 48;
 export const COMMON_QUEUE_NOTIFY_DATA = 56;
 export const COMMON_QUEUE_RESET = 58;
-export const COMMON_CFG_SIZE = 60;
+/** admin_queue_index / admin_queue_num (60, 62) exist with VIRTIO_F_ADMIN_VQ, not offered: read 0. */
+export const COMMON_CFG_SIZE = 64;
 
 /** ISR status bits (4.1.4.5). */
 export const ISR_QUEUE = 1;

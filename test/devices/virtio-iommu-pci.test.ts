@@ -196,3 +196,20 @@ test("fuzz: random virtio BAR and configuration traffic on an iommu=on device ne
   );
   assert.ok(rng.stats().requests > 100, "the fuzz reaches the device");
 });
+
+test("VIRTIO 1.3 5.13.6.6: an eventq buffer shorter than a fault record is returned unused and the record waits", () => {
+  const { m, rid, dma } = eduBehindIommu();
+  m.mapDmaWindow(1, rid);
+  const d = m.viommuDriver;
+  const small = d.allocator.alloc(8);
+  d.queues[1].add([{ gpa: small, len: 8, writable: true }]);
+  d.kick(1);
+  dma(EDU_DMA_BUFFER_ADDRESS, DMA_IOVA_OFFSET, 64, 0x3);
+  assert.deepEqual(
+    d.queues[1].takeUsed().map((u) => u.len),
+    [0],
+  );
+  assert.equal(m.viommu.stats().eventBuffersTooSmall, 1);
+  m.postEventBuffers(1);
+  assert.equal(m.takeFaults().length, 1);
+});

@@ -396,3 +396,72 @@ test("observability: status changes, notifications, NEEDS_RESET and MSI-X messag
     assert.ok(events.includes(e), e);
   }
 });
+
+test("VIRTIO 1.3 4.1.4.5.1: the ISR configuration bit is set before a configuration notification by INTx", () => {
+  const { m, drv, t } = setup();
+  drv.probe();
+  drv.negotiate(VIRTIO_F_VERSION_1);
+  drv.setupQueue(0);
+  drv.driverOk();
+  drv.queues[0].publish(99); // a bad head: DEVICE_NEEDS_RESET + configuration notification
+  drv.kick(0);
+  assert.ok(m.irq.pinAsserted(t.pci.requesterId, 0));
+  assert.equal(drv.readIsr() & 2, 2);
+});
+
+test("VIRTIO 1.3 4.1.4.3.2: a queue_size that is not a power of two, or above the maximum, is ignored", () => {
+  const { drv } = setup();
+  drv.probe();
+  drv.w16(22, 0);
+  drv.w16(24, 12);
+  assert.equal(drv.c16(24), 16);
+  drv.w16(24, 32);
+  assert.equal(drv.c16(24), 16);
+  drv.w16(24, 8);
+  assert.equal(drv.c16(24), 8);
+});
+
+test("VIRTIO 1.3 2.7.2: a misaligned descriptor table makes DRIVER_OK fail with DEVICE_NEEDS_RESET", () => {
+  const { drv, t } = setup();
+  drv.probe();
+  drv.negotiate(VIRTIO_F_VERSION_1);
+  drv.setupQueue(0);
+  drv.w16(22, 0);
+  assert.equal(drv.c16(28), 1);
+  // queue_desc cannot change while the queue is enabled; reset and configure a misaligned one.
+  drv.w8(20, 0);
+  drv.negotiate(VIRTIO_F_VERSION_1);
+  drv.w16(22, 0);
+  drv.w32(32, 0x10008);
+  drv.w32(40, 0x20000);
+  drv.w32(48, 0x30000);
+  drv.w16(28, 1);
+  drv.driverOk();
+  assert.equal(drv.status & S_NEEDS_RESET, S_NEEDS_RESET);
+  assert.match(t.stats().lastError ?? "", /misaligned/);
+});
+
+test("VIRTIO 1.3 4.1.4.3.2: queue addresses cannot change once the queue is enabled", () => {
+  const { drv } = setup();
+  drv.probe();
+  drv.negotiate(VIRTIO_F_VERSION_1);
+  const q = drv.setupQueue(0);
+  drv.w16(22, 0);
+  drv.w32(32, 0x1230);
+  assert.equal(drv.c32(32), q.descGpa);
+  drv.w16(28, 0); // writing 0 to queue_enable is not allowed and has no effect
+  assert.equal(drv.c16(28), 1);
+});
+
+test("VIRTIO 1.3 5.4.6: a device-readable buffer on the virtio-rng queue is returned with used length 0", () => {
+  const { drv, rng } = setup();
+  drv.bringUp(VIRTIO_F_VERSION_1, 1);
+  const q = drv.queues[0];
+  q.add([{ gpa: drv.allocator.alloc(16), len: 16, writable: false }]);
+  drv.kick(0);
+  assert.deepEqual(
+    q.takeUsed().map((u) => u.len),
+    [0],
+  );
+  assert.equal(rng.stats().rejectedChains, 1);
+});
