@@ -237,3 +237,17 @@ export class InterruptRemapper {
     return { ok: true, remapped: true, interrupt: out, message: out.message };
   }
 }
+
+/**
+ * The interrupt request an I/O APIC sends for a redirection-table entry in remappable format
+ * (VT-d 5.1.5.1: format bit 48 set, Interrupt_Index[14:0] in 63:49 and [15] in bit 11), to be
+ * passed to `remap` with the I/O APIC's source id. Null for compatibility-format entries (their
+ * message is built by the I/O APIC as usual and still goes through `remap`).
+ */
+export function ioapicRemappableRequest(rteLo: number, rteHi: number): MsiMessage | null {
+  if ((rteHi & 0x10000) === 0) return null;
+  const handle = ((rteHi >>> 17) & 0x7fff) | (((rteLo >>> 11) & 1) << 15);
+  const address = 0xfee00000 + (handle & 0x7fff) * 32 + 0x10 + ((handle >>> 15) & 1) * 4;
+  // SHV is clear: the data carries the vector only for the EOI path, not the handle.
+  return { address, data: rteLo & 0xff };
+}

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { FR } from "../../src/vtd/fault-reasons.ts";
+import { ioapicRemappableRequest } from "../../src/vtd/interrupt-remap.ts";
 import { GCMD, REG } from "../../src/vtd/registers.ts";
 import { D, decodeFrcd, frcd, rig } from "./guest.ts";
 
@@ -184,4 +185,17 @@ test("SIRTP empties the interrupt entry cache", () => {
   assert.equal(r.unit.stats().interruptEntryCache.entries, 1);
   r.driver.oneShot(GCMD.SIRTP);
   assert.equal(r.unit.stats().interruptEntryCache.entries, 0);
+});
+
+test("an I/O APIC RTE in remappable format becomes a request remapped with the IOAPIC source id", () => {
+  const r = setup("intremap=on", 15);
+  r.irte(0x8003, 1n | (0x3an << 16n), BigInt(IOAPIC_SID) | (1n << 18n));
+  // RTE: vector 0x3a, Interrupt_Index[15] in bit 11, format bit 48, Interrupt_Index[14:0] in 63:49.
+  const rteLo = 0x3a | (1 << 11);
+  const rteHi = (1 << 16) | (3 << 17);
+  const req = ioapicRemappableRequest(rteLo, rteHi);
+  assert.ok(req !== null);
+  const res = r.unit.remap(IOAPIC_SID, req.address, req.data);
+  assert.ok(res.ok && res.interrupt?.vector === 0x3a);
+  assert.equal(ioapicRemappableRequest(0x3a, 0), null);
 });
