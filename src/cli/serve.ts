@@ -28,18 +28,19 @@
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
-import { VfioType1Container } from "../engine/host-iommu.ts";
-import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import { EduDevice } from "../devices/edu.ts";
 import { VirtioBlk } from "../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
 import { VirtioRng } from "../devices/virtio-rng.ts";
+import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
+import { VfioType1Container } from "../engine/host-iommu.ts";
+import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import type { PciFunction } from "../pci/function.ts";
-import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import { ObservedHostIommu } from "../vfio-user/host-observer.ts";
 import { VfioUserDeviceServer } from "../vfio-user/server.ts";
 import { SharedGuestMemory } from "../vfio-user/shared-memory.ts";
 import { buildViot } from "../vfio-user/viot.ts";
+import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 
 export type DeviceKind = "edu" | "rng" | "disk";
 
@@ -88,7 +89,8 @@ function parseProps(text: string, what: string, allowed: readonly string[]): Map
   for (const p of text.split(",").filter((x) => x !== "")) {
     const eq = p.indexOf("=");
     const k = eq < 0 ? p : p.slice(0, eq);
-    if (!allowed.includes(k)) throw new Error(`${what}: unknown property "${k}" (known: ${allowed.join(", ")})`);
+    if (!allowed.includes(k))
+      throw new Error(`${what}: unknown property "${k}" (known: ${allowed.join(", ")})`);
     out.set(k, eq < 0 ? undefined : p.slice(eq + 1));
   }
   return out;
@@ -106,7 +108,8 @@ export function parsePageSizeMask(text: string): bigint {
   }
   // VIRTIO 1.3 5.13.4: at least one bit; the lowest set bit is the granule (4 KiB minimum here:
   // the vfio-user DMA regions and Linux's pages are 4 KiB).
-  if (mask === 0n || (mask & ((1n << 12n) - 1n)) !== 0n) throw new Error("page-size-mask needs granules of 4 KiB or more");
+  if (mask === 0n || (mask & ((1n << 12n) - 1n)) !== 0n)
+    throw new Error("page-size-mask needs granules of 4 KiB or more");
   return mask;
 }
 
@@ -155,7 +158,8 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
       devices.push({ kind: "edu", iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu") });
     } else if (a === "--guest-ram-mib") {
       guestRamMiB = Number(value());
-      if (!Number.isInteger(guestRamMiB) || guestRamMiB < 16) throw new Error("--guest-ram-mib must be an integer >= 16");
+      if (!Number.isInteger(guestRamMiB) || guestRamMiB < 16)
+        throw new Error("--guest-ram-mib must be an integer >= 16");
     } else throw new Error(`unknown argument "${a}"`);
   }
   if (socketDir === undefined) throw new Error("--socket-dir is required");
@@ -174,7 +178,7 @@ interface Served {
   readonly iommu: boolean;
   readonly server: VfioUserDeviceServer;
   readonly stats: () => unknown;
-  readonly host?: VfioType1Container;
+  readonly host?: ObservedHostIommu;
   readonly close?: () => void;
 }
 
@@ -189,7 +193,11 @@ export function qemuArgsLine(
     "-machine memory-backend=viommu-ram",
   ];
   for (const s of served) {
-    const dev = { driver: "vfio-user-pci", socket: { type: "unix", path: s.socketPath }, addr: `0x${s.slot.toString(16)}` };
+    const dev = {
+      driver: "vfio-user-pci",
+      socket: { type: "unix", path: s.socketPath },
+      addr: `0x${s.slot.toString(16)}`,
+    };
     parts.push(`-device '${JSON.stringify(dev)}'`);
   }
   if (viotPath !== undefined) parts.push(`-acpitable file=${viotPath}`);
@@ -222,7 +230,16 @@ export async function runServe(argv: string[]): Promise<number> {
     fn.tracer = tracer;
     const socketPath = join(opts.socketDir, `${name}.sock`);
     rmSync(socketPath, { force: true });
-    const server = new VfioUserDeviceServer({ name, fn, socketPath, memory, dma, requesterId: bdf, tracer, log });
+    const server = new VfioUserDeviceServer({
+      name,
+      fn,
+      socketPath,
+      memory,
+      dma,
+      requesterId: bdf,
+      tracer,
+      log,
+    });
     server.listen();
     served.push({ name, slot, bdf, server, ...extra });
   };
@@ -241,20 +258,26 @@ export async function runServe(argv: string[]): Promise<number> {
     const engine = viommu.engine;
     const pci = viommu;
     // The IOMMU's own queues are guest-physical (it is not behind itself).
-    serveFunction("virtio-iommu", IOMMU_SLOT, viommu.pci, new DmaAddressSpace(memory, IDENTITY, IOMMU_SLOT << 3), {
-      iommu: false,
-      stats: () => ({ pci: pci.stats(), engine: engine.stats() }),
-    });
+    serveFunction(
+      "virtio-iommu",
+      IOMMU_SLOT,
+      viommu.pci,
+      new DmaAddressSpace(memory, IDENTITY, IOMMU_SLOT << 3),
+      {
+        iommu: false,
+        stats: () => ({ pci: pci.stats(), engine: engine.stats() }),
+      },
+    );
   }
   let slot = IOMMU_SLOT + 1;
   const devices: { name: string; close?: () => void }[] = [];
   for (const [i, spec] of opts.devices.entries()) {
     const name = `${spec.kind}${i}`;
     const bdf = slot << 3;
-    let host: VfioType1Container | undefined;
+    let host: ObservedHostIommu | undefined;
     let dma: DmaAddressSpace;
     if (spec.iommu && viommu !== undefined) {
-      if (spec.kind === "edu") host = new VfioType1Container();
+      if (spec.kind === "edu") host = new ObservedHostIommu(new VfioType1Container());
       dma = viommu.engine.addEndpoint(bdf, host !== undefined ? { host } : {});
     } else {
       dma = new DmaAddressSpace(memory, IDENTITY, bdf);
@@ -265,10 +288,22 @@ export async function runServe(argv: string[]): Promise<number> {
     } else if (spec.kind === "rng") {
       const rng = new VirtioRng({ name });
       const t = new VirtioPciTransport(rng, { accessPlatform: spec.iommu, tracer });
-      serveFunction(name, slot, t.pci, dma, { iommu: spec.iommu, stats: () => ({ rng: rng.stats(), transport: t.stats() }) });
+      serveFunction(name, slot, t.pci, dma, {
+        iommu: spec.iommu,
+        stats: () => ({ rng: rng.stats(), transport: t.stats() }),
+      });
     } else {
-      const blk = new VirtioBlk({ path: spec.path!, readOnly: spec.readOnly, accessPlatform: spec.iommu, name });
-      serveFunction(name, slot, blk.pci, dma, { iommu: spec.iommu, stats: () => blk.stats(), close: () => blk.close() });
+      const blk = new VirtioBlk({
+        path: spec.path!,
+        readOnly: spec.readOnly,
+        accessPlatform: spec.iommu,
+        name,
+      });
+      serveFunction(name, slot, blk.pci, dma, {
+        iommu: spec.iommu,
+        stats: () => blk.stats(),
+        close: () => blk.close(),
+      });
       devices.push({ name, close: () => blk.close() });
     }
     slot++;
@@ -290,7 +325,10 @@ export async function runServe(argv: string[]): Promise<number> {
   process.stdout.write(`${line}\n`);
   log(
     `ready: ${served
-      .map((s) => `${s.name} at 00:${s.slot.toString(16)}.0${s.iommu ? " (iommu=on)" : ""} on ${s.server.socketPath}`)
+      .map(
+        (s) =>
+          `${s.name} at 00:${s.slot.toString(16)}.0${s.iommu ? " (iommu=on)" : ""} on ${s.server.socketPath}`,
+      )
       .join(", ")}`,
   );
 
@@ -306,7 +344,14 @@ export async function runServe(argv: string[]): Promise<number> {
           server: s.server.stats(),
           device: s.stats(),
           pci: s.server.fn.stats(),
-          host: s.host === undefined ? undefined : { ...s.host.stats(), entrySizes: entrySizeHistogram(s.host) },
+          host:
+            s.host === undefined
+              ? undefined
+              : {
+                  ...s.host.container.stats(),
+                  entrySizes: entrySizeHistogram(s.host.container),
+                  ...s.host.stats(),
+                },
         })),
       };
       process.stderr.write(`viommu serve stats ${JSON.stringify(summary)}\n`);
