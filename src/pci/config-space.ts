@@ -75,6 +75,8 @@ export class ConfigSpace {
   private readonly view = new DataView(this.bytes.buffer);
   private readonly capabilities: CapabilitySlot[] = [];
   private nextCapabilityOffset = 0x40;
+  private lastExtendedOffset = 0;
+  private nextExtendedOffset = 0x100;
 
   u8(offset: number): number {
     return this.bytes[offset];
@@ -124,9 +126,35 @@ export class ConfigSpace {
     return offset;
   }
 
+  /**
+   * Adds a PCI Express extended capability (PCIe 7.6.3: header = ID 15:0, version 19:16, next
+   * 31:20) in the extended space, linked from 0x100 in the order added. Returns its offset.
+   * Only ECAM reaches it; a function without extended capabilities reads 0 at 0x100.
+   */
+  addExtendedCapability(id: number, version: number, sizeBytes: number, hooks: CapabilityHooks = {}): number {
+    const offset = this.nextExtendedOffset;
+    if (sizeBytes < 4 || offset + sizeBytes > CONFIG_SPACE_SIZE) {
+      throw new Error(`extended capability 0x${id.toString(16)} of ${sizeBytes} bytes does not fit`);
+    }
+    this.setU32(offset, (id & 0xffff) | ((version & 0xf) << 16));
+    if (this.lastExtendedOffset !== 0) {
+      const prev = this.lastExtendedOffset;
+      this.setU32(prev, (this.u32(prev) & 0xfffff) | (offset << 20));
+    }
+    this.lastExtendedOffset = offset;
+    this.capabilities.push({ id: 0x10000 | id, offset, sizeBytes, hooks });
+    this.nextExtendedOffset = (offset + sizeBytes + 3) & ~3;
+    return offset;
+  }
+
   /** Offsets of the capabilities with `id`, in list order. */
   findCapabilities(id: number): number[] {
     return this.capabilities.filter((c) => c.id === id).map((c) => c.offset);
+  }
+
+  /** Offsets of the extended capabilities with `id`, in list order. */
+  findExtendedCapabilities(id: number): number[] {
+    return this.capabilities.filter((c) => c.id === (0x10000 | id)).map((c) => c.offset);
   }
 
   /** Reads `sizeBytes` (1, 2 or 4) at `offset`; the caller checked the range. */

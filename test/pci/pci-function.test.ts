@@ -378,3 +378,19 @@ test("PCI 3.0 6.8.2.6: a rewritten MSI-X table entry takes effect for the next m
     ],
   );
 });
+
+test("PCIe 7.6.3: extended capabilities are linked from 0x100 and reachable through ECAM", () => {
+  const { d, b, fn } = build();
+  const ats = fn.config.addExtendedCapability(0x000f, 1, 8);
+  const pasid = fn.config.addExtendedCapability(0x001b, 1, 8);
+  assert.equal(ats, 0x100);
+  d.mechanism = "ecam";
+  const found: number[] = [];
+  for (let at = 0x100, guard = 0; at !== 0 && guard < 8; guard++) {
+    const header = d.read(b, at, 4);
+    found.push(header & 0xffff);
+    at = header >>> 20;
+  }
+  assert.deepEqual(found, [0x000f, 0x001b]);
+  assert.equal(fn.config.findExtendedCapabilities(0x1b)[0], pasid);
+});
