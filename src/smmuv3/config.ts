@@ -126,6 +126,8 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
       wxn: false,
     };
     s2Record = ((w5 >>> 26) & 1) === 1;
+    // An S2TTB beyond the stage-2 output size makes the STE invalid (7.3.14: not F_ADDR_SIZE).
+    if (s2.tableBase >= 2 ** s2.outputBits) return bad(EVT.C_BAD_STE, "S2TTB beyond S2PS");
   }
   const s1CdMax = (w[1] >>> 27) & 0x1f;
   const s1Fmt = (w0 >>> 4) & 3;
@@ -217,6 +219,8 @@ export function decodeCd(w: Uint32Array, f: SmmuFeatures): Decoded<ContextConfig
     if (g === 0) return bad(EVT.C_BAD_CD, "TG0 reserved");
     if (t0sz < 16 || t0sz > 39) return bad(EVT.C_BAD_CD, `T0SZ ${t0sz} out of range`);
     ttb0 = stage1Params(t0sz, g, w[2], w[3], ipsBits, affd, wxn);
+    // A TTB beyond the IPS makes the CD invalid (7.3.14: not F_ADDR_SIZE).
+    if (ttb0.tableBase >= 2 ** ipsBits) return bad(EVT.C_BAD_CD, "TTB0 beyond IPS");
   }
   if (((w0 >>> 30) & 1) === 0) {
     const t1sz = (w0 >>> 16) & 0x3f;
@@ -224,6 +228,7 @@ export function decodeCd(w: Uint32Array, f: SmmuFeatures): Decoded<ContextConfig
     if (g === 0) return bad(EVT.C_BAD_CD, "TG1 reserved");
     if (t1sz < 16 || t1sz > 39) return bad(EVT.C_BAD_CD, `T1SZ ${t1sz} out of range`);
     ttb1 = stage1Params(t1sz, g, w[4], w[5], ipsBits, affd, wxn);
+    if (ttb1.tableBase >= 2 ** ipsBits) return bad(EVT.C_BAD_CD, "TTB1 beyond IPS");
   }
   const asidMask = f.asid16 ? 0xffff : 0xff;
   return {

@@ -2,7 +2,7 @@
  * SMMUv3 event record types and the 32-byte record layout (SMMUv3 7.3).
  *
  * Record: dword0 Type 7:0, SSV 11, SubstreamID 31:12, StreamID 63:32; dword1 STAG 15:0, Stall 31,
- * PnU 33, InD 34, RnW 35, S2 39, CLASS 41:40; dword2 InputAddr 63:0; dword3 IPA 51:12 (stage-2
+ * PnU 33, InD 34, RnW 35, S2 39, CLASS 41:40, TTRnW 44; dword2 InputAddr 63:0; dword3 IPA 51:12 (stage-2
  * faults) or FetchAddr 51:3 (fetch aborts).
  */
 
@@ -58,6 +58,8 @@ export class EventRecord {
   ind = false;
   s2 = false;
   cls = 0;
+  /** F_PERMISSION with CLASS TT: the descriptor access was a read (TTRnW). */
+  ttRead = false;
   inputAddr = 0n;
   /** IPA of a stage-2 fault (bits 51:12 are recorded). */
   ipa = 0;
@@ -76,6 +78,7 @@ export class EventRecord {
     this.ind = false;
     this.s2 = false;
     this.cls = 0;
+    this.ttRead = false;
     this.inputAddr = 0n;
     this.ipa = 0;
     this.fetchAddr = 0;
@@ -94,7 +97,8 @@ export class EventRecord {
       (this.ind ? 1 << 2 : 0) |
       (this.rnw ? 1 << 3 : 0) |
       (this.s2 ? 1 << 7 : 0) |
-      ((this.cls & 3) << 8);
+      ((this.cls & 3) << 8) |
+      (this.ttRead ? 1 << 12 : 0);
     view.setUint32(offset + 12, w3 >>> 0, true);
     view.setBigUint64(offset + 16, BigInt.asUintN(64, this.inputAddr), true);
     let d3 = 0;
@@ -119,6 +123,7 @@ export class EventRecord {
     r.rnw = ((w3 >>> 3) & 1) === 1;
     r.s2 = ((w3 >>> 7) & 1) === 1;
     r.cls = (w3 >>> 8) & 3;
+    r.ttRead = ((w3 >>> 12) & 1) === 1;
     r.inputAddr = view.getBigUint64(offset + 16, true);
     const d3 = view.getUint32(offset + 28, true) * 2 ** 32 + view.getUint32(offset + 24, true);
     r.ipa = d3 - (d3 % 4096);

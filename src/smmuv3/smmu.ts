@@ -1175,6 +1175,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       e.ind = this.curInstruction && !this.curWrite;
       e.s2 = s2;
       e.cls = cls;
+      // TTRnW (bit 44): the stage-1 walk access that took a stage-2 Permission fault was a read.
+      e.ttRead = type === EVT.F_PERMISSION && s2 && cls === CLASS_TT;
       e.inputAddr = this.curInputKnown ? this.curInput : BigInt(this.curIova);
       e.ipa = ipa;
       e.fetchAddr = fetchAddr;
@@ -1613,7 +1615,10 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     out: Translation,
   ): DmaFault | null {
     const s2 = ste.s2!;
-    if (hi16 !== 0 || key >= 2 ** s2.inputBits) {
+    // Stage 1 bypassed: an input beyond the implemented address size is a stage-1 F_ADDR_SIZE
+    // (7.3.14, CLASS IN, S2 == 0); beyond S2T0SZ it is a stage-2 F_TRANSLATION.
+    if (hi16 !== 0) return this.fail(EVT.F_ADDR_SIZE, true, false, CLASS_IN, 0, 0, "none");
+    if (key >= 2 ** s2.inputBits) {
       return this.fail(EVT.F_TRANSLATION, ste.s2Record, true, CLASS_IN, 0, 0, "ipa");
     }
     const f = this.stage2Output(ste, key, access === ACCESS_WRITE);

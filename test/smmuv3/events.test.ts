@@ -123,6 +123,7 @@ const BAD_STES: [string, SteFields][] = [
   ["S1Fmt reserved", { config: 0b101, s1CdMax: 2, s1Fmt: 3 }],
   ["S1DSS reserved", { config: 0b101, s1CdMax: 2, s1Dss: 3 }],
   ["STRW EL2 without Hyp", { config: 0b101, strw: 2 }],
+  ["S2TTB beyond S2PS (7.3.14)", { config: 0b110, s2t0sz: 24, s2sl0: 1, s2ps: 0, s2ttb: 2 ** 33 }],
 ];
 
 for (const [why, f] of BAD_STES) {
@@ -237,6 +238,7 @@ const BAD_CDS: [string, Partial<CdFields>][] = [
   ["T0SZ above 39", { t0sz: 40 }],
   ["T0SZ below 16", { t0sz: 15 }],
   ["TG1 reserved with EPD1=0", { epd1: false, tg1: 0 }],
+  ["TTB0 beyond IPS (7.3.14)", { ips: 0, ttb0: 2 ** 33 }],
 ];
 
 for (const [why, f] of BAD_CDS) {
@@ -390,6 +392,32 @@ test("nested: a stage-1 table walk faulting at stage 2 reports S2=1, CLASS=TT an
   assert.equal(e.cls, CLASS_TT);
   assert.equal(e.ipa, s1.root);
   assert.equal(e.inputAddr, 0x1000n);
+});
+
+test("nested: a stage-2 Permission fault on a stage-1 table read reports CLASS=TT and TTRnW", () => {
+  const fx = ready();
+  const s2 = new PageTables(fx.alloc, 12, 40, 1);
+  const s1 = new PageTables(fx.alloc, 12, 48);
+  const cd = fx.alloc.alloc(64, 64);
+  writeWords(fx.memory, cd, cdWords({ asid: 2, ttb0: s1.root }));
+  s2.map(cd - (cd % 4096), cd - (cd % 4096), 3, s2Attrs());
+  s2.map(s1.root, s1.root, 3, s2Attrs({ s2ap: 0b10 })); // write-only: table reads fault
+  ste(fx, 8, { config: 0b111, cdTable: cd, vmid: 3, s2t0sz: 24, s2sl0: 1, s2ttb: s2.root });
+  const e = expectEvent(fx, 8, 0x1000, EVT.F_PERMISSION);
+  assert.equal(e.s2, true);
+  assert.equal(e.cls, CLASS_TT);
+  assert.equal(e.ttRead, true);
+  assert.equal(e.ipa, s1.root);
+});
+
+test("stage 1 bypassed on a stage-2 stream: an input beyond the address size is F_ADDR_SIZE, S2=0", () => {
+  const fx = ready();
+  attachS2(fx, 16, 5);
+  const f = fx.smmu.translateVa64(16, -1, 1n << 50n, ACCESS_READ);
+  assert.equal(typeof f === "number" ? 0 : f.code, EVT.F_ADDR_SIZE);
+  const [e] = fx.driver.drainEvents();
+  assert.equal(e.s2, false);
+  assert.equal(e.cls, CLASS_IN);
 });
 
 test("nested: a CD fetch faulting at stage 2 reports CLASS=CD", () => {
