@@ -157,8 +157,30 @@ export class InvalidationQueue {
     this.env.setFaultStatus(FSTS.IQE);
   }
 
-  /** Runs descriptors from IQH up to IQT (after an IQT write, QIE enable, or IQE clear). */
+  private running = false;
+  private rerun = false;
+
+  /**
+   * Runs descriptors from IQH up to IQT (after an IQT write, QIE enable, or IQE clear). A call
+   * made while descriptors run (an event handler moving the tail) is folded into the running one.
+   */
   process(): void {
+    if (this.running) {
+      this.rerun = true;
+      return;
+    }
+    this.running = true;
+    try {
+      do {
+        this.rerun = false;
+        this.drain();
+      } while (this.rerun);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private drain(): void {
     const r = this.regs;
     if ((r.get32(REG.FSTS) & FSTS.IQE) !== 0) return;
     const wide = this.wide();

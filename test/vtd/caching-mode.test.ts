@@ -121,3 +121,24 @@ test("the guest's DMA through the unit and the host mapping agree", () => {
   const e = host.lookup(0x10000);
   assert.ok(e !== undefined && memory.readU32(e.gpa) === 99);
 });
+
+test("scalable mode: a first-stage RID_PASID table is shadowed too", () => {
+  const r = rig({ config: "caching-mode=on,scalable-mode=on" });
+  const host = new VfioType1Container();
+  r.driver.enableQueuedInvalidation(true);
+  r.driver.setRootTable(true);
+  const fs = new PageTable(r.memory, r.alloc, 4, true);
+  const dir = r.driver.setScalableContext(SID);
+  r.driver.setPasidEntry(dir, 0, { pgtt: 1, did: 6, flptptr: fs.root });
+  r.unit.addEndpoint(SID, { host });
+  r.driver.setPersistent(GCMD.TE, true);
+  fs.map(0x30000, 0x130000, 1, 0x7n);
+  fs.map(0x31000, 0x131000, 1, 0x5n);
+  assert.ok(r.driver.submitAndWait([D.pasidIotlbPage(6, 0, 0x30000, 1)]));
+  assert.deepEqual(host.list(), [
+    { iova: 0x30000, gpa: 0x130000, sizeBytes: 4096, perms: 3 },
+    { iova: 0x31000, gpa: 0x131000, sizeBytes: 4096, perms: 1 },
+  ]);
+  // Enumeration for the host does not touch Accessed bits.
+  assert.equal(r.memory.readU64(fs.root) & 0x20n, 0n);
+});

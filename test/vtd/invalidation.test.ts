@@ -346,3 +346,22 @@ test("PASID-based device-TLB descriptor reaches the endpoint with the PASID", ()
   assert.ok(r.driver.submitAndWait([D.pasidDeviceTlb(SID, 42, 0x7000)]));
   assert.deepEqual(seen, [[0x7000, 0x1000, 42]]);
 });
+
+test("a completion event handler that moves the tail is folded into the running queue walk", () => {
+  let r: ReturnType<typeof rig> | undefined;
+  let reentered = 0;
+  const sink = {
+    signalMsi() {
+      if (r === undefined || reentered++ > 0) return;
+      r.memory.writeU32(r.driver.statusGpa + 16, 0);
+      r.driver.submit([D.wait(0x77, r.driver.statusGpa + 16)]);
+    },
+    setPin() {},
+  };
+  r = rig({ interrupts: sink });
+  r.driver.enableQueuedInvalidation();
+  r.driver.submit([D.waitIntrOnly()]);
+  assert.equal(r.memory.readU32(r.driver.statusGpa + 16), 0x77);
+  assert.equal(r.driver.r64(REG.IQH), r.driver.r64(REG.IQT));
+  assert.equal(r.unit.stats().queue.descriptors, 2);
+});

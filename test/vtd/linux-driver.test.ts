@@ -146,3 +146,21 @@ test("trace events: IOTLB fill, invalidation descriptors and faults are observab
   assert.ok(events.includes("invalidate:descriptor"));
   assert.ok(events.includes("invalidate:iotlb"));
 });
+
+test("Linux scalable mode with a first-stage DMA domain: map, DMA, unmap + PASID-based PSI", () => {
+  const { unit, memory, alloc, driver: d } = linuxInit(true);
+  const fs = new PageTable(memory, alloc, 4, true);
+  const dir = d.setScalableContext(SID);
+  d.setPasidEntry(dir, 0, { pgtt: 1, did: 11, flptptr: fs.root });
+  const dma = unit.addEndpoint(SID);
+  d.setPersistent(GCMD.TE, true);
+  // Linux first-stage leaves: P | RW | US | A, and XD.
+  fs.map(0x20000, 0x240000, 1, 0x27n | (1n << 63n));
+  memory.writeU32(0x240000, 0x5151);
+  assert.equal(dma.readUint(0x20000, 4), 0x5151);
+  fs.unmap(0x20000);
+  assert.equal(dma.readUint(0x20000, 4), 0x5151, "cached until invalidated");
+  assert.ok(d.submitAndWait([D.pasidIotlbPage(11, 0, 0x20000)]));
+  assert.equal(dma.readUint(0x20000, 4), -1);
+  assert.equal(dma.lastFault?.code, 0x71);
+});
