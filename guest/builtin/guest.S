@@ -269,7 +269,7 @@ virtio_iommu_test:
         call dst_untouched
         and %bl, %al
         call check
-
+        jmp verdict
 
         /* ---- 5. Intel VT-d (legacy mode, second-stage tables), VT-d 3.4, 9.1-9.3 ---- */
 vtd_test:
@@ -400,7 +400,7 @@ vtd_gcmd:
         and $0x96FFFFFF, %ecx               /* keep TE, QIE, IRE, CFI; drop one-shot bits */
         or %eax, %ecx
         mov %ecx, VTD_BASE + 0x18
-        mov $1000000, %ecx
+        mov $100000, %ecx
 1:      test %eax, VTD_BASE + 0x1C
         jnz 2f
         loop 1b
@@ -418,7 +418,7 @@ vtd_iotlb:
 /* vtd_wait_bit31: EBX = register dword; poll until bit 31 clears (bounded) */
 vtd_wait_bit31:
         push %ecx
-        mov $1000000, %ecx
+        mov $100000, %ecx
 1:      testl $0x80000000, (%ebx)
         jz 2f
         loop 1b
@@ -745,7 +745,7 @@ pci_enable_master:                          /* EAX = bdf: Command |= memory | bu
 edu_wait:                                   /* poll DMA command bit 0 (bounded) */
         push %ecx
         mov edu_mmio, %ebx
-        mov $1000000, %ecx
+        mov $100000, %ecx
 1:      testl $1, 0x98(%ebx)
         jz 2f
         loop 1b
