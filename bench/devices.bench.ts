@@ -10,7 +10,9 @@ import { join } from "node:path";
 import { EDU_DMA_BUFFER_ADDRESS, EduDevice } from "../src/devices/edu.ts";
 import { VirtioBlk } from "../src/devices/virtio-blk.ts";
 import { VirtioRng } from "../src/devices/virtio-rng.ts";
+import type { VirtioDevice, VirtioDeviceContext } from "../src/virtio/device.ts";
 import { VirtioPciTransport } from "../src/virtio/pci-transport.ts";
+import { DescriptorChain, POP_CHAIN } from "../src/virtio/split-queue.ts";
 import { DMA_IOVA_OFFSET, IommuMachine } from "../test/support/iommu-machine.ts";
 import { TestMachine } from "../test/support/machine.ts";
 import {
@@ -146,6 +148,64 @@ function rngCase(translated: boolean): BenchCase {
   };
 }
 
+/** A device that returns every chain unused: the cost of the rings and the transport alone. */
+class NullDevice implements VirtioDevice {
+  readonly name = "null";
+  readonly deviceType = 4;
+  readonly pciClassCode = 0xff0000;
+  readonly deviceFeatures = 0n;
+  readonly queueCount = 1;
+  readonly queueMaxSize = 256;
+  readonly configSizeBytes = 0;
+  private ctx: VirtioDeviceContext | undefined;
+  private readonly chain = new DescriptorChain();
+  readConfig(): number {
+    return 0;
+  }
+  writeConfig(): void {}
+  acceptFeatures(): boolean {
+    return true;
+  }
+  activate(ctx: VirtioDeviceContext): void {
+    this.ctx = ctx;
+  }
+  queueNotify(): void {
+    const ctx = this.ctx;
+    if (ctx === undefined) return;
+    const q = ctx.queue(0);
+    while (q.pop(this.chain) === POP_CHAIN) q.pushUsed(this.chain.head, 0);
+    ctx.notifyUsed(0);
+  }
+  reset(): void {
+    this.ctx = undefined;
+  }
+}
+
+function nullCase(translated: boolean, descriptors: number): BenchCase {
+  const { m, drv, alloc } = virtioSetup(
+    (ap) => new VirtioPciTransport(new NullDevice(), { accessPlatform: ap }),
+    translated,
+  );
+  const q = drv.queues[0];
+  const chain = Array.from({ length: descriptors }, (_, i) => ({
+    gpa: alloc.alloc(512, 512),
+    len: 512,
+    writable: i === descriptors - 1,
+  }));
+  return {
+    group: GROUP,
+    name: `virtqueue: ${descriptors}-descriptor chain round trip, ${translated ? "virtio-iommu" : "identity"}`,
+    run(n) {
+      for (let i = 0; i < n; i++) {
+        q.add(chain);
+        drv.kick(0);
+        sink ^= q.takeUsed().length;
+      }
+      m.irq.msis.length = 0;
+    },
+  };
+}
+
 function blkCase(translated: boolean, path: string): BenchCase {
   const { m, drv, alloc } = virtioSetup(
     (ap) => new VirtioBlk({ path, accessPlatform: ap, queueSize: 256 }).transport,
@@ -187,6 +247,8 @@ export const cases: BenchCase[] = [
   ...pciCases(),
   eduDmaCase(false),
   eduDmaCase(true),
+  nullCase(false, 3),
+  nullCase(true, 3),
   rngCase(false),
   rngCase(true),
   blkCase(false, disk),

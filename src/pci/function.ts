@@ -34,35 +34,35 @@ import { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import type { IoHandler } from "../platform/bus.ts";
 import type { InterruptSink, MsiMessage } from "../platform/interrupts.ts";
-import {
-  CONFIG_SPACE_SIZE,
-  ConfigSpace,
-  PCI_BAR0,
-  PCI_CACHE_LINE_SIZE,
-  PCI_CAPABILITY_LIST,
-  PCI_CLASS_PROG,
-  PCI_COMMAND,
-  PCI_COMMAND_INTX_DISABLE,
-  PCI_COMMAND_IO,
-  PCI_COMMAND_MASTER,
-  PCI_COMMAND_MEMORY,
-  PCI_COMMAND_PARITY,
-  PCI_COMMAND_SERR,
-  PCI_DEVICE_ID,
-  PCI_HEADER_TYPE,
-  PCI_INTERRUPT_LINE,
-  PCI_INTERRUPT_PIN,
-  PCI_LATENCY_TIMER,
-  PCI_REVISION_ID,
-  PCI_STATUS,
-  PCI_STATUS_CAP_LIST,
-  PCI_STATUS_INTERRUPT,
-  PCI_STATUS_W1C_MASK,
-  PCI_SUBSYSTEM_ID,
-  PCI_SUBSYSTEM_VENDOR_ID,
-  PCI_VENDOR_ID,
-} from "./config-space.ts";
+import * as Cfg from "./config-space.ts";
 import { BusMasterGate, NO_DMA } from "./dma-gate.ts";
+
+// Module-local copies: under tsx, imported bindings are read through getter calls.
+const CONFIG_SPACE_SIZE = Cfg.CONFIG_SPACE_SIZE;
+const PCI_BAR0 = Cfg.PCI_BAR0;
+const PCI_CACHE_LINE_SIZE = Cfg.PCI_CACHE_LINE_SIZE;
+const PCI_CAPABILITY_LIST = Cfg.PCI_CAPABILITY_LIST;
+const PCI_CLASS_PROG = Cfg.PCI_CLASS_PROG;
+const PCI_COMMAND = Cfg.PCI_COMMAND;
+const PCI_COMMAND_INTX_DISABLE = Cfg.PCI_COMMAND_INTX_DISABLE;
+const PCI_COMMAND_IO = Cfg.PCI_COMMAND_IO;
+const PCI_COMMAND_MASTER = Cfg.PCI_COMMAND_MASTER;
+const PCI_COMMAND_MEMORY = Cfg.PCI_COMMAND_MEMORY;
+const PCI_COMMAND_PARITY = Cfg.PCI_COMMAND_PARITY;
+const PCI_COMMAND_SERR = Cfg.PCI_COMMAND_SERR;
+const PCI_DEVICE_ID = Cfg.PCI_DEVICE_ID;
+const PCI_HEADER_TYPE = Cfg.PCI_HEADER_TYPE;
+const PCI_INTERRUPT_LINE = Cfg.PCI_INTERRUPT_LINE;
+const PCI_INTERRUPT_PIN = Cfg.PCI_INTERRUPT_PIN;
+const PCI_LATENCY_TIMER = Cfg.PCI_LATENCY_TIMER;
+const PCI_REVISION_ID = Cfg.PCI_REVISION_ID;
+const PCI_STATUS = Cfg.PCI_STATUS;
+const PCI_STATUS_CAP_LIST = Cfg.PCI_STATUS_CAP_LIST;
+const PCI_STATUS_INTERRUPT = Cfg.PCI_STATUS_INTERRUPT;
+const PCI_STATUS_W1C_MASK = Cfg.PCI_STATUS_W1C_MASK;
+const PCI_SUBSYSTEM_ID = Cfg.PCI_SUBSYSTEM_ID;
+const PCI_SUBSYSTEM_VENDOR_ID = Cfg.PCI_SUBSYSTEM_VENDOR_ID;
+const PCI_VENDOR_ID = Cfg.PCI_VENDOR_ID;
 
 export type BarKind = "mem32" | "mem64" | "io";
 
@@ -88,9 +88,9 @@ export class PciBar {
   readonly name: string;
   /** The read-only low bits of the BAR register (PCI 3.0 6.2.5.1): I/O bit 0, memory type, prefetchable. */
   readonly typeBits: number;
-  private readonly config: ConfigSpace;
+  private readonly config: Cfg.ConfigSpace;
 
-  constructor(index: number, def: BarDefinition, config: ConfigSpace, functionName: string) {
+  constructor(index: number, def: BarDefinition, config: Cfg.ConfigSpace, functionName: string) {
     this.index = index;
     this.kind = def.kind;
     this.sizeBytes = def.sizeBytes;
@@ -177,7 +177,7 @@ const NO_MEMORY = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1, name: "none" }]
 
 export class PciFunction {
   readonly name: string;
-  readonly config = new ConfigSpace();
+  readonly config = new Cfg.ConfigSpace();
   readonly bars: (PciBar | undefined)[] = [undefined, undefined, undefined, undefined, undefined, undefined];
   /** Set by the MSI / MSI-X capability constructors. */
   msi: MessageCapability | undefined;
