@@ -12,9 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { buffer, device, integer, name } from "../../src/acpi/aml.ts";
-import { ioPortByte } from "../../src/acpi/gas.ts";
-import { type AcpiTableSet, BIOS_RSDP_SCAN_END_GPA, layoutAcpiTables } from "../../src/acpi/layout.ts";
 import { beginSdt, finishSdt, VIOMMU_SDT_IDENTITY } from "../../src/acpi/sdt.ts";
+import { fullPlatformTables } from "./platform-fixture.ts";
 
 const iaslVersion = (() => {
   const r = spawnSync("iasl", ["-v"], { encoding: "utf8" });
@@ -42,37 +41,6 @@ function disassemble(dir: string, file: string, bytes: Uint8Array): Disassembly 
 }
 
 const COMPLAINT = /error|warning|incorrect|invalid|unknown/i;
-
-function fullPlatformTables(): AcpiTableSet {
-  return layoutAcpiTables(
-    {
-      apicIds: [0, 1, 2, 3],
-      dual8259Present: false,
-      pciRoot: {
-        segment: 0,
-        busStart: 0,
-        busEnd: 0xff,
-        mmio32: { min: 0xc000_0000, max: 0xdfff_ffff },
-        mmio64: { min: 0x100_0000_0000, max: 0x1ff_ffff_ffff },
-        ecamBaseGpa: 0xe000_0000,
-      },
-      com1: { ioPort: 0x3f8, irq: 4 },
-      fadt: {
-        reset: { register: ioPortByte(0x3c0), value: 1 },
-        sleep: { control: ioPortByte(0x3c1), status: ioPortByte(0x3c2) },
-      },
-      s5SleepType: 5,
-      interruptOverrides: [{ isaIrq: 9, gsi: 9, flags: 0b1111 }],
-      viot: {
-        iommus: [{ kind: "virtio-pci", segment: 0, bdf: 0x08 }],
-        pciRanges: [
-          { iommu: 0, endpointStart: 0x10, segmentStart: 0, segmentEnd: 0, bdfStart: 0x10, bdfEnd: 0xff },
-        ],
-      },
-    },
-    { rsdpGpa: 0xe0000, limitGpa: BIOS_RSDP_SCAN_END_GPA },
-  );
-}
 
 test("iasl -d: every generated SDT disassembles without complaint", { skip }, (t) => {
   const dir = mkdtempSync(join(tmpdir(), "viommu-iasl-"));

@@ -1,0 +1,35 @@
+/** One complete table set exercising every builder, shared by the ACPICA-based tests. */
+
+import { ioPortByte } from "../../src/acpi/gas.ts";
+import { type AcpiTableSet, BIOS_RSDP_SCAN_END_GPA, layoutAcpiTables } from "../../src/acpi/layout.ts";
+
+export function fullPlatformTables(): AcpiTableSet {
+  return layoutAcpiTables(
+    {
+      apicIds: [0, 1, 2, 3],
+      dual8259Present: false,
+      pciRoot: {
+        segment: 0,
+        busStart: 0,
+        busEnd: 0xff,
+        mmio32: { min: 0xc000_0000, max: 0xdfff_ffff },
+        mmio64: { min: 0x100_0000_0000, max: 0x1ff_ffff_ffff },
+        ecamBaseGpa: 0xe000_0000,
+      },
+      com1: { ioPort: 0x3f8, irq: 4 },
+      fadt: {
+        reset: { register: ioPortByte(0x3c0), value: 1 },
+        sleep: { control: ioPortByte(0x3c1), status: ioPortByte(0x3c2) },
+      },
+      s5SleepType: 5,
+      interruptOverrides: [{ isaIrq: 9, gsi: 9, flags: 0b1111 }],
+      viot: {
+        iommus: [{ kind: "virtio-pci", segment: 0, bdf: 0x08 }],
+        pciRanges: [
+          { iommu: 0, endpointStart: 0x10, segmentStart: 0, segmentEnd: 0, bdfStart: 0x10, bdfEnd: 0xff },
+        ],
+      },
+    },
+    { rsdpGpa: 0xe0000, limitGpa: BIOS_RSDP_SCAN_END_GPA },
+  );
+}
