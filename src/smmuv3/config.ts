@@ -102,6 +102,8 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
     if (((w5 >>> 19) & 1) === 0) return bad(EVT.C_BAD_STE, "S2AA64=0 (AArch32 tables not supported)");
     if (((w5 >>> 20) & 1) === 1) return bad(EVT.C_BAD_STE, "S2ENDI=1 (big-endian tables not supported)");
     if (((w5 >>> 25) & 1) === 1) return bad(EVT.C_BAD_STE, "S2S=1 (stall not supported)");
+    // 5.2.2: S2HA/S2HD need HTTU, which this SMMU does not implement.
+    if (((w5 >>> 23) & 3) !== 0) return bad(EVT.C_BAD_STE, "S2HA/S2HD without HTTU");
     const g = granuleFromTg0(tg);
     if (g === 0) return bad(EVT.C_BAD_STE, `S2TG ${tg} reserved`);
     // IAS is 48 bits (OAS 48, VAX 0); the smallest table is 2^25 bytes of IPA (T0SZ 39).
@@ -114,13 +116,15 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
     const stride = g - 3;
     const startTableBytes = 2 ** (inputBits - (g + (3 - start) * stride) + 3);
     const ttb = addr52(w[6], w[7], 4);
+    // 5.2.2: S2TTB must be aligned to the (concatenated) first-level table.
+    if (ttb % Math.max(startTableBytes, 16) !== 0) return bad(EVT.C_BAD_STE, "S2TTB misaligned");
     s2 = {
       stage: 2,
       granuleShift: g,
       inputBits,
       startLevel: start,
       // S2TTB bits below the (concatenated) table size are treated as zero.
-      tableBase: ttb - (ttb % Math.max(startTableBytes, 16)),
+      tableBase: ttb,
       outputBits: paSizeBits(ps),
       affd: ((w5 >>> 21) & 1) === 1,
       wxn: false,
@@ -134,6 +138,8 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
   const s1Dss = w2 & 3;
   let cdTableBase = 0;
   if (stage1) {
+    // S1STALLD is only meaningful with the stall model "stall and terminate" (5.2.2).
+    if (((w2 >>> 27) & 1) === 1) return bad(EVT.C_BAD_STE, "S1STALLD=1 without stall support");
     if (s1CdMax > f.ssidBits) return bad(EVT.C_BAD_STE, `S1CDMax ${s1CdMax} > SSIDSIZE ${f.ssidBits}`);
     if (s1CdMax !== 0) {
       if (s1Fmt === 0b11) return bad(EVT.C_BAD_STE, "S1Fmt reserved");
@@ -201,19 +207,30 @@ function stage1Params(
   };
 }
 
-/** Decodes the 16 words of a CD (5.4). */
+/** Decodes the 16 words of a CD, following CdIllegal() (5.4.2) for this SMMU's features. */
 export function decodeCd(w: Uint32Array, f: SmmuFeatures): Decoded<ContextConfig> {
   const w0 = w[0];
   const w1 = w[1];
   if (((w0 >>> 31) & 1) === 0) return bad(EVT.C_BAD_CD, "V=0");
+  // TERM_MODEL == 1: RAZ/WI termination is not supported, CD.A must be 1.
+  if (((w1 >>> 14) & 1) === 0) return bad(EVT.C_BAD_CD, "A=0 with TERM_MODEL=1");
+  // STALL_MODEL == 0b01: CD.S must be 0.
+  if (((w1 >>> 12) & 1) === 1) return bad(EVT.C_BAD_CD, "S=1 without stall support");
+  const epd0 = ((w0 >>> 14) & 1) === 1;
+  const epd1 = ((w0 >>> 30) & 1) === 1;
+  // ENDI is IGNORED when both halves are disabled.
+  if ((!epd0 || !epd1) && ((w0 >>> 15) & 1) === 1) {
+    return bad(EVT.C_BAD_CD, "ENDI=1 (big-endian tables not supported)");
+  }
   if (((w1 >>> 9) & 1) === 0) return bad(EVT.C_BAD_CD, "AA64=0 (AArch32 tables not supported)");
-  if (((w0 >>> 15) & 1) === 1) return bad(EVT.C_BAD_CD, "ENDI=1 (big-endian tables not supported)");
+  if (((w1 >>> 10) & 3) !== 0) return bad(EVT.C_BAD_CD, "HA/HD without HTTU");
+  if (!f.asid16 && w1 >>> 24 !== 0) return bad(EVT.C_BAD_CD, "ASID[15:8] != 0 with 8-bit ASIDs");
   const ipsBits = paSizeBits(w1 & 7);
   const affd = ((w1 >>> 3) & 1) === 1;
   const wxn = ((w1 >>> 4) & 1) === 1;
   let ttb0: StageParams | null = null;
   let ttb1: StageParams | null = null;
-  if (((w0 >>> 14) & 1) === 0) {
+  if (!epd0) {
     const t0sz = w0 & 0x3f;
     const g = granuleFromTg0((w0 >>> 6) & 3);
     if (g === 0) return bad(EVT.C_BAD_CD, "TG0 reserved");
@@ -222,7 +239,7 @@ export function decodeCd(w: Uint32Array, f: SmmuFeatures): Decoded<ContextConfig
     // A TTB beyond the IPS makes the CD invalid (7.3.14: not F_ADDR_SIZE).
     if (ttb0.tableBase >= 2 ** ipsBits) return bad(EVT.C_BAD_CD, "TTB0 beyond IPS");
   }
-  if (((w0 >>> 30) & 1) === 0) {
+  if (!epd1) {
     const t1sz = (w0 >>> 16) & 0x3f;
     const g = granuleFromTg1((w0 >>> 22) & 3);
     if (g === 0) return bad(EVT.C_BAD_CD, "TG1 reserved");
@@ -230,11 +247,10 @@ export function decodeCd(w: Uint32Array, f: SmmuFeatures): Decoded<ContextConfig
     ttb1 = stage1Params(t1sz, g, w[4], w[5], ipsBits, affd, wxn);
     if (ttb1.tableBase >= 2 ** ipsBits) return bad(EVT.C_BAD_CD, "TTB1 beyond IPS");
   }
-  const asidMask = f.asid16 ? 0xffff : 0xff;
   return {
     ok: true,
     value: {
-      asid: (w1 >>> 16) & asidMask,
+      asid: w1 >>> 16,
       ttb0,
       ttb1,
       tbi0: ((w1 >>> 6) & 1) === 1,

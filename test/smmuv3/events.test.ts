@@ -123,6 +123,9 @@ const BAD_STES: [string, SteFields][] = [
   ["S1Fmt reserved", { config: 0b101, s1CdMax: 2, s1Fmt: 3 }],
   ["S1DSS reserved", { config: 0b101, s1CdMax: 2, s1Dss: 3 }],
   ["STRW EL2 without Hyp", { config: 0b101, strw: 2 }],
+  ["S1STALLD=1 without stall support", { config: 0b101, s1stalld: true }],
+  ["S2HA=1 without HTTU", { config: 0b110, s2t0sz: 24, s2sl0: 1, s2ha: true }],
+  ["S2TTB misaligned to the first-level table", { config: 0b110, s2t0sz: 24, s2sl0: 1, s2ttb: 0x10_1000 }],
   ["S2TTB beyond S2PS (7.3.14)", { config: 0b110, s2t0sz: 24, s2sl0: 1, s2ps: 0, s2ttb: 2 ** 33 }],
 ];
 
@@ -239,6 +242,9 @@ const BAD_CDS: [string, Partial<CdFields>][] = [
   ["T0SZ below 16", { t0sz: 15 }],
   ["TG1 reserved with EPD1=0", { epd1: false, tg1: 0 }],
   ["TTB0 beyond IPS (7.3.14)", { ips: 0, ttb0: 2 ** 33 }],
+  ["A=0 with TERM_MODEL=1", { abort: false }],
+  ["S=1 without stall support", { stall: true }],
+  ["HA=1 without HTTU", { ha: true }],
 ];
 
 for (const [why, f] of BAD_CDS) {

@@ -66,6 +66,8 @@ export interface SteFields {
   s2affd?: boolean;
   s2s?: boolean;
   s2r?: boolean;
+  s2ha?: boolean;
+  s1stalld?: boolean;
   s2ttb?: number;
 }
 
@@ -74,7 +76,7 @@ export function steWords(f: SteFields): number[] {
   const ctx = f.cdTable ?? 0;
   w[0] = ((f.valid ?? true) ? 1 : 0) | (f.config << 1) | ((f.s1Fmt ?? 0) << 4) | (lo32(ctx) & 0xffffffc0);
   w[1] = (hi32(ctx) & 0xfffff) | ((f.s1CdMax ?? 0) << 27);
-  w[2] = (f.s1Dss ?? 0) | ((f.strw ?? 0) << 30);
+  w[2] = (f.s1Dss ?? 0) | (f.s1stalld ? 1 << 27 : 0) | ((f.strw ?? 0) << 30);
   w[3] = ((f.privcfg ?? 0) << 16) | ((f.instcfg ?? 0) << 18);
   w[4] = f.vmid ?? 0;
   w[5] =
@@ -85,6 +87,7 @@ export function steWords(f: SteFields): number[] {
     ((f.s2aa64 ?? true) ? 1 << 19 : 0) |
     (f.s2endi ? 1 << 20 : 0) |
     (f.s2affd ? 1 << 21 : 0) |
+    (f.s2ha ? 1 << 24 : 0) |
     (f.s2s ? 1 << 25 : 0) |
     ((f.s2r ?? true) ? 1 << 26 : 0);
   const ttb = f.s2ttb ?? 0;
@@ -109,6 +112,9 @@ export interface CdFields {
   tbi1?: boolean;
   aa64?: boolean;
   record?: boolean;
+  abort?: boolean;
+  stall?: boolean;
+  ha?: boolean;
   asid?: number;
   ttb0?: number;
   ttb1?: number;
@@ -132,8 +138,10 @@ export function cdWords(f: CdFields): number[] {
     (f.tbi0 ? 1 << 6 : 0) |
     (f.tbi1 ? 1 << 7 : 0) |
     ((f.aa64 ?? true) ? 1 << 9 : 0) |
+    (f.ha ? 1 << 11 : 0) |
+    (f.stall ? 1 << 12 : 0) |
     ((f.record ?? true) ? 1 << 13 : 0) |
-    (1 << 14) | // A: abort on fault
+    ((f.abort ?? true) ? 1 << 14 : 0) |
     ((f.asid ?? 0) << 16);
   const t0 = f.ttb0 ?? 0;
   const t1 = f.ttb1 ?? 0;

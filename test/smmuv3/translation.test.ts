@@ -94,14 +94,19 @@ test("TTB1: addresses with VA[55]=1 walk TTB1 (T1SZ), tagged by TBI1", () => {
   fx.driver.drainEvents();
 });
 
-test("8-bit ASIDs (IDR0.ASID16=0): CD.ASID[15:8] and TLBI ASID[15:8] are ignored", () => {
+test("8-bit ASIDs (IDR0.ASID16=0): CD.ASID[15:8] != 0 is ILLEGAL (5.4.2)", () => {
   const fx = ready({ features: { asid16: false } });
-  const pt = attachS1(fx, 8, { asid: 0x1203 });
+  const bad = attachS1(fx, 9, { asid: 0x1203 });
+  bad.map(0x1000, 0x20_0000, 3, s1Attrs());
+  assert.equal(pa(fx, 9, 0x1000), -EVT.C_BAD_CD);
+  const pt = attachS1(fx, 8, { asid: 0x03 });
   pt.map(0x1000, 0x20_0000, 3, s1Attrs());
   assert.equal(pa(fx, 8, 0x1000), 0x20_0000);
   pt.unmap(0x1000, 3);
-  fx.driver.submit([cmd.tlbiNhAsid(0, 0x3403)]);
+  // TLBI ASID[15:8] is RES0 with 8-bit ASIDs; this model matches on ASID[7:0] (4.4).
+  fx.driver.submit([cmd.tlbiNhAsid(0, 0x03)]);
   assert.equal(pa(fx, 8, 0x1000), -EVT.F_TRANSLATION);
+  fx.driver.drainEvents();
 });
 
 test("stage-2 start levels (S2SL0) and concatenated first-level tables", () => {
