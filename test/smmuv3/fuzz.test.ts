@@ -43,6 +43,15 @@ test("fuzz: random STEs, CDs and table words never throw; every translation is p
   const pool = fx.alloc.alloc(64 * 4096);
   const pick = (): number => pool + (rnd() % ((64 * 4096) / 64)) * 64;
   for (let i = 0; i < 64 * 1024; i++) fx.memory.writeU32(pool + i * 4, rnd());
+  // A quarter of the 64-byte slots hold mostly-valid CDs whose TTB0 points into the pool, so
+  // walks over random descriptors are reached too.
+  for (let slot = 0; slot < 64 * 64; slot += 4) {
+    const gpa = pool + slot * 64;
+    const ttb = pool + (rnd() % 64) * 4096;
+    const w0 = (16 + (rnd() % 24)) | ((rnd() % 3) << 6) | (1 << 30) | (1 << 31);
+    const w1 = 5 | (1 << 9) | (1 << 14) | ((rnd() & 1) << 13) | ((rnd() & 0xff) << 16);
+    writeWords(fx.memory, gpa, [w0, w1, ttb, 0]);
+  }
   const t = new Translation();
   for (let round = 0; round < 300; round++) {
     const sid = rnd() % 8;
