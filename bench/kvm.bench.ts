@@ -1,0 +1,68 @@
+/**
+ * The micro-VMM's exit path under KVM: one guest port write or MMIO read per iteration, each a
+ * full KVM_RUN round trip (koffi ioctl, kvm_run decode, bus dispatch to the device model).
+ * Empty where /dev/kvm is missing. The guest is a two-instruction Multiboot loop.
+ */
+import { NULL_SINK } from "../src/devices/uart16550.ts";
+import { Tracer } from "../src/engine/trace.ts";
+import { Kvm } from "../src/kvm/system.ts";
+import { Machine } from "../src/vmm/machine.ts";
+import type { BenchCase } from "./harness.ts";
+
+function loopKernel(body: number[]): Uint8Array {
+  const code = [...body, 0xeb, -(body.length + 2) & 0xff]; // body; jmp body
+  const img = new Uint8Array(0x20 + code.length);
+  const v = new DataView(img.buffer);
+  const flags = 0x00010002;
+  v.setUint32(0, 0x1badb002, true);
+  v.setUint32(4, flags, true);
+  v.setUint32(8, -(0x1badb002 + flags) >>> 0, true);
+  v.setUint32(12, 0x100000, true);
+  v.setUint32(16, 0x100000, true);
+  v.setUint32(28, 0x100020, true);
+  img.set(code, 0x20);
+  return img;
+}
+
+function machineRunning(body: number[]): Machine {
+  const m = new Machine({
+    cpus: 1,
+    memorySizeBytes: 32 << 20,
+    serial: NULL_SINK,
+    iommu: { kind: "none" },
+    devices: [],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer: new Tracer(),
+  });
+  m.bootMultiboot(loopKernel(body), "");
+  return m;
+}
+
+function exitCase(name: string, body: number[]): BenchCase {
+  let m: Machine | undefined;
+  return {
+    group: "kvm: exit round trip",
+    name,
+    initialBatch: 2000,
+    run(n) {
+      if (m === undefined) m = machineRunning(body);
+      const vcpu = m.vcpu;
+      const p = m.platform;
+      for (let i = 0; i < n; i++) {
+        const e = vcpu.runOnce();
+        if (e.kind === "io") p.pio.write(e.port, e.sizeBytes, vcpu.run.getUint8(e.dataOffset));
+        else if (e.kind === "mmio") p.mmioRead(e.gpa, e.sizeBytes, vcpu.run, 0x28);
+        else throw new Error(`unexpected exit ${e.kind}`);
+      }
+    },
+  };
+}
+
+export const cases: BenchCase[] = Kvm.available()
+  ? [
+      // mov dx, 0x3ff; out dx, al
+      exitCase("port I/O write (OUT to COM1 scratch register)", [0x66, 0xba, 0xff, 0x03, 0xee]),
+      // mov eax, [0xfec00000]
+      exitCase("MMIO read (IOAPIC select register)", [0xa1, 0x00, 0x00, 0xc0, 0xfe]),
+    ]
+  : [];
