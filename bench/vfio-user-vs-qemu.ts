@@ -1,0 +1,183 @@
+/**
+ * Side-by-side Linux-guest figures, one run: our devices over vfio-user (`viommu serve`) against
+ * QEMU's own virtio-iommu-pci, virtio-blk-pci and edu, on the same QEMU 11 (TCG), kernel and
+ * initramfs from the guest lab.
+ *
+ *   node --import tsx bench/vfio-user-vs-qemu.ts [--read-mib N] [--maps N]
+ *
+ * Per configuration, one boot: host milliseconds to guest userspace (/init's "ready"), sequential
+ * virtio-blk read throughput (dd of N MiB after drop_caches, timed with the guest's
+ * /proc/uptime), and, with an IOMMU, the guest's VFIO_IOMMU_MAP_DMA / UNMAP_DMA rate for 4 KiB
+ * buffers (vfio-map-bench on edu). Prints a table and ours/QEMU ratios. TCG timing is noisy:
+ * compare within one run; single samples, no statistics.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { findResult, labAvailable, type RunGuestOutcome, runGuest } from "../tools/guest-lab/lab.ts";
+
+const REPO = resolve(import.meta.dirname, "..");
+const args = process.argv.slice(2);
+const argValue = (name: string, dflt: number) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+};
+const READ_MIB = argValue("--read-mib", 128);
+const MAPS = argValue("--maps", 1000);
+
+interface Figures {
+  bootMs: number;
+  readMiBps: number | null;
+  mapNs: number | null;
+  unmapNs: number | null;
+}
+
+function guestScript(withVfio: boolean, eduBdf: string): string {
+  return [
+    "echo 3 > /proc/sys/vm/drop_caches",
+    "t0=$(cut -d' ' -f1 /proc/uptime)",
+    `dd if=/dev/vda of=/dev/null bs=1048576 count=${READ_MIB} 2>/dev/null`,
+    "t1=$(cut -d' ' -f1 /proc/uptime)",
+    'echo "RESULT name=blk-read status=pass detail=t0=$t0 t1=$t1"',
+    withVfio ? `vfio-map-bench ${eduBdf} --count ${MAPS} --huge-mib 0` : "",
+  ].join("\n");
+}
+
+function figures(run: RunGuestOutcome): Figures {
+  const read = findResult(run.results, "blk-read");
+  let readMiBps: number | null = null;
+  const m = /t0=([\d.]+) t1=([\d.]+)/.exec(read?.detail ?? "");
+  if (m) readMiBps = READ_MIB / Math.max(Number(m[2]) - Number(m[1]), 0.01);
+  const ns = (name: string) => {
+    const r = findResult(run.results, name);
+    const x = /ns_per_op=(\d+)/.exec(r?.detail ?? "");
+    return r?.status === "pass" && x ? Number(x[1]) : null;
+  };
+  return { bootMs: run.bootMs, readMiBps, mapNs: ns("map-4k"), unmapNs: ns("unmap-4k") };
+}
+
+async function startServe(
+  dir: string,
+  serveArgs: string[],
+): Promise<{ child: ChildProcess; qemuArgs: string[] }> {
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", join(REPO, "src/cli/serve.ts"), "--socket-dir", dir, ...serveArgs],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  child.stderr!.resume();
+  const line = await new Promise<string>((res, rej) => {
+    let out = "";
+    child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+      if (out.includes("\n")) res(out.split("\n")[0]);
+    });
+    child.on("exit", (code) => rej(new Error(`serve exited ${code}`)));
+  });
+  const qemuArgs: string[] = [];
+  const re = /'([^']*)'|(\S+)/g;
+  for (let m = re.exec(line); m !== null; m = re.exec(line)) qemuArgs.push(m[1] ?? m[2]);
+  return { child, qemuArgs };
+}
+
+async function stopServe(child: ChildProcess): Promise<void> {
+  const exited = new Promise((r) => child.on("exit", r));
+  child.kill("SIGINT");
+  await exited;
+}
+
+async function ours(disk: string, iommu: boolean): Promise<Figures> {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-bench-"));
+  const serveArgs = iommu
+    ? ["--iommu", "virtio", "--disk", `path=${disk},iommu=on`, "--device", "edu,iommu=on"]
+    : ["--disk", `path=${disk}`];
+  const { child, qemuArgs } = await startServe(dir, serveArgs);
+  try {
+    const run = await runGuest({
+      qemuArgs,
+      cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+      timeoutMs: 600_000,
+      // With an IOMMU: virtio-iommu 00:10.0, disk 00:11.0, edu 00:12.0.
+      script: guestScript(iommu, "0000:00:12.0"),
+    });
+    return figures(run);
+  } finally {
+    await stopServe(child);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function qemu(disk: string, iommu: boolean): Promise<Figures> {
+  const qemuArgs = [
+    "-drive",
+    `file=${disk},if=none,id=d0,format=raw,cache=none,aio=threads`,
+    "-device",
+    `virtio-blk-pci,drive=d0,addr=0x11,disable-legacy=on${iommu ? ",iommu_platform=on" : ""}`,
+  ];
+  if (iommu) qemuArgs.push("-device", "virtio-iommu-pci,addr=0x10", "-device", "edu,addr=0x12");
+  const run = await runGuest({
+    qemuArgs,
+    cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+    timeoutMs: 600_000,
+    script: guestScript(iommu, "0000:00:12.0"),
+  });
+  return figures(run);
+}
+
+const fmt = (x: number | null, digits = 1) => (x === null ? "n/a" : x.toFixed(digits));
+const ratio = (a: number | null, b: number | null) =>
+  a === null || b === null || b === 0 ? "n/a" : (a / b).toFixed(2);
+
+async function main(): Promise<void> {
+  const lab = labAvailable();
+  if (!lab.ok) {
+    console.error(`guest lab not provisioned: ${lab.why}`);
+    process.exit(2);
+  }
+  const work = mkdtempSync(join(tmpdir(), "viommu-bench-disk-"));
+  const disk = join(work, "disk.img");
+  const chunk = new Uint8Array(1 << 20).map((_, i) => (i * 131) & 0xff);
+  writeFileSync(disk, new Uint8Array(0));
+  for (let i = 0; i < READ_MIB; i++) writeFileSync(disk, chunk, { flag: "a" });
+  console.log(
+    `vfio-user vs QEMU: ${lab.why}; read ${READ_MIB} MiB, ${MAPS} VFIO 4 KiB maps; TCG, one boot each`,
+  );
+  const rows: [string, Figures, Figures][] = [];
+  try {
+    for (const iommu of [false, true]) {
+      const q = await qemu(disk, iommu);
+      const o = await ours(disk, iommu);
+      rows.push([iommu ? "IOMMU on " : "IOMMU off", q, o]);
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  console.log(
+    `\n${"config".padEnd(10)} ${"metric".padEnd(24)} ${"QEMU".padStart(10)} ${"ours".padStart(10)} ${"ours/QEMU".padStart(10)}`,
+  );
+  for (const [name, q, o] of rows) {
+    const line = (metric: string, a: number | null, b: number | null, d = 1) =>
+      console.log(
+        `${name.padEnd(10)} ${metric.padEnd(24)} ${fmt(a, d).padStart(10)} ${fmt(b, d).padStart(10)} ${ratio(b, a).padStart(10)}`,
+      );
+    line("boot to userspace (ms)", q.bootMs, o.bootMs, 0);
+    line("blk seq read (MiB/s)", q.readMiBps, o.readMiBps);
+    if (name.startsWith("IOMMU on")) {
+      line(
+        "VFIO map 4 KiB (us)",
+        q.mapNs === null ? null : q.mapNs / 1000,
+        o.mapNs === null ? null : o.mapNs / 1000,
+      );
+      line(
+        "VFIO unmap 4 KiB (us)",
+        q.unmapNs === null ? null : q.unmapNs / 1000,
+        o.unmapNs === null ? null : o.unmapNs / 1000,
+      );
+    }
+  }
+}
+
+await main();
