@@ -498,7 +498,16 @@ export class VirtioPciTransport {
     };
   }
 
-  private notify(queueIndex: number): void {
+  /** BAR0 offset of queue `index`'s notify address (for hosts that bind an ioeventfd to it). */
+  notifyOffsetInBar(index: number): number {
+    return NOTIFY_OFFSET + NOTIFY_OFF_MULTIPLIER * index;
+  }
+
+  /**
+   * A driver notification for queue `queueIndex` (4.1.5.2): what a write to its notify address
+   * does. Hosts that receive notifications another way (an ioeventfd) call this directly.
+   */
+  notify(queueIndex: number): void {
     this.notifications++;
     if (!this.active || (this.status & STATUS_DEVICE_NEEDS_RESET) !== 0) return;
     const q = this.queues[queueIndex];
