@@ -27,6 +27,12 @@ export interface FirstStageRequest {
   readonly updateAccessed: boolean;
 }
 
+// Imported bindings are read through accessors under tsx: hot paths use module-local copies.
+const READ: number = PERM_READ;
+const WRITE: number = PERM_WRITE;
+const RW: number = PERM_RW;
+const W_OK: number = WALK.OK;
+
 const TWO32 = 0x1_0000_0000;
 
 /** What a nested second-stage lookup is for (it decides the fault reason). */
@@ -121,7 +127,7 @@ export class FirstStageWalker {
       const leaf = level === 1 || (lo & 0x80) !== 0;
       if (req.updateAccessed) {
         let set = 0x20; // A
-        if (leaf && access & PERM_WRITE) set |= 0x40; // D
+        if (leaf && access & WRITE) set |= 0x40; // D
         if ((lo & set) !== set) {
           // Setting A/D is a write: nested, the second stage must allow it.
           if (nest !== null && nest.toHost(entryGpa, NEST_TABLE_WRITE) < 0) return WALK.NESTED;
@@ -139,13 +145,13 @@ export class FirstStageWalker {
         out.iovaBase = iova - (iova % size);
         out.gpaBase = level === 1 ? addr : addr - (addr % size);
         out.sizeBytes = size;
-        out.perms = PERM_READ | (writeAllowed && dirty ? PERM_WRITE : 0);
-        if (access & PERM_WRITE && !writeAllowed) return WALK.PERMISSION;
-        if (access & PERM_WRITE && !dirty) out.perms |= PERM_WRITE;
+        out.perms = READ | (writeAllowed && dirty ? WRITE : 0);
+        if (access & WRITE && !writeAllowed) return WALK.PERMISSION;
+        if (access & WRITE && !dirty) out.perms |= WRITE;
         if (nest !== null) {
           // The output is a guest-physical address too: the block is what both stages share.
           const gpa = out.gpaBase + (iova - out.iovaBase);
-          const hpa = nest.toHost(gpa, access & PERM_WRITE ? NEST_OUTPUT_WRITE : NEST_OUTPUT_READ);
+          const hpa = nest.toHost(gpa, access & WRITE ? NEST_OUTPUT_WRITE : NEST_OUTPUT_READ);
           if (hpa < 0) return WALK.NESTED;
           const block = Math.min(size, nest.lastSizeBytes);
           out.iovaBase = iova - (iova % block);
@@ -202,7 +208,7 @@ export class FirstStageWalker {
       const iova = baseIova + i * size;
       if (level === 1 || (lo & 0x80) !== 0) {
         if (!req.privileged && !u) continue;
-        const perms = w || (req.privileged && !req.writeProtect) ? PERM_RW : PERM_READ;
+        const perms = w || (req.privileged && !req.writeProtect) ? RW : READ;
         leaf(iova, level === 1 ? addr : addr - (addr % size), size, perms);
       } else {
         this.visit(addr, level - 1, iova, startIova, lastIova, w, u, req, leaf);

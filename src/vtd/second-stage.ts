@@ -11,6 +11,11 @@ import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 
 /** Why a walk stopped (mapped to legacy or scalable fault reasons by the caller). */
+// Imported bindings are read through accessors under tsx: hot paths use module-local copies.
+const READ: number = PERM_READ;
+const WRITE: number = PERM_WRITE;
+const RW: number = PERM_RW;
+
 export const WALK = {
   OK: 0,
   /** An entry could not be read (not RAM). */
@@ -62,6 +67,7 @@ export class SecondStageWalker {
   private readonly memory: GuestMemory;
   private readonly format: SecondStageFormat;
   private readonly resHigh: number;
+  private readonly addressLimit: number;
   /** Entries read by walks so far (a cost counter for stats). */
   entryReads = 0;
 
@@ -69,6 +75,7 @@ export class SecondStageWalker {
     this.memory = memory;
     this.format = format;
     this.resHigh = reservedHigh(format.hawBits);
+    this.addressLimit = 2 ** Math.min(format.hawBits, 52);
   }
 
   /** True when an entry has reserved bits set for its level and kind (VT-d 9.8). */
@@ -87,7 +94,7 @@ export class SecondStageWalker {
 
   /** Top-level table pointer usable? (bits at or above the host address width are reserved.) */
   rootValid(rootGpa: number): boolean {
-    return rootGpa < 2 ** Math.min(this.format.hawBits, 52);
+    return rootGpa < this.addressLimit;
   }
 
   /**
@@ -98,7 +105,7 @@ export class SecondStageWalker {
     if (!this.rootValid(rootGpa)) return WALK.ROOT_INVALID;
     const memory = this.memory;
     let table = rootGpa;
-    let perms = PERM_RW;
+    let perms = RW;
     for (let level = levels; level >= 1; level--) {
       const shift = 12 + 9 * (level - 1);
       const size = 2 ** shift;
@@ -111,7 +118,7 @@ export class SecondStageWalker {
       const hi = memory.readU32(entryGpa + 4);
       if ((lo & 3) === 0) return WALK.NOT_PRESENT;
       if (this.reserved(lo, hi, level)) return WALK.RESERVED;
-      perms &= (lo & 1 ? PERM_READ : 0) | (lo & 2 ? PERM_WRITE : 0);
+      perms &= (lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0);
       const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
       if (level === 1 || (lo & 0x80) !== 0) {
         out.iovaBase = iova - (iova % size);
@@ -138,7 +145,7 @@ export class SecondStageWalker {
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
     if (!this.rootValid(rootGpa)) return;
-    this.visit(rootGpa, levels, 0, startIova, lastIova, PERM_RW, leaf);
+    this.visit(rootGpa, levels, 0, startIova, lastIova, RW, leaf);
   }
 
   private visit(
@@ -160,7 +167,7 @@ export class SecondStageWalker {
       const lo = memory.readU32(entryGpa);
       const hi = memory.readU32(entryGpa + 4);
       if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
-      const p = perms & ((lo & 1 ? PERM_READ : 0) | (lo & 2 ? PERM_WRITE : 0));
+      const p = perms & ((lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0));
       const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
       const iova = baseIova + i * size;
       if (level === 1 || (lo & 0x80) !== 0) {

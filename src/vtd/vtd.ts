@@ -64,6 +64,16 @@ import {
   tagDomain,
 } from "./target.ts";
 
+// Imported bindings are read through accessors under tsx: the translation path uses copies.
+const RW: number = PERM_RW;
+const WRITE: number = PERM_WRITE;
+const K_IDENTITY: number = TARGET.IDENTITY;
+const K_SECOND_STAGE: number = TARGET.SECOND_STAGE;
+const K_NESTED: number = TARGET.NESTED;
+const WALK_OK: number = WALK.OK;
+const TRANSLATED: number = TRANSLATED_KEY;
+const IDENTITY_BLOCK = MAX_ADDRESS + 1;
+
 /** The interrupt window: DMA whose output lands here faults (VT-d 3.14). */
 const INTERRUPT_BASE = 0xfee00000;
 const INTERRUPT_LAST = 0xfeefffff;
@@ -475,9 +485,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     // memory access that reaches the DMA path there is blocked whatever the tables say.
     const inputWindow = !t.requestHasPasid;
     if (inputWindow && iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) return intrReason;
-    if (t.kind === TARGET.IDENTITY) {
-      if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, PERM_RW);
-      else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, t.inputLimit - INTERRUPT_LAST - 1, PERM_RW);
+    if (t.kind === K_IDENTITY) {
+      if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, RW);
+      else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, t.inputLimit - INTERRUPT_LAST - 1, RW);
       return 0;
     }
     const iotlb = this.iotlb;
@@ -487,7 +497,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     }
     const w = this.walkOut;
     const code =
-      t.kind === TARGET.SECOND_STAGE
+      t.kind === K_SECOND_STAGE
         ? this.secondStage.walk(t.root, t.levels, iova, access, w)
         : this.firstStage.walk(
             t.root,
@@ -496,9 +506,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
             access,
             t.fsRequest,
             w,
-            t.kind === TARGET.NESTED ? this.nestedStage.bind(t.ssRoot, t.ssLevels, t.ssLimit) : null,
+            t.kind === K_NESTED ? this.nestedStage.bind(t.ssRoot, t.ssLevels, t.ssLimit) : null,
           );
-    if (code !== WALK.OK) return this.walkReason(t, code, access);
+    if (code !== WALK_OK) return this.walkReason(t, code, access);
     const gpa = w.gpaBase + (iova - w.iovaBase);
     if (w.gpaBase <= INTERRUPT_LAST && w.gpaBase + w.sizeBytes > INTERRUPT_BASE) {
       // The leaf's output overlaps the interrupt window: only its 4 KiB pages outside it translate.
@@ -528,11 +538,10 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   translate(endpointId: number, iova: number, access: Access, out: Translation): DmaFault | null {
     this.translations++;
     if (!this.translationEnabled) {
-      out.set(0, 0, MAX_ADDRESS + 1, PERM_RW);
+      out.set(0, 0, IDENTITY_BLOCK, RW);
       return null;
     }
-    if (endpointId >= TRANSLATED_KEY)
-      return this.translateTranslated(endpointId - TRANSLATED_KEY, iova, access, out);
+    if (endpointId >= TRANSLATED) return this.translateTranslated(endpointId - TRANSLATED, iova, access, out);
     const key = endpointId;
     const t = this.lookupTarget(key);
     if (t === null)
@@ -576,8 +585,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       const reason = t.scalable ? FR.SM_INTERRUPT_ADDRESS : FR.INTERRUPT_ADDRESS;
       return this.fault(sourceId, iova, access, reason, t.fpd, ADDRESS_TYPE.TRANSLATED);
     }
-    if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, PERM_RW);
-    else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, MAX_ADDRESS - INTERRUPT_LAST, PERM_RW);
+    if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, RW);
+    else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, MAX_ADDRESS - INTERRUPT_LAST, RW);
     return null;
   }
 
