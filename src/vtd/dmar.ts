@@ -40,6 +40,15 @@ export interface DmarOptions {
   readonly interruptRemapping: boolean;
   readonly x2apicOptOut?: boolean;
   readonly units: readonly DrhdOptions[];
+  /** Reserved memory regions a device keeps using under DMA remapping (VT-d 8.4). */
+  readonly rmrr?: readonly {
+    readonly segment?: number;
+    /** First byte, 4 KiB aligned. */
+    readonly baseAddress: number;
+    /** Last byte (4 KiB aligned end - 1). */
+    readonly limitAddress: number;
+    readonly scopes: readonly DeviceScope[];
+  }[];
   /** ATSR for a segment: all root ports support ATS (VT-d 8.5). */
   readonly atsr?: {
     readonly segment?: number;
@@ -93,6 +102,20 @@ export function buildDmarTable(o: DmarOptions): Uint8Array {
     le64(u.registerBase);
     body.push(...scopes);
   });
+  for (const r of o.rmrr ?? []) {
+    if (r.baseAddress % 4096 !== 0 || (r.limitAddress + 1) % 4096 !== 0 || r.limitAddress < r.baseAddress) {
+      throw new Error("DMAR: an RMRR must cover whole 4 KiB pages (VT-d 8.4)");
+    }
+    if (r.scopes.length === 0) throw new Error("DMAR: an RMRR needs at least one device scope");
+    const scopes = r.scopes.flatMap(scopeBytes);
+    le16(1); // type RMRR
+    le16(24 + scopes.length);
+    body.push(0, 0);
+    le16(r.segment ?? 0);
+    le64(r.baseAddress);
+    le64(r.limitAddress);
+    body.push(...scopes);
+  }
   if (o.atsr !== undefined) {
     const scopes = (o.atsr.scopes ?? []).flatMap(scopeBytes);
     le16(2); // type ATSR

@@ -107,3 +107,37 @@ test("DMAR builder: INCLUDE_PCI_ALL must be the last DRHD; scopes need a path", 
     /path/,
   );
 });
+
+test("RMRR: type 1, base and limit, endpoint scope (VT-d 8.4)", () => {
+  const t = buildDmarTable({
+    hawBits: 39,
+    interruptRemapping: false,
+    units: [{ registerBase: 0xfed90000, includePciAll: true, scopes: [] }],
+    rmrr: [
+      {
+        baseAddress: 0x000e0000,
+        limitAddress: 0x000fffff,
+        scopes: [{ type: SCOPE.PCI_ENDPOINT, startBus: 0, path: [{ device: 0x1d, function: 0 }] }],
+      },
+    ],
+  });
+  assert.equal(checksum(t), 0);
+  // DRHD (16 bytes, no scopes) then the RMRR.
+  assert.deepEqual(
+    [...t.subarray(64)],
+    [
+      1, 0, 32, 0, 0, 0, 0, 0, 0x00, 0x00, 0x0e, 0, 0, 0, 0, 0, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0, 1, 8, 0, 0,
+      0, 0, 0x1d, 0,
+    ],
+  );
+  assert.throws(
+    () =>
+      buildDmarTable({
+        hawBits: 39,
+        interruptRemapping: false,
+        units: [],
+        rmrr: [{ baseAddress: 0x100, limitAddress: 0xfff, scopes: [] }],
+      }),
+    /whole 4 KiB pages/,
+  );
+});

@@ -28,7 +28,9 @@ function nested(ssAw = 2) {
 }
 
 function expectFault(r: ReturnType<typeof nested>, iova: number, write: boolean, reason: number) {
-  const f = write ? r.dma.writeUint(iova, 4, 1) : (r.dma.readUint(iova, 4), r.dma.lastFault);
+  if (write) r.dma.writeUint(iova, 4, 1);
+  else r.dma.readUint(iova, 4);
+  const f = r.dma.lastFault;
   assert.equal(f?.code, reason);
   assert.equal(decodeFrcd(frcd(r.unit, 0)).reason, reason);
 }
