@@ -30,9 +30,11 @@ export const CMD = {
   MIG_DATA_WRITE: 18,
 } as const;
 
+const COMMAND_NAMES: string[] = [];
+for (const [k, v] of Object.entries(CMD)) COMMAND_NAMES[v] = k;
+
 export function commandName(cmd: number): string {
-  for (const [k, v] of Object.entries(CMD)) if (v === cmd) return k;
-  return `command ${cmd}`;
+  return COMMAND_NAMES[cmd] ?? `command ${cmd}`;
 }
 
 /** Header flags: bits 0-3 type, bit 4 No_reply, bit 5 Error. */

@@ -620,13 +620,11 @@ function regionAccess(
   while (done < count) {
     const at = offset + done;
     const left = count - done;
+    // Largest naturally aligned piece that fits (config space: at most 4 bytes).
     let size: AccessSize = 1;
-    for (const s of config ? ([4, 2] as const) : ([8, 4, 2] as const)) {
-      if (left >= s && at % s === 0) {
-        size = s;
-        break;
-      }
-    }
+    if (!config && left >= 8 && at % 8 === 0) size = 8;
+    else if (left >= 4 && at % 4 === 0) size = 4;
+    else if (left >= 2 && at % 2 === 0) size = 2;
     const b = bufAt + done;
     if (write) {
       let value: number;
