@@ -134,6 +134,7 @@ export class VfioUserDeviceServer {
   private listenFd = -1;
   private listenWatch: FdWatch | null = null;
   private session: Session | null = null;
+  private warnedFdless = false;
 
   connections = 0;
   rejectedConnections = 0;
@@ -371,6 +372,12 @@ export class VfioUserDeviceServer {
     });
     if (!r.ok) throw new RequestError(r.errno, r.why);
     this.dmaMaps++;
+    if (fd < 0 && !this.warnedFdless) {
+      this.warnedFdless = true;
+      this.log(
+        `${this.name}: client shared [0x${iova.toString(16)}, +0x${sizeBytes.toString(16)}) without a descriptor: device DMA there faults (give QEMU a shared memory backend, share=on)`,
+      );
+    }
     if (this.tracer?.on("map")) {
       this.tracer.emit("map", "vfio-user", "dma-map", {
         device: this.name,

@@ -23,9 +23,11 @@
  *
  * A region registered without a descriptor is recorded (the client may access-check against
  * it) but is not guest RAM here: the engine's memory interface is synchronous, and DMA by
- * VFIO_USER_DMA_READ/WRITE messages is a round trip to the client. Devices DMAing there get
- * a not-RAM fault, counted in `stats().dmaToFdlessRegion`. `viommu serve` prints a QEMU
- * command line with a shared memory backend so every region comes with a descriptor.
+ * VFIO_USER_DMA_READ/WRITE messages is a round trip to the client, which a `GuestMemory` view
+ * cannot express. Devices DMAing there get the engine's not-RAM fault (counted by their DMA
+ * address spaces); `stats().fdlessRegions` shows how many such regions are registered and the
+ * server logs the first one. `viommu serve` prints a QEMU command line with a shared memory
+ * backend, so every RAM region comes with a descriptor.
  *
  * This class extends the engine's `GuestMemory` so models and address spaces take it as is;
  * it overrides every public method to read its own, changeable region list.
@@ -207,9 +209,6 @@ export class SharedGuestMemory extends GuestMemory {
   noteFdless(delta: number): void {
     this.fdless += delta;
   }
-
-  /** DMA attempts that hit a region shared without descriptor (not RAM here). */
-  dmaToFdlessRegion = 0;
 
   // --- GuestMemory interface over the changeable region list ----------------------------------
 
@@ -396,12 +395,5 @@ export class ClientDmaTable {
   /** Client disconnect: every region is released. */
   clear(): void {
     while (this.regions.length > 0) this.drop(this.regions.length - 1);
-  }
-
-  /** True when [iova, iova + sizeBytes) lies inside one region this client shared without fd. */
-  inFdlessRegion(iova: number, sizeBytes: number): boolean {
-    return this.regions.some(
-      (r) => r.backing === null && iova >= r.iova && iova + sizeBytes <= r.iova + r.sizeBytes,
-    );
   }
 }

@@ -321,6 +321,21 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
     c.close();
   });
 
+  test("DMA_MAP without a descriptor: accepted and recorded, but not RAM for devices (DMA there faults, writes nothing)", async () => {
+    const c = connect();
+    await negotiate(c);
+    await regionWrite(c, 7, 4, 2, 0x6);
+    assert.equal((await dmaMap(c, 0x4000000, 1 << 20, 0, 3, [])).error, 0);
+    assert.equal(rig.memory.stats().fdlessRegions, 1);
+    assert.equal(rig.memory.stats().regions, 0, "no mapping without a descriptor");
+    const faults = rig.edu.dmaFaults;
+    await eduDma(c, 0x40000, 0x4000000, 64, true);
+    assert.equal(rig.edu.dmaFaults, faults + 1);
+    assert.equal((await dmaUnmap(c, 0x4000000, 1 << 20)).error, 0);
+    assert.equal(rig.memory.stats().fdlessRegions, 0);
+    c.close();
+  });
+
   test("DMA_MAP: a map over an existing region fails with EEXIST", async () => {
     const c = connect();
     await negotiate(c);
