@@ -151,6 +151,17 @@ _start:
         mov edu_bdf, %eax
         call pci_enable_master
 
+        /* MSI: edu -> local APIC (KVM's, through KVM_SIGNAL_MSI), vector 0x40 */
+        call setup_interrupts
+        mov $s_msi, %esi
+        call puts
+        mov $0xFEE00000, %eax               /* destination APIC 0, physical */
+        mov $0x40, %ecx                     /* fixed, edge, vector 0x40 */
+        call edu_program_msi
+        mov $irq_count_40, %ebx
+        call edu_raise_and_wait
+        call check
+
         mov viommu_bdf, %eax
         cmp $-1, %eax
         jne virtio_iommu_test
@@ -387,6 +398,12 @@ vtd_test:
         call dst_untouched
         and %bl, %al
         call check
+
+        mov VTD_BASE + 0x10, %eax           /* ECAP.IR (bit 3) and ECAP.QI (bit 1) */
+        and $0x0A, %eax
+        cmp $0x0A, %eax
+        jne verdict
+        call vtd_interrupt_remapping
         jmp verdict
 vtd_fail:
         xor %al, %al
@@ -1095,6 +1112,267 @@ vi_unmap:
         mov $28, %ecx
         jmp vi_request
 
+
+/* ================================================================ interrupts */
+
+/* setup_interrupts: IDT (exceptions -> exc_handler, 0x40/0x41 -> counters), LAPIC on, STI */
+setup_interrupts:
+        pusha
+        xor %ecx, %ecx
+1:      mov $exc_handler, %eax
+        cmp $0x40, %ecx
+        jne 2f
+        mov $irq40_handler, %eax
+2:      cmp $0x41, %ecx
+        jne 3f
+        mov $irq41_handler, %eax
+3:      cmp $0xFF, %ecx
+        jne 4f
+        mov $spurious_handler, %eax
+4:      mov %eax, %edx
+        and $0xFFFF, %eax
+        or $0x00080000, %eax                /* selector 0x08 */
+        mov %eax, idt(,%ecx,8)
+        and $0xFFFF0000, %edx
+        or $0x8E00, %edx                    /* present, DPL 0, 32-bit interrupt gate */
+        mov %edx, idt + 4(,%ecx,8)
+        inc %ecx
+        cmp $256, %ecx
+        jb 1b
+        lidt idt_descriptor
+        movl $0, 0xFEE00080                 /* TPR */
+        movl $0x1FF, 0xFEE000F0             /* SVR: APIC software enable, spurious vector 0xFF */
+        popa
+        ret
+
+exc_handler:
+        cli
+        mov $s_exception, %esi
+        call puts
+        mov $1, %eax
+        mov $DEBUG_EXIT, %dx
+        out %ax, %dx
+1:      hlt
+        jmp 1b
+
+/* The handlers count and resume at irq_resume with interrupts off, dropping the interrupt
+   frame (EIP, CS, EFLAGS) instead of returning with IRET: under this nested KVM (kvm-pvm)
+   IRET is emulated, and KVM's instruction emulator handles IRET in real mode only. */
+irq40_handler:
+        add $12, %esp
+        incl irq_count_40
+        jmp *irq_resume
+irq41_handler:
+        add $12, %esp
+        incl irq_count_41
+        jmp *irq_resume
+spurious_handler:
+        add $12, %esp
+        jmp *irq_resume
+
+/* edu_program_msi: EAX = message address, ECX = message data; MSI enable (PCI 3.0 6.8.1) */
+edu_program_msi:
+        pusha
+        mov %eax, %edi
+        mov %ecx, %esi
+        mov edu_bdf, %ebp
+        shl $8, %ebp
+        mov %ebp, %eax
+        or $0x34, %eax
+        call pci_read
+        and $0xFC, %eax
+        mov %eax, %ebx
+        mov $48, %edx
+1:      test %ebx, %ebx
+        jz 9f
+        dec %edx
+        jz 9f
+        mov %ebp, %eax
+        or %ebx, %eax
+        call pci_read
+        cmp $0x05, %al                      /* MSI capability */
+        je 2f
+        shr $8, %eax
+        and $0xFC, %eax
+        mov %eax, %ebx
+        jmp 1b
+2:      mov %eax, msi_control               /* id | next | control */
+        mov %ebp, %eax
+        or %ebx, %eax
+        add $4, %eax
+        mov %edi, %ecx
+        call pci_write                      /* address low */
+        add $4, %eax
+        xor %ecx, %ecx
+        call pci_write                      /* address high (64-bit capable) */
+        add $4, %eax
+        mov %esi, %ecx
+        call pci_write                      /* data */
+        mov %ebp, %eax
+        or %ebx, %eax
+        mov msi_control, %ecx
+        and $0xFF8FFFFF, %ecx               /* one vector (MME 0) */
+        or $0x00010000, %ecx                /* MSI enable */
+        call pci_write
+9:      popa
+        ret
+
+/* edu_raise_and_wait: EBX = counter the handler bumps; raises edu interrupt status bit 0
+   (register 0x60), waits for the interrupt, acknowledges it; AL = 1 if exactly one came */
+edu_raise_and_wait:
+        push %ecx
+        push %edx
+        push %esi
+        mov (%ebx), %edx
+        mov edu_mmio, %esi
+        movl $2f, irq_resume
+        movl $1, 0x60(%esi)                 /* raise */
+        mov $100000, %ecx                   /* delivery is synchronous: the wait is slack */
+        sti                                 /* the interrupt, if any, is taken here */
+1:      pause
+        loop 1b
+2:      cli
+        cmp (%ebx), %edx
+        je 3f
+        movl $0, 0xFEE000B0                 /* local APIC EOI */
+3:      movl $1, 0x64(%esi)                 /* acknowledge */
+        mov (%ebx), %eax
+        sub %edx, %eax
+        cmp $1, %eax
+        sete %al
+        pop %esi
+        pop %edx
+        pop %ecx
+        ret
+
+/* ================================================================ VT-d interrupt remapping */
+
+/* vtd_interrupt_remapping (VT-d 5.1, 6.5.2): queued invalidation on, IRT with one IRTE for
+   edu (source-id verified), IRE on; a compatibility-format MSI is then blocked (fault 0x25),
+   a remappable-format one arrives as the IRTE's vector 0x41 */
+vtd_interrupt_remapping:
+        mov $s_qi, %esi
+        call puts
+        movl $inv_queue, VTD_BASE + 0x90    /* IQA: 4 KiB queue (QS 0), 128-bit descriptors */
+        movl $0, VTD_BASE + 0x94
+        movl $0, VTD_BASE + 0x88            /* IQT = 0 */
+        movl $0, VTD_BASE + 0x8C
+        mov $0x04000000, %eax               /* GCMD.QIE */
+        call vtd_gcmd
+        mov VTD_BASE + 0x1C, %eax
+        test $0x04000000, %eax
+        setnz %al
+        call check
+
+        mov $s_irte, %esi
+        call puts
+        /* IRTE 5: P, vector 0x41, fixed, physical, destination APIC 0; SVT 01 = verify SID */
+        movl $(1 | (0x41 << 16)), irt + 5 * 16
+        movl $0, irt + 5 * 16 + 4
+        mov edu_bdf, %eax
+        or $(1 << 18), %eax
+        mov %eax, irt + 5 * 16 + 8
+        movl $0, irt + 5 * 16 + 12
+        movl $irt + 3, VTD_BASE + 0xB8      /* IRTA: table, S = 3 (16 entries), xAPIC */
+        movl $0, VTD_BASE + 0xBC
+        mov $0x01000000, %eax               /* GCMD.SIRTP */
+        call vtd_gcmd
+        call vtd_qi_iec_global              /* invalidate the interrupt entry cache */
+        mov $0x02000000, %eax               /* GCMD.IRE */
+        call vtd_gcmd
+        mov VTD_BASE + 0x1C, %eax
+        test $0x02000000, %eax              /* GSTS.IRES */
+        setnz %al
+        call check
+
+        /* compatibility-format MSI with IRE on and CFI off: blocked, fault reason 0x25 */
+        mov $s_cfi_blocked, %esi
+        call puts
+        mov $0xFEE00000, %eax
+        mov $0x40, %ecx
+        call edu_program_msi
+        mov $irq_count_40, %ebx
+        call edu_raise_and_wait
+        xor $1, %al                         /* no interrupt may arrive */
+        mov %al, %bl
+        call vtd_pop_fault
+        cmp $0x25, %eax
+        sete %al
+        and %bl, %al
+        call check
+
+        /* remappable format: handle 5 in address bits 19:5, bit 4 set, SHV 0 (VT-d 5.1.2.2) */
+        mov $s_remapped, %esi
+        call puts
+        mov $(0xFEE00000 | (5 << 5) | (1 << 4)), %eax
+        xor %ecx, %ecx
+        call edu_program_msi
+        mov $irq_count_41, %ebx
+        call edu_raise_and_wait
+        call check
+        ret
+
+/* vtd_qi_iec_global: IEC global invalidation + wait descriptor with status write */
+vtd_qi_iec_global:
+        push %eax
+        push %ebx
+        push %ecx
+        movl $0, qi_status
+        mov VTD_BASE + 0x88, %ebx           /* IQT (byte offset of the tail) */
+        and $0x7FFF0, %ebx
+        movl $0x4, inv_queue(%ebx)          /* interrupt entry cache invalidate, global */
+        movl $0, inv_queue + 4(%ebx)
+        movl $0, inv_queue + 8(%ebx)
+        movl $0, inv_queue + 12(%ebx)
+        add $16, %ebx
+        and $0xFFF, %ebx
+        movl $0x25, inv_queue(%ebx)         /* invalidation wait: type 5, SW (bit 5) */
+        movl $1, inv_queue + 4(%ebx)        /* status data */
+        movl $qi_status, inv_queue + 8(%ebx) /* status address */
+        movl $0, inv_queue + 12(%ebx)
+        add $16, %ebx
+        and $0xFFF, %ebx
+        mov %ebx, VTD_BASE + 0x88           /* IQT */
+        mov $100000, %ecx
+1:      cmpl $1, qi_status
+        je 2f
+        loop 1b
+2:      pop %ecx
+        pop %ebx
+        pop %eax
+        ret
+
+/* vtd_pop_fault: EAX = reason of the first recorded fault (cleared), or -1 */
+vtd_pop_fault:
+        push %ebx
+        push %ecx
+        push %esi
+        mov vtd_frcd, %ebx
+        mov vtd_nfr, %ecx
+1:      testl $0x80000000, 12(%ebx)
+        jnz 2f
+        add $16, %ebx
+        loop 1b
+        mov $-1, %eax
+        jmp 9f
+2:      mov $s_frcd, %esi
+        call puts
+        movzbl 12(%ebx), %eax
+        call puthex
+        mov $s_fault_ep, %esi
+        call puts
+        movzwl 8(%ebx), %eax
+        call putbdf
+        mov $s_close, %esi
+        call puts
+        movzbl 12(%ebx), %eax
+        movl $0x80000000, 12(%ebx)
+        movl $1, VTD_BASE + 0x34
+9:      pop %esi
+        pop %ecx
+        pop %ebx
+        ret
+
 /* ================================================================ data */
 
         .section .rodata
@@ -1127,6 +1405,12 @@ s_vtd_tables:   .asciz "vt-d: root/context/second-stage tables, SRTP, global inv
 s_vtd_unmapped: .asciz "dma: iova 0x08001000 without a PTE faults "
 s_vtd_unmap:    .asciz "vt-d: clear PTE + IOTLB invalidation, old iova faults, memory untouched "
 s_frcd:         .asciz "[FRCD reason "
+s_msi:          .asciz "msi: edu interrupt through the local APIC, vector 0x40 "
+s_exception:    .asciz "\nunexpected CPU exception\nverdict: FAIL\n"
+s_qi:           .asciz "vt-d: queued invalidation on "
+s_irte:         .asciz "vt-d: IRT with IRTE 5 (vector 0x41, SID-verified), SIRTP, IEC invalidation, IRE "
+s_cfi_blocked:  .asciz "vt-d: compatibility-format MSI is blocked "
+s_remapped:     .asciz "vt-d: remappable MSI (handle 5) arrives as vector 0x41 "
 s_status:       .asciz " status "
 s_fault:        .asciz "[fault reason "
 s_fault_ep:     .asciz " endpoint "
@@ -1146,6 +1430,9 @@ edu_bdf:        .long -1
 viommu_bdf:     .long -1
 n_pass:         .long 0
 n_fail:         .long 0
+        .align 8
+idt_descriptor: .word 256 * 8 - 1
+                .long idt
 
         .bss
         .align 4096
@@ -1177,6 +1464,13 @@ vtd_frcd:       .skip 4
 vtd_nfr:        .skip 4
 vtd_aw:         .skip 4
 vtd_top:        .skip 4
+irq_count_40:   .skip 4
+irq_count_41:   .skip 4
+msi_control:    .skip 4
+irq_resume:     .skip 4
+qi_status:      .skip 4
+        .align 8
+idt:            .skip 256 * 8
         .align 4096
 root_table:     .skip 4096
 ctx_table:      .skip 4096
@@ -1184,3 +1478,5 @@ sl_pml4:        .skip 4096
 sl_pdpt:        .skip 4096
 sl_pd:          .skip 4096
 sl_pt:          .skip 4096
+irt:            .skip 4096
+inv_queue:      .skip 4096

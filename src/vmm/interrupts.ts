@@ -11,6 +11,7 @@
  * into an interrupt, and counts it.
  */
 import type { Ioapic } from "../devices/ioapic.ts";
+import type { Tracer } from "../engine/trace.ts";
 import type { InterruptSink, MsiMessage } from "../platform/interrupts.ts";
 
 /** Where messages end up: KVM_SIGNAL_MSI in the VMM, a recorder in tests. */
@@ -64,9 +65,12 @@ export class InterruptFabric implements InterruptSink {
   ioapicMessages = 0;
   lastBlockReason = "";
 
-  constructor(target: MsiTarget, ioapicSourceId = 0xff00) {
+  private readonly tracer: Tracer | null;
+
+  constructor(target: MsiTarget, ioapicSourceId = 0xff00, tracer: Tracer | null = null) {
     this.target = target;
     this.ioapicSourceId = ioapicSourceId;
+    this.tracer = tracer;
   }
 
   setRemapper(remapper: MsiRemapper | null): void {
@@ -84,21 +88,58 @@ export class InterruptFabric implements InterruptSink {
     if (!r.ok) {
       this.msisBlockedByRemapping++;
       this.lastBlockReason = r.detail;
+      if (this.tracer?.on("irq")) {
+        this.tracer.emit("irq", "vmm", "msi-blocked", {
+          source: sourceId,
+          address: message.address,
+          data: message.data,
+          reason: r.reason,
+          detail: r.detail,
+        });
+      }
       return null;
     }
     return r.message;
   }
 
+  /**
+   * A sink for the remapping unit's own event messages (fault and invalidation-completion
+   * events): VT-d 5.1.6 excludes them from interrupt remapping, so they go straight out.
+   */
+  readonly unremapped: InterruptSink = {
+    signalMsi: (requesterId, message) => this.deliver(requesterId & 0xffff, message),
+    setPin: () => {},
+  };
+
   private send(sourceId: number, message: MsiMessage): void {
     const m = this.translate(sourceId, message);
     if (m === null) return;
-    const low = m.address % 0x1_0000_0000;
-    if (low < INTERRUPT_ADDRESS_BASE || low >= INTERRUPT_ADDRESS_END) {
+    this.deliver(sourceId, m);
+  }
+
+  private deliver(sourceId: number, m: MsiMessage): void {
+    if (!Number.isSafeInteger(m.address) || m.address < 0) {
       this.msisNotInterruptAddress++;
       return;
     }
-    if (this.target.signalMsi(m.address, m.data)) this.msisDelivered++;
+    const low = m.address % 0x1_0000_0000;
+    if (low < INTERRUPT_ADDRESS_BASE || low >= INTERRUPT_ADDRESS_END) {
+      this.msisNotInterruptAddress++;
+      if (this.tracer?.on("irq")) {
+        this.tracer.emit("irq", "vmm", "msi-not-interrupt-address", { source: sourceId, address: m.address });
+      }
+      return;
+    }
+    const delivered = this.target.signalMsi(m.address, m.data);
+    if (delivered) this.msisDelivered++;
     else this.msisRefusedByLapic++;
+    if (this.tracer?.on("irq")) {
+      this.tracer.emit("irq", "vmm", delivered ? "msi" : "msi-refused", {
+        source: sourceId,
+        address: m.address,
+        data: m.data,
+      });
+    }
   }
 
   signalMsi(requesterId: number, message: MsiMessage, _vector: number): void {

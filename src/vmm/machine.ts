@@ -36,7 +36,7 @@ export type StopReason =
   | { readonly kind: "debug-exit"; readonly status: number }
   | { readonly kind: "triple-fault" }
   | { readonly kind: "system-event"; readonly type: number }
-  | { readonly kind: "internal-error"; readonly suberror: number }
+  | { readonly kind: "internal-error"; readonly suberror: number; readonly rip: number }
   | { readonly kind: "fail-entry"; readonly hardwareReason: number }
   | { readonly kind: "timeout"; readonly seconds: number }
   | { readonly kind: "interrupted" }
@@ -234,7 +234,7 @@ export class Machine {
             this.stopReason = { kind: "system-event", type: exit.type };
             break;
           case "internal-error":
-            this.stopReason = { kind: "internal-error", suberror: exit.suberror };
+            this.stopReason = { kind: "internal-error", suberror: exit.suberror, rip: vcpu.getRegs().rip };
             break;
           case "fail-entry":
             this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
@@ -290,7 +290,7 @@ export function describeStop(stop: StopReason): string {
     case "system-event":
       return `guest system event ${stop.type === 1 ? "shutdown" : stop.type === 2 ? "reset" : stop.type === 3 ? "crash" : stop.type}`;
     case "internal-error":
-      return `KVM internal error, suberror ${stop.suberror}${stop.suberror === 1 ? " (instruction emulation failed)" : ""}`;
+      return `KVM internal error, suberror ${stop.suberror}${stop.suberror === 1 ? " (instruction emulation failed)" : ""} at rip 0x${stop.rip.toString(16)}`;
     case "fail-entry":
       return `VM entry failed, hardware reason 0x${stop.hardwareReason.toString(16)}`;
     case "timeout":

@@ -101,7 +101,7 @@ export class Platform {
 
   constructor(config: PlatformConfig) {
     this.memory = config.memory;
-    this.interrupts = new InterruptFabric(config.msiTarget);
+    this.interrupts = new InterruptFabric(config.msiTarget, 0xff00, config.tracer);
     this.ioapic = new Ioapic(
       (message) => this.interrupts.deliverFromIoapic(message),
       config.onIoapicRoutesChanged,
@@ -147,7 +147,7 @@ export class Platform {
     } else if (config.iommu.kind === "intel") {
       const vtd = new VtdUnit(this.memory, {
         config: config.iommu.spec,
-        interrupts: this.interrupts,
+        interrupts: this.interrupts.unremapped,
         tracer: config.tracer,
       });
       this.mmio.register(VTD_GPA, 0x1000, vtd, "vtd");

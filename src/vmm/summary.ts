@@ -31,7 +31,7 @@ export function formatSummary(machine: Machine, result: RunResult): string {
   const irq = p.interrupts.stats();
   lines.push(
     `interrupts: ${irq.msisDelivered} MSIs delivered, ${irq.msisBlockedByRemapping} blocked by remapping, ` +
-      `${irq.ioapicMessages} from the IOAPIC`,
+      `${irq.msisNotInterruptAddress} to non-interrupt addresses (dropped), ${irq.ioapicMessages} from the IOAPIC`,
   );
   if (p.viommu !== null) {
     const s = p.viommu.engine.stats();

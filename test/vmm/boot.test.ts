@@ -86,6 +86,21 @@ test("built-in guest with --iommu intel: tables, TE, FRCD on a missing PTE, DMA,
   assert.match(r.stderr, /vt-d: 2 DMA faults/);
 });
 
+test("built-in guest with --iommu intel,intremap=on: QI, IRTE, IRE; compatibility MSI blocked (0x25), remapped MSI arrives", (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  const r = run(["--iommu", "intel,intremap=on"]);
+  assert.match(r.serial, /msi: edu interrupt through the local APIC, vector 0x40 \.\.\. ok/);
+  assert.match(
+    r.serial,
+    /compatibility-format MSI is blocked \[FRCD reason 0x00000025 endpoint 00:02\.0\] \.\.\. ok/,
+  );
+  assert.match(r.serial, /remappable MSI \(handle 5\) arrives as vector 0x41 \.\.\. ok/);
+  assert.match(r.serial, /verdict: PASS/);
+  assert.equal(r.status, 0, r.serial + r.stderr);
+  assert.match(r.stderr, /interrupts: 2 MSIs delivered, 1 blocked by remapping/);
+  assert.match(r.stderr, /vt-d: .* 1 interrupts remapped, 1 interrupt faults/);
+});
+
 test("built-in guest with --iommu intel,aw-bits=39 walks 3-level tables (CAP.SAGAW)", (t) => {
   if (!KVM) return t.skip(NO_KVM);
   const r = run(["--iommu", "intel,aw-bits=39"]);

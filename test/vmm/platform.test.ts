@@ -122,6 +122,20 @@ test("interrupt fabric: remapping blocks a message (no delivery) and non-interru
   assert.equal(s.msisBlockedByRemapping, 1);
 });
 
+test("the remapping unit's own event messages bypass interrupt remapping (VT-d 5.1.6)", () => {
+  const delivered: number[] = [];
+  const fabric = new InterruptFabric({
+    signalMsi: (_a, d) => {
+      delivered.push(d);
+      return true;
+    },
+  });
+  fabric.setRemapper({ remap: () => ({ ok: false, reason: 0x20, detail: "blocked" }) });
+  fabric.unremapped.signalMsi(0, { address: 0xfee00000, data: 0x50 }, 0);
+  fabric.signalMsi(0, { address: 0xfee00000, data: 0x51 }, 0);
+  assert.deepEqual(delivered, [0x50]);
+});
+
 test("PCI INTx swizzle: slot + pin onto IOAPIC pins 16..19", () => {
   assert.equal(intxIoapicPin(2 << 3, 0), 18);
   assert.equal(intxIoapicPin(2 << 3, 3), 17);
