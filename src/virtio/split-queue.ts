@@ -23,6 +23,7 @@
 import type { DmaFault } from "../engine/access.ts";
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
 import * as C from "./constants.ts";
+import { RingWindow } from "./ring-window.ts";
 
 // Module-local copies of hot constants: under tsx, imported bindings are read through getter
 // calls, which showed up as ~10 % of a request round trip in the profile.
@@ -145,6 +146,11 @@ export class SplitQueue {
   indirect = false;
   dma: DmaAddressSpace | undefined;
 
+  // Direct views of the ring areas, re-translated whenever the translator's epoch changes.
+  private readonly descWindow = new RingWindow(false);
+  private readonly availWindow = new RingWindow(false);
+  private readonly usedWindow = new RingWindow(true);
+  private readonly indirectWindow = new RingWindow(false);
   private lastAvailIdx = 0;
   private usedIdx = 0;
   private lastSignalledUsed = 0;
@@ -191,6 +197,9 @@ export class SplitQueue {
       return `queue ${this.index}: ring beyond 2^53`;
     }
     this.dma = dma;
+    this.descWindow.bind(dma, descAddr, size * DESCRIPTOR_SIZE);
+    this.availWindow.bind(dma, driverAddr, 6 + 2 * size);
+    this.usedWindow.bind(dma, deviceAddr, 6 + 8 * size);
     this.size = size;
     this.descAddr = descAddr;
     this.driverAddr = driverAddr;
@@ -206,6 +215,10 @@ export class SplitQueue {
 
   reset(): void {
     this.dma = undefined;
+    this.descWindow.unbind();
+    this.availWindow.unbind();
+    this.usedWindow.unbind();
+    this.indirectWindow.unbind();
     this.size = 0;
     this.lastAvailIdx = 0;
     this.usedIdx = 0;
@@ -228,28 +241,28 @@ export class SplitQueue {
   pop(chain: DescriptorChain): PopResult {
     const dma = this.dma;
     if (dma === undefined || this.brokenReason !== null) return POP_ERROR;
-    const availIdx = dma.readUint(this.driverAddr + 2, 2);
+    const availIdx = this.availWindow.read16(this.driverAddr + 2);
     if (availIdx < 0) return this.ringFault();
     const pending = (availIdx - this.lastAvailIdx) & 0xffff;
     if (pending === 0) {
-      if (this.eventIdx) this.publishAvailEvent(dma);
+      if (this.eventIdx) this.publishAvailEvent();
       return POP_EMPTY;
     }
     if (pending > this.size) return this.fail(`avail.idx moved by ${pending} > size ${this.size}`);
     const slot = this.lastAvailIdx & (this.size - 1);
-    const head = dma.readUint(this.driverAddr + 4 + 2 * slot, 2);
+    const head = this.availWindow.read16(this.driverAddr + 4 + 2 * slot);
     if (head < 0) return this.ringFault();
     const r = this.walk(dma, head, chain);
     if (r !== POP_CHAIN) return r;
     this.lastAvailIdx = (this.lastAvailIdx + 1) & 0xffff;
-    if (this.eventIdx) this.publishAvailEvent(dma);
+    if (this.eventIdx) this.publishAvailEvent();
     this.popped++;
     return POP_CHAIN;
   }
 
   /** 2.7.10: avail_event (after used.ring[size]) tells the driver which index to notify at. */
-  private publishAvailEvent(dma: DmaAddressSpace): void {
-    if (dma.writeUint(this.deviceAddr + 4 + 8 * this.size, 2, this.lastAvailIdx) !== null) this.ringFault();
+  private publishAvailEvent(): void {
+    if (!this.usedWindow.write16(this.deviceAddr + 4 + 8 * this.size, this.lastAvailIdx)) this.ringFault();
   }
 
   private walk(dma: DmaAddressSpace, head: number, chain: DescriptorChain): PopResult {
@@ -258,6 +271,7 @@ export class SplitQueue {
     if (head >= this.size) return this.fail(`head ${head} >= size`);
     let table = this.descAddr;
     let tableSize = this.size;
+    let window = this.descWindow;
     let index = head;
     let inIndirect = false;
     let seen = 0;
@@ -265,10 +279,10 @@ export class SplitQueue {
     for (;;) {
       if (++seen > tableSize) return this.fail("descriptor chain longer than its table (loop)");
       const d = table + DESCRIPTOR_SIZE * index;
-      const addrLo = dma.readUint(d, 4);
-      const addrHi = dma.readUint(d + 4, 4);
-      const len = dma.readUint(d + 8, 4);
-      const flagsNext = dma.readUint(d + 12, 4);
+      const addrLo = window.read32(d);
+      const addrHi = window.read32(d + 4);
+      const len = window.read32(d + 8);
+      const flagsNext = window.read32(d + 12);
       if (addrLo < 0 || addrHi < 0 || len < 0 || flagsNext < 0) return this.ringFault();
       const flags = flagsNext & 0xffff;
       const next = flagsNext >>> 16;
@@ -285,6 +299,8 @@ export class SplitQueue {
         // 2.7.5.3.2: the device ignores the WRITE flag of the descriptor that refers to the table.
         table = addr;
         tableSize = len / DESCRIPTOR_SIZE;
+        window = this.indirectWindow;
+        window.bind(dma, addr, len);
         if (tableSize > MAX_QUEUE_SIZE) return this.fail("indirect table larger than 32768 entries");
         index = 0;
         seen = 0;
@@ -312,12 +328,13 @@ export class SplitQueue {
     if (dma === undefined || this.brokenReason !== null) return false;
     const slot = this.usedIdx & (this.size - 1);
     const e = this.deviceAddr + 4 + 8 * slot;
-    if (dma.writeUint(e, 4, head) !== null || dma.writeUint(e + 4, 4, lengthBytes >>> 0) !== null) {
+    const w = this.usedWindow;
+    if (!w.write32(e, head) || !w.write32(e + 4, lengthBytes >>> 0)) {
       this.ringFault();
       return false;
     }
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    if (dma.writeUint(this.deviceAddr + 2, 2, this.usedIdx) !== null) {
+    if (!w.write16(this.deviceAddr + 2, this.usedIdx)) {
       this.ringFault();
       return false;
     }
@@ -333,7 +350,7 @@ export class SplitQueue {
     const dma = this.dma;
     if (dma === undefined || this.brokenReason !== null) return false;
     if (this.eventIdx) {
-      const usedEvent = dma.readUint(this.driverAddr + 4 + 2 * this.size, 2);
+      const usedEvent = this.availWindow.read16(this.driverAddr + 4 + 2 * this.size);
       if (usedEvent < 0) {
         this.ringFault();
         return false;
@@ -348,7 +365,7 @@ export class SplitQueue {
       if (!fire) this.interruptsSuppressed++;
       return fire;
     }
-    const flags = dma.readUint(this.driverAddr, 2);
+    const flags = this.availWindow.read16(this.driverAddr);
     if (flags < 0) {
       this.ringFault();
       return false;
