@@ -8,7 +8,7 @@
  */
 import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import { WALK, type WalkOut } from "./second-stage.ts";
+import { ENUMERATION_ENTRY_BUDGET, ENUMERATION_LEAF_BUDGET, WALK, type WalkOut } from "./second-stage.ts";
 
 export interface FirstStageFormat {
   readonly hawBits: number;
@@ -66,6 +66,16 @@ export class FirstStageWalker {
   private readonly memory: GuestMemory;
   private readonly format: FirstStageFormat;
   entryReads = 0;
+  /**
+   * Entries a single enumeration may read, and leaves it may report: a guest can point every
+   * entry of a level at the same table (512^4 leaves), so enumeration is bounded.
+   */
+  enumerationEntryBudget = ENUMERATION_ENTRY_BUDGET;
+  enumerationLeafBudget = ENUMERATION_LEAF_BUDGET;
+  /** True when the last enumeration stopped at a budget. */
+  enumerationTruncated = false;
+  private entriesLeft = 0;
+  private leavesLeft = 0;
   accessedUpdates = 0;
 
   constructor(memory: GuestMemory, format: FirstStageFormat) {
@@ -175,6 +185,9 @@ export class FirstStageWalker {
     req: FirstStageRequest,
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
+    this.entriesLeft = this.enumerationEntryBudget;
+    this.leavesLeft = this.enumerationLeafBudget;
+    this.enumerationTruncated = false;
     if (rootGpa >= 2 ** Math.min(this.format.hawBits, 52)) return;
     const last = Math.min(lastIova, FirstStageWalker.inputLimit(levels) - 1);
     this.visit(rootGpa, levels, 0, startIova, last, true, true, req, leaf);
@@ -199,6 +212,10 @@ export class FirstStageWalker {
     for (let i = first; i <= last; i++) {
       const entryGpa = table + i * 8;
       if (!memory.isRam(entryGpa, 8)) return;
+      if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
+        this.enumerationTruncated = true;
+        return;
+      }
       const lo = memory.readU32(entryGpa);
       const hi = memory.readU32(entryGpa + 4);
       if ((lo & 1) === 0 || this.reserved(lo, hi, level, resHigh)) continue;
@@ -209,6 +226,7 @@ export class FirstStageWalker {
       if (level === 1 || (lo & 0x80) !== 0) {
         if (!req.privileged && !u) continue;
         const perms = w || (req.privileged && !req.writeProtect) ? RW : READ;
+        this.leavesLeft--;
         leaf(iova, level === 1 ? addr : addr - (addr % size), size, perms);
       } else {
         this.visit(addr, level - 1, iova, startIova, lastIova, w, u, req, leaf);

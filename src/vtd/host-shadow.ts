@@ -19,12 +19,15 @@ interface ShadowLeaf {
   readonly perms: number;
 }
 
-/** Enumerates the guest's current leaves overlapping [start, last] (whole leaves, in order). */
+/**
+ * Enumerates the guest's current leaves overlapping [start, last] (whole leaves, in order).
+ * Returns false when it stopped early (an enumeration budget ran out).
+ */
 export type LeafSource = (
   start: number,
   last: number,
   leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
-) => void;
+) => boolean;
 
 export interface HostShadowStats {
   readonly sourceId: number;
@@ -35,6 +38,8 @@ export interface HostShadowStats {
   readonly strayUnmapsSuppressed: number;
   readonly hostErrors: number;
   readonly lastHostError: string;
+  /** Syncs cut short: the guest tables enumerate too much, or the host is full. */
+  readonly truncatedSyncs: number;
 }
 
 export class HostShadow {
@@ -48,6 +53,7 @@ export class HostShadow {
   strayUnmapsSuppressed = 0;
   hostErrors = 0;
   lastHostError = "";
+  truncatedSyncs = 0;
 
   constructor(sourceId: number, host: HostIommu, tracer: Tracer) {
     this.sourceId = sourceId;
@@ -79,9 +85,10 @@ export class HostShadow {
   /** Makes the host match the guest's leaves over [start, last]. */
   sync(start: number, last: number, source: LeafSource): void {
     const leaves: number[] = [];
-    source(start, last, (iova, gpa, sizeBytes, perms) => {
+    const complete = source(start, last, (iova, gpa, sizeBytes, perms) => {
       leaves.push(iova, gpa, sizeBytes, perms);
     });
+    if (!complete) this.noteTruncated("guest tables exceed the enumeration budget");
     const wanted = new Map<number, number>(); // iova -> index in leaves
     for (let k = 0; k < leaves.length; k += 4) wanted.set(leaves[k], k);
     let lo = start;
@@ -135,6 +142,12 @@ export class HostShadow {
     }
   }
 
+  private noteTruncated(why: string): void {
+    this.truncatedSyncs++;
+    if (this.tracer.on("fault"))
+      this.tracer.emit("fault", "vtd", "host-sync-truncated", { sid: this.sourceId, why });
+  }
+
   /** Unmaps everything (translation disabled for the endpoint, or the unit reset). */
   clear(): void {
     for (const e of [...this.shadow.entries()]) this.unmapEntry(e.start, e.value);
@@ -154,6 +167,7 @@ export class HostShadow {
       strayUnmapsSuppressed: this.strayUnmapsSuppressed,
       hostErrors: this.hostErrors,
       lastHostError: this.lastHostError,
+      truncatedSyncs: this.truncatedSyncs,
     };
   }
 }

@@ -16,6 +16,10 @@ const READ: number = PERM_READ;
 const WRITE: number = PERM_WRITE;
 const RW: number = PERM_RW;
 
+/** Bounds of one leaf enumeration (caching-mode replay): entries read and leaves reported. */
+export const ENUMERATION_ENTRY_BUDGET = 1 << 22;
+export const ENUMERATION_LEAF_BUDGET = 1 << 18;
+
 export const WALK = {
   OK: 0,
   /** An entry could not be read (not RAM). */
@@ -70,6 +74,16 @@ export class SecondStageWalker {
   private readonly addressLimit: number;
   /** Entries read by walks so far (a cost counter for stats). */
   entryReads = 0;
+  /**
+   * Entries a single enumeration may read, and leaves it may report: a guest can point every
+   * entry of a level at the same table (512^4 leaves), so enumeration is bounded.
+   */
+  enumerationEntryBudget = ENUMERATION_ENTRY_BUDGET;
+  enumerationLeafBudget = ENUMERATION_LEAF_BUDGET;
+  /** True when the last enumeration stopped at a budget. */
+  enumerationTruncated = false;
+  private entriesLeft = 0;
+  private leavesLeft = 0;
 
   constructor(memory: GuestMemory, format: SecondStageFormat) {
     this.memory = memory;
@@ -144,6 +158,9 @@ export class SecondStageWalker {
     lastIova: number,
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
+    this.entriesLeft = this.enumerationEntryBudget;
+    this.leavesLeft = this.enumerationLeafBudget;
+    this.enumerationTruncated = false;
     if (!this.rootValid(rootGpa)) return;
     this.visit(rootGpa, levels, 0, startIova, lastIova, RW, leaf);
   }
@@ -164,6 +181,10 @@ export class SecondStageWalker {
     for (let i = first; i <= last; i++) {
       const entryGpa = table + i * 8;
       if (!memory.isRam(entryGpa, 8)) return;
+      if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
+        this.enumerationTruncated = true;
+        return;
+      }
       const lo = memory.readU32(entryGpa);
       const hi = memory.readU32(entryGpa + 4);
       if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
@@ -171,7 +192,10 @@ export class SecondStageWalker {
       const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
       const iova = baseIova + i * size;
       if (level === 1 || (lo & 0x80) !== 0) {
-        if (p !== 0) leaf(iova, addr - (addr % size), size, p);
+        if (p !== 0) {
+          this.leavesLeft--;
+          leaf(iova, addr - (addr % size), size, p);
+        }
       } else {
         this.visit(addr, level - 1, iova, startIova, lastIova, p, leaf);
       }

@@ -841,42 +841,38 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
         const rLast = r.gpa + r.sizeBytes - 1;
         if (r.gpa > last || rLast < start) continue;
         if (r.gpa <= INTERRUPT_LAST && rLast >= INTERRUPT_BASE) continue;
-        leaf(r.gpa, r.gpa, r.sizeBytes, PERM_RW);
+        leaf(r.gpa, r.gpa, r.sizeBytes, RW);
       }
+      return true;
     };
+    const nothing: LeafSource = () => true;
     if (!this.translationEnabled) return ramLeaves;
     const t = this.lookupTarget(ep.sourceId);
-    if (t === null) return () => {};
+    if (t === null) return nothing;
     if (t.kind === TARGET.IDENTITY) return ramLeaves;
+    // Nested PASID entries are not shadowed: the host gets no mappings, so an assigned device
+    // behind one cannot reach memory at all (it faults on the host; it never escapes).
+    if (t.kind === TARGET.NESTED) return nothing;
     const outsideWindow =
       (leaf: (i: number, g: number, s: number, p: number) => void) =>
       (i: number, g: number, s: number, p: number) => {
         if (g <= INTERRUPT_LAST && g + s > INTERRUPT_BASE) return;
+        if (i <= INTERRUPT_LAST && i + s > INTERRUPT_BASE) return;
         leaf(i, g, s, p);
       };
-    // Nested PASID entries are not shadowed: the host gets no mappings, so an assigned device
-    // behind one cannot reach memory at all (it faults on the host; it never escapes).
-    if (t.kind === TARGET.NESTED) return () => {};
     if (t.kind === TARGET.SECOND_STAGE) {
-      return (start, last, leaf) =>
-        this.secondStage.forEachLeaf(
-          t.root,
-          t.levels,
-          start,
-          Math.min(last, t.inputLimit - 1),
-          outsideWindow(leaf),
-        );
+      const ss = this.secondStage;
+      return (start, last, leaf) => {
+        ss.forEachLeaf(t.root, t.levels, start, Math.min(last, t.inputLimit - 1), outsideWindow(leaf));
+        return !ss.enumerationTruncated;
+      };
     }
+    const fs = this.firstStage;
     const req = { ...t.fsRequest, updateAccessed: false };
-    return (start, last, leaf) =>
-      this.firstStage.forEachLeaf(
-        t.root,
-        t.levels,
-        start,
-        Math.min(last, t.inputLimit - 1),
-        req,
-        outsideWindow(leaf),
-      );
+    return (start, last, leaf) => {
+      fs.forEachLeaf(t.root, t.levels, start, Math.min(last, t.inputLimit - 1), req, outsideWindow(leaf));
+      return !fs.enumerationTruncated;
+    };
   }
 
   private resyncHost(ep: EndpointState): void {
