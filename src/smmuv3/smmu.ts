@@ -21,7 +21,6 @@ import {
   PERM_WRITE,
 } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import { Iotlb, type IotlbStats } from "../engine/iotlb.ts";
 import { Tracer } from "../engine/trace.ts";
 import { type DmaTranslator, Translation } from "../engine/translation.ts";
 import type { Endpoint, ViommuInstance } from "../framework/viommu.ts";
@@ -113,6 +112,7 @@ import {
   STRTAB_FMT_2LVL,
   STRTAB_FMT_LINEAR,
 } from "./regs.ts";
+import { isStage2OnlyTag, SmmuTlb, type SmmuTlbStats, stage1Tag, stage2Tag, tagVmid } from "./tlb.ts";
 
 /** MSI vectors (the `vector` argument of InterruptSink.signalMsi) and wired pins. */
 export const VECTOR_EVENTQ = 0;
@@ -141,7 +141,7 @@ export interface SmmuV3Stats {
   readonly faults: Readonly<Record<string, number>>;
   readonly unrecordedFaults: number;
   readonly hostStage2Faults: number;
-  readonly iotlb: IotlbStats;
+  readonly iotlb: SmmuTlbStats;
   readonly steCache: { readonly entries: number; readonly hits: number; readonly misses: number };
   readonly cdCache: { readonly entries: number; readonly hits: number; readonly misses: number };
   readonly commands: Readonly<Record<string, number>>;
@@ -153,22 +153,9 @@ export interface SmmuV3Stats {
   readonly badRegisterAccesses: number;
   readonly ignoredRegisterWrites: number;
   readonly ownershipViolations: number;
-  readonly splitLeaves: number;
 }
 
-// IOTLB tag layout: kind (bit 33), TTB1 half (bit 32), VMID 31:16, ASID 15:0.
-const TAG_S2_ONLY = 2 ** 33;
-const TAG_UPPER = 2 ** 32;
 const TWO48 = 2 ** 48;
-const SPLIT_LEAF_LIMIT = 1 << 16;
-
-function tagVmid(tag: number): number {
-  return Math.floor(tag / 65536) % 65536;
-}
-
-function isS2OnlyTag(tag: number): boolean {
-  return tag >= TAG_S2_ONLY;
-}
 
 function faultReason(event: number): DmaFaultReason {
   switch (event) {
@@ -196,15 +183,12 @@ function enginePerms(perms: number, privileged: boolean, instruction: boolean): 
   return p;
 }
 
-/** IOTLB page sizes, largest first. */
-const CACHE_SHIFTS = [30, 21, 12] as const;
-
 export class SmmuV3 implements IoHandler, DmaTranslator {
   readonly features: SmmuFeatures;
   readonly memory: GuestMemory;
   readonly viommu: ViommuInstance;
   readonly tracer: Tracer;
-  readonly iotlb: Iotlb;
+  readonly tlb: SmmuTlb;
   private readonly sink: InterruptSink;
   private readonly requesterId: number;
   private readonly commandBudget: number;
@@ -245,19 +229,10 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private readonly steCache = new Map<number, StreamConfig>();
   private readonly cdCache = new Map<number, Map<number, ContextConfig>>();
   private cdCacheEntries = 0;
-  /** tag -> (leaf base -> leaf bytes) for leaves cached as smaller IOTLB pieces. */
-  private readonly splitLeaves = new Map<number, Map<number, number>>();
-  private splitLeafCount = 0;
-  /** Distinct sizes of the tracked leaves (a handful: 16K, 64K, 32M, 512M, ...). */
-  private readonly splitLeafSizes = new Set<number>();
   /** Bumped by every configuration change and every invalidation command. */
   private ownEpoch = 0;
   /** Bumped by configuration changes only (CFGI_*, CR0, GBPA, stream table base). */
   private configEpoch = 0;
-  /** Tags that may have IOTLB entries (a superset): invalidations of other tags skip the scan. */
-  private readonly liveTags = new Set<number>();
-  /** Tags holding entries from global (nG=0) leaves: TLBI by VA reaches them for any ASID. */
-  private readonly globalTags = new Set<number>();
   // One-entry fast path for the last stage-1 stream context (TTB0 region, no SubstreamID).
   private fastSid = -1;
   private fastSsid = -2;
@@ -327,7 +302,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.sink = options.interrupts;
     this.requesterId = options.requesterId ?? 0;
     this.tracer = options.tracer ?? new Tracer();
-    this.iotlb = new Iotlb(options.iotlbCapacity ?? 4096);
+    this.tlb = new SmmuTlb(options.iotlbCapacity ?? 4096);
     this.commandBudget = Math.max(1, options.commandBudget ?? 4096);
     this.cdCacheLimit = Math.max(1, options.cdCacheLimit ?? 65536);
     this.eventq = new EventQueue(this.memory, options.eventsPerStream ?? 64);
@@ -354,13 +329,13 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     };
     this.viommu.hostStage2?.onUnmap(() => {
       // Cached entries hold host PAs: drop them all when the host takes memory away.
-      this.flushIotlb();
+      this.tlb.invalidateAll();
     });
   }
 
   /** Changes whenever any translation handed out may be stale. */
   get epoch(): number {
-    return this.iotlb.epoch + this.ownEpoch + this.viommu.epoch + (this.viommu.hostStage2?.epoch ?? 0);
+    return this.tlb.epoch + this.ownEpoch + this.viommu.epoch + (this.viommu.hostStage2?.epoch ?? 0);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -838,7 +813,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case OP.TLBI_NH_ALL: {
         this.count(op);
         const vmid = this.vmidOf(w1);
-        this.invalidateTags((t) => !isS2OnlyTag(t) && tagVmid(t) === vmid);
+        this.tlb.invalidateMatching((t) => !isStage2OnlyTag(t) && tagVmid(t) === vmid);
         this.viommu.forward({ scope: "all" });
         if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_nh_all", { vmid });
         return true;
@@ -847,9 +822,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         this.count(op);
         const vmid = this.vmidOf(w1);
         const asid = this.asidOf(w1);
-        const tag = vmid * 65536 + asid;
-        this.invalidateSpace(tag);
-        this.invalidateSpace(tag + TAG_UPPER);
+        this.tlb.invalidateTag(stage1Tag(vmid, asid, false));
+        this.tlb.invalidateTag(stage1Tag(vmid, asid, true));
         this.viommu.forward({ scope: "asid", asid });
         if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_nh_asid", { vmid, asid });
         return true;
@@ -866,19 +840,15 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         const vmid = this.vmidOf(w1);
         if (op === OP.TLBI_NH_VA) {
           const asid = this.asidOf(w1);
-          const tag = vmid * 65536 + asid + (upper ? TAG_UPPER : 0);
-          this.invalidateVa(tag, key, sizeBytes);
-          // 4.4.2.4: global entries of the VMID are invalidated whatever ASID they were cached under.
-          for (const g of this.globalTags) {
-            if (g !== tag && !isS2OnlyTag(g) && tagVmid(g) === vmid && g >= TAG_UPPER === upper) {
-              this.invalidateVa(g, key, sizeBytes);
-            }
-          }
+          const tag = stage1Tag(vmid, asid, upper);
+          this.tlb.invalidateRange(tag, key, sizeBytes);
+          // 4.4.2.4: global entries of the VMID are invalidated whatever ASID cached them.
+          this.tlb.invalidateGlobalRange(vmid, upper, tag, key, sizeBytes);
           this.viommu.forward({ scope: "va", asid, iova: key, sizeBytes, leaf: cmdLeaf(w2) });
         } else {
           // All ASIDs of the VMID: invalidate the range in every address space (over-broad is
           // permitted; under-invalidation never is).
-          this.invalidateVa(null, key, sizeBytes);
+          this.tlb.invalidateRange(null, key, sizeBytes);
           this.viommu.forward({ scope: "vaa", iova: key, sizeBytes, leaf: cmdLeaf(w2) });
         }
         if (this.tracer.on("invalidate"))
@@ -888,7 +858,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case OP.TLBI_S12_VMALL: {
         this.count(op);
         const vmid = this.vmidOf(w1);
-        this.invalidateTags((t) => tagVmid(t) === vmid);
+        this.tlb.invalidateMatching((t) => tagVmid(t) === vmid);
         if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_s12_vmall", { vmid });
         return true;
       }
@@ -899,15 +869,15 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         const vmid = this.vmidOf(w1);
         const ipa = (w3 & 0xfffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffff000);
         const sizeBytes = this.rangeBytes(w0, tg);
-        this.invalidateVa(TAG_S2_ONLY + vmid * 65536, ipa, sizeBytes);
+        this.tlb.invalidateRange(stage2Tag(vmid), ipa, sizeBytes);
         // Combined stage-1+2 entries of this VMID cannot be found by IPA: drop them all.
-        this.invalidateTags((t) => !isS2OnlyTag(t) && tagVmid(t) === vmid);
+        this.tlb.invalidateMatching((t) => !isStage2OnlyTag(t) && tagVmid(t) === vmid);
         if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_s2_ipa", { vmid, ipa, sizeBytes });
         return true;
       }
       case OP.TLBI_NSNH_ALL:
         this.count(op);
-        this.flushIotlb();
+        this.tlb.invalidateAll();
         this.viommu.forward({ scope: "all" });
         if (this.tracer.on("invalidate")) this.trace("invalidate", "tlbi_nsnh_all", {});
         return true;
@@ -977,37 +947,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.configEpoch++;
   }
 
-  private flushIotlb(): void {
-    this.iotlb.invalidateAll();
-    this.clearSplitLeaves();
-    this.liveTags.clear();
-    this.globalTags.clear();
-    this.ownEpoch++;
-  }
-
-  /** Drops every entry of `tag` (skipping the IOTLB scan when the tag has none). */
-  private invalidateSpace(tag: number): void {
-    this.ownEpoch++;
-    if (!this.liveTags.has(tag)) return;
-    this.iotlb.invalidateSpace(tag);
-    this.liveTags.delete(tag);
-    this.forgetSplitLeaves(tag);
-  }
-
-  /** Drops every entry whose tag matches (skipping the scan when no live tag does). */
-  private invalidateTags(match: (tag: number) => boolean): void {
-    this.ownEpoch++;
-    let any = false;
-    for (const t of this.liveTags) {
-      if (match(t)) {
-        any = true;
-        this.liveTags.delete(t);
-        this.forgetSplitLeaves(t);
-      }
-    }
-    if (any) this.iotlb.invalidateTags(match);
-  }
-
   private invalidateStreamConfig(sid: number): void {
     this.steCache.delete(sid);
     const cds = this.cdCache.get(sid);
@@ -1024,116 +963,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.cdCache.clear();
     this.cdCacheEntries = 0;
     this.configChanged();
-  }
-
-  /**
-   * Invalidates [key, key + sizeBytes) of `tag` (null: every tag). sizeBytes 0 means "the leaf
-   * containing key", whatever its size: leaves cached as smaller pieces are found through
-   * `splitLeaves`, so a TLBI at any address of a 32 MiB block drops all of its pieces.
-   */
-  private invalidateVa(tag: number | null, key: number, sizeBytes: number): void {
-    this.ownEpoch++;
-    if (tag !== null && !this.liveTags.has(tag)) return;
-    this.iotlb.invalidateRange(tag, key - (key % 4096), Math.max(sizeBytes, 4096));
-    if (this.splitLeafCount === 0) return;
-    const last = key + Math.max(sizeBytes, 1) - 1;
-    if (tag !== null) {
-      const leaves = this.splitLeaves.get(tag);
-      if (leaves !== undefined) this.dropSplitLeaves(tag, leaves, key, last, sizeBytes === 0);
-    } else {
-      for (const [t, leaves] of this.splitLeaves) this.dropSplitLeaves(t, leaves, key, last, sizeBytes === 0);
-    }
-  }
-
-  /** Invalidates the tracked leaves of `tag` that overlap [first, last]. */
-  private dropSplitLeaves(
-    tag: number,
-    leaves: Map<number, number>,
-    first: number,
-    last: number,
-    single: boolean,
-  ): void {
-    if (single) {
-      // One address: only the leaf of each tracked size that contains it can match.
-      for (const size of this.splitLeafSizes) {
-        const base = first - (first % size);
-        if (leaves.get(base) === size) {
-          this.iotlb.invalidateRange(tag, base, size);
-          leaves.delete(base);
-          this.splitLeafCount--;
-        }
-      }
-      return;
-    }
-    for (const [base, bytes] of leaves) {
-      if (base <= last && base + bytes - 1 >= first) {
-        this.iotlb.invalidateRange(tag, base, bytes);
-        leaves.delete(base);
-        this.splitLeafCount--;
-      }
-    }
-  }
-
-  private forgetSplitLeaves(tag: number): void {
-    const leaves = this.splitLeaves.get(tag);
-    if (leaves === undefined) return;
-    this.splitLeafCount -= leaves.size;
-    this.splitLeaves.delete(tag);
-  }
-
-  private clearSplitLeaves(): void {
-    this.splitLeaves.clear();
-    this.splitLeafSizes.clear();
-    this.splitLeafCount = 0;
-  }
-
-  /**
-   * Caches [inputBase, +bytes) -> outputBase under `tag` as the largest IOTLB page that fits, and
-   * remembers the architectural leaf when the cached piece is smaller than it.
-   */
-  private cache(
-    tag: number,
-    key: number,
-    inputBase: number,
-    outputBase: number,
-    bytes: number,
-    perms: number,
-    leafBase: number,
-    leafBytes: number,
-  ): void {
-    this.liveTags.add(tag);
-    for (const shift of CACHE_SHIFTS) {
-      const size = 2 ** shift;
-      if (bytes < size) continue;
-      const pieceIn = key - (key % size);
-      const pieceOut = outputBase + (pieceIn - inputBase);
-      if (pieceOut % size !== 0 || pieceIn < inputBase || pieceIn + size > inputBase + bytes) continue;
-      this.iotlb.insert(tag, pieceIn, pieceOut, shift, perms);
-      if (size < leafBytes) {
-        let leaves = this.splitLeaves.get(tag);
-        if (leaves === undefined) {
-          leaves = new Map();
-          this.splitLeaves.set(tag, leaves);
-        }
-        if (!leaves.has(leafBase)) {
-          if (this.splitLeafCount >= SPLIT_LEAF_LIMIT) {
-            // Too many to track: start over rather than forget one (the piece stays inserted).
-            this.iotlb.invalidateAll();
-            this.clearSplitLeaves();
-            this.liveTags.clear();
-            this.ownEpoch++;
-            this.liveTags.add(tag);
-            this.iotlb.insert(tag, pieceIn, pieceOut, shift, perms);
-            leaves = new Map();
-            this.splitLeaves.set(tag, leaves);
-          }
-          leaves.set(leafBase, leafBytes);
-          this.splitLeafSizes.add(leafBytes);
-          this.splitLeafCount++;
-        }
-      }
-      return;
-    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1276,9 +1105,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private stage2ForFetch(ipa: number, cls: number, r: WalkResult): number {
     const s2 = this.nestedS2;
     if (s2 === null) return ipa;
-    const tag = TAG_S2_ONLY + this.nestedVmid * 65536;
+    const tag = stage2Tag(this.nestedVmid);
     const h = this.hit;
-    if (ipa < 2 ** s2.inputBits && this.iotlb.lookup(tag, ipa, h) && (h.perms & P_PR) !== 0) {
+    if (ipa < 2 ** s2.inputBits && this.tlb.lookup(tag, ipa, h) && (h.perms & P_PR) !== 0) {
       return h.gpaBase + (ipa - h.iovaBase);
     }
     const f = this.rFetch;
@@ -1286,7 +1115,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (ipa >= 2 ** s2.inputBits) return this.fetchFault(r, EVT.F_TRANSLATION, cls, ipa, 0);
     if (!walk(s2, ipa, this.physFetcher, f)) return this.fetchFault(r, f.fault, cls, ipa, f.fetchAddr);
     if ((f.perms & P_PR) === 0) return this.fetchFault(r, EVT.F_PERMISSION, cls, ipa, 0);
-    this.cache(tag, ipa, f.inputBase, f.outputBase, f.blockBytes, f.perms, f.inputBase, f.blockBytes);
+    this.tlb.insert(tag, ipa, f.inputBase, f.outputBase, f.blockBytes, f.perms, f.inputBase, f.blockBytes);
     return f.outputBase + (ipa - f.inputBase);
   }
 
@@ -1421,7 +1250,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       const h = this.hit;
       const priv = this.fastPrivileged;
       const inst = this.fastInstruction;
-      if (this.iotlb.lookup(this.fastTag, iova, h) && permits(h.perms, write, priv, inst)) {
+      if (this.tlb.lookup(this.fastTag, iova, h) && permits(h.perms, write, priv, inst)) {
         out.set(h.iovaBase, h.gpaBase, h.sizeBytes, enginePerms(h.perms, priv, inst));
         return null;
       }
@@ -1529,7 +1358,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (upper ? key < regionBase : key >= 2 ** region.inputBits) {
       return this.fail(EVT.F_TRANSLATION, cd.record, false, CLASS_IN, 0, 0, "none");
     }
-    const tag = ste.vmid * 65536 + cd.asid + (upper ? TAG_UPPER : 0);
+    const tag = stage1Tag(ste.vmid, cd.asid, upper);
     if (!upper) {
       this.fastSid = sid;
       this.fastSsid = ssid;
@@ -1541,7 +1370,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       this.fastInstruction = ste.instruction;
     }
     const h = this.hit;
-    if (this.iotlb.lookup(tag, key, h) && permits(h.perms, write, ste.privileged, ste.instruction)) {
+    if (this.tlb.lookup(tag, key, h) && permits(h.perms, write, ste.privileged, ste.instruction)) {
       out.set(h.iovaBase, h.gpaBase, h.sizeBytes, enginePerms(h.perms, ste.privileged, ste.instruction));
       return null;
     }
@@ -1555,7 +1384,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (!permits(r.perms, write, ste.privileged, ste.instruction)) {
       return this.fail(EVT.F_PERMISSION, cd.record, false, CLASS_IN, 0, 0, "none");
     }
-    if (!r.nonGlobal) this.globalTags.add(tag);
+    if (!r.nonGlobal) this.tlb.markGlobal(tag);
     const s1In = r.inputBase + regionBase;
     const s1Bytes = r.blockBytes;
     let outBase = r.outputBase;
@@ -1586,9 +1415,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (ipa >= 2 ** s2.inputBits) {
       return this.fail(EVT.F_TRANSLATION, ste.s2Record, true, CLASS_IN, ipa, 0, "ipa");
     }
-    const tag = TAG_S2_ONLY + ste.vmid * 65536;
+    const tag = stage2Tag(ste.vmid);
     const h = this.hit;
-    if (this.iotlb.lookup(tag, ipa, h) && permits(h.perms, write, ste.privileged, ste.instruction)) {
+    if (this.tlb.lookup(tag, ipa, h) && permits(h.perms, write, ste.privileged, ste.instruction)) {
       r2.inputBase = h.iovaBase;
       r2.outputBase = h.gpaBase;
       r2.blockBytes = h.sizeBytes;
@@ -1603,7 +1432,16 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (!permits(r2.perms, write, ste.privileged, ste.instruction)) {
       return this.fail(EVT.F_PERMISSION, ste.s2Record, true, CLASS_IN, ipa, 0, "ipa");
     }
-    this.cache(tag, ipa, r2.inputBase, r2.outputBase, r2.blockBytes, r2.perms, r2.inputBase, r2.blockBytes);
+    this.tlb.insert(
+      tag,
+      ipa,
+      r2.inputBase,
+      r2.outputBase,
+      r2.blockBytes,
+      r2.perms,
+      r2.inputBase,
+      r2.blockBytes,
+    );
     return null;
   }
 
@@ -1682,7 +1520,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       if ((ho.perms & PERM_READ) === 0) p &= ~(P_UR | P_PR | P_UX | P_PX);
       if ((ho.perms & PERM_WRITE) === 0) p &= ~(P_UW | P_PW);
     }
-    if (tag >= 0) this.cache(tag, key, base, pa, bytes, p, leafBase, leafBytes);
+    if (tag >= 0) this.tlb.insert(tag, key, base, pa, bytes, p, leafBase, leafBytes);
     const ep = enginePerms(p, this.curPrivileged, this.curInstruction);
     out.set(base, pa, bytes, ep);
     return null;
@@ -1704,7 +1542,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       faults: { ...this.faultCounts },
       unrecordedFaults: this.unrecordedFaults,
       hostStage2Faults: this.hostStage2Faults,
-      iotlb: this.iotlb.stats(),
+      iotlb: this.tlb.stats(),
       steCache: { entries: this.steCache.size, hits: this.steHits, misses: this.steMisses },
       cdCache: { entries: this.cdCacheEntries, hits: this.cdHits, misses: this.cdMisses },
       commands: { ...this.commandCounts },
@@ -1716,7 +1554,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       badRegisterAccesses: this.badRegisterAccesses,
       ignoredRegisterWrites: this.ignoredRegisterWrites,
       ownershipViolations: this.ownershipViolations,
-      splitLeaves: this.splitLeafCount,
     };
   }
 }

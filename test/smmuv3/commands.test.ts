@@ -126,7 +126,7 @@ test("TLBI_NH_VA (4.4.4): one TLBI anywhere in a block drops every cached piece 
   const pt = attachS1(fx, 8, { granuleShift: 14, inputBits: 36, asid: 5 });
   pt.map(0x200_0000, 0x0, 2, s1Attrs());
   for (const off of [0, 0x20_0000, 0x1e0_0000]) assert.ok(reads(fx, 8, 0x200_0000 + off));
-  assert.ok(fx.smmu.stats().splitLeaves >= 1);
+  assert.ok(fx.smmu.stats().iotlb.splitLeaves >= 1);
   pt.unmap(0x200_0000, 2);
   fx.driver.submit([cmd.tlbiNhVa(0, 5, 0x200_0000 + 0x100_0000)]);
   for (const off of [0, 0x20_0000, 0x1e0_0000]) assert.ok(!reads(fx, 8, 0x200_0000 + off), `offset ${off}`);
