@@ -376,3 +376,52 @@ test("(4) huge pages, page-size-mask 4k: the 1 GiB mapping, and 4 KiB VFIO maps 
     `# huge pages, mask 4k: ${huge.count} MAP requests for 1 GiB, by size ${JSON.stringify(huge.sizes)}; 4 KiB maps: host model peak ${host.peakEntries} entries, ${host.refusals.ENOSPC} refused ENOSPC -> ${engine.requests.map.NOMEM} MAP answered S_NOMEM; guest saw: ${map4k?.detail} (Linux queues MAP requests without checking their status)`,
   );
 });
+
+test("Client Disconnection: after a VM exits, a new VM connects to the same server, and VFIO and the disk work again", {
+  skip: !lab.ok,
+  timeout: 300_000,
+}, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-serve-"));
+  const disk = join(dir, "disk.img");
+  writeFileSync(disk, pattern(1 << 20, 0x77));
+  const serve = await startServe(dir, [
+    "--iommu",
+    "virtio",
+    "--device",
+    "edu,iommu=on",
+    "--disk",
+    `path=${disk},iommu=on`,
+  ]);
+  try {
+    for (let round = 0; round < 2; round++) {
+      const run = await runGuest({
+        qemuArgs: serve.qemuArgs,
+        cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+        timeoutMs: 120_000,
+        script: [
+          "vfio-edu-test 0000:00:11.0 > /tmp/edu.log; grep 'name=vfio-edu-test' /tmp/edu.log",
+          `s=$(dd if=/dev/vda bs=65536 count=16 2>/dev/null | md5sum | cut -d" " -f1)`,
+          `[ "$s" = "${md5(pattern(1 << 20, 0x77))}" ] && echo "RESULT name=disk-read status=pass detail=$s" || echo "RESULT name=disk-read status=fail detail=$s"`,
+        ].join("\n"),
+      });
+      const why = `round ${round}\n${describeRun(run)}\n${serve.stderr().slice(-2000)}`;
+      assert.equal(findResult(run.results, "vfio-edu-test")?.status, "pass", why);
+      assert.equal(findResult(run.results, "disk-read")?.status, "pass", why);
+      for (
+        let i = 0;
+        i < 100 &&
+        /client connected/.test(serve.stderr()) &&
+        serve.stderr().split("client disconnected").length - 1 < 3 * (round + 1);
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    const stats = (await serve.stop()) as unknown as { memory: { regions: number } };
+    assert.equal(stats.memory.regions, 0, "every client region released after the VMs exited");
+    assert.equal(serve.stderr().split("client connected").length - 1, 6);
+  } finally {
+    if (serve.child.exitCode === null) serve.child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
