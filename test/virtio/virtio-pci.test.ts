@@ -465,3 +465,12 @@ test("VIRTIO 1.3 5.4.6: a device-readable buffer on the virtio-rng queue is retu
   );
   assert.equal(rng.stats().rejectedChains, 1);
 });
+
+test("VIRTIO 1.3 4.1.4.3.1: a device configuration change bumps config_generation and notifies on msix_config", () => {
+  const { m, drv, t } = setup();
+  drv.bringUp(VIRTIO_F_VERSION_1, 1);
+  const before = drv.c8(21);
+  t.configChanged();
+  assert.equal(drv.c8(21), (before + 1) & 0xff);
+  assert.equal(m.irq.msis.at(-1)?.message.data, msiData(1));
+});
