@@ -1236,7 +1236,9 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   ): DmaFault | null {
     this.translations++;
     const write = access === ACCESS_WRITE;
-    // Fast path: same stream context as last time, configuration unchanged, IOTLB hit.
+    // Fast path: same stream context as last time, configuration unchanged, IOTLB hit. After a
+    // fast-path miss the slow path does not look the TLB up again (one miss is one miss).
+    let lookedTag = -1;
     if (
       sid === this.fastSid &&
       ssid === this.fastSsid &&
@@ -1254,6 +1256,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         out.set(h.iovaBase, h.gpaBase, h.sizeBytes, enginePerms(h.perms, priv, inst));
         return null;
       }
+      lookedTag = this.fastTag;
     }
     this.curSid = sid;
     this.curSsid = ssid;
@@ -1370,7 +1373,11 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       this.fastInstruction = ste.instruction;
     }
     const h = this.hit;
-    if (this.tlb.lookup(tag, key, h) && permits(h.perms, write, ste.privileged, ste.instruction)) {
+    if (
+      tag !== lookedTag &&
+      this.tlb.lookup(tag, key, h) &&
+      permits(h.perms, write, ste.privileged, ste.instruction)
+    ) {
       out.set(h.iovaBase, h.gpaBase, h.sizeBytes, enginePerms(h.perms, ste.privileged, ste.instruction));
       return null;
     }
