@@ -26,6 +26,8 @@
  *     can (reads then return zeroes); where it cannot, nothing changes, which 5.2.6.2 allows
  *     ("the device MAY deallocate"). WRITE_ZEROES with the unmap flag punches holes, falling
  *     back to writing zeroes; without it, writes zeroes (write_zeroes_may_unmap = 1).
+ *   Used length (2.7.8): data bytes written + 1 for the status byte (Firecracker counts the same
+ *   way; QEMU reports the whole writable length even when no data was written).
  *   Any other type: UNSUPP. A chain without a 16-byte header or a status byte cannot be
  *   answered: the device sets DEVICE_NEEDS_RESET (as QEMU).
  */
