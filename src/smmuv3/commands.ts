@@ -66,11 +66,6 @@ export const cmdRange = (w2: number): number => w2 & 0x1f;
 export const cmdTtl = (w2: number): number => (w2 >>> 8) & 3;
 export const cmdTg = (w2: number): number => (w2 >>> 10) & 3;
 
-/** CMD_SYNC MSIAddr bits 51:2. */
-export function cmdSyncMsiAddr(w2: number, w3: number): number {
-  return (w3 & 0xfffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffffffc);
-}
-
 /** TLBI range granule from TG (1: 4K, 2: 16K, 3: 64K), as log2 bytes; 0 for a non-range TLBI. */
 export function rangeGranuleShift(tg: number): number {
   return tg === 1 ? 12 : tg === 2 ? 14 : tg === 3 ? 16 : 0;

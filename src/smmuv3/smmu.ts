@@ -39,7 +39,6 @@ import {
   cmdSsec,
   cmdSsid,
   cmdSyncCs,
-  cmdSyncMsiAddr,
   cmdTg,
   cmdTtl,
   cmdVmid,
@@ -653,7 +652,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.gerror = (this.gerror ^ bit) >>> 0;
     if (this.tracer.on("irq")) this.trace("irq", "gerror", { bit, gerror: this.gerror });
     if ((this.irqCtrl & IRQ_GERROR) !== 0) {
-      this.signal(this.gerrorIrqCfg0Lo, this.gerrorIrqCfg0Hi, this.gerrorIrqCfg1, VECTOR_GERROR);
+      this.signal(this.gerrorIrqCfg0Lo, this.gerrorIrqCfg0Hi, this.gerrorIrqCfg1, VECTOR_GERROR, false);
     }
   }
 
@@ -665,18 +664,22 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   }
 
   /**
-   * Sends an MSI: a 32-bit write of `data` to the doorbell address (ADDR 51:2). A doorbell in
-   * guest RAM is written there (Linux points CMD_SYNC MSIs at the command itself); any other
-   * address goes to the platform's interrupt sink; address 0 means the wired interrupt.
+   * Sends an interrupt (3.18). With a non-zero address field (ADDR 51:2, or MSIAddress 55:2 for
+   * CMD_SYNC) it is an MSI: a 32-bit write of `data` to the address truncated to the OAS. A
+   * doorbell in guest RAM is written there (Linux points CMD_SYNC MSIs at the command itself); any
+   * other address goes to the platform's interrupt sink as an MSI. The wired output (`setPin`
+   * pulse) fires when there is no MSI address, and for CMD_SYNC always (4.7.3: "regardless of the
+   * value of MSIAddress").
    */
-  private signal(addrLo: number, addrHi: number, data: number, vector: number): void {
-    const address = (addrHi & 0xfffff) * 2 ** 32 + (addrLo & 0xfffffffc);
+  private signal(addrLo: number, addrHi: number, data: number, vector: number, wiredAlways: boolean): void {
+    const msi = (addrLo & 0xfffffffc) !== 0 || addrHi !== 0;
     this.interruptCount++;
-    if (address === 0) {
+    if (wiredAlways || !msi) {
       this.sink.setPin(this.requesterId, vector, true);
       this.sink.setPin(this.requesterId, vector, false);
-      return;
     }
+    if (!msi) return;
+    const address = (addrHi & 0xffff) * 2 ** 32 + ((addrLo & 0xfffffffc) >>> 0);
     if (this.memory.isRam(address, 4)) {
       this.memory.writeU32(address, data >>> 0);
       this.msiWrites++;
@@ -888,8 +891,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         this.syncs++;
         // Every earlier command has completed: the model executes them in order, synchronously.
         if (cs === CS_IRQ) {
-          const addr = cmdSyncMsiAddr(w2, w3);
-          this.signal(addr % 2 ** 32, Math.floor(addr / 2 ** 32), w1, VECTOR_CMD_SYNC);
+          // MSIAddress[55:2]: the zero check covers the whole field (4.7.3).
+          this.signal(w2, w3 & 0xffffff, w1, VECTOR_CMD_SYNC, true);
         } else if (cs === CS_SEV) {
           if (this.tracer.on("queue")) this.trace("queue", "sync_sev", {});
         }
@@ -979,7 +982,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     }
     if (result === "abort") this.raiseGerror(GERROR_EVENTQ_ABT);
     if ((result === "written" || overflowSignalled) && (this.irqCtrl & IRQ_EVENTQ) !== 0) {
-      this.signal(this.eventqIrqCfg0Lo, this.eventqIrqCfg0Hi, this.eventqIrqCfg1, VECTOR_EVENTQ);
+      this.signal(this.eventqIrqCfg0Lo, this.eventqIrqCfg0Hi, this.eventqIrqCfg1, VECTOR_EVENTQ, false);
     }
   }
 

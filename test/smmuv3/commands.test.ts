@@ -321,3 +321,21 @@ test("a DMA address space never keeps a translation past TLBI + CMD_SYNC (epoch)
   fx.driver.submit([cmd.tlbiNhVa(0, 1, 0x7000)]);
   assert.equal(dma.readUint(0x7000, 4), 0xaa);
 });
+
+test("CMD_SYNC SIG_IRQ (4.7.3): wired completion pulse always, MSI only for a non-zero MSIAddress", () => {
+  const fx = ready();
+  const edges = fx.sink.pinEdges.length;
+  const msis = fx.sink.msis.length;
+  fx.driver.submit([cmd.sync(1, 0, 0x77)], "sev");
+  assert.equal(fx.sink.msis.length, msis, "MSIAddress 0: no MSI");
+  assert.deepEqual(fx.sink.pinEdges.slice(edges).slice(0, 2), [
+    { requesterId: 0xff, pin: 2, asserted: true },
+    { requesterId: 0xff, pin: 2, asserted: false },
+  ]);
+  fx.driver.submit([cmd.sync(1, ITS_DOORBELL, 0x77)], "sev");
+  assert.deepEqual(fx.sink.msis.at(-1), {
+    requesterId: 0xff,
+    message: { address: ITS_DOORBELL, data: 0x77 },
+    vector: 2,
+  });
+});
