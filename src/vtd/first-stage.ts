@@ -74,6 +74,9 @@ export class FirstStageWalker {
   enumerationLeafBudget = ENUMERATION_LEAF_BUDGET;
   /** True when the last enumeration stopped at a budget. */
   enumerationTruncated = false;
+  /** Entries read and leaves reported by enumerations so far. */
+  enumerationReads = 0;
+  enumerationLeaves = 0;
   private entriesLeft = 0;
   private leavesLeft = 0;
   accessedUpdates = 0;
@@ -216,6 +219,7 @@ export class FirstStageWalker {
         this.enumerationTruncated = true;
         return;
       }
+      this.enumerationReads++;
       const lo = memory.readU32(entryGpa);
       const hi = memory.readU32(entryGpa + 4);
       if ((lo & 1) === 0 || this.reserved(lo, hi, level, resHigh)) continue;
@@ -227,6 +231,7 @@ export class FirstStageWalker {
         if (!req.privileged && !u) continue;
         const perms = w || (req.privileged && !req.writeProtect) ? RW : READ;
         this.leavesLeft--;
+        this.enumerationLeaves++;
         leaf(iova, level === 1 ? addr : addr - (addr % size), size, perms);
       } else {
         this.visit(addr, level - 1, iova, startIova, lastIova, w, u, req, leaf);

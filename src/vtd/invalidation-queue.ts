@@ -75,6 +75,11 @@ export interface QueueEnvironment {
   sendCompletionEvent(address: number, data: number): void;
   /** Sets an FSTS error status (IQE) through the fault log, raising the fault event. */
   setFaultStatus(bit: number): void;
+  /** Around one walk of the queue: work the target defers until a wait or the end of it. */
+  beginBatch(): void;
+  endBatch(): void;
+  /** Before an invalidation wait completes: everything submitted before it must be done. */
+  beforeWaitCompletion(): void;
 }
 
 /** Size of the range a device-TLB invalidation names (PCIe ATS 2.3: S bit and low address bits). */
@@ -170,12 +175,14 @@ export class InvalidationQueue {
       return;
     }
     this.running = true;
+    this.env.beginBatch();
     try {
       do {
         this.rerun = false;
         this.drain();
       } while (this.rerun);
     } finally {
+      this.env.endBatch();
       this.running = false;
     }
   }
@@ -324,6 +331,7 @@ export class InvalidationQueue {
   private wait(lo0: number, hi0: number, lo1: number, hi1: number): number {
     // Reserved: PD (7; ECAP.PDS clear), bit 8, 31:12; status address bits 1:0.
     if ((lo0 & 0xfffff180) !== 0 || (lo1 & 3) !== 0) return IQEI.RESERVED_FIELD;
+    this.env.beforeWaitCompletion();
     const r = this.regs;
     if (lo0 & 0x20) {
       const statusGpa = hi1 * 0x1_0000_0000 + ((lo1 & 0xfffffffc) >>> 0);

@@ -18,7 +18,7 @@ const RW: number = PERM_RW;
 
 /** Bounds of one leaf enumeration (caching-mode replay): entries read and leaves reported. */
 export const ENUMERATION_ENTRY_BUDGET = 1 << 22;
-export const ENUMERATION_LEAF_BUDGET = 1 << 18;
+export const ENUMERATION_LEAF_BUDGET = 1 << 17;
 
 export const WALK = {
   OK: 0,
@@ -82,6 +82,9 @@ export class SecondStageWalker {
   enumerationLeafBudget = ENUMERATION_LEAF_BUDGET;
   /** True when the last enumeration stopped at a budget. */
   enumerationTruncated = false;
+  /** Entries read and leaves reported by enumerations so far. */
+  enumerationReads = 0;
+  enumerationLeaves = 0;
   private entriesLeft = 0;
   private leavesLeft = 0;
 
@@ -185,6 +188,7 @@ export class SecondStageWalker {
         this.enumerationTruncated = true;
         return;
       }
+      this.enumerationReads++;
       const lo = memory.readU32(entryGpa);
       const hi = memory.readU32(entryGpa + 4);
       if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
@@ -194,6 +198,7 @@ export class SecondStageWalker {
       if (level === 1 || (lo & 0x80) !== 0) {
         if (p !== 0) {
           this.leavesLeft--;
+          this.enumerationLeaves++;
           leaf(iova, addr - (addr % size), size, p);
         }
       } else {

@@ -120,7 +120,17 @@ interface EndpointState {
   readonly shadow: HostShadow | null;
   readonly deviceTlb: DeviceTlb | null;
   deviceTlbInvalidations: number;
+  /** A full host resync was requested and not yet run (coalesced, or over the batch budget). */
+  resyncPending: boolean;
 }
+
+/**
+ * Replay work (entries read + 16 per leaf) host replays may do in one walk of the invalidation
+ * queue. Full resyncs are coalesced until a wait descriptor; past this budget they stay pending
+ * until the next walk. Replaying 65536 leaves costs about 2^20; only a guest hammering its own
+ * assigned device with global invalidations over huge or self-referencing tables gets there.
+ */
+const HOST_REPLAY_BATCH_BUDGET = 1 << 23;
 
 export interface VtdStats {
   readonly translations: number;
@@ -139,6 +149,7 @@ export interface VtdStats {
   readonly atsRequests: number;
   readonly deviceTlbInvalidations: number;
   readonly hosts: readonly HostShadowStats[];
+  readonly hostResyncsDeferred: number;
 }
 
 function bdf(sourceId: number): string {
@@ -209,6 +220,10 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   private readonly nestedStage: NestedSecondStage;
   private readonly atsScratch = new Translation();
   private ownEpoch = 0;
+  /** While the queue runs, full host resyncs are coalesced (see HOST_REPLAY_BATCH_BUDGET). */
+  private deferHostSync = false;
+  private batchReplayReads = 0;
+  hostResyncsDeferred = 0;
   /** Latched by SRTP. */
   private rootTable = 0;
   private translationTableMode = 0;
@@ -253,6 +268,16 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
         scalableModeActive: () => this.translationTableMode === 1,
         sendCompletionEvent: (a, d) => this.sendEvent(a, d),
         setFaultStatus: (bit) => this.faults.setStatus(bit),
+        beginBatch: () => {
+          this.deferHostSync = true;
+          this.batchReplayReads = 0;
+          this.flushHostResyncs();
+        },
+        endBatch: () => {
+          this.flushHostResyncs();
+          this.deferHostSync = false;
+        },
+        beforeWaitCompletion: () => this.flushHostResyncs(),
       },
       this.tracer,
     );
@@ -335,6 +360,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       shadow,
       deviceTlb: options.ats ?? null,
       deviceTlbInvalidations: 0,
+      resyncPending: false,
     };
     this.endpoints.set(sourceId, ep);
     if (shadow !== null) this.resyncHost(ep);
@@ -875,14 +901,49 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     };
   }
 
+  /** Replay work so far: entries read, plus leaves reported (each costs a host comparison). */
+  private replayReads(): number {
+    const ss = this.secondStage;
+    const fs = this.firstStage;
+    return ss.enumerationReads + fs.enumerationReads + 16 * (ss.enumerationLeaves + fs.enumerationLeaves);
+  }
+
+  /** A full host resync: now, or at the next wait / end of the queue batch. */
   private resyncHost(ep: EndpointState): void {
     if (ep.shadow === null) return;
+    if (this.deferHostSync) {
+      ep.resyncPending = true;
+      return;
+    }
+    this.runResync(ep);
+  }
+
+  private runResync(ep: EndpointState): void {
+    if (ep.shadow === null) return;
+    ep.resyncPending = false;
+    const before = this.replayReads();
     ep.shadow.sync(0, MAX_ADDRESS, this.leafSource(ep));
+    this.batchReplayReads += this.replayReads() - before;
   }
 
   private syncHostRange(ep: EndpointState, start: number, last: number): void {
-    if (ep.shadow === null) return;
+    if (ep.shadow === null || ep.resyncPending) return; // a pending full resync covers it
+    const before = this.replayReads();
     ep.shadow.sync(start, last, this.leafSource(ep));
+    this.batchReplayReads += this.replayReads() - before;
+  }
+
+  private flushHostResyncs(): void {
+    for (const ep of this.endpoints.values()) {
+      if (!ep.resyncPending) continue;
+      if (this.batchReplayReads > HOST_REPLAY_BATCH_BUDGET) {
+        this.hostResyncsDeferred++;
+        if (this.tracer.on("fault"))
+          this.tracer.emit("fault", "vtd", "host-resync-deferred", { sid: ep.sourceId });
+        continue;
+      }
+      this.runResync(ep);
+    }
   }
 
   // ---------------------------------------------------------------- registers
@@ -1102,6 +1163,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       atsRequests: this.atsRequests,
       deviceTlbInvalidations: this.deviceTlbInvalidations,
       hosts,
+      hostResyncsDeferred: this.hostResyncsDeferred,
     };
   }
 }
