@@ -166,9 +166,12 @@ export function idr0(f: SmmuFeatures): number {
   );
 }
 
-/** IDR1 (6.3.2): SIDSIZE, SSIDSIZE, EVENTQS, CMDQS; PRIQS 0; no presets, REL 0. */
+/**
+ * IDR1 (6.3.2): SIDSIZE, SSIDSIZE, EVENTQS, CMDQS; PRIQS 0; ATTR_PERMS_OVR (STE.PRIVCFG/INSTCFG
+ * are honoured); ATTR_TYPES_OVR 0 (memory types are not modelled); no presets, REL 0.
+ */
 export function idr1(f: SmmuFeatures): number {
-  return (f.sidBits | (f.ssidBits << 6) | (f.eventqLog2Max << 16) | (f.cmdqLog2Max << 21)) >>> 0;
+  return (f.sidBits | (f.ssidBits << 6) | (f.eventqLog2Max << 16) | (f.cmdqLog2Max << 21) | (1 << 26)) >>> 0;
 }
 
 /** IDR3 (6.3.4): RIL (range invalidation) only. */

@@ -31,6 +31,7 @@ test("IDR1/IDR5 (6.3.2, 6.3.6): SIDSIZE, SSIDSIZE, queue sizes, OAS 48, three gr
   assert.equal((idr1 >>> 16) & 0x1f, 19);
   assert.equal((idr1 >>> 21) & 0x1f, 19);
   assert.equal((idr1 >>> 29) & 3, 0, "no preset tables or queues");
+  assert.equal((idr1 >>> 26) & 3, 1, "ATTR_PERMS_OVR: STE.PRIVCFG/INSTCFG honoured; ATTR_TYPES_OVR 0");
   const idr5 = smmu.read(REG.IDR5, 4);
   assert.equal(idr5 & 7, 0b101);
   assert.equal((idr5 >>> 4) & 7, 7);
