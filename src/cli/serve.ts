@@ -205,6 +205,10 @@ export function qemuArgsLine(
 }
 
 export async function runServe(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
   let opts: ServeOptions;
   try {
     opts = parseServeArgs(argv);
