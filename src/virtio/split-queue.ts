@@ -19,6 +19,12 @@
  * VIRTIO_F_EVENT_IDX (2.7.10): after each pop the device publishes avail_event = next avail index
  * it will read; interrupts are suppressed unless used_event falls in the newly used range.
  * Without it, avail.flags VIRTQ_AVAIL_F_NO_INTERRUPT suppresses them (2.7.7).
+ *
+ * Memory ordering: the device re-reads avail.idx after publishing avail_event and reads
+ * used_event after writing used.idx, in program order. JavaScript cannot emit a store-load
+ * fence on plain memory, so a host whose vCPUs run concurrently with device code (not the
+ * synchronous hosts here, where the guest is stopped during the access) relies on the driver's
+ * own barriers and the next notification for the x86 store-load window.
  */
 import type { DmaFault } from "../engine/access.ts";
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
@@ -241,12 +247,18 @@ export class SplitQueue {
   pop(chain: DescriptorChain): PopResult {
     const dma = this.dma;
     if (dma === undefined || this.brokenReason !== null) return POP_ERROR;
-    const availIdx = this.availWindow.read16(this.driverAddr + 2);
+    let availIdx = this.availWindow.read16(this.driverAddr + 2);
     if (availIdx < 0) return this.ringFault();
-    const pending = (availIdx - this.lastAvailIdx) & 0xffff;
+    let pending = (availIdx - this.lastAvailIdx) & 0xffff;
     if (pending === 0) {
-      if (this.eventIdx) this.publishAvailEvent();
-      return POP_EMPTY;
+      if (!this.eventIdx) return POP_EMPTY;
+      // 2.7.10: publish avail_event, then look again: a driver that made a buffer available
+      // before seeing the new avail_event may not notify for it.
+      this.publishAvailEvent();
+      availIdx = this.availWindow.read16(this.driverAddr + 2);
+      if (availIdx < 0) return this.ringFault();
+      pending = (availIdx - this.lastAvailIdx) & 0xffff;
+      if (pending === 0) return POP_EMPTY;
     }
     if (pending > this.size) return this.fail(`avail.idx moved by ${pending} > size ${this.size}`);
     const slot = this.lastAvailIdx & (this.size - 1);

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { ACCESS_WRITE, type Access, type DmaFault, PERM_RW } from "../../src/engine/access.ts";
 import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
+import type { DmaTranslator, Translation } from "../../src/engine/translation.ts";
 import {
   DescriptorChain,
   POP_CHAIN,
@@ -144,4 +146,33 @@ test("fuzz: random rings never throw, and every chain returned satisfies the cha
   }
   console.log(`fuzz: ${chains} chains accepted, ${errors} rings rejected`);
   assert.ok(chains > 100 && errors > 100, "both outcomes exercised");
+});
+
+test("VIRTIO 1.3 2.7.10: a buffer made available while avail_event is being published is not left behind", () => {
+  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 16 }]);
+  let epoch = 0;
+  let raced = false;
+  // A translator that lets the "driver" run exactly when the device writes avail_event.
+  const racing: DmaTranslator = {
+    get epoch() {
+      return epoch;
+    },
+    translate(_ep: number, iova: number, access: Access, out: Translation): DmaFault | null {
+      epoch++; // no caching: every access translates
+      if (access === ACCESS_WRITE && iova === USED + 4 + 8 * SIZE && !raced) {
+        raced = true;
+        desc(memory, DESC, 0, 0x8000, 16, 2, 0);
+        memory.writeU16(AVAIL + 4, 0);
+        memory.writeU16(AVAIL + 2, 1);
+      }
+      out.set(iova & ~0xfff, iova & ~0xfff, 0x1000, PERM_RW);
+      return null;
+    },
+  };
+  const dma = new DmaAddressSpace(memory, racing, 0);
+  const q = new SplitQueue(0, SIZE);
+  assert.equal(q.start(dma, SIZE, DESC, AVAIL, USED, true, false), null);
+  const chain = new DescriptorChain();
+  assert.equal(q.pop(chain), POP_CHAIN, "the device looked again after publishing avail_event");
+  assert.ok(raced);
 });
