@@ -8,6 +8,7 @@ import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError } from "../kvm/system.ts";
 import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts";
 import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
+import { findMultibootHeader } from "../vmm/multiboot.ts";
 import type { DeviceChoice } from "../vmm/platform.ts";
 import { formatSummary } from "../vmm/summary.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
@@ -89,8 +90,19 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
   }
   let result: RunResult;
   try {
-    const boot = machine.bootMultiboot(image, options.cmdline || (options.kernel ?? "builtin"), modules);
-    for (const w of boot.warnings) io.stderr(`viommu run: warning: ${w}\n`);
+    if (findMultibootHeader(image) !== null) {
+      const boot = machine.bootMultiboot(image, options.cmdline || (options.kernel ?? "builtin"), modules);
+      for (const w of boot.warnings) io.stderr(`viommu run: warning: ${w}\n`);
+    } else {
+      // Not Multiboot: a Linux bzImage or PVH vmlinux; --initramfs is the initrd.
+      if (modules.length > 1) throw new Error("a Linux kernel takes one --initramfs");
+      const linux = machine.bootLinux({
+        kernel: image,
+        initrd: modules[0]?.data,
+        cmdline: options.cmdline || "console=ttyS0",
+      });
+      io.stderr(`viommu run: Linux ${linux.protocol} boot, ACPI ${linux.acpiTables.join(" ")}\n`);
+    }
     result = machine.run(options.timeoutSeconds);
   } catch (e) {
     serial.sink.flush();

@@ -18,6 +18,7 @@ import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
 import { enterFlatProtectedMode } from "./cpu-state.ts";
 import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout } from "./layout.ts";
+import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
 import { type DeviceChoice, type IommuChoice, Platform } from "./platform.ts";
 
@@ -125,9 +126,18 @@ export class Machine {
     this.vcpu.setupCpuid((entries) =>
       entries.map((e) => {
         if (e.fn === 1) {
-          // Leaf 1: EBX[31:24] initial APIC ID = 0, ECX[31] hypervisor present.
-          return { ...e, ebx: e.ebx & 0x00ffffff, ecx: (e.ecx | (1 << 31)) >>> 0 };
+          // Leaf 1: EBX[31:24] initial APIC ID = 0, ECX[31] hypervisor present; hide the
+          // extensions whose instructions KVM's emulator cannot emulate (CX16 13, MOVBE 22,
+          // XSAVE 26, OSXSAVE 27, AVX 28, FMA 12, F16C 29).
+          const hidden = (1 << 12) | (1 << 13) | (1 << 22) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29);
+          return { ...e, ebx: e.ebx & 0x00ffffff, ecx: ((e.ecx | (1 << 31)) & ~hidden) >>> 0 };
         }
+        if (e.fn === 7 && e.index === 0) {
+          // Leaf 7.0 EBX: BMI1 3, AVX2 5, BMI2 8, ADX 19 (VEX-encoded or emulator-unknown).
+          const hidden = (1 << 3) | (1 << 5) | (1 << 8) | (1 << 19);
+          return { ...e, ebx: (e.ebx & ~hidden) >>> 0 };
+        }
+        if (e.fn === 0xd) return { ...e, eax: 0, ebx: 0, ecx: 0, edx: 0 };
         return e;
       }),
     );
@@ -143,6 +153,13 @@ export class Machine {
     const boot = loadMultiboot(this.memory, image, { cmdline, modules, memoryMap: e820Map(this.ramLayout) });
     enterFlatProtectedMode(this.vcpu, this.memory, { eip: boot.entry, eax: 0x2badb002, ebx: boot.infoGpa });
     return boot;
+  }
+
+  /** Plans and applies a direct Linux boot (bzImage 64-bit protocol, or PVH for a vmlinux ELF). */
+  bootLinux(input: LinuxBootInput): { protocol: string; acpiTables: string[] } {
+    const { plan, acpi } = planLinuxBootFor(this.platform, this.ramLayout.totalBytes, input);
+    applyLinuxBootPlan(this.memory, this.vcpu, plan);
+    return { protocol: plan.protocol, acpiTables: acpi.tables.map((t) => t.signature.trim()) };
   }
 
   /**
