@@ -55,6 +55,8 @@ export interface StreamConfig {
   /** Effective privilege and instruction attributes of the stream's transactions (PRIVCFG, INSTCFG). */
   readonly privileged: boolean;
   readonly instruction: boolean;
+  /** STE.MEV: events of this stream may be merged (7.3.1). */
+  readonly mergeEvents: boolean;
 }
 
 export type Decoded<T> = { ok: true; value: T } | { ok: false; event: number; why: string };
@@ -162,6 +164,7 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
       s1CdMax,
       s1Dss,
       // Our devices issue unprivileged data accesses; PRIVCFG/INSTCFG may override (5.2).
+      mergeEvents: ((w2 >>> 19) & 1) === 1,
       privileged: privcfg === 0b11,
       instruction: instcfg === 0b11,
     },

@@ -1,13 +1,18 @@
 /**
- * The event queue as the SMMU produces into it (SMMUv3 7.2, 6.3.27-6.3.29): records written at
- * PROD in guest memory, PROD.OVFLG toggled when events are lost while the guest has acknowledged
- * the previous overflow (OVFLG == CONS.OVACKFLG), EVENTQ_ABT when the queue memory is not
- * writable.
+ * The event queue as the SMMU produces into it (SMMUv3 7.2, 7.4, 6.3.27-6.3.29): records written
+ * at PROD in guest memory; when a record is discarded because the queue is full, PROD.OVFLG
+ * toggles if no overflow is already pending (OVFLG == CONS.OVACKFLG); EVENTQ_ABT when the queue
+ * memory is not writable.
  *
- * On top of the architecture, a per-stream budget: one stream may hold at most
- * `perStreamPending` unconsumed records, so a faulting device cannot fill the queue and starve
- * every other stream's events. Records over budget are dropped, counted per stream, and reported
- * to the guest as lost events (OVFLG), exactly like an overflow.
+ * Flood control, in two steps:
+ *  1. Merging (7.3.1): a record identical to one of the same stream still unconsumed in the queue
+ *     (InputAddr[11:0] ignored) is merged into it, when merging is allowed (STE.MEV == 1, or an
+ *     event that can occur before the STE is known: F_UUT, C_BAD_STREAMID, F_STE_FETCH,
+ *     C_BAD_STE).
+ *  2. A per-stream budget (a model policy, beyond the architecture): one StreamID may hold at
+ *     most `perStreamPending` unconsumed records, so a faulting device cannot fill the queue and
+ *     starve every other stream. Records over budget are discarded and counted per stream. They
+ *     do not toggle OVFLG: 7.4 allows the overflow condition only when the queue is full.
  */
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import { EVENT_RECORD_BYTES, type EventRecord } from "./events.ts";
@@ -15,10 +20,11 @@ import { ptrIncrement, ptrIndex, ptrMask, queueFull, queueUsed } from "./queue.t
 
 export const OVFLG = 0x8000_0000;
 
-export type PushResult = "written" | "disabled" | "overflow" | "rate-limited" | "abort";
+export type PushResult = "written" | "merged" | "disabled" | "overflow" | "rate-limited" | "abort";
 
 export interface EventQueueStats {
   readonly written: number;
+  readonly merged: number;
   readonly lostDisabled: number;
   readonly lostOverflow: number;
   readonly lostRateLimited: number;
@@ -41,6 +47,10 @@ export class EventQueue {
   private readonly scratch = new Uint8Array(EVENT_RECORD_BYTES);
   private readonly scratchView = new DataView(this.scratch.buffer);
   private written = 0;
+  private merged = 0;
+  /** Per stream: signature and queue pointer of its last written record (for merging). */
+  private readonly lastSig = new Map<number, string>();
+  private readonly lastPtr = new Map<number, number>();
   private lostDisabled = 0;
   private lostOverflow = 0;
   private lostRateLimited = 0;
@@ -78,7 +88,11 @@ export class EventQueue {
    * Writes `rec` when the queue is enabled and has room. Returns what happened; `overflowSignalled`
    * tells the caller whether OVFLG changed (worth an interrupt).
    */
-  push(rec: EventRecord, enabled: boolean): { result: PushResult; overflowSignalled: boolean } {
+  push(
+    rec: EventRecord,
+    enabled: boolean,
+    mergeable: boolean,
+  ): { result: PushResult; overflowSignalled: boolean } {
     if (!enabled) {
       this.lostDisabled++;
       return { result: "disabled", overflowSignalled: false };
@@ -86,10 +100,15 @@ export class EventQueue {
     const log2 = this.log2size;
     const sid = rec.streamId | 0;
     const held = this.pending.get(sid) ?? 0;
+    const sig = mergeable && held > 0 ? rec.signature() : "";
+    if (sig !== "" && this.lastSig.get(sid) === sig && this.isPending(this.lastPtr.get(sid) ?? -1)) {
+      this.merged++;
+      return { result: "merged", overflowSignalled: false };
+    }
     if (held >= this.budget()) {
       this.lostRateLimited++;
       this.limitedBySid.set(rec.streamId, (this.limitedBySid.get(rec.streamId) ?? 0) + 1);
-      return { result: "rate-limited", overflowSignalled: this.markLost() };
+      return { result: "rate-limited", overflowSignalled: false };
     }
     if (queueFull(this.prod, this.cons, log2)) {
       this.lostOverflow++;
@@ -105,9 +124,22 @@ export class EventQueue {
     this.memory.write(gpa, this.scratch);
     this.slotSid[index] = sid;
     this.pending.set(sid, held + 1);
+    if (mergeable) {
+      this.lastSig.set(sid, sig !== "" ? sig : rec.signature());
+      this.lastPtr.set(sid, this.prod & ptrMask(log2));
+    } else if (this.lastSig.size > 0) {
+      this.lastSig.delete(sid);
+    }
     this.prod = ((this.prod & OVFLG) | ptrIncrement(this.prod, log2)) >>> 0;
     this.written++;
     return { result: "written", overflowSignalled: false };
+  }
+
+  /** Whether the record written at pointer `ptr` is still between CONS and PROD. */
+  private isPending(ptr: number): boolean {
+    if (ptr < 0) return false;
+    const log2 = this.log2size;
+    return queueUsed(ptr, this.cons, log2) < queueUsed(this.prod, this.cons, log2);
   }
 
   /** The guest wrote EVENTQ_CONS: release the budget of the records it consumed. */
@@ -163,6 +195,7 @@ export class EventQueue {
     for (const [sid, n] of this.limitedBySid) byStream[sid] = n;
     return {
       written: this.written,
+      merged: this.merged,
       lostDisabled: this.lostDisabled,
       lostOverflow: this.lostOverflow,
       lostRateLimited: this.lostRateLimited,

@@ -86,6 +86,13 @@ export class EventRecord {
     return this;
   }
 
+  /** Identity for merging (7.3.1): every field except InputAddr[11:0]. */
+  signature(): string {
+    const flags =
+      (this.ssv ? 1 : 0) | (this.rnw ? 2 : 0) | (this.pnu ? 4 : 0) | (this.ind ? 8 : 0) | (this.s2 ? 16 : 0);
+    return `${this.type}/${this.substreamId}/${flags}/${this.cls}/${this.inputAddr >> 12n}/${this.ipa}/${this.fetchAddr}`;
+  }
+
   /** Writes the 32-byte little-endian record into `view` at `offset`. */
   encode(view: DataView, offset: number): void {
     const w0 = (this.type & 0xff) | (this.ssv ? 1 << 11 : 0) | ((this.substreamId & 0xfffff) << 12);

@@ -268,6 +268,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private curWrite = false;
   private curInstruction = false;
   private curPrivileged = false;
+  private curMergeEvents = false;
 
   // Counters.
   private translations = 0;
@@ -976,7 +977,14 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     const name = eventName(e.type);
     this.faultCounts[name] = (this.faultCounts[name] ?? 0) + 1;
     const enabled = (this.cr0 & CR0_EVENTQEN) !== 0 && !this.gerrorActive(GERROR_EVENTQ_ABT);
-    const { result, overflowSignalled } = this.eventq.push(e, enabled);
+    // 7.3.1: events that can arise before an STE is found may always merge; others per STE.MEV.
+    const mergeable =
+      e.type === EVT.F_UUT ||
+      e.type === EVT.C_BAD_STREAMID ||
+      e.type === EVT.F_STE_FETCH ||
+      e.type === EVT.C_BAD_STE ||
+      this.curMergeEvents;
+    const { result, overflowSignalled } = this.eventq.push(e, enabled, mergeable);
     if (this.tracer.on("fault")) {
       this.trace("fault", name.toLowerCase(), { sid: e.streamId, ssid: e.ssv ? e.substreamId : -1, result });
     }
@@ -1266,6 +1274,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.curWrite = write;
     this.curPrivileged = false;
     this.curInstruction = false;
+    this.curMergeEvents = false;
     // Split the input into the top 16 bits and the 48-bit key.
     let hi16: number;
     let key: number;
@@ -1309,6 +1318,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if ("reason" in ste) return ste;
     this.curPrivileged = ste.privileged;
     this.curInstruction = ste.instruction;
+    this.curMergeEvents = ste.mergeEvents;
     if (ste.config === STE_CFG_ABORT) {
       // Config abort: terminated without an event (5.2).
       return dmaFault("blocked", sid, this.curIova, access, 0, "STE.Config abort");

@@ -481,8 +481,33 @@ test("per-stream event budget: a flooding stream cannot starve another stream's 
     events.map((e) => e.streamId),
     [8, 8, 8, 8, 9],
   );
+  assert.equal(fx.smmu.read(REG.EVENTQ_PROD, 4) >>> 31, 0, "no OVFLG: the queue was never full (7.4)");
   // Once consumed, the stream's budget is back.
   fx.smmu.translate(8, 0x1000, ACCESS_READ, new Translation());
+  assert.equal(fx.driver.drainEvents().length, 1);
+});
+
+test("event merging (7.3.1): identical pending records of a STE.MEV=1 stream merge; MEV=0 never", () => {
+  const fx = ready();
+  withCd(fx, 8, {}, { mev: true });
+  withCd(fx, 9, {});
+  for (let i = 0; i < 5; i++) fx.smmu.translate(8, 0x7000 + i * 8, ACCESS_READ, new Translation());
+  fx.smmu.translate(8, 0x8000, ACCESS_READ, new Translation()); // another page: not identical
+  for (let i = 0; i < 3; i++) fx.smmu.translate(9, 0x7000, ACCESS_READ, new Translation());
+  const events = fx.driver.drainEvents();
+  assert.deepEqual(
+    events.map((e) => [e.streamId, Number(e.inputAddr)]),
+    [
+      [8, 0x7000],
+      [8, 0x8000],
+      [9, 0x7000],
+      [9, 0x7000],
+      [9, 0x7000],
+    ],
+  );
+  assert.equal(fx.smmu.stats().eventQueue.merged, 4);
+  // Once the record is consumed, the next identical fault is recorded again.
+  fx.smmu.translate(8, 0x7000, ACCESS_READ, new Translation());
   assert.equal(fx.driver.drainEvents().length, 1);
 });
 

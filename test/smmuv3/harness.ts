@@ -68,6 +68,7 @@ export interface SteFields {
   s2r?: boolean;
   s2ha?: boolean;
   s1stalld?: boolean;
+  mev?: boolean;
   s2ttb?: number;
 }
 
@@ -76,7 +77,7 @@ export function steWords(f: SteFields): number[] {
   const ctx = f.cdTable ?? 0;
   w[0] = ((f.valid ?? true) ? 1 : 0) | (f.config << 1) | ((f.s1Fmt ?? 0) << 4) | (lo32(ctx) & 0xffffffc0);
   w[1] = (hi32(ctx) & 0xfffff) | ((f.s1CdMax ?? 0) << 27);
-  w[2] = (f.s1Dss ?? 0) | (f.s1stalld ? 1 << 27 : 0) | ((f.strw ?? 0) << 30);
+  w[2] = (f.s1Dss ?? 0) | (f.mev ? 1 << 19 : 0) | (f.s1stalld ? 1 << 27 : 0) | ((f.strw ?? 0) << 30);
   w[3] = ((f.privcfg ?? 0) << 16) | ((f.instcfg ?? 0) << 18);
   w[4] = f.vmid ?? 0;
   w[5] =
