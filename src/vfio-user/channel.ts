@@ -9,7 +9,9 @@
  * command/reply means the stream cannot be trusted and the connection is closed.
  *
  * Send: replies are staged in native memory and sent with sendmsg; whatever the socket does not
- * take at once is queued and flushed when it becomes writable, in order.
+ * take at once is queued and flushed when it becomes writable, in order. Back-pressure: while
+ * more than `MAX_QUEUED_OUT_BYTES` of replies wait for a client that does not read them, no
+ * further requests are read, so a client cannot grow the server's memory without bound.
  */
 import {
   closeFd,
@@ -28,6 +30,9 @@ import {
   TYPE_COMMAND,
   TYPE_REPLY,
 } from "./protocol.ts";
+
+/** Queued reply bytes above which the channel stops reading requests (back-pressure). */
+export const MAX_QUEUED_OUT_BYTES = 8 << 20;
 
 export interface ReceivedMessage {
   readonly header: MessageHeader;
@@ -52,6 +57,8 @@ export interface ChannelStats {
   readonly bytesOut: number;
   readonly fdsIn: number;
   readonly queuedSends: number;
+  readonly queuedOutBytes: number;
+  readonly peakQueuedOutBytes: number;
 }
 
 export class MessageChannel {
@@ -67,6 +74,8 @@ export class MessageChannel {
   private readonly watch: FdWatch;
   private readonly pendingOut: Uint8Array[] = [];
   private pendingOutFds: number[][] = [];
+  private pendingOutBytes = 0;
+  peakQueuedOutBytes = 0;
   private closed = false;
 
   // Receive state.
@@ -101,13 +110,21 @@ export class MessageChannel {
   private onReady(readable: boolean, writable: boolean, hangup: boolean): void {
     if (this.closed) return;
     if (writable) this.flush();
+    if (hangup && this.pendingOutBytes > MAX_QUEUED_OUT_BYTES) {
+      this.close("peer hung up with replies unread");
+      return;
+    }
     if (readable || hangup) this.readAvailable();
   }
 
-  /** Reads and dispatches every complete message available now. */
+  private get backlogged(): boolean {
+    return this.pendingOutBytes > MAX_QUEUED_OUT_BYTES;
+  }
+
+  /** Reads and dispatches every complete message available now (none while backlogged). */
   private readAvailable(): void {
     // Bounded so one chatty client cannot starve the event loop.
-    for (let round = 0; round < 4096 && !this.closed; round++) {
+    for (let round = 0; round < 4096 && !this.closed && !this.backlogged; round++) {
       if (!this.step()) return;
     }
   }
@@ -215,8 +232,11 @@ export class MessageChannel {
   private enqueue(bytes: Uint8Array, fds: number[]): void {
     this.pendingOut.push(bytes);
     this.pendingOutFds.push(fds);
+    this.pendingOutBytes += bytes.length;
+    this.peakQueuedOutBytes = Math.max(this.peakQueuedOutBytes, this.pendingOutBytes);
     this.queuedSends++;
-    this.watch.start(true, true);
+    // While backlogged only writability is watched: requests stay in the socket (back-pressure).
+    this.watch.start(!this.backlogged, true);
   }
 
   private flush(): void {
@@ -232,6 +252,7 @@ export class MessageChannel {
         return;
       }
       this.bytesOut += n;
+      this.pendingOutBytes -= n;
       this.pendingOutFds[0] = [];
       if (n === chunk.length) {
         this.pendingOut.shift();
@@ -240,7 +261,10 @@ export class MessageChannel {
         this.pendingOut[0] = chunk.subarray(n);
       }
     }
-    if (!this.closed) this.watch.start(true, false);
+    if (this.closed) return;
+    this.watch.start(true, false);
+    // Requests that waited in the socket during the backlog are read now.
+    this.readAvailable();
   }
 
   close(reason: string): void {
@@ -252,6 +276,7 @@ export class MessageChannel {
     closeFd(this.fd);
     this.pendingOut.length = 0;
     this.pendingOutFds = [];
+    this.pendingOutBytes = 0;
     // Native buffers are released after the handler ran (it may still read a payload view).
     queueMicrotask(() => {
       this.scratch.free();
@@ -269,6 +294,8 @@ export class MessageChannel {
       bytesOut: this.bytesOut,
       fdsIn: this.fdsIn,
       queuedSends: this.queuedSends,
+      queuedOutBytes: this.pendingOutBytes,
+      peakQueuedOutBytes: this.peakQueuedOutBytes,
     };
   }
 }

@@ -101,6 +101,8 @@ export interface DeviceServerStats {
   readonly dmaUnmaps: number;
   readonly dmaRegions: number;
   readonly unexpectedReplies: number;
+  /** The current connection's byte stream (absent while no client is attached). */
+  readonly channel?: ReturnType<MessageChannel["stats"]>;
   readonly irqs: ReturnType<IrqRouter["stats"]>;
 }
 
@@ -603,6 +605,7 @@ export class VfioUserDeviceServer {
       dmaUnmaps: this.dmaUnmaps,
       dmaRegions: this.session?.dma.count ?? 0,
       unexpectedReplies: this.unexpectedReplies,
+      channel: this.session?.channel.stats(),
       irqs: this.irqs.stats(),
     };
   }

@@ -12,11 +12,14 @@ import { EDU_ID_VALUE, EduDevice } from "../../src/devices/edu.ts";
 import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
 import {
   closeFd,
+  connectUnix,
   createEventFd,
   drainEventFd,
   MAP_SHARED,
+  MsgScratch,
   mapFile,
   memfdCreate,
+  NativeBuffer,
   PROT_READ,
   PROT_WRITE,
 } from "../../src/vfio-user/libc.ts";
@@ -568,6 +571,49 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
     assert.equal(await p, E2BIG);
     assert.equal((await regionRead(c, 0, 0, 4)).view.getUint32(16, true), EDU_ID_VALUE);
     c.close();
+  });
+
+  test("Security Considerations: a client that does not read its replies cannot grow the server's memory (back-pressure)", async () => {
+    for (let i = 0; i < 50 && rig.server.connected; i++) await new Promise((r) => setTimeout(r, 10));
+    const fd = connectUnix(rig.server.socketPath);
+    const scratch = new MsgScratch();
+    const buf = new NativeBuffer(1 << 20);
+    const send = (cmd: number, body: Uint8Array) => {
+      const v = new DataView(buf.bytes.buffer, buf.bytes.byteOffset, 64);
+      v.setUint16(0, 7, true);
+      v.setUint16(2, cmd, true);
+      v.setUint32(4, 16 + body.length, true);
+      v.setUint32(8, 0, true);
+      buf.bytes.set(body, 16);
+      assert.equal(scratch.send(fd, buf, 0, 16 + body.length), 16 + body.length);
+    };
+    send(1, versionPayload(0, 1, { capabilities: {} }));
+    const REQUESTS = 40;
+    for (let i = 0; i < REQUESTS; i++)
+      send(
+        9,
+        payload([
+          [0, 8],
+          [0, 4],
+          [1 << 20, 4],
+        ]),
+      ); // 1 MiB BAR0 reads
+    await new Promise((r) => setTimeout(r, 300));
+    const ch = rig.server.stats().channel!;
+    assert.ok(ch.peakQueuedOutBytes <= (8 << 20) + (2 << 20), `queued ${ch.peakQueuedOutBytes} bytes`);
+    assert.ok(ch.messagesIn < REQUESTS + 1, `reading stopped while backlogged (${ch.messagesIn} read)`);
+    // Now read everything: every request is answered in the end.
+    let got = 0;
+    const want = 16 + 4 + 40 + REQUESTS * (16 + 16 + (1 << 20));
+    for (let spins = 0; got < want && spins < 2000; spins++) {
+      const r = scratch.recv(fd, buf, 0, 1 << 20, []);
+      if (r.n > 0) got += r.n;
+      else await new Promise((res) => setImmediate(res));
+    }
+    assert.ok(got >= REQUESTS * (16 + 16 + (1 << 20)), `received ${got} bytes`);
+    closeFd(fd);
+    scratch.free();
+    buf.free();
   });
 
   test("Fuzz: random messages never crash the server (seed printed)", async () => {
