@@ -162,6 +162,12 @@ _start:
         call edu_raise_and_wait
         call check
 
+        /* INTx: edu INTA# -> IOAPIC pin (level) -> local APIC; the EOI reaches the IOAPIC */
+        mov $s_intx, %esi
+        call puts
+        call intx_test
+        call check
+
         mov viommu_bdf, %eax
         cmp $-1, %eax
         jne virtio_iommu_test
@@ -1126,7 +1132,10 @@ setup_interrupts:
 2:      cmp $0x41, %ecx
         jne 3f
         mov $irq41_handler, %eax
-3:      cmp $0xFF, %ecx
+3:      cmp $0x42, %ecx
+        jne 5f
+        mov $irq42_handler, %eax
+5:      cmp $0xFF, %ecx
         jne 4f
         mov $spurious_handler, %eax
 4:      mov %eax, %edx
@@ -1165,6 +1174,10 @@ irq40_handler:
 irq41_handler:
         add $12, %esp
         incl irq_count_41
+        jmp *irq_resume
+irq42_handler:
+        add $12, %esp
+        incl irq_count_42
         jmp *irq_resume
 spurious_handler:
         add $12, %esp
@@ -1243,6 +1256,112 @@ edu_raise_and_wait:
         pop %esi
         pop %edx
         pop %ecx
+        ret
+
+
+/* ================================================================ INTx through the IOAPIC */
+
+/* ioapic_write: EAX = register index, ECX = value */
+ioapic_write:
+        mov %eax, 0xFEC00000
+        mov %ecx, 0xFEC00010
+        ret
+/* ioapic_read: EAX = register index -> EAX */
+ioapic_read:
+        mov %eax, 0xFEC00000
+        mov 0xFEC00010, %eax
+        ret
+
+/* intx_test: AL = 1 when a level interrupt from edu's INTA# arrives once as vector 0x42 and
+   the local APIC EOI (forwarded by KVM to our IOAPIC) clears the entry's remote IRR */
+intx_test:
+        push %ebx
+        push %ecx
+        push %edx
+        push %esi
+        push %edi
+        mov $0xFFFFFFFF, %eax
+        xor %ecx, %ecx
+        call edu_program_msi_off
+        mov edu_bdf, %eax                   /* IOAPIC pin: 16 + ((slot + INTA#) mod 4) */
+        shr $3, %eax
+        and $3, %eax
+        add $16, %eax
+        mov %eax, %edi
+        shl $1, %eax
+        add $0x11, %eax
+        xor %ecx, %ecx                      /* destination APIC 0 */
+        call ioapic_write
+        lea 0x10(,%edi,2), %eax
+        mov $(0x8000 | 0x42), %ecx          /* level, active high, fixed, vector 0x42, unmasked */
+        call ioapic_write
+        mov irq_count_42, %edx
+        mov edu_mmio, %esi
+        movl $2f, irq_resume
+        movl $1, 0x60(%esi)                 /* raise: the device asserts INTA# */
+        mov $100000, %ecx
+        sti
+1:      pause
+        loop 1b
+2:      cli
+        movl $1, 0x64(%esi)                 /* acknowledge: INTA# deasserts */
+        movl $0, 0xFEE000B0                 /* local APIC EOI -> KVM_EXIT_IOAPIC_EOI */
+        lea 0x10(,%edi,2), %eax
+        call ioapic_read
+        mov %eax, %ebx
+        mov $s_rte, %esi
+        call puts
+        mov %ebx, %eax
+        call puthex
+        mov $0x20, %al
+        call putc
+        lea 0x10(,%edi,2), %eax             /* mask the entry again */
+        mov $0x10000, %ecx
+        call ioapic_write
+        mov irq_count_42, %eax
+        sub %edx, %eax
+        cmp $1, %eax
+        sete %al
+        test $0x4000, %ebx                  /* remote IRR clear after the EOI */
+        setz %cl
+        and %cl, %al
+        pop %edi
+        pop %esi
+        pop %edx
+        pop %ecx
+        pop %ebx
+        ret
+
+/* edu_program_msi_off: clears MSI enable so edu signals INTx */
+edu_program_msi_off:
+        pusha
+        mov edu_bdf, %ebp
+        shl $8, %ebp
+        mov %ebp, %eax
+        or $0x34, %eax
+        call pci_read
+        and $0xFC, %eax
+        mov %eax, %ebx
+        mov $48, %edx
+1:      test %ebx, %ebx
+        jz 9f
+        dec %edx
+        jz 9f
+        mov %ebp, %eax
+        or %ebx, %eax
+        call pci_read
+        cmp $0x05, %al
+        je 2f
+        shr $8, %eax
+        and $0xFC, %eax
+        mov %eax, %ebx
+        jmp 1b
+2:      mov %eax, %ecx
+        and $0xFFFEFFFF, %ecx               /* MSI enable off */
+        mov %ebp, %eax
+        or %ebx, %eax
+        call pci_write
+9:      popa
         ret
 
 /* ================================================================ VT-d interrupt remapping */
@@ -1406,6 +1525,8 @@ s_vtd_unmapped: .asciz "dma: iova 0x08001000 without a PTE faults "
 s_vtd_unmap:    .asciz "vt-d: clear PTE + IOTLB invalidation, old iova faults, memory untouched "
 s_frcd:         .asciz "[FRCD reason "
 s_msi:          .asciz "msi: edu interrupt through the local APIC, vector 0x40 "
+s_intx:         .asciz "intx: edu INTA# through the IOAPIC (level, vector 0x42), EOI clears remote IRR: "
+s_rte:          .asciz "RTE "
 s_exception:    .asciz "\nunexpected CPU exception\nverdict: FAIL\n"
 s_qi:           .asciz "vt-d: queued invalidation on "
 s_irte:         .asciz "vt-d: IRT with IRTE 5 (vector 0x41, SID-verified), SIRTP, IEC invalidation, IRE "
@@ -1466,6 +1587,7 @@ vtd_aw:         .skip 4
 vtd_top:        .skip 4
 irq_count_40:   .skip 4
 irq_count_41:   .skip 4
+irq_count_42:   .skip 4
 msi_control:    .skip 4
 irq_resume:     .skip 4
 qi_status:      .skip 4

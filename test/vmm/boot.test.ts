@@ -112,6 +112,9 @@ test("built-in guest without a vIOMMU: edu DMA is identity and round-trips", (t)
   if (!KVM) return t.skip(NO_KVM);
   const r = run([]);
   assert.match(r.serial, /identity round trip \.\.\. ok/);
+  assert.match(r.serial, /msi: edu interrupt through the local APIC, vector 0x40 \.\.\. ok/);
+  assert.match(r.serial, /intx: edu INTA# through the IOAPIC \(level, vector 0x42\), EOI clears remote IRR: RTE 0x00008042 \.\.\. ok/);
+  assert.match(r.stderr, /IOAPIC EOI 1\)/, "the split irqchip forwarded the level-triggered EOI");
   assert.match(r.serial, /fw_cfg: signature QEMU, cpus 1, ram 64 MiB \.\.\. ok/);
   assert.equal(r.status, 0);
   assert.match(r.stderr, /bypasses the IOMMU/);
