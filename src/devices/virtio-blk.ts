@@ -28,7 +28,7 @@
  *     back to writing zeroes; without it, writes zeroes (write_zeroes_may_unmap = 1).
  *   Used length (2.7.8): data bytes written + 1 for the status byte (Firecracker counts the same
  *   way; QEMU reports the whole writable length even when no data was written).
- *   Any other type: UNSUPP. A chain without a 16-byte header or a status byte cannot be
+ *   DISCARD / WRITE_ZEROES without their feature negotiated, and any other type: UNSUPP. A chain without a 16-byte header or a status byte cannot be
  *   answered: the device sets DEVICE_NEEDS_RESET (as QEMU).
  */
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
@@ -114,6 +114,8 @@ class VirtioBlkDevice implements VirtioDevice {
   private readonly maxWriteZeroesSegments: number;
   private context: VirtioDeviceContext | undefined;
   private writeback = false;
+  private discardNegotiated = false;
+  private writeZeroesNegotiated = false;
   private readonly chain = new DescriptorChain();
   private readonly header = new Uint8Array(HEADER_BYTES);
   private readonly headerView = new DataView(this.header.buffer);
@@ -193,6 +195,8 @@ class VirtioBlkDevice implements VirtioDevice {
   activate(context: VirtioDeviceContext): void {
     this.context = context;
     this.writeback = (context.features & BLK_F_FLUSH) !== 0n;
+    this.discardNegotiated = (context.features & BLK_F_DISCARD) !== 0n;
+    this.writeZeroesNegotiated = (context.features & BLK_F_WRITE_ZEROES) !== 0n;
   }
 
   queueNotify(index: number): void {
@@ -258,9 +262,11 @@ class VirtioBlkDevice implements VirtioDevice {
         return this.getId(dma, chain);
       case BLK_T_DISCARD:
         this.requestCounts.discard++;
+        if (!this.discardNegotiated) return this.finish(dma, chain, BLK_S_UNSUPP, 0);
         return this.finish(dma, chain, this.discardOrZero(dma, chain, false), 0);
       case BLK_T_WRITE_ZEROES:
         this.requestCounts.writeZeroes++;
+        if (!this.writeZeroesNegotiated) return this.finish(dma, chain, BLK_S_UNSUPP, 0);
         return this.finish(dma, chain, this.discardOrZero(dma, chain, true), 0);
       default:
         this.requestCounts.unknown++;

@@ -306,3 +306,11 @@ test("VIRTIO 1.3 5.2.6.2: DISCARD deallocates the range where the host file syst
   }
   assert.equal(readFileSync(path).length, 1 << 20, "the disk keeps its size");
 });
+
+test("DISCARD and WRITE_ZEROES are UNSUPP when their feature was not negotiated", () => {
+  const { b, path } = plainBlk({ features: VIRTIO_F_VERSION_1 | F_FLUSH });
+  const before = sha(readFileSync(path));
+  assert.equal(b.rangeRequest(T_DISCARD, [{ sector: 0, sectors: 8 }]).status, 2);
+  assert.equal(b.rangeRequest(T_WRITE_ZEROES, [{ sector: 0, sectors: 8 }]).status, 2);
+  assert.equal(sha(readFileSync(path)), before);
+});
