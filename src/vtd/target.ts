@@ -63,13 +63,31 @@ export function decodeEndpointKey(key: number): { sourceId: number; pasid: numbe
   return { sourceId, pasid: (rest - 1) % NO_PASID, privileged: Math.floor((rest - 1) / NO_PASID) % 2 === 1 };
 }
 
-/** IOTLB tag: domain id, PASID (or none) and privilege; tag / 2^22 is the domain id. */
-export function iotlbTag(domainId: number, pasid: number, privileged: boolean): number {
-  return (domainId * (NO_PASID * 2) + (pasid < 0 ? NO_PASID : pasid)) * 2 + (privileged ? 1 : 0);
+/**
+ * Which IOTLB invalidation covers an entry (VT-d 6.5.2.4, 6.5.2.6): IOTLB descriptors cover
+ * second-stage and nested entries of a domain, PASID-based IOTLB descriptors first-stage and
+ * nested entries of a domain and PASID.
+ */
+export const TAG_CLASS = { SECOND_STAGE: 0, FIRST_STAGE: 1, NESTED: 2 } as const;
+
+/** IOTLB tag: domain id, PASID (or none), privilege and class: ((did*2^21 + pasid)*2 + priv)*4 + class. */
+export function iotlbTag(domainId: number, pasid: number, privileged: boolean, tagClass: number): number {
+  return (
+    ((domainId * (NO_PASID * 2) + (pasid < 0 ? NO_PASID : pasid)) * 2 + (privileged ? 1 : 0)) * 4 + tagClass
+  );
 }
 
 export function tagDomain(tag: number): number {
-  return Math.floor(tag / (NO_PASID * 4));
+  return Math.floor(tag / (NO_PASID * 16));
+}
+
+/** The PASID of a tag (2^20 for requests without PASID in legacy mode). */
+export function tagPasid(tag: number): number {
+  return Math.floor((tag % (NO_PASID * 16)) / 8);
+}
+
+export function tagClass(tag: number): number {
+  return tag % 4;
 }
 
 export type TargetLookup =
@@ -157,7 +175,7 @@ export class TargetCache {
         ssLevels: 0,
         ssLimit: 0,
         inputLimit: pt ? mgawLimit : Math.min(mgawLimit, 2 ** (12 + 9 * ctx.levels)),
-        iotlbTag: iotlbTag(ctx.domainId, -1, false),
+        iotlbTag: iotlbTag(ctx.domainId, -1, false, TAG_CLASS.SECOND_STAGE),
         atsAllowed: ctx.translationType === TT.DEVICE_TLB,
         fsRequest: USER_REQUEST,
       };
@@ -205,7 +223,16 @@ export class TargetCache {
         ssLevels: pe.ssLevels,
         ssLimit: Math.min(mgawLimit, 2 ** (12 + 9 * pe.ssLevels)),
         inputLimit,
-        iotlbTag: iotlbTag(pe.domainId, effectivePasid, effectivePriv && kind >= TARGET.FIRST_STAGE),
+        iotlbTag: iotlbTag(
+          pe.domainId,
+          effectivePasid,
+          effectivePriv && kind >= TARGET.FIRST_STAGE,
+          kind === TARGET.FIRST_STAGE
+            ? TAG_CLASS.FIRST_STAGE
+            : kind === TARGET.NESTED
+              ? TAG_CLASS.NESTED
+              : TAG_CLASS.SECOND_STAGE,
+        ),
         atsAllowed: ctx.deviceTlbEnable,
         fsRequest: {
           privileged: effectivePriv,

@@ -57,11 +57,14 @@ import { TableReader } from "./tables.ts";
 import {
   decodeEndpointKey,
   endpointKey,
+  TAG_CLASS,
   TARGET,
   type Target,
   TargetCache,
   TRANSLATED_KEY,
+  tagClass,
   tagDomain,
+  tagPasid,
 } from "./target.ts";
 
 // Imported bindings are read through accessors under tsx: the translation path uses copies.
@@ -770,6 +773,11 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       if (ep.shadow !== null && affected(ep.sourceId)) this.resyncHost(ep);
   }
 
+  /**
+   * IOTLB invalidation (register or descriptor type 2, VT-d 6.5.2.4): global drops everything;
+   * domain- and page-selective drop the domain's second-stage and nested entries (in scalable
+   * mode first-stage entries are left to PASID-based invalidation).
+   */
   invalidateIotlb(granularity: number, domainId: number, iova: number, addressMask: number): void {
     this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
     if (granularity === GRAN.GLOBAL) {
@@ -777,24 +785,31 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
       return;
     }
+    const covered = (tag: number) => tagClass(tag) !== TAG_CLASS.FIRST_STAGE;
     if (granularity === GRAN.DOMAIN) {
-      this.iotlb.invalidateTags((tag) => tagDomain(tag) === domainId);
+      this.iotlb.invalidateTags((tag) => tagDomain(tag) === domainId && covered(tag));
       for (const ep of this.endpoints.values()) {
-        if (ep.shadow !== null && this.hostDomain(ep) === domainId) this.resyncHost(ep);
+        if (this.hostTargetKind(ep, domainId) === TARGET.SECOND_STAGE) this.resyncHost(ep);
       }
       return;
     }
     const sizeBytes = 2 ** (12 + addressMask);
     const base = iova - (iova % sizeBytes);
     const tags = this.targets.domainTags.get(domainId);
-    if (tags !== undefined) for (const tag of tags) this.iotlb.invalidateRange(tag, base, sizeBytes);
+    if (tags !== undefined) {
+      for (const tag of tags) if (covered(tag)) this.iotlb.invalidateRange(tag, base, sizeBytes);
+    }
     this.bumpEpoch();
     for (const ep of this.endpoints.values()) {
-      if (ep.shadow !== null && this.hostDomain(ep) === domainId)
+      if (this.hostTargetKind(ep, domainId) === TARGET.SECOND_STAGE)
         this.syncHostRange(ep, base, base + sizeBytes - 1);
     }
   }
 
+  /**
+   * PASID-based IOTLB invalidation (descriptor type 6, VT-d 6.5.2.6): the first-stage and
+   * nested entries of one domain and PASID, all of them or a page range.
+   */
   invalidatePasidIotlb(
     pageSelective: boolean,
     domainId: number,
@@ -808,15 +823,14 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     const base = iova - (iova % sizeBytes);
     if (tags !== undefined) {
       for (const tag of tags) {
-        // tag = did * 2^22 + pasid * 2 + privileged
-        if (Math.floor((tag % 2 ** 22) / 2) !== pasid) continue;
+        if (tagPasid(tag) !== pasid || tagClass(tag) === TAG_CLASS.SECOND_STAGE) continue;
         if (pageSelective) this.iotlb.invalidateRange(tag, base, sizeBytes);
         else this.iotlb.invalidateSpace(tag);
       }
     }
     this.bumpEpoch();
     for (const ep of this.endpoints.values()) {
-      if (ep.shadow === null || this.hostDomain(ep) !== domainId) continue;
+      if (this.hostTargetKind(ep, domainId) !== TARGET.FIRST_STAGE) continue;
       const t = this.targets.get(ep.sourceId);
       if (t !== undefined && t.pasid !== pasid) continue;
       if (pageSelective) this.syncHostRange(ep, base, base + sizeBytes - 1);
@@ -855,10 +869,11 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   // ---------------------------------------------------------------- caching mode (host shadow)
 
-  private hostDomain(ep: EndpointState): number {
-    if (!this.translationEnabled) return -1;
+  /** The kind of an assigned endpoint's current target when it is in `domainId`, else -1. */
+  private hostTargetKind(ep: EndpointState, domainId: number): number {
+    if (ep.shadow === null || !this.translationEnabled) return -1;
     const t = this.lookupTarget(ep.sourceId);
-    return t === null ? -1 : t.domainId;
+    return t === null || t.domainId !== domainId ? -1 : t.kind;
   }
 
   private leafSource(ep: EndpointState): LeafSource {

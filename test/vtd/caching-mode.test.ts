@@ -103,11 +103,13 @@ test("a context switch to another table resyncs after the context-cache invalida
   assert.equal(host.lookup(0x20000)?.gpa, 0x200000);
 });
 
-test("scalable mode: PASID-based IOTLB invalidation replays the RID_PASID second stage", () => {
+test("scalable mode: an IOTLB invalidation replays the RID_PASID second stage, a PASID-based one does not", () => {
   const { host, pt, driver: d } = assigned("caching-mode=on,scalable-mode=on");
   d.setPersistent(GCMD.TE, true);
   pt.map(0x10000, 0x100000, 1, 3n);
   assert.ok(d.submitAndWait([D.pasidIotlbPage(1, 0, 0x10000)]));
+  assert.equal(host.lookup(0x10000), undefined, "type 6 covers first-stage and nested entries only");
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
   assert.equal(host.lookup(0x10000)?.gpa, 0x100000);
 });
 

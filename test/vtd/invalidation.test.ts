@@ -309,14 +309,48 @@ test("register-based invalidation is not performed while queued invalidation is 
   assert.equal(dma.readUint(0x10000, 4), 111);
 });
 
-test("PASID-cache and PASID-based IOTLB descriptors (scalable mode)", () => {
+function scalableFirstStage() {
   const r = rig({ config: "scalable-mode=on,pasid=on" });
+  const d = r.driver;
+  d.enableQueuedInvalidation(true);
+  d.setRootTable(true);
+  const fs = new PageTable(r.memory, r.alloc, 4, true);
+  const dir = d.setScalableContext(SID);
+  const pte = d.setPasidEntry(dir, 0, { pgtt: 1, did: 8, flptptr: fs.root });
+  fs.map(0x10000, 0x100000, 1, 7n);
+  r.memory.writeU32(0x100000, 1);
+  r.memory.writeU32(0x200000, 2);
+  const dma = r.unit.addEndpoint(SID);
+  d.setPersistent(GCMD.TE, true);
+  assert.equal(dma.readUint(0x10000, 4), 1);
+  fs.map(0x10000, 0x200000, 1, 7n);
+  return { ...r, d, fs, pte, dma };
+}
+
+test("PASID-based IOTLB page-selective descriptor drops the first-stage page of that PASID only", () => {
+  const { d, dma } = scalableFirstStage();
+  assert.ok(d.submitAndWait([D.pasidIotlbPage(8, 1, 0x10000)]));
+  assert.equal(dma.readUint(0x10000, 4), 1, "another PASID's invalidation leaves RID_PASID 0 cached");
+  assert.ok(d.submitAndWait([D.pasidIotlbPage(8, 0, 0x10000)]));
+  assert.equal(dma.readUint(0x10000, 4), 2);
+});
+
+test("IOTLB descriptors do not cover first-stage entries in scalable mode (6.5.2.4)", () => {
+  const { d, dma } = scalableFirstStage();
+  assert.ok(d.submitAndWait([D.iotlbPage(8, 0x10000), D.iotlbDomain(8)]));
+  assert.equal(dma.readUint(0x10000, 4), 1, "still the first-stage entry cached before");
+  assert.ok(d.submitAndWait([D.pasidIotlbAll(8, 0)]));
+  assert.equal(dma.readUint(0x10000, 4), 2);
+});
+
+test("PASID-based IOTLB descriptors do not cover second-stage entries (6.5.2.6)", () => {
+  const r = rig({ config: "scalable-mode=on" });
   const d = r.driver;
   d.enableQueuedInvalidation(true);
   d.setRootTable(true);
   const pt = new PageTable(r.memory, r.alloc, 4);
   const dir = d.setScalableContext(SID);
-  const pte = d.setPasidEntry(dir, 0, { pgtt: 2, did: 8, slptptr: pt.root });
+  d.setPasidEntry(dir, 0, { pgtt: 2, did: 8, slptptr: pt.root });
   pt.map(0x10000, 0x100000, 1, 3n);
   r.memory.writeU32(0x100000, 1);
   r.memory.writeU32(0x200000, 2);
@@ -324,14 +358,19 @@ test("PASID-cache and PASID-based IOTLB descriptors (scalable mode)", () => {
   d.setPersistent(GCMD.TE, true);
   assert.equal(dma.readUint(0x10000, 4), 1);
   pt.map(0x10000, 0x200000, 1, 3n);
-  assert.ok(d.submitAndWait([D.pasidIotlbPage(8, 1, 0x10000)]));
-  assert.equal(dma.readUint(0x10000, 4), 1, "another PASID's invalidation leaves RID_PASID 0 cached");
-  assert.ok(d.submitAndWait([D.pasidIotlbPage(8, 0, 0x10000)]));
-  assert.equal(dma.readUint(0x10000, 4), 2);
-  // Tear the PASID entry down: the PASID cache serves it until a PASID-cache invalidation.
-  r.memory.writeU64(pte, 0n);
   assert.ok(d.submitAndWait([D.pasidIotlbAll(8, 0)]));
+  assert.equal(dma.readUint(0x10000, 4), 1);
+  assert.ok(d.submitAndWait([D.iotlbPage(8, 0x10000)]));
   assert.equal(dma.readUint(0x10000, 4), 2);
+});
+
+test("PASID-cache PASID-selective descriptor makes the unit re-read the PASID entry", () => {
+  const { d, dma, pte, memory } = scalableFirstStage();
+  memory.writeU64(pte, 0n);
+  assert.ok(d.submitAndWait([D.pasidIotlbAll(8, 0)]));
+  assert.equal(dma.readUint(0x10000, 4), 2, "PASID cache still serves the torn-down entry");
+  assert.ok(d.submitAndWait([D.pasidCachePasid(8, 1)]));
+  assert.equal(dma.readUint(0x10000, 4), 2, "another PASID's invalidation keeps it");
   assert.ok(d.submitAndWait([D.pasidCachePasid(8, 0), D.pasidIotlbAll(8, 0)]));
   assert.equal(dma.readUint(0x10000, 4), -1);
   assert.equal(dma.lastFault?.code, 0x59);
