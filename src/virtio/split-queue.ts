@@ -138,6 +138,9 @@ export interface SplitQueueStats {
   readonly usedPushed: number;
   readonly interruptsSuppressed: number;
   readonly dmaFaults: number;
+  /** Ring field accesses served by the cached ring windows, and window (re)translations. */
+  readonly ringWindowHits: number;
+  readonly ringWindowRefills: number;
 }
 
 export class SplitQueue {
@@ -395,6 +398,13 @@ export class SplitQueue {
       usedPushed: this.usedPushed,
       interruptsSuppressed: this.interruptsSuppressed,
       dmaFaults: this.dmaFaults,
+      ringWindowHits:
+        this.descWindow.hits + this.availWindow.hits + this.usedWindow.hits + this.indirectWindow.hits,
+      ringWindowRefills:
+        this.descWindow.refills +
+        this.availWindow.refills +
+        this.usedWindow.refills +
+        this.indirectWindow.refills,
     };
   }
 }
