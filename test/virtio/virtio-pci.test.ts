@@ -474,3 +474,16 @@ test("VIRTIO 1.3 4.1.4.3.1: a device configuration change bumps config_generatio
   assert.equal(drv.c8(21), (before + 1) & 0xff);
   assert.equal(m.irq.msis.at(-1)?.message.data, msiData(1));
 });
+
+test("a function-level reset also resets the virtio device (status 0, queues disabled, MSI-X off)", () => {
+  const { m, drv, t } = setup();
+  drv.bringUp(VIRTIO_F_VERSION_1, 1);
+  t.pci.reset();
+  assert.equal(t.deviceStatus, 0);
+  assert.equal(m.driver.read(B, 4, 2), 0, "command cleared");
+  drv.probe(); // BARs were unassigned: assign them again to look
+  drv.w16(22, 0);
+  assert.equal(drv.c16(28), 0);
+  const [cap] = m.driver.findCapabilities(B, 0x11);
+  assert.equal(m.driver.read(B, cap + 2, 2) & 0xc000, 0);
+});
