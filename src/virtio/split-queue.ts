@@ -102,7 +102,8 @@ export class DescriptorChain {
         continue;
       }
       const n = Math.min(len - skip, dest.length - done);
-      const f = dma.read(this.addrs[i] + skip, dest.subarray(done, done + n));
+      // The whole destination from one buffer (the common case) needs no subarray.
+      const f = dma.read(this.addrs[i] + skip, n === dest.length ? dest : dest.subarray(done, done + n));
       if (f !== null) return f;
       done += n;
       skip = 0;
@@ -124,7 +125,7 @@ export class DescriptorChain {
         continue;
       }
       const n = Math.min(len - skip, src.length - done);
-      const f = dma.write(this.addrs[i] + skip, src.subarray(done, done + n));
+      const f = dma.write(this.addrs[i] + skip, n === src.length ? src : src.subarray(done, done + n));
       if (f !== null) return f;
       done += n;
       skip = 0;
