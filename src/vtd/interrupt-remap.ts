@@ -53,9 +53,13 @@ interface CachedIrte {
   readonly hi2: number;
 }
 
+/** The interrupt address window 0xFEEx_xxxx (VT-d 3.14, 5.1). */
+export const INTERRUPT_WINDOW_BASE = 0xfee00000;
+export const INTERRUPT_WINDOW_LAST = 0xfeefffff;
+
 /** The address of an MSI in the interrupt window (bits 31:20 = 0xFEE). */
 export function isInterruptAddress(address: number): boolean {
-  return address >= 0xfee00000 && address <= 0xfeefffff;
+  return address >= INTERRUPT_WINDOW_BASE && address <= INTERRUPT_WINDOW_LAST;
 }
 
 export class InterruptRemapper {

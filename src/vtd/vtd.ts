@@ -39,8 +39,15 @@ import {
 import { FR, faultReasonName } from "./fault-reasons.ts";
 import { ADDRESS_TYPE, type FaultInfo, FaultLog, type FaultStats } from "./faults.ts";
 import { FirstStageWalker } from "./first-stage.ts";
-import { HostShadow, type HostShadowStats, type LeafSource } from "./host-shadow.ts";
-import { InterruptRemapper, isInterruptAddress, type RemapResult } from "./interrupt-remap.ts";
+import { HostReplay } from "./host-replay.ts";
+import { HostShadow, type HostShadowStats } from "./host-shadow.ts";
+import {
+  INTERRUPT_WINDOW_BASE,
+  INTERRUPT_WINDOW_LAST,
+  InterruptRemapper,
+  isInterruptAddress,
+  type RemapResult,
+} from "./interrupt-remap.ts";
 import { GRAN, InvalidationQueue, type InvalidationTarget, type QueueStats } from "./invalidation-queue.ts";
 import { NestedSecondStage } from "./nested-stage.ts";
 import {
@@ -78,8 +85,8 @@ const TRANSLATED: number = TRANSLATED_KEY;
 const IDENTITY_BLOCK = MAX_ADDRESS + 1;
 
 /** The interrupt window: DMA whose output lands here faults (VT-d 3.14). */
-const INTERRUPT_BASE = 0xfee00000;
-const INTERRUPT_LAST = 0xfeefffff;
+const INTERRUPT_BASE: number = INTERRUPT_WINDOW_BASE;
+const INTERRUPT_LAST: number = INTERRUPT_WINDOW_LAST;
 
 /** An ATS-capable endpoint's device-TLB: told about every device-TLB invalidation aimed at it. */
 export interface DeviceTlb {
@@ -126,14 +133,6 @@ interface EndpointState {
   /** A full host resync was requested and not yet run (coalesced, or over the batch budget). */
   resyncPending: boolean;
 }
-
-/**
- * Replay work (entries read + 16 per leaf) host replays may do in one walk of the invalidation
- * queue. Full resyncs are coalesced until a wait descriptor; past this budget they stay pending
- * until the next walk. Replaying 65536 leaves costs about 2^20; only a guest hammering its own
- * assigned device with global invalidations over huge or self-referencing tables gets there.
- */
-const HOST_REPLAY_BATCH_BUDGET = 1 << 23;
 
 export interface VtdStats {
   readonly translations: number;
@@ -223,10 +222,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   private readonly nestedStage: NestedSecondStage;
   private readonly atsScratch = new Translation();
   private ownEpoch = 0;
-  /** While the queue runs, full host resyncs are coalesced (see HOST_REPLAY_BATCH_BUDGET). */
-  private deferHostSync = false;
-  private batchReplayReads = 0;
-  hostResyncsDeferred = 0;
+  private readonly replay: HostReplay;
   /** Latched by SRTP. */
   private rootTable = 0;
   private translationTableMode = 0;
@@ -259,6 +255,16 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     });
     this.firstStage = new FirstStageWalker(memory, { hawBits: haw, superpage1G: true });
     this.nestedStage = new NestedSecondStage(this.secondStage);
+    this.replay = new HostReplay(
+      memory,
+      this.secondStage,
+      this.firstStage,
+      {
+        translationEnabled: () => this.translationEnabled,
+        targetOf: (sourceId) => this.lookupTarget(sourceId),
+      },
+      this.tracer,
+    );
     this.faults = new FaultLog(this.regs, (a, d) => this.sendEvent(a, d), this.tracer);
     this.queue = new InvalidationQueue(
       this.regs,
@@ -271,16 +277,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
         scalableModeActive: () => this.translationTableMode === 1,
         sendCompletionEvent: (a, d) => this.sendEvent(a, d),
         setFaultStatus: (bit) => this.faults.setStatus(bit),
-        beginBatch: () => {
-          this.deferHostSync = true;
-          this.batchReplayReads = 0;
-          this.flushHostResyncs();
-        },
-        endBatch: () => {
-          this.flushHostResyncs();
-          this.deferHostSync = false;
-        },
-        beforeWaitCompletion: () => this.flushHostResyncs(),
+        beginBatch: () => this.replay.beginBatch(this.endpoints.values()),
+        endBatch: () => this.replay.endBatch(this.endpoints.values()),
+        beforeWaitCompletion: () => this.replay.flush(this.endpoints.values()),
       },
       this.tracer,
     );
@@ -308,7 +307,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.faults.reset();
     this.bumpEpoch();
     if (this.tracer.on("config")) this.tracer.emit("config", "vtd", "reset", {});
-    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
   }
 
   private resetRegisters(): void {
@@ -366,7 +365,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       resyncPending: false,
     };
     this.endpoints.set(sourceId, ep);
-    if (shadow !== null) this.resyncHost(ep);
+    if (shadow !== null) this.replay.resync(ep);
     if (this.tracer.on("attach")) {
       this.tracer.emit("attach", "vtd", "endpoint", {
         sid: sourceId,
@@ -770,7 +769,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     }
     this.bumpEpoch();
     for (const ep of this.endpoints.values())
-      if (ep.shadow !== null && affected(ep.sourceId)) this.resyncHost(ep);
+      if (ep.shadow !== null && affected(ep.sourceId)) this.replay.resync(ep);
   }
 
   /**
@@ -782,14 +781,14 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
     if (granularity === GRAN.GLOBAL) {
       this.iotlb.invalidateAll();
-      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
       return;
     }
     const covered = (tag: number) => tagClass(tag) !== TAG_CLASS.FIRST_STAGE;
     if (granularity === GRAN.DOMAIN) {
       this.iotlb.invalidateTags((tag) => tagDomain(tag) === domainId && covered(tag));
       for (const ep of this.endpoints.values()) {
-        if (this.hostTargetKind(ep, domainId) === TARGET.SECOND_STAGE) this.resyncHost(ep);
+        if (this.hostTargetKind(ep, domainId) === TARGET.SECOND_STAGE) this.replay.resync(ep);
       }
       return;
     }
@@ -802,7 +801,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.bumpEpoch();
     for (const ep of this.endpoints.values()) {
       if (this.hostTargetKind(ep, domainId) === TARGET.SECOND_STAGE)
-        this.syncHostRange(ep, base, base + sizeBytes - 1);
+        this.replay.syncRange(ep, base, base + sizeBytes - 1);
     }
   }
 
@@ -833,8 +832,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       if (this.hostTargetKind(ep, domainId) !== TARGET.FIRST_STAGE) continue;
       const t = this.targets.get(ep.sourceId);
       if (t !== undefined && t.pasid !== pasid) continue;
-      if (pageSelective) this.syncHostRange(ep, base, base + sizeBytes - 1);
-      else this.resyncHost(ep);
+      if (pageSelective) this.replay.syncRange(ep, base, base + sizeBytes - 1);
+      else this.replay.resync(ep);
     }
   }
 
@@ -844,7 +843,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     else if (granularity === 0) this.targets.dropWhere((t) => t.scalable && t.domainId === domainId);
     else this.targets.dropWhere((t) => t.scalable && t.domainId === domainId && t.pasid === pasid);
     this.bumpEpoch();
-    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
   }
 
   invalidateDeviceTlb(
@@ -874,91 +873,6 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     if (ep.shadow === null || !this.translationEnabled) return -1;
     const t = this.lookupTarget(ep.sourceId);
     return t === null || t.domainId !== domainId ? -1 : t.kind;
-  }
-
-  private leafSource(ep: EndpointState): LeafSource {
-    const ramLeaves: LeafSource = (start, last, leaf) => {
-      for (const r of this.memory.regions) {
-        const rLast = r.gpa + r.sizeBytes - 1;
-        if (r.gpa > last || rLast < start) continue;
-        if (r.gpa <= INTERRUPT_LAST && rLast >= INTERRUPT_BASE) continue;
-        leaf(r.gpa, r.gpa, r.sizeBytes, RW);
-      }
-      return true;
-    };
-    const nothing: LeafSource = () => true;
-    if (!this.translationEnabled) return ramLeaves;
-    const t = this.lookupTarget(ep.sourceId);
-    if (t === null) return nothing;
-    if (t.kind === TARGET.IDENTITY) return ramLeaves;
-    // Nested PASID entries are not shadowed: the host gets no mappings, so an assigned device
-    // behind one cannot reach memory at all (it faults on the host; it never escapes).
-    if (t.kind === TARGET.NESTED) return nothing;
-    const outsideWindow =
-      (leaf: (i: number, g: number, s: number, p: number) => void) =>
-      (i: number, g: number, s: number, p: number) => {
-        if (g <= INTERRUPT_LAST && g + s > INTERRUPT_BASE) return;
-        if (i <= INTERRUPT_LAST && i + s > INTERRUPT_BASE) return;
-        leaf(i, g, s, p);
-      };
-    if (t.kind === TARGET.SECOND_STAGE) {
-      const ss = this.secondStage;
-      return (start, last, leaf) => {
-        ss.forEachLeaf(t.root, t.levels, start, Math.min(last, t.inputLimit - 1), outsideWindow(leaf));
-        return !ss.enumerationTruncated;
-      };
-    }
-    const fs = this.firstStage;
-    const req = { ...t.fsRequest, updateAccessed: false };
-    return (start, last, leaf) => {
-      fs.forEachLeaf(t.root, t.levels, start, Math.min(last, t.inputLimit - 1), req, outsideWindow(leaf));
-      return !fs.enumerationTruncated;
-    };
-  }
-
-  /** Replay work so far: entries read, plus leaves reported (each costs a host comparison). */
-  private replayReads(): number {
-    const ss = this.secondStage;
-    const fs = this.firstStage;
-    return ss.enumerationReads + fs.enumerationReads + 16 * (ss.enumerationLeaves + fs.enumerationLeaves);
-  }
-
-  /** A full host resync: now, or at the next wait / end of the queue batch. */
-  private resyncHost(ep: EndpointState): void {
-    if (ep.shadow === null) return;
-    if (this.deferHostSync) {
-      ep.resyncPending = true;
-      return;
-    }
-    this.runResync(ep);
-  }
-
-  private runResync(ep: EndpointState): void {
-    if (ep.shadow === null) return;
-    ep.resyncPending = false;
-    const before = this.replayReads();
-    ep.shadow.sync(0, MAX_ADDRESS, this.leafSource(ep));
-    this.batchReplayReads += this.replayReads() - before;
-  }
-
-  private syncHostRange(ep: EndpointState, start: number, last: number): void {
-    if (ep.shadow === null || ep.resyncPending) return; // a pending full resync covers it
-    const before = this.replayReads();
-    ep.shadow.sync(start, last, this.leafSource(ep));
-    this.batchReplayReads += this.replayReads() - before;
-  }
-
-  private flushHostResyncs(): void {
-    for (const ep of this.endpoints.values()) {
-      if (!ep.resyncPending) continue;
-      if (this.batchReplayReads > HOST_REPLAY_BATCH_BUDGET) {
-        this.hostResyncsDeferred++;
-        if (this.tracer.on("fault"))
-          this.tracer.emit("fault", "vtd", "host-resync-deferred", { sid: ep.sourceId });
-        continue;
-      }
-      this.runResync(ep);
-    }
   }
 
   // ---------------------------------------------------------------- registers
@@ -1052,7 +966,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     }
     if ((gsts & GCMD.QIE) !== 0 && !qiWasOn) this.queue.process();
     if ((before ^ gsts) & GCMD.TE || value & GCMD.SRTP) {
-      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.resyncHost(ep);
+      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
     }
   }
 
@@ -1178,7 +1092,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       atsRequests: this.atsRequests,
       deviceTlbInvalidations: this.deviceTlbInvalidations,
       hosts,
-      hostResyncsDeferred: this.hostResyncsDeferred,
+      hostResyncsDeferred: this.replay.deferred,
     };
   }
 }
