@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { mapGuestRam } from "../../src/kvm/guest-ram.ts";
 import { ioctlName, KVM_SET_USER_MEMORY_REGION, KvmError } from "../../src/kvm/ioctls.ts";
@@ -33,6 +36,17 @@ test("guest RAM from mmap is zero-filled, writable and sized", () => {
   assert.equal(ram.bytes[12345], 7);
   assert.ok(ram.hostAddress > 0n);
   assert.throws(() => mapGuestRam(1000), /multiple of 4 KiB/);
+});
+
+test("file-backed guest RAM is a shared mapping: guest bytes are the file's bytes", () => {
+  const path = join(mkdtempSync(join(tmpdir(), "viommu-ram-")), "ram");
+  const ram = mapGuestRam(1 << 20, path);
+  assert.equal(statSync(path).size, 1 << 20);
+  ram.bytes.set([0xde, 0xad, 0xbe, 0xef], 0x1234);
+  const file = readFileSync(path);
+  assert.deepEqual([...file.subarray(0x1234, 0x1238)], [0xde, 0xad, 0xbe, 0xef]);
+  assert.equal(ram.backing, `file ${path}`);
+  assert.throws(() => mapGuestRam(1 << 20, "/nonexistent-dir/ram"), /cannot open memory file .*ENOENT/);
 });
 
 test("KVM rejects a memory slot at an unaligned guest address with a named error", (t) => {

@@ -113,11 +113,27 @@ test("built-in guest without a vIOMMU: edu DMA is identity and round-trips", (t)
   const r = run([]);
   assert.match(r.serial, /identity round trip \.\.\. ok/);
   assert.match(r.serial, /msi: edu interrupt through the local APIC, vector 0x40 \.\.\. ok/);
-  assert.match(r.serial, /intx: edu INTA# through the IOAPIC \(level, vector 0x42\), EOI clears remote IRR: RTE 0x00008042 \.\.\. ok/);
+  assert.match(
+    r.serial,
+    /intx: edu INTA# through the IOAPIC \(level, vector 0x42\), EOI clears remote IRR: RTE 0x00008042 \.\.\. ok/,
+  );
   assert.match(r.stderr, /IOAPIC EOI 1\)/, "the split irqchip forwarded the level-triggered EOI");
   assert.match(r.serial, /fw_cfg: signature QEMU, cpus 1, ram 64 MiB \.\.\. ok/);
   assert.equal(r.status, 0);
   assert.match(r.stderr, /bypasses the IOMMU/);
+});
+
+test("--memory size=64M,file=F backs the guest with a shared file mapping", (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  const serialPath = join(dir, "serial-file-ram.txt");
+  let stderr = "";
+  const status = runVmm(
+    ["--memory", `size=64M,file=${join(dir, "guest-ram")}`, "--serial", `file=${serialPath}`],
+    { stdout: () => {}, stderr: (s) => (stderr += s) },
+  );
+  assert.equal(status, 0, stderr);
+  assert.match(stderr, /RAM 64 MiB file .*guest-ram/);
+  assert.match(readFileSync(serialPath, "latin1"), /verdict: PASS/);
 });
 
 test("a guest write of v to isa-debug-exit ends the run with (v << 1) | 1; EAX holds the Multiboot magic", (t) => {
