@@ -3,13 +3,14 @@
  * QEMU's own virtio-iommu-pci, virtio-blk-pci and edu, on the same QEMU 11 (TCG), kernel and
  * initramfs from the guest lab.
  *
- *   node --import tsx bench/vfio-user-vs-qemu.ts [--read-mib N] [--maps N]
+ *   node --import tsx bench/vfio-user-vs-qemu.ts [--read-mib N] [--maps N] [--runs N]
  *
  * Per configuration, one boot: host milliseconds to guest userspace (/init's "ready"), sequential
  * virtio-blk read throughput (dd of N MiB after drop_caches, timed with the guest's
  * /proc/uptime), and, with an IOMMU, the guest's VFIO_IOMMU_MAP_DMA / UNMAP_DMA rate for 4 KiB
- * buffers (vfio-map-bench on edu). Prints a table and ours/QEMU ratios. TCG timing is noisy:
- * compare within one run; single samples, no statistics.
+ * buffers (vfio-map-bench on edu). Each configuration boots `--runs` times (default 3),
+ * alternating QEMU and ours; the table shows medians and ours/QEMU ratios. TCG on a shared
+ * machine is noisy: compare within one run.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -25,6 +26,7 @@ const argValue = (name: string, dflt: number) => {
 };
 const READ_MIB = argValue("--read-mib", 128);
 const MAPS = argValue("--maps", 1000);
+const RUNS = argValue("--runs", 3);
 
 interface Figures {
   bootMs: number;
@@ -127,6 +129,20 @@ async function qemu(disk: string, iommu: boolean): Promise<Figures> {
   return figures(run);
 }
 
+function median(xs: (number | null)[]): number | null {
+  const v = xs.filter((x): x is number => x !== null && x >= 0).sort((a, b) => a - b);
+  return v.length === 0 ? null : v[Math.floor(v.length / 2)];
+}
+
+function medianFigures(fs: Figures[]): Figures {
+  return {
+    bootMs: median(fs.map((f) => f.bootMs)) ?? -1,
+    readMiBps: median(fs.map((f) => f.readMiBps)),
+    mapNs: median(fs.map((f) => f.mapNs)),
+    unmapNs: median(fs.map((f) => f.unmapNs)),
+  };
+}
+
 const fmt = (x: number | null, digits = 1) => (x === null ? "n/a" : x.toFixed(digits));
 const ratio = (a: number | null, b: number | null) =>
   a === null || b === null || b === 0 ? "n/a" : (a / b).toFixed(2);
@@ -143,14 +159,18 @@ async function main(): Promise<void> {
   writeFileSync(disk, new Uint8Array(0));
   for (let i = 0; i < READ_MIB; i++) writeFileSync(disk, chunk, { flag: "a" });
   console.log(
-    `vfio-user vs QEMU: ${lab.why}; read ${READ_MIB} MiB, ${MAPS} VFIO 4 KiB maps; TCG, one boot each`,
+    `vfio-user vs QEMU: ${lab.why}; read ${READ_MIB} MiB, ${MAPS} VFIO 4 KiB maps; TCG, medians of ${RUNS} boots each`,
   );
   const rows: [string, Figures, Figures][] = [];
   try {
     for (const iommu of [false, true]) {
-      const q = await qemu(disk, iommu);
-      const o = await ours(disk, iommu);
-      rows.push([iommu ? "IOMMU on " : "IOMMU off", q, o]);
+      const qs: Figures[] = [];
+      const os: Figures[] = [];
+      for (let r = 0; r < RUNS; r++) {
+        qs.push(await qemu(disk, iommu));
+        os.push(await ours(disk, iommu));
+      }
+      rows.push([iommu ? "IOMMU on " : "IOMMU off", medianFigures(qs), medianFigures(os)]);
     }
   } finally {
     rmSync(work, { recursive: true, force: true });
