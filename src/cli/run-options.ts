@@ -17,7 +17,7 @@ export interface RunOptions {
     | { readonly kind: "none" }
     | { readonly kind: "virtio" }
     | { readonly kind: "intel"; readonly spec: string };
-  readonly devices: readonly { readonly kind: "edu" | "rng"; readonly iommu: boolean }[];
+  readonly devices: readonly DeviceOption[];
   readonly serial:
     | { readonly kind: "tty" }
     | { readonly kind: "null" }
@@ -28,6 +28,10 @@ export interface RunOptions {
   readonly help: boolean;
 }
 
+export type DeviceOption =
+  | { readonly kind: "edu" | "rng"; readonly iommu: boolean }
+  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean };
+
 export class RunOptionError extends Error {
   constructor(message: string) {
     super(message);
@@ -35,7 +39,7 @@ export class RunOptionError extends Error {
   }
 }
 
-export const DEVICES_WITH_IOMMU = ["edu", "rng"] as const;
+export const DEVICES_WITH_IOMMU = ["edu", "rng", "disk"] as const;
 
 export const RUN_USAGE = `usage: viommu run [options]
   --cpus N                       vCPUs (1; more are refused: KVM_RUN blocks the JS thread)
@@ -50,6 +54,7 @@ export const RUN_USAGE = `usage: viommu run [options]
                                  intremap=on, eim=off, caching-mode=on, device-iotlb=on, aw-bits=48, ...)
   --device edu[,iommu=on]        QEMU's edu PCI device (repeatable)
   --rng [iommu=on]               virtio-rng-pci
+  --disk path=F[,iommu=on][,readonly=on]  virtio-blk-pci over file F (repeatable)
   --serial tty|file=F|null       where COM1 output goes (default tty)
   --debug-exit iobase=P,iosize=N isa-debug-exit port (default QEMU's 0x501, 2 bytes)
   --timeout S                    stop the guest after S seconds (exit status 124; default none)
@@ -109,7 +114,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
   const modules: string[] = [];
   let cmdline = "";
   let iommu: RunOptions["iommu"] = { kind: "none" };
-  const devices: { kind: "edu" | "rng"; iommu: boolean }[] = [];
+  const devices: DeviceOption[] = [];
   let serial: RunOptions["serial"] = { kind: "tty" };
   let debugExit = { iobase: 0x501, iosize: 2 };
   let timeoutSeconds = 0;
@@ -218,6 +223,18 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
         devices.push({
           kind: "rng",
           iommu: p.has("iommu") ? parseOnOff(p.get("iommu") || undefined, "--rng iommu") : false,
+        });
+        break;
+      }
+      case "--disk": {
+        const p = parseProps(value() as string, "--disk", ["path", "iommu", "readonly"]);
+        const path = p.get("path");
+        if (path === undefined || path === "") throw new RunOptionError("--disk needs path=FILE");
+        devices.push({
+          kind: "disk",
+          path,
+          iommu: p.has("iommu") ? parseOnOff(p.get("iommu") || undefined, "--disk iommu") : false,
+          readOnly: p.has("readonly") ? parseOnOff(p.get("readonly") || undefined, "--disk readonly") : false,
         });
         break;
       }

@@ -34,7 +34,12 @@ function serialSink(o: RunOptions): { sink: SerialSink; close: () => void } {
 
 /** The devices the machine gets: the built-in guest needs an edu, behind the IOMMU if there is one. */
 export function devicesFor(o: RunOptions): DeviceChoice[] {
-  const devices: DeviceChoice[] = o.devices.map((d) => ({ kind: d.kind, iommu: d.iommu }));
+  const devices: DeviceChoice[] = o.devices.map(
+    (d): DeviceChoice =>
+      d.kind === "disk"
+        ? { kind: "disk", iommu: d.iommu, path: d.path, readOnly: d.readOnly }
+        : { kind: d.kind, iommu: d.iommu },
+  );
   if (o.kernel === undefined && !devices.some((d) => d.kind === "edu")) {
     devices.unshift({ kind: "edu", iommu: o.iommu.kind !== "none" });
   }

@@ -275,6 +275,7 @@ export class Machine {
   }
 
   close(): void {
+    this.platform.close();
     this.vcpu.close();
     this.vm.close();
     this.kvm.close();

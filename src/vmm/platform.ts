@@ -11,6 +11,7 @@ import { EduDevice } from "../devices/edu.ts";
 import { FW_CFG_IOBASE, FW_CFG_IOSIZE, FwCfg } from "../devices/fw-cfg.ts";
 import { IOAPIC_SIZE, Ioapic } from "../devices/ioapic.ts";
 import { COM1_IOBASE, COM1_IRQ, type SerialSink, Uart16550 } from "../devices/uart16550.ts";
+import { VirtioBlk } from "../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
 import { VirtioRng } from "../devices/virtio-rng.ts";
 import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
@@ -42,7 +43,8 @@ export type IommuChoice =
 
 export type DeviceChoice =
   | { readonly kind: "edu"; readonly iommu: boolean }
-  | { readonly kind: "rng"; readonly iommu: boolean };
+  | { readonly kind: "rng"; readonly iommu: boolean }
+  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean };
 
 export interface PlatformConfig {
   readonly memory: GuestMemory;
@@ -72,6 +74,7 @@ export interface PlacedDevice {
   readonly iommu: boolean;
   readonly fn: PciFunction;
   readonly stats: () => object;
+  readonly close?: () => void;
 }
 
 /** An MMIO handler whose 8-byte accesses must not be split (the VT-d register file). */
@@ -176,7 +179,7 @@ export class Platform {
           fn: edu.pci,
           stats: () => edu.stats(),
         });
-      } else {
+      } else if (d.kind === "rng") {
         const rng = new VirtioRng({ name: `rng${i}` });
         const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer: config.tracer });
         const rid = this.pci.addFunction(transport.pci, { device, interrupts: this.interrupts, dma });
@@ -187,6 +190,22 @@ export class Platform {
           fn: transport.pci,
           stats: () => transport.stats(),
         });
+      } else {
+        const blk = new VirtioBlk({
+          path: d.path,
+          readOnly: d.readOnly,
+          accessPlatform: d.iommu,
+          name: `disk${i}`,
+        });
+        const rid = this.pci.addFunction(blk.pci, { device, interrupts: this.interrupts, dma });
+        this.devices.push({
+          kind: "disk",
+          requesterId: rid,
+          iommu: d.iommu,
+          fn: blk.pci,
+          stats: () => blk.stats(),
+          close: () => blk.close(),
+        });
       }
     });
 
@@ -196,6 +215,11 @@ export class Platform {
       ioBase: PCI_IO_BASE,
       ioEnd: PCI_IO_END,
     });
+  }
+
+  /** Releases device resources (disk files). */
+  close(): void {
+    for (const d of this.devices) d.close?.();
   }
 
   /**

@@ -65,6 +65,23 @@ test("--device edu[,iommu=on] and --rng [iommu=on]; iommu=on needs an --iommu", 
   );
 });
 
+test("--disk path=F[,iommu=on][,readonly=on]", () => {
+  const o = parseRunOptions([
+    "--iommu",
+    "intel",
+    "--disk",
+    "path=/tmp/d.img,iommu=on,readonly=on",
+    "--disk",
+    "path=/tmp/e.img",
+  ]);
+  assert.deepEqual(o.devices, [
+    { kind: "disk", path: "/tmp/d.img", iommu: true, readOnly: true },
+    { kind: "disk", path: "/tmp/e.img", iommu: false, readOnly: false },
+  ]);
+  assert.throws(() => parseRunOptions(["--disk", "iommu=on"]), /--disk needs path=FILE/);
+  assert.throws(() => parseRunOptions(["--disk", "path=x,cache=none"]), /unknown property "cache"/);
+});
+
 test("the built-in guest gets an edu behind the IOMMU when one is configured", () => {
   assert.deepEqual(devicesFor(parseRunOptions(["--iommu", "virtio"])), [{ kind: "edu", iommu: true }]);
   assert.deepEqual(devicesFor(parseRunOptions([])), [{ kind: "edu", iommu: false }]);
@@ -106,5 +123,5 @@ test("bad arguments are one line naming the option", () => {
 
 test("--help says which devices accept iommu=on", () => {
   assert.ok(parseRunOptions(["--help"]).help);
-  assert.match(RUN_USAGE, /Devices that accept iommu=on .*: edu, rng/);
+  assert.match(RUN_USAGE, /Devices that accept iommu=on .*: edu, rng, disk/);
 });

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
@@ -134,6 +137,39 @@ test("the remapping unit's own event messages bypass interrupt remapping (VT-d 5
   fabric.unremapped.signalMsi(0, { address: 0xfee00000, data: 0x50 }, 0);
   fabric.signalMsi(0, { address: 0xfee00000, data: 0x51 }, 0);
   assert.deepEqual(delivered, [0x50]);
+});
+
+test("--disk: virtio-blk-pci (1af4:1042) offers ACCESS_PLATFORM only when iommu=on", () => {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-disk-"));
+  const img = join(dir, "d.img");
+  writeFileSync(img, new Uint8Array(1 << 20));
+  const p = new Platform({
+    memory: GuestMemory.anonymous([{ gpa: 0, sizeBytes: 32 * MiB }]),
+    ramLayout: ramLayout(32 * MiB),
+    cpus: 1,
+    serial: NULL_SINK,
+    iommu: { kind: "virtio" },
+    devices: [
+      { kind: "disk", path: img, iommu: true, readOnly: false },
+      { kind: "disk", path: img, iommu: false, readOnly: true },
+    ],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer: new Tracer(),
+    msiTarget: { signalMsi: () => true },
+    onDebugExit: () => {},
+  });
+  const accessPlatform = (index: number): boolean => {
+    const d = p.devices[index];
+    const dev = (d.requesterId >> 3) & 0x1f;
+    assert.equal(p.pci.readConfig(0, dev, 0, 0, 4), 0x10421af4);
+    const bar = p.bars.find((b) => b.requesterId === d.requesterId && b.bar === 0);
+    assert.ok(bar);
+    p.mmio.write(bar.address, 4, 1); // device_feature_select = 1 (bits 63:32)
+    return (p.mmio.read(bar.address + 4, 4) & 2) !== 0; // VIRTIO_F_ACCESS_PLATFORM = bit 33
+  };
+  assert.equal(accessPlatform(0), true);
+  assert.equal(accessPlatform(1), false);
+  p.close();
 });
 
 test("PCI INTx swizzle: slot + pin onto IOAPIC pins 16..19", () => {
