@@ -1015,12 +1015,16 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   // ---------------------------------------------------------------- IoHandler
 
+  /**
+   * Accesses must be naturally aligned, except that an 8-byte access at a 4-byte boundary covers
+   * the two dwords there (older Linux reads GSTS at 0x1C with readq).
+   */
   private static aligned(offset: number, sizeBytes: number): boolean {
     return (
       Number.isInteger(offset) &&
       offset >= 0 &&
       offset + sizeBytes <= REGISTER_FILE_BYTES &&
-      offset % sizeBytes === 0
+      offset % (sizeBytes === 8 ? 4 : sizeBytes) === 0
     );
   }
 

@@ -279,3 +279,12 @@ test("dma-translation=off: an interrupt-remapping-only unit (SAGAW=0) ignores TE
   memory.writeU32(0x2000, 6);
   assert.equal(dma.readUint(0x2000, 4), 6);
 });
+
+test("an 8-byte read at a 4-byte boundary returns the two dwords there (GSTS + RTADDR low)", () => {
+  const { unit: u, driver: d } = rig();
+  d.setRootTable(false);
+  const v = u.readWide(REG.GSTS);
+  assert.equal(Number(v & 0xffffffffn), d.r32(REG.GSTS));
+  assert.equal(Number(v >> 32n), d.r32(REG.RTADDR));
+  assert.equal(u.read(REG.GSTS, 8), d.r32(REG.RTADDR) * 2 ** 32 + d.r32(REG.GSTS));
+});
