@@ -52,6 +52,34 @@ export interface RunResult {
   readonly wallMs: number;
 }
 
+export interface MachineStats {
+  readonly exits: {
+    readonly total: number;
+    readonly portIo: number;
+    readonly mmio: number;
+    readonly ioapicEoi: number;
+  };
+  readonly msis: { readonly signalled: number; readonly refusedByLapic: number };
+  readonly interrupts: ReturnType<Platform["interrupts"]["stats"]>;
+  readonly ioapic: ReturnType<Platform["ioapic"]["stats"]>;
+  readonly com1: ReturnType<Platform["uart"]["stats"]>;
+  readonly fwCfg: ReturnType<Platform["fwCfg"]["stats"]>;
+  readonly unclaimed: {
+    readonly portReads: number;
+    readonly portWrites: number;
+    readonly mmioReads: number;
+    readonly mmioWrites: number;
+  };
+  readonly virtioIommu: ReturnType<NonNullable<Platform["viommu"]>["engine"]["stats"]> | null;
+  readonly vtd: ReturnType<NonNullable<Platform["vtd"]>["stats"]> | null;
+  readonly devices: readonly {
+    readonly kind: string;
+    readonly requesterId: number;
+    readonly iommu: boolean;
+    readonly stats: object;
+  }[];
+}
+
 export class CpuCountError extends Error {
   constructor(cpus: number) {
     super(
@@ -272,6 +300,33 @@ export class Machine {
     }
     const stop: StopReason = this.stopReason ?? { kind: "interrupted" };
     return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
+  }
+
+  /** Counters of the whole machine: KVM exits by kind, interrupts, devices, the IOMMU. */
+  stats(): MachineStats {
+    const p = this.platform;
+    return {
+      exits: { total: this.vcpu.exits, portIo: this.ioExits, mmio: this.mmioExits, ioapicEoi: this.eoiExits },
+      msis: { signalled: this.vm.msisSignalled, refusedByLapic: this.vm.msisBlocked },
+      interrupts: p.interrupts.stats(),
+      ioapic: p.ioapic.stats(),
+      com1: p.uart.stats(),
+      fwCfg: p.fwCfg.stats(),
+      unclaimed: {
+        portReads: p.pio.unclaimedReads,
+        portWrites: p.pio.unclaimedWrites,
+        mmioReads: p.mmio.unclaimedReads,
+        mmioWrites: p.mmio.unclaimedWrites,
+      },
+      virtioIommu: p.viommu?.engine.stats() ?? null,
+      vtd: p.vtd?.stats() ?? null,
+      devices: p.devices.map((d) => ({
+        kind: d.kind,
+        requesterId: d.requesterId,
+        iommu: d.iommu,
+        stats: d.stats(),
+      })),
+    };
   }
 
   close(): void {

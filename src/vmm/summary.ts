@@ -28,6 +28,14 @@ export function formatSummary(machine: Machine, result: RunResult): string {
   );
   const u = p.uart.stats();
   lines.push(`com1: ${u.txBytes} bytes out, ${u.rxBytes} in`);
+  const unclaimed =
+    p.pio.unclaimedReads + p.pio.unclaimedWrites + p.mmio.unclaimedReads + p.mmio.unclaimedWrites;
+  if (unclaimed > 0) {
+    lines.push(
+      `unclaimed accesses: ports ${p.pio.unclaimedReads} reads / ${p.pio.unclaimedWrites} writes, ` +
+        `MMIO ${p.mmio.unclaimedReads} reads / ${p.mmio.unclaimedWrites} writes`,
+    );
+  }
   const irq = p.interrupts.stats();
   lines.push(
     `interrupts: ${irq.msisDelivered} MSIs delivered, ${irq.msisBlockedByRemapping} blocked by remapping, ` +

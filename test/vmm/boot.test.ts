@@ -143,6 +143,33 @@ test("a guest write of v to isa-debug-exit ends the run with (v << 1) | 1; EAX h
   assert.equal(r.status, 0x43);
 });
 
+test("Machine.stats(): exits by kind, MSIs, IOMMU counters after the built-in guest", async (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  const { Machine } = await import("../../src/vmm/machine.ts");
+  const { builtinGuestImage } = await import("../../src/vmm/builtin-guest.ts");
+  const { NULL_SINK } = await import("../../src/devices/uart16550.ts");
+  const { Tracer } = await import("../../src/engine/trace.ts");
+  const m = new Machine({
+    cpus: 1,
+    memorySizeBytes: 64 << 20,
+    serial: NULL_SINK,
+    iommu: { kind: "virtio" },
+    devices: [{ kind: "edu", iommu: true }],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer: new Tracer(),
+  });
+  m.bootMultiboot(builtinGuestImage(), "");
+  const r = m.run(30);
+  const s = m.stats();
+  m.close();
+  assert.equal(r.status, 1);
+  assert.ok(s.exits.portIo > 0 && s.exits.mmio > 0);
+  assert.equal(s.exits.ioapicEoi, 1);
+  assert.equal(s.msis.signalled, 2);
+  assert.equal(s.virtioIommu?.faultCauses.unmapped, 2);
+  assert.equal(s.devices[0].iommu, true);
+});
+
 test("a triple fault stops the machine with status 2", (t) => {
   if (!KVM) return t.skip(NO_KVM);
   // ud2 with an empty IDT: #UD -> #DF -> triple fault.
