@@ -90,6 +90,9 @@ export function tagClass(tag: number): number {
   return tag % 4;
 }
 
+/** Default bound of the target cache and of the IOTLB tag index (against PASID / domain floods). */
+export const DEFAULT_TARGET_CAPACITY = 1 << 16;
+
 export type TargetLookup =
   | { ok: true; target: Target }
   | { ok: false; reason: number; fpd: boolean; requestHasPasid: boolean };
@@ -111,9 +114,12 @@ export class TargetCache {
   misses = 0;
   invalidations = 0;
 
-  constructor(tables: TableReader, config: VtdConfig) {
+  private readonly capacity: number;
+
+  constructor(tables: TableReader, config: VtdConfig, capacity = DEFAULT_TARGET_CAPACITY) {
     this.tables = tables;
     this.config = config;
+    this.capacity = capacity;
   }
 
   get size(): number {
@@ -137,8 +143,20 @@ export class TargetCache {
       s = new Set();
       this.domainTags.set(domainId, s);
     }
-    s.add(tag);
+    if (!s.has(tag)) {
+      s.add(tag);
+      this.tagCount++;
+    }
   }
+
+  /**
+   * Called before the cache would exceed its bounds (many PASIDs or domains): the owner must
+   * drop every IOTLB entry, since tags are forgotten with it.
+   */
+  onOverflow: () => void = () => {};
+  private tagCount = 0;
+  /** Times the bounds were reached and everything was dropped. */
+  overflows = 0;
 
   /**
    * Resolves and caches the target of `key` under root table `rootTable` in mode `scalable`.
@@ -146,6 +164,14 @@ export class TargetCache {
    */
   resolve(key: number, rootTable: number, scalable: boolean): TargetLookup {
     this.misses++;
+    if (this.targets.size >= this.capacity || this.tagCount >= this.capacity) {
+      // A cache may drop entries at any time; the tag index goes with the IOTLB it indexes.
+      this.overflows++;
+      this.targets.clear();
+      this.domainTags.clear();
+      this.tagCount = 0;
+      this.onOverflow();
+    }
     const { sourceId, pasid, privileged } = decodeEndpointKey(key);
     const hasPasid = pasid >= 0;
     const ctxLookup: Lookup<ContextEntry> = scalable

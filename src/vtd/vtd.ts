@@ -110,6 +110,8 @@ export interface VtdOptions {
   readonly unitSourceId?: number;
   readonly tracer?: Tracer;
   readonly iotlbCapacity?: number;
+  /** Bound of the context/PASID (target) cache; reaching it drops the caches (default 65536). */
+  readonly targetCacheCapacity?: number;
 }
 
 /** Answer to an ATS translation request (PCIe ATS 2.2 completion, VT-d 4.2.3). */
@@ -139,7 +141,13 @@ export interface VtdStats {
   readonly iotlbHits: number;
   readonly iotlbMisses: number;
   readonly iotlb: IotlbStats;
-  readonly contextCache: { entries: number; hits: number; misses: number; invalidations: number };
+  readonly contextCache: {
+    entries: number;
+    hits: number;
+    misses: number;
+    invalidations: number;
+    overflows: number;
+  };
   readonly interruptEntryCache: { entries: number; hits: number; misses: number };
   readonly tableEntryReads: number;
   readonly dmaFaults: number;
@@ -245,7 +253,11 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.regs.onWrite = (reg, index, written) => this.onRegisterWrite(reg, index, written);
     this.iotlb = new Iotlb(options.iotlbCapacity ?? 4096);
     this.tables = new TableReader(memory, this.config);
-    this.targets = new TargetCache(this.tables, this.config);
+    this.targets = new TargetCache(this.tables, this.config, options.targetCacheCapacity);
+    this.targets.onOverflow = () => {
+      this.iotlb.invalidateAll();
+      this.bumpEpoch();
+    };
     const haw = this.config.awBits;
     this.secondStage = new SecondStageWalker(memory, {
       hawBits: haw,
@@ -1076,6 +1088,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       iotlbMisses: io.misses,
       iotlb: io,
       contextCache: {
+        overflows: this.targets.overflows,
         entries: this.targets.size,
         hits: this.targets.hits,
         misses: this.targets.misses,

@@ -149,3 +149,27 @@ test("translation disabled (TE clear): DMA is untranslated", () => {
   assert.equal(dma.readUint(0x1234, 4), 3);
   assert.ok(r.driver.submitAndWait([D.iotlbGlobal()]));
 });
+
+test("a flood of PASIDs cannot grow the target cache without bound", () => {
+  const r = rig({ config: "scalable-mode=on,pasid=on", targetCacheCapacity: 16 });
+  r.driver.enableQueuedInvalidation(true);
+  r.driver.setRootTable(true);
+  const ss = new PageTable(r.memory, r.alloc, 4);
+  ss.map(0x1000, 0x100000, 1, 3n);
+  r.memory.writeU32(0x100000, 9);
+  const dir = r.driver.setScalableContext(SID, { paside: true, pdts: 7 });
+  for (let pasid = 0; pasid < 64; pasid++)
+    r.driver.setPasidEntry(dir, pasid, { pgtt: 2, did: 5, slptptr: ss.root });
+  r.unit.addEndpoint(SID);
+  r.driver.setPersistent(GCMD.TE, true);
+  const spaces = Array.from({ length: 64 }, (_, p) => r.unit.pasidAddressSpace(SID, p));
+  for (const s of spaces) assert.equal(s.readUint(0x1000, 4), 9);
+  const st = r.unit.stats().contextCache;
+  assert.ok(st.entries <= 16);
+  assert.ok(st.overflows >= 3);
+  // Nothing stale after the overflows: a remap plus its invalidation is seen by every PASID.
+  ss.map(0x1000, 0x200000, 1, 3n);
+  r.memory.writeU32(0x200000, 10);
+  assert.ok(r.driver.submitAndWait([D.iotlbDomain(5)]));
+  for (const s of spaces) assert.equal(s.readUint(0x1000, 4), 10);
+});
