@@ -512,12 +512,12 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   }
 
   /**
-   * Translates for `target` into `out`; 0 on success, else the fault reason. `forAts` walks
-   * without a permission requirement (the completion reports what the page allows).
+   * Translates for target `t` into `out`; 0 on success, else the fault reason. `access` 0
+   * demands no permission (ATS: the completion reports what the page allows).
    */
   private translateTarget(t: Target, iova: number, access: number, out: Translation): number {
     if (!(iova < t.inputLimit)) {
-      if (t.kind === TARGET.FIRST_STAGE) return FR.SM_NON_CANONICAL;
+      if (t.kind === TARGET.FIRST_STAGE || t.kind === TARGET.NESTED) return FR.SM_NON_CANONICAL;
       return t.scalable ? FR.SM_ADDRESS_BEYOND_AW : FR.ADDRESS_BEYOND_MGAW;
     }
     const intrReason = t.scalable ? FR.SM_INTERRUPT_ADDRESS : FR.INTERRUPT_ADDRESS;
@@ -526,6 +526,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     const inputWindow = !t.requestHasPasid;
     if (inputWindow && iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) return intrReason;
     if (t.kind === K_IDENTITY) {
+      // Pass-through: the output is the input, so the output window check applies to it too.
+      if (iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST) return intrReason;
       if (iova < INTERRUPT_BASE) out.set(0, 0, INTERRUPT_BASE, RW);
       else out.set(INTERRUPT_LAST + 1, INTERRUPT_LAST + 1, t.inputLimit - INTERRUPT_LAST - 1, RW);
       return 0;

@@ -103,3 +103,8 @@ test("fault 0x79: the first-stage output has no second-stage mapping", () => {
   r.fs.map(0x9000, 0x180000, 1, 7n);
   expectFault(r, 0x9000, false, FR.SM_SS_NOT_PRESENT);
 });
+
+test("fault 0x80: a nested first stage takes canonical (4-level) input addresses only", () => {
+  const r = nested();
+  expectFault(r, 2 ** 47, false, FR.SM_NON_CANONICAL);
+});

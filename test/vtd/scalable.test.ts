@@ -173,3 +173,14 @@ test("a flood of PASIDs cannot grow the target cache without bound", () => {
   assert.ok(r.driver.submitAndWait([D.iotlbDomain(5)]));
   for (const s of spaces) assert.equal(s.readUint(0x1000, 4), 10);
 });
+
+test("pass-through for a request with PASID: an output in the interrupt window faults 0x87", () => {
+  const r = scalable("scalable-mode=on,pasid=on,pt=on");
+  const dir = r.driver.setScalableContext(SID, { paside: true });
+  r.driver.setPasidEntry(dir, 9, { pgtt: 4, did: 1 });
+  r.unit.addEndpoint(SID);
+  r.driver.setPersistent(GCMD.TE, true);
+  const p9 = r.unit.pasidAddressSpace(SID, 9);
+  assert.equal(p9.readUint(0xfee00010, 4), -1);
+  assert.equal(p9.lastFault?.code, 0x87);
+});
