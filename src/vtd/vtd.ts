@@ -653,6 +653,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     if (ep === undefined || ep.deviceTlb === null || !this.translationEnabled) {
       return { status: "unsupported-request", reason: FR.TRANSLATION_BLOCKED };
     }
+    if (pasid !== -1 && !(Number.isInteger(pasid) && pasid >= 0 && pasid < 2 ** 20)) {
+      return { status: "unsupported-request", reason: FR.SM_PASID_OVER_PDTS };
+    }
     const key = endpointKey(sourceId, pasid, privileged);
     const t = this.lookupTarget(key);
     if (t === null) {

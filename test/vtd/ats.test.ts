@@ -106,3 +106,10 @@ test("a write-only page is reported as W=1, R=0 (no fault)", () => {
   assert.deepEqual(c, { status: "success", iovaBase: 0x8000, gpaBase: 0x108000, sizeBytes: 4096, perms: 2 });
   assert.equal(unit.read(REG.FSTS, 4), 0);
 });
+
+test("a translation request with a PASID outside 20 bits is Unsupported Request", () => {
+  const { unit } = legacyAts(1);
+  assert.equal(unit.translationRequest(SID, 0, false, 2 ** 20).status, "unsupported-request");
+  assert.equal(unit.translationRequest(SID, 0, false, -5).status, "unsupported-request");
+  assert.equal(unit.translationRequest(SID, 0, false, 1.5).status, "unsupported-request");
+});
