@@ -25,6 +25,8 @@ export interface RunOptions {
   readonly debugExit: { readonly iobase: number; readonly iosize: number };
   readonly timeoutSeconds: number;
   readonly trace?: string;
+  /** Feed stdin to COM1 (with --serial tty). */
+  readonly stdin: boolean;
   readonly help: boolean;
 }
 
@@ -57,6 +59,7 @@ export const RUN_USAGE = `usage: viommu run [options]
   --disk path=F[,iommu=on][,readonly=on]  virtio-blk-pci over file F (repeatable)
   --serial tty|file=F|null       where COM1 output goes (default tty)
   --debug-exit iobase=P,iosize=N isa-debug-exit port (default QEMU's 0x501, 2 bytes)
+  --stdin                        feed stdin to COM1's receiver (with --serial tty)
   --timeout S                    stop the guest after S seconds (exit status 124; default none)
   --trace CATS                   trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq or all
 Devices that accept iommu=on (DMA through the vIOMMU; otherwise they bypass it): ${DEVICES_WITH_IOMMU.join(", ")}.
@@ -120,6 +123,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
   let timeoutSeconds = 0;
   let trace: string | undefined;
   let help = false;
+  let stdin = false;
   const seen = new Set<string>();
 
   for (let i = 0; i < argv.length; i++) {
@@ -266,6 +270,9 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
         if (timeoutSeconds < 1) throw new RunOptionError("--timeout: at least 1 second");
         break;
       }
+      case "--stdin":
+        stdin = true;
+        break;
       case "--trace":
         once();
         trace = value();
@@ -278,6 +285,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
     throw new RunOptionError("a device has iommu=on but there is no --iommu");
   }
   if (kernel === undefined && modules.length > 0) throw new RunOptionError("--initramfs needs --kernel");
+  if (stdin && serial.kind !== "tty") throw new RunOptionError("--stdin needs --serial tty");
   return {
     cpus,
     memorySizeBytes,
@@ -291,6 +299,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
     debugExit,
     timeoutSeconds,
     trace,
+    stdin,
     help,
   };
 }

@@ -10,6 +10,7 @@ import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts"
 import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
 import { findMultibootHeader } from "../vmm/multiboot.ts";
 import type { DeviceChoice } from "../vmm/platform.ts";
+import { SerialInput } from "../vmm/serial-input.ts";
 import { formatSummary } from "../vmm/summary.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
 
@@ -75,6 +76,8 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
   const tracer = Tracer.fromSpec(options.trace);
   if (options.trace) tracer.listen((ev) => io.stderr(`trace: ${formatTraceEvent(ev)}\n`), []);
   const serial = serialSink(options);
+  // COM1 input: stdin when the output goes to the terminal and stdin is interactive or a pipe.
+  const input = options.serial.kind === "tty" && options.stdin ? new SerialInput(0) : undefined;
   let machine: Machine;
   try {
     machine = new Machine({
@@ -86,6 +89,7 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
       devices: devicesFor(options),
       debugExit: options.debugExit,
       tracer,
+      serialInput: input,
     });
   } catch (e) {
     serial.close();
@@ -118,6 +122,7 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
   }
   serial.sink.flush();
   serial.close();
+  input?.close();
   io.stderr(formatSummary(machine, result));
   machine.close();
   if (options.kernel === undefined) {

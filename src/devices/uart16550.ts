@@ -9,6 +9,12 @@ import type { AccessSize, IoHandler } from "../platform/bus.ts";
 export const COM1_IOBASE = 0x3f8;
 export const COM1_IRQ = 4;
 
+/** Where received bytes come from (polled when the FIFO has room). */
+export interface SerialSource {
+  /** Up to `maxBytes` bytes that arrived; empty when none. */
+  take(maxBytes: number): Uint8Array;
+}
+
 /** Where transmitted bytes go. */
 export interface SerialSink {
   write(byte: number): void;
@@ -77,6 +83,8 @@ export class Uart16550 implements IoHandler {
   private rxHead = 0;
   private rxCount = 0;
 
+  private source: SerialSource | null = null;
+
   txBytes = 0;
   rxBytes = 0;
   rxOverruns = 0;
@@ -85,6 +93,23 @@ export class Uart16550 implements IoHandler {
   constructor(sink: SerialSink, setIrqLevel: (asserted: boolean) => void = () => {}) {
     this.sink = sink;
     this.setIrqLevel = setIrqLevel;
+  }
+
+  /** Connects host input; the FIFO refills from it when the guest reads RBR or LSR, and on `poll`. */
+  setSource(source: SerialSource | null): void {
+    this.source = source;
+  }
+
+  /** Pulls pending host input into the FIFO (as far as it has room) and updates the interrupt. */
+  poll(): void {
+    this.refill();
+    this.updateIrq();
+  }
+
+  private refill(): void {
+    if (this.source === null || this.rxCount === RX_FIFO_BYTES) return;
+    const bytes = this.source.take(RX_FIFO_BYTES - this.rxCount);
+    for (let i = 0; i < bytes.length; i++) this.pushRx(bytes[i]);
   }
 
   /** Host input (a keyboard, a pipe): queued into the receive FIFO; overflow sets LSR.OE. */
@@ -146,6 +171,7 @@ export class Uart16550 implements IoHandler {
   read(offset: number, sizeBytes: AccessSize): number {
     if (sizeBytes !== 1 || offset > 7) return sizeBytes >= 4 ? 0xffffffff : 2 ** (8 * sizeBytes) - 1;
     const dlab = (this.lcr & LCR_DLAB) !== 0;
+    if (this.rxCount === 0 && (offset === REG_LSR || (offset === REG_RBR_THR_DLL && !dlab))) this.refill();
     let value: number;
     switch (offset) {
       case REG_RBR_THR_DLL:

@@ -7,7 +7,7 @@
  */
 
 import { IOAPIC_PINS } from "../devices/ioapic.ts";
-import type { SerialSink } from "../devices/uart16550.ts";
+import type { SerialSink, SerialSource } from "../devices/uart16550.ts";
 import { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { type HostMapping, mapGuestRam } from "../kvm/guest-ram.ts";
@@ -31,6 +31,8 @@ export interface MachineConfig {
   readonly devices: readonly DeviceChoice[];
   readonly debugExit: { readonly iobase: number; readonly iosize: number };
   readonly tracer: Tracer;
+  /** Host bytes for COM1's receive side (a SerialInput over stdin), if any. */
+  readonly serialInput?: SerialSource;
 }
 
 export type StopReason =
@@ -103,6 +105,7 @@ export class Machine {
   readonly platform: Platform;
   readonly vcpu: Vcpu;
   private stopReason: StopReason | null = null;
+
   private ioapicRoutesDirty = true;
   ioExits = 0;
   mmioExits = 0;
@@ -110,6 +113,7 @@ export class Machine {
 
   constructor(config: MachineConfig) {
     if (config.cpus !== 1) throw new CpuCountError(config.cpus);
+
     this.kvm = Kvm.open();
     if (!this.kvm.checkExtension(KVM_CAP_SPLIT_IRQCHIP))
       throw new Error("this KVM lacks KVM_CAP_SPLIT_IRQCHIP");
@@ -145,6 +149,7 @@ export class Machine {
       onDebugExit: (status) => {
         if (this.stopReason === null) this.stopReason = { kind: "debug-exit", status };
       },
+      serialInput: config.serialInput,
       onIoapicRoutesChanged: () => {
         this.ioapicRoutesDirty = true;
       },
@@ -225,6 +230,8 @@ export class Machine {
     };
     process.on("SIGALRM", onAlarm);
     process.on("SIGINT", onSigint);
+    // SerialInput's worker sends SIGUSR2 when host input arrives (KVM_RUN returns EINTR).
+    process.on("SIGUSR2", onAlarm);
     if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
     try {
       while (this.stopReason === null) {
@@ -269,6 +276,7 @@ export class Machine {
             platform.ioapic.eoi(exit.vector);
             break;
           case "interrupted":
+            platform.uart.poll();
             if (sigint) this.stopReason = { kind: "interrupted" };
             else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
             break;
@@ -295,6 +303,7 @@ export class Machine {
     } finally {
       if (timeoutSeconds > 0) alarm(0);
       process.off("SIGALRM", onAlarm);
+      process.off("SIGUSR2", onAlarm);
       process.off("SIGINT", onSigint);
       this.platform.uart.flush();
     }

@@ -10,7 +10,13 @@ import { DebugExit } from "../devices/debug-exit.ts";
 import { EduDevice } from "../devices/edu.ts";
 import { FW_CFG_IOBASE, FW_CFG_IOSIZE, FwCfg } from "../devices/fw-cfg.ts";
 import { IOAPIC_SIZE, Ioapic } from "../devices/ioapic.ts";
-import { COM1_IOBASE, COM1_IRQ, type SerialSink, Uart16550 } from "../devices/uart16550.ts";
+import {
+  COM1_IOBASE,
+  COM1_IRQ,
+  type SerialSink,
+  type SerialSource,
+  Uart16550,
+} from "../devices/uart16550.ts";
 import { VirtioBlk } from "../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
 import { VirtioRng } from "../devices/virtio-rng.ts";
@@ -58,6 +64,8 @@ export interface PlatformConfig {
   readonly msiTarget: MsiTarget;
   /** A guest write to isa-debug-exit: the machine should stop with this status. */
   readonly onDebugExit: (status: number) => void;
+  /** Host input for COM1. */
+  readonly serialInput?: SerialSource;
   /** IOAPIC entries changed (the VMM refreshes KVM's routes). */
   readonly onIoapicRoutesChanged?: () => void;
 }
@@ -115,6 +123,7 @@ export class Platform {
     this.uart = new Uart16550(config.serial, (level) =>
       this.interrupts.setIoapicInput(COM1_IRQ, "com1", level),
     );
+    this.uart.setSource(config.serialInput ?? null);
     this.pio.register(COM1_IOBASE, 8, this.uart, "com1");
     this.debugExit = new DebugExit(config.onDebugExit, config.debugExit.iobase, config.debugExit.iosize);
     this.pio.register(config.debugExit.iobase, config.debugExit.iosize, this.debugExit, "isa-debug-exit");

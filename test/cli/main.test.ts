@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
+import { Kvm } from "../../src/kvm/system.ts";
 import { REPO_ROOT } from "../../src/vmm/builtin-guest.ts";
 
 const BIN = join(REPO_ROOT, "bin", "viommu.mjs");
@@ -33,4 +36,35 @@ test("bin/viommu.mjs run: a missing kernel file is one line", () => {
   const r = viommu(["run", "--kernel", "/nonexistent/kernel.elf"]);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /^viommu run: ENOENT: no such file or directory.*\n$/);
+});
+
+test("bin/viommu.mjs run --stdin: host input reaches the guest through COM1's receiver", (t) => {
+  if (!Kvm.available()) return t.skip("/dev/kvm not available: KVM test skipped");
+  // Multiboot a.out-kludge kernel: poll LSR.DR, read RBR, write the byte to isa-debug-exit.
+  const code = [
+    0xba, 0xfd, 0x03, 0, 0, 0xec, 0xa8, 0x01, 0x74, 0xfb, 0xba, 0xf8, 0x03, 0, 0, 0xec, 0xba, 0x01, 0x05, 0,
+    0, 0x0f, 0xb6, 0xc0, 0x66, 0xef,
+  ];
+  const img = new Uint8Array(0x20 + code.length);
+  const v = new DataView(img.buffer);
+  v.setUint32(0, 0x1badb002, true);
+  v.setUint32(4, 0x00010002, true);
+  v.setUint32(8, -(0x1badb002 + 0x00010002) >>> 0, true);
+  v.setUint32(12, 0x100000, true);
+  v.setUint32(16, 0x100000, true);
+  v.setUint32(28, 0x100020, true);
+  img.set(code, 0x20);
+  const path = join(mkdtempSync(join(tmpdir(), "viommu-stdin-")), "echo.bin");
+  writeFileSync(path, img);
+  const r = spawnSync(
+    process.execPath,
+    [BIN, "run", "--kernel", path, "--stdin", "--memory", "32M", "--timeout", "20"],
+    {
+      input: "A",
+      encoding: "utf8",
+      timeout: 30_000,
+    },
+  );
+  assert.equal(r.status, ((0x41 << 1) | 1) & 0xff, r.stderr);
+  assert.match(r.stderr, /com1: 0 bytes out, 1 in/);
 });

@@ -106,6 +106,12 @@ test("--serial tty|file=F|null; --debug-exit iobase/iosize; --timeout; --cmdline
   assert.throws(() => parseRunOptions(["--initramfs", "m"]), /--initramfs needs --kernel/);
 });
 
+test("--stdin feeds COM1 and needs --serial tty", () => {
+  assert.equal(parseRunOptions(["--stdin"]).stdin, true);
+  assert.equal(parseRunOptions([]).stdin, false);
+  assert.throws(() => parseRunOptions(["--stdin", "--serial", "null"]), /--stdin needs --serial tty/);
+});
+
 test("bad arguments are one line naming the option", () => {
   for (const argv of [
     ["--bogus"],

@@ -70,6 +70,17 @@ test("16550: receive FIFO overflow sets LSR.OE, which clears on read; scratch re
   assert.equal(u.read(0, 4), 0xffffffff, "wide accesses are not decoded");
 });
 
+test("16550: a host source refills the FIFO (never past 16 bytes) when the guest reads LSR or RBR", () => {
+  const { u } = uart();
+  const pending = [...new TextEncoder().encode("0123456789abcdefXYZ")];
+  u.setSource({ take: (max) => Uint8Array.from(pending.splice(0, max)) });
+  assert.equal(u.read(5, 1) & 1, 1, "LSR read pulled input");
+  let text = "";
+  while (u.read(5, 1) & 1) text += String.fromCharCode(u.read(0, 1));
+  assert.equal(text, "0123456789abcdefXYZ");
+  assert.equal(u.stats().rxOverruns, 0);
+});
+
 test("isa-debug-exit: a write of v ends with status (v << 1) | 1", () => {
   const statuses: number[] = [];
   const d = new DebugExit((s) => statuses.push(s));
