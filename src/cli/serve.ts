@@ -358,6 +358,7 @@ export async function runServe(argv: string[]): Promise<number> {
                 },
         })),
       };
+      for (const line of humanSummary(served, memory, viommu)) log(line);
       process.stderr.write(`viommu serve stats ${JSON.stringify(summary)}\n`);
       for (const s of served) {
         s.server.close();
@@ -369,6 +370,48 @@ export async function runServe(argv: string[]): Promise<number> {
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
+}
+
+/** A few readable lines: what each device did, the IOMMU's work, and host propagation. */
+function humanSummary(
+  served: readonly Served[],
+  memory: SharedGuestMemory,
+  viommu: VirtioIommuPci | undefined,
+): string[] {
+  const lines: string[] = [];
+  const m = memory.stats();
+  lines.push(
+    `guest memory: ${m.regions} regions, ${m.mappedBytes} bytes mapped; ${m.maps} maps (${m.sharedMaps} shared), ${m.unmaps} unmaps, ${m.fdlessRegions} regions without descriptor`,
+  );
+  if (viommu !== undefined) {
+    const e = viommu.engine.stats();
+    const ok = (r: Readonly<Record<string, number>>) => r.OK ?? 0;
+    const failed = (r: Readonly<Record<string, number>>) =>
+      Object.entries(r)
+        .filter(([k, v]) => k !== "OK" && v > 0)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(" ");
+    lines.push(
+      `virtio-iommu: ${e.domains} domains, ${e.mappings} mappings; requests ok: attach ${ok(e.requests.attach)} detach ${ok(e.requests.detach)} map ${ok(e.requests.map)} unmap ${ok(e.requests.unmap)} probe ${ok(e.requests.probe)}; map failures: ${failed(e.requests.map) || "none"}`,
+    );
+    lines.push(
+      `virtio-iommu: IOTLB hits ${e.iotlb.hits} misses ${e.iotlb.misses} invalidations ${e.iotlb.invalidations}; faults domain ${e.faults.domain} mapping ${e.faults.mapping} unknown ${e.faults.unknown} (blocked ${e.faultCauses.blocked}, unmapped ${e.faultCauses.unmapped}, permission ${e.faultCauses.permission}); events delivered ${viommu.stats().eventsDelivered}, dropped ${e.events.droppedQueueFull + e.events.droppedEndpointLimit + e.events.droppedRateLimit}`,
+    );
+  }
+  for (const s of served) {
+    const st = s.server.stats();
+    const irq = st.irqs.signalled;
+    lines.push(
+      `${s.name} (00:${s.slot.toString(16)}.0${s.iommu ? ", iommu=on" : ""}): ${st.connections} connections, ${st.regionReads} reads ${st.regionWrites} writes, ${st.dmaMaps} DMA maps, irqs intx ${irq.intx} msi ${irq.msi} msix ${irq.msix}, errors ${JSON.stringify(st.errors)}`,
+    );
+    if (s.host !== undefined) {
+      const h = s.host.stats();
+      lines.push(
+        `${s.name} host propagation (VFIO type1 model): ${s.host.container.entryCount} entries now, peak ${h.peakEntries} of ${s.host.container.dmaEntryLimit}; ${h.mapCalls} maps, ${h.unmapCalls} unmaps, refusals ${JSON.stringify(h.refusals)}`,
+      );
+    }
+  }
+  return lines;
 }
 
 /** How many host DMA entries of each size (bytes -> count). */
