@@ -6,7 +6,9 @@
 import { NULL_SINK } from "../src/devices/uart16550.ts";
 import { Tracer } from "../src/engine/trace.ts";
 import { Kvm } from "../src/kvm/system.ts";
+import { builtinGuestImage } from "../src/vmm/builtin-guest.ts";
 import { Machine } from "../src/vmm/machine.ts";
+import type { IommuChoice } from "../src/vmm/platform.ts";
 import type { BenchCase } from "./harness.ts";
 
 function loopKernel(body: number[]): Uint8Array {
@@ -58,11 +60,41 @@ function exitCase(name: string, body: number[]): BenchCase {
   };
 }
 
+/** One whole VM per operation: create, load the built-in guest, run it to its verdict, close. */
+function builtinGuestCase(name: string, iommu: IommuChoice): BenchCase {
+  return {
+    group: "kvm: built-in guest, VM creation to verdict",
+    name,
+    initialBatch: 1,
+    run(n) {
+      const image = builtinGuestImage();
+      for (let i = 0; i < n; i++) {
+        const m = new Machine({
+          cpus: 1,
+          memorySizeBytes: 64 << 20,
+          serial: NULL_SINK,
+          iommu,
+          devices: [{ kind: "edu", iommu: iommu.kind !== "none" }],
+          debugExit: { iobase: 0x501, iosize: 2 },
+          tracer: new Tracer(),
+        });
+        m.bootMultiboot(image, "");
+        const r = m.run(30);
+        m.close();
+        if (r.status !== 1) throw new Error(`built-in guest failed: status ${r.status}`);
+      }
+    },
+  };
+}
+
 export const cases: BenchCase[] = Kvm.available()
   ? [
       // mov dx, 0x3ff; out dx, al
       exitCase("port I/O write (OUT to COM1 scratch register)", [0x66, 0xba, 0xff, 0x03, 0xee]),
       // mov eax, [0xfec00000]
       exitCase("MMIO read (IOAPIC select register)", [0xa1, 0x00, 0x00, 0xc0, 0xfe]),
+      builtinGuestCase("no IOMMU", { kind: "none" }),
+      builtinGuestCase("--iommu virtio", { kind: "virtio" }),
+      builtinGuestCase("--iommu intel,intremap=on", { kind: "intel", spec: "intremap=on" }),
     ]
   : [];

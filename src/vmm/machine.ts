@@ -338,11 +338,13 @@ export class Machine {
     };
   }
 
+  /** Releases the VM, its fds and guest RAM: nothing of the machine may be used afterwards. */
   close(): void {
     this.platform.close();
     this.vcpu.close();
     this.vm.close();
     this.kvm.close();
+    this.ram.unmap();
   }
 }
 
