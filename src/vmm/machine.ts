@@ -159,18 +159,10 @@ export class Machine {
     this.vcpu.setupCpuid((entries) =>
       entries.map((e) => {
         if (e.fn === 1) {
-          // Leaf 1: EBX[31:24] initial APIC ID = 0, ECX[31] hypervisor present; hide the
-          // extensions whose instructions KVM's emulator cannot emulate (CX16 13, MOVBE 22,
-          // XSAVE 26, OSXSAVE 27, AVX 28, FMA 12, F16C 29).
-          const hidden = (1 << 12) | (1 << 13) | (1 << 22) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29);
-          return { ...e, ebx: e.ebx & 0x00ffffff, ecx: ((e.ecx | (1 << 31)) & ~hidden) >>> 0 };
+          // Leaf 1: EBX[31:24] initial APIC ID = 0, ECX[31] hypervisor present. (Under the
+          // nested kvm-pvm host the guest was observed to see the host's CPUID regardless.)
+          return { ...e, ebx: e.ebx & 0x00ffffff, ecx: (e.ecx | (1 << 31)) >>> 0 };
         }
-        if (e.fn === 7 && e.index === 0) {
-          // Leaf 7.0 EBX: BMI1 3, AVX2 5, BMI2 8, ADX 19 (VEX-encoded or emulator-unknown).
-          const hidden = (1 << 3) | (1 << 5) | (1 << 8) | (1 << 19);
-          return { ...e, ebx: (e.ebx & ~hidden) >>> 0 };
-        }
-        if (e.fn === 0xd) return { ...e, eax: 0, ebx: 0, ecx: 0, edx: 0 };
         return e;
       }),
     );
