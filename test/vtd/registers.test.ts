@@ -288,3 +288,49 @@ test("an 8-byte read at a 4-byte boundary returns the two dwords there (GSTS + R
   assert.equal(Number(v >> 32n), d.r32(REG.RTADDR));
   assert.equal(u.read(REG.GSTS, 8), d.r32(REG.RTADDR) * 2 ** 32 + d.r32(REG.GSTS));
 });
+
+/** Registers without write side effects: all-ones reads back as the architected RW bits. */
+const PLAIN: readonly [string, number, bigint][] = [
+  ["RTADDR", REG.RTADDR, 0x0000_ffff_ffff_fc00n], // scalable config: TTM writable; HAW 48
+  ["FEDATA", REG.FEDATA, 0xffffn],
+  ["FEADDR", REG.FEADDR, 0xffff_fffcn],
+  ["FEUADDR", REG.FEUADDR, 0xffff_ffffn],
+  ["AFLOG", REG.AFLOG, 0n],
+  ["PLMBASE", REG.PLMBASE, 0n],
+  ["PLMLIMIT", REG.PLMLIMIT, 0n],
+  ["PHMBASE", REG.PHMBASE, 0n],
+  ["PHMLIMIT", REG.PHMLIMIT, 0n],
+  ["IQA", REG.IQA, 0x0000_ffff_ffff_f807n],
+  ["IEDATA", REG.IEDATA, 0xffffn],
+  ["IEADDR", REG.IEADDR, 0xffff_fffcn],
+  ["IEUADDR", REG.IEUADDR, 0xffff_ffffn],
+  ["IQERCD", REG.IQERCD, 0n],
+  ["IRTA", REG.IRTA, 0x0000_ffff_ffff_f80fn],
+  ["IVA", REG.IVA, 0xffff_ffff_ffff_f07fn],
+];
+
+for (const [name, offset, rw] of PLAIN) {
+  test(`${name} (0x${offset.toString(16)}): writable bits are exactly the architected ones`, () => {
+    const u = unit();
+    const wide =
+      offset === REG.RTADDR ||
+      offset === REG.IQA ||
+      offset === REG.IRTA ||
+      offset === REG.IVA ||
+      offset === REG.AFLOG ||
+      offset === REG.PHMBASE ||
+      offset === REG.PHMLIMIT ||
+      offset === REG.IQERCD;
+    if (wide) {
+      u.writeWide(offset, ~0n);
+      assert.equal(u.readWide(offset), rw);
+      u.writeWide(offset, 0n);
+      assert.equal(u.readWide(offset), 0n);
+    } else {
+      u.write(offset, 4, 0xffffffff);
+      assert.equal(BigInt(u.read(offset, 4)), rw);
+      u.write(offset, 4, 0);
+      assert.equal(u.read(offset, 4), 0);
+    }
+  });
+}
