@@ -192,3 +192,84 @@ test("a PVH kernel is entered under KVM with EBX -> hvm_start_info (magic checke
   assert.equal(status, (0x10 << 1) | 1, stderr);
   assert.ok(readFileSync(path).length > 0);
 });
+
+test("MADT golden bytes for this machine (ACPI 6.5 5.2.12)", () => {
+  const madt = table(platform({ kind: "none" }, []), "APIC");
+  // Header (36): "APIC", length 70, revision 5, checksum, OEM fields (checked by src/acpi).
+  assert.equal(new TextDecoder().decode(madt.subarray(0, 4)), "APIC");
+  assert.equal(new DataView(madt.buffer, madt.byteOffset).getUint32(4, true), 70);
+  assert.equal(madt[8], 5);
+  assert.equal(sum(madt), 0);
+  // prettier-ignore
+  const body = [
+    0x00,
+    0x00,
+    0xe0,
+    0xfe, // local APIC address 0xFEE00000
+    0x00,
+    0x00,
+    0x00,
+    0x00, // flags: no PCAT_COMPAT (no 8259s on this machine)
+    0x00,
+    0x08,
+    0x00,
+    0x00,
+    0x01,
+    0x00,
+    0x00,
+    0x00, // Processor Local APIC: UID 0, APIC ID 0, enabled
+    0x01,
+    0x0c,
+    0x00,
+    0x00,
+    0x00,
+    0x00,
+    0xc0,
+    0xfe,
+    0x00,
+    0x00,
+    0x00,
+    0x00, // I/O APIC: ID 0, 0xFEC00000, GSI base 0
+    0x04,
+    0x06,
+    0xff,
+    0x00,
+    0x00,
+    0x01, // Local APIC NMI: all processors, flags 0, LINT1
+  ];
+  assert.deepEqual([...madt.subarray(36)], body);
+});
+
+test("MCFG golden bytes for this machine (PCI Firmware 3.2 4.1.2)", () => {
+  const mcfg = table(platform({ kind: "none" }, []), "MCFG");
+  assert.equal(new DataView(mcfg.buffer, mcfg.byteOffset).getUint32(4, true), 60);
+  assert.equal(sum(mcfg), 0);
+  // prettier-ignore
+  const body = [
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0, // reserved
+    0x00,
+    0x00,
+    0x00,
+    0xe0,
+    0x00,
+    0x00,
+    0x00,
+    0x00, // ECAM base 0xE0000000
+    0x00,
+    0x00, // PCI segment 0
+    0x00,
+    0x00, // start bus 0, end bus 0 (one bus: 1 MiB of ECAM)
+    0,
+    0,
+    0,
+    0, // reserved
+  ];
+  assert.deepEqual([...mcfg.subarray(36)], body);
+});
