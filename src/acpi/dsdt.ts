@@ -14,6 +14,7 @@
  *         DWordMemory (..., NonCacheable, ReadWrite, ..., mmio32 window)
  *         QWordMemory (..., Cacheable, ReadWrite, ..., mmio64 window)   // when given
  *       })
+ *       Name (_PRT, Package () { Package () { 0xSSSSFFFF, pin, 0, gsi }, ... })  // when given
  *     }
  *     Device (MRES) {                               // ECAM reservation: Linux checks MCFG
  *       Name (_HID, EisaId ("PNP0C02"))             // against PNP0C01/PNP0C02 _CRS
@@ -29,8 +30,10 @@
  *   }
  *   Name (_S5, Package (4) { slpTyp, slpTyp, 0, 0 })   // when the FADT has sleep registers
  *
- * No _PRT: devices use MSI/MSI-X. No _OSC: Linux then keeps native PCIe services off and
- * disables ASPM, which a virtual root bridge does not need.
+ * _PRT only when the VMM wires INTx (devices otherwise use MSI/MSI-X; a device with neither,
+ * such as QEMU's virtio-iommu-pci without vectors, then gets no interrupt and fails to probe).
+ * No _OSC: Linux then keeps native PCIe services off and disables ASPM, which a virtual root
+ * bridge does not need.
  */
 
 import type { AmlTerm } from "./aml.ts";
@@ -68,6 +71,18 @@ export interface PciRootBridge {
   readonly ioWindows?: readonly AddressRange[];
   /** Guest-physical address of this segment's ECAM (bus 0), reserved through PNP0C02. */
   readonly ecamBaseGpa?: U64;
+  /** Legacy INTx wiring of bus-0 devices, emitted as _PRT; omit when every device uses MSI/MSI-X. */
+  readonly intxRoutes?: readonly IntxRoute[];
+}
+
+/** PCI interrupt pins as _PRT numbers them (ACPI 6.5 6.2.13): INTA = 0 .. INTD = 3. */
+export const PCI_PIN = { INTA: 0, INTB: 1, INTC: 2, INTD: 3 } as const;
+
+/** One _PRT entry: device `device` (0-31) on the root bus, pin `pin`, wired to IOAPIC input `gsi`. */
+export interface IntxRoute {
+  readonly device: number;
+  readonly pin: number;
+  readonly gsi: number;
 }
 
 export interface SerialPort {
@@ -108,7 +123,24 @@ function pciRootBridgeDevice(root: PciRootBridge): AmlTerm {
     name("_UID", integer(root.segment)),
     name("_BBN", integer(root.busStart)),
     name("_CRS", resourceTemplate(resources)),
+    ...(root.intxRoutes === undefined ? [] : [name("_PRT", pciRoutingTable(root.intxRoutes))]),
   ]);
+}
+
+/**
+ * _PRT (ACPI 6.5 6.2.13): a Package of Package {Address, Pin, Source, Source Index}. Address is
+ * (device << 16) | 0xFFFF (any function); Source 0 means Source Index is a GSI, which the OS
+ * programs level-triggered, active-low, as PCI INTx is.
+ */
+export function pciRoutingTable(routes: readonly IntxRoute[]): AmlTerm {
+  return pkg(
+    routes.map((r) => {
+      if (r.device < 0 || r.device > 31 || r.pin < 0 || r.pin > 3) {
+        throw new RangeError(`_PRT: device ${r.device} pin ${r.pin} out of range`);
+      }
+      return pkg([integer(r.device * 0x10000 + 0xffff), integer(r.pin), integer(0), integer(r.gsi)]);
+    }),
+  );
 }
 
 /** PNP0C02 "motherboard resources" holding the ECAM of buses [busStart, busEnd]. */

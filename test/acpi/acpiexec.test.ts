@@ -76,11 +76,19 @@ test("ACPICA's resource manager converts every _CRS (root bridge, ECAM reservati
 });
 
 test("ACPICA evaluates _S5_ and the processor devices' _HID/_UID", { skip }, () => {
-  const out = runAcpiexec("evaluate \\_S5; evaluate \\_SB.C003._UID; evaluate \\_SB.PC00._HID");
+  const out = runAcpiexec(
+    "evaluate \\_S5; evaluate \\_SB.C003._UID; evaluate \\_SB.PC00._HID; evaluate \\_SB.PC00._PRT",
+  );
   assert.match(
     out,
     /\[Package\] Contains 4 Elements:\s+\[Integer\] = 0+5\s+\[Integer\] = 0+5\s+\[Integer\] = 0+\s+\[Integer\] = 0+\n/,
   );
   assert.match(out, /\[Integer\] = 0000000000000003/);
   assert.match(out, /\[Integer\] = 00000000080AD041/); // EISAID PNP0A08
+  // _PRT: two routes, the second { 0x0002FFFF, INTB, 0, GSI 17 }
+  assert.match(out, /\[Package\] Contains 2 Elements:/);
+  assert.match(
+    out,
+    /\[Integer\] = 000000000002FFFF\s+\[Integer\] = 0+1\s+\[Integer\] = 0+\s+\[Integer\] = 0+11/,
+  );
 });

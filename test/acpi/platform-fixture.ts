@@ -15,6 +15,10 @@ export function fullPlatformTables(): AcpiTableSet {
         mmio32: { min: 0xc000_0000, max: 0xdfff_ffff },
         mmio64: { min: 0x100_0000_0000, max: 0x1ff_ffff_ffff },
         ecamBaseGpa: 0xe000_0000,
+        intxRoutes: [
+          { device: 1, pin: 0, gsi: 16 },
+          { device: 2, pin: 1, gsi: 17 },
+        ],
       },
       com1: { ioPort: 0x3f8, irq: 4 },
       fadt: {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { byteSum } from "../../src/acpi/bytes.ts";
-import { buildDsdt } from "../../src/acpi/dsdt.ts";
+import { buildDsdt, PCI_PIN, pciRoutingTable } from "../../src/acpi/dsdt.ts";
 import { buildFadt, FADT_OFFSET, FADT_SIZE } from "../../src/acpi/fadt.ts";
 import { ioPortByte } from "../../src/acpi/gas.ts";
 import { buildMadt } from "../../src/acpi/madt.ts";
@@ -196,4 +196,19 @@ test("5.2.11.1 DSDT: golden bytes of a root bridge and one CPU", () => {
       "085f554944 00", // Name(_UID, Zero)
   );
   assertSumsToZero(dsdt);
+});
+
+test("6.2.13 _PRT: Package of {(device << 16) | 0xFFFF, pin, Source 0, GSI}", () => {
+  // Package () { Package () { 0x0001FFFF, 0, Zero, 21 }, Package () { 0x001FFFFF, 3, Zero, 23 } }
+  assertHex(
+    pciRoutingTable([
+      { device: 1, pin: PCI_PIN.INTA, gsi: 21 },
+      { device: 31, pin: PCI_PIN.INTD, gsi: 23 },
+    ]),
+    "12 1b 02" + // PackageOp, PkgLength 27, 2 elements
+      "12 0b 04 0cffff0100 00 00 0a15" + // PkgLength 11: { 0x0001FFFF, Zero, Zero, 21 }
+      "12 0c 04 0cffff1f00 0a03 00 0a17", // PkgLength 12: { 0x001FFFFF, 3, Zero, 23 }
+  );
+  assert.throws(() => pciRoutingTable([{ device: 32, pin: 0, gsi: 16 }]));
+  assert.throws(() => pciRoutingTable([{ device: 1, pin: 4, gsi: 16 }]));
 });
