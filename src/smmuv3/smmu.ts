@@ -1306,7 +1306,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       if ((this.gbpa & GBPA_ABORT) !== 0 || hi16 !== 0) {
         return dmaFault("blocked", sid, this.curIova, access, 0, "SMMU disabled, GBPA.ABORT");
       }
-      return this.output(sid, key, 0, TWO48, 0, TWO48, P_UR | P_UW | P_PR | P_PW, access, out, -1, 0, 0);
+      return this.output(sid, key, 0, TWO48, 0, P_UR | P_UW | P_PR | P_PW, access, out, -1, 0, 0);
     }
     const ep = this.viommu.endpoint(sid);
     if (ep === undefined) return this.failConfig(EVT.C_BAD_STREAMID);
@@ -1340,7 +1340,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       return this.failConfig(EVT.C_BAD_SUBSTREAMID);
     }
     if (!stage1 && !ste.stage2) {
-      // Bypass (STE.Config bypass, or S1DSS bypass of a stage-1-only stream): the input must fit the output size (F_ADDR_SIZE otherwise).
+      // Bypass (STE.Config bypass, or S1DSS bypass of a stage-1-only stream): the input must fit
+      // the output size (F_ADDR_SIZE otherwise, 7.3.14).
       if (hi16 !== 0) return this.fail(EVT.F_ADDR_SIZE, true, false, CLASS_IN, 0, 0, "none");
       return this.output(
         sid,
@@ -1348,7 +1349,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         0,
         TWO48,
         0,
-        TWO48,
         P_UR | P_UW | P_PR | P_PW | P_UX | P_PX,
         access,
         out,
@@ -1424,7 +1424,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       outBase = r2.outputBase + (ipaLo - r2.inputBase);
       perms &= r2.perms;
     }
-    return this.output(sid, key, inBase, bytes, outBase, bytes, perms, access, out, tag, s1In, s1Bytes);
+    return this.output(sid, key, inBase, bytes, outBase, perms, access, out, tag, s1In, s1Bytes);
   }
 
   /** Stage-2 translation of a transaction's IPA into r2; a fault (CLASS IN) or null. */
@@ -1477,7 +1477,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     // (7.3.14, CLASS IN, S2 == 0); beyond S2T0SZ it is a stage-2 F_TRANSLATION.
     if (hi16 !== 0) return this.fail(EVT.F_ADDR_SIZE, true, false, CLASS_IN, 0, 0, "none");
     if (key >= 2 ** s2.inputBits) {
-      return this.fail(EVT.F_TRANSLATION, ste.s2Record, true, CLASS_IN, 0, 0, "ipa");
+      return this.fail(EVT.F_TRANSLATION, ste.s2Record, true, CLASS_IN, key, 0, "ipa");
     }
     const f = this.stage2Output(ste, key, access === ACCESS_WRITE);
     if (f !== null) return f;
@@ -1488,7 +1488,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       r2.inputBase,
       r2.blockBytes,
       r2.outputBase,
-      r2.blockBytes,
       r2.perms,
       access,
       out,
@@ -1508,7 +1507,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     inBase: number,
     inBytes: number,
     outBase: number,
-    _outBytes: number,
     perms: number,
     access: Access,
     out: Translation,
