@@ -369,7 +369,8 @@ test("stage-2 faults carry S2=1, the IPA and CLASS=IN; STE.S2R=0 suppresses them
   const p = expectEvent(fx, 16, 0x8010, EVT.F_PERMISSION, ACCESS_WRITE);
   assert.equal(p.s2, true);
   assert.equal(p.ipa, 0x8000);
-  expectEvent(fx, 16, 2 ** 40, EVT.F_TRANSLATION); // beyond S2T0SZ
+  const beyond = expectEvent(fx, 16, 2 ** 40, EVT.F_TRANSLATION); // beyond S2T0SZ
+  assert.equal(beyond.ipa, 2 ** 40);
   attachS2(fx, 9, 6, { s2r: false });
   const { code, events } = access(fx, 9, 0x1000);
   assert.equal(code, EVT.F_TRANSLATION);
