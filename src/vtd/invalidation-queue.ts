@@ -232,7 +232,11 @@ export class InvalidationQueue {
 
   /** Decodes and runs the descriptor in `d`; returns IQEI.NONE or the error. */
   private execute(): number {
-    const [lo0, hi0, lo1, hi1] = this.d;
+    const d = this.d;
+    const lo0 = d[0];
+    const hi0 = d[1];
+    const lo1 = d[2];
+    const hi1 = d[3];
     const type = (lo0 & 0xf) | (((lo0 >>> 9) & 7) << 4);
     const t = this.target;
     const env = this.env;

@@ -168,6 +168,11 @@ function bdf(sourceId: number): string {
   return `${bus}:${dev}.${sourceId & 7}`;
 }
 
+/** IOTLB descriptors (type 2) cover second-stage and nested entries, not first-stage ones. */
+function coveredByIotlbDescriptor(tag: number): boolean {
+  return tagClass(tag) !== TAG_CLASS.FIRST_STAGE;
+}
+
 /** Narrows a block that spans the input interrupt window to the 4 KiB page holding `iova`. */
 function clipToInputWindow(out: Translation, iova: number): void {
   if (out.iovaBase <= INTERRUPT_LAST && out.iovaBase + out.sizeBytes > INTERRUPT_BASE) {
@@ -759,8 +764,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.ownEpoch++;
   }
 
+  /** Callers check `tracer.on("invalidate")` first, so no event object is built when off. */
   private traceInvalidate(name: string, fields: Record<string, number | string | boolean>): void {
-    if (this.tracer.on("invalidate")) this.tracer.emit("invalidate", "vtd", name, fields);
+    this.tracer.emit("invalidate", "vtd", name, fields);
   }
 
   invalidateContextCache(
@@ -769,7 +775,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     sourceId: number,
     functionMask: number,
   ): void {
-    this.traceInvalidate("context-cache", { granularity, did: domainId, sid: sourceId, fm: functionMask });
+    if (this.tracer.on("invalidate"))
+      this.traceInvalidate("context-cache", { granularity, did: domainId, sid: sourceId, fm: functionMask });
     let affected: (sid: number) => boolean;
     if (granularity === GRAN.GLOBAL) {
       this.targets.clear();
@@ -795,15 +802,15 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
    * mode first-stage entries are left to PASID-based invalidation).
    */
   invalidateIotlb(granularity: number, domainId: number, iova: number, addressMask: number): void {
-    this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
+    if (this.tracer.on("invalidate"))
+      this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
     if (granularity === GRAN.GLOBAL) {
       this.iotlb.invalidateAll();
       for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
       return;
     }
-    const covered = (tag: number) => tagClass(tag) !== TAG_CLASS.FIRST_STAGE;
     if (granularity === GRAN.DOMAIN) {
-      this.iotlb.invalidateTags((tag) => tagDomain(tag) === domainId && covered(tag));
+      this.iotlb.invalidateTags((tag) => tagDomain(tag) === domainId && coveredByIotlbDescriptor(tag));
       for (const ep of this.endpoints.values()) {
         if (this.hostTargetKind(ep, domainId) === TARGET.SECOND_STAGE) this.replay.resync(ep);
       }
@@ -813,7 +820,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     const base = iova - (iova % sizeBytes);
     const tags = this.targets.domainTags.get(domainId);
     if (tags !== undefined) {
-      for (const tag of tags) if (covered(tag)) this.iotlb.invalidateRange(tag, base, sizeBytes);
+      for (const tag of tags)
+        if (coveredByIotlbDescriptor(tag)) this.iotlb.invalidateRange(tag, base, sizeBytes);
     }
     this.bumpEpoch();
     for (const ep of this.endpoints.values()) {
@@ -833,7 +841,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     iova: number,
     addressMask: number,
   ): void {
-    this.traceInvalidate("pasid-iotlb", { pageSelective, did: domainId, pasid, iova, am: addressMask });
+    if (this.tracer.on("invalidate"))
+      this.traceInvalidate("pasid-iotlb", { pageSelective, did: domainId, pasid, iova, am: addressMask });
     const tags = this.targets.domainTags.get(domainId);
     const sizeBytes = 2 ** (12 + addressMask);
     const base = iova - (iova % sizeBytes);
@@ -855,7 +864,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   }
 
   invalidatePasidCache(granularity: number, domainId: number, pasid: number): void {
-    this.traceInvalidate("pasid-cache", { granularity, did: domainId, pasid });
+    if (this.tracer.on("invalidate"))
+      this.traceInvalidate("pasid-cache", { granularity, did: domainId, pasid });
     if (granularity === 3) this.targets.dropWhere((t) => t.scalable);
     else if (granularity === 0) this.targets.dropWhere((t) => t.scalable && t.domainId === domainId);
     else this.targets.dropWhere((t) => t.scalable && t.domainId === domainId && t.pasid === pasid);
@@ -870,7 +880,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     iova: number,
     sizeBytes: number,
   ): void {
-    this.traceInvalidate("device-tlb", { sid: sourceId, pasid, all: allPasids, iova, size: sizeBytes });
+    if (this.tracer.on("invalidate"))
+      this.traceInvalidate("device-tlb", { sid: sourceId, pasid, all: allPasids, iova, size: sizeBytes });
     this.deviceTlbInvalidations++;
     const ep = this.endpoints.get(sourceId);
     if (ep === undefined || ep.deviceTlb === null) return;
@@ -879,7 +890,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
   }
 
   invalidateInterruptEntryCache(global: boolean, index: number, indexMask: number): void {
-    this.traceInvalidate("iec", { global, index, im: indexMask });
+    if (this.tracer.on("invalidate")) this.traceInvalidate("iec", { global, index, im: indexMask });
     this.interruptRemapper.invalidate(global, index, indexMask);
   }
 
@@ -949,7 +960,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       this.iotlb.invalidateAll();
       this.bumpEpoch();
       gsts |= GCMD.SRTP;
-      this.traceInvalidate("srtp", { root: this.rootTable, ttm: this.translationTableMode });
+      if (this.tracer.on("invalidate"))
+        this.traceInvalidate("srtp", { root: this.rootTable, ttm: this.translationTableMode });
     }
     const te = (value & GCMD.TE) !== 0 && c.dmaTranslation;
     if (te !== ((gsts & GCMD.TE) !== 0)) {
