@@ -51,6 +51,8 @@ interface CachedIrte {
   readonly hi: number;
   readonly lo2: number;
   readonly hi2: number;
+  /** The decoded answer, kept with the entry so a cache hit allocates nothing. */
+  result: RemapResult | null;
 }
 
 /** The interrupt address window 0xFEEx_xxxx (VT-d 3.14, 5.1). */
@@ -166,7 +168,13 @@ export class InterruptRemapper {
         return this.fail(sourceId, FR.IR_TABLE_ACCESS, handle, "IRTE not in RAM");
       }
       const m = this.memory;
-      e = { lo: m.readU32(gpa), hi: m.readU32(gpa + 4), lo2: m.readU32(gpa + 8), hi2: m.readU32(gpa + 12) };
+      e = {
+        lo: m.readU32(gpa),
+        hi: m.readU32(gpa + 4),
+        lo2: m.readU32(gpa + 8),
+        hi2: m.readU32(gpa + 12),
+        result: null,
+      };
       // Only present entries are cached (VT-d 6.2.5: not-present entries are never cached here).
       if (e.lo & 1) this.cache.set(handle, e);
     } else {
@@ -212,6 +220,12 @@ export class InterruptRemapper {
         );
       }
     }
+    this.remapped++;
+    if (e.result !== null) {
+      if (this.tracer.on("irq"))
+        this.tracer.emit("irq", "vtd", "ir-remap", { sid: sourceId, handle, cached: true });
+      return e.result;
+    }
     const vector = (e.lo >>> 16) & 0xff;
     const destination = this.extendedMode ? e.hi >>> 0 : (e.hi >>> 8) & 0xff;
     const destinationLogical = (e.lo & 4) !== 0;
@@ -234,11 +248,12 @@ export class InterruptRemapper {
       deliveryMode,
       message: { address, data },
     };
-    this.remapped++;
     if (this.tracer.on("irq")) {
       this.tracer.emit("irq", "vtd", "ir-remap", { sid: sourceId, handle, vector, destination });
     }
-    return { ok: true, remapped: true, interrupt: out, message: out.message };
+    const result: RemapResult = { ok: true, remapped: true, interrupt: out, message: out.message };
+    e.result = result;
+    return result;
   }
 }
 
