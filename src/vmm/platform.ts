@@ -8,7 +8,13 @@
  */
 import { DebugExit } from "../devices/debug-exit.ts";
 import { EduDevice } from "../devices/edu.ts";
-import { FW_CFG_IOBASE, FW_CFG_IOSIZE, FwCfg } from "../devices/fw-cfg.ts";
+import {
+  FW_CFG_DMA_IOBASE,
+  FW_CFG_DMA_IOSIZE,
+  FW_CFG_IOBASE,
+  FW_CFG_IOSIZE,
+  FwCfg,
+} from "../devices/fw-cfg.ts";
 import { IOAPIC_SIZE, Ioapic } from "../devices/ioapic.ts";
 import {
   COM1_IOBASE,
@@ -134,6 +140,7 @@ export class Platform {
     });
     this.fwCfg.addFile("etc/e820", e820Bytes(e820Map(config.ramLayout)));
     this.pio.register(FW_CFG_IOBASE, FW_CFG_IOSIZE, this.fwCfg, "fw_cfg");
+    this.pio.register(FW_CFG_DMA_IOBASE, FW_CFG_DMA_IOSIZE, this.fwCfg.dmaHandler, "fw_cfg-dma");
 
     this.pio.register(
       PCI_CONFIG_ADDRESS_PORT,

@@ -4,6 +4,7 @@ import { DebugExit } from "../../src/devices/debug-exit.ts";
 import { FW_CFG_FILE_DIR, FwCfg } from "../../src/devices/fw-cfg.ts";
 import { Ioapic } from "../../src/devices/ioapic.ts";
 import { CapturingSink, Uart16550 } from "../../src/devices/uart16550.ts";
+import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import type { MsiMessage } from "../../src/platform/interrupts.ts";
 
 function uart() {
@@ -127,6 +128,58 @@ test("fw_cfg: file directory (0x19) is big-endian count + 64-byte entries; files
   assert.equal(new TextDecoder().decode(dir.subarray(12, 20)), "etc/test");
   assert.equal(dir[20], 0);
   assert.deepEqual([...readItem(f, 0x20, 3)], [9, 8, 7]);
+});
+
+function be32(v: number): number {
+  return (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
+}
+
+/** Writes an FWCfgDmaAccess at `at` (big-endian fields) and starts it through the port. */
+function fwCfgDma(
+  f: FwCfg,
+  mem: GuestMemory,
+  at: number,
+  control: number,
+  length: number,
+  buffer: number,
+): number {
+  mem.writeU32(at, be32(control));
+  mem.writeU32(at + 4, be32(length));
+  mem.writeU32(at + 8, 0);
+  mem.writeU32(at + 12, be32(buffer));
+  f.dmaHandler.write(0, 4, be32(0));
+  f.dmaHandler.write(4, 4, be32(at));
+  return be32(mem.readU32(at));
+}
+
+test("fw_cfg DMA: the ID advertises it, the register reads 'QEMU CFG', select+read copies the item", () => {
+  const mem = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 20 }]);
+  const f = new FwCfg({ ramSizeBytes: 1 << 20, cpus: 2, maxCpus: 2, memory: mem });
+  assert.deepEqual([...readItem(f, 0x01, 4)], [3, 0, 0, 0]);
+  const sig = new Uint8Array(8);
+  new DataView(sig.buffer).setUint32(0, f.dmaHandler.read(0, 4), true);
+  new DataView(sig.buffer).setUint32(4, f.dmaHandler.read(4, 4), true);
+  assert.equal(new TextDecoder().decode(sig), "QEMU CFG");
+  // select key 0x05 (NB_CPUS) and read 2 bytes to 0x2000
+  assert.equal(fwCfgDma(f, mem, 0x1000, (0x05 << 16) | 0x08 | 0x02, 2, 0x2000), 0, "control cleared: done");
+  assert.equal(mem.readU16(0x2000), 2);
+  // skip 2 bytes of the signature, then read the rest
+  fwCfgDma(f, mem, 0x1000, (0x00 << 16) | 0x08 | 0x04, 2, 0);
+  fwCfgDma(f, mem, 0x1000, 0x02, 2, 0x2000);
+  assert.equal(new TextDecoder().decode(mem.view(0x2000, 2)), "MU");
+});
+
+test("fw_cfg DMA: a buffer outside RAM or a write sets the error bit and moves nothing", () => {
+  const mem = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 20 }]);
+  const f = new FwCfg({ ramSizeBytes: 1 << 20, cpus: 1, maxCpus: 1, memory: mem });
+  assert.equal(fwCfgDma(f, mem, 0x1000, (0x00 << 16) | 0x08 | 0x02, 4, 0xfff00000), 1);
+  assert.equal(fwCfgDma(f, mem, 0x1000, 0x10, 4, 0x2000), 1);
+  // A descriptor outside RAM: nothing to report to, nothing thrown.
+  f.dmaHandler.write(0, 4, be32(0));
+  f.dmaHandler.write(4, 4, be32(0x7ffff000));
+  assert.equal(f.stats().dmaErrors, 3);
+  const noDma = new FwCfg({ ramSizeBytes: 1 << 20, cpus: 1, maxCpus: 1 });
+  assert.deepEqual([...readItem(noDma, 0x01, 4)], [1, 0, 0, 0], "no memory: traditional interface only");
 });
 
 function ioapic() {
