@@ -14,7 +14,8 @@
  *   - `connect({ requesterId, interrupts, dma })`: done by `PciBus.addFunction`. `requesterId`
  *     is the BDF (bus << 8 | device << 3 | function) that IOMMU models use as endpoint / source
  *     ID; `interrupts` receives MSI writes and INTx pin levels with that requester ID; `dma` is
- *     the function's DMA address space (from an IOMMU model, or over IDENTITY).
+ *     the function's DMA address space (from an IOMMU model, or over IDENTITY). Connect before
+ *     the guest runs: a virtio device latches `dma` when the driver sets DRIVER_OK.
  *   - `reset()`: the function-level reset state (command cleared, BARs unassigned, MSI/MSI-X
  *     off, vectors masked) plus the device's own reset.
  *
@@ -28,7 +29,6 @@
  *     returns false when neither is enabled so the device can fall back to INTx. Messages are
  *     memory writes: with Bus Master Enable clear they are dropped (PCI 3.0 6.8.1.3), counted.
  */
-import type { DmaAddressSpace as DmaAddressSpaceType } from "../engine/dma-space.ts";
 import { DmaAddressSpace } from "../engine/dma-space.ts";
 import { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
@@ -155,7 +155,7 @@ export interface MessageCapability {
 export interface PciConnection {
   readonly requesterId: number;
   readonly interrupts: InterruptSink;
-  readonly dma: DmaAddressSpaceType;
+  readonly dma: DmaAddressSpace;
 }
 
 export interface PciFunctionStats {
@@ -193,7 +193,7 @@ export class PciFunction {
   private requesterIdValue = 0;
   private sink: InterruptSink = DROP_SINK;
   private gate = new BusMasterGate(NO_DMA);
-  private gatedDma: DmaAddressSpaceType = new DmaAddressSpace(NO_MEMORY, this.gate, 0);
+  private gatedDma: DmaAddressSpace = new DmaAddressSpace(NO_MEMORY, this.gate, 0);
   private intxLevel = false;
   private pinDriven = false;
   private readonly interruptPin: number;
@@ -268,7 +268,7 @@ export class PciFunction {
   }
 
   /** The function's DMA address space, behind the bus-master gate. */
-  get dma(): DmaAddressSpaceType {
+  get dma(): DmaAddressSpace {
     return this.gatedDma;
   }
 
