@@ -209,3 +209,38 @@ test("DMA through the model: a 3-page write crossing pages lands in three differ
   assert.equal(fx.memory.readU8(frames[1]), (4096 - 50) & 0xff);
   assert.equal(fx.memory.readU8(frames[2]), (2 * 4096 - 50) & 0xff);
 });
+
+test("STE.Config bypass: output = input for the whole 48-bit range", () => {
+  const fx = ready();
+  fx.driver.writeSte(8, { config: 0b100 });
+  fx.driver.submit([cmd.cfgiSte(8)]);
+  assert.equal(pa(fx, 8, 0x1234_5678), 0x1234_5678);
+  assert.equal(pa(fx, 8, 2 ** 48 - 8), 2 ** 48 - 8);
+});
+
+test("2-level CD table with 64 KiB leaves (S1Fmt 0b10): SSID[9:0] indexes the leaf", () => {
+  const fx = ready();
+  const l1 = fx.alloc.alloc(64 * 8, 512);
+  const leaf = fx.alloc.alloc(64 * 1024, 64 * 1024);
+  const pt = new PageTables(fx.alloc, 12, 48);
+  pt.map(0x9000, 0x20_0000, 3, s1Attrs());
+  // SSID 1500 = L1 index 1, leaf index 476.
+  fx.memory.writeU32(l1 + 8, leaf | 1);
+  writeWords(fx.memory, leaf + 476 * 64, cdWords({ asid: 9, ttb0: pt.root }));
+  fx.driver.writeSte(8, { config: 0b101, cdTable: l1, s1CdMax: 12, s1Fmt: 2 });
+  fx.driver.submit([cmd.cfgiSte(8)]);
+  const t = new Translation();
+  assert.equal(fx.smmu.substream(1500).translate(8, 0x9010, ACCESS_READ, t), null);
+  assert.equal(t.gpaBase + (0x9010 - t.iovaBase), 0x20_0010);
+});
+
+for (const split of [6, 10]) {
+  test(`2-level stream table with SPLIT=${split}`, () => {
+    const fx = makeFixture();
+    fx.driver.split = split;
+    fx.driver.probe({ twoLevel: true });
+    const pt = attachS1(fx, 300);
+    pt.map(0x1000, 0x20_0000, 3, s1Attrs());
+    assert.equal(pa(fx, 300, 0x1010), 0x20_0010);
+  });
+}
