@@ -215,12 +215,15 @@ export class FwCfg implements IoHandler {
       if (read && length > 0 && !(Number.isSafeInteger(bufferGpa) && mem.isRam(bufferGpa, length))) {
         error = true;
       } else {
+        // No per-byte loop over the guest's length: the item's remaining bytes are copied, the
+        // rest of a read is one zero fill, and a skip past the end stops at the end.
         const item = this.current;
-        for (let i = 0; i < length; i++) {
-          const b = item !== undefined && this.offset < item.length ? item[this.offset] : 0;
-          if (item !== undefined && this.offset < item.length) this.offset++;
-          if (read) mem.writeU8(bufferGpa + i, b);
+        const n = item === undefined ? 0 : Math.min(length, item.length - this.offset);
+        if (read) {
+          if (n > 0 && item !== undefined) mem.write(bufferGpa, item.subarray(this.offset, this.offset + n));
+          if (length > n) mem.fill(bufferGpa + n, length - n, 0);
         }
+        this.offset += n;
       }
     }
     if (error) this.dmaErrors++;

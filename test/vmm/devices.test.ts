@@ -169,6 +169,17 @@ test("fw_cfg DMA: the ID advertises it, the register reads 'QEMU CFG', select+re
   assert.equal(new TextDecoder().decode(mem.view(0x2000, 2)), "MU");
 });
 
+test("fw_cfg DMA: a skip of 4 GiB - 1 bytes ends at the item's end at once; reads past the end are zeros", () => {
+  const mem = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 20 }]);
+  const f = new FwCfg({ ramSizeBytes: 1 << 20, cpus: 1, maxCpus: 1, memory: mem });
+  const t0 = performance.now();
+  assert.equal(fwCfgDma(f, mem, 0x1000, 0x08 | 0x04, 0xffffffff, 0), 0);
+  assert.ok(performance.now() - t0 < 100);
+  mem.fill(0x3000, 16, 0xee);
+  assert.equal(fwCfgDma(f, mem, 0x1000, 0x08 | 0x02, 16, 0x3000), 0);
+  assert.deepEqual([...mem.view(0x3000, 6)], [0x51, 0x45, 0x4d, 0x55, 0, 0]);
+});
+
 test("fw_cfg DMA: a buffer outside RAM or a write sets the error bit and moves nothing", () => {
   const mem = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 20 }]);
   const f = new FwCfg({ ramSizeBytes: 1 << 20, cpus: 1, maxCpus: 1, memory: mem });

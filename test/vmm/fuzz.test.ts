@@ -49,7 +49,17 @@ test("device register files never throw on random accesses (fixed seeds)", () =>
   const uart = new Uart16550(sink, () => {});
   uart.setSource({ take: (max) => new Uint8Array(Math.min(max, 3)).fill(0x41) });
   fuzzHandler("uart16550", uart, 16, 0x5eed0001, 20000);
-  fuzzHandler("fw_cfg", new FwCfg({ ramSizeBytes: 1 << 28, cpus: 1, maxCpus: 1 }), 4, 0x5eed0002, 20000);
+  const fwMemory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 16 }]);
+  const fwCfg = new FwCfg({ ramSizeBytes: 1 << 28, cpus: 1, maxCpus: 1, memory: fwMemory });
+  fuzzHandler("fw_cfg", fwCfg, 4, 0x5eed0002, 20000);
+  // DMA descriptors: random addresses, and random bytes in RAM as descriptors.
+  const rnd = prng(0x5eed0006);
+  for (let i = 0; i < 2000; i++) {
+    fwMemory.writeU32(Math.floor(rnd() * (1 << 14)) * 4, Math.floor(rnd() * 2 ** 32));
+    fwCfg.dmaHandler.write(0, 4, rnd() < 0.9 ? 0 : Math.floor(rnd() * 2 ** 32));
+    fwCfg.dmaHandler.write(4, 4, Math.floor(rnd() * 2 ** 32));
+    fwCfg.dmaHandler.write(4, 4, (Math.floor(rnd() * (1 << 12)) * 16) << 0);
+  }
   let delivered = 0;
   const ioapic = new Ioapic(() => delivered++);
   fuzzHandler("ioapic", ioapic, 0x100, 0x5eed0003, 20000);
