@@ -5,13 +5,20 @@
  * The window is the part of the area that one translation block maps onto one RAM region. It is
  * valid while the translator's epoch is unchanged, so an unmap, detach, invalidation or a
  * Bus Master Enable change (the gate bumps its epoch) makes the next access translate again: no
- * stale translation is used. Accesses outside the window (an area split across blocks or RAM
+ * stale translation is used. Guest memory whose region set can change (the vfio-user server's
+ * client-registered memory) exposes a `generation`; a change of it also invalidates the window,
+ * since the view would otherwise keep pointing at a region that left guest memory. Accesses outside the window (an area split across blocks or RAM
  * regions) go through the DMA address space as usual. A translation fault while refilling is
  * reported once, by the IOMMU behind `translate`, and returned as -1 (reads) / false (writes).
  */
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../engine/access.ts";
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
 import { Translation } from "../engine/translation.ts";
+
+/** Guest memory that can gain and lose regions bumps `generation` on every change. */
+interface ChangeableMemory {
+  readonly generation?: number;
+}
 
 const EMPTY: DataView = new DataView(new ArrayBuffer(0));
 const OUTSIDE = -1;
@@ -25,6 +32,7 @@ export class RingWindow {
   private areaStart = 0;
   private areaBytes = 0;
   private epoch = -1;
+  private generation = -1;
   private iovaStart = 0;
   private length = 0;
   private view: DataView = EMPTY;
@@ -57,19 +65,27 @@ export class RingWindow {
   /** Offset of [iova, iova + sizeBytes) in the view, OUTSIDE, or FAULTED. */
   private offset(dma: DmaAddressSpace, iova: number, sizeBytes: number): number {
     const epoch = dma.translator.epoch;
-    if (epoch === this.epoch) {
+    const generation = (dma.memory as ChangeableMemory).generation ?? 0;
+    if (epoch === this.epoch && generation === this.generation) {
       const off = iova - this.iovaStart;
       if (off >= 0 && off + sizeBytes <= this.length) {
         this.hits++;
         return off;
       }
     }
-    return this.refill(dma, iova, sizeBytes, epoch);
+    return this.refill(dma, iova, sizeBytes, epoch, generation);
   }
 
-  private refill(dma: DmaAddressSpace, iova: number, sizeBytes: number, epoch: number): number {
+  private refill(
+    dma: DmaAddressSpace,
+    iova: number,
+    sizeBytes: number,
+    epoch: number,
+    generation: number,
+  ): number {
     this.refills++;
     this.epoch = epoch;
+    this.generation = generation;
     this.length = 0;
     this.view = EMPTY;
     const t = this.block;

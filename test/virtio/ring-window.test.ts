@@ -86,3 +86,19 @@ test("a window never reaches outside its area even when the block is larger", ()
   assert.equal(w.read16(0x10100), 0x4444);
   assert.equal(w.hits, 0);
 });
+
+test("a change of the guest memory's region set (generation) invalidates the window", () => {
+  const { memory, pt, dma } = setup();
+  pt.pages.set(0x10000, 0x3000);
+  memory.writeU16(0x3000, 0x5555);
+  const changeable = memory as GuestMemory & { generation: number };
+  changeable.generation = 1;
+  const w = new RingWindow(false);
+  w.bind(dma, 0x10000, 0x100);
+  assert.equal(w.read16(0x10000), 0x5555);
+  assert.equal(w.read16(0x10000), 0x5555);
+  assert.equal(w.refills, 1);
+  changeable.generation = 2;
+  assert.equal(w.read16(0x10000), 0x5555);
+  assert.equal(w.refills, 2);
+});
