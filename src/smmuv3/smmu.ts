@@ -244,8 +244,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
 
   // Scratch, reused on every miss.
   private readonly words = new Uint32Array(16);
-  private readonly cmdBytes = new Uint8Array(CMD_BYTES);
-  private readonly cmdView = new DataView(this.cmdBytes.buffer);
   private readonly r1 = new WalkResult();
   private readonly r2 = new WalkResult();
   private readonly rFetch = new WalkResult();
@@ -279,7 +277,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private steMisses = 0;
   private cdHits = 0;
   private cdMisses = 0;
-  private readonly commandCounts: Record<string, number> = {};
+  /** Commands consumed, by opcode. */
+  private readonly commandCounts = new Float64Array(256);
   private commandErrors = 0;
   private syncs = 0;
   private msiWrites = 0;
@@ -715,14 +714,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         this.commandError(CERROR_ABT);
         break;
       }
-      this.memory.read(gpa, this.cmdBytes);
-      const v = this.cmdView;
-      const ok = this.execute(
-        v.getUint32(0, true),
-        v.getUint32(4, true),
-        v.getUint32(8, true),
-        v.getUint32(12, true),
-      );
+      const m = this.memory;
+      const ok = this.execute(m.readU32(gpa), m.readU32(gpa + 4), m.readU32(gpa + 8), m.readU32(gpa + 12));
       if (!ok) {
         this.commandError(CERROR_ILL);
         break;
@@ -741,8 +734,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   }
 
   private count(op: number): void {
-    const name = opName(op);
-    this.commandCounts[name] = (this.commandCounts[name] ?? 0) + 1;
+    this.commandCounts[op]++;
   }
 
   /** Executes one command; false means CERROR_ILL (4.1.3). */
@@ -1554,6 +1546,12 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (this.tracer.on(category)) this.tracer.emit(category, "smmuv3", name, fields);
   }
 
+  private commandsByName(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (let op = 0; op < 256; op++) if (this.commandCounts[op] > 0) out[opName(op)] = this.commandCounts[op];
+    return out;
+  }
+
   stats(): SmmuV3Stats {
     return {
       translations: this.translations,
@@ -1563,7 +1561,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       iotlb: this.tlb.stats(),
       steCache: { entries: this.steCache.size, hits: this.steHits, misses: this.steMisses },
       cdCache: { entries: this.cdCacheEntries, hits: this.cdHits, misses: this.cdMisses },
-      commands: { ...this.commandCounts },
+      commands: this.commandsByName(),
       commandErrors: this.commandErrors,
       syncs: this.syncs,
       msiWrites: this.msiWrites,
