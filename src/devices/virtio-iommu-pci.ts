@@ -50,6 +50,9 @@ class VirtioIommuDevice implements VirtioDevice {
   private readonly eventChain = new DescriptorChain();
   private readonly request = new Uint8Array(MAX_REQUEST_BYTES);
   private response = new Uint8Array(512);
+  // Views of the scratch buffers by length: request sizes repeat, so no allocation per request.
+  private readonly requestViews = new Map<number, Uint8Array>();
+  private readonly responseViews = new Map<number, Uint8Array>();
 
   requests = 0;
   requestDmaFaults = 0;
@@ -100,9 +103,12 @@ class VirtioIommuDevice implements VirtioDevice {
       this.requests++;
       const reqLen = Math.min(chain.readableBytes, MAX_REQUEST_BYTES);
       const respLen = Math.min(chain.writableBytes, MAX_RESPONSE_BYTES);
-      if (this.response.length < respLen) this.response = new Uint8Array(MAX_RESPONSE_BYTES);
-      const request = this.request.subarray(0, reqLen);
-      const response = this.response.subarray(0, respLen);
+      if (this.response.length < respLen) {
+        this.response = new Uint8Array(MAX_RESPONSE_BYTES);
+        this.responseViews.clear();
+      }
+      const request = prefix(this.requestViews, this.request, reqLen);
+      const response = prefix(this.responseViews, this.response, respLen);
       response.fill(0);
       let used = 0;
       const r = chain.read(dma, 0, request);
@@ -111,7 +117,7 @@ class VirtioIommuDevice implements VirtioDevice {
       } else {
         used = this.engine.handleRequest(request, response);
         if (used > 0) {
-          const w = chain.write(dma, 0, response.subarray(0, used));
+          const w = chain.write(dma, 0, used === respLen ? response : response.subarray(0, used));
           if (typeof w !== "number") {
             this.requestDmaFaults++;
             used = 0;
@@ -155,6 +161,17 @@ class VirtioIommuDevice implements VirtioDevice {
     this.context = undefined;
     this.engine.reset();
   }
+}
+
+const MAX_CACHED_VIEWS = 64;
+
+/** `buffer.subarray(0, length)`, cached per length (up to MAX_CACHED_VIEWS lengths). */
+function prefix(cache: Map<number, Uint8Array>, buffer: Uint8Array, length: number): Uint8Array {
+  const hit = cache.get(length);
+  if (hit !== undefined) return hit;
+  const view = buffer.subarray(0, length);
+  if (cache.size < MAX_CACHED_VIEWS) cache.set(length, view);
+  return view;
 }
 
 export interface VirtioIommuPciOptions extends VirtioIommuOptions {
