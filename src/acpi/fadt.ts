@@ -11,9 +11,12 @@
  *   268 Hypervisor Vendor Identity u64 (8 ASCII bytes)
  *
  * What Linux does with it: HW_REDUCED_ACPI makes ACPICA skip the PM1/GPE/PM-timer blocks and the
- * SCI handler; x86 then takes the timer from the LAPIC/TSC. IAPC_BOOT_ARCH without the 8042 bit
- * (FADT revision >= 3) marks the i8042 absent, VGA_NOT_PRESENT skips VGA probing, and
- * CMOS_RTC_NOT_PRESENT stops the RTC driver; MSI_NOT_SUPPORTED (bit 3) would disable MSI, so it is
+ * SCI handler, and x86 (acpi_generic_reduced_hw_init) drops the PIT timer and the 8259 PIC: the
+ * LAPIC timer is then calibrated against the TSC, whose frequency the VMM must make known (CPUID
+ * 0x15/0x16 or kvmclock; under TCG, tsc_early_khz=), or boot hangs. ISA IRQs become plain GSIs.
+ * Hence the IAPC_BOOT_ARCH defaults: no 8042 and CMOS_RTC_NOT_PRESENT, because without legacy IRQs
+ * Linux's i8042 and rtc_cmos drivers fail to probe (-EINVAL, seen on QEMU q35) even where the chips
+ * exist; VGA_NOT_PRESENT skips VGA probing; MSI_NOT_SUPPORTED (bit 3) would disable MSI, so it is
  * never set. Firecracker and Cloud Hypervisor set the same HW_REDUCED_ACPI flag and a vendor ID.
  */
 

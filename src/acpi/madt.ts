@@ -17,7 +17,8 @@
  * - One Local APIC entry per CPU with UID = CPU index; x2APIC entries only for APIC IDs >= 255,
  *   which the xAPIC entry cannot express (5.2.12.12), unless `forceX2apic`.
  * - PCAT_COMPAT is set exactly when the guest has a dual 8259 (KVM's full in-kernel irqchip has
- *   one; a split irqchip has none). Linux 6.9+ trusts the flag and skips probing the PIC.
+ *   one; a split irqchip has none). With a hardware-reduced FADT Linux ignores the PIC anyway
+ *   (null_legacy_pic), so the flag only has to tell the truth.
  * - No interrupt source override by default: ISA IRQs map 1:1 to IOAPIC GSIs 0-15 with the ISA
  *   bus default (edge, active high), which is what Linux assumes without an override and what
  *   COM1 on IRQ 4 needs. A VMM that routes the PIT to GSI 2 (QEMU-style) passes {0 -> 2}.
