@@ -8,7 +8,14 @@
  */
 import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import { ENUMERATION_ENTRY_BUDGET, ENUMERATION_LEAF_BUDGET, WALK, type WalkOut } from "./second-stage.ts";
+import { GuestRam } from "./guest-ram.ts";
+import {
+  ENUMERATION_ENTRY_BUDGET,
+  ENUMERATION_LEAF_BUDGET,
+  LEVEL_BYTES,
+  WALK,
+  type WalkOut,
+} from "./second-stage.ts";
 
 export interface FirstStageFormat {
   readonly hawBits: number;
@@ -63,7 +70,7 @@ function reservedHigh(hawBits: number): number {
 }
 
 export class FirstStageWalker {
-  private readonly memory: GuestMemory;
+  private readonly ram: GuestRam;
   private readonly format: FirstStageFormat;
   entryReads = 0;
   /**
@@ -81,8 +88,13 @@ export class FirstStageWalker {
   private leavesLeft = 0;
   accessedUpdates = 0;
 
+  private readonly addressLimit: number;
+  private readonly resHigh: number;
+
   constructor(memory: GuestMemory, format: FirstStageFormat) {
-    this.memory = memory;
+    this.resHigh = reservedHigh(format.hawBits);
+    this.addressLimit = 2 ** Math.min(format.hawBits, 52);
+    this.ram = new GuestRam(memory);
     this.format = format;
   }
 
@@ -112,16 +124,15 @@ export class FirstStageWalker {
   ): number {
     // Canonical lower half only: the engine cannot express upper-half (>= 2^53) addresses.
     if (iova >= FirstStageWalker.inputLimit(levels)) return WALK.NON_CANONICAL;
-    if (rootGpa >= 2 ** Math.min(this.format.hawBits, 52)) return WALK.ROOT_INVALID;
-    const memory = this.memory;
-    const resHigh = reservedHigh(this.format.hawBits);
+    if (rootGpa >= this.addressLimit) return WALK.ROOT_INVALID;
+    const ram = this.ram;
+    const resHigh = this.resHigh;
     let table = rootGpa;
     let writable = true;
     let user = true;
     for (let level = levels; level >= 1; level--) {
-      const shift = 12 + 9 * (level - 1);
-      const size = 2 ** shift;
-      const entryGpa = table + (Math.floor(iova / size) % 512) * 8;
+      const size = LEVEL_BYTES[level];
+      const entryGpa = table + ((iova / size) & 511) * 8;
       out.leafLevel = level;
       // Nested (VT-d 3.8): every first-stage structure address is a guest-physical address.
       let entryAddr = entryGpa;
@@ -129,10 +140,10 @@ export class FirstStageWalker {
         entryAddr = nest.toHost(entryGpa, level === levels ? NEST_ROOT_TABLE : NEST_TABLE);
         if (entryAddr < 0) return WALK.NESTED;
       }
-      if (!memory.isRam(entryAddr, 8)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
+      if (!ram.read64(entryAddr)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
       this.entryReads++;
-      let lo = memory.readU32(entryAddr);
-      const hi = memory.readU32(entryAddr + 4);
+      let lo = ram.lo;
+      const hi = ram.hi;
       if ((lo & 1) === 0) return WALK.NOT_PRESENT;
       if (this.reserved(lo, hi, level, resHigh)) return WALK.RESERVED;
       if ((lo & 2) === 0) writable = false;
@@ -145,7 +156,7 @@ export class FirstStageWalker {
           // Setting A/D is a write: nested, the second stage must allow it.
           if (nest !== null && nest.toHost(entryGpa, NEST_TABLE_WRITE) < 0) return WALK.NESTED;
           lo = (lo | set) >>> 0;
-          memory.writeU32(entryAddr, lo);
+          ram.write32(entryAddr, lo);
           this.accessedUpdates++;
         }
       }
@@ -191,7 +202,7 @@ export class FirstStageWalker {
     this.entriesLeft = this.enumerationEntryBudget;
     this.leavesLeft = this.enumerationLeafBudget;
     this.enumerationTruncated = false;
-    if (rootGpa >= 2 ** Math.min(this.format.hawBits, 52)) return;
+    if (rootGpa >= this.addressLimit) return;
     const last = Math.min(lastIova, FirstStageWalker.inputLimit(levels) - 1);
     this.visit(rootGpa, levels, 0, startIova, last, true, true, req, leaf);
   }
@@ -207,21 +218,21 @@ export class FirstStageWalker {
     req: FirstStageRequest,
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
-    const memory = this.memory;
-    const resHigh = reservedHigh(this.format.hawBits);
-    const size = 2 ** (12 + 9 * (level - 1));
+    const ram = this.ram;
+    const resHigh = this.resHigh;
+    const size = LEVEL_BYTES[level];
     const first = Math.max(0, Math.floor((startIova - baseIova) / size));
     const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
     for (let i = first; i <= last; i++) {
       const entryGpa = table + i * 8;
-      if (!memory.isRam(entryGpa, 8)) return;
+      if (!ram.read64(entryGpa)) return;
       if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
         this.enumerationTruncated = true;
         return;
       }
       this.enumerationReads++;
-      const lo = memory.readU32(entryGpa);
-      const hi = memory.readU32(entryGpa + 4);
+      const lo = ram.lo;
+      const hi = ram.hi;
       if ((lo & 1) === 0 || this.reserved(lo, hi, level, resHigh)) continue;
       const w = writable && (lo & 2) !== 0;
       const u = user && (lo & 4) !== 0;

@@ -9,6 +9,7 @@
  */
 import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
+import { GuestRam } from "./guest-ram.ts";
 
 /** Why a walk stopped (mapped to legacy or scalable fault reasons by the caller). */
 // Imported bindings are read through accessors under tsx: hot paths use module-local copies.
@@ -60,6 +61,12 @@ export interface SecondStageFormat {
 
 const TWO32 = 0x1_0000_0000;
 
+/**
+ * Bytes one entry maps at each level (index = level): a table, since `2 ** n` with a variable
+ * exponent is a slow generic power in V8 and sits on the walk path.
+ */
+export const LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39, 2 ** 48];
+
 /** Reserved high-dword bits: address bits haw..51 and bit 62 (VT-d 9.8). */
 function reservedHigh(hawBits: number): number {
   const h = Math.min(hawBits, 52);
@@ -68,7 +75,7 @@ function reservedHigh(hawBits: number): number {
 }
 
 export class SecondStageWalker {
-  private readonly memory: GuestMemory;
+  private readonly ram: GuestRam;
   private readonly format: SecondStageFormat;
   private readonly resHigh: number;
   private readonly addressLimit: number;
@@ -89,7 +96,7 @@ export class SecondStageWalker {
   private leavesLeft = 0;
 
   constructor(memory: GuestMemory, format: SecondStageFormat) {
-    this.memory = memory;
+    this.ram = new GuestRam(memory);
     this.format = format;
     this.resHigh = reservedHigh(format.hawBits);
     this.addressLimit = 2 ** Math.min(format.hawBits, 52);
@@ -120,19 +127,18 @@ export class SecondStageWalker {
    */
   walk(rootGpa: number, levels: number, iova: number, access: number, out: WalkOut): number {
     if (!this.rootValid(rootGpa)) return WALK.ROOT_INVALID;
-    const memory = this.memory;
+    const ram = this.ram;
     let table = rootGpa;
     let perms = RW;
     for (let level = levels; level >= 1; level--) {
-      const shift = 12 + 9 * (level - 1);
-      const size = 2 ** shift;
-      const index = Math.floor(iova / size) % 512;
-      const entryGpa = table + index * 8;
+      const size = LEVEL_BYTES[level];
+      // ToInt32 keeps the low 32 bits of the (integral part of the) quotient: bits 8:0 are the index.
+      const entryGpa = table + ((iova / size) & 511) * 8;
       out.leafLevel = level;
-      if (!memory.isRam(entryGpa, 8)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
+      if (!ram.read64(entryGpa)) return level === levels ? WALK.ROOT_INVALID : WALK.ACCESS;
       this.entryReads++;
-      const lo = memory.readU32(entryGpa);
-      const hi = memory.readU32(entryGpa + 4);
+      const lo = ram.lo;
+      const hi = ram.hi;
       if ((lo & 3) === 0) return WALK.NOT_PRESENT;
       if (this.reserved(lo, hi, level)) return WALK.RESERVED;
       perms &= (lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0);
@@ -177,20 +183,20 @@ export class SecondStageWalker {
     perms: number,
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
-    const memory = this.memory;
-    const size = 2 ** (12 + 9 * (level - 1));
+    const ram = this.ram;
+    const size = LEVEL_BYTES[level];
     const first = Math.max(0, Math.floor((startIova - baseIova) / size));
     const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
     for (let i = first; i <= last; i++) {
       const entryGpa = table + i * 8;
-      if (!memory.isRam(entryGpa, 8)) return;
       if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
         this.enumerationTruncated = true;
         return;
       }
+      if (!ram.read64(entryGpa)) return;
       this.enumerationReads++;
-      const lo = memory.readU32(entryGpa);
-      const hi = memory.readU32(entryGpa + 4);
+      const lo = ram.lo;
+      const hi = ram.hi;
       if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
       const p = perms & ((lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0));
       const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);

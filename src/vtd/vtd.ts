@@ -168,6 +168,9 @@ function bdf(sourceId: number): string {
   return `${bus}:${dev}.${sourceId & 7}`;
 }
 
+/** Bytes a page-selective invalidation with address mask AM covers: 2^(12 + AM) (AM < 64). */
+const ADDRESS_MASK_BYTES: readonly number[] = Array.from({ length: 64 }, (_, am) => 2 ** (12 + am));
+
 /** IOTLB descriptors (type 2) cover second-stage and nested entries, not first-stage ones. */
 function coveredByIotlbDescriptor(tag: number): boolean {
   return tagClass(tag) !== TAG_CLASS.FIRST_STAGE;
@@ -816,7 +819,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       }
       return;
     }
-    const sizeBytes = 2 ** (12 + addressMask);
+    const sizeBytes = ADDRESS_MASK_BYTES[addressMask];
     const base = iova - (iova % sizeBytes);
     const tags = this.targets.domainTags.get(domainId);
     if (tags !== undefined) {
@@ -844,7 +847,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     if (this.tracer.on("invalidate"))
       this.traceInvalidate("pasid-iotlb", { pageSelective, did: domainId, pasid, iova, am: addressMask });
     const tags = this.targets.domainTags.get(domainId);
-    const sizeBytes = 2 ** (12 + addressMask);
+    const sizeBytes = ADDRESS_MASK_BYTES[addressMask];
     const base = iova - (iova % sizeBytes);
     if (tags !== undefined) {
       for (const tag of tags) {
