@@ -404,3 +404,29 @@ test("a completion event handler that moves the tail is folded into the running 
   assert.equal(r.driver.r64(REG.IQH), r.driver.r64(REG.IQT));
   assert.equal(r.unit.stats().queue.descriptors, 2);
 });
+
+test("cached translations are served without reading guest tables; only a covering invalidation re-reads", () => {
+  const { d, dma, unit } = legacyMapped();
+  const reads = () => unit.stats().tableEntryReads;
+  dma.flushCache();
+  const before = reads();
+  for (let i = 0; i < 10; i++) {
+    dma.flushCache();
+    assert.equal(dma.readUint(0x10000, 4), 111);
+  }
+  assert.equal(reads(), before, "IOTLB and context cache hits read nothing");
+  assert.ok(d.submitAndWait([D.iotlbPage(4, 0x11000)]));
+  dma.flushCache();
+  dma.readUint(0x10000, 4);
+  assert.equal(reads(), before, "an invalidation of another page leaves this one cached");
+  assert.ok(d.submitAndWait([D.iotlbPage(4, 0x10000)]));
+  dma.readUint(0x10000, 4);
+  assert.equal(reads(), before + 4, "the covering invalidation costs exactly one 4-level walk");
+  assert.ok(d.submitAndWait([D.contextDevice(4, SID)]));
+  dma.readUint(0x10000, 4);
+  assert.equal(
+    reads(),
+    before + 4 + 2,
+    "a context-cache invalidation re-reads root and context entries only",
+  );
+});
