@@ -217,6 +217,7 @@ class VirtioBlkDevice implements VirtioDevice {
     let pushed = false;
     while (q.pop(chain) === POP_CHAIN) {
       if (chain.readableBytes < HEADER_BYTES || chain.writableBytes < 1) {
+        if (pushed) ctx.notifyUsed(0);
         ctx.fail("virtio-blk request without header or status byte");
         return;
       }
