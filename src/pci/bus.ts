@@ -134,6 +134,31 @@ export class PciBus {
     return requesterId;
   }
 
+  /**
+   * Removes the function at device.function (surprise hot-unplug): its BARs stop decoding, its
+   * INTx line is released, and the slot reads all-ones again. Returns the function, if any.
+   * The caller detaches it from its IOMMU (e.g. virtio-iommu `removeEndpoint`).
+   */
+  removeFunction(device: number, functionNumber = 0): PciFunction | undefined {
+    const fn = this.functionAt(device, functionNumber);
+    if (fn === undefined) return undefined;
+    this.slots[(device << 3) | functionNumber] = undefined;
+    fn.setIntx(false);
+    fn.onDecodeChange = undefined;
+    for (let i = this.mappings.length - 1; i >= 0; i--) {
+      const m = this.mappings[i];
+      if (fn.bars[m.bar.index] !== m.bar) continue;
+      if (m.mappedOn !== undefined) m.mappedOn.unregister(m.wrapper);
+      this.mappings.splice(i, 1);
+    }
+    const fn0 = this.slots[device << 3];
+    let multi = false;
+    for (let f = 1; f < 8; f++) if (this.slots[(device << 3) | f] !== undefined) multi = true;
+    fn0?.setMultiFunction(multi);
+    this.remap();
+    return fn;
+  }
+
   functionAt(device: number, functionNumber: number): PciFunction | undefined {
     if (device < 0 || device > 31 || functionNumber < 0 || functionNumber > 7) return undefined;
     return this.slots[(device << 3) | functionNumber];

@@ -394,3 +394,25 @@ test("PCIe 7.6.3: extended capabilities are linked from 0x100 and reachable thro
   assert.deepEqual(found, [0x000f, 0x001b]);
   assert.equal(fn.config.findExtendedCapabilities(0x1b)[0], pasid);
 });
+
+test("hot-unplug: a removed function stops decoding, releases INTx and reads all-ones", () => {
+  const { m, d, b, fn, rid } = build();
+  const bars = d.assignBars(b);
+  fn.setIntx(true);
+  assert.ok(m.irq.pinAsserted(rid, 0));
+  assert.equal(m.pci.removeFunction(3), fn);
+  assert.ok(!m.irq.pinAsserted(rid, 0));
+  assert.equal(d.read(b, 0, 4), 0xffffffff);
+  assert.equal(m.mmio.read(bars[0].address, 4), 0xffffffff);
+  assert.equal(m.pci.removeFunction(3), undefined);
+  // The slot can be reused.
+  const again = new PciFunction({
+    name: "again",
+    vendorId: 0x1234,
+    deviceId: 9,
+    classCode: 0xff0000,
+    revisionId: 0,
+  });
+  m.add(again, 3);
+  assert.equal(d.read(b, 0, 4), 0x0009_1234);
+});
