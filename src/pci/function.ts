@@ -150,6 +150,8 @@ export interface MessageCapability {
   /** Sends (or pends, when masked) a message for `vector`; false when disabled. */
   notify(vector: number): boolean;
   reset(): void;
+  /** Messages that found their vector masked and became pending. */
+  readonly pendingSet: number;
 }
 
 export interface PciConnection {
@@ -165,6 +167,10 @@ export interface PciFunctionStats {
   readonly messagesDroppedBusMasterOff: number;
   readonly intxAssertions: number;
   readonly dmaRefusedBusMasterOff: number;
+  /** Messages held as pending because their MSI / MSI-X vector was masked. */
+  readonly messagesPended: number;
+  /** DMA through the function's (gated) address space. */
+  readonly dma: ReturnType<DmaAddressSpace["stats"]>;
 }
 
 const DROP_SINK: InterruptSink = {
@@ -421,6 +427,8 @@ export class PciFunction {
       messagesDroppedBusMasterOff: this.messagesDroppedBusMasterOff,
       intxAssertions: this.intxAssertions,
       dmaRefusedBusMasterOff: this.gate.refused,
+      messagesPended: (this.msi?.pendingSet ?? 0) + (this.msix?.pendingSet ?? 0),
+      dma: this.gatedDma.stats(),
     };
   }
 }
