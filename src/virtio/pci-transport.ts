@@ -4,7 +4,7 @@
  * PCI identity: vendor 0x1AF4, device 0x1040 + device type, revision 1, subsystem vendor
  * 0x1AF4 and subsystem ID 0x40+ (4.1.2.1: non-transitional devices). One 64-bit memory BAR
  * (BAR0, 32 KiB) holds every structure:
- *   0x0000 common configuration (60 bytes)      0x3000 notify area (queue i at 4 * i)
+ *   0x0000 common configuration (64 bytes)      0x3000 notify area (queue i at 4 * i)
  *   0x1000 ISR status (read clears)              0x4000 MSI-X table (queues + 1 vectors)
  *   0x2000 device-specific configuration         0x5000 MSI-X PBA
  * Capabilities: MSI-X, then virtio_pci_cap COMMON, NOTIFY (notify_off_multiplier 4), ISR,
