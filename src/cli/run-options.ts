@@ -64,7 +64,8 @@ export const RUN_USAGE = `usage: viommu run [options]
   --trace CATS                   trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq or all
 Devices that accept iommu=on (DMA through the vIOMMU; otherwise they bypass it): ${DEVICES_WITH_IOMMU.join(", ")}.
 Exit status: a guest write of v to isa-debug-exit ends the run with (v << 1) | 1, as QEMU; the
-built-in guest's verdict maps to 0 (pass) or 1 (fail). 2: guest crash, 124: timeout.`;
+built-in guest's verdict maps to 0 (pass) or 1 (fail). 2: guest crash, 124: timeout,
+130/143: stopped by SIGINT/SIGTERM (a second Ctrl-C terminates at once).`;
 
 const SIZE_RE = /^(\d+)([KMGT]?)(i?B)?$/i;
 

@@ -13,6 +13,7 @@ import type { Tracer } from "../engine/trace.ts";
 import { type HostMapping, mapGuestRam } from "../kvm/guest-ram.ts";
 import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../kvm/ioctls.ts";
 import { alarm } from "../kvm/libc.ts";
+import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
 import { Kvm } from "../kvm/system.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
@@ -42,13 +43,13 @@ export type StopReason =
   | { readonly kind: "internal-error"; readonly suberror: number; readonly rip: number }
   | { readonly kind: "fail-entry"; readonly hardwareReason: number }
   | { readonly kind: "timeout"; readonly seconds: number }
-  | { readonly kind: "interrupted" }
+  | { readonly kind: "interrupted"; readonly signal: number }
   | { readonly kind: "hlt" }
   | { readonly kind: "unknown-exit"; readonly reason: number };
 
 export interface RunResult {
   readonly stop: StopReason;
-  /** Process exit status: the debug-exit status, 0 for a guest-requested reset or shutdown, 2 for a crash, 124 on timeout, 130 on SIGINT. */
+  /** Process exit status: the debug-exit status, 0 for a guest-requested reset or shutdown, 2 for a crash, 124 on timeout, 128 + signal on SIGINT/SIGTERM. */
   readonly status: number;
   readonly exits: number;
   readonly wallMs: number;
@@ -214,14 +215,14 @@ export class Machine {
     const pio = platform.pio;
     const t0 = Date.now();
     const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
-    let sigint = false;
-    // A signal interrupts KVM_RUN with EINTR; the handlers only note it.
+    // A signal interrupts KVM_RUN with EINTR. SIGINT/SIGTERM are noticed through latches
+    // (their JS listeners could not run while this loop blocks the event loop).
     const onAlarm = () => {};
-    const onSigint = () => {
-      sigint = true;
-    };
+    const interrupt = new SignalLatch(SIGINT);
+    const terminate = new SignalLatch(SIGTERM);
+    interrupt.arm();
+    terminate.arm();
     process.on("SIGALRM", onAlarm);
-    process.on("SIGINT", onSigint);
     // SerialInput's worker sends SIGUSR2 when host input arrives (KVM_RUN returns EINTR).
     process.on("SIGUSR2", onAlarm);
     if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
@@ -269,7 +270,8 @@ export class Machine {
             break;
           case "interrupted":
             platform.uart.poll();
-            if (sigint) this.stopReason = { kind: "interrupted" };
+            if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
+            else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
             else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
             break;
           case "shutdown":
@@ -296,10 +298,11 @@ export class Machine {
       if (timeoutSeconds > 0) alarm(0);
       process.off("SIGALRM", onAlarm);
       process.off("SIGUSR2", onAlarm);
-      process.off("SIGINT", onSigint);
+      interrupt.disarm();
+      terminate.disarm();
       this.platform.uart.flush();
     }
-    const stop: StopReason = this.stopReason ?? { kind: "interrupted" };
+    const stop: StopReason = this.stopReason ?? { kind: "interrupted", signal: SIGINT };
     return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
   }
 
@@ -351,7 +354,7 @@ export function statusFor(stop: StopReason): number {
     case "timeout":
       return 124;
     case "interrupted":
-      return 130;
+      return 128 + stop.signal;
     default:
       return 2;
   }
@@ -372,7 +375,7 @@ export function describeStop(stop: StopReason): string {
     case "timeout":
       return `timed out after ${stop.seconds} s`;
     case "interrupted":
-      return "interrupted (SIGINT)";
+      return `interrupted (${stop.signal === SIGTERM ? "SIGTERM" : "SIGINT"})`;
     case "hlt":
       return "guest halted";
     case "unknown-exit":

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -67,4 +67,29 @@ test("bin/viommu.mjs run --stdin: host input reaches the guest through COM1's re
   );
   assert.equal(r.status, ((0x41 << 1) | 1) & 0xff, r.stderr);
   assert.match(r.stderr, /com1: 0 bytes out, 1 in/);
+});
+
+test("bin/viommu.mjs run: SIGINT stops a running guest with status 130 and a summary", async (t) => {
+  if (!Kvm.available()) return t.skip("/dev/kvm not available: KVM test skipped");
+  const img = new Uint8Array(0x22);
+  const v = new DataView(img.buffer);
+  v.setUint32(0, 0x1badb002, true);
+  v.setUint32(4, 0x00010002, true);
+  v.setUint32(8, -(0x1badb002 + 0x00010002) >>> 0, true);
+  v.setUint32(12, 0x100000, true);
+  v.setUint32(16, 0x100000, true);
+  v.setUint32(28, 0x100020, true);
+  img.set([0xeb, 0xfe], 0x20); // jmp $
+  const path = join(mkdtempSync(join(tmpdir(), "viommu-sigint-")), "spin.bin");
+  writeFileSync(path, img);
+  const child = spawn(process.execPath, [BIN, "run", "--kernel", path, "--memory", "32M", "--timeout", "60"]);
+  let stderr = "";
+  child.stderr.on("data", (d) => {
+    stderr += d;
+  });
+  await new Promise((r) => setTimeout(r, 1500));
+  child.kill("SIGINT");
+  const status = await new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+  assert.equal(status, 130, stderr);
+  assert.match(stderr, /stop: interrupted \(SIGINT\)/);
 });

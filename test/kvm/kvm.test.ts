@@ -105,3 +105,14 @@ test("KVM_SIGNAL_MSI is accepted by the in-kernel local APIC under the split irq
   vm.close();
   kvm.close();
 });
+
+test("signal latch: a signal during the vCPU loop is noticed synchronously, and disarm restores", async () => {
+  const { SIGTERM, SignalLatch } = await import("../../src/kvm/signal-latch.ts");
+  const latch = new SignalLatch(SIGTERM);
+  latch.arm();
+  assert.equal(latch.fired(), false);
+  process.kill(process.pid, "SIGTERM");
+  assert.equal(latch.fired(), true);
+  latch.disarm();
+  assert.equal(latch.fired(), false);
+});
