@@ -416,3 +416,14 @@ test("hot-unplug: a removed function stops decoding, releases INTx and reads all
   m.add(again, 3);
   assert.equal(d.read(b, 0, 4), 0x0009_1234);
 });
+
+test("PCI 3.0 6.8.2.4-6.8.2.6: MSI-X Table Size, Table Offset/BIR and PBA Offset/BIR are read-only", () => {
+  const { d, b } = build();
+  const [cap] = d.findCapabilities(b, 0x11);
+  const before = [d.read(b, cap + 2, 2) & 0x7ff, d.read(b, cap + 4, 4), d.read(b, cap + 8, 4)];
+  d.write(b, cap + 2, 2, 0x3fff);
+  d.write(b, cap + 4, 4, 0xffffffff);
+  d.write(b, cap + 8, 4, 0xffffffff);
+  assert.deepEqual([d.read(b, cap + 2, 2) & 0x7ff, d.read(b, cap + 4, 4), d.read(b, cap + 8, 4)], before);
+  assert.deepEqual(before, [7, 0x0000_0002, 0x0000_2002]);
+});
