@@ -11,7 +11,7 @@
 
 import { byteSum } from "./bytes.ts";
 import { buildDsdt, type PciRootBridge, type SerialPort } from "./dsdt.ts";
-import { buildFadt, type FadtOptions } from "./fadt.ts";
+import { buildFadt, FADT_SIZE, type FadtOptions } from "./fadt.ts";
 import { buildMadt, type InterruptSourceOverride, type IoApicEntry } from "./madt.ts";
 import { buildMcfg } from "./mcfg.ts";
 import { buildRsdp, RSDP_ALIGNMENT, RSDP_SIZE } from "./rsdp.ts";
@@ -126,8 +126,7 @@ export function layoutAcpiTables(platform: AcpiPlatform, placement: AcpiPlacemen
   const xsdtGpa = alignUp(placement.tablesGpa ?? placement.rsdpGpa + RSDP_SIZE, TABLE_ALIGNMENT);
   const xsdtSize = SDT_HEADER_SIZE + XSDT_ENTRY_SIZE * (1 + xsdtListed.length);
   const fadtGpa = alignUp(xsdtGpa + xsdtSize, TABLE_ALIGNMENT);
-  const fadt = buildFadt({ ...platform.fadt, dsdtGpa: 0 }, identity); // sized; rebuilt below
-  const dsdtGpa = alignUp(fadtGpa + fadt.length, TABLE_ALIGNMENT);
+  const dsdtGpa = alignUp(fadtGpa + FADT_SIZE, TABLE_ALIGNMENT);
   let next = alignUp(dsdtGpa + dsdt.length, TABLE_ALIGNMENT);
   const listedGpas: number[] = [];
   for (const table of xsdtListed) {

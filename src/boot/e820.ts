@@ -139,3 +139,24 @@ export function isUsableRam(entries: readonly E820Entry[], gpa: number, sizeByte
     (e) => e.type === E820_TYPE.ram && gpa >= e.gpa && gpa + sizeBytes <= e.gpa + e.sizeBytes,
   );
 }
+
+/**
+ * The highest `alignBytes`-aligned address where `sizeBytes` fit inside one RAM entry, at or above
+ * `aboveGpa` and ending at or below `belowGpa`; undefined when nothing fits (initrd placement).
+ */
+export function highestRamFit(
+  entries: readonly E820Entry[],
+  sizeBytes: number,
+  belowGpa: number,
+  aboveGpa: number,
+  alignBytes = 4096,
+): number | undefined {
+  let best: number | undefined;
+  for (const e of entries) {
+    if (e.type !== E820_TYPE.ram) continue;
+    const top = Math.min(e.gpa + e.sizeBytes, belowGpa);
+    const gpa = Math.floor((top - sizeBytes) / alignBytes) * alignBytes;
+    if (gpa >= Math.max(e.gpa, aboveGpa) && (best === undefined || gpa > best)) best = gpa;
+  }
+  return best;
+}

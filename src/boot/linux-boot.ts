@@ -16,7 +16,7 @@
 
 import type { AcpiTableSet } from "../acpi/layout.ts";
 import { type BzImage, kernelRuntimeStartGpa, parseBzImage } from "./bzimage.ts";
-import { E820_TYPE, type E820Entry, FOUR_GIB, GIB, isUsableRam, type MemoryRange } from "./e820.ts";
+import { type E820Entry, FOUR_GIB, GIB, highestRamFit, type MemoryRange } from "./e820.ts";
 import { elfLoadPlan, parseElf64 } from "./elf.ts";
 import { type EntryState, linux64EntryState, type MemoryWrite } from "./long-mode.ts";
 import { buildStartInfo, findPvhEntry, type PvhModule, pvhEntryState } from "./pvh.ts";
@@ -108,24 +108,6 @@ function checkPlacement(
   }
 }
 
-function highestRamFor(
-  e820: readonly E820Entry[],
-  sizeBytes: number,
-  belowGpa: number,
-  aboveGpa: number,
-): number {
-  const page = 4096;
-  const tops = e820
-    .filter((e) => e.type === E820_TYPE.ram)
-    .map((e) => Math.min(e.gpa + e.sizeBytes, belowGpa))
-    .sort((a, b) => b - a);
-  for (const top of tops) {
-    const gpa = Math.floor((top - sizeBytes) / page) * page;
-    if (gpa >= aboveGpa && isUsableRam(e820, gpa, sizeBytes)) return gpa;
-  }
-  throw new RangeError(`no RAM for ${sizeBytes} bytes below 0x${belowGpa.toString(16)}`);
-}
-
 function identityMapBytesFor(endGpa: number): number {
   return Math.max(GIB, Math.ceil(endGpa / GIB) * GIB);
 }
@@ -192,7 +174,10 @@ export function planLinuxBoot(options: LinuxBootOptions): LinuxBootPlan {
     }
     const modules: PvhModule[] = [];
     if (options.initrd !== undefined) {
-      initrdGpa = highestRamFor(options.e820, options.initrd.length, FOUR_GIB, kernelEnd);
+      // Kept below 4 GiB, addressable from the 32-bit PVH entry code.
+      initrdGpa = highestRamFit(options.e820, options.initrd.length, FOUR_GIB, kernelEnd);
+      if (initrdGpa === undefined)
+        throw new RangeError(`no RAM below 4 GiB for an initrd of ${options.initrd.length} bytes`);
       writes.push({ gpa: initrdGpa, bytes: options.initrd, what: "initrd" });
       modules.push({ gpa: initrdGpa, sizeBytes: options.initrd.length });
     }

@@ -17,7 +17,7 @@ import {
   SETUP_HEADER_GPA_OFFSET,
   XLOADFLAGS,
 } from "./bzimage.ts";
-import { E820_TYPE, type E820Entry, isUsableRam } from "./e820.ts";
+import { type E820Entry, highestRamFit } from "./e820.ts";
 
 export const ZERO_PAGE_SIZE = 4096;
 export const ZERO_PAGE_OFFSET = {
@@ -113,17 +113,10 @@ export function chooseInitrdGpa(
   e820: readonly E820Entry[],
   belowGpa = Number.MAX_SAFE_INTEGER,
 ): number {
-  const page = 4096;
   const runtimeEnd = kernelRuntimeStartGpa(kernel.header, kernelLoadGpa) + kernel.header.initSizeBytes;
   const footprintEnd = Math.max(runtimeEnd, kernelLoadGpa + kernel.protectedModeKernel.length);
   const limit = Math.min(kernel.header.initrdAddrMax + 1, belowGpa);
-  const ramTops = e820
-    .filter((e) => e.type === E820_TYPE.ram)
-    .map((e) => Math.min(e.gpa + e.sizeBytes, limit))
-    .sort((a, b) => b - a);
-  for (const top of ramTops) {
-    const gpa = Math.floor((top - sizeBytes) / page) * page;
-    if (gpa >= footprintEnd && isUsableRam(e820, gpa, sizeBytes)) return gpa;
-  }
+  const gpa = highestRamFit(e820, sizeBytes, limit, footprintEnd);
+  if (gpa !== undefined) return gpa;
   throw new RangeError(`no RAM for an initrd of ${sizeBytes} bytes below 0x${limit.toString(16)}`);
 }

@@ -88,6 +88,9 @@ test("iasl -d: the decoded fields are the ones we meant", { skip }, () => {
     assert.match(dsdt, /EisaId \("PNP0C02"\)/);
     assert.match(dsdt, /Memory32Fixed \(ReadWrite,\s+0xE0000000,\s+\/\/ Address Base\s+0x10000000,/);
     assert.match(dsdt, /Name \(_S5, Package \(0x04\)/);
+    const dmar = disassemble(dir, "DMAR", byName.get("DMAR")!.bytes).dsl;
+    assert.match(dmar, /Register Base Address : 00000000FED90000/);
+    assert.match(dmar, /Device Scope Type : 03 \[IOAPIC Device\]/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

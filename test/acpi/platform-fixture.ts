@@ -1,7 +1,11 @@
-/** One complete table set exercising every builder, shared by the ACPICA-based tests. */
+/**
+ * One complete table set exercising every builder, shared by the ACPICA-based tests, plus the DMAR
+ * that src/vtd/ builds, handed in as a finished table the way the VMM does.
+ */
 
 import { ioPortByte } from "../../src/acpi/gas.ts";
 import { type AcpiTableSet, BIOS_RSDP_SCAN_END_GPA, layoutAcpiTables } from "../../src/acpi/layout.ts";
+import { buildDmarTable, SCOPE } from "../../src/vtd/dmar.ts";
 
 export function fullPlatformTables(): AcpiTableSet {
   return layoutAcpiTables(
@@ -27,6 +31,21 @@ export function fullPlatformTables(): AcpiTableSet {
       },
       s5SleepType: 5,
       interruptOverrides: [{ isaIrq: 9, gsi: 9, flags: 0b1111 }],
+      extraTables: [
+        buildDmarTable({
+          hawBits: 39,
+          interruptRemapping: true,
+          units: [
+            {
+              registerBase: 0xfed9_0000,
+              includePciAll: true,
+              scopes: [
+                { type: SCOPE.IOAPIC, enumerationId: 0, startBus: 0xff, path: [{ device: 0, function: 0 }] },
+              ],
+            },
+          ],
+        }),
+      ],
       viot: {
         iommus: [{ kind: "virtio-pci", segment: 0, bdf: 0x08 }],
         pciRanges: [

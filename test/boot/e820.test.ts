@@ -5,6 +5,7 @@ import {
   buildMemoryMap,
   E820_TYPE,
   GIB,
+  highestRamFit,
   isUsableRam,
   MIB,
   normalizeE820,
@@ -69,4 +70,13 @@ test("e820: entries are sorted, same-type neighbours merged, conflicting types r
   assert.throws(() => buildMemoryMap({ ramSizeBytes: MIB }));
   assert.throws(() => buildMemoryMap({ ramSizeBytes: GIB, mmioHoleGpa: 5 * GIB }));
   assert.throws(() => buildMemoryMap({ ramSizeBytes: GIB, reserved: [{ gpa: 0, sizeBytes: 0 }] }));
+});
+
+test("highest RAM fit: page-aligned, inside one RAM entry, between the bounds", () => {
+  const map = buildMemoryMap({ ramSizeBytes: 4 * GIB, mmioHoleGpa: 3 * GIB }).entries;
+  assert.equal(highestRamFit(map, 5 * MIB + 1, 4 * GIB, 0), 3 * GIB - 5 * MIB - 4096); // not in the hole
+  assert.equal(highestRamFit(map, MIB, 8 * GIB, 0), 5 * GIB - MIB); // RAM above 4 GiB
+  assert.equal(highestRamFit(map, 0x1000, 0x9f000, 0), 0x9e000); // below the EBDA
+  assert.equal(highestRamFit(map, 2 * GIB, 4 * GIB, GIB + 1), undefined); // would start below aboveGpa
+  assert.equal(highestRamFit(map, 4 * GIB, 8 * GIB, 0), undefined); // larger than any entry
 });
