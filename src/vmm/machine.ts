@@ -223,8 +223,7 @@ export class Machine {
     interrupt.arm();
     terminate.arm();
     process.on("SIGALRM", onAlarm);
-    // SerialInput's worker sends SIGUSR2 when host input arrives (KVM_RUN returns EINTR).
-    process.on("SIGUSR2", onAlarm);
+
     if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
     try {
       while (this.stopReason === null) {
@@ -297,7 +296,7 @@ export class Machine {
     } finally {
       if (timeoutSeconds > 0) alarm(0);
       process.off("SIGALRM", onAlarm);
-      process.off("SIGUSR2", onAlarm);
+
       interrupt.disarm();
       terminate.disarm();
       this.platform.uart.flush();

@@ -38,7 +38,11 @@ export class SerialInput {
   private readonly worker: Worker;
   private readonly scratch = new Uint8Array(RING_BYTES);
 
+  private readonly onSignal = () => {};
+
   constructor(fd = 0) {
+    // The listener must exist before the worker can signal: SIGUSR2's default action terminates.
+    process.on("SIGUSR2", this.onSignal);
     this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { sab: this.sab, fd } });
     this.worker.unref();
   }
@@ -55,6 +59,7 @@ export class SerialInput {
     return this.scratch.subarray(0, n);
   }
 
+  /** Stops the reader. The SIGUSR2 listener stays (a late signal from the exiting worker must not kill the process; the listener does not keep Node alive). */
   close(): void {
     void this.worker.terminate();
   }
