@@ -77,6 +77,11 @@ export class InterruptFabric implements InterruptSink {
     this.remapper = remapper;
   }
 
+  /** True when messages pass through interrupt remapping. */
+  get remapping(): boolean {
+    return this.remapper !== null;
+  }
+
   setIoapic(ioapic: Ioapic): void {
     this.ioapic = ioapic;
   }
@@ -175,9 +180,12 @@ export class InterruptFabric implements InterruptSink {
   }
 
   /** The IOAPIC's delivery callback. */
-  deliverFromIoapic(message: MsiMessage): void {
+  /** The IOAPIC's delivery callback; returns the message after remapping (null: blocked). */
+  deliverFromIoapic(message: MsiMessage): MsiMessage | null {
     this.ioapicMessages++;
-    this.send(this.ioapicSourceId, message);
+    const m = this.translate(this.ioapicSourceId, message);
+    if (m !== null) this.deliver(this.ioapicSourceId, m);
+    return m;
   }
 
   stats(): InterruptFabricStats {

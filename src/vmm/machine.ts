@@ -108,6 +108,11 @@ export class Machine {
   private stopReason: StopReason | null = null;
 
   private ioapicRoutesDirty = true;
+  /** The MSI data of each pin's KVM route (-1: none), to notice remapping changes. */
+  private readonly routedData = new Int32Array(IOAPIC_PINS).fill(-1);
+  /** The last message each pin delivered after remapping (data -1: none yet). */
+  private readonly deliveredAddress = new Float64Array(IOAPIC_PINS);
+  private readonly deliveredData = new Int32Array(IOAPIC_PINS).fill(-1);
   ioExits = 0;
   mmioExits = 0;
   eoiExits = 0;
@@ -154,6 +159,16 @@ export class Machine {
       onIoapicRoutesChanged: () => {
         this.ioapicRoutesDirty = true;
       },
+      // With interrupt remapping an IRTE change alters a pin's delivered message without any
+      // IOAPIC write: a level pin whose message differs from its route gets re-routed before
+      // the guest can EOI it.
+      onIoapicMessage: (pin, message) => {
+        this.deliveredAddress[pin] = message.address;
+        this.deliveredData[pin] = message.data & 0x7fffffff;
+        if (this.platform.ioapic.isLevelTriggered(pin) && this.routedData[pin] !== this.deliveredData[pin]) {
+          this.ioapicRoutesDirty = true;
+        }
+      },
     });
 
     this.vcpu = this.vm.createVcpu(0);
@@ -195,14 +210,19 @@ export class Machine {
   private refreshIoapicRoutes(): void {
     this.ioapicRoutesDirty = false;
     const io = this.platform.ioapic;
+    const remapping = this.platform.interrupts.remapping;
     const routes: MsiRoute[] = [];
+    this.routedData.fill(-1);
     for (let pin = 0; pin < IOAPIC_PINS; pin++) {
       if (io.isMasked(pin) || !io.isLevelTriggered(pin)) continue;
-      const m = this.platform.interrupts.translate(
-        this.platform.interrupts.ioapicSourceId,
-        io.messageFor(pin),
-      );
-      if (m !== null) routes.push({ gsi: pin, address: m.address, data: m.data });
+      // With remapping, route what the pin last delivered: translating here could record
+      // interrupt-remapping faults for entries the guest has not set up yet. A pin that has
+      // not fired needs no route: its first delivery marks the routes dirty before any EOI.
+      const address = remapping ? this.deliveredAddress[pin] : io.messageFor(pin).address;
+      const data = remapping ? this.deliveredData[pin] : io.messageFor(pin).data;
+      if (data < 0) continue;
+      routes.push({ gsi: pin, address, data });
+      this.routedData[pin] = data;
     }
     this.vm.setMsiRoutes(routes);
   }

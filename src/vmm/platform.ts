@@ -32,6 +32,7 @@ import type { Tracer } from "../engine/trace.ts";
 import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../pci/bus.ts";
 import type { PciFunction } from "../pci/function.ts";
 import { type AccessSize, IoBus, type IoHandler } from "../platform/bus.ts";
+import type { MsiMessage } from "../platform/interrupts.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { dmarForConfig } from "../vtd/dmar.ts";
 import { VtdUnit } from "../vtd/vtd.ts";
@@ -72,6 +73,8 @@ export interface PlatformConfig {
   readonly onDebugExit: (status: number) => void;
   /** Host input for COM1. */
   readonly serialInput?: SerialSource;
+  /** An IOAPIC pin's message was delivered (after remapping): the VMM checks its KVM route. */
+  readonly onIoapicMessage?: (pin: number, message: MsiMessage) => void;
   /** IOAPIC entries changed (the VMM refreshes KVM's routes). */
   readonly onIoapicRoutesChanged?: () => void;
 }
@@ -119,10 +122,10 @@ export class Platform {
   constructor(config: PlatformConfig) {
     this.memory = config.memory;
     this.interrupts = new InterruptFabric(config.msiTarget, 0xff00, config.tracer);
-    this.ioapic = new Ioapic(
-      (message) => this.interrupts.deliverFromIoapic(message),
-      config.onIoapicRoutesChanged,
-    );
+    this.ioapic = new Ioapic((message, pin) => {
+      const delivered = this.interrupts.deliverFromIoapic(message);
+      if (delivered !== null) config.onIoapicMessage?.(pin, delivered);
+    }, config.onIoapicRoutesChanged);
     this.interrupts.setIoapic(this.ioapic);
     this.mmio.register(IOAPIC_GPA, IOAPIC_SIZE, this.ioapic, "ioapic");
 
