@@ -32,6 +32,8 @@ export interface AcpiPlatform {
   readonly dual8259Present: boolean;
   readonly ioApics?: readonly IoApicEntry[];
   readonly interruptOverrides?: readonly InterruptSourceOverride[];
+  /** Describe every CPU with an x2APIC entry, not only APIC IDs >= 255. */
+  readonly forceX2apic?: boolean;
   /** The PCI root bridge; with `ecamBaseGpa` an MCFG and a PNP0C02 reservation are added. */
   readonly pciRoot?: PciRootBridge;
   readonly com1?: SerialPort;
@@ -104,6 +106,7 @@ export function layoutAcpiTables(platform: AcpiPlatform, placement: AcpiPlacemen
         dual8259Present: platform.dual8259Present,
         ioApics: platform.ioApics,
         overrides: platform.interruptOverrides,
+        forceX2apic: platform.forceX2apic,
       },
       identity,
     ),

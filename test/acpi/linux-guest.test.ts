@@ -35,10 +35,11 @@ const TABLES_GPA = 0x1000_0000;
 const Q35_ECAM_GPA = 0xb000_0000;
 const q35IntaGsi = (slot: number) => 20 + (slot % 4);
 
-function tableBlob(): Uint8Array {
+function tableBlob(forceX2apic = false): Uint8Array {
   const set = layoutAcpiTables(
     {
       apicIds: [0, 1],
+      forceX2apic,
       dual8259Present: true,
       interruptOverrides: [{ isaIrq: 0, gsi: 2, flags: 0 }], // QEMU wires the PIT to IOAPIC pin 2
       pciRoot: {
@@ -163,6 +164,37 @@ test("Linux 6.12 boots on our ACPI tables and uses each of them", { skip, timeou
       "no-failed-probes",
       "done",
     ]) {
+      assert.equal(findResult(run.results, name)?.status, "pass", `${name}\n${why}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+const X2APIC_SCRIPT = `
+check cpus "nproc=$(nproc)" -- test "$(nproc)" = 2
+nmi=$(dmesg | grep -o 'ACPI: X2APIC_NMI (uid\\[0xffffffff\\] dfl dfl lint\\[0x1\\])')
+check x2apic-nmi "$nmi" -- test -n "$nmi"
+echo b > /proc/sysrq-trigger
+`;
+
+test("Linux brings up CPUs described by x2APIC entries (MADT types 9 and 10)", {
+  skip,
+  timeout: 300_000,
+}, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-acpi-x2apic-"));
+  try {
+    const blobPath = join(dir, "acpi.bin");
+    writeFileSync(blobPath, tableBlob(true));
+    const run = await runGuest({
+      script: X2APIC_SCRIPT,
+      timeoutMs: 240_000,
+      smp: 2,
+      cmdline: `tsc_early_khz=2000000 acpi_rsdp=0x${TABLES_GPA.toString(16)} memmap=0x10000$0x${TABLES_GPA.toString(16)}`,
+      qemuArgs: ["-device", `loader,file=${blobPath},addr=0x${TABLES_GPA.toString(16)},force-raw=on`],
+    });
+    const why = describeRun(run);
+    for (const name of ["cpus", "x2apic-nmi"]) {
       assert.equal(findResult(run.results, name)?.status, "pass", `${name}\n${why}`);
     }
   } finally {
