@@ -28,6 +28,8 @@ export interface VtdConfig {
   readonly dmaTranslation: boolean;
   /** ECAP.NEST: nested (first stage over second stage) PASID entries; needs scalable-mode. */
   readonly nested: boolean;
+  /** ECAP.FLTS (+CAP.FL1GP, FL5LP): first-stage PASID entries in scalable mode (QEMU x-flts). */
+  readonly firstStage: boolean;
 }
 
 export const DEFAULT_VTD_CONFIG: VtdConfig = {
@@ -42,6 +44,7 @@ export const DEFAULT_VTD_CONFIG: VtdConfig = {
   snoopControl: false,
   dmaTranslation: true,
   nested: false,
+  firstStage: true,
 };
 
 export class VtdConfigError extends Error {
@@ -64,6 +67,8 @@ const BOOLEAN_KEYS: Record<string, keyof VtdConfig> = {
   "snoop-control": "snoopControl",
   "dma-translation": "dmaTranslation",
   nested: "nested",
+  "x-flts": "firstStage",
+  flts: "firstStage",
 };
 
 function parseBool(key: string, value: string): boolean {
@@ -91,6 +96,8 @@ export function validateVtdConfig(c: VtdConfig): VtdConfig {
   if (c.eim && !c.intremap) throw new VtdConfigError("eim=on requires intremap=on");
   if (c.pasid && !c.scalableMode) throw new VtdConfigError("pasid=on requires scalable-mode=on");
   if (c.nested && !c.scalableMode) throw new VtdConfigError("nested=on requires scalable-mode=on");
+  if (c.nested && !c.firstStage)
+    throw new VtdConfigError("nested=on requires first-stage translation (x-flts=on)");
   if (!c.dmaTranslation && (c.scalableMode || c.cachingMode || c.deviceIotlb || c.passThrough)) {
     throw new VtdConfigError(
       "dma-translation=off gives an interrupt-remapping-only unit: scalable-mode, caching-mode, device-iotlb and pt must be off",
@@ -167,7 +174,7 @@ export function capRegister(c: VtdConfig): bigint {
   cap |= 1n << 39n; // PSI
   cap |= BigInt(FRCD_COUNT - 1) << 40n; // NFR
   cap |= BigInt(MAMV) << 48n;
-  if (c.scalableMode) {
+  if (c.scalableMode && c.firstStage) {
     cap |= 1n << 56n; // FL1GP
     if (c.awBits === 57) cap |= 1n << 60n; // FL5LP
   }
@@ -193,7 +200,7 @@ export function ecapRegister(c: VtdConfig): bigint {
   if (c.scalableMode) {
     ecap |= 1n << 43n; // SMTS
     ecap |= 1n << 46n; // SLTS
-    ecap |= 1n << 47n; // FLTS
+    if (c.firstStage) ecap |= 1n << 47n; // FLTS
     if (c.nested) ecap |= 1n << 26n; // NEST
   }
   return ecap;

@@ -230,6 +230,7 @@ export class TableReader {
       ssLevels = levelsForAw(this.config, aw);
       if (ssLevels === 0) return fail(FR.SM_PASID_ENTRY_INVALID, fpd);
     } else if (pgtt === PGTT.FIRST_STAGE) {
+      if (!this.config.firstStage) return fail(FR.SM_PASID_ENTRY_INVALID, fpd);
       if (flpm === 0) fsLevels = 4;
       else if (flpm === 1 && this.config.awBits === 57) fsLevels = 5;
       else return fail(FR.SM_PASID_ENTRY_INVALID, fpd);

@@ -1,8 +1,10 @@
 /** Configuration parsing (QEMU property names) and the ACPI DMAR table bytes (VT-d 8). */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseVtdConfig } from "../../src/vtd/config.ts";
+import { capRegister, ecapRegister, parseVtdConfig } from "../../src/vtd/config.ts";
 import { buildDmarTable, dmarForConfig, SCOPE } from "../../src/vtd/dmar.ts";
+import { GCMD } from "../../src/vtd/registers.ts";
+import { rig } from "./guest.ts";
 
 test("config: defaults and QEMU property names", () => {
   const c = parseVtdConfig(
@@ -140,4 +142,21 @@ test("RMRR: type 1, base and limit, endpoint scope (VT-d 8.4)", () => {
       }),
     /whole 4 KiB pages/,
   );
+});
+
+test("x-flts=off: no first-stage support reported, and a first-stage PASID entry is invalid (0x5B)", () => {
+  const off = parseVtdConfig("scalable-mode=on,x-flts=off");
+  assert.equal(off.firstStage, false);
+  assert.equal((ecapRegister(off) >> 47n) & 1n, 0n);
+  assert.equal((capRegister(off) >> 56n) & 1n, 0n);
+  assert.equal((ecapRegister(parseVtdConfig("scalable-mode=on")) >> 47n) & 1n, 1n);
+  assert.throws(() => parseVtdConfig("scalable-mode=on,nested=on,x-flts=off"), /requires first-stage/);
+  const r = rig({ config: "scalable-mode=on,x-flts=off" });
+  r.driver.setRootTable(true);
+  const dir = r.driver.setScalableContext(0x10);
+  r.driver.setPasidEntry(dir, 0, { pgtt: 1, did: 1, flptptr: r.alloc.page() });
+  const dma = r.unit.addEndpoint(0x10);
+  r.driver.setPersistent(GCMD.TE, true);
+  dma.readUint(0, 4);
+  assert.equal(dma.lastFault?.code, 0x5b);
 });
