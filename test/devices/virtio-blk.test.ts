@@ -88,6 +88,17 @@ test("virtio-blk through virtio-iommu mappings: pattern written, read back, host
   assert.equal(sha(file.subarray(16 * 512, 16 * 512 + 64 * 1024)), sha(data));
 });
 
+test("virtio-blk through virtio-iommu with indirect descriptor tables (as Linux posts multi-segment requests)", () => {
+  const { b, path } = translatedBlk();
+  b.indirect = true;
+  const data = pattern(32 * 1024, 11);
+  assert.deepEqual(b.write(64, data, 8), { status: 0, usedLen: 1 });
+  const { result, data: back } = b.read(64, 32 * 1024, 4);
+  assert.deepEqual(result, { status: 0, usedLen: 32 * 1024 + 1 });
+  assert.equal(sha(back), sha(data));
+  assert.equal(sha(readFileSync(path).subarray(64 * 512, 64 * 512 + 32 * 1024)), sha(data));
+});
+
 test("VIRTIO 1.3 5.2.6.2 / 6.1: a DMA to an unmapped IOVA faults, is reported on the eventq, and writes nothing", () => {
   const { m, b, rid, path } = translatedBlk();
   m.postEventBuffers(4);

@@ -18,6 +18,8 @@ export interface BlkResult {
 export class BlkDriver {
   readonly drv: VirtioPciDriver;
   readonly alloc: GuestAllocator;
+  /** Post every request as one indirect descriptor table (needs VIRTIO_F_INDIRECT_DESC). */
+  indirect = false;
 
   constructor(drv: VirtioPciDriver, alloc: GuestAllocator) {
     this.drv = drv;
@@ -47,12 +49,15 @@ export class BlkDriver {
     const status = this.alloc.alloc(1, 1);
     m.writeU8(status, 0xee);
     const q = this.drv.queues[0];
-    q.add([
-      { gpa: this.header(type, sector), len: 16, writable: false },
-      ...out.map((b) => ({ ...b, writable: false })),
-      ...inBufs.map((b) => ({ ...b, writable: true })),
-      { gpa: status, len: 1, writable: true },
-    ]);
+    q.add(
+      [
+        { gpa: this.header(type, sector), len: 16, writable: false },
+        ...out.map((b) => ({ ...b, writable: false })),
+        ...inBufs.map((b) => ({ ...b, writable: true })),
+        { gpa: status, len: 1, writable: true },
+      ],
+      { indirect: this.indirect },
+    );
     this.drv.kick(0);
     const used = q.takeUsed();
     if (used.length !== 1) throw new Error(`expected one used buffer, got ${used.length}`);
