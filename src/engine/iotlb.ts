@@ -45,6 +45,8 @@ export class Iotlb {
   private readonly perSize = new Int32Array(3);
   private count = 0;
   private hand = 0;
+  /** Live entries per tag, so invalidating an address space with nothing cached costs nothing. */
+  private readonly tagCounts = new Map<number, number>();
   /** Incremented by every invalidation; address spaces compare it to drop their own caches. */
   epoch = 0;
 
@@ -153,6 +155,7 @@ export class Iotlb {
     this.permsArr[i] = perms;
     this.perSize[shiftIndex(shift)]++;
     this.count++;
+    this.tagCounts.set(tag, (this.tagCounts.get(tag) ?? 0) + 1);
     this.inserts++;
   }
 
@@ -190,6 +193,9 @@ export class Iotlb {
     const state = this.state;
     this.perSize[shiftIndex(this.shifts[i])]--;
     this.count--;
+    const tagLeft = (this.tagCounts.get(this.tags[i]) ?? 1) - 1;
+    if (tagLeft === 0) this.tagCounts.delete(this.tags[i]);
+    else this.tagCounts.set(this.tags[i], tagLeft);
     state[i] = EMPTY;
     let hole = i;
     let j = (i + 1) & mask;
@@ -224,18 +230,32 @@ export class Iotlb {
     const removed = this.count;
     this.state.fill(EMPTY);
     this.perSize.fill(0);
+    this.tagCounts.clear();
     this.count = 0;
     return this.noteInvalidation(removed);
   }
 
   /** Drops every entry whose tag satisfies `match` (e.g. all PASIDs of one VT-d domain). */
   invalidateTags(match: (tag: number) => boolean): number {
-    return this.noteInvalidation(this.rebuildWithout((i) => match(this.tags[i])));
+    let any = false;
+    for (const tag of this.tagCounts.keys()) {
+      if (match(tag)) {
+        any = true;
+        break;
+      }
+    }
+    return this.noteInvalidation(any ? this.removeWhere((i) => match(this.tags[i])) : 0);
   }
 
   /** Drops every entry of address space `tag`. */
   invalidateSpace(tag: number): number {
-    return this.noteInvalidation(this.rebuildWithout((i) => this.tags[i] === tag));
+    if (!this.tagCounts.has(tag)) return this.noteInvalidation(0);
+    return this.noteInvalidation(this.removeWhere((i) => this.tags[i] === tag));
+  }
+
+  /** Live entries cached for address space `tag`. */
+  entriesOf(tag: number): number {
+    return this.tagCounts.get(tag) ?? 0;
   }
 
   /**
@@ -253,7 +273,7 @@ export class Iotlb {
     }
     if (tag === null || candidates > PROBE_LIMIT) {
       return this.noteInvalidation(
-        this.rebuildWithout((i) => {
+        this.removeWhere((i) => {
           if (tag !== null && this.tags[i] !== tag) return false;
           const base = this.iovaBases[i];
           return base <= last && base + 2 ** this.shifts[i] - 1 >= iova;
@@ -281,6 +301,26 @@ export class Iotlb {
     return this.invalidateRange(tag, iova, 1);
   }
 
+  /**
+   * Removes every slot for which `drop` is true. A few victims are deleted in place (their keys
+   * are collected first, since deletion moves entries); when most entries go, the table is
+   * rebuilt from the survivors instead.
+   */
+  private removeWhere(drop: (slot: number) => boolean): number {
+    const victims: number[] = [];
+    for (let i = 0; i <= this.mask; i++) {
+      if (this.state[i] === FULL && drop(i)) victims.push(this.tags[i], this.iovaBases[i], this.shifts[i]);
+    }
+    const removed = victims.length / 3;
+    if (removed === 0) return 0;
+    if (removed * 2 > this.count) return this.rebuildWithout(drop);
+    for (let k = 0; k < victims.length; k += 3) {
+      const i = this.find(victims[k], victims[k + 1], victims[k + 2]);
+      if (i >= 0) this.removeAt(i);
+    }
+    return removed;
+  }
+
   /** Removes every slot for which `drop` is true and re-inserts the survivors. */
   private rebuildWithout(drop: (slot: number) => boolean): number {
     const keep: number[] = [];
@@ -293,6 +333,7 @@ export class Iotlb {
     if (removed === 0) return 0;
     this.state.fill(EMPTY);
     this.perSize.fill(0);
+    this.tagCounts.clear();
     this.count = 0;
     for (let k = 0; k < keep.length; k += 5) {
       let i = this.home(keep[k], keep[k + 1], keep[k + 3]);
@@ -304,6 +345,7 @@ export class Iotlb {
       this.shifts[i] = keep[k + 3];
       this.permsArr[i] = keep[k + 4];
       this.perSize[shiftIndex(keep[k + 3])]++;
+      this.tagCounts.set(keep[k], (this.tagCounts.get(keep[k]) ?? 0) + 1);
       this.count++;
     }
     return removed;

@@ -90,9 +90,16 @@ test("randomised: the IOTLB agrees with a reference map through inserts, evictio
       for (let p = page; p * K4 < page * K4 + sizeBytes; p++) {
         assert.equal(tlb.lookup(tag, p * K4, t), false, `stale entry tag ${tag} page ${p} (seed ${seed})`);
       }
+    } else if (op === 7 && rnd(20) === 0) {
+      tlb.invalidateSpace(tag);
+      for (const key of [...ref.keys()]) if (key.startsWith(`${tag}:`)) ref.delete(key);
+      assert.equal(tlb.entriesOf(tag), 0);
+      for (let p = 0; p < 256; p++)
+        assert.equal(tlb.lookup(tag, p * K4, t), false, `stale after space flush`);
     } else if (tlb.lookup(tag, page * K4 + rnd(K4), t)) {
       assert.equal(t.gpaBase, ref.get(`${tag}:${page}`), `wrong translation (seed ${seed})`);
     }
     assert.ok(tlb.entries <= 32);
+    assert.equal(tlb.entriesOf(0) + tlb.entriesOf(1) + tlb.entriesOf(2), tlb.entries, "per-tag counts");
   }
 });
