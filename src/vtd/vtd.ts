@@ -1098,6 +1098,32 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   // ---------------------------------------------------------------- observability
 
+  /** The unit's state in a few lines (GSTS, tables, queue, faults, caches), for logs. */
+  describe(): string[] {
+    const r = this.regs;
+    const gsts = r.get32(REG.GSTS);
+    const on = (bit: number, name: string) => (gsts & bit ? name : `-${name.toLowerCase()}`);
+    const hex = (n: number) => `0x${n.toString(16)}`;
+    const st = this.stats();
+    const iqa = r.getSafe64(REG.IQA);
+    const irta = r.getSafe64(REG.IRTA);
+    const lines = [
+      `vt-d ${this.config.scalableMode ? "scalable-capable" : "legacy"} aw=${this.config.awBits}: ` +
+        [on(GCMD.TE, "TE"), on(GCMD.QIE, "QIE"), on(GCMD.IRE, "IRE"), on(GCMD.CFI, "CFI")].join(" "),
+      `root table ${hex(this.rootTable)} (${["legacy", "scalable", "reserved TTM", "abort TTM"][this.translationTableMode]})`,
+      `invalidation queue ${hex(iqa - (iqa % 4096))} head ${hex(r.get32(REG.IQH))} tail ${hex(r.get32(REG.IQT))}` +
+        `${r.get32(REG.FSTS) & FSTS.IQE ? ` stopped (IQEI ${r.get32(REG.IQERCD) & 0xf})` : ""}`,
+      `fault status ${hex(r.get32(REG.FSTS))}, ${st.faults.recorded} recorded, ${st.faults.suppressedByFpd} suppressed, ${st.faults.droppedOverflow} dropped`,
+      `caches: ${st.contextCache.entries} contexts, ${st.iotlb.entries} IOTLB entries (${st.iotlbHits} hits / ${st.iotlbMisses} misses), ${st.interruptEntryCache.entries} IRTEs`,
+    ];
+    if (this.config.intremap) {
+      lines.push(
+        `interrupt remapping table ${hex(irta - (irta % 4096))}, ${this.interruptRemapper.tableEntries} entries${this.interruptRemapper.extendedMode ? ", x2APIC" : ""}`,
+      );
+    }
+    return lines;
+  }
+
   stats(): VtdStats {
     const io = this.iotlb.stats();
     const hosts: HostShadowStats[] = [];

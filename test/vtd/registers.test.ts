@@ -334,3 +334,15 @@ for (const [name, offset, rw] of PLAIN) {
     }
   });
 }
+
+test("describe() names the enabled units, tables and queue state", () => {
+  const { unit: u, driver: d } = rig({ config: "intremap=on" });
+  d.enableQueuedInvalidation();
+  d.setRootTable(false);
+  d.setPersistent(GCMD.TE, true);
+  const text = u.describe().join("\n");
+  assert.match(text, /TE QIE -ire -cfi/);
+  assert.match(text, new RegExp(`root table 0x${d.rootTable.toString(16)} \\(legacy\\)`));
+  assert.match(text, /invalidation queue 0x[0-9a-f]+ head 0x0 tail 0x0/);
+  assert.match(text, /interrupt remapping table/);
+});
