@@ -2,12 +2,14 @@
  * The `viommu` command: one entry point, subcommands dispatched by name.
  *
  *   viommu run ...     the KVM micro-VMM (src/cli/run.ts)
+ *   viommu demo        the built-in guest under each vIOMMU (src/cli/demo.ts)
  *   viommu serve ...   devices as vfio-user servers (src/cli/serve.ts)
  */
 import { pathToFileURL } from "node:url";
 
 export const MAIN_USAGE = `usage: viommu <command> [options]
   run      boot a guest (the built-in one by default) in the KVM micro-VMM with a virtual IOMMU
+  demo     the built-in guest under no IOMMU, virtio-iommu and VT-d (with interrupt remapping)
   serve    serve devices over vfio-user (for QEMU's vfio-user-pci)
   help     this text; "viommu <command> --help" for a command's options`;
 
@@ -16,6 +18,7 @@ type Subcommand = (argv: string[]) => number | Promise<number>;
 /** Subcommands by name; each module is loaded only when used. */
 const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   run: async () => (await import("./run.ts")).runVmm,
+  demo: async () => (await import("./demo.ts")).runDemo,
   serve: async () => (await import("./serve.ts")).runServe,
 };
 
@@ -27,7 +30,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const load = SUBCOMMANDS[command];
   if (load === undefined) {
-    process.stderr.write(`viommu: unknown command "${command}" (run, serve, help)\n`);
+    process.stderr.write(`viommu: unknown command "${command}" (run, demo, serve, help)\n`);
     return 2;
   }
   const fn = await load();

@@ -16,7 +16,7 @@ function viommu(args: string[]) {
 test("bin/viommu.mjs: unknown subcommand is one line on stderr and status 2", () => {
   const r = viommu(["frobnicate"]);
   assert.equal(r.status, 2);
-  assert.equal(r.stderr, 'viommu: unknown command "frobnicate" (run, serve, help)\n');
+  assert.equal(r.stderr, 'viommu: unknown command "frobnicate" (run, demo, serve, help)\n');
 });
 
 test("bin/viommu.mjs: help lists run and serve", () => {
@@ -92,4 +92,13 @@ test("bin/viommu.mjs run: SIGINT stops a running guest with status 130 and a sum
   const status = await new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
   assert.equal(status, 130, stderr);
   assert.match(stderr, /stop: interrupted \(SIGINT\)/);
+});
+
+test("bin/viommu.mjs demo: the built-in guest passes under no IOMMU, virtio-iommu and VT-d with IR", (t) => {
+  if (!Kvm.available()) return t.skip("/dev/kvm not available: KVM test skipped");
+  const r = viommu(["demo", "--memory", "64M"]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /PASS {2}viommu run --memory 64M\n/);
+  assert.match(r.stdout, /PASS {2}viommu run --iommu virtio --memory 64M\n/);
+  assert.match(r.stdout, /PASS {2}viommu run --iommu intel,intremap=on --memory 64M\n/);
 });
