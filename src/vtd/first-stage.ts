@@ -183,7 +183,7 @@ export class FirstStageWalker {
           out.sizeBytes = block;
           out.perms &= nest.lastPerms;
         }
-        return WALK.OK;
+        return W_OK;
       }
       table = addr;
     }

@@ -76,7 +76,6 @@ import {
 
 // Imported bindings are read through accessors under tsx: the translation path uses copies.
 const RW: number = PERM_RW;
-const WRITE: number = PERM_WRITE;
 const K_IDENTITY: number = TARGET.IDENTITY;
 const K_SECOND_STAGE: number = TARGET.SECOND_STAGE;
 const K_NESTED: number = TARGET.NESTED;
