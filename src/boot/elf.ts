@@ -87,10 +87,12 @@ export function parseElf64(file: Uint8Array): Elf64 {
   return { entry: v.getBigUint64(24, true), programHeaders, file };
 }
 
+const LATIN1 = new TextDecoder("latin1");
+
 /** All notes of all PT_NOTE segments. */
 export function elfNotes(elf: Elf64): ElfNote[] {
   const notes: ElfNote[] = [];
-  const align4 = (n: number) => (n + 3) & ~3;
+  const align4 = (n: number) => Math.ceil(n / 4) * 4; // not bitwise: sizes are guest-file u32s
   for (const ph of elf.programHeaders) {
     if (ph.type !== PT_NOTE) continue;
     const seg = elf.file.subarray(ph.fileOffset, ph.fileOffset + ph.fileSizeBytes);
@@ -102,10 +104,11 @@ export function elfNotes(elf: Elf64): ElfNote[] {
       const type = v.getUint32(at + 8, true);
       const nameAt = at + 12;
       const descAt = nameAt + align4(namesz);
-      if (descAt + descsz > seg.length) throw new ElfError("note extends past its segment");
+      if (descAt > seg.length || descAt + descsz > seg.length)
+        throw new ElfError("note extends past its segment");
       const nameBytes = seg.subarray(nameAt, nameAt + Math.max(0, namesz - 1)); // without the NUL
       notes.push({
-        name: String.fromCharCode(...nameBytes),
+        name: LATIN1.decode(nameBytes),
         type,
         desc: seg.subarray(descAt, descAt + descsz),
       });

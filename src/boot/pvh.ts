@@ -18,7 +18,7 @@
  */
 
 import type { E820Entry } from "./e820.ts";
-import { type Elf64, elfNotes } from "./elf.ts";
+import { type Elf64, ElfError, elfNotes } from "./elf.ts";
 import { CR0_PE, type EntryState, RFLAGS_RESERVED } from "./long-mode.ts";
 import { encodeGdt, GDT_ENTRY, segmentFromGdt } from "./segments.ts";
 
@@ -38,11 +38,10 @@ export function findPvhEntry(elf: Elf64): number | undefined {
     if (note.desc.length === 4) return v.getUint32(0, true);
     if (note.desc.length === 8) {
       const value = v.getBigUint64(0, true);
-      if (value >= 1n << 32n)
-        throw new RangeError(`PVH entry 0x${value.toString(16)} is not a 32-bit address`);
+      if (value >= 1n << 32n) throw new ElfError(`PVH entry 0x${value.toString(16)} is not a 32-bit address`);
       return Number(value);
     }
-    throw new RangeError(`PVH entry note of ${note.desc.length} bytes`);
+    throw new ElfError(`PVH entry note of ${note.desc.length} bytes`);
   }
   return undefined;
 }
