@@ -395,6 +395,22 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     return dma;
   }
 
+  /**
+   * Removes an endpoint (hot-unplug): its host mappings are unmapped and its cached contexts
+   * dropped. Address spaces handed out for it keep translating through the unit's tables but
+   * no longer reach a host IOMMU or a device-TLB.
+   */
+  removeEndpoint(sourceId: number): boolean {
+    const ep = this.endpoints.get(sourceId);
+    if (ep === undefined) return false;
+    this.endpoints.delete(sourceId);
+    ep.shadow?.clear();
+    this.targets.dropWhere((t) => t.sourceId === sourceId);
+    this.bumpEpoch();
+    if (this.tracer.on("attach")) this.tracer.emit("attach", "vtd", "endpoint-removed", { sid: sourceId });
+    return true;
+  }
+
   /** A DMA address space for requests with PASID `pasid` from an added endpoint (scalable mode). */
   pasidAddressSpace(sourceId: number, pasid: number, privileged = false): DmaAddressSpace {
     if (!this.endpoints.has(sourceId)) throw new Error(`VT-d: endpoint ${bdf(sourceId)} was not added`);

@@ -212,3 +212,17 @@ test("full resyncs requested in one queue batch are coalesced until the wait", (
   assert.equal(host.maps, maps + 1, "one replay, one host map");
   assert.equal(host.lookup(0x10000)?.gpa, 0x100000);
 });
+
+test("removing an assigned endpoint unmaps everything it had on the host", () => {
+  const { host, pt, driver: d, unit } = assigned();
+  d.setPersistent(GCMD.TE, true);
+  pt.map(0x10000, 0x100000, 1, 3n);
+  assert.ok(d.submitAndWait([D.iotlbPage(1, 0x10000)]));
+  assert.equal(host.entryCount, 1);
+  assert.equal(unit.removeEndpoint(SID), true);
+  assert.equal(host.entryCount, 0);
+  assert.equal(unit.removeEndpoint(SID), false);
+  // Re-adding works (a hot-plug after the unplug).
+  unit.addEndpoint(SID, { host });
+  assert.equal(host.lookup(0x10000)?.gpa, 0x100000);
+});
