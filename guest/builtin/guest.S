@@ -165,6 +165,9 @@ _start:
         /* INTx: edu INTA# -> IOAPIC pin (level) -> local APIC; the EOI reaches the IOAPIC */
         mov $s_intx, %esi
         call puts
+        xor %ebx, %ebx                      /* destination APIC 0 */
+        mov $(0x8000 | 0x42), %ecx          /* level, active high, fixed, vector 0x42 */
+        mov $irq_count_42, %edx
         call intx_test
         call check
 
@@ -1135,7 +1138,10 @@ setup_interrupts:
 3:      cmp $0x42, %ecx
         jne 5f
         mov $irq42_handler, %eax
-5:      cmp $0xFF, %ecx
+5:      cmp $0x43, %ecx
+        jne 6f
+        mov $irq43_handler, %eax
+6:      cmp $0xFF, %ecx
         jne 4f
         mov $spurious_handler, %eax
 4:      mov %eax, %edx
@@ -1178,6 +1184,10 @@ irq41_handler:
 irq42_handler:
         add $12, %esp
         incl irq_count_42
+        jmp *irq_resume
+irq43_handler:
+        add $12, %esp
+        incl irq_count_43
         jmp *irq_resume
 spurious_handler:
         add $12, %esp
@@ -1272,30 +1282,32 @@ ioapic_read:
         mov 0xFEC00010, %eax
         ret
 
-/* intx_test: AL = 1 when a level interrupt from edu's INTA# arrives once as vector 0x42 and
-   the local APIC EOI (forwarded by KVM to our IOAPIC) clears the entry's remote IRR */
+/* intx_test: EBX = redirection entry high dword, ECX = low dword (level, unmasked), EDX =
+   the counter its vector's handler bumps. AL = 1 when edu's INTA# arrives exactly once and
+   the local APIC EOI (forwarded by KVM to our IOAPIC) clears the entry's remote IRR. */
 intx_test:
         push %ebx
         push %ecx
         push %edx
         push %esi
         push %edi
-        mov $0xFFFFFFFF, %eax
-        xor %ecx, %ecx
+        push %ebp
+        mov %edx, %ebp                      /* counter */
+        push %ecx
+        push %ebx
         call edu_program_msi_off
         mov edu_bdf, %eax                   /* IOAPIC pin: 16 + ((slot + INTA#) mod 4) */
         shr $3, %eax
         and $3, %eax
         add $16, %eax
         mov %eax, %edi
-        shl $1, %eax
-        add $0x11, %eax
-        xor %ecx, %ecx                      /* destination APIC 0 */
+        lea 0x11(,%edi,2), %eax
+        pop %ecx                            /* high dword */
         call ioapic_write
         lea 0x10(,%edi,2), %eax
-        mov $(0x8000 | 0x42), %ecx          /* level, active high, fixed, vector 0x42, unmasked */
+        pop %ecx                            /* low dword */
         call ioapic_write
-        mov irq_count_42, %edx
+        mov (%ebp), %edx
         mov edu_mmio, %esi
         movl $2f, irq_resume
         movl $1, 0x60(%esi)                 /* raise: the device asserts INTA# */
@@ -1318,13 +1330,14 @@ intx_test:
         lea 0x10(,%edi,2), %eax             /* mask the entry again */
         mov $0x10000, %ecx
         call ioapic_write
-        mov irq_count_42, %eax
+        mov (%ebp), %eax
         sub %edx, %eax
         cmp $1, %eax
         sete %al
         test $0x4000, %ebx                  /* remote IRR clear after the EOI */
         setz %cl
         and %cl, %al
+        pop %ebp
         pop %edi
         pop %esi
         pop %edx
@@ -1429,6 +1442,21 @@ vtd_interrupt_remapping:
         mov $irq_count_41, %ebx
         call edu_raise_and_wait
         call check
+
+        /* the IOAPIC through remapping: IRTE 6 (level, vector 0x43, SID = the IOAPIC's
+           0xFF00 from the DMAR device scope), entry in remappable format (VT-d 5.1.5.1) */
+        mov $s_ioapic_ir, %esi
+        call puts
+        movl $(1 | (1 << 4) | (0x43 << 16)), irt + 6 * 16   /* P, TM level, vector 0x43 */
+        movl $0, irt + 6 * 16 + 4
+        movl $(0xFF00 | (1 << 18)), irt + 6 * 16 + 8        /* SID 0xFF00, SVT 01 */
+        movl $0, irt + 6 * 16 + 12
+        call vtd_qi_iec_global
+        mov $((6 << 17) | (1 << 16)), %ebx  /* handle[14:0] in 63:49, format bit 48 */
+        mov $(0x8000 | 0x43), %ecx          /* level; vector = the IRTE's, for EOI matching */
+        mov $irq_count_43, %edx
+        call intx_test
+        call check
         ret
 
 /* vtd_qi_iec_global: IEC global invalidation + wait descriptor with status write */
@@ -1527,6 +1555,7 @@ s_frcd:         .asciz "[FRCD reason "
 s_msi:          .asciz "msi: edu interrupt through the local APIC, vector 0x40 "
 s_intx:         .asciz "intx: edu INTA# through the IOAPIC (level, vector 0x42), EOI clears remote IRR: "
 s_rte:          .asciz "RTE "
+s_ioapic_ir:    .asciz "vt-d: IOAPIC INTx remapped (IRTE 6, level, vector 0x43), EOI clears remote IRR: "
 s_exception:    .asciz "\nunexpected CPU exception\nverdict: FAIL\n"
 s_qi:           .asciz "vt-d: queued invalidation on "
 s_irte:         .asciz "vt-d: IRT with IRTE 5 (vector 0x41, SID-verified), SIRTP, IEC invalidation, IRE "
@@ -1588,6 +1617,7 @@ vtd_top:        .skip 4
 irq_count_40:   .skip 4
 irq_count_41:   .skip 4
 irq_count_42:   .skip 4
+irq_count_43:   .skip 4
 msi_control:    .skip 4
 irq_resume:     .skip 4
 qi_status:      .skip 4
