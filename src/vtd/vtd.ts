@@ -989,10 +989,11 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     const qie = (value & GCMD.QIE) !== 0;
     const qiWasOn = (gsts & GCMD.QIE) !== 0;
     if (qie && !qiWasOn) {
-      r.set32(REG.IQH, 0);
-      r.setHi(REG.IQH, 0);
       gsts |= GCMD.QIE;
     } else if (!qie && qiWasOn) {
+      // VT-d 11.4.9.1: IQH resets to 0 whenever queued invalidation is disabled.
+      r.set32(REG.IQH, 0);
+      r.setHi(REG.IQH, 0);
       gsts &= ~GCMD.QIE;
     }
     if (c.intremap) {

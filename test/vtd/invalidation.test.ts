@@ -430,3 +430,12 @@ test("cached translations are served without reading guest tables; only a coveri
     "a context-cache invalidation re-reads root and context entries only",
   );
 });
+
+test("IQH resets to 0 when queued invalidation is disabled (11.4.9.1)", () => {
+  const r = rig();
+  r.driver.enableQueuedInvalidation();
+  assert.ok(r.driver.submitAndWait([D.iotlbGlobal()]));
+  assert.notEqual(r.driver.r64(REG.IQH), 0n);
+  r.driver.setPersistent(GCMD.QIE, false);
+  assert.equal(r.driver.r64(REG.IQH), 0n);
+});
