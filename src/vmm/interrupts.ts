@@ -46,6 +46,7 @@ export interface InterruptFabricStats {
   readonly msisRefusedByLapic: number;
   readonly msisBlockedByRemapping: number;
   readonly msisNotInterruptAddress: number;
+  readonly msisRejectedByKvm: number;
   readonly ioapicMessages: number;
   readonly lastBlockReason: string;
 }
@@ -62,6 +63,7 @@ export class InterruptFabric implements InterruptSink {
   msisRefusedByLapic = 0;
   msisBlockedByRemapping = 0;
   msisNotInterruptAddress = 0;
+  msisRejectedByKvm = 0;
   ioapicMessages = 0;
   lastBlockReason = "";
 
@@ -135,7 +137,23 @@ export class InterruptFabric implements InterruptSink {
       }
       return;
     }
-    const delivered = this.target.signalMsi(m.address, m.data);
+    let delivered: boolean;
+    try {
+      delivered = this.target.signalMsi(m.address, m.data);
+    } catch (e) {
+      // KVM refused the message itself (e.g. EINVAL for address bits it does not accept): the
+      // guest programmed it, so it is dropped and counted, never allowed to stop the VMM.
+      this.msisRejectedByKvm++;
+      this.lastBlockReason = (e as Error).message;
+      if (this.tracer?.on("irq")) {
+        this.tracer.emit("irq", "vmm", "msi-rejected", {
+          source: sourceId,
+          address: m.address,
+          data: m.data,
+        });
+      }
+      return;
+    }
     if (delivered) this.msisDelivered++;
     else this.msisRefusedByLapic++;
     if (this.tracer?.on("irq")) {
@@ -194,6 +212,7 @@ export class InterruptFabric implements InterruptSink {
       msisRefusedByLapic: this.msisRefusedByLapic,
       msisBlockedByRemapping: this.msisBlockedByRemapping,
       msisNotInterruptAddress: this.msisNotInterruptAddress,
+      msisRejectedByKvm: this.msisRejectedByKvm,
       ioapicMessages: this.ioapicMessages,
       lastBlockReason: this.lastBlockReason,
     };

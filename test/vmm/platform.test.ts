@@ -172,6 +172,17 @@ test("--disk: virtio-blk-pci (1af4:1042) offers ACCESS_PLATFORM only when iommu=
   p.close();
 });
 
+test("an MSI that KVM rejects (ioctl error) is dropped and counted, not thrown into the device", () => {
+  const fabric = new InterruptFabric({
+    signalMsi: () => {
+      throw new Error("KVM_SIGNAL_MSI failed: EINVAL (22)");
+    },
+  });
+  fabric.signalMsi(0x10, { address: 0x1_fee0_0000, data: 0x41 }, 0);
+  assert.equal(fabric.stats().msisRejectedByKvm, 1);
+  assert.equal(fabric.stats().lastBlockReason, "KVM_SIGNAL_MSI failed: EINVAL (22)");
+});
+
 test("PCI INTx swizzle: slot + pin onto IOAPIC pins 16..19", () => {
   assert.equal(intxIoapicPin(2 << 3, 0), 18);
   assert.equal(intxIoapicPin(2 << 3, 3), 17);
