@@ -1,6 +1,7 @@
 /**
- * The Virtual I/O Translation Table (ACPI 6.4+ "Virtual I/O Translation Table (VIOT)", signature
- * "VIOT", revision 0; ACPICA actbl3.h `acpi_table_viot`): which
+ * The Virtual I/O Translation Table (signature "VIOT", revision 0; ACPI 6.4 reserves the signature
+ * in the table of 5.2.6, the layout comes from the VIOT specification as ACPICA's actbl3.h
+ * `acpi_table_viot` and QEMU's hw/acpi/viot.c implement it): which
  * paravirtualized IOMMU translates which endpoints. Linux parses it in drivers/acpi/viot.c (x86
  * since 5.14).
  *
