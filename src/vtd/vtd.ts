@@ -937,7 +937,8 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
         return;
       case "FSTS":
         this.faults.refresh();
-        if (written & FSTS.IQE) this.queue.process();
+        // Clearing IQE resumes fetching at IQH (VT-d 6.5.2.10), if the queue is enabled.
+        if (written & FSTS.IQE && (this.regs.get32(REG.GSTS) & GCMD.QIE) !== 0) this.queue.process();
         return;
       case "FECTL":
         this.faults.onFectlWrite();
