@@ -45,7 +45,8 @@ export type StopReason =
   | { readonly kind: "timeout"; readonly seconds: number }
   | { readonly kind: "interrupted"; readonly signal: number }
   | { readonly kind: "hlt" }
-  | { readonly kind: "unknown-exit"; readonly reason: number };
+  | { readonly kind: "unknown-exit"; readonly reason: number }
+  | { readonly kind: "device-error"; readonly message: string };
 
 export interface RunResult {
   readonly stop: StopReason;
@@ -258,68 +259,74 @@ export class Machine {
       while (this.stopReason === null) {
         if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
         const exit = vcpu.runOnce();
-        switch (exit.kind) {
-          case "io": {
-            this.ioExits++;
-            const size = exit.sizeBytes;
-            for (let i = 0, off = exit.dataOffset; i < exit.count; i++, off += size) {
-              if (exit.isWrite) {
-                const v =
-                  size === 1
-                    ? run.getUint8(off)
-                    : size === 2
-                      ? run.getUint16(off, true)
-                      : run.getUint32(off, true);
-                pio.write(exit.port, size, v);
-              } else {
-                const v = pio.read(exit.port, size);
-                if (size === 1) run.setUint8(off, v);
-                else if (size === 2) run.setUint16(off, v, true);
-                else run.setUint32(off, v >>> 0, true);
+        try {
+          switch (exit.kind) {
+            case "io": {
+              this.ioExits++;
+              const size = exit.sizeBytes;
+              for (let i = 0, off = exit.dataOffset; i < exit.count; i++, off += size) {
+                if (exit.isWrite) {
+                  const v =
+                    size === 1
+                      ? run.getUint8(off)
+                      : size === 2
+                        ? run.getUint16(off, true)
+                        : run.getUint32(off, true);
+                  pio.write(exit.port, size, v);
+                } else {
+                  const v = pio.read(exit.port, size);
+                  if (size === 1) run.setUint8(off, v);
+                  else if (size === 2) run.setUint16(off, v, true);
+                  else run.setUint32(off, v >>> 0, true);
+                }
               }
+              break;
             }
-            break;
+            case "mmio":
+              this.mmioExits++;
+              if (
+                exit.sizeBytes === 1 ||
+                exit.sizeBytes === 2 ||
+                exit.sizeBytes === 4 ||
+                exit.sizeBytes === 8
+              ) {
+                if (exit.isWrite) platform.mmioWrite(exit.gpa, exit.sizeBytes, run, 0x28);
+                else platform.mmioRead(exit.gpa, exit.sizeBytes, run, 0x28);
+              }
+              break;
+            case "ioapic-eoi":
+              this.eoiExits++;
+              platform.ioapic.eoi(exit.vector);
+              break;
+            case "interrupted":
+              platform.uart.poll();
+              if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
+              else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
+              else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
+              break;
+            case "shutdown":
+              this.stopReason = { kind: "triple-fault" };
+              break;
+            case "system-event":
+              this.stopReason = { kind: "system-event", type: exit.type };
+              break;
+            case "internal-error":
+              this.stopReason = { kind: "internal-error", suberror: exit.suberror, rip: vcpu.getRegs().rip };
+              break;
+            case "fail-entry":
+              this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
+              break;
+            case "hlt":
+              this.stopReason = { kind: "hlt" };
+              break;
+            case "unknown":
+              this.stopReason = { kind: "unknown-exit", reason: exit.reason };
+              break;
           }
-          case "mmio":
-            this.mmioExits++;
-            if (
-              exit.sizeBytes === 1 ||
-              exit.sizeBytes === 2 ||
-              exit.sizeBytes === 4 ||
-              exit.sizeBytes === 8
-            ) {
-              if (exit.isWrite) platform.mmioWrite(exit.gpa, exit.sizeBytes, run, 0x28);
-              else platform.mmioRead(exit.gpa, exit.sizeBytes, run, 0x28);
-            }
-            break;
-          case "ioapic-eoi":
-            this.eoiExits++;
-            platform.ioapic.eoi(exit.vector);
-            break;
-          case "interrupted":
-            platform.uart.poll();
-            if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
-            else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
-            else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
-            break;
-          case "shutdown":
-            this.stopReason = { kind: "triple-fault" };
-            break;
-          case "system-event":
-            this.stopReason = { kind: "system-event", type: exit.type };
-            break;
-          case "internal-error":
-            this.stopReason = { kind: "internal-error", suberror: exit.suberror, rip: vcpu.getRegs().rip };
-            break;
-          case "fail-entry":
-            this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
-            break;
-          case "hlt":
-            this.stopReason = { kind: "hlt" };
-            break;
-          case "unknown":
-            this.stopReason = { kind: "unknown-exit", reason: exit.reason };
-            break;
+        } catch (e) {
+          // A device model threw (a bug: models answer bad input architecturally). Stop the
+          // machine with the device's message and a summary instead of a VMM crash.
+          this.stopReason = { kind: "device-error", message: (e as Error).message };
         }
       }
     } finally {
@@ -409,5 +416,7 @@ export function describeStop(stop: StopReason): string {
       return "guest halted";
     case "unknown-exit":
       return `unhandled KVM exit reason ${stop.reason}`;
+    case "device-error":
+      return `a device model failed: ${stop.message}`;
   }
 }

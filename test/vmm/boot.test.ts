@@ -176,6 +176,39 @@ test("Machine.stats(): exits by kind, MSIs, IOMMU counters after the built-in gu
   assert.equal(s.devices[0].iommu, true);
 });
 
+test("a device model that throws stops the machine with its message (status 2), not a VMM crash", async (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  const { Machine, describeStop } = await import("../../src/vmm/machine.ts");
+  const { NULL_SINK } = await import("../../src/devices/uart16550.ts");
+  const { Tracer } = await import("../../src/engine/trace.ts");
+  const m = new Machine({
+    cpus: 1,
+    memorySizeBytes: 32 << 20,
+    serial: NULL_SINK,
+    iommu: { kind: "none" },
+    devices: [],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer: new Tracer(),
+  });
+  m.platform.pio.register(
+    0x700,
+    1,
+    {
+      read: () => 0,
+      write: () => {
+        throw new Error("broken model");
+      },
+    },
+    "broken",
+  );
+  // mov dx, 0x700; out dx, al
+  m.bootMultiboot(readFileSync(kernel([0x66, 0xba, 0x00, 0x07, 0xee])), "");
+  const r = m.run(10);
+  m.close();
+  assert.equal(r.status, 2);
+  assert.equal(describeStop(r.stop), "a device model failed: broken model");
+});
+
 test("a triple fault stops the machine with status 2", (t) => {
   if (!KVM) return t.skip(NO_KVM);
   // ud2 with an empty IDT: #UD -> #DF -> triple fault.
