@@ -16,7 +16,7 @@
 
 import type { AcpiTableSet } from "../acpi/layout.ts";
 import { type BzImage, kernelRuntimeStartGpa, parseBzImage } from "./bzimage.ts";
-import { type E820Entry, FOUR_GIB, GIB, highestRamFit, type MemoryRange } from "./e820.ts";
+import { type E820Entry, FOUR_GIB, GIB, highestRamFit, isUsableRam, type MemoryRange } from "./e820.ts";
 import { elfLoadPlan, parseElf64 } from "./elf.ts";
 import { type EntryState, linux64EntryState, type MemoryWrite } from "./long-mode.ts";
 import { buildStartInfo, findPvhEntry, type PvhModule, pvhEntryState } from "./pvh.ts";
@@ -145,6 +145,17 @@ export function planLinuxBoot(options: LinuxBootOptions): LinuxBootPlan {
     // The decompressor runs from max(align_up(load), pref_address) and needs init_size from there.
     const runtimeStart = Math.max(at.kernelLoadGpa, kernelRuntimeStartGpa(kernel.header, at.kernelLoadGpa));
     const kernelEnd = runtimeStart + Math.max(kernel.header.initSizeBytes, kernel.protectedModeKernel.length);
+    if (!isUsableRam(options.e820, runtimeStart, kernelEnd - runtimeStart)) {
+      throw new RangeError(
+        `the kernel needs RAM [0x${runtimeStart.toString(16)}, 0x${kernelEnd.toString(16)}) ` +
+          "(init_size from its runtime address) and the memory map does not give it",
+      );
+    }
+    for (const w of writes) {
+      if (w.what !== "kernel" && w.gpa < kernelEnd && runtimeStart < w.gpa + w.bytes.length) {
+        throw new RangeError(`${w.what} lies where the kernel decompresses itself (init_size)`);
+      }
+    }
     entry = linux64EntryState({
       kernelLoadGpa: at.kernelLoadGpa,
       kernelInitSizeBytes: kernel.header.initSizeBytes,

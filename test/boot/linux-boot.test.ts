@@ -66,6 +66,21 @@ test("plans refuse overlaps, memory the VMM does not back, and kernels without a
     /outside guest memory/,
   );
   assert.throws(() => planLinuxBoot({ ...base, kernel: syntheticVmlinux(null) }), /PHYS32_ENTRY/);
+  // 40 MiB of RAM: the synthetic kernel runs at 16 MiB and needs init_size = 32 MiB from there.
+  const small = buildMemoryMap({ ramSizeBytes: 40 * MIB });
+  assert.throws(
+    () =>
+      planLinuxBoot({
+        ...base,
+        e820: small.entries,
+        backedRanges: small.ramRegions,
+        kernel: syntheticBzImage(),
+      }),
+    /init_size/,
+  );
+  // ACPI tables placed inside the decompression area are refused.
+  const clash = layoutAcpiTables({ apicIds: [0], dual8259Present: false }, { rsdpGpa: 0x1800000 });
+  assert.throws(() => planLinuxBoot({ ...base, acpi: clash, kernel: syntheticBzImage() }), /decompresses/);
   assert.throws(() => planLinuxBoot({ ...base, kernel: syntheticBzImage(), cmdline: "a\u00e9" }), /ASCII/);
 });
 
