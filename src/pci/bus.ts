@@ -12,6 +12,7 @@
  * function << 12 | register. Absent functions read all-ones and ignore writes.
  */
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
+import type { Tracer } from "../engine/trace.ts";
 import type { AccessSize, IoBus, IoHandler } from "../platform/bus.ts";
 import type { InterruptSink } from "../platform/interrupts.ts";
 import { LEGACY_CONFIG_SPACE_SIZE } from "./config-space.ts";
@@ -43,6 +44,8 @@ export interface PciBusOptions {
   readonly busNumber?: number;
   /** Put a host bridge function (class 06:00:00) at device 0; default true. */
   readonly hostBridge?: boolean;
+  /** Receives `config` events: bar-map, bar-unmap, bar-conflict. */
+  readonly tracer?: Tracer;
 }
 
 interface BarMapping {
@@ -63,6 +66,7 @@ export interface PciBusStats {
 
 export class PciBus {
   readonly busNumber: number;
+  private readonly tracer: Tracer | undefined;
   private readonly slots: (PciFunction | undefined)[] = new Array(256).fill(undefined);
   private configAddress = 0;
   private memoryBus: IoBus | undefined;
@@ -82,6 +86,7 @@ export class PciBus {
 
   constructor(options: PciBusOptions = {}) {
     this.busNumber = options.busNumber ?? 0;
+    this.tracer = options.tracer;
     this.legacyConfigHandler = {
       read: (offset, sizeBytes) => this.legacyRead(offset, sizeBytes),
       write: (offset, sizeBytes, value) => this.legacyWrite(offset, sizeBytes, value),
@@ -185,6 +190,7 @@ export class PciBus {
 
   /** Recomputes every BAR mapping (BAR or command changes are rare; overlaps resolve in order). */
   private remap(): void {
+    const before = this.mappings.map((m) => m.base);
     for (const m of this.mappings) {
       if (m.mappedOn !== undefined) m.mappedOn.unregister(m.wrapper);
       m.mappedOn = undefined;
@@ -206,7 +212,24 @@ export class PciBus {
       } catch {
         // A guest may program overlapping BARs; the later one does not decode (counted).
         this.barConflicts++;
+        if (this.tracer?.on("config")) {
+          this.tracer.emit("config", "pci", "bar-conflict", {
+            bar: bar.name,
+            address: base,
+            sizeBytes: bar.sizeBytes,
+          });
+        }
       }
+    }
+    if (this.tracer?.on("config")) {
+      this.mappings.forEach((m, i) => {
+        if (m.base === before[i]) return;
+        this.tracer?.emit("config", "pci", m.base === BAR_UNMAPPED ? "bar-unmap" : "bar-map", {
+          bar: m.bar.name,
+          address: m.base === BAR_UNMAPPED ? before[i] : m.base,
+          sizeBytes: m.bar.sizeBytes,
+        });
+      });
     }
   }
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
+import { Tracer } from "../../src/engine/trace.ts";
 import { BarRegions } from "../../src/pci/bar-regions.ts";
 import { BAR_UNMAPPED, PciFunction } from "../../src/pci/function.ts";
 import { MsiCapability } from "../../src/pci/msi.ts";
@@ -426,4 +427,28 @@ test("PCI 3.0 6.8.2.4-6.8.2.6: MSI-X Table Size, Table Offset/BIR and PBA Offset
   d.write(b, cap + 8, 4, 0xffffffff);
   assert.deepEqual([d.read(b, cap + 2, 2) & 0x7ff, d.read(b, cap + 4, 4), d.read(b, cap + 8, 4)], before);
   assert.deepEqual(before, [7, 0x0000_0002, 0x0000_2002]);
+});
+
+test("observability: BAR maps, unmaps and conflicts are trace events", () => {
+  const tracer = new Tracer();
+  const names: string[] = [];
+  tracer.listen((e) => names.push(e.name), ["config"]);
+  const m = new TestMachine({ tracer });
+  const fn = new PciFunction({
+    name: "t",
+    vendorId: 0x1234,
+    deviceId: 1,
+    classCode: 0xff0000,
+    revisionId: 0,
+  });
+  fn.addBar(0, { kind: "mem32", sizeBytes: 4096, handler: { read: () => 0, write: () => {} } });
+  fn.addBar(1, { kind: "mem32", sizeBytes: 4096, handler: { read: () => 0, write: () => {} } });
+  m.add(fn, 3);
+  const b = { bus: 0, device: 3, fn: 0 };
+  const bars = m.driver.assignBars(b, 0x2);
+  m.driver.write(b, 0x14, 4, bars[0].address);
+  m.driver.write(b, 4, 2, 0);
+  assert.ok(names.includes("bar-map"));
+  assert.ok(names.includes("bar-conflict"));
+  assert.ok(names.includes("bar-unmap"));
 });

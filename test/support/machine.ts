@@ -4,6 +4,7 @@
  */
 import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
+import type { Tracer } from "../../src/engine/trace.ts";
 import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../../src/pci/bus.ts";
 import type { PciFunction } from "../../src/pci/function.ts";
 import { IoBus } from "../../src/platform/bus.ts";
@@ -13,6 +14,8 @@ import { PciDriver, TEST_ECAM_BASE } from "./pci-driver.ts";
 export interface TestMachineOptions {
   /** Guest RAM size at gpa 0; default 16 MiB. */
   readonly ramBytes?: number;
+  /** Tracer for the PCI bus (BAR map events). */
+  readonly tracer?: Tracer;
 }
 
 export class TestMachine {
@@ -20,10 +23,11 @@ export class TestMachine {
   readonly io = new IoBus("io");
   readonly mmio = new IoBus("mmio");
   readonly irq = new RecordingInterruptSink();
-  readonly pci = new PciBus();
+  readonly pci: PciBus;
   readonly driver: PciDriver;
 
   constructor(options: TestMachineOptions = {}) {
+    this.pci = new PciBus({ tracer: options.tracer });
     this.memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: options.ramBytes ?? 16 << 20, name: "ram" }]);
     this.io.register(
       PCI_CONFIG_ADDRESS_PORT,
