@@ -34,6 +34,7 @@
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../engine/access.ts";
 import { type DmaAddressSpace, SgList } from "../engine/dma-space.ts";
+import type { Tracer } from "../engine/trace.ts";
 import { VIRTIO_ID_BLOCK } from "../virtio/constants.ts";
 import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
@@ -79,6 +80,8 @@ export interface VirtioBlkOptions {
   readonly maxDiscardSegments?: number;
   readonly maxWriteZeroesSectors?: number;
   readonly maxWriteZeroesSegments?: number;
+  /** Receives `queue` events for requests answered IOERR or UNSUPP, and the transport's events. */
+  readonly tracer?: Tracer;
 }
 
 export interface VirtioBlkStats {
@@ -113,6 +116,9 @@ class VirtioBlkDevice implements VirtioDevice {
   private readonly maxWriteZeroesSectors: number;
   private readonly maxWriteZeroesSegments: number;
   private context: VirtioDeviceContext | undefined;
+  private readonly tracer: Tracer | undefined;
+  private currentType = 0;
+  private currentSector = 0;
   private writeback = false;
   private discardNegotiated = false;
   private writeZeroesNegotiated = false;
@@ -145,6 +151,7 @@ class VirtioBlkDevice implements VirtioDevice {
   constructor(options: VirtioBlkOptions) {
     this.name = options.name ?? "virtio-blk";
     this.readOnly = options.readOnly === true;
+    this.tracer = options.tracer;
     this.fd = openSync(options.path, this.readOnly ? "r" : "r+");
     this.capacitySectors = Math.floor(fstatSync(this.fd).size / SECTOR_BYTES);
     this.queueMaxSize = options.queueSize ?? 256;
@@ -230,6 +237,8 @@ class VirtioBlkDevice implements VirtioDevice {
 
   /** Handles one request; a host I/O error (EIO, ENOSPC) is answered IOERR. */
   private handle(dma: DmaAddressSpace, chain: DescriptorChain): number {
+    this.currentType = -1; // until the header is read
+    this.currentSector = -1;
     try {
       return this.dispatch(dma, chain);
     } catch {
@@ -247,6 +256,8 @@ class VirtioBlkDevice implements VirtioDevice {
     const type = this.headerView.getUint32(0, true);
     const sectorHi = this.headerView.getUint32(12, true);
     const sector = sectorHi >= 0x200000 ? -1 : sectorHi * 2 ** 32 + this.headerView.getUint32(8, true);
+    this.currentType = type;
+    this.currentSector = sector;
     switch (type) {
       case BLK_T_IN:
         this.requestCounts.in++;
@@ -278,8 +289,17 @@ class VirtioBlkDevice implements VirtioDevice {
   /** Writes the status byte (the last writable byte) and returns the used length. */
   private finish(dma: DmaAddressSpace, chain: DescriptorChain, status: number, dataBytes: number): number {
     if (status === BLK_S_OK) this.statusOk++;
-    else if (status === BLK_S_IOERR) this.statusIoerr++;
-    else this.statusUnsupp++;
+    else {
+      if (status === BLK_S_IOERR) this.statusIoerr++;
+      else this.statusUnsupp++;
+      if (this.tracer?.on("queue")) {
+        this.tracer.emit("queue", this.name, "request-error", {
+          type: this.currentType,
+          sector: this.currentSector,
+          status: status === BLK_S_IOERR ? "IOERR" : "UNSUPP",
+        });
+      }
+    }
     this.statusByte[0] = status;
     if (typeof chain.write(dma, chain.writableBytes - 1, this.statusByte) !== "number") {
       this.dmaFaults++;
@@ -456,7 +476,10 @@ export class VirtioBlk {
 
   constructor(options: VirtioBlkOptions) {
     this.device = new VirtioBlkDevice(options);
-    this.transport = new VirtioPciTransport(this.device, { accessPlatform: options.accessPlatform === true });
+    this.transport = new VirtioPciTransport(this.device, {
+      accessPlatform: options.accessPlatform === true,
+      tracer: options.tracer,
+    });
   }
 
   get pci() {

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { VirtioBlk } from "../../src/devices/virtio-blk.ts";
+import { Tracer } from "../../src/engine/trace.ts";
 import { BlkDriver, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_WRITE_ZEROES } from "../support/blk-driver.ts";
 import { DMA_IOVA_OFFSET, IommuMachine } from "../support/iommu-machine.ts";
 import { checksum, prng, TestMachine } from "../support/machine.ts";
@@ -324,4 +325,25 @@ test("DISCARD and WRITE_ZEROES are UNSUPP when their feature was not negotiated"
   assert.equal(b.rangeRequest(T_DISCARD, [{ sector: 0, sectors: 8 }]).status, 2);
   assert.equal(b.rangeRequest(T_WRITE_ZEROES, [{ sector: 0, sectors: 8 }]).status, 2);
   assert.equal(sha(readFileSync(path)), before);
+});
+
+test("observability: requests answered IOERR or UNSUPP are trace events with type and sector", () => {
+  const path = diskFile(1 << 20);
+  const m = new TestMachine();
+  const tracer = new Tracer();
+  const events: string[] = [];
+  tracer.listen(
+    (e) => events.push(`${e.name}:${e.fields.type}:${e.fields.sector}:${e.fields.status}`),
+    ["queue"],
+  );
+  const blk = new VirtioBlk({ path, readOnly: true, queueSize: 16, tracer });
+  m.add(blk.pci, 2);
+  const alloc = new GuestAllocator(1 << 20, 8 << 20);
+  const drv = new VirtioPciDriver(m, BLK_BDF, alloc);
+  drv.bringUp(VIRTIO_F_VERSION_1 | BLK_FEATURES, 1);
+  const b = new BlkDriver(drv, alloc);
+  b.write(5, pattern(512, 1));
+  b.submit(42, 0, [], []);
+  assert.ok(events.includes("request-error:1:5:IOERR"), events.join(","));
+  assert.ok(events.includes("request-error:42:0:UNSUPP"), events.join(","));
 });
