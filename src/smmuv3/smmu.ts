@@ -540,7 +540,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
           this.ignored();
           return;
         }
-        if (offset === REG.GERROR_IRQ_CFG0) this.gerrorIrqCfg0Lo = value & 0xfffffffc;
+        if (offset === REG.GERROR_IRQ_CFG0) this.gerrorIrqCfg0Lo = (value & 0xfffffffc) >>> 0;
         else if (offset === REG.GERROR_IRQ_CFG0 + 4) this.gerrorIrqCfg0Hi = value & 0xfffff;
         else if (offset === REG.GERROR_IRQ_CFG1) this.gerrorIrqCfg1 = value;
         else this.gerrorIrqCfg2 = value & 0x3f;
@@ -553,7 +553,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
           this.ignored();
           return;
         }
-        if (offset === REG.STRTAB_BASE) this.strtabBaseLo = value & 0xffffffc0;
+        if (offset === REG.STRTAB_BASE) this.strtabBaseLo = (value & 0xffffffc0) >>> 0;
         else if (offset === REG.STRTAB_BASE + 4) this.strtabBaseHi = value & ((1 << 30) | 0xfffff);
         else this.strtabBaseCfg = value & 0x307ff;
         this.dropConfigCaches();
@@ -609,7 +609,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
           this.ignored();
           return;
         }
-        if (offset === REG.EVENTQ_IRQ_CFG0) this.eventqIrqCfg0Lo = value & 0xfffffffc;
+        if (offset === REG.EVENTQ_IRQ_CFG0) this.eventqIrqCfg0Lo = (value & 0xfffffffc) >>> 0;
         else if (offset === REG.EVENTQ_IRQ_CFG0 + 4) this.eventqIrqCfg0Hi = value & 0xfffff;
         else if (offset === REG.EVENTQ_IRQ_CFG1) this.eventqIrqCfg1 = value;
         else this.eventqIrqCfg2 = value & 0x3f;
@@ -831,7 +831,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         this.count(op);
         // Address bits 63:12; VA[55] (word 3 bit 23) selects the TTB1 half, the key is VA[47:0].
         const upper = ((w3 >>> 23) & 1) === 1;
-        const key = (w3 & 0xffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffff000);
+        const key = (w3 & 0xffff) * 2 ** 32 + ((w2 & 0xfffff000) >>> 0);
         const sizeBytes = this.rangeBytes(w0, tg);
         const vmid = this.vmidOf(w1);
         if (op === OP.TLBI_NH_VA) {
@@ -863,7 +863,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         if (!this.rangeFieldsLegal(w0, w2)) return false;
         this.count(op);
         const vmid = this.vmidOf(w1);
-        const ipa = (w3 & 0xfffff) * 2 ** 32 + ((w2 >>> 0) & 0xfffff000);
+        const ipa = (w3 & 0xfffff) * 2 ** 32 + ((w2 & 0xfffff000) >>> 0);
         const sizeBytes = this.rangeBytes(w0, tg);
         this.tlb.invalidateRange(stage2Tag(vmid), ipa, sizeBytes);
         // Combined stage-1+2 entries of this VMID cannot be found by IPA: drop them all.
@@ -1087,7 +1087,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       if (span === 0 || span > s + 1) return this.failConfig(EVT.C_BAD_STREAMID);
       const low = sid % 2 ** s;
       if (low >= 2 ** (span - 1)) return this.failConfig(EVT.C_BAD_STREAMID);
-      const l2 = (this.words[1] & 0xfffff) * 2 ** 32 + (this.words[0] & 0xffffffc0);
+      const l2 = (this.words[1] & 0xfffff) * 2 ** 32 + ((this.words[0] & 0xffffffc0) >>> 0);
       steGpa = l2 + low * STE_BYTES;
     } else {
       // FMT 0b1x is reserved: no stream is reachable (CONSTRAINED UNPREDICTABLE choice).
@@ -1152,7 +1152,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       if (!this.readWords(l1Pa, 8)) return this.fail(EVT.F_CD_FETCH, true, false, 0, 0, l1Pa, "fetch");
       // L1CD.V == 0: the SubstreamID has no CD table (C_BAD_SUBSTREAMID, 5.3).
       if ((this.words[0] & 1) === 0) return this.failConfig(EVT.C_BAD_SUBSTREAMID);
-      const l2 = (this.words[1] & 0xfffff) * 2 ** 32 + (this.words[0] & 0xfffff000);
+      const l2 = (this.words[1] & 0xfffff) * 2 ** 32 + ((this.words[0] & 0xfffff000) >>> 0);
       // An L1CD.L2Ptr beyond the address size is C_BAD_SUBSTREAMID too (7.3.9).
       if (l2 >= 2 ** OAS_BITS) return this.failConfig(EVT.C_BAD_SUBSTREAMID);
       cdIpa = l2 + (index % 2 ** leafBits) * CD_BYTES;

@@ -175,6 +175,29 @@ test("TLBI_S2_IPA (4.4.7) and TLBI_S12_VMALL (4.4.6) drop stage-2 translations o
   assert.ok(!reads(fx, 16, 0x6000));
 });
 
+test("TLBI_NH_VA / TLBI_NH_VAA / TLBI_S2_IPA (4.4.4, 4.4.5, 4.4.7): Address bit 31 is an address bit like the others", () => {
+  const fx = ready();
+  const s1 = attachS1(fx, 8, { asid: 6 });
+  const s2 = attachS2(fx, 16, 9);
+  for (const va of [0x8000_0000, 0xffff_f000, 0x1_8000_0000]) {
+    s1.map(va, 0x20_0000, 3, s1Attrs());
+    assert.ok(reads(fx, 8, va), `0x${va.toString(16)} mapped`);
+    s1.unmap(va, 3);
+    fx.driver.submit([cmd.tlbiNhVa(0, 6, va)]);
+    assert.ok(!reads(fx, 8, va), `TLBI_NH_VA 0x${va.toString(16)}`);
+    s1.map(va, 0x20_0000, 3, s1Attrs());
+    assert.ok(reads(fx, 8, va));
+    s1.unmap(va, 3);
+    fx.driver.submit([cmd.tlbiNhVaa(0, va)]);
+    assert.ok(!reads(fx, 8, va), `TLBI_NH_VAA 0x${va.toString(16)}`);
+  }
+  s2.map(0x8000_1000, 0x22_0000, 3, s2Attrs());
+  assert.ok(reads(fx, 16, 0x8000_1000));
+  s2.unmap(0x8000_1000, 3);
+  fx.driver.submit([cmd.tlbiS2Ipa(9, 0x8000_1000)]);
+  assert.ok(!reads(fx, 16, 0x8000_1000), "TLBI_S2_IPA 0x80001000");
+});
+
 test("TLBI_NSNH_ALL (4.4.8) drops every translation", () => {
   const fx = ready();
   const pt = attachS1(fx, 8);

@@ -20,16 +20,20 @@ export const ITS_DOORBELL = 0x0808_0040;
 
 export class PageAllocator {
   private next: number;
+  private readonly end: number;
   readonly memory: GuestMemory;
-  constructor(memory: GuestMemory, start = 0x10_0000) {
+  /** Allocates from 1 MiB into the (single) RAM region. */
+  constructor(memory: GuestMemory) {
     this.memory = memory;
-    this.next = start;
+    const ram = memory.regions[0];
+    this.next = ram.gpa + 0x10_0000;
+    this.end = ram.gpa + ram.sizeBytes;
   }
   alloc(sizeBytes: number, align = 4096): number {
     const a = Math.max(align, 8);
     const gpa = Math.ceil(this.next / a) * a;
     this.next = gpa + sizeBytes;
-    if (this.next > RAM_BYTES) throw new Error("test RAM exhausted");
+    if (this.next > this.end) throw new Error("test RAM exhausted");
     this.memory.fill(gpa, sizeBytes, 0);
     return gpa;
   }
@@ -291,10 +295,12 @@ export interface FixtureOptions {
   hostStage2?: (memory: GuestMemory) => HostStage2;
   features?: Partial<SmmuFeatures>;
   smmu?: Partial<SmmuV3Options>;
+  /** Where the guest's RAM_BYTES of RAM start (default 0). */
+  ramGpa?: number;
 }
 
 export function makeFixture(opts: FixtureOptions = {}): Fixture {
-  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: RAM_BYTES, name: "ram" }]);
+  const memory = GuestMemory.anonymous([{ gpa: opts.ramGpa ?? 0, sizeBytes: RAM_BYTES, name: "ram" }]);
   const alloc = new PageAllocator(memory);
   const registry = new ViommuRegistry();
   const backend = new RecordingBackend("psmmu0");

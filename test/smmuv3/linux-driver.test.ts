@@ -98,3 +98,26 @@ test("write then read through a read-only mapping: write faults F_PERMISSION, no
   assert.equal(e.rnw, false);
   assert.equal(ACCESS_READ + ACCESS_WRITE, 3);
 });
+
+test("RAM above 2 GiB (6.3.23, 5.1.2, 6.3.25): stream table, L2 STEs, queues and MSI addresses with bit 31 set", () => {
+  for (const twoLevel of [false, true]) {
+    const fx = makeFixture({ ramGpa: 0x8000_0000 });
+    fx.driver.probe({ twoLevel });
+    assert.ok(fx.driver.strtab >= 0x8000_0000);
+    // The base registers read back what was written, as unsigned values.
+    assert.equal(fx.smmu.read(REG.STRTAB_BASE, 4), fx.driver.strtab);
+    assert.equal(fx.smmu.readWide(REG.STRTAB_BASE), BigInt(fx.driver.strtab));
+    assert.equal(fx.smmu.read(REG.STRTAB_BASE, 8), fx.driver.strtab);
+    fx.driver.w32(REG.IRQ_CTRL, 0); // IRQ configuration is writable only while disabled (6.3.19)
+    fx.driver.w64(REG.GERROR_IRQ_CFG0, 0x8000_0040);
+    assert.equal(fx.smmu.read(REG.GERROR_IRQ_CFG0, 4), 0x8000_0040);
+    assert.equal(fx.smmu.stats().commandErrors, 0);
+    const pt = attachS1(fx, 300, { asid: 2 });
+    const page = fx.alloc.alloc(4096);
+    pt.map(0x4000_0000, page, 3, s1Attrs());
+    const dma = new DmaAddressSpace(fx.memory, fx.smmu, 300);
+    fx.memory.writeU32(page + 0x10, 0xfeedf00d);
+    assert.equal(dma.readUint(0x4000_0010, 4), 0xfeedf00d, `twoLevel=${twoLevel}`);
+    assert.equal(fx.smmu.stats().faults.F_STE_FETCH, undefined);
+  }
+});

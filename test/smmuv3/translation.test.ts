@@ -234,6 +234,23 @@ test("2-level CD table with 64 KiB leaves (S1Fmt 0b10): SSID[9:0] indexes the le
   assert.equal(t.gpaBase + (0x9010 - t.iovaBase), 0x20_0010);
 });
 
+test("2-level CD table above 2 GiB (5.4.1): L1CD.L2Ptr bit 31 is an address bit", () => {
+  const fx = ready({ ramGpa: 0x8000_0000 });
+  const l1 = fx.alloc.alloc(64 * 8, 512);
+  const leaf = fx.alloc.alloc(4096, 4096);
+  const pt = new PageTables(fx.alloc, 12, 48);
+  const page = fx.alloc.alloc(4096);
+  pt.map(0x9000, page, 3, s1Attrs());
+  // S1Fmt 0b01 (4 KiB leaves of 64 CDs): SSID 70 = L1 index 1, leaf index 6.
+  fx.memory.writeU32(l1 + 8, (leaf | 1) >>> 0);
+  writeWords(fx.memory, leaf + 6 * 64, cdWords({ asid: 9, ttb0: pt.root }));
+  fx.driver.writeSte(8, { config: 0b101, cdTable: l1, s1CdMax: 12, s1Fmt: 1 });
+  fx.driver.submit([cmd.cfgiSte(8)]);
+  const t = new Translation();
+  assert.equal(fx.smmu.substream(70).translate(8, 0x9010, ACCESS_READ, t), null);
+  assert.equal(t.gpaBase + (0x9010 - t.iovaBase), page + 0x10);
+});
+
 for (const split of [6, 10]) {
   test(`2-level stream table with SPLIT=${split}`, () => {
     const fx = makeFixture();
