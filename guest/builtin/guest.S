@@ -171,6 +171,17 @@ _start:
         call intx_test
         call check
 
+        /* SMP: with more than one CPU (fw_cfg NB_CPUS), INIT-SIPI-SIPI starts the others in
+           real mode at 0x7000, where each increments a counter and halts */
+        mov $0x05, %eax
+        call fwcfg_select
+        call fwcfg_read32
+        and $0xFFFF, %eax
+        cmp $1, %eax
+        jbe 1f
+        call start_aps
+        call check
+1:
         mov viommu_bdf, %eax
         cmp $-1, %eax
         jne virtio_iommu_test
@@ -1250,11 +1261,16 @@ edu_raise_and_wait:
         mov edu_mmio, %esi
         movl $2f, irq_resume
         movl $1, 0x60(%esi)                 /* raise */
-        mov $100000, %ecx                   /* delivery is synchronous: the wait is slack */
-        sti                                 /* the interrupt, if any, is taken here */
-1:      pause
+        mov %edx, wait_old
+        mov $2000, %ecx
+        sti                                 /* the interrupt, if any, is taken in the loop */
+        /* Each LSR read exits to the VMM, so a pending interrupt is injected on re-entry
+           even where the hypervisor would not notice IF becoming 1 by itself (kvm-pvm). */
+1:      mov $0x3FD, %dx
+        in %dx, %al
         loop 1b
 2:      cli
+        mov wait_old, %edx
         cmp (%ebx), %edx
         je 3f
         movl $0, 0xFEE000B0                 /* local APIC EOI */
@@ -1308,14 +1324,17 @@ intx_test:
         pop %ecx                            /* low dword */
         call ioapic_write
         mov (%ebp), %edx
+        mov %edx, wait_old
         mov edu_mmio, %esi
         movl $2f, irq_resume
         movl $1, 0x60(%esi)                 /* raise: the device asserts INTA# */
-        mov $100000, %ecx
+        mov $2000, %ecx
         sti
-1:      pause
+1:      mov $0x3FD, %dx                     /* exits: see edu_raise_and_wait */
+        in %dx, %al
         loop 1b
 2:      cli
+        mov wait_old, %edx
         movl $1, 0x64(%esi)                 /* acknowledge: INTA# deasserts */
         movl $0, 0xFEE000B0                 /* local APIC EOI -> KVM_EXIT_IOAPIC_EOI */
         lea 0x10(,%edi,2), %eax
@@ -1376,6 +1395,66 @@ edu_program_msi_off:
         call pci_write
 9:      popa
         ret
+
+
+/* ================================================================ application processors */
+
+        .set AP_TRAMPOLINE, 0x7000          /* SIPI vector 0x07 */
+        .set AP_COUNTER, 0x100              /* offset in the trampoline page */
+
+/* start_aps: EAX = CPU count; AL = 1 when all the others checked in */
+start_aps:
+        push %ebx
+        push %ecx
+        push %esi
+        push %edi
+        mov %eax, %ebx
+        dec %ebx                            /* application processors expected */
+        mov $s_smp, %esi
+        call puts
+        mov %ebx, %eax
+        call putdec
+        mov $s_smp2, %esi
+        call puts
+        mov $ap_trampoline, %esi
+        mov $AP_TRAMPOLINE, %edi
+        mov $(ap_trampoline_end - ap_trampoline), %ecx
+        rep movsb
+        movw $0, AP_TRAMPOLINE + AP_COUNTER
+        movl $0, 0xFEE00310                 /* ICR high: destination by shorthand */
+        movl $0x000C4500, 0xFEE00300        /* INIT, level assert, all excluding self */
+        movl $0x000C4607, 0xFEE00300        /* STARTUP, vector 0x07 */
+        movl $0x000C4607, 0xFEE00300        /* STARTUP again (SDM 8.4.4.1) */
+        mov $10000000, %ecx
+1:      movzwl AP_TRAMPOLINE + AP_COUNTER, %eax
+        cmp %ebx, %eax
+        je 2f
+        pause
+        loop 1b
+2:      movzwl AP_TRAMPOLINE + AP_COUNTER, %eax
+        call putdec
+        mov $0x20, %al
+        call putc
+        movzwl AP_TRAMPOLINE + AP_COUNTER, %eax
+        cmp %ebx, %eax
+        sete %al
+        pop %edi
+        pop %esi
+        pop %ecx
+        pop %ebx
+        ret
+
+/* Copied to AP_TRAMPOLINE; runs in real mode with CS = 0x0700, IP = 0. */
+        .code16
+ap_trampoline:
+        cli
+        mov %cs, %ax
+        mov %ax, %ds
+        lock incw AP_COUNTER
+1:      hlt
+        jmp 1b
+ap_trampoline_end:
+        .code32
 
 /* ================================================================ VT-d interrupt remapping */
 
@@ -1556,6 +1635,8 @@ s_msi:          .asciz "msi: edu interrupt through the local APIC, vector 0x40 "
 s_intx:         .asciz "intx: edu INTA# through the IOAPIC (level, vector 0x42), EOI clears remote IRR: "
 s_rte:          .asciz "RTE "
 s_ioapic_ir:    .asciz "vt-d: IOAPIC INTx remapped (IRTE 6, level, vector 0x43), EOI clears remote IRR: "
+s_smp:          .asciz "smp: INIT-SIPI-SIPI to "
+s_smp2:         .asciz " application processors, checked in: "
 s_exception:    .asciz "\nunexpected CPU exception\nverdict: FAIL\n"
 s_qi:           .asciz "vt-d: queued invalidation on "
 s_irte:         .asciz "vt-d: IRT with IRTE 5 (vector 0x41, SID-verified), SIRTP, IEC invalidation, IRE "
@@ -1620,6 +1701,7 @@ irq_count_42:   .skip 4
 irq_count_43:   .skip 4
 msi_control:    .skip 4
 irq_resume:     .skip 4
+wait_old:       .skip 4
 qi_status:      .skip 4
         .align 8
 idt:            .skip 256 * 8

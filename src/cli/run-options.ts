@@ -44,7 +44,8 @@ export class RunOptionError extends Error {
 export const DEVICES_WITH_IOMMU = ["edu", "rng", "disk"] as const;
 
 export const RUN_USAGE = `usage: viommu run [options]
-  --cpus N                       vCPUs (1; more are refused: KVM_RUN blocks the JS thread)
+  --cpus N                       vCPUs, 1 to 16 (more than one: each in its own thread, devices on
+                                 the main thread; the built-in guest starts the others by INIT-SIPI)
   --memory size=S[,file=F]       guest RAM (K/M/G suffixes; default 256M); file=F maps F shared
                                  (e.g. on hugetlbfs: file=/dev/hugepages/vm0)
   --kernel K                     a Multiboot (v1) kernel, ELF32 or a.out-kludge, as QEMU's -kernel;
@@ -154,7 +155,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
       case "--cpus": {
         once();
         cpus = parseIntStrict(value() as string, "--cpus");
-        if (cpus < 1 || cpus > 255) throw new RunOptionError(`--cpus: ${cpus} is out of range 1..255`);
+        if (cpus < 1 || cpus > 16) throw new RunOptionError(`--cpus: ${cpus} is out of range 1..16`);
         break;
       }
       case "--memory": {

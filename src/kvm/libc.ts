@@ -86,3 +86,13 @@ for (const [name, value] of Object.entries(koffi.os.errno)) {
 export function errnoName(err: number): string {
   return `${namesByNumber.get(err) ?? "errno"} (${err})`;
 }
+
+/** The calling thread's kernel thread id. */
+export const gettid = libc.func("int gettid(void)") as () => number;
+export const getpid = libc.func("int getpid(void)") as () => number;
+/** Sends `signal` to thread `tid` of process `tgid`. */
+export const tgkill = libc.func("int tgkill(int tgid, int tid, int sig)") as (
+  tgid: number,
+  tid: number,
+  sig: number,
+) => number;

@@ -53,7 +53,10 @@ import {
   SREGS,
   writeSegment,
 } from "./structs.ts";
-import type { Vm } from "./vm.ts";
+/** What a vCPU needs of its VM: the /dev/kvm fd (for CPUID queries) and the kvm_run size. */
+export interface VcpuHost {
+  readonly kvm: { readonly fd: number; readonly vcpuMmapSizeBytes: number };
+}
 
 export interface IoExit {
   readonly kind: "io";
@@ -119,7 +122,7 @@ export interface CpuidEntry {
 }
 
 export class Vcpu {
-  readonly vm: Vm;
+  readonly vm: VcpuHost;
   readonly id: number;
   readonly fd: number;
   /** The kvm_run page. */
@@ -150,7 +153,8 @@ export class Vcpu {
 
   exits = 0;
 
-  constructor(vm: Vm, id: number, fd: number) {
+  /** Wraps vCPU fd `fd` (from KVM_CREATE_VCPU, possibly in another thread of this process). */
+  constructor(vm: VcpuHost, id: number, fd: number) {
     this.vm = vm;
     this.id = id;
     this.fd = fd;

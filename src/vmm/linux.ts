@@ -3,7 +3,7 @@
  * a boot plan (src/boot: bzImage 64-bit protocol or PVH vmlinux) applied to guest RAM and the
  * vCPU. This module only describes this machine to those builders and applies their result.
  *
- * ACPI tables describe exactly what the platform has: one CPU (APIC ID 0), the IOAPIC at
+ * ACPI tables describe exactly what the platform has: its CPUs (APIC IDs 0..N-1), the IOAPIC at
  * 0xFEC00000 (GSI base 0), ISA IRQ 4 for COM1, the PCI root bridge with its 32-bit window and
  * ECAM (MCFG), a VIOT listing the iommu=on endpoints with --iommu virtio, and the VT-d unit's
  * DMAR (built by src/vtd/) with --iommu intel.
@@ -54,7 +54,7 @@ export function viotFor(platform: Platform): ViotDescription | undefined {
 export function acpiTablesFor(platform: Platform): AcpiTableSet {
   return layoutAcpiTables(
     {
-      apicIds: [0],
+      apicIds: Array.from({ length: platform.cpus }, (_, id) => id),
       dual8259Present: false,
       ioApics: [{ id: 0, gpa: IOAPIC_GPA, gsiBase: 0 }],
       pciRoot: {

@@ -14,6 +14,7 @@ import { type HostMapping, mapGuestRam } from "../kvm/guest-ram.ts";
 import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../kvm/ioctls.ts";
 import { alarm } from "../kvm/libc.ts";
 import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
+import { RUN } from "../kvm/structs.ts";
 import { Kvm } from "../kvm/system.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
@@ -22,6 +23,8 @@ import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout }
 import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
 import { type DeviceChoice, type IommuChoice, Platform } from "./platform.ts";
+import { REQUEST, SLOT, SLOT_STATE, STOP } from "./vcpu-slot.ts";
+import { VcpuThreads } from "./vcpu-threads.ts";
 
 export interface MachineConfig {
   readonly cpus: number;
@@ -86,11 +89,12 @@ export interface MachineStats {
   }[];
 }
 
+/** vCPUs a machine may have (APIC IDs stay below the xAPIC broadcast ID). */
+export const MAX_CPUS = 16;
+
 export class CpuCountError extends Error {
   constructor(cpus: number) {
-    super(
-      `--cpus ${cpus}: this VMM runs one vCPU (KVM_RUN blocks the JavaScript thread; multiple vCPUs would need worker threads sharing device state)`,
-    );
+    super(`--cpus ${cpus}: this VMM runs 1 to ${MAX_CPUS} vCPUs`);
     this.name = "CpuCountError";
   }
 }
@@ -107,7 +111,10 @@ export class Machine {
   readonly memory: GuestMemory;
   readonly ramLayout: RamLayout;
   readonly platform: Platform;
+  /** The bootstrap processor (vCPU 0). */
   readonly vcpu: Vcpu;
+  /** Application processors (vCPUs 1..N-1): wait for INIT/SIPI in KVM's local APIC. */
+  readonly apVcpus: readonly Vcpu[];
   private stopReason: StopReason | null = null;
 
   private ioapicRoutesDirty = true;
@@ -120,9 +127,13 @@ export class Machine {
   mmioExits = 0;
   eoiExits = 0;
   routeErrors = 0;
+  /** KVM_RUN returns counted by vCPU threads (--cpus > 1). */
+  threadedExits = 0;
 
   constructor(config: MachineConfig) {
-    if (config.cpus !== 1) throw new CpuCountError(config.cpus);
+    if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS) {
+      throw new CpuCountError(config.cpus);
+    }
 
     this.kvm = Kvm.open();
     if (!this.kvm.checkExtension(KVM_CAP_SPLIT_IRQCHIP))
@@ -175,22 +186,29 @@ export class Machine {
       },
     });
 
-    this.vcpu = this.vm.createVcpu(0);
-    this.vcpu.setupCpuid((entries) =>
-      entries.map((e) => {
-        if (e.fn === 1) {
-          // Leaf 1: EBX[31:24] initial APIC ID = 0, ECX[31] hypervisor present. (Under the
-          // nested kvm-pvm host the guest was observed to see the host's CPUID regardless.)
-          return { ...e, ebx: e.ebx & 0x00ffffff, ecx: (e.ecx | (1 << 31)) >>> 0 };
-        }
-        return e;
-      }),
-    );
-    // As the PC firmware leaves it: LINT0 ExtINT, LINT1 NMI.
-    this.vcpu.editLapic((regs) => {
-      regs.setUint32(IA32_APIC_LVT0, APIC_MODE_EXTINT, true);
-      regs.setUint32(IA32_APIC_LVT1, APIC_MODE_NMI, true);
-    });
+    const vcpus: Vcpu[] = [];
+    for (let id = 0; id < config.cpus; id++) {
+      const vcpu = this.vm.createVcpu(id);
+      vcpu.setupCpuid((entries) =>
+        entries.map((e) => {
+          // Leaf 1: EBX[31:24] initial APIC ID, ECX[31] hypervisor present; leaves 0xB and
+          // 0x1F: EDX = x2APIC ID. (Under the nested kvm-pvm host the guest was observed to
+          // see the host's CPUID regardless.)
+          if (e.fn === 1)
+            return { ...e, ebx: ((e.ebx & 0x00ffffff) | (id << 24)) >>> 0, ecx: (e.ecx | (1 << 31)) >>> 0 };
+          if (e.fn === 0xb || e.fn === 0x1f) return { ...e, edx: id };
+          return e;
+        }),
+      );
+      // As the PC firmware leaves it: LINT0 ExtINT, LINT1 NMI.
+      vcpu.editLapic((regs) => {
+        regs.setUint32(IA32_APIC_LVT0, APIC_MODE_EXTINT, true);
+        regs.setUint32(IA32_APIC_LVT1, APIC_MODE_NMI, true);
+      });
+      vcpus.push(vcpu);
+    }
+    this.vcpu = vcpus[0];
+    this.apVcpus = vcpus.slice(1);
   }
 
   /** Loads a Multiboot kernel and points the vCPU at it. */
@@ -237,12 +255,53 @@ export class Machine {
     }
   }
 
+  /** Port I/O of `count` items of `size` bytes at `data[offset]` (kvm_run or a vCPU slot). */
+  private dispatchIo(
+    isWrite: boolean,
+    port: number,
+    size: 1 | 2 | 4,
+    count: number,
+    data: DataView,
+    offset: number,
+  ): void {
+    this.ioExits++;
+    const pio = this.platform.pio;
+    for (let i = 0, off = offset; i < count; i++, off += size) {
+      if (isWrite) {
+        const v =
+          size === 1
+            ? data.getUint8(off)
+            : size === 2
+              ? data.getUint16(off, true)
+              : data.getUint32(off, true);
+        pio.write(port, size, v);
+      } else {
+        const v = pio.read(port, size);
+        if (size === 1) data.setUint8(off, v);
+        else if (size === 2) data.setUint16(off, v, true);
+        else data.setUint32(off, v >>> 0, true);
+      }
+    }
+  }
+
+  private dispatchMmio(isWrite: boolean, gpa: number, size: number, data: DataView, offset: number): void {
+    this.mmioExits++;
+    if (size !== 1 && size !== 2 && size !== 4 && size !== 8) return;
+    if (isWrite) this.platform.mmioWrite(gpa, size, data, offset);
+    else this.platform.mmioRead(gpa, size, data, offset);
+  }
+
+  private dispatchEoi(vector: number): void {
+    this.eoiExits++;
+    this.platform.ioapic.eoi(vector);
+  }
+
   /** Runs until the guest stops the machine, or `timeoutSeconds` pass (0: no limit). */
   run(timeoutSeconds = 0): RunResult {
+    if (this.apVcpus.length > 0) return this.runThreaded(timeoutSeconds);
     const vcpu = this.vcpu;
     const run = vcpu.run;
     const platform = this.platform;
-    const pio = platform.pio;
     const t0 = Date.now();
     const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
     // A signal interrupts KVM_RUN with EINTR. SIGINT/SIGTERM are noticed through latches
@@ -261,42 +320,14 @@ export class Machine {
         const exit = vcpu.runOnce();
         try {
           switch (exit.kind) {
-            case "io": {
-              this.ioExits++;
-              const size = exit.sizeBytes;
-              for (let i = 0, off = exit.dataOffset; i < exit.count; i++, off += size) {
-                if (exit.isWrite) {
-                  const v =
-                    size === 1
-                      ? run.getUint8(off)
-                      : size === 2
-                        ? run.getUint16(off, true)
-                        : run.getUint32(off, true);
-                  pio.write(exit.port, size, v);
-                } else {
-                  const v = pio.read(exit.port, size);
-                  if (size === 1) run.setUint8(off, v);
-                  else if (size === 2) run.setUint16(off, v, true);
-                  else run.setUint32(off, v >>> 0, true);
-                }
-              }
+            case "io":
+              this.dispatchIo(exit.isWrite, exit.port, exit.sizeBytes, exit.count, run, exit.dataOffset);
               break;
-            }
             case "mmio":
-              this.mmioExits++;
-              if (
-                exit.sizeBytes === 1 ||
-                exit.sizeBytes === 2 ||
-                exit.sizeBytes === 4 ||
-                exit.sizeBytes === 8
-              ) {
-                if (exit.isWrite) platform.mmioWrite(exit.gpa, exit.sizeBytes, run, 0x28);
-                else platform.mmioRead(exit.gpa, exit.sizeBytes, run, 0x28);
-              }
+              this.dispatchMmio(exit.isWrite, exit.gpa, exit.sizeBytes, run, RUN.mmio.data);
               break;
             case "ioapic-eoi":
-              this.eoiExits++;
-              platform.ioapic.eoi(exit.vector);
+              this.dispatchEoi(exit.vector);
               break;
             case "interrupted":
               platform.uart.poll();
@@ -341,11 +372,91 @@ export class Machine {
     return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
   }
 
+  /**
+   * --cpus > 1: every vCPU runs KVM_RUN on its own thread; this thread services their device
+   * accesses one at a time (src/vmm/vcpu-threads.ts) until the guest stops the machine.
+   */
+  private runThreaded(timeoutSeconds: number): RunResult {
+    const t0 = Date.now();
+    const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
+    const interrupt = new SignalLatch(SIGINT);
+    const terminate = new SignalLatch(SIGTERM);
+    interrupt.arm();
+    terminate.arm();
+    const all = [this.vcpu, ...this.apVcpus];
+    const threads = new VcpuThreads(
+      all.map((v) => ({ id: v.id, fd: v.fd })),
+      this.kvm.fd,
+      this.kvm.vcpuMmapSizeBytes,
+    );
+    try {
+      threads.waitReady();
+      while (this.stopReason === null) {
+        if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
+        const seen = Atomics.load(threads.doorbell, 0);
+        let serviced = false;
+        for (const slot of threads.slots) {
+          const state = Atomics.load(slot.ctl, SLOT.state);
+          if (state === SLOT_STATE.stopped) {
+            this.stopReason ??= stopFromSlot(slot.ctl);
+            continue;
+          }
+          if (state !== SLOT_STATE.request) continue;
+          serviced = true;
+          const c = slot.ctl;
+          try {
+            const kind = c[SLOT.kind];
+            if (kind === REQUEST.io) {
+              this.dispatchIo(
+                c[SLOT.isWrite] === 1,
+                c[SLOT.addrLo],
+                c[SLOT.sizeBytes] as 1 | 2 | 4,
+                c[SLOT.count],
+                slot.data,
+                0,
+              );
+            } else if (kind === REQUEST.mmio) {
+              const gpa = (c[SLOT.addrHi] >>> 0) * 0x1_0000_0000 + (c[SLOT.addrLo] >>> 0);
+              this.dispatchMmio(c[SLOT.isWrite] === 1, gpa, c[SLOT.sizeBytes], slot.data, 0);
+            } else if (kind === REQUEST.eoi) {
+              this.dispatchEoi(c[SLOT.detail]);
+            }
+          } catch (e) {
+            this.stopReason = { kind: "device-error", message: (e as Error).message };
+          }
+          // Routes first: the vCPU resumes on the reply and may EOI the interrupt this access
+          // raised at once; KVM must already know the vector is level-triggered.
+          if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
+          threads.reply(slot);
+        }
+        this.platform.uart.poll();
+        if (this.stopReason !== null) break;
+        if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
+        else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
+        else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
+        else if (!serviced) Atomics.wait(threads.doorbell, 0, seen, 50);
+      }
+    } finally {
+      threads.stop();
+      interrupt.disarm();
+      terminate.disarm();
+      this.platform.uart.flush();
+    }
+    const stop: StopReason = this.stopReason ?? { kind: "interrupted", signal: SIGINT };
+    this.threadedExits = threads.totalExits();
+    return { stop, status: statusFor(stop), exits: this.threadedExits, wallMs: Date.now() - t0 };
+  }
+
   /** Counters of the whole machine: KVM exits by kind, interrupts, devices, the IOMMU. */
   stats(): MachineStats {
     const p = this.platform;
     return {
-      exits: { total: this.vcpu.exits, portIo: this.ioExits, mmio: this.mmioExits, ioapicEoi: this.eoiExits },
+      exits: {
+        total: this.vcpu.exits + this.threadedExits,
+        portIo: this.ioExits,
+        mmio: this.mmioExits,
+        ioapicEoi: this.eoiExits,
+      },
       msis: { signalled: this.vm.msisSignalled, refusedByLapic: this.vm.msisBlocked },
       ioapicRouteErrors: this.routeErrors,
       interrupts: p.interrupts.stats(),
@@ -372,10 +483,29 @@ export class Machine {
   /** Releases the VM, its fds and guest RAM: nothing of the machine may be used afterwards. */
   close(): void {
     this.platform.close();
+    for (const ap of this.apVcpus) ap.close();
     this.vcpu.close();
     this.vm.close();
     this.kvm.close();
     this.ram.unmap();
+  }
+}
+
+function stopFromSlot(ctl: Int32Array): StopReason {
+  const detail = ctl[SLOT.detail];
+  switch (ctl[SLOT.stopCode]) {
+    case STOP.tripleFault:
+      return { kind: "triple-fault" };
+    case STOP.systemEvent:
+      return { kind: "system-event", type: detail };
+    case STOP.internalError:
+      return { kind: "internal-error", suberror: detail, rip: -1 };
+    case STOP.failEntry:
+      return { kind: "fail-entry", hardwareReason: detail };
+    case STOP.unknownExit:
+      return { kind: "unknown-exit", reason: detail };
+    default:
+      return { kind: "device-error", message: "a vCPU thread stopped unexpectedly" };
   }
 }
 
@@ -405,7 +535,7 @@ export function describeStop(stop: StopReason): string {
     case "system-event":
       return `guest system event ${stop.type === 1 ? "shutdown" : stop.type === 2 ? "reset" : stop.type === 3 ? "crash" : stop.type}`;
     case "internal-error":
-      return `KVM internal error, suberror ${stop.suberror}${stop.suberror === 1 ? " (instruction emulation failed)" : ""} at rip 0x${stop.rip.toString(16)}`;
+      return `KVM internal error, suberror ${stop.suberror}${stop.suberror === 1 ? " (instruction emulation failed)" : ""}${stop.rip >= 0 ? ` at rip 0x${stop.rip.toString(16)}` : ""}`;
     case "fail-entry":
       return `VM entry failed, hardware reason 0x${stop.hardwareReason.toString(16)}`;
     case "timeout":

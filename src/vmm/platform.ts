@@ -104,6 +104,7 @@ export class Platform {
   readonly pio = new IoBus("pio");
   readonly mmio = new IoBus("mmio");
   readonly memory: GuestMemory;
+  readonly cpus: number;
   readonly uart: Uart16550;
   readonly debugExit: DebugExit;
   readonly fwCfg: FwCfg;
@@ -121,6 +122,7 @@ export class Platform {
 
   constructor(config: PlatformConfig) {
     this.memory = config.memory;
+    this.cpus = config.cpus;
     this.interrupts = new InterruptFabric(config.msiTarget, 0xff00, config.tracer);
     this.ioapic = new Ioapic((message, pin) => {
       const delivered = this.interrupts.deliverFromIoapic(message);

@@ -193,6 +193,30 @@ test("a PVH kernel is entered under KVM with EBX -> hvm_start_info (magic checke
   assert.ok(readFileSync(path).length > 0);
 });
 
+test("MADT with --cpus 3: one enabled local APIC per CPU, UIDs 0..2 = APIC IDs", () => {
+  const p = new Platform({
+    memory: GuestMemory.anonymous([{ gpa: 0, sizeBytes: 64 * MiB }]),
+    ramLayout: ramLayout(64 * MiB),
+    cpus: 3,
+    serial: NULL_SINK,
+    iommu: { kind: "none" },
+    devices: [],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer: new Tracer(),
+    msiTarget: { signalMsi: () => true },
+    onDebugExit: () => {},
+  });
+  const madt = table(p, "APIC");
+  const lapics: number[][] = [];
+  for (let o = 44; o < madt.length; o += madt[o + 1])
+    if (madt[o] === 0) lapics.push([madt[o + 2], madt[o + 3], madt[o + 4]]);
+  assert.deepEqual(lapics, [
+    [0, 0, 1],
+    [1, 1, 1],
+    [2, 2, 1],
+  ]);
+});
+
 test("MADT golden bytes for this machine (ACPI 6.5 5.2.12)", () => {
   const madt = table(platform({ kind: "none" }, []), "APIC");
   // Header (36): "APIC", length 70, revision 5, checksum, OEM fields (checked by src/acpi).
