@@ -7,6 +7,7 @@ import { LineBufferedSink, NULL_SINK, type SerialSink } from "../devices/uart165
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError } from "../kvm/system.ts";
 import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts";
+import { isElf } from "../vmm/elf.ts";
 import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
 import { findMultibootHeader } from "../vmm/multiboot.ts";
 import type { DeviceChoice } from "../vmm/platform.ts";
@@ -31,6 +32,11 @@ function serialSink(o: RunOptions): { sink: SerialSink; close: () => void } {
     return { sink: new LineBufferedSink((b) => writeSync(fd, b)), close: () => closeSync(fd) };
   }
   return { sink: new LineBufferedSink((b) => writeSync(1, b)), close: () => {} };
+}
+
+/** Linux boot protocol: "HdrS" at 0x202 marks a bzImage setup header. */
+function hasLinuxSetupHeader(image: Uint8Array): boolean {
+  return image.length > 0x206 && new TextDecoder().decode(image.subarray(0x202, 0x206)) === "HdrS";
 }
 
 /** The devices the machine gets: the built-in guest needs an edu, behind the IOMMU if there is one. */
@@ -102,6 +108,10 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
     if (findMultibootHeader(image) !== null) {
       const boot = machine.bootMultiboot(image, options.cmdline || (options.kernel ?? "builtin"), modules);
       for (const w of boot.warnings) io.stderr(`viommu run: warning: ${w}\n`);
+    } else if (!isElf(image) && !hasLinuxSetupHeader(image)) {
+      throw new Error(
+        `${options.kernel}: not a Multiboot kernel (no header in the first 8 KiB), a Linux bzImage or a PVH vmlinux`,
+      );
     } else {
       // Not Multiboot: a Linux bzImage or PVH vmlinux; --initramfs is the initrd.
       if (modules.length > 1) throw new Error("a Linux kernel takes one --initramfs");

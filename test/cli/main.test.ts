@@ -32,6 +32,18 @@ test("bin/viommu.mjs run: a bad argument is one clear line and a nonzero status,
   assert.equal(r.stderr, 'viommu run: --memory: "lots" is not a size (examples: 512M, 2G, 65536K)\n');
 });
 
+test("bin/viommu.mjs run: a file that is no kernel is refused in one line", (t) => {
+  if (!Kvm.available()) return t.skip("/dev/kvm not available: KVM test skipped");
+  const path = join(mkdtempSync(join(tmpdir(), "viommu-nokernel-")), "random.bin");
+  writeFileSync(path, new Uint8Array(9000).fill(0x5a));
+  const r = viommu(["run", "--kernel", path, "--memory", "32M"]);
+  assert.equal(r.status, 2);
+  assert.equal(
+    r.stderr,
+    `viommu run: ${path}: not a Multiboot kernel (no header in the first 8 KiB), a Linux bzImage or a PVH vmlinux\n`,
+  );
+});
+
 test("bin/viommu.mjs run: a missing kernel file is one line", () => {
   const r = viommu(["run", "--kernel", "/nonexistent/kernel.elf"]);
   assert.equal(r.status, 2);
