@@ -116,6 +116,7 @@ export class Machine {
   /** Application processors (vCPUs 1..N-1): wait for INIT/SIPI in KVM's local APIC. */
   readonly apVcpus: readonly Vcpu[];
   private stopReason: StopReason | null = null;
+  private readonly tracer: Tracer;
 
   private ioapicRoutesDirty = true;
   /** The MSI data of each pin's KVM route (-1: none), to notice remapping changes. */
@@ -134,6 +135,7 @@ export class Machine {
     if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS) {
       throw new CpuCountError(config.cpus);
     }
+    this.tracer = config.tracer;
 
     this.kvm = Kvm.open();
     if (!this.kvm.checkExtension(KVM_CAP_SPLIT_IRQCHIP))
@@ -215,6 +217,16 @@ export class Machine {
   bootMultiboot(image: Uint8Array, cmdline: string, modules: readonly MultibootModule[] = []): MultibootBoot {
     const boot = loadMultiboot(this.memory, image, { cmdline, modules, memoryMap: e820Map(this.ramLayout) });
     enterFlatProtectedMode(this.vcpu, this.memory, { eip: boot.entry, eax: 0x2badb002, ebx: boot.infoGpa });
+    if (this.tracer.on("config")) {
+      this.tracer.emit("config", "vmm", "boot-multiboot", {
+        loadedBy: boot.loadedBy,
+        entry: boot.entry,
+        kernelStart: boot.kernelStart,
+        kernelEnd: boot.kernelEnd,
+        modules: boot.modules.length,
+        info: boot.infoGpa,
+      });
+    }
     return boot;
   }
 
@@ -222,6 +234,14 @@ export class Machine {
   bootLinux(input: LinuxBootInput): { protocol: string; acpiTables: string[] } {
     const { plan, acpi } = planLinuxBootFor(this.platform, this.ramLayout.totalBytes, input);
     applyLinuxBootPlan(this.memory, this.vcpu, plan);
+    if (this.tracer.on("config")) {
+      this.tracer.emit("config", "vmm", "boot-linux", {
+        protocol: plan.protocol,
+        entry: plan.entry.regs.rip,
+        rsdp: acpi.rsdpGpa,
+        initrd: plan.initrdGpa ?? 0,
+      });
+    }
     return { protocol: plan.protocol, acpiTables: acpi.tables.map((t) => t.signature.trim()) };
   }
 

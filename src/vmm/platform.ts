@@ -236,6 +236,17 @@ export class Platform {
       ioBase: PCI_IO_BASE,
       ioEnd: PCI_IO_END,
     });
+    if (config.tracer.on("config")) {
+      for (const b of this.bars) {
+        config.tracer.emit("config", "vmm", "bar-assigned", {
+          requesterId: b.requesterId,
+          bar: b.bar,
+          kind: b.kind,
+          address: b.address,
+          sizeBytes: b.sizeBytes,
+        });
+      }
+    }
   }
 
   /** Releases device resources (disk files). */
