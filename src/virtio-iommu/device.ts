@@ -253,8 +253,12 @@ export class VirtioIommu implements DmaTranslator {
     if (cause === "blocked") this.faultsBlocked++;
     else if (cause === "unmapped") this.faultsUnmapped++;
     else this.faultsPermission++;
-    const flags = (access === ACCESS_WRITE ? FAULT_F_WRITE : FAULT_F_READ) | FAULT_F_ADDRESS;
-    const queued = this.events.push(ep, encodeFaultRecord(reason, flags, ep.id, iova), this.opts.clockMs());
+    // 5.13.6.9: F_ADDRESS only when there is an address to report (a device can hand over any number).
+    const hasAddress = Number.isInteger(iova);
+    const flags =
+      (access === ACCESS_WRITE ? FAULT_F_WRITE : FAULT_F_READ) | (hasAddress ? FAULT_F_ADDRESS : 0);
+    const record = encodeFaultRecord(reason, flags, ep.id, hasAddress ? iova : 0);
+    const queued = this.events.push(ep, record, this.opts.clockMs());
     if (this.tracer.on("fault")) {
       this.tracer.emit("fault", SOURCE, "fault", {
         endpoint: ep.id,

@@ -4,7 +4,10 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { ACCESS_READ } from "../../src/engine/access.ts";
+import { Translation } from "../../src/engine/translation.ts";
 import { VirtioIommu } from "../../src/virtio-iommu/device.ts";
+import { decodeFaultRecord } from "../../src/virtio-iommu/fault-events.ts";
 import {
   encodeAttach,
   encodeDetach,
@@ -13,7 +16,15 @@ import {
   encodeUnmap,
   readableBytesFor,
 } from "../../src/virtio-iommu/requests.ts";
-import { REQ_ATTACH, REQ_DETACH, REQ_MAP, REQ_PROBE, REQ_UNMAP } from "../../src/virtio-iommu/wire.ts";
+import {
+  FAULT_F_ADDRESS,
+  FAULT_R_MAPPING,
+  REQ_ATTACH,
+  REQ_DETACH,
+  REQ_MAP,
+  REQ_PROBE,
+  REQ_UNMAP,
+} from "../../src/virtio-iommu/wire.ts";
 import { attach, makeRig, map, prng, send, unmap } from "./driver.ts";
 
 const TOP = (1n << 64n) - 1n;
@@ -229,4 +240,22 @@ test("malformed: a response area aliasing the request bytes (hostile chain) is d
   assert.equal(dev.handleRequest(shared.subarray(0, 72), shared.subarray(0, 516)), 516);
   assert.equal(shared[512], 0, "S_OK for endpoint 8");
   assert.equal(dev.stats().internalErrors, 0);
+});
+
+test("malformed: a non-integer or non-finite input address faults without throwing; the record carries no address (5.13.6.9)", () => {
+  const { dev } = makeRig();
+  assert.equal(attach(dev, 1, 8), "OK");
+  for (const iova of [0.5, 4096.5, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+    const f = dev.translate(8, iova, ACCESS_READ, new Translation());
+    assert.equal(f?.reason, "unmapped", String(iova));
+    const rec = decodeFaultRecord(dev.takeEvent()!);
+    assert.equal(rec.reason, FAULT_R_MAPPING);
+    assert.equal(rec.flags & FAULT_F_ADDRESS, 0, `no address for ${iova}`);
+    assert.equal(rec.address, 0n);
+  }
+  // An integer address is still reported exactly.
+  dev.translate(8, 0x1234, ACCESS_READ, new Translation());
+  const rec = decodeFaultRecord(dev.takeEvent()!);
+  assert.equal(rec.flags & FAULT_F_ADDRESS, FAULT_F_ADDRESS);
+  assert.equal(rec.address, 0x1234n);
 });
