@@ -14,16 +14,11 @@ import {
   type Fixture,
   ITS_DOORBELL,
   makeFixture,
+  ready,
   s1Attrs,
   s2Attrs,
   writeWords,
 } from "./harness.ts";
-
-function ready(opts: Parameters<typeof makeFixture>[0] = {}): Fixture {
-  const fx = makeFixture(opts);
-  fx.driver.probe();
-  return fx;
-}
 
 function reads(fx: Fixture, sid: number, iova: number): boolean {
   return fx.smmu.translate(sid, iova, ACCESS_READ, new Translation()) === null;

@@ -13,20 +13,12 @@ import {
   type Fixture,
   makeFixture,
   PageTables,
+  ready,
   type SteFields,
   s1Attrs,
   s2Attrs,
   writeWords,
 } from "./harness.ts";
-
-function ready(
-  opts: Parameters<typeof makeFixture>[0] = {},
-  probe: Parameters<Fixture["driver"]["probe"]>[0] = {},
-): Fixture {
-  const fx = makeFixture(opts);
-  fx.driver.probe(probe);
-  return fx;
-}
 
 /** Performs one access; returns the fault code (0 on success) and the events it produced. */
 function access(

@@ -338,6 +338,13 @@ export interface ProbeOptions {
   msi?: boolean;
 }
 
+/** A fixture whose SMMU the driver has probed and enabled. */
+export function ready(opts: FixtureOptions = {}, probe: ProbeOptions = {}): Fixture {
+  const fx = makeFixture(opts);
+  fx.driver.probe(probe);
+  return fx;
+}
+
 /**
  * Programs the SMMU in the order of Linux's arm_smmu_device_hw_probe() and
  * arm_smmu_device_reset(), and offers its command submission and event draining.

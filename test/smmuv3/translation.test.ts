@@ -15,16 +15,11 @@ import {
   makeFixture,
   PageTables,
   RAM_BYTES,
+  ready,
   s1Attrs,
   s2Attrs,
   writeWords,
 } from "./harness.ts";
-
-function ready(opts: Parameters<typeof makeFixture>[0] = {}): Fixture {
-  const fx = makeFixture(opts);
-  fx.driver.probe();
-  return fx;
-}
 
 function pa(fx: Fixture, sid: number, iova: number, write = false): number {
   const t = new Translation();
