@@ -156,6 +156,29 @@ export interface SmmuV3Stats {
 
 const TWO48 = 2 ** 48;
 
+/**
+ * The MSI configuration of one interrupt source: IRQ_CFG0 (ADDR 51:2, two words), IRQ_CFG1
+ * (DATA) and IRQ_CFG2 (MemAttr, SH), at byte offsets 0, 4, 8 and 12 from its IRQ_CFG0
+ * (GERROR 6.3.19-6.3.21, EVENTQ 6.3.31-6.3.33).
+ */
+class MsiConfig {
+  addrLo = 0;
+  addrHi = 0;
+  data = 0;
+  attr = 0;
+
+  read(rel: number): number {
+    return rel === 0 ? this.addrLo : rel === 4 ? this.addrHi : rel === 8 ? this.data : this.attr;
+  }
+
+  write(rel: number, value: number): void {
+    if (rel === 0) this.addrLo = (value & 0xfffffffc) >>> 0;
+    else if (rel === 4) this.addrHi = value & 0xfffff;
+    else if (rel === 8) this.data = value;
+    else this.attr = value & 0x3f;
+  }
+}
+
 function faultReason(event: number): DmaFaultReason {
   switch (event) {
     case EVT.F_TRANSLATION:
@@ -201,10 +224,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private irqCtrl = 0;
   private gerror = 0;
   private gerrorn = 0;
-  private gerrorIrqCfg0Lo = 0;
-  private gerrorIrqCfg0Hi = 0;
-  private gerrorIrqCfg1 = 0;
-  private gerrorIrqCfg2 = 0;
+  private readonly gerrorIrq = new MsiConfig();
   private strtabBaseLo = 0;
   private strtabBaseHi = 0;
   private strtabBaseCfg = 0;
@@ -215,10 +235,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
   private cmdqErr = 0;
   private eventqBaseLo = 0;
   private eventqBaseHi = 0;
-  private eventqIrqCfg0Lo = 0;
-  private eventqIrqCfg0Hi = 0;
-  private eventqIrqCfg1 = 0;
-  private eventqIrqCfg2 = 0;
+  private readonly eventqIrq = new MsiConfig();
   private readonly eventq: EventQueue;
   // Active command queue geometry (latched when CMDQEN is set).
   private cmdqBaseGpa = 0;
@@ -436,13 +453,10 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case REG.GERRORN:
         return this.gerrorn;
       case REG.GERROR_IRQ_CFG0:
-        return this.gerrorIrqCfg0Lo;
       case REG.GERROR_IRQ_CFG0 + 4:
-        return this.gerrorIrqCfg0Hi;
       case REG.GERROR_IRQ_CFG1:
-        return this.gerrorIrqCfg1;
       case REG.GERROR_IRQ_CFG2:
-        return this.gerrorIrqCfg2;
+        return this.gerrorIrq.read(offset - REG.GERROR_IRQ_CFG0);
       case REG.STRTAB_BASE:
         return this.strtabBaseLo;
       case REG.STRTAB_BASE + 4:
@@ -470,13 +484,10 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case REG.EVENTQ_CONS_P0:
         return this.eventq.cons;
       case REG.EVENTQ_IRQ_CFG0:
-        return this.eventqIrqCfg0Lo;
       case REG.EVENTQ_IRQ_CFG0 + 4:
-        return this.eventqIrqCfg0Hi;
       case REG.EVENTQ_IRQ_CFG1:
-        return this.eventqIrqCfg1;
       case REG.EVENTQ_IRQ_CFG2:
-        return this.eventqIrqCfg2;
+        return this.eventqIrq.read(offset - REG.EVENTQ_IRQ_CFG0);
       case REG.CIDR0:
       case REG.CIDR1:
       case REG.CIDR2:
@@ -535,15 +546,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case REG.GERROR_IRQ_CFG0 + 4:
       case REG.GERROR_IRQ_CFG1:
       case REG.GERROR_IRQ_CFG2:
-        // IRQ configuration may change only while that interrupt is disabled (6.3.19).
-        if ((this.irqCtrl & IRQ_GERROR) !== 0) {
-          this.ignored();
-          return;
-        }
-        if (offset === REG.GERROR_IRQ_CFG0) this.gerrorIrqCfg0Lo = (value & 0xfffffffc) >>> 0;
-        else if (offset === REG.GERROR_IRQ_CFG0 + 4) this.gerrorIrqCfg0Hi = value & 0xfffff;
-        else if (offset === REG.GERROR_IRQ_CFG1) this.gerrorIrqCfg1 = value;
-        else this.gerrorIrqCfg2 = value & 0x3f;
+        this.writeMsiConfig(this.gerrorIrq, IRQ_GERROR, offset - REG.GERROR_IRQ_CFG0, value);
         return;
       case REG.STRTAB_BASE:
       case REG.STRTAB_BASE + 4:
@@ -605,20 +608,22 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       case REG.EVENTQ_IRQ_CFG0 + 4:
       case REG.EVENTQ_IRQ_CFG1:
       case REG.EVENTQ_IRQ_CFG2:
-        if ((this.irqCtrl & IRQ_EVENTQ) !== 0) {
-          this.ignored();
-          return;
-        }
-        if (offset === REG.EVENTQ_IRQ_CFG0) this.eventqIrqCfg0Lo = (value & 0xfffffffc) >>> 0;
-        else if (offset === REG.EVENTQ_IRQ_CFG0 + 4) this.eventqIrqCfg0Hi = value & 0xfffff;
-        else if (offset === REG.EVENTQ_IRQ_CFG1) this.eventqIrqCfg1 = value;
-        else this.eventqIrqCfg2 = value & 0x3f;
+        this.writeMsiConfig(this.eventqIrq, IRQ_EVENTQ, offset - REG.EVENTQ_IRQ_CFG0, value);
         return;
       default:
         // ID registers, ACK registers, GERROR, STATUSR and reserved space are read-only.
         this.ignored();
         return;
     }
+  }
+
+  /** IRQ configuration may change only while that interrupt is disabled (6.3.19, 6.3.31). */
+  private writeMsiConfig(cfg: MsiConfig, enableBit: number, rel: number, value: number): void {
+    if ((this.irqCtrl & enableBit) !== 0) {
+      this.ignored();
+      return;
+    }
+    cfg.write(rel, value);
   }
 
   private writeCr0(value: number): void {
@@ -652,7 +657,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     this.gerror = (this.gerror ^ bit) >>> 0;
     if (this.tracer.on("irq")) this.trace("irq", "gerror", { bit, gerror: this.gerror });
     if ((this.irqCtrl & IRQ_GERROR) !== 0) {
-      this.signal(this.gerrorIrqCfg0Lo, this.gerrorIrqCfg0Hi, this.gerrorIrqCfg1, VECTOR_GERROR, false);
+      const c = this.gerrorIrq;
+      this.signal(c.addrLo, c.addrHi, c.data, VECTOR_GERROR, false);
     }
   }
 
@@ -982,7 +988,8 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     }
     if (result === "abort") this.raiseGerror(GERROR_EVENTQ_ABT);
     if ((result === "written" || overflowSignalled) && (this.irqCtrl & IRQ_EVENTQ) !== 0) {
-      this.signal(this.eventqIrqCfg0Lo, this.eventqIrqCfg0Hi, this.eventqIrqCfg1, VECTOR_EVENTQ, false);
+      const c = this.eventqIrq;
+      this.signal(c.addrLo, c.addrHi, c.data, VECTOR_EVENTQ, false);
     }
   }
 

@@ -185,3 +185,28 @@ test("queue base (6.3.25): LOG2SIZE above the maximum behaves as the maximum; ba
   const h = decodeQueueBase(0x10_0000 | 8, 0, 19, 16);
   assert.deepEqual(h, { baseGpa: 0x10_0000, log2size: 8, entryBytes: 16 });
 });
+
+test("GERROR/EVENTQ_IRQ_CFG0-2 (6.3.19-6.3.21, 6.3.31-6.3.33): fields masked, writable only while the IRQ is disabled", () => {
+  const { smmu } = makeFixture();
+  for (const [cfg0, cfg1, cfg2, enable] of [
+    [REG.GERROR_IRQ_CFG0, REG.GERROR_IRQ_CFG1, REG.GERROR_IRQ_CFG2, 1 << 0],
+    [REG.EVENTQ_IRQ_CFG0, REG.EVENTQ_IRQ_CFG1, REG.EVENTQ_IRQ_CFG2, 1 << 2],
+  ]) {
+    smmu.write(cfg0, 4, 0xffff_ffff);
+    smmu.write(cfg0 + 4, 4, 0xffff_ffff);
+    smmu.write(cfg1, 4, 0xffff_ffff);
+    smmu.write(cfg2, 4, 0xffff_ffff);
+    assert.equal(smmu.read(cfg0, 4), 0xffff_fffc, "ADDR[31:2]");
+    assert.equal(smmu.read(cfg0 + 4, 4), 0xfffff, "ADDR[51:32]");
+    assert.equal(smmu.read(cfg1, 4), 0xffff_ffff, "DATA");
+    assert.equal(smmu.read(cfg2, 4), 0x3f, "MemAttr, SH");
+    smmu.write(REG.IRQ_CTRL, 4, enable);
+    const ignoredBefore = smmu.stats().ignoredRegisterWrites;
+    for (const off of [cfg0, cfg0 + 4, cfg1, cfg2]) smmu.write(off, 4, 0);
+    assert.equal(smmu.stats().ignoredRegisterWrites, ignoredBefore + 4);
+    assert.equal(smmu.read(cfg1, 4), 0xffff_ffff, "unchanged while enabled");
+    smmu.write(REG.IRQ_CTRL, 4, 0);
+    smmu.write(cfg1, 4, 7);
+    assert.equal(smmu.read(cfg1, 4), 7);
+  }
+});
