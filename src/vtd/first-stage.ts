@@ -10,8 +10,9 @@ import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import { GuestRam } from "./guest-ram.ts";
 import {
-  ENUMERATION_ENTRY_BUDGET,
-  ENUMERATION_LEAF_BUDGET,
+  addressBitsAboveHaw,
+  EnumerationBudget,
+  entryAddress,
   LEVEL_BYTES,
   WALK,
   type WalkOut,
@@ -40,8 +41,6 @@ const WRITE: number = PERM_WRITE;
 const RW: number = PERM_RW;
 const W_OK: number = WALK.OK;
 
-const TWO32 = 0x1_0000_0000;
-
 /** What a nested second-stage lookup is for (it decides the fault reason). */
 export const NEST_ROOT_TABLE = 0;
 export const NEST_TABLE = 1;
@@ -59,40 +58,24 @@ export interface NestedStage {
   readonly reason: number;
 }
 
-/**
- * Reserved high-dword bits: address bits at and above the host address width. XD (bit 63) is
- * accepted whatever the PASID entry's NXE says: the unit takes no execute requests (ECAP.ERS
- * clear), and Linux sets XD in every first-stage entry it writes.
- */
-function reservedHigh(hawBits: number): number {
-  const h = Math.min(hawBits, 52);
-  return h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
-}
-
 export class FirstStageWalker {
   private readonly ram: GuestRam;
   private readonly format: FirstStageFormat;
   entryReads = 0;
-  /**
-   * Entries a single enumeration may read, and leaves it may report: a guest can point every
-   * entry of a level at the same table (512^4 leaves), so enumeration is bounded.
-   */
-  enumerationEntryBudget = ENUMERATION_ENTRY_BUDGET;
-  enumerationLeafBudget = ENUMERATION_LEAF_BUDGET;
-  /** True when the last enumeration stopped at a budget. */
-  enumerationTruncated = false;
-  /** Entries read and leaves reported by enumerations so far. */
-  enumerationReads = 0;
-  enumerationLeaves = 0;
-  private entriesLeft = 0;
-  private leavesLeft = 0;
+  /** Bounds and cost of `forEachLeaf`. */
+  readonly enumeration = new EnumerationBudget();
   accessedUpdates = 0;
 
   private readonly addressLimit: number;
+  /**
+   * Reserved high-dword bits: address bits at and above the host address width. XD (bit 63) is
+   * accepted whatever the PASID entry's NXE says: the unit takes no execute requests (ECAP.ERS
+   * clear), and Linux sets XD in every first-stage entry it writes.
+   */
   private readonly resHigh: number;
 
   constructor(memory: GuestMemory, format: FirstStageFormat) {
-    this.resHigh = reservedHigh(format.hawBits);
+    this.resHigh = addressBitsAboveHaw(format.hawBits);
     this.addressLimit = 2 ** Math.min(format.hawBits, 52);
     this.ram = new GuestRam(memory);
     this.format = format;
@@ -160,7 +143,7 @@ export class FirstStageWalker {
           this.accessedUpdates++;
         }
       }
-      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      const addr = entryAddress(lo, hi);
       if (leaf) {
         if (!req.privileged && !user) return WALK.USER_SUPERVISOR;
         const writeAllowed = writable || (req.privileged && !req.writeProtect);
@@ -199,9 +182,7 @@ export class FirstStageWalker {
     req: FirstStageRequest,
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
-    this.entriesLeft = this.enumerationEntryBudget;
-    this.leavesLeft = this.enumerationLeafBudget;
-    this.enumerationTruncated = false;
+    this.enumeration.begin();
     if (rootGpa >= this.addressLimit) return;
     const last = Math.min(lastIova, FirstStageWalker.inputLimit(levels) - 1);
     this.visit(rootGpa, levels, 0, startIova, last, true, true, req, leaf);
@@ -219,6 +200,7 @@ export class FirstStageWalker {
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
     const ram = this.ram;
+    const budget = this.enumeration;
     const resHigh = this.resHigh;
     const size = LEVEL_BYTES[level];
     const first = Math.max(0, Math.floor((startIova - baseIova) / size));
@@ -226,23 +208,19 @@ export class FirstStageWalker {
     for (let i = first; i <= last; i++) {
       const entryGpa = table + i * 8;
       if (!ram.read64(entryGpa)) return;
-      if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
-        this.enumerationTruncated = true;
-        return;
-      }
-      this.enumerationReads++;
+      if (!budget.take()) return;
+      budget.reads++;
       const lo = ram.lo;
       const hi = ram.hi;
       if ((lo & 1) === 0 || this.reserved(lo, hi, level, resHigh)) continue;
       const w = writable && (lo & 2) !== 0;
       const u = user && (lo & 4) !== 0;
-      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      const addr = entryAddress(lo, hi);
       const iova = baseIova + i * size;
       if (level === 1 || (lo & 0x80) !== 0) {
         if (!req.privileged && !u) continue;
         const perms = w || (req.privileged && !req.writeProtect) ? RW : READ;
-        this.leavesLeft--;
-        this.enumerationLeaves++;
+        budget.leaf();
         leaf(iova, level === 1 ? addr : addr - (addr % size), size, perms);
       } else {
         this.visit(addr, level - 1, iova, startIova, lastIova, w, u, req, leaf);

@@ -69,9 +69,9 @@ export class HostReplay {
   }
 
   private work(): number {
-    const ss = this.secondStage;
-    const fs = this.firstStage;
-    return ss.enumerationReads + fs.enumerationReads + 16 * (ss.enumerationLeaves + fs.enumerationLeaves);
+    const ss = this.secondStage.enumeration;
+    const fs = this.firstStage.enumeration;
+    return ss.reads + fs.reads + 16 * (ss.leaves + fs.leaves);
   }
 
   /** The guest's current leaves for `ep` (see the module comment). */
@@ -99,14 +99,14 @@ export class HostReplay {
       const ss = this.secondStage;
       return (start, last, leaf) => {
         ss.forEachLeaf(t.root, t.levels, start, Math.min(last, t.inputLimit - 1), outsideWindow(leaf));
-        return !ss.enumerationTruncated;
+        return !ss.enumeration.truncated;
       };
     }
     const fs = this.firstStage;
     const req = { ...t.fsRequest, updateAccessed: false };
     return (start, last, leaf) => {
       fs.forEachLeaf(t.root, t.levels, start, Math.min(last, t.inputLimit - 1), req, outsideWindow(leaf));
-      return !fs.enumerationTruncated;
+      return !fs.enumeration.truncated;
     };
   }
 

@@ -21,6 +21,45 @@ const RW: number = PERM_RW;
 export const ENUMERATION_ENTRY_BUDGET = 1 << 22;
 export const ENUMERATION_LEAF_BUDGET = 1 << 17;
 
+/**
+ * The bounds of one leaf enumeration and what enumerations have cost so far. A guest can point
+ * every entry of a level at the same table (512^4 leaves), so each enumeration may read at most
+ * `entryBudget` entries and report at most `leafBudget` leaves.
+ */
+export class EnumerationBudget {
+  entryBudget = ENUMERATION_ENTRY_BUDGET;
+  leafBudget = ENUMERATION_LEAF_BUDGET;
+  /** True when the last enumeration stopped at a budget. */
+  truncated = false;
+  /** Entries read and leaves reported by enumerations so far. */
+  reads = 0;
+  leaves = 0;
+  private entriesLeft = 0;
+  private leavesLeft = 0;
+
+  /** Starts an enumeration with the full budgets. */
+  begin(): void {
+    this.entriesLeft = this.entryBudget;
+    this.leavesLeft = this.leafBudget;
+    this.truncated = false;
+  }
+
+  /** Spends one entry; false (and `truncated`) once either budget is used up. */
+  take(): boolean {
+    if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
+      this.truncated = true;
+      return false;
+    }
+    return true;
+  }
+
+  /** Counts one reported leaf. */
+  leaf(): void {
+    this.leavesLeft--;
+    this.leaves++;
+  }
+}
+
 export const WALK = {
   OK: 0,
   /** An entry could not be read (not RAM). */
@@ -61,6 +100,17 @@ export interface SecondStageFormat {
 
 const TWO32 = 0x1_0000_0000;
 
+/** The address in a paging entry (VT-d 9.7, 9.8): bits 51:12, high dword bits 19:0. */
+export function entryAddress(lo: number, hi: number): number {
+  return (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+}
+
+/** High-dword mask of the entry address bits at and above the host address width (up to 51). */
+export function addressBitsAboveHaw(hawBits: number): number {
+  const h = Math.min(hawBits, 52);
+  return h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
+}
+
 /**
  * Bytes one entry maps at each level (index = level): a table, since `2 ** n` with a variable
  * exponent is a slow generic power in V8 and sits on the walk path.
@@ -69,9 +119,7 @@ export const LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 *
 
 /** Reserved high-dword bits: address bits haw..51 and bit 62 (VT-d 9.8). */
 function reservedHigh(hawBits: number): number {
-  const h = Math.min(hawBits, 52);
-  const addrMask = h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
-  return (addrMask | (1 << 30)) >>> 0;
+  return (addressBitsAboveHaw(hawBits) | (1 << 30)) >>> 0;
 }
 
 export class SecondStageWalker {
@@ -81,19 +129,8 @@ export class SecondStageWalker {
   private readonly addressLimit: number;
   /** Entries read by walks so far (a cost counter for stats). */
   entryReads = 0;
-  /**
-   * Entries a single enumeration may read, and leaves it may report: a guest can point every
-   * entry of a level at the same table (512^4 leaves), so enumeration is bounded.
-   */
-  enumerationEntryBudget = ENUMERATION_ENTRY_BUDGET;
-  enumerationLeafBudget = ENUMERATION_LEAF_BUDGET;
-  /** True when the last enumeration stopped at a budget. */
-  enumerationTruncated = false;
-  /** Entries read and leaves reported by enumerations so far. */
-  enumerationReads = 0;
-  enumerationLeaves = 0;
-  private entriesLeft = 0;
-  private leavesLeft = 0;
+  /** Bounds and cost of `forEachLeaf`. */
+  readonly enumeration = new EnumerationBudget();
 
   constructor(memory: GuestMemory, format: SecondStageFormat) {
     this.ram = new GuestRam(memory);
@@ -142,7 +179,7 @@ export class SecondStageWalker {
       if ((lo & 3) === 0) return WALK.NOT_PRESENT;
       if (this.reserved(lo, hi, level)) return WALK.RESERVED;
       perms &= (lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0);
-      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      const addr = entryAddress(lo, hi);
       if (level === 1 || (lo & 0x80) !== 0) {
         out.iovaBase = iova - (iova % size);
         out.gpaBase = addr - (addr % size);
@@ -167,9 +204,7 @@ export class SecondStageWalker {
     lastIova: number,
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
-    this.entriesLeft = this.enumerationEntryBudget;
-    this.leavesLeft = this.enumerationLeafBudget;
-    this.enumerationTruncated = false;
+    this.enumeration.begin();
     if (!this.rootValid(rootGpa)) return;
     this.visit(rootGpa, levels, 0, startIova, lastIova, RW, leaf);
   }
@@ -184,27 +219,24 @@ export class SecondStageWalker {
     leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
   ): void {
     const ram = this.ram;
+    const budget = this.enumeration;
     const size = LEVEL_BYTES[level];
     const first = Math.max(0, Math.floor((startIova - baseIova) / size));
     const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
     for (let i = first; i <= last; i++) {
       const entryGpa = table + i * 8;
-      if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
-        this.enumerationTruncated = true;
-        return;
-      }
+      if (!budget.take()) return;
       if (!ram.read64(entryGpa)) return;
-      this.enumerationReads++;
+      budget.reads++;
       const lo = ram.lo;
       const hi = ram.hi;
       if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
       const p = perms & ((lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0));
-      const addr = (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
+      const addr = entryAddress(lo, hi);
       const iova = baseIova + i * size;
       if (level === 1 || (lo & 0x80) !== 0) {
         if (p !== 0) {
-          this.leavesLeft--;
-          this.enumerationLeaves++;
+          budget.leaf();
           leaf(iova, addr - (addr % size), size, p);
         }
       } else {
