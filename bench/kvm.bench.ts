@@ -87,6 +87,62 @@ function builtinGuestCase(name: string, iommu: IommuChoice): BenchCase {
   };
 }
 
+/**
+ * One whole run per operation: a guest doing `exits` port writes then isa-debug-exit, on a
+ * machine with `cpus` vCPUs. Comparing 0 and 20000 exits separates startup from the per-exit
+ * cost; comparing 1 and 2 vCPUs shows the cost of the cross-thread hop to the device thread.
+ */
+function countedExitsCase(cpus: number, exits: number): BenchCase {
+  // mov ecx, exits; jecxz 2f; mov dx, 0x3ff; 1: out dx, al; loop 1b; 2: mov dx, 0x501; mov ax, 0x10; out dx, ax
+  const e = [exits & 0xff, (exits >> 8) & 0xff, (exits >> 16) & 0xff, exits >>> 24];
+  const body = [
+    0xb9,
+    ...e,
+    0xe3,
+    0x07,
+    0x66,
+    0xba,
+    0xff,
+    0x03,
+    0xee,
+    0xe2,
+    0xfd,
+    0x66,
+    0xba,
+    0x01,
+    0x05,
+    0x66,
+    0xb8,
+    0x10,
+    0x00,
+    0x66,
+    0xef,
+  ];
+  const image = loopKernel(body);
+  return {
+    group: "kvm: whole runs (machine creation, vCPU threads, exits, teardown)",
+    name: `--cpus ${cpus}, ${exits} port-write exits`,
+    initialBatch: 1,
+    run(n) {
+      for (let i = 0; i < n; i++) {
+        const m = new Machine({
+          cpus,
+          memorySizeBytes: 32 << 20,
+          serial: NULL_SINK,
+          iommu: { kind: "none" },
+          devices: [],
+          debugExit: { iobase: 0x501, iosize: 2 },
+          tracer: new Tracer(),
+        });
+        m.bootMultiboot(image, "");
+        const r = m.run(60);
+        m.close();
+        if (r.status !== 0x21) throw new Error(`counted-exit guest: status ${r.status}`);
+      }
+    },
+  };
+}
+
 export const cases: BenchCase[] = Kvm.available()
   ? [
       // mov dx, 0x3ff; out dx, al
@@ -96,5 +152,9 @@ export const cases: BenchCase[] = Kvm.available()
       builtinGuestCase("no IOMMU", { kind: "none" }),
       builtinGuestCase("--iommu virtio", { kind: "virtio" }),
       builtinGuestCase("--iommu intel,intremap=on", { kind: "intel", spec: "intremap=on" }),
+      countedExitsCase(1, 0),
+      countedExitsCase(1, 20000),
+      countedExitsCase(2, 0),
+      countedExitsCase(2, 20000),
     ]
   : [];

@@ -89,6 +89,9 @@ export interface MachineStats {
   }[];
 }
 
+/** Doorbell polls before the device thread sleeps (see VcpuThreads). */
+const DOORBELL_SPINS = 20_000;
+
 /** vCPUs a machine may have (APIC IDs stay below the xAPIC broadcast ID). */
 export const MAX_CPUS = 16;
 
@@ -454,7 +457,12 @@ export class Machine {
         if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
         else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
         else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
-        else if (!serviced) Atomics.wait(threads.doorbell, 0, seen, 50);
+        else if (!serviced) {
+          // Spin a little for the next request before sleeping on the doorbell futex.
+          let spins = 0;
+          while (spins < DOORBELL_SPINS && Atomics.load(threads.doorbell, 0) === seen) spins++;
+          if (spins === DOORBELL_SPINS) Atomics.wait(threads.doorbell, 0, seen, 50);
+        }
       }
     } finally {
       threads.stop();
