@@ -59,6 +59,15 @@ interface CachedIrte {
 export const INTERRUPT_WINDOW_BASE = 0xfee00000;
 export const INTERRUPT_WINDOW_LAST = 0xfeefffff;
 
+/**
+ * True when source ids `a` and `b` match, ignoring the function-number bits a 2-bit qualifier
+ * names: 0 none, 1 bit 2, 2 bits 2:1, 3 bits 2:0 (context-cache FM, VT-d 6.5.1.1; IRTE SQ, 9.10).
+ */
+export function sourceIdsMatch(a: number, b: number, qualifier: number): boolean {
+  const ignore = qualifier === 0 ? 0 : qualifier === 1 ? 0b100 : qualifier === 2 ? 0b110 : 0b111;
+  return ((a ^ b) & ~ignore & 0xffff) === 0;
+}
+
 /** The address of an MSI in the interrupt window (bits 31:20 = 0xFEE). */
 export function isInterruptAddress(address: number): boolean {
   return address >= INTERRUPT_WINDOW_BASE && address <= INTERRUPT_WINDOW_LAST;
@@ -197,9 +206,8 @@ export class InterruptRemapper {
     const sid = e.lo2 & 0xffff;
     const sq = (e.lo2 >>> 16) & 3;
     if (svt === 1) {
-      // Compare the requester id with SID, ignoring bits per SQ (VT-d 9.10, Table 9-x).
-      const ignore = sq === 0 ? 0 : sq === 1 ? 0b100 : sq === 2 ? 0b110 : 0b111;
-      if (((sourceId ^ sid) & ~ignore & 0xffff) !== 0) {
+      // Compare the requester id with SID, ignoring bits per SQ (VT-d 9.10).
+      if (!sourceIdsMatch(sourceId, sid, sq)) {
         return this.fail(
           sourceId,
           FR.IR_SOURCE_ID,

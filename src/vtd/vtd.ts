@@ -47,6 +47,7 @@ import {
   InterruptRemapper,
   isInterruptAddress,
   type RemapResult,
+  sourceIdsMatch,
 } from "./interrupt-remap.ts";
 import { GRAN, InvalidationQueue, type InvalidationTarget, type QueueStats } from "./invalidation-queue.ts";
 import { NestedSecondStage } from "./nested-stage.ts";
@@ -804,8 +805,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       this.targets.dropWhere((t) => t.scalable || t.domainId === domainId);
       affected = () => true;
     } else {
-      const ignore = functionMask === 0 ? 0 : functionMask === 1 ? 0b100 : functionMask === 2 ? 0b110 : 0b111;
-      const match = (sid: number) => ((sid ^ sourceId) & ~ignore & 0xffff) === 0;
+      const match = (sid: number) => sourceIdsMatch(sid, sourceId, functionMask);
       this.targets.dropWhere((t) => match(t.sourceId));
       affected = match;
     }
