@@ -26,6 +26,30 @@ function assigned(config = "caching-mode=on") {
   return { ...r, host, pt, dma };
 }
 
+/**
+ * An assigned endpoint (host limited to 4096 entries) whose 4-level second stage points every
+ * entry of each level at the same next table: 512^4 leaves.
+ */
+function assignedSelfReferencing() {
+  const r = rig({ config: "caching-mode=on" });
+  const host = new VfioType1Container({ dmaEntryLimit: 4096 });
+  r.driver.enableQueuedInvalidation();
+  r.driver.setRootTable(false);
+  const pml4 = r.alloc.page();
+  const pdpt = r.alloc.page();
+  const pd = r.alloc.page();
+  const pt = r.alloc.page();
+  for (let i = 0; i < 512; i++) {
+    r.memory.writeU64(pml4 + 8 * i, BigInt(pdpt) | 3n);
+    r.memory.writeU64(pdpt + 8 * i, BigInt(pd) | 3n);
+    r.memory.writeU64(pd + 8 * i, BigInt(pt) | 3n);
+    r.memory.writeU64(pt + 8 * i, BigInt(0x100000 + 4096 * i) | 3n);
+  }
+  r.driver.setLegacyContext(SID, { did: 1, slptptr: pml4 });
+  r.unit.addEndpoint(SID, { host });
+  return { r, host };
+}
+
 test("an assigned endpoint without caching mode is refused with the option to add", () => {
   const r = rig();
   assert.throws(() => r.unit.addEndpoint(SID, { host: new VfioType1Container() }), /caching-mode=on/);
@@ -146,22 +170,7 @@ test("scalable mode: a first-stage RID_PASID table is shadowed too", () => {
 });
 
 test("a self-referencing table (512^4 leaves) cannot stall the replay: the sync is bounded", () => {
-  const r = rig({ config: "caching-mode=on" });
-  const host = new VfioType1Container({ dmaEntryLimit: 4096 });
-  r.driver.enableQueuedInvalidation();
-  r.driver.setRootTable(false);
-  const pml4 = r.alloc.page();
-  const pdpt = r.alloc.page();
-  const pd = r.alloc.page();
-  const pt = r.alloc.page();
-  for (let i = 0; i < 512; i++) {
-    r.memory.writeU64(pml4 + 8 * i, BigInt(pdpt) | 3n);
-    r.memory.writeU64(pdpt + 8 * i, BigInt(pd) | 3n);
-    r.memory.writeU64(pd + 8 * i, BigInt(pt) | 3n);
-    r.memory.writeU64(pt + 8 * i, BigInt(0x100000 + 4096 * i) | 3n);
-  }
-  r.driver.setLegacyContext(SID, { did: 1, slptptr: pml4 });
-  r.unit.addEndpoint(SID, { host });
+  const { r, host } = assignedSelfReferencing();
   const t0 = Date.now();
   r.driver.setPersistent(GCMD.TE, true);
   assert.ok(r.driver.submitAndWait([D.iotlbGlobal()]));
@@ -174,22 +183,7 @@ test("a self-referencing table (512^4 leaves) cannot stall the replay: the sync 
 });
 
 test("a queue full of global invalidations and waits over a hostile table stays bounded", () => {
-  const r = rig({ config: "caching-mode=on" });
-  const host = new VfioType1Container({ dmaEntryLimit: 4096 });
-  r.driver.enableQueuedInvalidation();
-  r.driver.setRootTable(false);
-  const pml4 = r.alloc.page();
-  const pdpt = r.alloc.page();
-  const pd = r.alloc.page();
-  const pt = r.alloc.page();
-  for (let i = 0; i < 512; i++) {
-    r.memory.writeU64(pml4 + 8 * i, BigInt(pdpt) | 3n);
-    r.memory.writeU64(pdpt + 8 * i, BigInt(pd) | 3n);
-    r.memory.writeU64(pd + 8 * i, BigInt(pt) | 3n);
-    r.memory.writeU64(pt + 8 * i, BigInt(0x100000 + 4096 * i) | 3n);
-  }
-  r.driver.setLegacyContext(SID, { did: 1, slptptr: pml4 });
-  r.unit.addEndpoint(SID, { host });
+  const { r } = assignedSelfReferencing();
   const descs: bigint[][] = [];
   for (let i = 0; i < 100; i++) descs.push(D.iotlbGlobal(), D.wait(i, r.driver.statusGpa));
   const t0 = Date.now();
