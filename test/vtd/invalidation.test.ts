@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RecordingInterruptSink } from "../../src/platform/interrupts.ts";
 import { ECTL, FSTS, GCMD, REG } from "../../src/vtd/registers.ts";
-import { D, type GuestDriver, PageTable, q, type Rig, rig } from "./guest.ts";
+import { D, PageTable, q, type Rig, rig } from "./guest.ts";
 
 const SID = 0x0020;
 
@@ -182,7 +182,10 @@ test("IECTL.IM holds the completion event in IP until unmasked", () => {
   assert.equal(d.r32(REG.IECTL) & ECTL.IP, 0);
 });
 
-function queueError(d: GuestDriver, r: Rig, desc: bigint[], iqei: number): void {
+/** Submits `desc` then a status-writing wait: the queue stops at `desc` with IQEI `iqei`. */
+function queueError(r: Rig, desc: bigint[], iqei: number): void {
+  const d = r.driver;
+  r.memory.writeU32(d.statusGpa, 0);
   const headBefore = Number(d.r64(REG.IQH));
   d.submit([desc, D.wait(1, d.statusGpa)]);
   assert.ok(d.r32(REG.FSTS) & FSTS.IQE, "IQE set");
@@ -193,34 +196,29 @@ function queueError(d: GuestDriver, r: Rig, desc: bigint[], iqei: number): void 
 
 test("an unknown descriptor type stops the queue with IQE (IQEI=3)", () => {
   const r = legacyMapped();
-  r.memory.writeU32(r.d.statusGpa, 0);
-  queueError(r.d, r as unknown as Rig, [q(0xf), 0n], 3);
+  queueError(r, [q(0xf), 0n], 3);
 });
 
 test("a reserved field set in a descriptor stops the queue with IQE (IQEI=4)", () => {
   const r = legacyMapped();
-  r.memory.writeU32(r.d.statusGpa, 0);
-  queueError(r.d, r as unknown as Rig, [q(0x2 | (1 << 4) | (1 << 8)), 0n], 4);
+  queueError(r, [q(0x2 | (1 << 4) | (1 << 8)), 0n], 4);
 });
 
 test("context-cache descriptor with granularity 0 is a reserved-field error", () => {
   const r = legacyMapped();
-  r.memory.writeU32(r.d.statusGpa, 0);
-  queueError(r.d, r as unknown as Rig, [q(0x1), 0n], 4);
+  queueError(r, [q(0x1), 0n], 4);
 });
 
 test("page-selective IOTLB descriptor with AM above MAMV is a reserved-field error", () => {
   const r = legacyMapped();
-  r.memory.writeU32(r.d.statusGpa, 0);
-  queueError(r.d, r as unknown as Rig, D.iotlbPage(4, 0, 19), 4);
+  queueError(r, D.iotlbPage(4, 0, 19), 4);
 });
 
 test("PASID-based descriptors in legacy mode are invalid for the TTM (IQEI=7)", () => {
   const r = rig({ config: "scalable-mode=on" });
   r.driver.enableQueuedInvalidation();
   r.driver.setRootTable(false);
-  r.memory.writeU32(r.driver.statusGpa, 0);
-  queueError(r.driver, r, D.pasidCacheGlobal(), 7);
+  queueError(r, D.pasidCacheGlobal(), 7);
 });
 
 test("clearing IQE after fixing the descriptor resumes the queue from IQH", () => {
