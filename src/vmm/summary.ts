@@ -23,7 +23,7 @@ export function formatSummary(machine: Machine, result: RunResult): string {
   lines.push("--- viommu run summary ---");
   lines.push(`stop: ${describeStop(result.stop)}; exit status ${result.status}; ${result.wallMs} ms`);
   lines.push(
-    `kvm: ${result.exits} exits (port I/O ${machine.ioExits}, MMIO ${machine.mmioExits}, IOAPIC EOI ${machine.eoiExits}); ` +
+    `kvm: ${1 + machine.apVcpus.length} vCPU${machine.apVcpus.length > 0 ? "s" : ""}, ${result.exits} exits (port I/O ${machine.ioExits}, MMIO ${machine.mmioExits}, IOAPIC EOI ${machine.eoiExits}); ` +
       `RAM ${machine.ramLayout.totalBytes >> 20} MiB ${machine.ram.backing}`,
   );
   const u = p.uart.stats();
