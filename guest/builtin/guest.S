@@ -375,14 +375,24 @@ vtd_test:
         setnz %al
         call check
 
-        /* a DMA to an IOVA without a present PTE faults with a fault record */
+        /* a DMA to an IOVA without a present PTE faults with a fault record; the unit's fault
+           event message (FEDATA/FEADDR, unmasked in FECTL) interrupts the CPU (VT-d 7.3) */
+        movl $0x44, VTD_BASE + 0x3C         /* FEDATA: vector 0x44 */
+        movl $0xFEE00000, VTD_BASE + 0x40   /* FEADDR: APIC 0 */
+        movl $0, VTD_BASE + 0x44            /* FEUADDR */
+        movl $0, VTD_BASE + 0x38            /* FECTL: IM = 0 */
         mov $s_vtd_unmapped, %esi
         call puts
         mov $IOVA + 0x1000, %eax
         call edu_to_ram
+        mov $irq_count_44, %ebx
+        call wait_irq
+        mov %al, %bl
         mov $IOVA + 0x1000, %eax
         call vtd_take_fault
+        and %bl, %al
         call check
+        movl $0x80000000, VTD_BASE + 0x38   /* FECTL: masked again */
 
         /* DMA both ways through the mapping */
         mov $s_dma_in, %esi
@@ -1152,7 +1162,10 @@ setup_interrupts:
 5:      cmp $0x43, %ecx
         jne 6f
         mov $irq43_handler, %eax
-6:      cmp $0xFF, %ecx
+6:      cmp $0x44, %ecx
+        jne 7f
+        mov $irq44_handler, %eax
+7:      cmp $0xFF, %ecx
         jne 4f
         mov $spurious_handler, %eax
 4:      mov %eax, %edx
@@ -1199,6 +1212,10 @@ irq42_handler:
 irq43_handler:
         add $12, %esp
         incl irq_count_43
+        jmp *irq_resume
+irq44_handler:
+        add $12, %esp
+        incl irq_count_44
         jmp *irq_resume
 spurious_handler:
         add $12, %esp
@@ -1284,6 +1301,31 @@ edu_raise_and_wait:
         pop %ecx
         ret
 
+
+
+/* wait_irq: EBX = counter of an interrupt that may already be pending; enables interrupts
+   briefly (exits in the loop, see edu_raise_and_wait); AL = 1 when the counter moved. */
+wait_irq:
+        push %ecx
+        push %edx
+        mov (%ebx), %edx
+        mov %edx, wait_old
+        movl $2f, irq_resume
+        mov $2000, %ecx
+        sti
+1:      mov $0x3FD, %dx
+        in %dx, %al
+        loop 1b
+2:      cli
+        mov wait_old, %edx
+        cmp (%ebx), %edx
+        je 3f
+        movl $0, 0xFEE000B0                 /* local APIC EOI */
+3:      cmp (%ebx), %edx
+        setne %al
+        pop %edx
+        pop %ecx
+        ret
 
 /* ================================================================ INTx through the IOAPIC */
 
@@ -1628,7 +1670,7 @@ s_unmap:        .asciz "virtio-iommu: UNMAP iova 0x08000000"
 s_after_unmap:  .asciz "dma: after UNMAP the old iova faults, memory untouched "
 s_vtd:          .asciz "vt-d: unit at 0xfed90000, VER "
 s_vtd_tables:   .asciz "vt-d: root/context/second-stage tables, SRTP, global invalidation, TE "
-s_vtd_unmapped: .asciz "dma: iova 0x08001000 without a PTE faults "
+s_vtd_unmapped: .asciz "dma: iova 0x08001000 without a PTE faults, fault event interrupt (vector 0x44) "
 s_vtd_unmap:    .asciz "vt-d: clear PTE + IOTLB invalidation, old iova faults, memory untouched "
 s_frcd:         .asciz "[FRCD reason "
 s_msi:          .asciz "msi: edu interrupt through the local APIC, vector 0x40 "
@@ -1699,6 +1741,7 @@ irq_count_40:   .skip 4
 irq_count_41:   .skip 4
 irq_count_42:   .skip 4
 irq_count_43:   .skip 4
+irq_count_44:   .skip 4
 msi_control:    .skip 4
 irq_resume:     .skip 4
 wait_old:       .skip 4
