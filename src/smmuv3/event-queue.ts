@@ -31,6 +31,8 @@ export interface EventQueueStats {
   readonly lostAbort: number;
   /** Streams that have had events dropped by the per-stream budget, with counts. */
   readonly rateLimitedByStream: Readonly<Record<number, number>>;
+  /** Streams holding merge state: only those with records still unconsumed in the queue. */
+  readonly streamsTracked: number;
 }
 
 export class EventQueue {
@@ -128,7 +130,7 @@ export class EventQueue {
       this.lastSig.set(sid, sig !== "" ? sig : rec.signature());
       this.lastPtr.set(sid, this.prod & ptrMask(log2));
     } else if (this.lastSig.size > 0) {
-      this.lastSig.delete(sid);
+      this.forgetMergeState(sid);
     }
     this.prod = ((this.prod & OVFLG) | ptrIncrement(this.prod, log2)) >>> 0;
     this.written++;
@@ -155,8 +157,10 @@ export class EventQueue {
       for (let i = 0; i < consumed; i++) {
         const sid = this.slotSid[ptrIndex(c, log2)];
         const n = (this.pending.get(sid) ?? 1) - 1;
-        if (n <= 0) this.pending.delete(sid);
-        else this.pending.set(sid, n);
+        if (n <= 0) {
+          this.pending.delete(sid);
+          this.forgetMergeState(sid);
+        } else this.pending.set(sid, n);
         c = ptrIncrement(c, log2);
       }
       this.cons = next;
@@ -183,6 +187,16 @@ export class EventQueue {
       this.pending.set(sid, (this.pending.get(sid) ?? 0) + 1);
       c = ptrIncrement(c, log2);
     }
+    for (const sid of this.lastSig.keys()) if (!this.pending.has(sid)) this.forgetMergeState(sid);
+  }
+
+  /**
+   * Merging needs a pending record of the stream, so a stream with none keeps no merge state:
+   * the maps stay bounded by the queue size whatever StreamIDs the guest names.
+   */
+  private forgetMergeState(sid: number): void {
+    this.lastSig.delete(sid);
+    this.lastPtr.delete(sid);
   }
 
   /** Records held in the queue for `streamId` and not yet consumed. */
@@ -201,6 +215,7 @@ export class EventQueue {
       lostRateLimited: this.lostRateLimited,
       lostAbort: this.lostAbort,
       rateLimitedByStream: byStream,
+      streamsTracked: this.lastSig.size,
     };
   }
 }

@@ -543,3 +543,24 @@ test("event interrupt: wired pin when EVENTQ_IRQ_CFG0 is 0, memory write when it
   fx.smmu.translate(8, 0x2000, ACCESS_READ, new Translation());
   assert.equal(fx.memory.readU32(cell), 0x5a5a);
 });
+
+test("C_BAD_STREAMID for ever-new StreamIDs (7.3.3, 7.3.1): per-stream queue state is dropped once consumed", () => {
+  const fx = ready({}, { eventqLog2: 4 });
+  // CR2.RECINVSID is set by the driver: every refused CFGI_STE is recorded, then consumed.
+  for (let batch = 0; batch < 40; batch++) {
+    const cmds = [];
+    for (let i = 0; i < 50; i++) cmds.push(cmd.cfgiSte(0x10_0000 + batch * 50 + i));
+    fx.driver.submit(cmds);
+    assert.ok(fx.driver.drainEvents().every((e) => e.type === EVT.C_BAD_STREAMID));
+  }
+  const s = fx.smmu.stats().eventQueue;
+  assert.equal(s.written + s.lostOverflow, 2000);
+  assert.ok(s.written >= 16 * 40);
+  assert.equal(s.streamsTracked, 0, "nothing pending: no stream keeps merge state");
+  // A stream with a pending record still merges an identical one (7.3.1).
+  fx.driver.submit([cmd.cfgiSte(0x20_0000), cmd.cfgiSte(0x20_0000)]);
+  assert.equal(fx.smmu.stats().eventQueue.streamsTracked, 1);
+  assert.equal(fx.smmu.stats().eventQueue.merged, s.merged + 1);
+  assert.equal(fx.driver.drainEvents().length, 1);
+  assert.equal(fx.smmu.stats().eventQueue.streamsTracked, 0);
+});
