@@ -239,6 +239,8 @@ virtio_iommu_test:
         call edu_to_ram                     /* device buffer -> RAM: nothing may land */
         call dst_untouched
         push %eax
+        mov $irq_count_45, %ebx             /* take its eventq interrupt, so none is pending */
+        call wait_irq
         call take_fault                     /* consume the fault record, if any */
         pop %eax
         call check
@@ -276,12 +278,18 @@ virtio_iommu_test:
         call compare_pattern
         call check
 
-        /* (d) a DMA to an unmapped IOVA faults and the eventq reports it */
+        /* (d) a DMA to an unmapped IOVA faults and the eventq reports it, with an MSI-X
+           interrupt (eventq vector 0 -> CPU vector 0x45) */
         mov $s_unmapped, %esi
         call puts
         mov $IOVA + 0x1000, %eax
         call edu_to_ram
+        mov $irq_count_45, %ebx
+        call wait_irq
+        and msix_ok, %al
+        mov %al, %bl
         call take_fault
+        and %bl, %al
         call check
 
         /* (e) UNMAP, then the old IOVA faults and memory stays untouched */
@@ -295,8 +303,11 @@ virtio_iommu_test:
         call fill_dst_marker
         mov $IOVA, %eax
         call edu_to_ram
-        call take_fault
+        mov $irq_count_45, %ebx
+        call wait_irq
         mov %al, %bl
+        call take_fault
+        and %al, %bl
         call dst_untouched
         and %bl, %al
         call check
@@ -971,11 +982,71 @@ virtio_bring_up:
         mov $eq_desc, %ecx
         call virtio_setup_queue
         mov %eax, eq_notify
+        call virtio_msix_eventq             /* eventq -> MSI-X vector 0 -> CPU vector 0x45 */
         movb $0x0F, 20(%ebx)                /* | DRIVER_OK */
         call post_event_buffer
         mov $1, %al
         ret
 9:      xor %al, %al
+        ret
+
+
+/* virtio_msix_eventq: MSI-X (PCI 3.0 6.8.2) on viommu_bdf: table entry 0 = fixed, vector
+   0x45, APIC 0; enable; eventq's queue_msix_vector = 0 (VIRTIO 1.3 4.1.4.3). EBX = common
+   config (preserved). Sets msix_ok when the device accepted the vector. */
+virtio_msix_eventq:
+        pusha
+        mov viommu_bdf, %ebp
+        shl $8, %ebp
+        mov %ebp, %eax
+        or $0x34, %eax
+        call pci_read
+        and $0xFC, %eax
+        mov %eax, %esi
+        mov $48, %edx
+1:      test %esi, %esi
+        jz 9f
+        dec %edx
+        jz 9f
+        mov %ebp, %eax
+        or %esi, %eax
+        call pci_read
+        cmp $0x11, %al                      /* MSI-X capability */
+        je 2f
+        shr $8, %eax
+        and $0xFC, %eax
+        mov %eax, %esi
+        jmp 1b
+2:      mov %eax, %edi                      /* id | next | message control */
+        mov %ebp, %eax                      /* table offset | BIR */
+        or %esi, %eax
+        add $4, %eax
+        call pci_read
+        mov %eax, %ecx
+        and $7, %eax                        /* BIR -> BAR register */
+        shl $2, %eax
+        add $0x10, %eax
+        or %ebp, %eax
+        call pci_read
+        and $0xFFFFFFF0, %eax
+        and $0xFFFFFFF8, %ecx
+        add %ecx, %eax                      /* table entry 0 */
+        movl $0xFEE00000, 0(%eax)           /* message address: APIC 0 */
+        movl $0, 4(%eax)
+        movl $0x45, 8(%eax)                 /* message data: fixed, vector 0x45 */
+        movl $0, 12(%eax)                   /* unmasked */
+        mov %edi, %ecx
+        or $0x80000000, %ecx                /* MSI-X enable (control bit 15) */
+        and $0xBFFFFFFF, %ecx               /* function mask off (bit 14) */
+        mov %ebp, %eax
+        or %esi, %eax
+        call pci_write
+        mov common_cfg, %ebx
+        movw $1, 22(%ebx)                   /* queue_select = eventq */
+        movw $0, 26(%ebx)                   /* queue_msix_vector = 0 */
+        cmpw $0, 26(%ebx)                   /* the device answers NO_VECTOR if it refuses */
+        sete msix_ok
+9:      popa
         ret
 
 /* virtio_setup_queue: EAX = queue, ECX = desc table (avail at +128, used at +256);
@@ -1165,7 +1236,10 @@ setup_interrupts:
 6:      cmp $0x44, %ecx
         jne 7f
         mov $irq44_handler, %eax
-7:      cmp $0xFF, %ecx
+7:      cmp $0x45, %ecx
+        jne 8f
+        mov $irq45_handler, %eax
+8:      cmp $0xFF, %ecx
         jne 4f
         mov $spurious_handler, %eax
 4:      mov %eax, %edx
@@ -1216,6 +1290,10 @@ irq43_handler:
 irq44_handler:
         add $12, %esp
         incl irq_count_44
+        jmp *irq_resume
+irq45_handler:
+        add $12, %esp
+        incl irq_count_45
         jmp *irq_resume
 spurious_handler:
         add $12, %esp
@@ -1665,9 +1743,9 @@ s_unattached:   .asciz "dma: unattached endpoint is blocked "
 s_attach:       .asciz "virtio-iommu: ATTACH edu to domain 1"
 s_map:          .asciz "virtio-iommu: MAP iova 0x08000000 -> page"
 s_dma_in:       .asciz "dma: edu reads and writes through the mapping "
-s_unmapped:     .asciz "dma: unmapped iova 0x08001000 faults "
+s_unmapped:     .asciz "dma: unmapped iova 0x08001000 faults, eventq MSI-X interrupt (vector 0x45) "
 s_unmap:        .asciz "virtio-iommu: UNMAP iova 0x08000000"
-s_after_unmap:  .asciz "dma: after UNMAP the old iova faults, memory untouched "
+s_after_unmap:  .asciz "dma: after UNMAP the old iova faults (event + MSI-X), memory untouched "
 s_vtd:          .asciz "vt-d: unit at 0xfed90000, VER "
 s_vtd_tables:   .asciz "vt-d: root/context/second-stage tables, SRTP, global invalidation, TE "
 s_vtd_unmapped: .asciz "dma: iova 0x08001000 without a PTE faults, fault event interrupt (vector 0x44) "
@@ -1742,6 +1820,8 @@ irq_count_41:   .skip 4
 irq_count_42:   .skip 4
 irq_count_43:   .skip 4
 irq_count_44:   .skip 4
+irq_count_45:   .skip 4
+msix_ok:        .skip 4
 msi_control:    .skip 4
 irq_resume:     .skip 4
 wait_old:       .skip 4
