@@ -1268,6 +1268,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       }
       lookedTag = this.fastTag;
     }
+    this.tlb.pruneTags();
     this.curSid = sid;
     this.curSsid = ssid;
     this.curWrite = write;

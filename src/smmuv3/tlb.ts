@@ -112,6 +112,19 @@ export class SmmuTlb {
     this.splitLeafCount++;
   }
 
+  /**
+   * Forgets tags with nothing cached once the tag sets outgrow the IOTLB. They only narrow
+   * invalidation scans, and a guest cycling ASIDs or VMIDs would otherwise grow them (and the
+   * cost of every TLBI that walks them) without bound. Called between translations, never in
+   * one: a tag marked global for a leaf not yet inserted must not be forgotten.
+   */
+  pruneTags(): void {
+    const bound = 2 * this.iotlb.capacity;
+    if (this.liveTags.size <= bound && this.globalTags.size <= bound) return;
+    for (const t of this.liveTags) if (this.iotlb.entriesOf(t) === 0) this.forgetTag(t);
+    for (const t of this.globalTags) if (this.iotlb.entriesOf(t) === 0) this.globalTags.delete(t);
+  }
+
   /** Records that `tag` holds entries from a global leaf. */
   markGlobal(tag: number): void {
     this.globalTags.add(tag);
