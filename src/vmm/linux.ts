@@ -23,6 +23,7 @@ import type { SegmentState } from "../boot/segments.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { Segment, SegmentName } from "../kvm/structs.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
+import { ACPI_POWER_FADT, S5_SLEEP_TYPE } from "./acpi-power.ts";
 import { IOAPIC_GPA, LOW_RAM_MAX_END, PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_END } from "./layout.ts";
 import { type Platform, VIRTIO_IOMMU_SLOT } from "./platform.ts";
 
@@ -65,6 +66,8 @@ export function acpiTablesFor(platform: Platform): AcpiTableSet {
         ecamBaseGpa: PCI_ECAM_BASE,
       },
       com1: COM1,
+      fadt: ACPI_POWER_FADT,
+      s5SleepType: S5_SLEEP_TYPE,
       viot: viotFor(platform),
       extraTables: platform.dmar === null ? [] : [platform.dmar],
     },

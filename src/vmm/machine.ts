@@ -49,7 +49,8 @@ export type StopReason =
   | { readonly kind: "interrupted"; readonly signal: number }
   | { readonly kind: "hlt" }
   | { readonly kind: "unknown-exit"; readonly reason: number }
-  | { readonly kind: "device-error"; readonly message: string };
+  | { readonly kind: "device-error"; readonly message: string }
+  | { readonly kind: "guest-power"; readonly request: "poweroff" | "reset" };
 
 export interface RunResult {
   readonly stop: StopReason;
@@ -176,6 +177,9 @@ export class Machine {
         if (this.stopReason === null) this.stopReason = { kind: "debug-exit", status };
       },
       serialInput: config.serialInput,
+      onPowerRequest: (request) => {
+        if (this.stopReason === null) this.stopReason = { kind: "guest-power", request };
+      },
       onIoapicRoutesChanged: () => {
         this.ioapicRoutesDirty = true;
       },
@@ -544,6 +548,7 @@ export function statusFor(stop: StopReason): number {
     case "system-event":
       return stop.type === 3 ? 2 : 0;
     case "hlt":
+    case "guest-power":
       return 0;
     case "timeout":
       return 124;
@@ -576,5 +581,9 @@ export function describeStop(stop: StopReason): string {
       return `unhandled KVM exit reason ${stop.reason}`;
     case "device-error":
       return `a device model failed: ${stop.message}`;
+    case "guest-power":
+      return stop.request === "poweroff"
+        ? "guest powered off (ACPI S5)"
+        : "guest reset (ACPI reset register)";
   }
 }

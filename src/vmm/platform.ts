@@ -36,6 +36,7 @@ import type { MsiMessage } from "../platform/interrupts.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { dmarForConfig } from "../vtd/dmar.ts";
 import { VtdUnit } from "../vtd/vtd.ts";
+import { ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, AcpiPower, type PowerRequest } from "./acpi-power.ts";
 import { InterruptFabric, type MsiTarget } from "./interrupts.ts";
 import {
   e820Bytes,
@@ -69,6 +70,8 @@ export interface PlatformConfig {
   readonly debugExit: { readonly iobase: number; readonly iosize: number };
   readonly tracer: Tracer;
   readonly msiTarget: MsiTarget;
+  /** The guest asked to power off or reset through the ACPI registers. */
+  readonly onPowerRequest?: (request: PowerRequest) => void;
   /** A guest write to isa-debug-exit: the machine should stop with this status. */
   readonly onDebugExit: (status: number) => void;
   /** Host input for COM1. */
@@ -108,6 +111,7 @@ export class Platform {
   readonly uart: Uart16550;
   readonly debugExit: DebugExit;
   readonly fwCfg: FwCfg;
+  readonly acpiPower: AcpiPower;
   readonly ioapic: Ioapic;
   readonly interrupts: InterruptFabric;
   readonly pci = new PciBus();
@@ -146,6 +150,9 @@ export class Platform {
     this.fwCfg.addFile("etc/e820", e820Bytes(e820Map(config.ramLayout)));
     this.pio.register(FW_CFG_IOBASE, FW_CFG_IOSIZE, this.fwCfg, "fw_cfg");
     this.pio.register(FW_CFG_DMA_IOBASE, FW_CFG_DMA_IOSIZE, this.fwCfg.dmaHandler, "fw_cfg-dma");
+
+    this.acpiPower = new AcpiPower((request) => config.onPowerRequest?.(request));
+    this.pio.register(ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, this.acpiPower, "acpi-power");
 
     this.pio.register(
       PCI_CONFIG_ADDRESS_PORT,

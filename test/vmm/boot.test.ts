@@ -214,6 +214,14 @@ test("a device model that throws stops the machine with its message (status 2), 
   assert.equal(describeStop(r.stop), "a device model failed: broken model");
 });
 
+test("a guest writing S5 to the ACPI sleep control register powers the machine off (status 0)", (t) => {
+  if (!KVM) return t.skip(NO_KVM);
+  // mov dx, 0x600; mov al, (5 << 2) | 0x20; out dx, al
+  const r = run(["--kernel", kernel([0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee])]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /stop: guest powered off \(ACPI S5\)/);
+});
+
 test("a triple fault stops the machine with status 2", (t) => {
   if (!KVM) return t.skip(NO_KVM);
   // ud2 with an empty IDT: #UD -> #DF -> triple fault.
