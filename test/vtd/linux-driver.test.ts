@@ -6,9 +6,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { PERM_READ, PERM_RW } from "../../src/engine/access.ts";
+import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { RecordingInterruptSink } from "../../src/platform/interrupts.ts";
 import { GCMD, REG } from "../../src/vtd/registers.ts";
-import { D, PageTable, rig } from "./guest.ts";
+import { VtdUnit } from "../../src/vtd/vtd.ts";
+import { D, GuestDriver, PageAllocator, PageTable, rig } from "./guest.ts";
 
 const SID = 0x0010; // 00:02.0
 
@@ -163,4 +165,32 @@ test("Linux scalable mode with a first-stage DMA domain: map, DMA, unmap + PASID
   assert.ok(d.submitAndWait([D.pasidIotlbPage(11, 0, 0x20000)]));
   assert.equal(dma.readUint(0x20000, 4), -1);
   assert.equal(dma.lastFault?.code, 0x71);
+});
+
+test("RAM above 2 GiB (VT-d 9.1-9.8, 6.5.2): tables, queue and wait status with address bit 31 set", () => {
+  for (const scalable of [false, true]) {
+    const high = 0x8000_0000;
+    const memory = GuestMemory.anonymous([
+      { gpa: 0, sizeBytes: 16 << 20 },
+      { gpa: high, sizeBytes: 16 << 20 },
+    ]);
+    const unit = new VtdUnit(memory, { config: `scalable-mode=${scalable ? "on" : "off"}` });
+    const alloc = new PageAllocator(memory, high, 16 << 20);
+    const d = new GuestDriver(unit, memory, alloc);
+    d.enableQueuedInvalidation(scalable);
+    d.setRootTable(scalable);
+    assert.ok(d.queueBase >= high && d.rootTable >= high);
+    const pt = new PageTable(memory, alloc, 4);
+    const page = alloc.page();
+    pt.map(0x10000, page, 1, PageTable.ss(true, true));
+    if (scalable) d.setPasidEntry(d.setScalableContext(SID), 0, { pgtt: 2, did: 7, aw: 2, slptptr: pt.root });
+    else d.setLegacyContext(SID, { did: 7, aw: 2, slptptr: pt.root });
+    const dma = unit.addEndpoint(SID);
+    d.setPersistent(GCMD.TE, true);
+    memory.writeU32(page, 0x600d);
+    assert.equal(dma.readUint(0x10000, 4), 0x600d, `scalable=${scalable}`);
+    pt.unmap(0x10000);
+    assert.ok(d.submitAndWait([D.iotlbPage(7, 0x10000)]), "the wait status landed above 2 GiB");
+    assert.equal(dma.readUint(0x10000, 4), -1, "no stale translation");
+  }
 });
