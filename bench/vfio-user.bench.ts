@@ -19,6 +19,7 @@ interface Client {
   rx: NativeBuffer;
   id: number;
   memfd: number;
+  dmaReady: boolean;
 }
 
 let client: Client | undefined;
@@ -44,6 +45,7 @@ function setup(): Client {
     rx: new NativeBuffer(4096),
     id: 0,
     memfd: memfdCreate("bench-ram", 1 << 20),
+    dmaReady: false,
   };
   client = c;
   const json = Buffer.from('{"capabilities":{"max_msg_fds":8}}\0');
@@ -114,6 +116,30 @@ export const cases: BenchCase[] = [
     run(n) {
       const c = setup();
       for (let i = 0; i < n; i++) roundTrip(c, 9, stageRegion(c, 7, 0, 4));
+    },
+  },
+  {
+    group: "vfio-user: server round trips over a UNIX socket (edu)",
+    name: "REGION_WRITE starting a 4 KiB edu DMA (RAM to device)",
+    initialBatch: 200,
+    run(n) {
+      const c = setup();
+      if (!c.dmaReady) {
+        // Map 1 MiB of guest RAM at 0x100000, enable bus mastering, program the DMA registers.
+        const v = new DataView(c.tx.bytes.buffer, c.tx.bytes.byteOffset, 4096);
+        v.setUint32(16, 32, true);
+        v.setUint32(20, 3, true);
+        v.setBigUint64(24, 0n, true);
+        v.setBigUint64(32, 0x100000n, true);
+        v.setBigUint64(40, 0x100000n, true);
+        roundTrip(c, 2, 32, [c.memfd]);
+        roundTrip(c, 10, stageRegion(c, 7, 4, 4, 0x6));
+        roundTrip(c, 10, stageRegion(c, 0, 0x80, 4, 0x100000));
+        roundTrip(c, 10, stageRegion(c, 0, 0x88, 4, 0x40000));
+        roundTrip(c, 10, stageRegion(c, 0, 0x90, 4, 4096));
+        c.dmaReady = true;
+      }
+      for (let i = 0; i < n; i++) roundTrip(c, 10, stageRegion(c, 0, 0x98, 4, 1));
     },
   },
   {

@@ -101,6 +101,7 @@ export interface DeviceServerStats {
   readonly dmaUnmaps: number;
   readonly dmaRegions: number;
   readonly unexpectedReplies: number;
+  readonly internalErrors: number;
   /** The current connection's byte stream (absent while no client is attached). */
   readonly channel?: ReturnType<MessageChannel["stats"]>;
   readonly irqs: ReturnType<IrqRouter["stats"]>;
@@ -146,6 +147,8 @@ export class VfioUserDeviceServer {
   dmaMaps = 0;
   dmaUnmaps = 0;
   unexpectedReplies = 0;
+  /** Exceptions from device models, caught at the command boundary (a bug if non-zero). */
+  internalErrors = 0;
   private readonly commandCounts: Record<string, number> = {};
   private readonly errorCounts: Record<string, number> = {};
 
@@ -254,6 +257,7 @@ export class VfioUserDeviceServer {
       if (e instanceof RequestError) err = e;
       else {
         // A device model bug must not take the server down: answer EIO and log it.
+        this.internalErrors++;
         err = new RequestError(ERRNO.EIO, `internal error: ${(e as Error).message}`);
         this.log(`${this.name}: ${name}: ${(e as Error).stack ?? e}`);
       }
@@ -605,6 +609,7 @@ export class VfioUserDeviceServer {
       dmaUnmaps: this.dmaUnmaps,
       dmaRegions: this.session?.dma.count ?? 0,
       unexpectedReplies: this.unexpectedReplies,
+      internalErrors: this.internalErrors,
       channel: this.session?.channel.stats(),
       irqs: this.irqs.stats(),
     };
