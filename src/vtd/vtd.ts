@@ -52,6 +52,7 @@ import {
 import { GRAN, InvalidationQueue, type InvalidationTarget, type QueueStats } from "./invalidation-queue.ts";
 import { NestedSecondStage } from "./nested-stage.ts";
 import {
+  ECTL,
   FSTS,
   GCMD,
   REG,
@@ -336,6 +337,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     r.set32(REG.VER, this.config.scalableMode ? 0x30 : 0x10);
     r.set64(REG.CAP, capRegister(this.config));
     r.set64(REG.ECAP, ecapRegister(this.config));
+    // Fault and invalidation event interrupts come out of reset masked (VT-d 11.4.7.x: IM default 1).
+    r.set32(REG.FECTL, ECTL.IM);
+    r.set32(REG.IECTL, ECTL.IM);
   }
 
   /** Model epoch: changes whenever a translation handed out may have become stale. */

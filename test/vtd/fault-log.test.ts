@@ -23,6 +23,7 @@ function setup() {
   const r = rig({ interrupts: sink });
   r.driver.w32(REG.FEDATA, 0x50);
   r.driver.w32(REG.FEADDR, 0xfee00000);
+  r.driver.w32(REG.FECTL, 0); // unmask, as a driver does (IM is set at reset)
   return { ...r, sink };
 }
 

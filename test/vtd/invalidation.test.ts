@@ -158,6 +158,7 @@ test("invalidation wait with IF sets ICS.IWC and sends the completion event from
   const { d } = legacyMapped({ sink });
   d.w32(REG.IEDATA, 0x61);
   d.w32(REG.IEADDR, 0xfee00000);
+  d.w32(REG.IECTL, 0);
   d.submit([D.waitIntrOnly()]);
   assert.equal(d.r32(REG.ICS), 1);
   assert.equal(sink.msis.length, 1);
@@ -397,6 +398,7 @@ test("a completion event handler that moves the tail is folded into the running 
   };
   r = rig({ interrupts: sink });
   r.driver.enableQueuedInvalidation();
+  r.driver.w32(REG.IECTL, 0);
   r.driver.submit([D.waitIntrOnly()]);
   assert.equal(r.memory.readU32(r.driver.statusGpa + 16), 0x77);
   assert.equal(r.driver.r64(REG.IQH), r.driver.r64(REG.IQT));

@@ -123,6 +123,12 @@ test("FSTS PFO/IQE/ICE/ITE are write-1-to-clear and PPF/FRI are read-only (11.4.
   assert.equal(d.r32(REG.FSTS), 0);
 });
 
+test("FECTL and IECTL reset with IM set: no event interrupt before the guest programs them (11.4.7)", () => {
+  const d = rig().driver;
+  assert.equal(d.r32(REG.FECTL) >>> 0, ECTL.IM);
+  assert.equal(d.r32(REG.IECTL) >>> 0, ECTL.IM);
+});
+
 test("FECTL: IM is read-write, IP is read-only, reserved bits read zero (11.4.8)", () => {
   const { driver: d } = rig();
   d.w32(REG.FECTL, 0xffffffff);
@@ -241,6 +247,7 @@ test("fault event MSI is built from FEDATA/FEADDR/FEUADDR", () => {
   d.w32(REG.FEDATA, 0x4055);
   d.w32(REG.FEADDR, 0xfee0100c);
   d.w32(REG.FEUADDR, 0x1);
+  d.w32(REG.FECTL, 0);
   u.faults.setStatus(FSTS.IQE);
   assert.equal(sink.msis.length, 1);
   assert.equal(sink.msis[0].message.address, 0x1_fee0100c);
