@@ -131,9 +131,18 @@ export class DmaAddressSpace {
         return null;
       }
     }
+    // Miss path only: the cache above can only hold addresses validated here.
+    if (!Number.isSafeInteger(iova) || iova < 0) {
+      return this.fault(dmaFault("address-range", this.endpointId, 0, access, 0, "iova not representable"));
+    }
     const epoch = translator.epoch;
     const f = translator.translate(this.endpointId, iova, access, out);
     if (f !== null) return this.fault(f);
+    if (!Number.isSafeInteger(out.gpaBase) || !Number.isSafeInteger(out.iovaBase)) {
+      return this.fault(
+        dmaFault("bad-table", this.endpointId, iova, access, 0, "translation not representable"),
+      );
+    }
     if ((out.perms & access) === 0 || !out.covers(iova)) {
       // A model must not hand back a block that forbids the access or misses the address.
       return this.fault(

@@ -106,3 +106,15 @@ test("ranges that wrap or exceed 2^53 fault as address-range; translations outsi
   assert.equal(dma.readU64(0x100), 0n);
   assert.equal(dma.readUint(1 << 20, 2), -1);
 });
+
+test("non-integer or negative IOVAs fault as address-range before reaching the model", () => {
+  const mem = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 1 << 20 }]);
+  const tr = new MapTranslator();
+  tr.pages.set(0x10000, [0x40000, PERM_RW]);
+  const dma = new DmaAddressSpace(mem, tr, 1);
+  const t = new Translation();
+  for (const iova of [65536.5, -1, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 60]) {
+    assert.equal(dma.translate(iova, ACCESS_READ, t)?.reason, "address-range", `iova ${iova}`);
+  }
+  assert.equal(tr.calls, 0);
+});
