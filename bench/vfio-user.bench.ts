@@ -153,12 +153,12 @@ export const cases: BenchCase[] = [
         v.setUint32(16, 32, true);
         v.setUint32(20, 3, true);
         v.setBigUint64(24, 0n, true);
-        v.setBigUint64(32, 0x100000n, true);
+        v.setBigUint64(32, 0x10000000n, true);
         v.setBigUint64(40, 0x10000n, true);
         roundTrip(c, 2, 32, [c.memfd]);
         v.setUint32(16, 24, true);
         v.setUint32(20, 0, true);
-        v.setBigUint64(24, 0x100000n, true);
+        v.setBigUint64(24, 0x10000000n, true);
         v.setBigUint64(32, 0x10000n, true);
         roundTrip(c, 3, 24);
       }
