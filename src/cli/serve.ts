@@ -28,6 +28,7 @@
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
+import { buildVirtioPciIommuViot } from "../acpi/viot.ts";
 import { EduDevice } from "../devices/edu.ts";
 import { VirtioBlk } from "../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
@@ -39,7 +40,6 @@ import type { PciFunction } from "../pci/function.ts";
 import { ObservedHostIommu } from "../vfio-user/host-observer.ts";
 import { VfioUserDeviceServer } from "../vfio-user/server.ts";
 import { SharedGuestMemory } from "../vfio-user/shared-memory.ts";
-import { buildViot } from "../vfio-user/viot.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 
 export type DeviceKind = "edu" | "rng" | "disk";
@@ -318,7 +318,11 @@ export async function runServe(argv: string[]): Promise<number> {
     viotPath = join(opts.socketDir, "viot.bin");
     writeFileSync(
       viotPath,
-      buildViot({ iommuBdf: IOMMU_SLOT << 3, endpointBdfs: served.filter((s) => s.iommu).map((s) => s.bdf) }),
+      buildVirtioPciIommuViot({
+        iommuBdf: IOMMU_SLOT << 3,
+        endpointBdfs: served.filter((s) => s.iommu).map((s) => s.bdf),
+        coverWholeSlots: true,
+      }),
     );
   }
   const line = qemuArgsLine(

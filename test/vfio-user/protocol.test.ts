@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { buildVirtioPciIommuViot, slotRuns } from "../../src/acpi/viot.ts";
 import {
   decodeHeader,
   encodeHeader,
@@ -12,7 +13,6 @@ import {
   readU64,
   writeU64,
 } from "../../src/vfio-user/protocol.ts";
-import { bdfRuns, buildViot } from "../../src/vfio-user/viot.ts";
 
 test("Header: 16 bytes, ID @0, command @2, size @4, flags @8, error @12, little-endian", () => {
   const b = new Uint8Array(16);
@@ -55,9 +55,13 @@ test("u64 fields: values of 2^53 and above are rejected, not truncated", () => {
 
 test("VIOT: header, virtio-iommu PCI node at offset 48, PCI range nodes per run of adjacent slots, checksum zero", () => {
   // IOMMU at 00:10.0, endpoints at 00:11.0, 00:12.0, 00:13.0 and 00:15.0 (00:14.0 is iommu=off).
-  const t = buildViot({ iommuBdf: 0x80, endpointBdfs: [0x88, 0x90, 0x98, 0xa8] });
+  const t = buildVirtioPciIommuViot({
+    iommuBdf: 0x80,
+    endpointBdfs: [0x88, 0x90, 0x98, 0xa8],
+    coverWholeSlots: true,
+  });
   const expected = [
-    // SDT header: "VIOT", length 112, revision 0, checksum, "VIOMMU", "VIOMMUTS", OEM rev 1, "VIOM", 1
+    // SDT header: "VIOT", length 112, revision 0, checksum, "VIOMMU", "VIOMMUVM", OEM rev 1, "VIOM", 1
     0x56,
     0x49,
     0x4f,
@@ -80,8 +84,8 @@ test("VIOT: header, virtio-iommu PCI node at offset 48, PCI range nodes per run 
     0x4d,
     0x4d,
     0x55,
-    0x54,
-    0x53,
+    0x56,
+    0x4d,
     1,
     0,
     0,
@@ -184,9 +188,9 @@ test("VIOT: header, virtio-iommu PCI node at offset 48, PCI range nodes per run 
 });
 
 test("VIOT ranges never cover a slot that was not listed", () => {
-  assert.deepEqual(bdfRuns([0x88, 0x98]), [
+  assert.deepEqual(slotRuns([0x88, 0x98]), [
     [0x88, 0x8f],
     [0x98, 0x9f],
   ]);
-  assert.deepEqual(bdfRuns([]), []);
+  assert.deepEqual(slotRuns([]), []);
 });
