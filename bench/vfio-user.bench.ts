@@ -32,6 +32,8 @@ function setup(): Client {
   const child = spawn(process.execPath, ["--import", "tsx", serve, "--socket-dir", dir, "--device", "edu"], {
     stdio: "ignore",
   });
+  // The server must not keep the runner alive: it is killed when the runner exits.
+  child.unref();
   process.on("exit", () => child.kill("SIGKILL"));
   // The benchmark API is synchronous: wait for the socket without the event loop.
   const sleep = new Int32Array(new SharedArrayBuffer(4));
