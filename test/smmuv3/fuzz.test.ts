@@ -10,19 +10,8 @@ import { DmaAddressSpace } from "../../src/engine/dma-space.ts";
 import { Translation } from "../../src/engine/translation.ts";
 import { ptrMask } from "../../src/smmuv3/queue.ts";
 import { REG } from "../../src/smmuv3/regs.ts";
+import { prngU32 as prng } from "../support/prng.ts";
 import { attachS1, cmd, type Fixture, makeFixture, RAM_BYTES, s1Attrs, writeWords } from "./harness.ts";
-
-/** mulberry32: a small, fixed-seed PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 function checkQueues(fx: Fixture): void {
   const cons = fx.smmu.read(REG.CMDQ_CONS, 4);

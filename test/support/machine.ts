@@ -10,6 +10,9 @@ import type { PciFunction } from "../../src/pci/function.ts";
 import { IoBus } from "../../src/platform/bus.ts";
 import { RecordingInterruptSink } from "../../src/platform/interrupts.ts";
 import { PciDriver, TEST_ECAM_BASE } from "./pci-driver.ts";
+import { prng } from "./prng.ts";
+
+export { prng };
 
 export interface TestMachineOptions {
   /** Guest RAM size at gpa 0; default 16 MiB. */
@@ -48,18 +51,6 @@ export class TestMachine {
       dma: dma ?? ((rid) => new DmaAddressSpace(this.memory, IDENTITY, rid)),
     });
   }
-}
-
-/** A deterministic PRNG (mulberry32) for fuzz tests; print the seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** FNV-1a over a byte range, to prove memory did not change. */

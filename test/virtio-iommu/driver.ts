@@ -13,6 +13,8 @@ import {
 } from "../../src/virtio-iommu/requests.ts";
 import { S_OK, STATUS_NAMES } from "../../src/virtio-iommu/wire.ts";
 
+export { prng } from "../support/prng.ts";
+
 export const RAM_BYTES = 16 << 20;
 
 export function makeMemory(sizeBytes = RAM_BYTES): GuestMemory {
@@ -97,16 +99,4 @@ export function probe(dev: VirtioIommu, endpointId: number, writableBytes?: numb
 
 export function ok(status: string): boolean {
   return status === STATUS_NAMES[S_OK];
-}
-
-/** A deterministic PRNG (mulberry32) for the randomized tests. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

@@ -14,17 +14,7 @@ import { builtinGuestImage } from "../../src/vmm/builtin-guest.ts";
 import { ImageError } from "../../src/vmm/elf.ts";
 import { e820Map, ramLayout } from "../../src/vmm/layout.ts";
 import { loadMultiboot } from "../../src/vmm/multiboot.ts";
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from "../support/prng.ts";
 
 const SIZES: AccessSize[] = [1, 2, 4, 8];
 

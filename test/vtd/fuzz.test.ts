@@ -10,18 +10,8 @@ import { ACCESS_READ, ACCESS_WRITE, type Access } from "../../src/engine/access.
 import type { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Translation } from "../../src/engine/translation.ts";
 import { GCMD, REG } from "../../src/vtd/registers.ts";
+import { prng } from "../support/prng.ts";
 import { D, q, rig } from "./guest.ts";
-
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const u32 = (r: () => number) => Math.floor(r() * 2 ** 32) >>> 0;
 
