@@ -98,7 +98,7 @@ export class EventRecord {
     const w0 = (this.type & 0xff) | (this.ssv ? 1 << 11 : 0) | ((this.substreamId & 0xfffff) << 12);
     view.setUint32(offset, w0 >>> 0, true);
     view.setUint32(offset + 4, this.streamId >>> 0, true);
-    view.setUint32(offset + 8, 0, true); // STAG 0, Stall 0: stalls are not implemented
+    view.setUint32(offset + 8, 0, true); // STAG 0, Stall 0: the model never stalls (IDR0.STALL_MODEL = 0b01)
     const w3 =
       (this.pnu ? 1 << 1 : 0) |
       (this.ind ? 1 << 2 : 0) |

@@ -57,7 +57,7 @@ export const REG = {
   CIDR3: 0xffc,
 } as const;
 
-/** CR0 / CR0ACK bits (6.3.9). PRIQEN is RES0 here: PRI is not implemented. */
+/** CR0 / CR0ACK bits (6.3.9). PRIQEN is RES0 here: IDR0.PRI is 0 (no PRI queue). */
 export const CR0_SMMUEN = 1 << 0;
 export const CR0_EVENTQEN = 1 << 2;
 export const CR0_CMDQEN = 1 << 3;

@@ -898,7 +898,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         return true;
       }
       // TLBI_EL3_* need a Secure queue; TLBI_EL2_* need Hyp; ATC_INV needs ATS; PRI_RESP needs
-      // PRI; RESUME/STALL_TERM need stalls. None is implemented (IDR0), so each is ILLEGAL.
+      // PRI; RESUME/STALL_TERM need stalls. IDR0 advertises none of these, so each is ILLEGAL.
       default:
         return false;
     }
