@@ -108,10 +108,19 @@ export class IntervalMap<T> {
     return out;
   }
 
+  /** True when some interval contains `addr` (no allocation). */
+  private contains(addr: number): boolean {
+    const c = this.chunkFor(addr);
+    if (c < 0) return false;
+    const chunk = this.chunks[c];
+    const i = IntervalMap.floorIndex(chunk.starts, addr);
+    return i >= 0 && chunk.lasts[i] >= addr;
+  }
+
   /** True when any interval overlaps [start, last]. */
   overlaps(start: number, last: number): boolean {
-    const before = this.find(start);
-    if (before !== undefined) return true;
+    if (this.contains(start)) return true;
+    // Otherwise an overlap must start inside (start, last]: the last interval starting <= last.
     const c = this.chunkFor(last);
     if (c < 0) return false;
     const chunk = this.chunks[c];
