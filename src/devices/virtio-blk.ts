@@ -34,6 +34,7 @@
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../engine/access.ts";
 import { type DmaAddressSpace, SgList } from "../engine/dma-space.ts";
+import { GuestMemoryError } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { VIRTIO_ID_BLOCK } from "../virtio/constants.ts";
 import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
@@ -336,7 +337,16 @@ class VirtioBlkDevice implements VirtioDevice {
         this.dmaFaults++;
         return null;
       }
-      for (const v of dma.views(this.sg)) out.push(v);
+      let views: Uint8Array[];
+      try {
+        views = dma.views(this.sg);
+      } catch (e) {
+        // RAM without bytes to view (vfio-user memory reached by messages): a device error.
+        if (!(e instanceof GuestMemoryError)) throw e;
+        this.dmaFaults++;
+        return null;
+      }
+      for (const v of views) out.push(v);
       remaining -= n;
       skip = 0;
     }

@@ -6,6 +6,11 @@
  * `IDENTITY` for a device that is not behind an IOMMU (iova == gpa). Nothing here throws on
  * guest-controlled input: failures come back as `DmaFault` values, and a write is only performed
  * after the whole range has been translated, so a faulting DMA writes nothing.
+ *
+ * Data moves through `memory.read`/`memory.write` per segment (not views), so a memory whose
+ * ranges are reached by messages rather than shared bytes (vfio-user DMA_READ/WRITE) can serve
+ * them; if such a memory fails an access with `GuestMemoryError`, the DMA returns a not-RAM fault
+ * (for a multi-segment write, earlier segments may already have landed).
  */
 import {
   ACCESS_READ,
@@ -17,7 +22,7 @@ import {
   MAX_ADDRESS,
   PERM_RW,
 } from "./access.ts";
-import type { GuestMemory } from "./guest-memory.ts";
+import { type GuestMemory, GuestMemoryError } from "./guest-memory.ts";
 import { type DmaTranslator, Translation } from "./translation.ts";
 
 /** The translator of an endpoint that is not behind any IOMMU: one block covering everything. */
@@ -115,6 +120,12 @@ export class DmaAddressSpace {
     return f;
   }
 
+  /** A `GuestMemoryError` from the memory behind a translated range, as a DMA fault. */
+  private memoryFault(e: unknown, iova: number, access: Access): DmaFault {
+    if (!(e instanceof GuestMemoryError)) throw e;
+    return this.fault(dmaFault("not-ram", this.endpointId, iova, access, 0, e.message));
+  }
+
   /**
    * Translates the block containing `iova` for `access` into `out`.
    * This is the per-access hot path: a cache hit allocates nothing and calls nothing.
@@ -205,11 +216,19 @@ export class DmaAddressSpace {
     const sg = this.scratchSg;
     const f = this.translateRange(iova, dest.length, ACCESS_READ, sg);
     if (f !== null) return f;
-    let off = 0;
-    for (let i = 0; i < sg.count; i++) {
-      const len = sg.lengths[i];
-      dest.set(this.memory.view(sg.gpas[i], len), off);
-      off += len;
+    const m = this.memory;
+    try {
+      if (sg.count === 1) m.read(sg.gpas[0], dest);
+      else {
+        let off = 0;
+        for (let i = 0; i < sg.count; i++) {
+          const len = sg.lengths[i];
+          m.read(sg.gpas[i], dest.subarray(off, off + len));
+          off += len;
+        }
+      }
+    } catch (e) {
+      return this.memoryFault(e, iova, ACCESS_READ);
     }
     this.reads++;
     this.bytesRead += dest.length;
@@ -221,11 +240,19 @@ export class DmaAddressSpace {
     const sg = this.scratchSg;
     const f = this.translateRange(iova, src.length, ACCESS_WRITE, sg);
     if (f !== null) return f;
-    let off = 0;
-    for (let i = 0; i < sg.count; i++) {
-      const len = sg.lengths[i];
-      this.memory.view(sg.gpas[i], len).set(src.subarray(off, off + len));
-      off += len;
+    const m = this.memory;
+    try {
+      if (sg.count === 1) m.write(sg.gpas[0], src);
+      else {
+        let off = 0;
+        for (let i = 0; i < sg.count; i++) {
+          const len = sg.lengths[i];
+          m.write(sg.gpas[i], src.subarray(off, off + len));
+          off += len;
+        }
+      }
+    } catch (e) {
+      return this.memoryFault(e, iova, ACCESS_WRITE);
     }
     this.writes++;
     this.bytesWritten += src.length;
@@ -249,10 +276,17 @@ export class DmaAddressSpace {
   readUint(iova: number, sizeBytes: 1 | 2 | 4): number {
     const gpa = this.directGpa(iova, sizeBytes, ACCESS_READ);
     if (gpa >= 0) {
+      const m = this.memory;
+      let value: number;
+      try {
+        value = sizeBytes === 4 ? m.readU32(gpa) : sizeBytes === 2 ? m.readU16(gpa) : m.readU8(gpa);
+      } catch (e) {
+        this.memoryFault(e, iova, ACCESS_READ);
+        return -1;
+      }
       this.reads++;
       this.bytesRead += sizeBytes;
-      const m = this.memory;
-      return sizeBytes === 4 ? m.readU32(gpa) : sizeBytes === 2 ? m.readU16(gpa) : m.readU8(gpa);
+      return value;
     }
     if (gpa === -2) return -1;
     const buf = this.scratch8.subarray(0, sizeBytes);
@@ -271,12 +305,16 @@ export class DmaAddressSpace {
   writeUint(iova: number, sizeBytes: 1 | 2 | 4, value: number): DmaFault | null {
     const gpa = this.directGpa(iova, sizeBytes, ACCESS_WRITE);
     if (gpa >= 0) {
+      const m = this.memory;
+      try {
+        if (sizeBytes === 4) m.writeU32(gpa, value);
+        else if (sizeBytes === 2) m.writeU16(gpa, value);
+        else m.writeU8(gpa, value);
+      } catch (e) {
+        return this.memoryFault(e, iova, ACCESS_WRITE);
+      }
       this.writes++;
       this.bytesWritten += sizeBytes;
-      const m = this.memory;
-      if (sizeBytes === 4) m.writeU32(gpa, value);
-      else if (sizeBytes === 2) m.writeU16(gpa, value);
-      else m.writeU8(gpa, value);
       return null;
     }
     if (gpa === -2) return this.lastFault;

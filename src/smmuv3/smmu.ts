@@ -20,7 +20,7 @@ import {
   PERM_READ,
   PERM_WRITE,
 } from "../engine/access.ts";
-import type { GuestMemory } from "../engine/guest-memory.ts";
+import { type GuestMemory, GuestMemoryError } from "../engine/guest-memory.ts";
 import { Tracer } from "../engine/trace.ts";
 import { type DmaTranslator, Translation } from "../engine/translation.ts";
 import type { Endpoint, ViommuInstance } from "../framework/viommu.ts";
@@ -1059,7 +1059,14 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
 
   private readWords(gpa: number, bytes: number): boolean {
     if (!this.memory.isRam(gpa, bytes)) return false;
-    const view = this.memory.view(gpa, bytes);
+    let view: Uint8Array;
+    try {
+      view = this.memory.view(gpa, bytes);
+    } catch (e) {
+      // RAM without bytes to view (vfio-user memory reached by messages): not usable here.
+      if (e instanceof GuestMemoryError) return false;
+      throw e;
+    }
     for (let i = 0; i < bytes / 4; i++) {
       this.words[i] =
         view[i * 4] | (view[i * 4 + 1] << 8) | (view[i * 4 + 2] << 16) | (view[i * 4 + 3] << 24);

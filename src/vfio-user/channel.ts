@@ -8,6 +8,12 @@
  * oversized (the server replies E2BIG); a header whose size is below 16 or whose type is not
  * command/reply means the stream cannot be trusted and the connection is closed.
  *
+ * Round trips (`roundTrip`): the server's own requests (DMA_READ/WRITE) block until the reply
+ * with their message ID arrives or a timeout passes (poll(2) on the socket); commands received
+ * meanwhile are copied aside and dispatched afterwards, in order, before anything newer. A
+ * round trip started inside a handler receives into a second buffer (the handler's payload view
+ * stays intact) and stages through its own buffer (the handler may be composing a reply in `tx`).
+ *
  * Send: replies are staged in native memory and sent with sendmsg; whatever the socket does not
  * take at once is queued and flushed when it becomes writable, in order. Back-pressure: while
  * more than `MAX_QUEUED_OUT_BYTES` of replies wait for a client that does not read them, no
@@ -20,10 +26,18 @@ import {
   MAX_FDS_PER_MESSAGE,
   MsgScratch,
   NativeBuffer,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+  POLLOUT,
+  pollFd,
   watchFd,
 } from "./libc.ts";
 import {
   decodeHeader,
+  encodeHeader,
+  FLAG_ERROR,
   FLAG_TYPE_MASK,
   HEADER_SIZE,
   type MessageHeader,
@@ -33,6 +47,11 @@ import {
 
 /** Queued reply bytes above which the channel stops reading requests (back-pressure). */
 export const MAX_QUEUED_OUT_BYTES = 8 << 20;
+/** Client requests buffered during one server round trip above which reading pauses. */
+export const MAX_DEFERRED_BYTES = 8 << 20;
+
+/** The outcome of a server-to-client request (`MessageChannel.roundTrip`). */
+export type RoundTripResult = { ok: true; payload: Uint8Array; view: DataView } | { ok: false; why: string };
 
 export interface ReceivedMessage {
   readonly header: MessageHeader;
@@ -59,6 +78,9 @@ export interface ChannelStats {
   readonly queuedSends: number;
   readonly queuedOutBytes: number;
   readonly peakQueuedOutBytes: number;
+  /** Server-to-client requests (DMA_READ/WRITE) and those that got no reply in time. */
+  readonly roundTrips: number;
+  readonly roundTripTimeouts: number;
 }
 
 export class MessageChannel {
@@ -66,8 +88,26 @@ export class MessageChannel {
   readonly maxMessageBytes: number;
   private readonly handlers: ChannelHandlers;
   private readonly scratch = new MsgScratch();
-  private readonly rx: NativeBuffer;
-  private readonly rxView: DataView;
+  /** The receive buffer in use; `rxOther` takes over when a round trip starts inside a handler. */
+  private rx: NativeBuffer;
+  private rxView: DataView;
+  private rxOther: NativeBuffer;
+  private rxOtherView: DataView;
+  /** The receive buffer whose payload a handler is reading right now (never overwritten). */
+  private pinned: NativeBuffer | null = null;
+  /** Staging for server-to-client requests and for flushing queued sends (never `tx`). */
+  readonly requestBuffer: NativeBuffer;
+  readonly requestView: DataView;
+  /** Messages that arrived during a round trip, dispatched afterwards in order. */
+  private readonly deferred: ReceivedMessage[] = [];
+  private deferredBytes = 0;
+  private drainScheduled = false;
+  /** The message ID a round trip waits for (-1: none) and its reply once it came. */
+  private waitId = -1;
+  private waitReply: RoundTripResult | null = null;
+  private nextRequestId = 0;
+  roundTrips = 0;
+  roundTripTimeouts = 0;
   /** Staging area for outgoing messages, in native memory. */
   readonly tx: NativeBuffer;
   readonly txView: DataView;
@@ -97,6 +137,18 @@ export class MessageChannel {
     this.handlers = handlers;
     this.rx = new NativeBuffer(maxMessageBytes);
     this.rxView = new DataView(this.rx.bytes.buffer, this.rx.bytes.byteOffset, maxMessageBytes);
+    this.rxOther = new NativeBuffer(maxMessageBytes);
+    this.rxOtherView = new DataView(
+      this.rxOther.bytes.buffer,
+      this.rxOther.bytes.byteOffset,
+      maxMessageBytes,
+    );
+    this.requestBuffer = new NativeBuffer(maxMessageBytes);
+    this.requestView = new DataView(
+      this.requestBuffer.bytes.buffer,
+      this.requestBuffer.bytes.byteOffset,
+      maxMessageBytes,
+    );
     this.tx = new NativeBuffer(maxMessageBytes);
     this.txView = new DataView(this.tx.bytes.buffer, this.tx.bytes.byteOffset, maxMessageBytes);
     this.watch = watchFd(fd, (readable, writable, hangup) => this.onReady(readable, writable, hangup));
@@ -125,8 +177,106 @@ export class MessageChannel {
   private readAvailable(): void {
     // Bounded so one chatty client cannot starve the event loop.
     for (let round = 0; round < 4096 && !this.closed && !this.backlogged; round++) {
+      if (this.deferred.length > 0) {
+        // Requests that arrived during a round trip come first, in arrival order.
+        const m = this.deferred.shift()!;
+        this.deferredBytes -= HEADER_SIZE + m.payload.length;
+        this.handlers.onMessage(m);
+        continue;
+      }
       if (!this.step()) return;
     }
+    if (this.deferred.length > 0) this.scheduleDrain();
+  }
+
+  private scheduleDrain(): void {
+    if (this.drainScheduled || this.closed) return;
+    this.drainScheduled = true;
+    setImmediate(() => {
+      this.drainScheduled = false;
+      if (this.waitId < 0) this.readAvailable();
+    });
+  }
+
+  /**
+   * Sends the request staged in `requestBuffer[16, sizeBytes)` (header written here) and blocks
+   * until the client's reply with the same message ID arrives or `timeoutMs` passes. Client
+   * requests arriving meanwhile are buffered (copied) and dispatched afterwards in order; a
+   * late reply to a timed-out request reaches the handler as an unexpected reply. Never throws.
+   */
+  roundTrip(command: number, sizeBytes: number, timeoutMs: number): RoundTripResult {
+    if (this.closed) return { ok: false, why: "connection closed" };
+    if (this.waitId >= 0) return { ok: false, why: "round trip already in progress" };
+    this.roundTrips++;
+    const id = this.nextRequestId;
+    this.nextRequestId = (id + 1) & 0xffff;
+    encodeHeader(this.requestView, 0, id, command, sizeBytes, TYPE_COMMAND, 0);
+    this.messagesOut++;
+    if (this.pendingOut.length > 0) {
+      this.enqueue(this.requestBuffer.bytes.slice(0, sizeBytes), []);
+    } else {
+      const n = this.scratch.send(this.fd, this.requestBuffer, 0, sizeBytes, []);
+      if (n < 0 && n !== -ERRNO.EAGAIN && n !== -ERRNO.EINTR) {
+        this.close(`sendmsg failed (errno ${-n})`);
+        return { ok: false, why: "connection closed" };
+      }
+      const sent = Math.max(n, 0);
+      this.bytesOut += sent;
+      if (sent < sizeBytes) this.enqueue(this.requestBuffer.bytes.slice(sent, sizeBytes), []);
+    }
+    // A handler may be reading its request's payload in `rx`: receive into the other buffer.
+    // (A handler runs only between complete messages, so no partial message is in `rx` then.)
+    if (this.rx === this.pinned) this.swapRx();
+    this.waitId = id;
+    this.waitReply = null;
+    const deadline = performance.now() + timeoutMs;
+    let result: RoundTripResult | null = null;
+    while (result === null) {
+      if (this.closed) {
+        result = { ok: false, why: "connection closed" };
+        break;
+      }
+      if (this.pendingOut.length > 0) this.flushOut();
+      while (!this.closed && this.waitReply === null && this.deferredBytes <= MAX_DEFERRED_BYTES) {
+        if (!this.step()) break;
+      }
+      if (this.waitReply !== null) {
+        result = this.waitReply;
+        break;
+      }
+      if (this.closed) continue;
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        this.roundTripTimeouts++;
+        result = { ok: false, why: `no reply within ${timeoutMs} ms` };
+        break;
+      }
+      const events =
+        (this.deferredBytes <= MAX_DEFERRED_BYTES ? POLLIN : 0) | (this.pendingOut.length > 0 ? POLLOUT : 0);
+      const r = pollFd(this.fd, events, left);
+      if (r < 0 && r !== -ERRNO.EINTR && r !== -ERRNO.EAGAIN) {
+        result = { ok: false, why: `poll failed (errno ${-r})` };
+        break;
+      }
+      if (r > 0 && (r & (POLLHUP | POLLERR | POLLNVAL)) !== 0 && (events & POLLIN) === 0) {
+        // Not reading (buffer full): a hang-up would otherwise wake poll until the deadline.
+        result = { ok: false, why: "peer hung up" };
+        break;
+      }
+    }
+    this.waitId = -1;
+    this.waitReply = null;
+    if (this.deferred.length > 0) this.scheduleDrain();
+    return result;
+  }
+
+  private swapRx(): void {
+    const b = this.rx;
+    const v = this.rxView;
+    this.rx = this.rxOther;
+    this.rxView = this.rxOtherView;
+    this.rxOther = b;
+    this.rxOtherView = v;
   }
 
   /** One non-blocking receive step; false when the socket has nothing more now (or closed). */
@@ -194,9 +344,31 @@ export class MessageChannel {
     this.messagesIn++;
     this.fdsIn += fds.length;
     const len = oversized ? 0 : header.sizeBytes - HEADER_SIZE;
+    if (this.waitId >= 0) {
+      // During a round trip: the awaited reply is taken, everything else waits its turn (copied).
+      const payload = this.rx.bytes.slice(HEADER_SIZE, HEADER_SIZE + len);
+      const payloadView = new DataView(payload.buffer, payload.byteOffset, len);
+      if ((header.flags & FLAG_TYPE_MASK) === TYPE_REPLY && header.id === this.waitId) {
+        for (const fd of fds) closeFd(fd);
+        if (oversized) this.waitReply = { ok: false, why: "reply larger than the receive limit" };
+        else if ((header.flags & FLAG_ERROR) !== 0)
+          this.waitReply = { ok: false, why: `client replied with error ${header.error}` };
+        else this.waitReply = { ok: true, payload, view: payloadView };
+        return;
+      }
+      this.deferred.push({ header, payload, payloadView, fds, oversized });
+      this.deferredBytes += HEADER_SIZE + len;
+      return;
+    }
     const payload = this.rx.bytes.subarray(HEADER_SIZE, HEADER_SIZE + len);
     const payloadView = new DataView(payload.buffer, payload.byteOffset, len);
-    this.handlers.onMessage({ header, payload, payloadView, fds, oversized });
+    const pinnedBefore = this.pinned;
+    this.pinned = this.rx;
+    try {
+      this.handlers.onMessage({ header, payload, payloadView, fds, oversized });
+    } finally {
+      this.pinned = pinnedBefore;
+    }
   }
 
   /**
@@ -240,16 +412,29 @@ export class MessageChannel {
   }
 
   private flush(): void {
+    this.flushOut();
+    if (this.closed) return;
+    if (this.pendingOut.length > 0) return;
+    this.watch.start(true, false);
+    // Requests that waited in the socket during the backlog are read now.
+    this.readAvailable();
+  }
+
+  /**
+   * Sends queued bytes until the socket is full; true when the queue emptied. Staged through
+   * `requestBuffer`, never `tx` (a handler may be composing its reply there).
+   */
+  private flushOut(): boolean {
     while (this.pendingOut.length > 0 && !this.closed) {
       const chunk = this.pendingOut[0];
       const fds = this.pendingOutFds[0];
       const len = Math.min(chunk.length, this.maxMessageBytes);
-      this.tx.bytes.set(chunk.subarray(0, len), 0);
-      const n = this.scratch.send(this.fd, this.tx, 0, len, fds);
-      if (n === -ERRNO.EAGAIN || n === -ERRNO.EINTR) return;
+      this.requestBuffer.bytes.set(chunk.subarray(0, len), 0);
+      const n = this.scratch.send(this.fd, this.requestBuffer, 0, len, fds);
+      if (n === -ERRNO.EAGAIN || n === -ERRNO.EINTR) return false;
       if (n < 0) {
         this.close(`sendmsg failed (errno ${-n})`);
-        return;
+        return false;
       }
       this.bytesOut += n;
       this.pendingOutBytes -= n;
@@ -261,10 +446,7 @@ export class MessageChannel {
         this.pendingOut[0] = chunk.subarray(n);
       }
     }
-    if (this.closed) return;
-    this.watch.start(true, false);
-    // Requests that waited in the socket during the backlog are read now.
-    this.readAvailable();
+    return this.pendingOut.length === 0 && !this.closed;
   }
 
   close(reason: string): void {
@@ -273,6 +455,9 @@ export class MessageChannel {
     this.watch.close();
     for (const fd of this.fds) closeFd(fd);
     this.fds = [];
+    for (const m of this.deferred) for (const fd of m.fds) closeFd(fd);
+    this.deferred.length = 0;
+    this.deferredBytes = 0;
     closeFd(this.fd);
     this.pendingOut.length = 0;
     this.pendingOutFds = [];
@@ -281,6 +466,8 @@ export class MessageChannel {
     queueMicrotask(() => {
       this.scratch.free();
       this.rx.free();
+      this.rxOther.free();
+      this.requestBuffer.free();
       this.tx.free();
     });
     this.handlers.onClose(reason);
@@ -296,6 +483,8 @@ export class MessageChannel {
       queuedSends: this.queuedSends,
       queuedOutBytes: this.pendingOutBytes,
       peakQueuedOutBytes: this.peakQueuedOutBytes,
+      roundTrips: this.roundTrips,
+      roundTripTimeouts: this.roundTripTimeouts,
     };
   }
 }

@@ -73,6 +73,7 @@ const c = {
   ftruncate: lib.func("int ftruncate(int fd, int64_t length)"),
   fstat: lib.func("int fstat(int fd, void *statbuf)"),
   socketpair: lib.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
+  poll: lib.func("int poll(void *fds, uint64_t nfds, int timeout)"),
 };
 
 export function errno(): number {
@@ -350,6 +351,32 @@ export class MsgScratch {
     const n = c.sendmsg(fd, this.arena.pointer, MSG_DONTWAIT | MSG_NOSIGNAL) as number;
     return n < 0 ? -errno() : n;
   }
+}
+
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
+
+// struct pollfd { int fd; short events; short revents; } in native memory (created on first use).
+let pollScratch: NativeBuffer | null = null;
+
+/**
+ * Blocks the calling thread (and so Node's event loop) until `fd` reports one of `events` or
+ * `timeoutMs` passes. Returns the revents bits, 0 on timeout, or -errno. Only for the server's
+ * synchronous DMA_READ/DMA_WRITE round trips (a bounded wait).
+ */
+export function pollFd(fd: number, events: number, timeoutMs: number): number {
+  pollScratch ??= new NativeBuffer(8);
+  const pollScratchView = new DataView(pollScratch.bytes.buffer, pollScratch.bytes.byteOffset, 8);
+  pollScratchView.setInt32(0, fd, true);
+  pollScratchView.setInt16(4, events, true);
+  pollScratchView.setInt16(6, 0, true);
+  const n = c.poll(pollScratch.pointer, 1, Math.max(0, Math.min(Math.ceil(timeoutMs), 0x7fffffff))) as number;
+  if (n < 0) return -errno();
+  if (n === 0) return 0;
+  return pollScratchView.getUint16(6, true);
 }
 
 /** Readiness watching of a raw descriptor on Node's event loop (koffi's uv_poll_t). */

@@ -12,6 +12,14 @@
  * Regions: BAR0-5 as the function declares them (read/write by message, no mmap: the device
  * registers are emulated, there is no memory to share), ROM and VGA absent (size 0), config
  * space 256 bytes (conventional PCI: the client then does not look for PCIe capabilities).
+ *
+ * DMA to a region the client registered without a descriptor is done with VFIO_USER_DMA_READ /
+ * VFIO_USER_DMA_WRITE requests to that client (vfio-user.rst "VFIO_USER_DMA_MAP"). Device code
+ * is synchronous, so each is a blocking round trip on the socket (`MessageChannel.roundTrip`):
+ * client requests arriving meanwhile are buffered and processed afterwards in order; data is
+ * split at the smaller of the two max_data_xfer_size values; a reply that does not come within
+ * `dmaTimeoutMs` (or an error reply) fails the DMA (the device sees a DMA fault) and the
+ * connection is kept (a late reply is counted as unexpected and dropped).
  */
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { Tracer } from "../engine/trace.ts";
@@ -38,6 +46,7 @@ import {
   DMA_FLAG_READ,
   DMA_FLAG_WRITE,
   DMA_MAP_SIZE,
+  DMA_RW_SIZE,
   DMA_UNMAP_SIZE,
   encodeHeader,
   encodeVersion,
@@ -64,7 +73,10 @@ import {
   VFIO_REGION_INFO_FLAG_WRITE,
   writeU64,
 } from "./protocol.ts";
-import type { ClientDmaTable, SharedGuestMemory } from "./shared-memory.ts";
+import type { ClientDmaTable, DmaTransport, SharedGuestMemory } from "./shared-memory.ts";
+
+/** Default bound on one DMA_READ/DMA_WRITE round trip. */
+export const DEFAULT_DMA_TIMEOUT_MS = 2000;
 
 /** Config space exposed to the client: the conventional 256-byte header and capabilities. */
 export const CONFIG_REGION_SIZE = 256;
@@ -85,6 +97,8 @@ export interface DeviceServerOptions {
   readonly log?: (line: string) => void;
   readonly maxDataXferSize?: number;
   readonly maxDmaMaps?: number;
+  /** Bound on one DMA_READ/DMA_WRITE round trip (default DEFAULT_DMA_TIMEOUT_MS). */
+  readonly dmaTimeoutMs?: number;
 }
 
 export interface DeviceServerStats {
@@ -102,6 +116,9 @@ export interface DeviceServerStats {
   readonly dmaRegions: number;
   readonly unexpectedReplies: number;
   readonly internalErrors: number;
+  /** DMA_READ/DMA_WRITE round trips sent, and those that failed (timeout, error, bad reply). */
+  readonly dmaMessages: number;
+  readonly dmaMessageFailures: number;
   /** The current connection's byte stream (absent while no client is attached). */
   readonly channel?: ReturnType<MessageChannel["stats"]>;
   readonly irqs: ReturnType<IrqRouter["stats"]>;
@@ -112,6 +129,8 @@ interface Session {
   readonly dma: ClientDmaTable;
   negotiated: boolean;
   maxFdsToClient: number;
+  /** The client's max_data_xfer_size (what one DMA_READ/WRITE may carry to or from it). */
+  clientMaxDataXferSize: number;
 }
 
 class RequestError {
@@ -133,6 +152,7 @@ export class VfioUserDeviceServer {
   private readonly log: (line: string) => void;
   readonly maxDataXferSize: number;
   readonly maxDmaMaps: number;
+  readonly dmaTimeoutMs: number;
   private readonly maxMessageBytes: number;
   private listenFd = -1;
   private listenWatch: FdWatch | null = null;
@@ -149,6 +169,8 @@ export class VfioUserDeviceServer {
   unexpectedReplies = 0;
   /** Exceptions from device models, caught at the command boundary (a bug if non-zero). */
   internalErrors = 0;
+  dmaMessages = 0;
+  dmaMessageFailures = 0;
   private readonly commandCounts: Record<string, number> = {};
   private readonly errorCounts: Record<string, number> = {};
 
@@ -161,6 +183,7 @@ export class VfioUserDeviceServer {
     this.log = options.log ?? (() => {});
     this.maxDataXferSize = options.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE;
     this.maxDmaMaps = options.maxDmaMaps ?? DEFAULT_MAX_DMA_MAPS;
+    this.dmaTimeoutMs = options.dmaTimeoutMs ?? DEFAULT_DMA_TIMEOUT_MS;
     // Largest legal message: a REGION_WRITE of max_data_xfer_size bytes.
     this.maxMessageBytes = HEADER_SIZE + REGION_RW_SIZE + this.maxDataXferSize;
     this.irqs = new IrqRouter(this.fn);
@@ -196,18 +219,66 @@ export class VfioUserDeviceServer {
         continue;
       }
       this.connections++;
+      const channel = new MessageChannel(fd, this.maxMessageBytes, {
+        onMessage: (m) => this.onMessage(session, m),
+        onClose: (why) => this.onClose(session, why),
+      });
+      const transport: DmaTransport = {
+        read: (gpa, dest) => this.dmaByMessage(session, gpa, dest, false),
+        write: (gpa, src) => this.dmaByMessage(session, gpa, src, true),
+      };
       const session: Session = {
-        channel: new MessageChannel(fd, this.maxMessageBytes, {
-          onMessage: (m) => this.onMessage(session, m),
-          onClose: (why) => this.onClose(session, why),
-        }),
-        dma: this.memory.createClientTable(this.maxDmaMaps),
+        channel,
+        dma: this.memory.createClientTable(this.maxDmaMaps, transport),
         negotiated: false,
         maxFdsToClient: 1,
+        clientMaxDataXferSize: DEFAULT_MAX_DATA_XFER_SIZE,
       };
       this.session = session;
       this.log(`${this.name}: client connected`);
     }
+  }
+
+  /**
+   * Device DMA to a descriptor-less region of this session's client: VFIO_USER_DMA_READ (data
+   * into `data`) or VFIO_USER_DMA_WRITE (data from `data`), in pieces of at most the smaller
+   * max_data_xfer_size. Null on success, else why it failed. Never throws.
+   */
+  private dmaByMessage(session: Session, gpa: number, data: Uint8Array, write: boolean): string | null {
+    const ch = session.channel;
+    if (this.session !== session || ch.isClosed) return "client disconnected";
+    const piece = Math.max(1, Math.min(this.maxDataXferSize, session.clientMaxDataXferSize));
+    const command = write ? CMD.DMA_WRITE : CMD.DMA_READ;
+    for (let done = 0; done < data.length; ) {
+      const n = Math.min(piece, data.length - done);
+      const at = gpa + done;
+      const v = ch.requestView;
+      writeU64(v, HEADER_SIZE, at);
+      writeU64(v, HEADER_SIZE + 8, n);
+      let size = HEADER_SIZE + DMA_RW_SIZE;
+      if (write) {
+        ch.requestBuffer.bytes.set(data.subarray(done, done + n), size);
+        size += n;
+      }
+      this.dmaMessages++;
+      const r = ch.roundTrip(command, size, this.dmaTimeoutMs);
+      let why: string | null = null;
+      if (!r.ok) why = r.why;
+      else if (r.payload.length < DMA_RW_SIZE || readU64(r.view, 0) !== at || readU64(r.view, 8) !== n)
+        why = "reply does not echo the request's address and count";
+      else if (!write && r.payload.length < DMA_RW_SIZE + n) why = "DMA_READ reply shorter than count";
+      if (why !== null) {
+        this.dmaMessageFailures++;
+        const what = `${commandName(command)} [0x${at.toString(16)}, +0x${n.toString(16)}): ${why}`;
+        this.log(`${this.name}: ${what}`);
+        if (this.tracer?.on("fault"))
+          this.tracer.emit("fault", "vfio-user", "dma-message-failed", { device: this.name, what });
+        return why;
+      }
+      if (r.ok && !write) data.set(r.payload.subarray(DMA_RW_SIZE, DMA_RW_SIZE + n), done);
+      done += n;
+    }
+    return null;
   }
 
   private onClose(session: Session, why: string): void {
@@ -232,7 +303,8 @@ export class VfioUserDeviceServer {
   private onMessage(session: Session, m: ReceivedMessage): void {
     const h = m.header;
     if ((h.flags & FLAG_TYPE_MASK) === TYPE_REPLY) {
-      // This server sends no requests, so no reply is expected.
+      // Replies to DMA_READ/WRITE are taken by the round trip waiting for them; one that gets
+      // here answers a request that already timed out (or none at all).
       this.unexpectedReplies++;
       for (const fd of m.fds) closeFd(fd);
       return;
@@ -335,6 +407,7 @@ export class VfioUserDeviceServer {
     }
     session.negotiated = true;
     session.maxFdsToClient = v.caps.maxMsgFds;
+    session.clientMaxDataXferSize = v.caps.maxDataXferSize;
     // The reply's capability list is a subset of the proposal's names; twin-socket and migration
     // are never offered (absent), write_multiple only when the client proposed it.
     const proposed = (v.raw as { capabilities?: Record<string, unknown> } | null)?.capabilities ?? {};
@@ -381,7 +454,7 @@ export class VfioUserDeviceServer {
     if (fd < 0 && !this.warnedFdless) {
       this.warnedFdless = true;
       this.log(
-        `${this.name}: client shared [0x${iova.toString(16)}, +0x${sizeBytes.toString(16)}) without a descriptor: device DMA there faults (give QEMU a shared memory backend, share=on)`,
+        `${this.name}: client shared [0x${iova.toString(16)}, +0x${sizeBytes.toString(16)}) without a descriptor: device DMA there goes by DMA_READ/DMA_WRITE messages (slow; give QEMU a shared memory backend, share=on)`,
       );
     }
     if (this.tracer?.on("map")) {
@@ -610,6 +683,8 @@ export class VfioUserDeviceServer {
       dmaRegions: this.session?.dma.count ?? 0,
       unexpectedReplies: this.unexpectedReplies,
       internalErrors: this.internalErrors,
+      dmaMessages: this.dmaMessages,
+      dmaMessageFailures: this.dmaMessageFailures,
       channel: this.session?.channel.stats(),
       irqs: this.irqs.stats(),
     };

@@ -21,13 +21,17 @@
  * view a device still holds can never reach the client's memory again nor fault the process
  * ("the server must release all references to that DMA region before replying").
  *
- * A region registered without a descriptor is recorded (the client may access-check against
- * it) but is not guest RAM here: the engine's memory interface is synchronous, and DMA by
- * VFIO_USER_DMA_READ/WRITE messages is a round trip to the client, which a `GuestMemory` view
- * cannot express. Devices DMAing there get the engine's not-RAM fault (counted by their DMA
- * address spaces); `stats().fdlessRegions` shows how many such regions are registered and the
- * server logs the first one. `viommu serve` prints a QEMU command line with a shared memory
- * backend, so every RAM region comes with a descriptor.
+ * A region registered without a descriptor is message-backed (vfio-user.rst "VFIO_USER_DMA_MAP":
+ * the server accesses it with VFIO_USER_DMA_READ/WRITE): it takes part in the same newest-wins
+ * lookup, `isRam`/`contiguousBytesAt` report it as RAM, and `read`/`write`/`fill` and the
+ * scalar accessors go through the registering client's `DmaTransport` (a blocking round trip,
+ * split at max_data_xfer_size; see server.ts). A transport failure (timeout, error reply,
+ * disconnect) throws `GuestMemoryError`, which `DmaAddressSpace` turns into a DMA fault.
+ * `view()` of such a range throws `GuestMemoryError` (there are no bytes to alias): devices that
+ * need views (virtio rings fall back to scalar reads, virtio-blk data) get a fault or a device
+ * error. A device write to a region registered without the write flag is dropped, as for a
+ * read-only shared region. `viommu serve` prints a QEMU command line with a shared memory
+ * backend, so in practice only QEMU's `pc.bios` region comes without a descriptor.
  *
  * This class extends the engine's `GuestMemory` so models and address spaces take it as is;
  * it overrides every public method to read its own, changeable region list.
@@ -58,6 +62,14 @@ export interface DmaMapRequest {
 
 export type MapResult = { ok: true } | { ok: false; errno: number; why: string };
 
+/** DMA by messages to the client that registered a region without a descriptor. */
+export interface DmaTransport {
+  /** Reads [gpa, gpa + dest.length) into `dest`; null on success, else why it failed. */
+  read(gpa: number, dest: Uint8Array): string | null;
+  /** Writes `src` at `gpa`; null on success, else why it failed. */
+  write(gpa: number, src: Uint8Array): string | null;
+}
+
 interface Backing {
   readonly gpa: number;
   readonly sizeBytes: number;
@@ -65,7 +77,9 @@ interface Backing {
   readonly ino: bigint;
   readonly fileOffset: number;
   readonly writable: boolean;
-  readonly mapping: NativeMapping;
+  /** Null for a message-backed region (`transport` set, `bytes` empty). */
+  readonly mapping: NativeMapping | null;
+  readonly transport: DmaTransport | null;
   /** The region's bytes (the mapping minus any head below a page-aligned file offset). */
   readonly bytes: Uint8Array;
   readonly view: DataView;
@@ -81,9 +95,16 @@ interface ClientRegion {
 }
 
 export interface SharedMemoryStats {
+  /** Shared (descriptor-backed) regions; message-backed ones are counted in `fdlessRegions`. */
   readonly regions: number;
   readonly mappedBytes: number;
   readonly fdlessRegions: number;
+  /** DMA by VFIO_USER_DMA_READ/WRITE to message-backed regions (completed, bytes, failed). */
+  readonly messageReads: number;
+  readonly messageWrites: number;
+  readonly messageBytes: number;
+  readonly messageFailures: number;
+  readonly droppedReadOnlyWrites: number;
   readonly maps: number;
   readonly unmaps: number;
   readonly sharedMaps: number;
@@ -94,6 +115,9 @@ export interface SharedMemoryStats {
 
 const PAGE_SIZE = 4096;
 const PLACEHOLDER: RamRegion = { gpa: 0, sizeBytes: 1, bytes: new Uint8Array(1), name: "placeholder" };
+const NO_BYTES = new Uint8Array(0);
+/** Largest staging buffer `fill` uses per message. */
+const FILL_CHUNK = 64 * 1024;
 
 export class SharedGuestMemory extends GuestMemory {
   private backings: Backing[] = [];
@@ -108,6 +132,13 @@ export class SharedGuestMemory extends GuestMemory {
   /** Maps that overlapped another client's live region (transient re-layouts). */
   crossClientOverlaps = 0;
   private fdless = 0;
+  messageReads = 0;
+  messageWrites = 0;
+  messageBytes = 0;
+  messageFailures = 0;
+  droppedReadOnlyWrites = 0;
+  private readonly scratch8 = new Uint8Array(8);
+  private readonly scratchView = new DataView(this.scratch8.buffer);
 
   constructor() {
     // The base class needs one region; every method below ignores it.
@@ -115,8 +146,8 @@ export class SharedGuestMemory extends GuestMemory {
   }
 
   /** Per-client registration table; each connection owns one. */
-  createClientTable(maxRegions: number): ClientDmaTable {
-    return new ClientDmaTable(this, maxRegions);
+  createClientTable(maxRegions: number, transport: DmaTransport | null = null): ClientDmaTable {
+    return new ClientDmaTable(this, maxRegions, transport);
   }
 
   /** Finds a backing that exactly matches (same file, offset, range). */
@@ -129,6 +160,7 @@ export class SharedGuestMemory extends GuestMemory {
   ): Backing | undefined {
     return this.backings.find(
       (b) =>
+        b.mapping !== null &&
         b.gpa === gpa &&
         b.sizeBytes === sizeBytes &&
         b.dev === dev &&
@@ -183,6 +215,7 @@ export class SharedGuestMemory extends GuestMemory {
       fileOffset: req.fileOffset,
       writable: req.writable,
       mapping,
+      transport: null,
       bytes,
       view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength),
       end: req.iova + req.sizeBytes,
@@ -196,6 +229,36 @@ export class SharedGuestMemory extends GuestMemory {
     return { ok: true, backing: b };
   }
 
+  /** Adds a message-backed region (registered without a descriptor); newest wins, as above. */
+  acquireMessageBacked(req: DmaMapRequest, transport: DmaTransport): Backing {
+    if (this.overlapping(req.iova, req.sizeBytes) !== undefined) this.crossClientOverlaps++;
+    const b: Backing = {
+      gpa: req.iova,
+      sizeBytes: req.sizeBytes,
+      dev: -1n,
+      ino: -1n,
+      fileOffset: 0,
+      writable: req.writable,
+      mapping: null,
+      transport,
+      bytes: NO_BYTES,
+      view: new DataView(NO_BYTES.buffer),
+      end: req.iova + req.sizeBytes,
+      refs: 1,
+    };
+    this.backings.push(b);
+    this.lastHit = null;
+    this.generation++;
+    this.maps++;
+    this.fdless++;
+    return b;
+  }
+
+  /** A descriptor-less region recorded without a transport (not RAM). */
+  noteFdless(delta: number): void {
+    this.fdless += delta;
+  }
+
   release(b: Backing): void {
     this.unmaps++;
     b.refs--;
@@ -203,11 +266,8 @@ export class SharedGuestMemory extends GuestMemory {
     this.backings = this.backings.filter((x) => x !== b);
     if (this.lastHit === b) this.lastHit = null;
     this.generation++;
-    if (quarantineMapping(b.mapping)) this.quarantinedBytes += b.sizeBytes;
-  }
-
-  noteFdless(delta: number): void {
-    this.fdless += delta;
+    if (b.mapping === null) this.fdless--;
+    else if (quarantineMapping(b.mapping)) this.quarantinedBytes += b.sizeBytes;
   }
 
   // --- GuestMemory interface over the changeable region list ----------------------------------
@@ -233,18 +293,21 @@ export class SharedGuestMemory extends GuestMemory {
     return b;
   }
 
+  /** The shared (descriptor-backed) regions; message-backed ones have no bytes to expose. */
   override get regions(): readonly RamRegion[] {
-    return this.backings.map((b) => ({
-      gpa: b.gpa,
-      sizeBytes: b.sizeBytes,
-      bytes: b.bytes,
-      name: b.writable ? "client-ram" : "client-rom",
-    }));
+    return this.backings
+      .filter((b) => b.mapping !== null)
+      .map((b) => ({
+        gpa: b.gpa,
+        sizeBytes: b.sizeBytes,
+        bytes: b.bytes,
+        name: b.writable ? "client-ram" : "client-rom",
+      }));
   }
 
   override get totalBytes(): number {
     let t = 0;
-    for (const b of this.backings) t += b.sizeBytes;
+    for (const b of this.backings) if (b.mapping !== null) t += b.sizeBytes;
     return t;
   }
 
@@ -259,52 +322,131 @@ export class SharedGuestMemory extends GuestMemory {
 
   override view(gpa: number, sizeBytes: number): Uint8Array {
     const b = this.backingOrThrow(gpa, sizeBytes);
+    if (b.transport !== null)
+      throw new GuestMemoryError(gpa, sizeBytes, "message-backed region (no shared memory to view)");
     const off = gpa - b.gpa;
     return b.bytes.subarray(off, off + sizeBytes);
   }
 
+  /** One message-backed read; throws GuestMemoryError when the client does not deliver. */
+  private messageRead(b: Backing, gpa: number, dest: Uint8Array): void {
+    const why = (b.transport as DmaTransport).read(gpa, dest);
+    if (why !== null) {
+      this.messageFailures++;
+      throw new GuestMemoryError(gpa, dest.length, `DMA_READ failed: ${why}`);
+    }
+    this.messageReads++;
+    this.messageBytes += dest.length;
+  }
+
+  /** One message-backed write (dropped for a region the client did not make writable). */
+  private messageWrite(b: Backing, gpa: number, src: Uint8Array): void {
+    if (!b.writable) {
+      this.droppedReadOnlyWrites++;
+      return;
+    }
+    const why = (b.transport as DmaTransport).write(gpa, src);
+    if (why !== null) {
+      this.messageFailures++;
+      throw new GuestMemoryError(gpa, src.length, `DMA_WRITE failed: ${why}`);
+    }
+    this.messageWrites++;
+    this.messageBytes += src.length;
+  }
+
   override read(gpa: number, dest: Uint8Array): void {
-    dest.set(this.view(gpa, dest.length));
+    const b = this.backingOrThrow(gpa, dest.length);
+    if (b.transport !== null) {
+      if (dest.length > 0) this.messageRead(b, gpa, dest);
+      return;
+    }
+    const off = gpa - b.gpa;
+    dest.set(b.bytes.subarray(off, off + dest.length));
   }
 
   override write(gpa: number, src: Uint8Array): void {
-    this.view(gpa, src.length).set(src);
+    const b = this.backingOrThrow(gpa, src.length);
+    if (b.transport !== null) {
+      if (src.length > 0) this.messageWrite(b, gpa, src);
+      return;
+    }
+    const off = gpa - b.gpa;
+    b.bytes.set(src, off);
   }
 
   override fill(gpa: number, sizeBytes: number, value: number): void {
-    this.view(gpa, sizeBytes).fill(value);
+    const b = this.backingOrThrow(gpa, sizeBytes);
+    if (b.transport !== null) {
+      const chunk = new Uint8Array(Math.min(sizeBytes, FILL_CHUNK)).fill(value);
+      for (let done = 0; done < sizeBytes; done += chunk.length) {
+        this.messageWrite(b, gpa + done, chunk.subarray(0, Math.min(chunk.length, sizeBytes - done)));
+      }
+      return;
+    }
+    const off = gpa - b.gpa;
+    b.bytes.fill(value, off, off + sizeBytes);
+  }
+
+  /** Scalar read of a message-backed range into the scratch (little-endian view). */
+  private scalarRead(b: Backing, gpa: number, sizeBytes: number): DataView {
+    this.messageRead(b, gpa, this.scratch8.subarray(0, sizeBytes));
+    return this.scratchView;
   }
 
   override readU8(gpa: number): number {
     const b = this.backingOrThrow(gpa, 1);
+    if (b.transport !== null) return this.scalarRead(b, gpa, 1).getUint8(0);
     return b.view.getUint8(gpa - b.gpa);
   }
   override readU16(gpa: number): number {
     const b = this.backingOrThrow(gpa, 2);
+    if (b.transport !== null) return this.scalarRead(b, gpa, 2).getUint16(0, true);
     return b.view.getUint16(gpa - b.gpa, true);
   }
   override readU32(gpa: number): number {
     const b = this.backingOrThrow(gpa, 4);
+    if (b.transport !== null) return this.scalarRead(b, gpa, 4).getUint32(0, true);
     return b.view.getUint32(gpa - b.gpa, true);
   }
   override readU64(gpa: number): bigint {
     const b = this.backingOrThrow(gpa, 8);
+    if (b.transport !== null) return this.scalarRead(b, gpa, 8).getBigUint64(0, true);
     return b.view.getBigUint64(gpa - b.gpa, true);
   }
   override writeU8(gpa: number, value: number): void {
     const b = this.backingOrThrow(gpa, 1);
+    if (b.transport !== null) {
+      this.scratchView.setUint8(0, value);
+      this.messageWrite(b, gpa, this.scratch8.subarray(0, 1));
+      return;
+    }
     b.view.setUint8(gpa - b.gpa, value);
   }
   override writeU16(gpa: number, value: number): void {
     const b = this.backingOrThrow(gpa, 2);
+    if (b.transport !== null) {
+      this.scratchView.setUint16(0, value, true);
+      this.messageWrite(b, gpa, this.scratch8.subarray(0, 2));
+      return;
+    }
     b.view.setUint16(gpa - b.gpa, value, true);
   }
   override writeU32(gpa: number, value: number): void {
     const b = this.backingOrThrow(gpa, 4);
+    if (b.transport !== null) {
+      this.scratchView.setUint32(0, value, true);
+      this.messageWrite(b, gpa, this.scratch8.subarray(0, 4));
+      return;
+    }
     b.view.setUint32(gpa - b.gpa, value, true);
   }
   override writeU64(gpa: number, value: bigint): void {
     const b = this.backingOrThrow(gpa, 8);
+    if (b.transport !== null) {
+      this.scratchView.setBigUint64(0, value, true);
+      this.messageWrite(b, gpa, this.scratch8);
+      return;
+    }
     b.view.setBigUint64(gpa - b.gpa, value, true);
   }
 
@@ -313,16 +455,27 @@ export class SharedGuestMemory extends GuestMemory {
     return this.backings
       .map(
         (b) =>
-          `${b.writable ? "ram" : "rom"} [0x${b.gpa.toString(16)}, 0x${b.end.toString(16)}) refs=${b.refs}`,
+          `${b.transport !== null ? "msg-" : ""}${b.writable ? "ram" : "rom"} [0x${b.gpa.toString(16)}, 0x${b.end.toString(16)}) refs=${b.refs}`,
       )
       .join(", ");
   }
 
+  private messageBacked(): number {
+    let n = 0;
+    for (const b of this.backings) if (b.mapping === null) n++;
+    return n;
+  }
+
   stats(): SharedMemoryStats {
     return {
-      regions: this.backings.length,
+      regions: this.backings.length - this.messageBacked(),
       mappedBytes: this.totalBytes,
       fdlessRegions: this.fdless,
+      messageReads: this.messageReads,
+      messageWrites: this.messageWrites,
+      messageBytes: this.messageBytes,
+      messageFailures: this.messageFailures,
+      droppedReadOnlyWrites: this.droppedReadOnlyWrites,
       maps: this.maps,
       unmaps: this.unmaps,
       sharedMaps: this.sharedMaps,
@@ -339,9 +492,13 @@ export class ClientDmaTable {
   private readonly maxRegions: number;
   private readonly regions: ClientRegion[] = [];
 
-  constructor(memory: SharedGuestMemory, maxRegions: number) {
+  private readonly transport: DmaTransport | null;
+
+  /** `transport`: how this client's descriptor-less regions are reached (null: never RAM). */
+  constructor(memory: SharedGuestMemory, maxRegions: number, transport: DmaTransport | null) {
     this.memory = memory;
     this.maxRegions = maxRegions;
+    this.transport = transport;
   }
 
   get count(): number {
@@ -368,8 +525,9 @@ export class ClientDmaTable {
     }
     if (this.regions.length >= this.maxRegions) return fail(ERRNO.ENOSPC, "max_dma_maps reached");
     if (req.fd < 0) {
-      this.regions.push({ iova: req.iova, sizeBytes: req.sizeBytes, backing: null });
-      this.memory.noteFdless(1);
+      const backing = this.transport === null ? null : this.memory.acquireMessageBacked(req, this.transport);
+      if (backing === null) this.memory.noteFdless(1);
+      this.regions.push({ iova: req.iova, sizeBytes: req.sizeBytes, backing });
       return { ok: true };
     }
     const r = this.memory.acquire(req);

@@ -13,6 +13,7 @@
  */
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../engine/access.ts";
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
+import { GuestMemoryError } from "../engine/guest-memory.ts";
 import { Translation } from "../engine/translation.ts";
 
 /** Guest memory that can gain and lose regions bumps `generation` on every change. */
@@ -94,7 +95,15 @@ export class RingWindow {
     const end = Math.min(t.iovaBase + t.sizeBytes, this.areaStart + this.areaBytes);
     const gpa = t.gpaBase + (start - t.iovaBase);
     if (end <= start || dma.memory.contiguousBytesAt(gpa) < end - start) return OUTSIDE;
-    const bytes = dma.memory.view(gpa, end - start);
+    let bytes: Uint8Array;
+    try {
+      bytes = dma.memory.view(gpa, end - start);
+    } catch (e) {
+      // A memory reached by messages (vfio-user DMA_READ/WRITE) has RAM without bytes to view:
+      // the caller falls back to the address space's copying accessors.
+      if (e instanceof GuestMemoryError) return OUTSIDE;
+      throw e;
+    }
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     this.iovaStart = start;
     this.length = end - start;

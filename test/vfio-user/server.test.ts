@@ -4,6 +4,7 @@
  * device as the served function. Test names cite QEMU docs/interop/vfio-user.rst.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,7 +26,7 @@ import {
 } from "../../src/vfio-user/libc.ts";
 import { VfioUserDeviceServer } from "../../src/vfio-user/server.ts";
 import { SharedGuestMemory } from "../../src/vfio-user/shared-memory.ts";
-import { payload, SpecClient } from "./spec-client.ts";
+import { payload, type Reply, SpecClient } from "./spec-client.ts";
 
 const ENOENT = 2;
 const E2BIG = 7;
@@ -48,6 +49,9 @@ interface Rig {
   ram: Uint8Array;
 }
 
+/** The bound on one DMA_READ/DMA_WRITE round trip in these tests. */
+const DMA_TIMEOUT_MS = 300;
+
 function makeServer(dir: string, memory: SharedGuestMemory, name: string, slot: number) {
   const edu = new EduDevice({ name });
   const bdf = slot << 3;
@@ -58,6 +62,7 @@ function makeServer(dir: string, memory: SharedGuestMemory, name: string, slot: 
     memory,
     dma: new DmaAddressSpace(memory, IDENTITY, bdf),
     requesterId: bdf,
+    dmaTimeoutMs: DMA_TIMEOUT_MS,
   });
   server.listen();
   return { edu, server };
@@ -324,16 +329,86 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
     c.close();
   });
 
-  test("DMA_MAP without a descriptor: accepted and recorded, but not RAM for devices (DMA there faults, writes nothing)", async () => {
+  test("DMA_MAP without a descriptor: the server reaches the region by DMA_READ/DMA_WRITE messages (edu both ways, split at the client's max_data_xfer_size, client requests meanwhile answered afterwards in order)", async () => {
+    const iova = 0x4000000;
+    const before = rig.server.stats();
+    const transfers = rig.edu.stats().dmaTransfers;
+    const child = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        join(import.meta.dirname, "dma-message-client.ts"),
+        rig.server.socketPath,
+        `${iova}`,
+        "1024",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    assert.equal(code, 0, `client failed: ${err}`);
+    const report = JSON.parse(out) as {
+      requests: { command: number; address: number; count: number; dataBytes: number }[];
+      order: string[];
+      pattern: boolean;
+      landed: boolean;
+      alive: number;
+    };
+    // 4 KiB each way in 1 KiB pieces (the client's max_data_xfer_size).
+    const reads = report.requests.filter((r) => r.command === 11);
+    const writes = report.requests.filter((r) => r.command === 12);
+    assert.deepEqual(
+      reads.map((r) => [r.address, r.count, r.dataBytes]),
+      [0, 1, 2, 3].map((i) => [iova + i * 1024, 1024, 0]),
+    );
+    assert.deepEqual(
+      writes.map((r) => [r.address, r.count, r.dataBytes]),
+      [0, 1, 2, 3].map((i) => [iova + 8192 + i * 1024, 1024, 1024]),
+    );
+    // What came back by DMA_WRITE is what went out by DMA_READ (through the device's buffer).
+    assert.ok(report.pattern && report.landed, "the data made the round trip through edu");
+    assert.deepEqual(report.order, ["edu DMA command", "interleaved REGION_READ"]);
+    assert.equal(report.alive, 0x11e81234);
+    assert.equal(rig.edu.stats().dmaTransfers, transfers + 2);
+    const after = rig.server.stats();
+    assert.equal(after.dmaMessages - before.dmaMessages, 8);
+    assert.equal(after.dmaMessageFailures, before.dmaMessageFailures);
+    // Disconnect released the region.
+    for (let i = 0; i < 50 && rig.server.connected; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(rig.memory.stats().fdlessRegions, 0);
+  });
+
+  test("DMA_MAP without a descriptor: a client that never answers DMA_WRITE gets a DMA fault after the timeout; the server keeps serving and drops the late reply", async () => {
+    // This client runs on the server's own event loop: it cannot answer while the server waits.
     const c = connect();
     await negotiate(c);
     await regionWrite(c, 7, 4, 2, 0x6);
+    const seen: Reply[] = [];
+    c.onRequest = (r) => seen.push(r);
     assert.equal((await dmaMap(c, 0x4000000, 1 << 20, 0, 3, [])).error, 0);
     assert.equal(rig.memory.stats().fdlessRegions, 1);
     assert.equal(rig.memory.stats().regions, 0, "no mapping without a descriptor");
     const faults = rig.edu.dmaFaults;
+    const failures = rig.server.stats().dmaMessageFailures;
+    const t0 = performance.now();
     await eduDma(c, 0x40000, 0x4000000, 64, true);
+    assert.ok(performance.now() - t0 >= DMA_TIMEOUT_MS - 5, "the server waited for the reply");
     assert.equal(rig.edu.dmaFaults, faults + 1);
+    assert.equal(rig.server.stats().dmaMessageFailures, failures + 1);
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0].command, 12);
+    assert.equal(Number(seen[0].view.getBigUint64(0, true)), 0x4000000);
+    assert.equal(Number(seen[0].view.getBigUint64(8, true)), 64);
+    // The late reply is dropped; the connection stays usable.
+    const unexpected = rig.server.stats().unexpectedReplies;
+    await c.reply(seen[0], seen[0].payload.slice(0, 16));
+    const id = await regionRead(c, 7, 0, 4);
+    assert.equal(id.view.getUint32(16, true), 0x11e81234);
+    assert.equal(rig.server.stats().unexpectedReplies, unexpected + 1);
     assert.equal((await dmaUnmap(c, 0x4000000, 1 << 20)).error, 0);
     assert.equal(rig.memory.stats().fdlessRegions, 0);
     c.close();

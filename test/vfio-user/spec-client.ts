@@ -26,6 +26,8 @@ export class SpecClient {
   private readonly waiting = new Map<number, (r: Reply) => void>();
   private readonly watch;
   closed = false;
+  /** Called for every request the server sends (DMA_READ/DMA_WRITE); unanswered if unset. */
+  onRequest: ((request: Reply) => void) | null = null;
   private closeWaiters: (() => void)[] = [];
 
   constructor(path: string) {
@@ -61,6 +63,11 @@ export class SpecClient {
       reply.view = new DataView(reply.payload.buffer, reply.payload.byteOffset, reply.payload.length);
       this.rx.bytes.copyWithin(0, size, this.have);
       this.have -= size;
+      if ((reply.flags & 0xf) === 0) {
+        // A request from the server (type Command), not a reply.
+        this.onRequest?.(reply);
+        continue;
+      }
       const w = this.waiting.get(reply.id);
       if (w !== undefined) {
         this.waiting.delete(reply.id);
@@ -122,6 +129,13 @@ export class SpecClient {
     v.setUint32(8, flags, true);
     bytes.set(payload, HDR);
     return { id, bytes };
+  }
+
+  /** Sends a reply (type Reply, same ID and command) to a server request. */
+  reply(request: Reply, body: Uint8Array, error = 0): Promise<void> {
+    const m = this.message(request.command, body, error === 0 ? 0x1 : 0x21, request.id);
+    if (error !== 0) new DataView(m.bytes.buffer).setUint32(12, error, true);
+    return this.sendRaw(m.bytes);
   }
 
   request(
