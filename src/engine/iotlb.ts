@@ -151,6 +151,12 @@ export class Iotlb {
       return;
     }
     if (this.count >= this.capacity) this.evictOne();
+    this.place(tag, iovaBase, gpaBase, shift, perms);
+    this.inserts++;
+  }
+
+  /** Stores a new entry in the first free slot of its probe sequence and counts it. */
+  private place(tag: number, iovaBase: number, gpaBase: number, shift: number, perms: number): void {
     let i = this.home(tag, iovaBase, shift);
     while (this.state[i] === FULL) i = (i + 1) & this.mask;
     this.state[i] = FULL;
@@ -162,7 +168,6 @@ export class Iotlb {
     this.perSize[shiftIndex(shift)]++;
     this.count++;
     this.tagCounts.set(tag, (this.tagCounts.get(tag) ?? 0) + 1);
-    this.inserts++;
   }
 
   /** Caches the page-sized block of `t` that contains `iova`, choosing the largest page that fits. */
@@ -341,19 +346,8 @@ export class Iotlb {
     this.perSize.fill(0);
     this.tagCounts.clear();
     this.count = 0;
-    for (let k = 0; k < keep.length; k += 5) {
-      let i = this.home(keep[k], keep[k + 1], keep[k + 3]);
-      while (this.state[i] === FULL) i = (i + 1) & this.mask;
-      this.state[i] = FULL;
-      this.tags[i] = keep[k];
-      this.iovaBases[i] = keep[k + 1];
-      this.gpaBases[i] = keep[k + 2];
-      this.shifts[i] = keep[k + 3];
-      this.permsArr[i] = keep[k + 4];
-      this.perSize[shiftIndex(keep[k + 3])]++;
-      this.tagCounts.set(keep[k], (this.tagCounts.get(keep[k]) ?? 0) + 1);
-      this.count++;
-    }
+    for (let k = 0; k < keep.length; k += 5)
+      this.place(keep[k], keep[k + 1], keep[k + 2], keep[k + 3], keep[k + 4]);
     return removed;
   }
 
