@@ -1,8 +1,21 @@
 /**
  * Parsing of `viommu run` arguments into a validated configuration. Every error is one line
  * that names the offending option (`RunOptionError`); nothing here touches KVM or files.
+ *
+ * The options are one table (`RUN_OPTIONS`) that drives both the parser and `RUN_USAGE`; the
+ * values of `--iommu` and `--device` are tables of their own. Adding an option, an IOMMU or a
+ * `--device` kind is adding a row.
  */
 import { parseVtdConfig, VtdConfigError } from "../vtd/config.ts";
+import {
+  formatUsage,
+  type HelpLine,
+  type OptionRow,
+  parseOnOff,
+  parseOptionTable,
+  parseProperties,
+  splitKind,
+} from "./option-table.ts";
 
 export interface RunOptions {
   readonly cpus: number;
@@ -43,31 +56,6 @@ export class RunOptionError extends Error {
 
 export const DEVICES_WITH_IOMMU = ["edu", "rng", "disk"] as const;
 
-export const RUN_USAGE = `usage: viommu run [options]
-  --cpus N                       vCPUs, 1 to 16 (more than one: each in its own thread, devices on
-                                 the main thread; the built-in guest starts the others by INIT-SIPI)
-  --memory size=S[,file=F]       guest RAM (K/M/G suffixes; default 256M); file=F maps F shared
-                                 (e.g. on hugetlbfs: file=/dev/hugepages/vm0)
-  --kernel K                     a Multiboot (v1) kernel, ELF32 or a.out-kludge, as QEMU's -kernel;
-                                 without --kernel the built-in guest runs
-  --initramfs M                  a Multiboot module (repeatable; "path args" passes a command line)
-  --cmdline C                    the kernel command line
-  --iommu virtio                 virtio-iommu-pci at 00:01.0
-  --iommu intel[,k=v,...]        Intel VT-d at 0xFED90000 (QEMU intel-iommu properties:
-                                 intremap=on, eim=off, caching-mode=on, device-iotlb=on, aw-bits=48, ...)
-  --device edu[,iommu=on]        QEMU's edu PCI device (repeatable)
-  --rng [iommu=on]               virtio-rng-pci
-  --disk path=F[,iommu=on][,readonly=on]  virtio-blk-pci over file F (repeatable)
-  --serial tty|file=F|null       where COM1 output goes (default tty)
-  --debug-exit iobase=P,iosize=N isa-debug-exit port (default QEMU's 0x501, 2 bytes)
-  --stdin                        feed stdin to COM1's receiver (with --serial tty)
-  --timeout S                    stop the guest after S seconds (exit status 124; default none)
-  --trace CATS                   trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq or all
-Devices that accept iommu=on (DMA through the vIOMMU; otherwise they bypass it): ${DEVICES_WITH_IOMMU.join(", ")}.
-Exit status: a guest write of v to isa-debug-exit ends the run with (v << 1) | 1, as QEMU; the
-built-in guest's verdict maps to 0 (pass) or 1 (fail). 2: guest crash, 124: timeout,
-130/143: stopped by SIGINT/SIGTERM (a second Ctrl-C terminates at once).`;
-
 const SIZE_RE = /^(\d+)([KMGT]?)(i?B)?$/i;
 
 export function parseSize(text: string, what: string): number {
@@ -80,25 +68,16 @@ export function parseSize(text: string, what: string): number {
   return bytes;
 }
 
-function parseProps(text: string, what: string, allowed: readonly string[]): Map<string, string> {
-  const props = new Map<string, string>();
-  for (const item of text.split(",")) {
-    if (item === "") continue;
-    const eq = item.indexOf("=");
-    const key = eq < 0 ? item : item.slice(0, eq);
-    const value = eq < 0 ? "" : item.slice(eq + 1);
-    if (!allowed.includes(key))
-      throw new RunOptionError(`${what}: unknown property "${key}" (known: ${allowed.join(", ")})`);
-    if (props.has(key)) throw new RunOptionError(`${what}: ${key} given twice`);
-    props.set(key, value);
-  }
-  return props;
+const runError = (message: string): Error => new RunOptionError(message);
+
+function props(text: string, what: string, allowed: readonly string[]): Map<string, string> {
+  return parseProperties(text, what, allowed, runError);
 }
 
-function parseOnOff(value: string | undefined, what: string): boolean {
-  if (value === undefined || value === "on" || value === "true" || value === "yes") return true;
-  if (value === "off" || value === "false" || value === "no") return false;
-  throw new RunOptionError(`${what}: expected on or off, got "${value}"`);
+/** An optional on/off property: absent is off, a bare key is on. */
+function flagProp(p: Map<string, string>, key: string, what: string): boolean {
+  const value = p.get(key);
+  return value === undefined ? false : parseOnOff(value, what, runError);
 }
 
 function parseIntStrict(text: string, what: string): number {
@@ -111,197 +90,327 @@ function parseIntStrict(text: string, what: string): number {
   return n;
 }
 
-export function parseRunOptions(argv: readonly string[]): RunOptions {
-  let cpus = 1;
-  let memorySizeBytes = 256 * 1024 * 1024;
-  let memoryFile: string | undefined;
-  let kernel: string | undefined;
-  const modules: string[] = [];
-  let cmdline = "";
-  let iommu: RunOptions["iommu"] = { kind: "none" };
-  const devices: DeviceOption[] = [];
-  let serial: RunOptions["serial"] = { kind: "tty" };
-  let debugExit = { iobase: 0x501, iosize: 2 };
-  let timeoutSeconds = 0;
-  let trace: string | undefined;
-  let help = false;
-  let stdin = false;
-  const seen = new Set<string>();
+/** "a, b or c" */
+function alternatives(words: readonly string[]): string {
+  return words.length < 2 ? words.join("") : `${words.slice(0, -1).join(", ")} or ${words[words.length - 1]}`;
+}
 
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const eq = arg.indexOf("=");
-    const name = arg.startsWith("--") && eq > 0 ? arg.slice(0, eq) : arg;
-    const inline = arg.startsWith("--") && eq > 0 ? arg.slice(eq + 1) : undefined;
-    const value = (optional = false): string | undefined => {
-      if (inline !== undefined) return inline;
-      const next = argv[i + 1];
-      if (next === undefined || next.startsWith("--")) {
-        if (optional) return undefined;
-        throw new RunOptionError(`${name} needs a value`);
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+type RunState = Mutable<RunOptions> & { modules: string[]; devices: DeviceOption[] };
+
+/** The values of `--iommu KIND[,props]`. */
+interface IommuKindRow {
+  readonly kind: RunOptions["iommu"]["kind"];
+  readonly help: readonly HelpLine[];
+  readonly parse: (props: string) => RunOptions["iommu"];
+}
+
+const IOMMU_KINDS: readonly IommuKindRow[] = [
+  {
+    kind: "virtio",
+    help: [{ synopsis: "--iommu virtio", text: "virtio-iommu-pci at 00:01.0" }],
+    parse: (rest) => {
+      if (rest !== "") throw new RunOptionError(`--iommu virtio takes no properties (got "${rest}")`);
+      return { kind: "virtio" };
+    },
+  },
+  {
+    kind: "intel",
+    help: [
+      {
+        synopsis: "--iommu intel[,k=v,...]",
+        text:
+          "Intel VT-d at 0xFED90000 (QEMU intel-iommu properties:\n" +
+          "intremap=on, eim=off, caching-mode=on, device-iotlb=on, aw-bits=48, ...)",
+      },
+    ],
+    parse: (rest) => {
+      try {
+        parseVtdConfig(rest);
+      } catch (e) {
+        if (e instanceof VtdConfigError) throw new RunOptionError(`--iommu ${e.message}`);
+        throw e;
       }
-      i++;
-      return next;
-    };
-    const once = () => {
-      if (seen.has(name)) throw new RunOptionError(`${name} given twice`);
-      seen.add(name);
-    };
-    switch (name) {
-      case "--help":
-      case "-h":
-        help = true;
-        break;
-      case "--cpus": {
-        once();
-        cpus = parseIntStrict(value() as string, "--cpus");
-        if (cpus < 1 || cpus > 16) throw new RunOptionError(`--cpus: ${cpus} is out of range 1..16`);
-        break;
-      }
-      case "--memory": {
-        once();
-        const v = value() as string;
-        if (!v.includes("=")) {
-          memorySizeBytes = parseSize(v, "--memory");
-        } else {
-          const p = parseProps(v, "--memory", ["size", "file"]);
-          if (p.has("size")) memorySizeBytes = parseSize(p.get("size") as string, "--memory size");
-          if (p.has("file")) {
-            memoryFile = p.get("file");
-            if (memoryFile === "") throw new RunOptionError("--memory file= needs a path");
-          }
-        }
-        if (memorySizeBytes < 16 * 1024 * 1024) throw new RunOptionError("--memory: at least 16M");
-        if (memorySizeBytes % 4096 !== 0) throw new RunOptionError("--memory: size must be a multiple of 4K");
-        break;
-      }
-      case "--kernel":
-        once();
-        kernel = value();
-        break;
-      case "--initramfs":
-        modules.push(value() as string);
-        break;
-      case "--cmdline":
-        once();
-        cmdline = value() as string;
-        break;
-      case "--iommu": {
-        once();
-        const v = value() as string;
-        const comma = v.indexOf(",");
-        const kind = comma < 0 ? v : v.slice(0, comma);
-        const rest = comma < 0 ? "" : v.slice(comma + 1);
-        if (kind === "virtio") {
-          if (rest !== "") throw new RunOptionError(`--iommu virtio takes no properties (got "${rest}")`);
-          iommu = { kind: "virtio" };
-        } else if (kind === "intel") {
-          try {
-            parseVtdConfig(rest);
-          } catch (e) {
-            if (e instanceof VtdConfigError) throw new RunOptionError(`--iommu ${e.message}`);
-            throw e;
-          }
-          iommu = { kind: "intel", spec: rest };
-        } else if (kind === "none") {
-          iommu = { kind: "none" };
-        } else {
-          throw new RunOptionError(`--iommu: unknown IOMMU "${kind}" (virtio, intel or none)`);
-        }
-        break;
-      }
-      case "--device": {
-        const v = value() as string;
-        const comma = v.indexOf(",");
-        const kind = comma < 0 ? v : v.slice(0, comma);
-        if (kind !== "edu")
-          throw new RunOptionError(`--device: unknown device "${kind}" (edu; virtio-rng is --rng)`);
-        const p = parseProps(comma < 0 ? "" : v.slice(comma + 1), "--device edu", ["iommu"]);
-        devices.push({
-          kind: "edu",
-          iommu: p.has("iommu") ? parseOnOff(p.get("iommu") || undefined, "--device edu,iommu") : false,
-        });
-        break;
-      }
-      case "--rng": {
-        const v = value(true) ?? "";
-        const p = parseProps(v, "--rng", ["iommu"]);
-        devices.push({
-          kind: "rng",
-          iommu: p.has("iommu") ? parseOnOff(p.get("iommu") || undefined, "--rng iommu") : false,
-        });
-        break;
-      }
-      case "--disk": {
-        const p = parseProps(value() as string, "--disk", ["path", "iommu", "readonly"]);
-        const path = p.get("path");
-        if (path === undefined || path === "") throw new RunOptionError("--disk needs path=FILE");
-        devices.push({
-          kind: "disk",
-          path,
-          iommu: p.has("iommu") ? parseOnOff(p.get("iommu") || undefined, "--disk iommu") : false,
-          readOnly: p.has("readonly") ? parseOnOff(p.get("readonly") || undefined, "--disk readonly") : false,
-        });
-        break;
-      }
-      case "--serial": {
-        once();
-        const v = value() as string;
-        if (v === "tty" || v === "stdio") serial = { kind: "tty" };
-        else if (v === "null" || v === "none") serial = { kind: "null" };
-        else if (v.startsWith("file=") && v.length > 5) serial = { kind: "file", path: v.slice(5) };
-        else throw new RunOptionError(`--serial: expected tty, null or file=PATH, got "${v}"`);
-        break;
-      }
-      case "--debug-exit": {
-        once();
-        const p = parseProps(value() as string, "--debug-exit", ["iobase", "iosize"]);
-        const iobase = p.has("iobase")
-          ? parseIntStrict(p.get("iobase") as string, "--debug-exit iobase")
-          : 0x501;
-        const iosize = p.has("iosize") ? parseIntStrict(p.get("iosize") as string, "--debug-exit iosize") : 2;
-        if (iobase > 0xffff || iosize < 1 || iosize > 4 || iobase + iosize > 0x10000) {
-          throw new RunOptionError("--debug-exit: iobase must be a port (0..0xffff) and iosize 1..4");
-        }
-        debugExit = { iobase, iosize };
-        break;
-      }
-      case "--timeout": {
-        once();
-        timeoutSeconds = parseIntStrict(value() as string, "--timeout");
-        if (timeoutSeconds < 1) throw new RunOptionError("--timeout: at least 1 second");
-        break;
-      }
-      case "--stdin":
-        stdin = true;
-        break;
-      case "--trace":
-        once();
-        trace = value();
-        break;
-      default:
-        throw new RunOptionError(`unknown argument "${arg}" (see viommu run --help)`);
+      return { kind: "intel", spec: rest };
+    },
+  },
+  { kind: "none", help: [], parse: () => ({ kind: "none" }) },
+];
+
+/** The values of `--device KIND[,props]`. */
+interface DeviceKindRow {
+  readonly kind: string;
+  readonly help: readonly HelpLine[];
+  readonly properties: readonly string[];
+  /** `what` is "--device KIND", for error messages. */
+  readonly build: (p: Map<string, string>, what: string) => DeviceOption;
+}
+
+const DEVICE_KINDS: readonly DeviceKindRow[] = [
+  {
+    kind: "edu",
+    help: [{ synopsis: "--device edu[,iommu=on]", text: "QEMU's edu PCI device (repeatable)" }],
+    properties: ["iommu"],
+    build: (p, what) => ({ kind: "edu", iommu: flagProp(p, "iommu", `${what},iommu`) }),
+  },
+];
+
+function parseMemory(s: RunState, v: string): void {
+  if (!v.includes("=")) {
+    s.memorySizeBytes = parseSize(v, "--memory");
+  } else {
+    const p = props(v, "--memory", ["size", "file"]);
+    const size = p.get("size");
+    if (size !== undefined) s.memorySizeBytes = parseSize(size, "--memory size");
+    const file = p.get("file");
+    if (file !== undefined) {
+      if (file === "") throw new RunOptionError("--memory file= needs a path");
+      s.memoryFile = file;
     }
   }
-  if (devices.some((d) => d.iommu) && iommu.kind === "none") {
+  if (s.memorySizeBytes < 16 * 1024 * 1024) throw new RunOptionError("--memory: at least 16M");
+  if (s.memorySizeBytes % 4096 !== 0) throw new RunOptionError("--memory: size must be a multiple of 4K");
+}
+
+function parseDebugExit(v: string): RunOptions["debugExit"] {
+  const p = props(v, "--debug-exit", ["iobase", "iosize"]);
+  const base = p.get("iobase");
+  const size = p.get("iosize");
+  const iobase = base === undefined ? 0x501 : parseIntStrict(base, "--debug-exit iobase");
+  const iosize = size === undefined ? 2 : parseIntStrict(size, "--debug-exit iosize");
+  if (iobase > 0xffff || iosize < 1 || iosize > 4 || iobase + iosize > 0x10000) {
+    throw new RunOptionError("--debug-exit: iobase must be a port (0..0xffff) and iosize 1..4");
+  }
+  return { iobase, iosize };
+}
+
+/** Every `viommu run` option, in help order. `v` is present whenever the arity says so. */
+export const RUN_OPTIONS: readonly OptionRow<RunState>[] = [
+  {
+    names: ["--cpus"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--cpus N",
+        text:
+          "vCPUs, 1 to 16 (more than one: each in its own thread, devices on\n" +
+          "the main thread; the built-in guest starts the others by INIT-SIPI)",
+      },
+    ],
+    apply: (s, v = "") => {
+      s.cpus = parseIntStrict(v, "--cpus");
+      if (s.cpus < 1 || s.cpus > 16) throw new RunOptionError(`--cpus: ${s.cpus} is out of range 1..16`);
+    },
+  },
+  {
+    names: ["--memory"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--memory size=S[,file=F]",
+        text:
+          "guest RAM (K/M/G suffixes; default 256M); file=F maps F shared\n" +
+          "(e.g. on hugetlbfs: file=/dev/hugepages/vm0)",
+      },
+    ],
+    apply: (s, v = "") => parseMemory(s, v),
+  },
+  {
+    names: ["--kernel"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--kernel K",
+        text:
+          "a Multiboot (v1) kernel, ELF32 or a.out-kludge, as QEMU's -kernel;\n" +
+          "without --kernel the built-in guest runs",
+      },
+    ],
+    apply: (s, v) => {
+      s.kernel = v;
+    },
+  },
+  {
+    names: ["--initramfs"],
+    arity: "value",
+    repeatable: true,
+    help: [
+      {
+        synopsis: "--initramfs M",
+        text: 'a Multiboot module (repeatable; "path args" passes a command line)',
+      },
+    ],
+    apply: (s, v = "") => {
+      s.modules.push(v);
+    },
+  },
+  {
+    names: ["--cmdline"],
+    arity: "value",
+    help: [{ synopsis: "--cmdline C", text: "the kernel command line" }],
+    apply: (s, v = "") => {
+      s.cmdline = v;
+    },
+  },
+  {
+    names: ["--iommu"],
+    arity: "value",
+    help: IOMMU_KINDS.flatMap((k) => k.help),
+    apply: (s, v = "") => {
+      const { kind, rest } = splitKind(v);
+      const row = IOMMU_KINDS.find((k) => k.kind === kind);
+      if (row === undefined) {
+        const known = alternatives(IOMMU_KINDS.map((k) => k.kind));
+        throw new RunOptionError(`--iommu: unknown IOMMU "${kind}" (${known})`);
+      }
+      s.iommu = row.parse(rest);
+    },
+  },
+  {
+    names: ["--device"],
+    arity: "value",
+    repeatable: true,
+    help: DEVICE_KINDS.flatMap((k) => k.help),
+    apply: (s, v = "") => {
+      const { kind, rest } = splitKind(v);
+      const row = DEVICE_KINDS.find((k) => k.kind === kind);
+      if (row === undefined) {
+        const known = DEVICE_KINDS.map((k) => k.kind).join(", ");
+        throw new RunOptionError(`--device: unknown device "${kind}" (${known}; virtio-rng is --rng)`);
+      }
+      const what = `--device ${kind}`;
+      s.devices.push(row.build(props(rest, what, row.properties), what));
+    },
+  },
+  {
+    names: ["--rng"],
+    arity: "optional-value",
+    repeatable: true,
+    help: [{ synopsis: "--rng [iommu=on]", text: "virtio-rng-pci" }],
+    apply: (s, v = "") => {
+      const p = props(v, "--rng", ["iommu"]);
+      s.devices.push({ kind: "rng", iommu: flagProp(p, "iommu", "--rng iommu") });
+    },
+  },
+  {
+    names: ["--disk"],
+    arity: "value",
+    repeatable: true,
+    help: [
+      { synopsis: "--disk path=F[,iommu=on][,readonly=on]", text: "virtio-blk-pci over file F (repeatable)" },
+    ],
+    apply: (s, v = "") => {
+      const p = props(v, "--disk", ["path", "iommu", "readonly"]);
+      const path = p.get("path");
+      if (path === undefined || path === "") throw new RunOptionError("--disk needs path=FILE");
+      s.devices.push({
+        kind: "disk",
+        path,
+        iommu: flagProp(p, "iommu", "--disk iommu"),
+        readOnly: flagProp(p, "readonly", "--disk readonly"),
+      });
+    },
+  },
+  {
+    names: ["--serial"],
+    arity: "value",
+    help: [{ synopsis: "--serial tty|file=F|null", text: "where COM1 output goes (default tty)" }],
+    apply: (s, v = "") => {
+      if (v === "tty" || v === "stdio") s.serial = { kind: "tty" };
+      else if (v === "null" || v === "none") s.serial = { kind: "null" };
+      else if (v.startsWith("file=") && v.length > 5) s.serial = { kind: "file", path: v.slice(5) };
+      else throw new RunOptionError(`--serial: expected tty, null or file=PATH, got "${v}"`);
+    },
+  },
+  {
+    names: ["--debug-exit"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--debug-exit iobase=P,iosize=N",
+        text: "isa-debug-exit port (default QEMU's 0x501, 2 bytes)",
+      },
+    ],
+    apply: (s, v = "") => {
+      s.debugExit = parseDebugExit(v);
+    },
+  },
+  {
+    names: ["--stdin"],
+    arity: "flag",
+    repeatable: true,
+    help: [{ synopsis: "--stdin", text: "feed stdin to COM1's receiver (with --serial tty)" }],
+    apply: (s) => {
+      s.stdin = true;
+    },
+  },
+  {
+    names: ["--timeout"],
+    arity: "value",
+    help: [
+      { synopsis: "--timeout S", text: "stop the guest after S seconds (exit status 124; default none)" },
+    ],
+    apply: (s, v = "") => {
+      s.timeoutSeconds = parseIntStrict(v, "--timeout");
+      if (s.timeoutSeconds < 1) throw new RunOptionError("--timeout: at least 1 second");
+    },
+  },
+  {
+    names: ["--trace"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--trace CATS",
+        text: "trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq or all",
+      },
+    ],
+    apply: (s, v) => {
+      s.trace = v;
+    },
+  },
+  {
+    names: ["--help", "-h"],
+    arity: "flag",
+    repeatable: true,
+    help: [{ synopsis: "--help, -h", text: "this text" }],
+    apply: (s) => {
+      s.help = true;
+    },
+  },
+];
+
+export const RUN_USAGE = formatUsage(
+  "usage: viommu run [options]",
+  RUN_OPTIONS,
+  `Devices that accept iommu=on (DMA through the vIOMMU; otherwise they bypass it): ${DEVICES_WITH_IOMMU.join(", ")}.
+Exit status: a guest write of v to isa-debug-exit ends the run with (v << 1) | 1, as QEMU; the
+built-in guest's verdict maps to 0 (pass) or 1 (fail). 2: guest crash, 124: timeout,
+130/143: stopped by SIGINT/SIGTERM (a second Ctrl-C terminates at once).`,
+);
+
+export function parseRunOptions(argv: readonly string[]): RunOptions {
+  const initial: RunState = {
+    cpus: 1,
+    memorySizeBytes: 256 * 1024 * 1024,
+    memoryFile: undefined,
+    kernel: undefined,
+    modules: [],
+    cmdline: "",
+    iommu: { kind: "none" },
+    devices: [],
+    serial: { kind: "tty" },
+    debugExit: { iobase: 0x501, iosize: 2 },
+    timeoutSeconds: 0,
+    trace: undefined,
+    stdin: false,
+    help: false,
+  };
+  const s = parseOptionTable({ command: "viommu run", rows: RUN_OPTIONS, error: runError }, argv, initial);
+  // Rules between options, checked once every option is known.
+  if (s.devices.some((d) => d.iommu) && s.iommu.kind === "none") {
     throw new RunOptionError("a device has iommu=on but there is no --iommu");
   }
-  if (kernel === undefined && modules.length > 0) throw new RunOptionError("--initramfs needs --kernel");
-  if (stdin && serial.kind !== "tty") throw new RunOptionError("--stdin needs --serial tty");
-  return {
-    cpus,
-    memorySizeBytes,
-    memoryFile,
-    kernel,
-    modules,
-    cmdline,
-    iommu,
-    devices,
-    serial,
-    debugExit,
-    timeoutSeconds,
-    trace,
-    stdin,
-    help,
-  };
+  if (s.kernel === undefined && s.modules.length > 0) throw new RunOptionError("--initramfs needs --kernel");
+  if (s.stdin && s.serial.kind !== "tty") throw new RunOptionError("--stdin needs --serial tty");
+  return s;
 }

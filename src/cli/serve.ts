@@ -41,6 +41,14 @@ import { ObservedHostIommu } from "../vfio-user/host-observer.ts";
 import { VfioUserDeviceServer } from "../vfio-user/server.ts";
 import { SharedGuestMemory } from "../vfio-user/shared-memory.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import {
+  formatUsage,
+  type OptionRow,
+  parseOnOff,
+  parseOptionTable,
+  parseProperties,
+  splitKind,
+} from "./option-table.ts";
 
 export type DeviceKind = "edu" | "rng" | "disk";
 
@@ -62,39 +70,142 @@ export interface ServeOptions {
   readonly guestRamMiB: number;
 }
 
-export const USAGE = `usage: viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g][,boot-bypass=on|off]]
-                    [--disk path=FILE[,iommu=on][,readonly=on]]... [--rng [iommu=on]]...
-                    [--device edu[,iommu=on]]... [--guest-ram-mib N]
-  --socket-dir DIR     where the vfio-user sockets and viot.bin are created
-  --iommu virtio       a virtio-iommu-pci (at 00:10.0) translating the iommu=on devices;
-                       page-size-mask: granules joined by ':' (4k, 2m, 1g) or a number;
-                       boot-bypass: initial config.bypass (default on, as QEMU)
-  --disk path=FILE     virtio-blk on FILE          --rng   virtio-rng
-  --device edu         QEMU's edu device (PCI 1234:11e8)
-  --guest-ram-mib N    guest RAM size for the printed memory backend (default 1024; give QEMU the same -m)`;
+const serveError = (message: string): Error => new Error(message);
+
+type ServeState = {
+  socketDir: string | undefined;
+  guestRamMiB: number;
+  iommuPageSizeMask: bigint | undefined;
+  iommuBootBypass: boolean;
+  devices: DeviceSpec[];
+};
+
+/** Thrown by the --help row: parsing stops and `runServe` prints `USAGE`. */
+export class ServeHelpRequested extends Error {
+  constructor() {
+    super("--help");
+    this.name = "ServeHelpRequested";
+  }
+}
+
+/** An optional on/off property: absent is off, a bare key is on. */
+function flagProp(p: Map<string, string>, key: string): boolean {
+  const value = p.get(key);
+  return value === undefined ? false : parseOnOff(value, key, serveError);
+}
+
+/** Every `viommu serve` option, in help order. */
+export const SERVE_OPTIONS: readonly OptionRow<ServeState>[] = [
+  {
+    names: ["--socket-dir"],
+    arity: "value",
+    help: [{ synopsis: "--socket-dir DIR", text: "where the vfio-user sockets and viot.bin are created" }],
+    apply: (s, v) => {
+      s.socketDir = v;
+    },
+  },
+  {
+    names: ["--iommu"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--iommu virtio[,k=v]",
+        text:
+          "a virtio-iommu-pci (at 00:10.0) translating the iommu=on devices;\n" +
+          "page-size-mask=M: granules joined by ':' (4k, 2m, 1g) or a number;\n" +
+          "boot-bypass=on|off: initial config.bypass (default on, as QEMU)",
+      },
+    ],
+    apply: (s, v = "") => {
+      const { kind, rest } = splitKind(v);
+      if (kind !== "virtio") throw new Error(`--iommu: unknown model "${kind}" (available: virtio)`);
+      const p = parseProperties(rest, "--iommu", ["page-size-mask", "boot-bypass"], serveError);
+      const bypass = p.get("boot-bypass");
+      if (bypass !== undefined) s.iommuBootBypass = parseOnOff(bypass, "boot-bypass", serveError);
+      const mask = p.get("page-size-mask");
+      s.iommuPageSizeMask =
+        mask === undefined ? (1n << 12n) | (1n << 21n) | (1n << 30n) : parsePageSizeMask(mask);
+    },
+  },
+  {
+    names: ["--disk"],
+    arity: "value",
+    repeatable: true,
+    help: [
+      { synopsis: "--disk path=FILE[,iommu=on][,readonly=on]", text: "virtio-blk on FILE (repeatable)" },
+    ],
+    apply: (s, v = "") => {
+      const p = parseProperties(v, "--disk", ["path", "iommu", "readonly"], serveError);
+      const path = p.get("path");
+      if (path === undefined || path === "") throw new Error("--disk needs path=FILE");
+      s.devices.push({
+        kind: "disk",
+        path: resolve(path),
+        iommu: flagProp(p, "iommu"),
+        readOnly: flagProp(p, "readonly"),
+      });
+    },
+  },
+  {
+    names: ["--rng"],
+    arity: "optional-value",
+    repeatable: true,
+    help: [{ synopsis: "--rng [iommu=on]", text: "virtio-rng (repeatable)" }],
+    apply: (s, v = "") => {
+      const p = parseProperties(v, "--rng", ["iommu"], serveError);
+      s.devices.push({ kind: "rng", iommu: flagProp(p, "iommu") });
+    },
+  },
+  {
+    names: ["--device"],
+    arity: "value",
+    repeatable: true,
+    help: [{ synopsis: "--device edu[,iommu=on]", text: "QEMU's edu device (PCI 1234:11e8; repeatable)" }],
+    apply: (s, v = "") => {
+      const { kind, rest } = splitKind(v);
+      if (kind !== "edu") throw new Error(`--device: unknown device "${kind}" (available: edu)`);
+      const p = parseProperties(rest, "--device edu", ["iommu"], serveError);
+      s.devices.push({ kind: "edu", iommu: flagProp(p, "iommu") });
+    },
+  },
+  {
+    names: ["--guest-ram-mib"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--guest-ram-mib N",
+        text: "guest RAM size for the printed memory backend\n(default 1024; give QEMU the same -m)",
+      },
+    ],
+    apply: (s, v) => {
+      s.guestRamMiB = Number(v);
+      if (!Number.isInteger(s.guestRamMiB) || s.guestRamMiB < 16)
+        throw new Error("--guest-ram-mib must be an integer >= 16");
+    },
+  },
+  {
+    names: ["--help", "-h"],
+    arity: "flag",
+    repeatable: true,
+    help: [{ synopsis: "--help, -h", text: "this text" }],
+    apply: () => {
+      throw new ServeHelpRequested();
+    },
+  },
+];
+
+export const USAGE = formatUsage(
+  `usage: viommu serve --socket-dir DIR [--iommu virtio[,k=v]] [--disk path=FILE[,iommu=on][,readonly=on]]...
+                    [--rng [iommu=on]]... [--device edu[,iommu=on]]... [--guest-ram-mib N]`,
+  SERVE_OPTIONS,
+  "",
+  23,
+);
 
 /** PCI slot of the virtio-iommu; devices follow it. Low slots are the machine's own. */
 export const IOMMU_SLOT = 0x10;
 
 const GRANULES: Record<string, bigint> = { "4k": 1n << 12n, "2m": 1n << 21n, "1g": 1n << 30n };
-
-function parseBool(v: string | undefined, what: string): boolean {
-  if (v === undefined || v === "on" || v === "true" || v === "1") return true;
-  if (v === "off" || v === "false" || v === "0") return false;
-  throw new Error(`${what}: expected on or off, got "${v}"`);
-}
-
-function parseProps(text: string, what: string, allowed: readonly string[]): Map<string, string | undefined> {
-  const out = new Map<string, string | undefined>();
-  for (const p of text.split(",").filter((x) => x !== "")) {
-    const eq = p.indexOf("=");
-    const k = eq < 0 ? p : p.slice(0, eq);
-    if (!allowed.includes(k))
-      throw new Error(`${what}: unknown property "${k}" (known: ${allowed.join(", ")})`);
-    out.set(k, eq < 0 ? undefined : p.slice(eq + 1));
-  }
-  return out;
-}
 
 export function parsePageSizeMask(text: string): bigint {
   let mask = 0n;
@@ -113,62 +224,34 @@ export function parsePageSizeMask(text: string): bigint {
   return mask;
 }
 
+/** The options; throws `ServeHelpRequested` for --help, an `Error` naming the option otherwise. */
 export function parseServeArgs(argv: readonly string[]): ServeOptions {
-  let socketDir: string | undefined;
-  let guestRamMiB = 1024;
-  let iommuPageSizeMask: bigint | undefined;
-  let iommuBootBypass = true;
-  const devices: DeviceSpec[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    const optionalValue = (): string => {
-      const next = argv[i + 1];
-      return next !== undefined && !next.startsWith("--") ? argv[++i] : "";
-    };
-    if (a === "--socket-dir") socketDir = value();
-    else if (a === "--iommu") {
-      const [model, ...rest] = value().split(",");
-      if (model !== "virtio") throw new Error(`--iommu: unknown model "${model}" (available: virtio)`);
-      const props = parseProps(rest.join(","), "--iommu", ["page-size-mask", "boot-bypass"]);
-      const m = props.get("page-size-mask");
-      if (props.has("boot-bypass")) iommuBootBypass = parseBool(props.get("boot-bypass"), "boot-bypass");
-      iommuPageSizeMask = m === undefined ? (1n << 12n) | (1n << 21n) | (1n << 30n) : parsePageSizeMask(m);
-    } else if (a === "--disk") {
-      const props = parseProps(value(), "--disk", ["path", "iommu", "readonly"]);
-      const path = props.get("path");
-      if (path === undefined || path === "") throw new Error("--disk needs path=FILE");
-      devices.push({
-        kind: "disk",
-        path: resolve(path),
-        iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu"),
-        readOnly: props.has("readonly") && parseBool(props.get("readonly"), "readonly"),
-      });
-    } else if (a === "--rng") {
-      const props = parseProps(optionalValue(), "--rng", ["iommu"]);
-      devices.push({ kind: "rng", iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu") });
-    } else if (a === "--device") {
-      const [kind, ...rest] = value().split(",");
-      if (kind !== "edu") throw new Error(`--device: unknown device "${kind}" (available: edu)`);
-      const props = parseProps(rest.join(","), "--device edu", ["iommu"]);
-      devices.push({ kind: "edu", iommu: props.has("iommu") && parseBool(props.get("iommu"), "iommu") });
-    } else if (a === "--guest-ram-mib") {
-      guestRamMiB = Number(value());
-      if (!Number.isInteger(guestRamMiB) || guestRamMiB < 16)
-        throw new Error("--guest-ram-mib must be an integer >= 16");
-    } else throw new Error(`unknown argument "${a}"`);
-  }
-  if (socketDir === undefined) throw new Error("--socket-dir is required");
-  if (devices.length === 0 && iommuPageSizeMask === undefined) throw new Error("nothing to serve");
-  if (iommuPageSizeMask === undefined && devices.some((d) => d.iommu)) {
+  const initial: ServeState = {
+    socketDir: undefined,
+    guestRamMiB: 1024,
+    iommuPageSizeMask: undefined,
+    iommuBootBypass: true,
+    devices: [],
+  };
+  const s = parseOptionTable(
+    { command: "viommu serve", rows: SERVE_OPTIONS, error: serveError },
+    argv,
+    initial,
+  );
+  // Rules between options, checked once every option is known.
+  if (s.socketDir === undefined) throw new Error("--socket-dir is required");
+  if (s.devices.length === 0 && s.iommuPageSizeMask === undefined) throw new Error("nothing to serve");
+  if (s.iommuPageSizeMask === undefined && s.devices.some((d) => d.iommu)) {
     throw new Error("iommu=on needs --iommu virtio");
   }
-  if (IOMMU_SLOT + 1 + devices.length > 0x1f) throw new Error("too many devices for one bus");
-  return { socketDir: resolve(socketDir), iommuPageSizeMask, iommuBootBypass, devices, guestRamMiB };
+  if (IOMMU_SLOT + 1 + s.devices.length > 0x1f) throw new Error("too many devices for one bus");
+  return {
+    socketDir: resolve(s.socketDir),
+    iommuPageSizeMask: s.iommuPageSizeMask,
+    iommuBootBypass: s.iommuBootBypass,
+    devices: s.devices,
+    guestRamMiB: s.guestRamMiB,
+  };
 }
 
 interface Served {
@@ -205,14 +288,14 @@ export function qemuArgsLine(
 }
 
 export async function runServe(argv: string[]): Promise<number> {
-  if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
   let opts: ServeOptions;
   try {
     opts = parseServeArgs(argv);
   } catch (e) {
+    if (e instanceof ServeHelpRequested) {
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    }
     process.stderr.write(`viommu serve: ${(e as Error).message}\n${USAGE}\n`);
     return 2;
   }
