@@ -9,7 +9,12 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+/**
+ * The repository: the nearest directory above this module holding guest/builtin/. Searched for,
+ * not assumed two levels up, because this code also runs from the JavaScript build
+ * (build/js/<key>/, tools/build/js-build.mjs).
+ */
+export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 export const BUILTIN_GUEST_DIR = join(REPO_ROOT, "guest", "builtin");
 export const BUILTIN_GUEST_BUILD_DIR = join(REPO_ROOT, "build", "builtin-guest");
 const SOURCES = ["guest.S", "guest.ld"];
@@ -22,6 +27,13 @@ export class BuiltinGuestError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "BuiltinGuestError";
+  }
+}
+
+function findRepoRoot(from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, "guest", "builtin", "guest.S"))) return dir;
+    if (dirname(dir) === dir) return resolve(from, "../.."); // not found: the sources' layout
   }
 }
 

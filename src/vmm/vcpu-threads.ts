@@ -16,11 +16,23 @@ export interface VcpuSlot {
   readonly data: DataView;
 }
 
-const WORKER_FILE = fileURLToPath(new URL("./vcpu-worker.ts", import.meta.url));
-/** Workers load TypeScript through tsx, registered inside the worker before the entry module. */
-const BOOTSTRAP = `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(
-  new URL("./vcpu-worker.ts", import.meta.url).href,
+/**
+ * Run from the sources (tests, through tsx), the worker is vcpu-worker.ts and loads TypeScript
+ * through tsx, registered inside the worker before the entry module. Run from the JavaScript
+ * build (bin/viommu.mjs; tools/build/js-build.mjs), it is vcpu-worker.js beside this chunk.
+ */
+const FROM_SOURCES = import.meta.url.endsWith(".ts");
+const WORKER_URL = new URL(FROM_SOURCES ? "./vcpu-worker.ts" : "./vcpu-worker.js", import.meta.url);
+const WORKER_FILE = fileURLToPath(WORKER_URL);
+const TSX_BOOTSTRAP = `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(
+  WORKER_URL.href,
 )}); });`;
+
+function startWorker(data: VcpuWorkerData): Worker {
+  return FROM_SOURCES
+    ? new Worker(TSX_BOOTSTRAP, { eval: true, workerData: data })
+    : new Worker(WORKER_URL, { workerData: data });
+}
 
 export class VcpuThreads {
   readonly slots: VcpuSlot[];
@@ -42,7 +54,7 @@ export class VcpuThreads {
         vcpuId: v.id,
         vcpuMmapSizeBytes,
       };
-      const worker = new Worker(BOOTSTRAP, { eval: true, workerData: data });
+      const worker = startWorker(data);
       worker.on("error", (e) => this.workerErrors.push(`vCPU ${v.id}: ${e.message}`));
       this.workers.push(worker);
       return {

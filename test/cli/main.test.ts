@@ -3,11 +3,16 @@ import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { before, test } from "node:test";
 import { Kvm } from "../../src/kvm/system.ts";
 import { REPO_ROOT } from "../../src/vmm/builtin-guest.ts";
+import { ensureBuild } from "../../tools/build/js-build.mjs";
 
 const BIN = join(REPO_ROOT, "bin", "viommu.mjs");
+
+// The bin runs the JavaScript build; make it current first, so that no test below sees the
+// bin's one-line "rebuilding" notice on stderr.
+before(() => ensureBuild());
 
 function viommu(args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", timeout: 30_000 });
