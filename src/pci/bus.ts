@@ -10,6 +10,12 @@
  * only: bit 31 enable, 23:16 bus, 15:11 device, 10:8 function, 7:2 register), CONFIG_DATA at
  * 0xCFC-0xCFF with byte lanes. ECAM (PCI Express 7.2.2): offset = bus << 20 | device << 15 |
  * function << 12 | register. Absent functions read all-ones and ignore writes.
+ *
+ * QEMU compatibility (hw/pci/pci_host.c): QEMU keeps bits 1:0 of CONFIG_ADDRESS and decodes a
+ * CONFIG_DATA access at 0xCFC+n as register (CONFIG_ADDRESS[7:0] | n), so a program that
+ * writes register 2 and reads a word at 0xCFC gets the device ID; an access running past
+ * offset 0xFF is cut at 0xFF. Guests written for QEMU rely on this, so we decode the same
+ * way. Reading CONFIG_ADDRESS back still shows bits 1:0 and 30:24 as zero (PCI 3.0).
  */
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { Tracer } from "../engine/trace.ts";
@@ -272,17 +278,22 @@ export class PciBus {
 
   private legacyRead(offset: number, sizeBytes: AccessSize): number {
     this.legacyConfigAccesses++;
-    if (offset === 0 && sizeBytes === 4) return this.configAddress >>> 0;
+    if (offset === 0 && sizeBytes === 4) return (this.configAddress & 0x80fffffc) >>> 0;
     if (offset >= 4 && offset + sizeBytes <= 8 && sizeBytes !== 8) {
       const a = this.configAddress;
       if ((a & 0x80000000) === 0) return allOnes(sizeBytes);
-      return this.readConfig(
-        (a >>> 16) & 0xff,
-        (a >>> 11) & 0x1f,
-        (a >>> 8) & 7,
-        (a & 0xfc) + (offset - 4),
-        sizeBytes,
-      );
+      const bus = (a >>> 16) & 0xff;
+      const device = (a >>> 11) & 0x1f;
+      const fn = (a >>> 8) & 7;
+      const reg = legacyRegister(a, offset);
+      if (reg + sizeBytes <= LEGACY_CONFIG_SPACE_SIZE)
+        return this.readConfig(bus, device, fn, reg, sizeBytes);
+      // Past 0xFF QEMU reads only the bytes below 0x100 and zero-extends them.
+      let value = 0;
+      for (let i = 0; reg + i < LEGACY_CONFIG_SPACE_SIZE; i++) {
+        value += this.readConfig(bus, device, fn, reg + i, 1) * 2 ** (8 * i);
+      }
+      return value;
     }
     return allOnes(sizeBytes);
   }
@@ -290,16 +301,26 @@ export class PciBus {
   private legacyWrite(offset: number, sizeBytes: AccessSize, value: number): void {
     this.legacyConfigAccesses++;
     if (offset === 0 && sizeBytes === 4) {
-      // Bits 30:24 are reserved and bits 1:0 select type 0/1: keep them zero.
-      this.configAddress = (Math.trunc(value) & 0x80fffffc) >>> 0;
+      // Bits 30:24 are reserved; bits 1:0 are kept for the data-port decode (QEMU, above).
+      this.configAddress = (Math.trunc(value) & 0x80ffffff) >>> 0;
       return;
     }
     if (offset >= 4 && offset + sizeBytes <= 8 && sizeBytes !== 8) {
       const a = this.configAddress;
       if ((a & 0x80000000) === 0) return;
-      const reg = (a & 0xfc) + (offset - 4);
-      if (reg + sizeBytes > LEGACY_CONFIG_SPACE_SIZE) return;
-      this.writeConfig((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 7, reg, sizeBytes, value);
+      const bus = (a >>> 16) & 0xff;
+      const device = (a >>> 11) & 0x1f;
+      const fn = (a >>> 8) & 7;
+      const reg = legacyRegister(a, offset);
+      if (reg + sizeBytes <= LEGACY_CONFIG_SPACE_SIZE) {
+        this.writeConfig(bus, device, fn, reg, sizeBytes, value);
+        return;
+      }
+      // Past 0xFF QEMU writes only the bytes below 0x100 (the low bytes of the value).
+      const v = Math.trunc(value) >>> 0;
+      for (let i = 0; reg + i < LEGACY_CONFIG_SPACE_SIZE; i++) {
+        this.writeConfig(bus, device, fn, reg + i, 1, (v >>> (8 * i)) & 0xff);
+      }
     }
   }
 
@@ -342,6 +363,11 @@ export class PciBus {
       barsMapped: this.mappings.filter((m) => m.mappedOn !== undefined).length,
     };
   }
+}
+
+/** The register a CONFIG_DATA access at port offset `offset` (4-7) reaches: QEMU ORs the port's low bits into CONFIG_ADDRESS[7:0]. */
+function legacyRegister(configAddress: number, offset: number): number {
+  return (configAddress & 0xff) | (offset & 3);
 }
 
 function allOnes(sizeBytes: number): number {

@@ -73,6 +73,32 @@ test("PCI 3.0 3.2.2.3.2: CONFIG_ADDRESS is a 32-bit register that reads back ena
   assert.equal(m.io.read(0xcf8, 4), 0x8001_1a7c);
 });
 
+test("QEMU pci_host.c: a CONFIG_DATA access decodes register CONFIG_ADDRESS[7:0] | port bits 1:0", () => {
+  const { m } = build();
+  const addr = 0x8000_0000 | (3 << 11);
+  m.io.write(0xcf8, 4, addr | 2); // register 2 with bits 1:0 set
+  assert.equal(m.io.read(0xcfc, 2), 0x0005, "a word at 0xCFC reads the device ID, not the vendor ID");
+  assert.equal(m.io.read(0xcfd, 1), 0x00, "0xCFD: register 2 | 1 = 3 (device ID high byte)");
+  assert.equal(m.io.read(0xcfe, 2), 0x0005, "0xCFE: register 2 | 2 = 2 (OR, not add)");
+  m.io.write(0xcf8, 4, addr | 0x3d);
+  assert.equal(m.io.read(0xcfc, 1), 1, "register 0x3D: interrupt pin");
+  m.io.write(0xcf8, 4, addr | 0x3c);
+  m.io.write(0xcfc, 1, 0x2a);
+  m.io.write(0xcf8, 4, addr | 0x3c);
+  assert.equal(m.io.read(0xcfc, 1), 0x2a, "interrupt line written and read back through bits 1:0 = 0");
+});
+
+test("QEMU pci_host.c: a legacy access that runs past offset 0xFF touches only the bytes below 0x100", () => {
+  const { m, fn } = build();
+  fn.config.setU32(0xfc, 0x44332211);
+  fn.config.setU32(0x100, 0x88776655);
+  const addr = 0x8000_0000 | (3 << 11);
+  m.io.write(0xcf8, 4, addr | 0xfe);
+  assert.equal(m.io.read(0xcfc, 4), 0x4433, "two bytes below 0x100, zero-extended");
+  m.io.write(0xcfc, 4, 0xdeadbeef);
+  assert.equal(fn.config.read(0x100, 4), 0x88776655, "extended space untouched by the legacy mechanism");
+});
+
 test("enumeration finds the host bridge and the function with the same IDs through 0xCF8/0xCFC and ECAM", () => {
   const { d, rid } = build();
   assert.equal(rid, 3 << 3);
