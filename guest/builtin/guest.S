@@ -1432,11 +1432,11 @@ intx_test:
         push %ecx
         push %ebx
         call edu_program_msi_off
-        mov edu_bdf, %eax                   /* IOAPIC pin: 16 + ((slot + INTA#) mod 4) */
-        shr $3, %eax
-        and $3, %eax
-        add $16, %eax
-        mov %eax, %edi
+        mov edu_bdf, %eax                   /* IOAPIC pin: Interrupt Line, as firmware set it */
+        shl $8, %eax
+        or $0x3C, %eax
+        call pci_read
+        movzbl %al, %edi
         lea 0x11(,%edi,2), %eax
         pop %ecx                            /* high dword */
         call ioapic_write

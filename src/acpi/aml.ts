@@ -24,6 +24,7 @@ export const AML_OP = {
   scope: 0x10,
   buffer: 0x11,
   package: 0x12,
+  method: 0x14,
   extPrefix: 0x5b,
   device: 0x82,
   dualNamePrefix: 0x2e,
@@ -193,4 +194,20 @@ export function buffer(bytes: Uint8Array): Uint8Array {
 export function pkg(elements: readonly Uint8Array[]): Uint8Array {
   if (elements.length > 255) throw new RangeError("AML Package with more than 255 elements needs VarPackage");
   return withPkgLength([AML_OP.package], [Uint8Array.of(elements.length), ...elements]);
+}
+
+/**
+ * DefMethod (20.2.5.2): MethodOp PkgLength NameString MethodFlags TermList. MethodFlags: bits 2:0
+ * ArgCount, bit 3 SerializeFlag, bits 7:4 SyncLevel (0 here: not serialized).
+ */
+export function method(path: string, argCount: number, body: readonly Uint8Array[]): Uint8Array {
+  if (!Number.isInteger(argCount) || argCount < 0 || argCount > 7) {
+    throw new RangeError(`AML method ${path}: ArgCount ${argCount} is not 0-7`);
+  }
+  return withPkgLength([AML_OP.method], [nameString(path), Uint8Array.of(argCount), ...body]);
+}
+
+/** A reference to a named object inside a Package (20.2.5.4 PackageElement := DataRefObject | NameString). */
+export function nameReference(path: string): Uint8Array {
+  return nameString(path);
 }

@@ -14,7 +14,13 @@
  *         DWordMemory (..., NonCacheable, ReadWrite, ..., mmio32 window)
  *         QWordMemory (..., Cacheable, ReadWrite, ..., mmio64 window)   // when given
  *       })
- *       Name (_PRT, Package () { Package () { 0xSSSSFFFF, pin, 0, gsi }, ... })  // when given
+ *       Name (_PRT, Package () { Package () { 0xSSSSFFFF, pin, GSIx, 0 }, ... })  // when given
+ *     }
+ *     Device (GSIx) {                               // one per link named in _PRT (QEMU q35: GSIA-H)
+ *       Name (_HID, EisaId ("PNP0C0F"))  Name (_UID, n)      // PCI interrupt link
+ *       Name (_PRS, ResourceTemplate () { Interrupt (ResourceConsumer, Level, ActiveHigh, Shared) {gsi} })
+ *       Name (_CRS, <the same>)
+ *       Method (_SRS, 1, NotSerialized) {}          // fixed wiring: nothing to program
  *     }
  *     Device (MRES) {                               // ECAM reservation: Linux checks MCFG
  *       Name (_HID, EisaId ("PNP0C02"))             // against PNP0C01/PNP0C02 _CRS
@@ -32,12 +38,17 @@
  *
  * _PRT only when the VMM wires INTx (devices otherwise use MSI/MSI-X; a device with neither,
  * such as QEMU's virtio-iommu-pci without vectors, then gets no interrupt and fails to probe).
+ * A _PRT entry either names a GSI directly (Source 0: level, active-low by ACPI 6.5 6.2.13) or
+ * a link device whose _CRS gives the GSI with its polarity. QEMU's q35 uses links declared
+ * active-high, because its INTx lines are signalled active-high; a VMM modelling that (an IOAPIC
+ * that honours the entry's polarity, as KVM's does) must do the same, or the OS programs the
+ * entry active-low and sees the idle line as asserted.
  * No _OSC: Linux then keeps native PCIe services off and disables ASPM, which a virtual root
  * bridge does not need.
  */
 
 import type { AmlTerm } from "./aml.ts";
-import { device, eisaId, integer, name, pkg, scope, string } from "./aml.ts";
+import { device, eisaId, integer, method, name, nameReference, pkg, scope, string } from "./aml.ts";
 import {
   type AddressRange,
   dwordIo,
@@ -78,11 +89,16 @@ export interface PciRootBridge {
 /** PCI interrupt pins as _PRT numbers them (ACPI 6.5 6.2.13): INTA = 0 .. INTD = 3. */
 export const PCI_PIN = { INTA: 0, INTB: 1, INTC: 2, INTD: 3 } as const;
 
-/** One _PRT entry: device `device` (0-31) on the root bus, pin `pin`, wired to IOAPIC input `gsi`. */
+/**
+ * One _PRT entry: device `device` (0-31) on the root bus, pin `pin`, wired to IOAPIC input `gsi`,
+ * through link device `\\_SB.<link>` (level, active-high, shared) when `link` is given, else as
+ * a direct GSI (level, active-low).
+ */
 export interface IntxRoute {
   readonly device: number;
   readonly pin: number;
   readonly gsi: number;
+  readonly link?: string;
 }
 
 export interface SerialPort {
@@ -129,8 +145,9 @@ function pciRootBridgeDevice(root: PciRootBridge): AmlTerm {
 
 /**
  * _PRT (ACPI 6.5 6.2.13): a Package of Package {Address, Pin, Source, Source Index}. Address is
- * (device << 16) | 0xFFFF (any function); Source 0 means Source Index is a GSI, which the OS
- * programs level-triggered, active-low, as PCI INTx is.
+ * (device << 16) | 0xFFFF (any function). Source 0 means Source Index is a GSI, which the OS
+ * programs level-triggered, active-low; Source naming a link device (Source Index 0) means the
+ * link's _CRS gives the interrupt and its trigger and polarity.
  */
 export function pciRoutingTable(routes: readonly IntxRoute[]): AmlTerm {
   return pkg(
@@ -138,9 +155,43 @@ export function pciRoutingTable(routes: readonly IntxRoute[]): AmlTerm {
       if (r.device < 0 || r.device > 31 || r.pin < 0 || r.pin > 3) {
         throw new RangeError(`_PRT: device ${r.device} pin ${r.pin} out of range`);
       }
-      return pkg([integer(r.device * 0x10000 + 0xffff), integer(r.pin), integer(0), integer(r.gsi)]);
+      const address = integer(r.device * 0x10000 + 0xffff);
+      if (r.link !== undefined) return pkg([address, integer(r.pin), nameReference(r.link), integer(0)]);
+      return pkg([address, integer(r.pin), integer(0), integer(r.gsi)]);
     }),
   );
+}
+
+/** The link devices `routes` name, each with its one GSI (a link routed to two GSIs is an error). */
+export function intxLinks(routes: readonly IntxRoute[]): { name: string; gsi: number }[] {
+  const links = new Map<string, number>();
+  for (const r of routes) {
+    if (r.link === undefined) continue;
+    const gsi = links.get(r.link);
+    if (gsi !== undefined && gsi !== r.gsi) {
+      throw new RangeError(`_PRT: link ${r.link} routed to GSI ${gsi} and ${r.gsi}`);
+    }
+    links.set(r.link, r.gsi);
+  }
+  return [...links].map(([name, gsi]) => ({ name, gsi }));
+}
+
+/**
+ * A PCI interrupt link (PNP0C0F, ACPI 6.5 6.2.13) hard-wired to one GSI, level, active-high,
+ * shared: what QEMU's q35 DSDT declares for PIRQ[A-H] in APIC mode. _SRS accepts the only
+ * possible setting; there is nothing to program.
+ */
+export function interruptLinkDevice(link: { name: string; gsi: number }, uid: number): AmlTerm {
+  const irq = resourceTemplate([
+    extendedInterrupt({ edge: false, activeLow: false, shared: true }, [link.gsi]),
+  ]);
+  return device(link.name, [
+    name("_HID", eisaId("PNP0C0F")),
+    name("_UID", integer(uid)),
+    name("_PRS", irq),
+    name("_CRS", irq),
+    method("_SRS", 1, []),
+  ]);
 }
 
 /** PNP0C02 "motherboard resources" holding the ECAM of buses [busStart, busEnd]. */
@@ -184,6 +235,9 @@ export function dsdtAml(options: DsdtOptions): AmlTerm[] {
   const sb: AmlTerm[] = [];
   if (options.pciRoot !== undefined) {
     sb.push(pciRootBridgeDevice(options.pciRoot));
+    intxLinks(options.pciRoot.intxRoutes ?? []).forEach((link, uid) => {
+      sb.push(interruptLinkDevice(link, uid));
+    });
     if (options.pciRoot.ecamBaseGpa !== undefined) {
       sb.push(ecamReservationDevice(options.pciRoot, options.pciRoot.ecamBaseGpa));
     }

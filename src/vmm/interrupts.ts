@@ -33,12 +33,25 @@ export interface MsiRemapper {
 
 const INTERRUPT_ADDRESS_BASE = 0xfee00000;
 const INTERRUPT_ADDRESS_END = 0xfef00000;
-/** PCI INTx of device slot d, pin p (INTA#=0): IOAPIC pin 16 + ((d + p) mod 4), the usual swizzle onto four lines. */
+/** IOAPIC input of PIRQA; PIRQ[A-H] reach inputs 16-23 (QEMU q35, ICH9 in APIC mode). */
 export const PCI_INTX_FIRST_IOAPIC_PIN = 16;
+export const PCI_PIRQ_COUNT = 8;
 
+/**
+ * The PIRQ (0-7 = A-H) that INTx pin `pin` (INTA#=0) of root-bus slot `slot` reaches, wired as
+ * QEMU's q35 (hw/isa/lpc_ich9.c, matching its DSDT and SeaBIOS): slots 0-24 rotate onto
+ * PIRQ[E-H] by (slot + pin) mod 4; slots 25-29 and 31 use the ICH9 DxxIR defaults, INTA-D onto
+ * PIRQ[A-D]; slot 30 (the DMI-to-PCI bridge) INTA-D onto PIRQ[E-H].
+ */
+export function intxPirq(slot: number, pin: number): number {
+  if (slot <= 24) return 4 + ((slot + pin) & 3);
+  if (slot === 30) return 4 + (pin & 3);
+  return pin & 3;
+}
+
+/** The IOAPIC input (GSI) that INTx pin `pin` of a root-bus function reaches: 16 + its PIRQ. */
 export function intxIoapicPin(requesterId: number, pin: number): number {
-  const slot = (requesterId >> 3) & 0x1f;
-  return PCI_INTX_FIRST_IOAPIC_PIN + ((slot + pin) & 3);
+  return PCI_INTX_FIRST_IOAPIC_PIN + intxPirq((requesterId >> 3) & 0x1f, pin);
 }
 
 export interface InterruptFabricStats {

@@ -8,7 +8,7 @@
  * ECAM (MCFG), a VIOT listing the iommu=on endpoints with --iommu virtio, and the VT-d unit's
  * DMAR (built by src/vtd/) with --iommu intel.
  */
-import { COM1 } from "../acpi/dsdt.ts";
+import { COM1, type IntxRoute } from "../acpi/dsdt.ts";
 import {
   type AcpiTableSet,
   BIOS_RSDP_SCAN_END_GPA,
@@ -24,6 +24,7 @@ import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { Segment, SegmentName } from "../kvm/structs.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { ACPI_POWER_FADT, S5_SLEEP_TYPE } from "./acpi-power.ts";
+import { intxIoapicPin, PCI_INTX_FIRST_IOAPIC_PIN } from "./interrupts.ts";
 import { IOAPIC_GPA, LOW_RAM_MAX_END, PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_END } from "./layout.ts";
 import { type Platform, VIRTIO_IOMMU_SLOT } from "./platform.ts";
 
@@ -52,6 +53,22 @@ export function viotFor(platform: Platform): ViotDescription | undefined {
   return { iommus: [{ kind: "virtio-pci", segment: 0, bdf: VIRTIO_IOMMU_SLOT << 3 }], pciRanges };
 }
 
+/**
+ * _PRT for every slot and pin of the root bus, as q35 has it: each INTx through link device
+ * GSIA-GSIH (PIRQ A-H, level, active-high) to the IOAPIC input `intxIoapicPin` drives, so the
+ * OS programs the entry the way the fabric signals (src/acpi/dsdt.ts explains the polarity).
+ */
+export function intxRoutes(): IntxRoute[] {
+  const routes: IntxRoute[] = [];
+  for (let device = 0; device < 32; device++) {
+    for (let pin = 0; pin < 4; pin++) {
+      const gsi = intxIoapicPin(device << 3, pin);
+      routes.push({ device, pin, gsi, link: `GSI${"ABCDEFGH"[gsi - PCI_INTX_FIRST_IOAPIC_PIN]}` });
+    }
+  }
+  return routes;
+}
+
 export function acpiTablesFor(platform: Platform): AcpiTableSet {
   return layoutAcpiTables(
     {
@@ -64,6 +81,7 @@ export function acpiTablesFor(platform: Platform): AcpiTableSet {
         busEnd: 0,
         mmio32: { min: PCI_MMIO32_BASE, max: PCI_MMIO32_END - 1 },
         ecamBaseGpa: PCI_ECAM_BASE,
+        intxRoutes: intxRoutes(),
       },
       com1: COM1,
       fadt: ACPI_POWER_FADT,

@@ -1,13 +1,21 @@
 /**
  * What PC firmware (SeaBIOS under QEMU) does to PCI before it starts a kernel: size every BAR
  * with the all-ones protocol (PCI 3.0 6.2.5.1), assign addresses from the 32-bit memory window
- * and the I/O port window, naturally aligned, and enable memory and I/O decoding. Bus mastering
- * stays off: the guest driver enables it, as on real machines.
+ * and the I/O port window, naturally aligned, enable memory and I/O decoding, and write each
+ * function's Interrupt Line (PCI 3.0 6.2.4) with the interrupt input its INTx pin reaches. Bus
+ * mastering stays off: the guest driver enables it, as on real machines.
+ *
+ * Interrupt Line: SeaBIOS on q35 writes the 8259 IRQ it routed the PIRQ to (10 or 11), which
+ * QEMU also drives into the IOAPIC input of that number. This machine has no 8259, so the one
+ * input a device's INTx reaches is its IOAPIC input (16-23): that is the value written, and a
+ * guest that programs its IOAPIC entry from Interrupt Line gets the interrupt.
  */
 import type { PciBus } from "../pci/bus.ts";
 
 const REG_COMMAND = 0x04;
 const REG_BAR0 = 0x10;
+const REG_INTERRUPT_LINE = 0x3c;
+const REG_INTERRUPT_PIN = 0x3d;
 const CMD_IO = 0x1;
 const CMD_MEMORY = 0x2;
 
@@ -30,7 +38,12 @@ function alignUp(v: number, a: number): number {
   return Math.ceil(v / a) * a;
 }
 
-export function assignPciResources(pci: PciBus, windows: PciWindows): BarAssignment[] {
+export function assignPciResources(
+  pci: PciBus,
+  windows: PciWindows,
+  /** The interrupt input INTx pin `pin` (INTA#=0) of `requesterId` reaches. */
+  intxInput?: (requesterId: number, pin: number) => number,
+): BarAssignment[] {
   const out: BarAssignment[] = [];
   let mmio = windows.mmioBase;
   let io = windows.ioBase;
@@ -38,6 +51,11 @@ export function assignPciResources(pci: PciBus, windows: PciWindows): BarAssignm
   for (const { requesterId } of pci.functions()) {
     const dev = (requesterId >> 3) & 0x1f;
     const fn = requesterId & 7;
+    const interruptPin = pci.readConfig(bus, dev, fn, REG_INTERRUPT_PIN, 1);
+    // Interrupt Pin 1-4 = INTA#-INTD#; 0 = no INTx, and the line stays as the device reset it.
+    if (intxInput !== undefined && interruptPin >= 1 && interruptPin <= 4) {
+      pci.writeConfig(bus, dev, fn, REG_INTERRUPT_LINE, 1, intxInput(requesterId, interruptPin - 1));
+    }
     let cmd = 0;
     for (let bar = 0; bar < 6; bar++) {
       const reg = REG_BAR0 + bar * 4;

@@ -37,7 +37,7 @@ import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { dmarForConfig } from "../vtd/dmar.ts";
 import { VtdUnit } from "../vtd/vtd.ts";
 import { ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, AcpiPower, type PowerRequest } from "./acpi-power.ts";
-import { InterruptFabric, type MsiTarget } from "./interrupts.ts";
+import { InterruptFabric, intxIoapicPin, type MsiTarget } from "./interrupts.ts";
 import {
   e820Bytes,
   e820Map,
@@ -237,12 +237,11 @@ export class Platform {
       }
     });
 
-    this.bars = assignPciResources(this.pci, {
-      mmioBase: PCI_MMIO32_BASE,
-      mmioEnd: PCI_MMIO32_END,
-      ioBase: PCI_IO_BASE,
-      ioEnd: PCI_IO_END,
-    });
+    this.bars = assignPciResources(
+      this.pci,
+      { mmioBase: PCI_MMIO32_BASE, mmioEnd: PCI_MMIO32_END, ioBase: PCI_IO_BASE, ioEnd: PCI_IO_END },
+      intxIoapicPin,
+    );
     if (config.tracer.on("config")) {
       for (const b of this.bars) {
         config.tracer.emit("config", "vmm", "bar-assigned", {

@@ -86,10 +86,26 @@ test("ACPICA evaluates _S5_ and the processor devices' _HID/_UID", { skip }, () 
   );
   assert.match(out, /\[Integer\] = 0000000000000003/);
   assert.match(out, /\[Integer\] = 00000000080AD041/); // EISAID PNP0A08
-  // _PRT: two routes, the second { 0x0002FFFF, INTB, 0, GSI 17 }
-  assert.match(out, /\[Package\] Contains 2 Elements:/);
+  // _PRT: three routes, the second { 0x0002FFFF, INTB, 0, GSI 17 }, the third through link GSIH
+  assert.match(out, /\[Package\] Contains 3 Elements:/);
   assert.match(
     out,
     /\[Integer\] = 000000000002FFFF\s+\[Integer\] = 0+1\s+\[Integer\] = 0+\s+\[Integer\] = 0+11/,
   );
+  assert.match(
+    out,
+    /\[Integer\] = 000000000003FFFF\s+\[Integer\] = 0+\s+\[Object Reference\] = \w+ <Node>\s+Name GSIH Device\s+\[Integer\] = 0+\n/,
+  );
+});
+
+test("6.2.13: the _PRT link device resolves, and its _CRS/_PRS convert to level, active-high, shared GSI 23", {
+  skip,
+}, () => {
+  const out = runAcpiexec("evaluate \\_SB.GSIH._HID; resources \\_SB.GSIH");
+  assert.match(out, /\[Integer\] = 000000000F0CD041/); // EISAID PNP0C0F
+  const unexpected = out.split("\n").filter((l) => /error|warning|AE_/i.test(l));
+  assert.deepEqual(unexpected, [], "_CRS, _PRS and _SRS (the resources command calls it) all succeed");
+  const irq =
+    /Extended IRQ Resource[\s\S]*?Triggering : Level[\s\S]*?Polarity : ActiveHigh[\s\S]*?Sharing : Shared[\s\S]*?00000017/;
+  assert.match(out, irq);
 });

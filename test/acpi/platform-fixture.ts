@@ -22,6 +22,7 @@ export function fullPlatformTables(): AcpiTableSet {
         intxRoutes: [
           { device: 1, pin: 0, gsi: 16 },
           { device: 2, pin: 1, gsi: 17 },
+          { device: 3, pin: 0, gsi: 23, link: "GSIH" },
         ],
       },
       com1: { ioPort: 0x3f8, irq: 4 },

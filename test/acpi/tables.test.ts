@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { byteSum } from "../../src/acpi/bytes.ts";
-import { buildDsdt, PCI_PIN, pciRoutingTable } from "../../src/acpi/dsdt.ts";
+import { buildDsdt, interruptLinkDevice, intxLinks, PCI_PIN, pciRoutingTable } from "../../src/acpi/dsdt.ts";
 import { buildFadt, FADT_OFFSET, FADT_SIZE } from "../../src/acpi/fadt.ts";
 import { ioPortByte } from "../../src/acpi/gas.ts";
 import { buildMadt } from "../../src/acpi/madt.ts";
@@ -211,4 +211,39 @@ test("6.2.13 _PRT: Package of {(device << 16) | 0xFFFF, pin, Source 0, GSI}", ()
   );
   assert.throws(() => pciRoutingTable([{ device: 32, pin: 0, gsi: 16 }]));
   assert.throws(() => pciRoutingTable([{ device: 1, pin: 4, gsi: 16 }]));
+});
+
+test("6.2.13 _PRT: a route through a link device names it as Source with Source Index 0", () => {
+  // Package () { Package () { 0x0003FFFF, 0, GSIH, 0 } }
+  assertHex(
+    pciRoutingTable([{ device: 3, pin: PCI_PIN.INTA, gsi: 23, link: "GSIH" }]),
+    "12 10 01" + "12 0d 04 0cffff0300 00 47534948 00",
+  );
+  assert.deepEqual(
+    intxLinks([
+      { device: 1, pin: 0, gsi: 20, link: "GSIE" },
+      { device: 2, pin: 3, gsi: 20, link: "GSIE" },
+      { device: 2, pin: 0, gsi: 18 },
+    ]),
+    [{ name: "GSIE", gsi: 20 }],
+  );
+  assert.throws(() =>
+    intxLinks([
+      { device: 1, pin: 0, gsi: 20, link: "GSIE" },
+      { device: 2, pin: 0, gsi: 21, link: "GSIE" },
+    ]),
+  );
+});
+
+test("6.2.13 PCI interrupt link (PNP0C0F): _PRS = _CRS = Interrupt (Level, ActiveHigh, Shared) {gsi}, empty _SRS", () => {
+  const irq = "11 0e 0a 0b" + "89 0600 09 01 17000000" + "79 00"; // Buffer(11) { Interrupt {23}, EndTag }
+  assertHex(
+    interruptLinkDevice({ name: "GSIH", gsi: 23 }, 0),
+    "5b82 4504 47534948" + // Device (GSIH), PkgLength 69
+      "085f484944 0c41d00c0f" + // Name (_HID, EisaId ("PNP0C0F"))
+      "085f554944 00" + // Name (_UID, Zero)
+      `085f505253 ${irq}` + // Name (_PRS, ...)
+      `085f435253 ${irq}` + // Name (_CRS, ...)
+      "14 06 5f535253 01", // Method (_SRS, 1, NotSerialized) {}
+  );
 });

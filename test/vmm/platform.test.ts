@@ -183,7 +183,45 @@ test("an MSI that KVM rejects (ioctl error) is dropped and counted, not thrown i
   assert.equal(fabric.stats().lastBlockReason, "KVM_SIGNAL_MSI failed: EINVAL (22)");
 });
 
-test("PCI INTx swizzle: slot + pin onto IOAPIC pins 16..19", () => {
-  assert.equal(intxIoapicPin(2 << 3, 0), 18);
-  assert.equal(intxIoapicPin(2 << 3, 3), 17);
+test("PCI INTx wiring is q35's: slots 0-24 rotate onto PIRQ E-H (GSI 20-23), 25-31 use the ICH9 defaults", () => {
+  assert.equal(intxIoapicPin(2 << 3, 0), 22, "slot 2 INTA -> PIRQG");
+  assert.equal(intxIoapicPin(2 << 3, 3), 21, "slot 2 INTD -> PIRQF");
+  assert.equal(intxIoapicPin(24 << 3, 1), 21, "slot 24 INTB -> PIRQF");
+  assert.equal(intxIoapicPin(25 << 3, 0), 16, "slot 25 INTA -> PIRQA (D25IR default)");
+  assert.equal(intxIoapicPin(31 << 3, 3), 19, "slot 31 INTD -> PIRQD");
+  assert.equal(intxIoapicPin(30 << 3, 1), 21, "slot 30 INTB -> PIRQF (DMI-to-PCI bridge)");
+  assert.equal(intxIoapicPin((3 << 3) | 5, 0), 23, "the function number does not matter");
+});
+
+test("firmware writes Interrupt Line (PCI 3.0 6.2.4) with the IOAPIC input each function's INTx pin reaches", () => {
+  const { p } = platform("virtio");
+  for (const { requesterId, fn } of p.pci.functions()) {
+    const dev = (requesterId >> 3) & 0x1f;
+    const pin = p.pci.readConfig(0, dev, 0, 0x3d, 1);
+    const line = p.pci.readConfig(0, dev, 0, 0x3c, 1);
+    if (pin === 0) assert.equal(line, 0, `${fn.name}: no INTx pin, line left alone`);
+    else assert.equal(line, intxIoapicPin(requesterId, pin - 1), `${fn.name}: line = IOAPIC input`);
+  }
+  const edu = p.devices[0];
+  assert.equal(
+    p.pci.readConfig(0, (edu.requesterId >> 3) & 0x1f, 0, 0x3c, 1),
+    22,
+    "edu at 00:02.0 INTA -> 22",
+  );
+});
+
+test("a guest that programs the IOAPIC entry named by Interrupt Line receives edu's INTx (level, active-high)", () => {
+  const { p, msis } = platform("none");
+  const edu = p.devices[0];
+  const dev = (edu.requesterId >> 3) & 0x1f;
+  const line = p.pci.readConfig(0, dev, 0, 0x3c, 1);
+  // RTE: vector 0x42, fixed, physical, active-high (as q35's GSI links declare), level, unmasked
+  p.mmio.write(0xfec00000, 4, 0x11 + 2 * line);
+  p.mmio.write(0xfec00010, 4, 0);
+  p.mmio.write(0xfec00000, 4, 0x10 + 2 * line);
+  p.mmio.write(0xfec00010, 4, 0x8042);
+  const bar = p.bars.find((b) => b.requesterId === edu.requesterId && b.bar === 0);
+  assert.ok(bar);
+  p.mmio.write(bar.address + 0x60, 4, 1); // raise: INTA# asserts (MSI is off)
+  assert.deepEqual(msis, [{ address: 0xfee00000, data: 0x8042 }]);
 });
