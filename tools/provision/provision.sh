@@ -15,6 +15,10 @@
 #   kernel/modules/         the package's /lib/modules/<kver> tree
 #   guest-bin/              guest programs from guest/*.c, statically linked
 #   initramfs.cpio.gz       base initramfs (newc): busybox, modules, /init, guest programs
+#   kvm-lab.cpio.gz         the KVM lab's L1 initramfs: busybox, kvm_amd + 9p (+ vfio) modules,
+#                           /init (kvm-lab-init.sh) that mounts the host root over 9p, chroots
+#                           and runs one command with /dev/kvm (tools/guest-lab/kvm-lab.ts)
+#   kvm-lab/scratch/        writable scratch shared into L1 (tsx's transform cache lives here)
 #   manifest.json           QEMU and kernel versions, file list
 #
 # Test scripts are not baked into the base initramfs: the harness appends a second, small
@@ -31,8 +35,9 @@ KDIR="$CACHE/kernel"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 INITRAMFS_VERSION=3 # bump when the initramfs layout or /init changes
+KVM_LAB_VERSION=1   # bump when the L1 initramfs layout changes
 START=$SECONDS
-STEPS=8
+STEPS=10
 CHECK=0
 
 for arg in "$@"; do
@@ -119,9 +124,26 @@ initramfs_inputs_hash() {
   } | sha256sum | cut -d' ' -f1
 }
 
+kvm_lab_ok() {
+  [ -s "$CACHE/kvm-lab.cpio.gz" ] && [ -f "$CACHE/kvm-lab.stamp" ] &&
+    [ "$(cat "$CACHE/kvm-lab.stamp")" = "$(kvm_lab_inputs_hash)" ]
+}
+
+kvm_lab_inputs_hash() {
+  {
+    echo "layout=$KVM_LAB_VERSION"
+    cat "$HERE/kvm-lab-init.sh" "$HERE/kvm-lab-modules.list"
+    cat "$KDIR/kver" 2>/dev/null || true
+    sha256sum "$(command -v busybox)" 2>/dev/null || true
+  } | sha256sum | cut -d' ' -f1
+}
+
+kvm_smoke_ok() { [ -f "$CACHE/kvm-lab/smoke.ok" ] && [ "$CACHE/kvm-lab/smoke.ok" -nt "$CACHE/kvm-lab.cpio.gz" ]; }
+
 manifest_ok() {
   [ -s "$CACHE/manifest.json" ] && [ "$CACHE/manifest.json" -nt "$CACHE/initramfs.cpio.gz" ] &&
-    [ "$CACHE/manifest.json" -nt "$ROOT/.viommu-qemu-ok" ] && [ "$CACHE/manifest.json" -nt "$KDIR/.viommu-kernel-ok" ]
+    [ "$CACHE/manifest.json" -nt "$ROOT/.viommu-qemu-ok" ] && [ "$CACHE/manifest.json" -nt "$KDIR/.viommu-kernel-ok" ] &&
+    [ "$CACHE/manifest.json" -nt "$CACHE/kvm-lab.cpio.gz" ]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +163,8 @@ if [ "$CHECK" = 1 ]; then
   report "kernel vmlinuz/vmlinux/modules ($KDIR)" kernel_ok
   report "guest programs ($CACHE/guest-bin)" guest_bin_ok
   report "initramfs ($CACHE/initramfs.cpio.gz)" initramfs_ok
+  report "KVM lab L1 initramfs ($CACHE/kvm-lab.cpio.gz)" kvm_lab_ok
+  report "KVM lab smoke boot (L1 with /dev/kvm)" kvm_smoke_ok
   report "manifest ($CACHE/manifest.json)" manifest_ok
   if [ -x "$CACHE/bin/qemu-system-x86_64" ]; then
     echo "[provision] qemu: $("$CACHE/bin/qemu-system-x86_64" --version 2>/dev/null | head -1 || echo unusable)"
@@ -214,6 +238,28 @@ remove_root() {
   rm -rf --one-file-system "$ROOT"
 }
 in_root() { DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 chroot "$ROOT" "$@"; }
+
+# stage_modules STAGE LIST: the modules named in LIST and their dependencies (modules.dep),
+# decompressed into STAGE/lib/modules/<kver>/, and STAGE/etc/viommu/modules listing their plain
+# names in load order (dependencies first) for /init's insmod loop.
+stage_modules() {
+  local stage="$1" list="$2" rel dst
+  mkdir -p "$stage/lib/modules/$KVER" "$stage/etc/viommu"
+  "$HERE/resolve-modules.sh" "$KDIR/modules" "$list" >"$stage/etc/viommu/modules.order"
+  while read -r rel; do
+    [ -n "$rel" ] || continue
+    dst="$stage/lib/modules/$KVER/$(basename "$rel")"
+    case "$rel" in
+    *.ko.xz) xz -dc "$KDIR/modules/$rel" >"${dst%.xz}" ;;
+    *.ko.zst) zstd -qdc "$KDIR/modules/$rel" >"${dst%.zst}" ;;
+    *.ko.gz) gzip -dc "$KDIR/modules/$rel" >"${dst%.gz}" ;;
+    *) cp "$KDIR/modules/$rel" "$dst" ;;
+    esac
+  done <"$stage/etc/viommu/modules.order"
+  sed -e 's#.*/##' -e 's#\.ko\(\.xz\|\.zst\|\.gz\)\?$##' "$stage/etc/viommu/modules.order" \
+    >"$stage/etc/viommu/modules"
+  echo "$KVER" >"$stage/etc/viommu/kver"
+}
 
 # ---------------------------------------------------------------------------------------------
 step 1 "host packages (debootstrap zstd cpio gcc xz-utils busybox-static binutils kmod)"
@@ -364,22 +410,7 @@ else
   cp "$HERE/init.sh" "$STAGE/init"
   chmod 755 "$STAGE/init"
   cp "$CACHE"/guest-bin/* "$STAGE/usr/bin/"
-  # Resolve the wanted modules and their dependencies (modules.dep), dependencies first.
-  "$HERE/resolve-modules.sh" "$KDIR/modules" "$HERE/modules.list" >"$STAGE/etc/viommu/modules.order"
-  while read -r rel; do
-    [ -n "$rel" ] || continue
-    dst="$STAGE/lib/modules/$KVER/$(basename "$rel")"
-    case "$rel" in
-    *.ko.xz) xz -dc "$KDIR/modules/$rel" >"${dst%.xz}" ;;
-    *.ko.zst) zstd -qdc "$KDIR/modules/$rel" >"${dst%.zst}" ;;
-    *.ko.gz) gzip -dc "$KDIR/modules/$rel" >"${dst%.gz}" ;;
-    *) cp "$KDIR/modules/$rel" "$dst" ;;
-    esac
-  done <"$STAGE/etc/viommu/modules.order"
-  # /init reads plain module names (uncompressed .ko files in /lib/modules/<kver>/).
-  sed -e 's#.*/##' -e 's#\.ko\(\.xz\|\.zst\|\.gz\)\?$##' "$STAGE/etc/viommu/modules.order" \
-    >"$STAGE/etc/viommu/modules"
-  echo "$KVER" >"$STAGE/etc/viommu/kver"
+  stage_modules "$STAGE" "$HERE/modules.list"
   log "modules: $(tr '\n' ' ' <"$STAGE/etc/viommu/modules")"
   (cd "$STAGE" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) |
     gzip -6 >"$CACHE/initramfs.cpio.gz.tmp"
@@ -412,7 +443,67 @@ else
   fi
 fi
 
-step 8 "manifest ($CACHE/manifest.json)"
+step 8 "KVM lab L1 initramfs ($CACHE/kvm-lab.cpio.gz)"
+if kvm_lab_ok; then
+  log "L1 initramfs up to date, skipped"
+else
+  STAGE="$CACHE/kvm-lab.stage"
+  rm -rf "$STAGE"
+  mkdir -p "$STAGE"/{bin,sbin,dev,proc,sys,tmp,host,scratch,viommu}
+  cp "$(command -v busybox)" "$STAGE/bin/busybox"
+  cp "$HERE/kvm-lab-init.sh" "$STAGE/init"
+  chmod 755 "$STAGE/init"
+  stage_modules "$STAGE" "$HERE/kvm-lab-modules.list"
+  log "modules: $(tr '\n' ' ' <"$STAGE/etc/viommu/modules")"
+  (cd "$STAGE" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) |
+    gzip -6 >"$CACHE/kvm-lab.cpio.gz.tmp"
+  mv "$CACHE/kvm-lab.cpio.gz.tmp" "$CACHE/kvm-lab.cpio.gz"
+  kvm_lab_inputs_hash >"$CACHE/kvm-lab.stamp"
+  rm -rf "$STAGE"
+  log "L1 initramfs: $(stat -c %s "$CACHE/kvm-lab.cpio.gz") bytes"
+fi
+mkdir -p "$CACHE/kvm-lab/scratch"
+
+step 9 "KVM lab smoke boot (L1 under TCG -cpu max: kvm_amd, /dev/kvm, the host's node over 9p)"
+if kvm_smoke_ok; then
+  log "KVM lab smoke boot already passed for this L1 initramfs, skipped"
+else
+  SMOKE="$(mktemp -d)"
+  mkdir -p "$SMOKE/job/viommu"
+  printf 'LAB_WRITABLE=""\nLAB_HUGEPAGES=0\nLAB_TOKEN=VIOMMU-SMOKE-EOF\n' >"$SMOKE/job/viommu/job.sh"
+  printf '#!/bin/sh\ntest -c /dev/kvm && echo "kvm-smoke: /dev/kvm present"\n%s -e "console.log(\\"kvm-smoke: node \\" + process.version)"\n' \
+    "$(command -v node || echo node)" >"$SMOKE/job/viommu/command.sh"
+  (cd "$SMOKE/job" && find viommu | cpio -o -H newc --quiet -R 0:0 | gzip >"$SMOKE/job.cpio.gz")
+  cat "$CACHE/kvm-lab.cpio.gz" "$SMOKE/job.cpio.gz" >"$SMOKE/initrd"
+  t0=$SECONDS
+  # The host stops QEMU once /init reports the exit status (it would otherwise wait 60 s).
+  timeout -k 5 300 "$CACHE/bin/qemu-system-x86_64" -machine q35 -accel tcg,thread=multi -cpu max \
+    -smp 2 -m 2048 -nodefaults -no-user-config -display none -monitor none -serial "file:$SMOKE/serial.log" \
+    -no-reboot -kernel "$KDIR/vmlinuz" -initrd "$SMOKE/initrd" -append "console=ttyS0 panic=-1 loglevel=4" \
+    -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$CACHE/kvm-lab/scratch,mount_tag=scratch,security_model=none,multidevs=remap" \
+    -device virtio-serial-pci -chardev "file,id=out,path=$SMOKE/out" -device virtserialport,chardev=out,name=out \
+    -chardev "file,id=err,path=$SMOKE/err" -device virtserialport,chardev=err,name=err </dev/null >"$SMOKE/qemu.log" 2>&1 &
+  qpid=$!
+  while kill -0 "$qpid" 2>/dev/null && ! grep -q -E 'VIOMMU-KVM-LAB: (exit=|failed)' "$SMOKE/serial.log" 2>/dev/null; do
+    sleep 1
+  done
+  sleep 1
+  kill "$qpid" 2>/dev/null || true
+  wait "$qpid" 2>/dev/null || true
+  if grep -q 'VIOMMU-KVM-LAB: exit=0' "$SMOKE/serial.log" && grep -q 'kvm-smoke: /dev/kvm present' "$SMOKE/out" &&
+    grep -q 'kvm-smoke: node v' "$SMOKE/out"; then
+    log "L1 booted, loaded kvm_amd and ran the host's node in $((SECONDS - t0))s: $(grep -o 'node v.*' "$SMOKE/out")"
+    touch "$CACHE/kvm-lab/smoke.ok"
+    rm -rf "$SMOKE"
+  else
+    grep 'VIOMMU-KVM-LAB' "$SMOKE/serial.log" >&2 || tail -30 "$SMOKE/serial.log" >&2
+    cat "$SMOKE/qemu.log" "$SMOKE/err" >&2 2>/dev/null || true
+    die "KVM lab smoke boot failed (serial log: $SMOKE/serial.log)"
+  fi
+fi
+
+step 10 "manifest ($CACHE/manifest.json)"
 if manifest_ok; then
   log "manifest up to date, skipped"
   echo "[provision] done in $((SECONDS - START))s; cache $CACHE"
@@ -438,6 +529,7 @@ cat >"$CACHE/manifest.json.tmp" <<EOF
     "modules": "$KDIR/modules"
   },
   "initramfs": "$CACHE/initramfs.cpio.gz",
+  "kvmLab": { "initramfs": "$CACHE/kvm-lab.cpio.gz", "scratch": "$CACHE/kvm-lab/scratch", "layout": $KVM_LAB_VERSION },
   "guestPrograms": [$(for f in "$CACHE"/guest-bin/*; do printf '"%s",' "$(basename "$f")"; done | sed 's/,$//')],
   "initramfsLayout": $INITRAMFS_VERSION,
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
