@@ -1,20 +1,18 @@
 /**
- * The host-owned stage 2: guest IPA -> host PA, under the engine `HostIommu` contract.
+ * The host-owned stage 2: guest IPA -> host PA, propagated through the engine's one
+ * host-propagation contract (`HostNotifier`) to a host IOMMU backend (the `VfioType1Container`
+ * model, or real VFIO).
  *
- * In the Xen and iommufd designs the guest owns stage 1 and the host owns stage 2. Here the host
- * stage 2 is a `HostIommu` table with lookups (the engine `VfioType1Container` is one), wrapped
- * so that every vIOMMU model can (a) translate an IPA through it on a miss, (b) learn when the
- * host unmaps something (its `epoch` changes and listeners run), and (c) count what happened.
- * The guest never sees this stage: its faults go to the host, not to the guest's event queue.
+ * In the Xen and iommufd designs the guest owns stage 1 and the host owns stage 2. The notifier's
+ * shadow of what the host maps lets every vIOMMU model (a) translate an IPA through it on a miss,
+ * whatever the backend, (b) learn when the host unmaps something (the notifier's `epoch` changes
+ * and its unmap listeners run), and (c) count what happened. The guest never sees this stage:
+ * its faults go to the host, not to the guest's event queue.
  */
 import { type Access, type DmaFault, dmaFault, PERM_RW } from "../engine/access.ts";
-import type { HostDmaEntry, HostIommu, HostResult } from "../engine/host-iommu.ts";
+import type { HostIommu, HostResult } from "../engine/host-iommu.ts";
+import { HostNotifier, type HostUnmapListener } from "../engine/host-notifier.ts";
 import type { Translation } from "../engine/translation.ts";
-
-/** A host IOMMU table that can also be looked up (VfioType1Container satisfies this). */
-export interface HostStage2Table extends HostIommu {
-  lookup(ipa: number): HostDmaEntry | undefined;
-}
 
 export interface HostStage2Stats {
   readonly lookups: number;
@@ -24,45 +22,45 @@ export interface HostStage2Stats {
   readonly epoch: number;
 }
 
-export type HostStage2Listener = (ipa: number, sizeBytes: number) => void;
-
 export class HostStage2 implements HostIommu {
-  readonly table: HostStage2Table;
-  /** Bumped on every unmap: translations derived from this stage may be stale. */
-  epoch = 0;
-  private readonly listeners: HostStage2Listener[] = [];
+  readonly notifier: HostNotifier;
   private lookups = 0;
   private faults = 0;
-  private maps = 0;
-  private unmaps = 0;
 
-  constructor(table: HostStage2Table) {
-    this.table = table;
+  constructor(backend: HostIommu | HostNotifier) {
+    this.notifier = backend instanceof HostNotifier ? backend : new HostNotifier(backend);
   }
 
+  /** Bumped on every unmap: translations derived from this stage may be stale. */
+  get epoch(): number {
+    return this.notifier.epoch;
+  }
+
+  /** The host VMM maps guest memory into the stage (HostIommu contract, for the host's own use). */
   map(ipa: number, pa: number, sizeBytes: number, perms: number): HostResult {
-    const r = this.table.map(ipa, pa, sizeBytes, perms);
-    if (r.ok) this.maps++;
-    return r;
+    const refusal = this.notifier.map(ipa, pa, sizeBytes, perms);
+    if (refusal === null) return { ok: true, bytes: sizeBytes };
+    return {
+      ok: false,
+      errno: refusal.errno === "exception" ? "EINVAL" : refusal.errno,
+      message: refusal.message,
+    };
   }
 
   unmap(ipa: number, sizeBytes: number): HostResult {
-    const r = this.table.unmap(ipa, sizeBytes);
-    if (r.ok) {
-      this.unmaps++;
-      this.epoch++;
-      for (const l of this.listeners) l(ipa, sizeBytes);
-    }
-    return r;
+    const before = this.notifier.stats().mappedBytes;
+    const refusal = this.notifier.unmap(ipa, sizeBytes);
+    if (refusal === null) return { ok: true, bytes: before - this.notifier.stats().mappedBytes };
+    return {
+      ok: false,
+      errno: refusal.errno === "exception" ? "EINVAL" : refusal.errno,
+      message: refusal.message,
+    };
   }
 
-  /** Runs `listener` after every successful unmap; returns a function that removes it. */
-  onUnmap(listener: HostStage2Listener): () => void {
-    this.listeners.push(listener);
-    return () => {
-      const i = this.listeners.indexOf(listener);
-      if (i >= 0) this.listeners.splice(i, 1);
-    };
+  /** Runs `listener` after every unmap; returns a function that removes it. */
+  onUnmap(listener: HostUnmapListener): () => void {
+    return this.notifier.onUnmap(listener);
   }
 
   /**
@@ -71,7 +69,7 @@ export class HostStage2 implements HostIommu {
    */
   translate(endpointId: number, ipa: number, access: Access, out: Translation): DmaFault | null {
     this.lookups++;
-    const e = this.table.lookup(ipa);
+    const e = this.notifier.lookup(ipa);
     if (e === undefined) {
       this.faults++;
       return dmaFault("unmapped", endpointId, ipa, access, 0, "host stage 2: IPA not mapped");
@@ -85,12 +83,7 @@ export class HostStage2 implements HostIommu {
   }
 
   stats(): HostStage2Stats {
-    return {
-      lookups: this.lookups,
-      faults: this.faults,
-      maps: this.maps,
-      unmaps: this.unmaps,
-      epoch: this.epoch,
-    };
+    const n = this.notifier;
+    return { lookups: this.lookups, faults: this.faults, maps: n.maps, unmaps: n.unmaps, epoch: n.epoch };
   }
 }

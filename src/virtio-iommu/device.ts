@@ -22,6 +22,7 @@ import {
 import { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { HostIommu } from "../engine/host-iommu.ts";
+import { HostNotifier, type HostNotifierStats } from "../engine/host-notifier.ts";
 import { Iotlb, type IotlbStats } from "../engine/iotlb.ts";
 import { Tracer } from "../engine/trace.ts";
 import type { DmaTranslator, Translation } from "../engine/translation.ts";
@@ -116,6 +117,8 @@ export interface VirtioIommuStats {
     readonly teardownErrors: number;
     /** View changes the host refused outside a request that could report them (DETACH, bypass). */
     readonly unreportedFailures: number;
+    /** Per assigned endpoint: the engine's host-propagation counters (entries, peak, refusals by errno). */
+    readonly endpoints: Readonly<Record<number, HostNotifierStats>>;
   };
   /** Translations resolved by the model (cache misses of the endpoints' one-entry caches). */
   readonly translations: number;
@@ -352,8 +355,15 @@ export class VirtioIommu implements DmaTranslator {
     const mirror =
       host === undefined
         ? null
-        : new HostMirror(host, this.memory, () =>
-            this.flagNeedsReset(`host IOMMU of endpoint ${endpointId} refused an unmap`),
+        : new HostMirror(
+            new HostNotifier(host, {
+              tracer: this.tracer,
+              traceSource: SOURCE,
+              endpointId,
+              onIsolationLost: () =>
+                this.flagNeedsReset(`host IOMMU of endpoint ${endpointId} refused an unmap`),
+            }),
+            this.memory,
           );
     const ep = new Endpoint(endpointId, space, regions, mirror);
     this.events.initSource(ep, this.opts.clockMs());
@@ -384,7 +394,7 @@ export class VirtioIommu implements DmaTranslator {
     this.ownEpoch++;
     if (ep.hostMirror !== null) {
       ep.hostMirror.apply("none");
-      this.hostsInUse.delete(ep.hostMirror.host);
+      this.hostsInUse.delete(ep.hostMirror.notifier.backend);
     }
     return true;
   }
@@ -791,14 +801,16 @@ export class VirtioIommu implements DmaTranslator {
     let unmaps = 0;
     let refusals = 0;
     let teardownErrors = 0;
+    const hostEndpoints: Record<number, HostNotifierStats> = {};
     for (const ep of this.endpoints.values()) {
       if (ep.domain !== null) attached++;
-      const m = ep.hostMirror;
-      if (m !== null) {
-        maps += m.maps;
-        unmaps += m.unmaps;
-        refusals += m.refusals;
-        teardownErrors += m.teardownErrors;
+      const n = ep.hostMirror?.notifier;
+      if (n !== undefined) {
+        hostEndpoints[ep.id] = n.stats();
+        maps += n.maps;
+        unmaps += n.unmaps;
+        refusals += n.refusalsTotal - n.unmapsRefused;
+        teardownErrors += n.unmapsRefused;
       }
     }
     return {
@@ -827,7 +839,14 @@ export class VirtioIommu implements DmaTranslator {
         droppedRateLimit: this.events.droppedRateLimit,
       },
       iotlb: this.iotlb.stats(),
-      host: { maps, unmaps, refusals, teardownErrors, unreportedFailures: this.hostUnreportedFailures },
+      host: {
+        maps,
+        unmaps,
+        refusals,
+        teardownErrors,
+        unreportedFailures: this.hostUnreportedFailures,
+        endpoints: hostEndpoints,
+      },
       translations: this.translations,
       bypassTranslations: this.bypassTranslations,
       internalErrors: this.internalErrors,

@@ -1,6 +1,6 @@
 /**
  * Caching-mode replay: what an assigned endpoint's guest tables map right now, handed to its
- * `HostShadow`, and when (VT-d 6.1: with CAP.CM the guest invalidates after every change).
+ * `HostNotifier` (the engine's host-propagation contract), and when (VT-d 6.1: with CAP.CM the guest invalidates after every change).
  *
  * Leaves come from the endpoint's current target: guest RAM identity while translation is off
  * or for pass-through, the second- or first-stage tables otherwise (nothing for nested entries:
@@ -14,9 +14,9 @@
  */
 import { MAX_ADDRESS, PERM_RW } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
+import type { HostNotifier, HostLeafSource as LeafSource } from "../engine/host-notifier.ts";
 import type { Tracer } from "../engine/trace.ts";
 import type { FirstStageWalker } from "./first-stage.ts";
-import type { HostShadow, LeafSource } from "./host-shadow.ts";
 import { INTERRUPT_WINDOW_BASE, INTERRUPT_WINDOW_LAST } from "./interrupt-remap.ts";
 import type { SecondStageWalker } from "./second-stage.ts";
 import { TARGET, type Target } from "./target.ts";
@@ -26,7 +26,7 @@ export const REPLAY_BATCH_BUDGET = 1 << 23;
 
 export interface ReplayEndpoint {
   readonly sourceId: number;
-  readonly shadow: HostShadow | null;
+  readonly host: HostNotifier | null;
   /** A full resync was requested and has not run yet. */
   resyncPending: boolean;
 }
@@ -112,7 +112,7 @@ export class HostReplay {
 
   /** A full resync of `ep`: now, or coalesced until the next wait / end of the queue walk. */
   resync(ep: ReplayEndpoint): void {
-    if (ep.shadow === null) return;
+    if (ep.host === null) return;
     if (this.deferring) {
       ep.resyncPending = true;
       return;
@@ -121,18 +121,18 @@ export class HostReplay {
   }
 
   private run(ep: ReplayEndpoint): void {
-    if (ep.shadow === null) return;
+    if (ep.host === null) return;
     ep.resyncPending = false;
     const before = this.work();
-    ep.shadow.sync(0, MAX_ADDRESS, this.leafSource(ep));
+    ep.host.replay(this.leafSource(ep), 0, MAX_ADDRESS);
     this.batchWork += this.work() - before;
   }
 
   /** Replays [start, last] of `ep` now (a pending full resync covers it instead). */
   syncRange(ep: ReplayEndpoint, start: number, last: number): void {
-    if (ep.shadow === null || ep.resyncPending) return;
+    if (ep.host === null || ep.resyncPending) return;
     const before = this.work();
-    ep.shadow.sync(start, last, this.leafSource(ep));
+    ep.host.replay(this.leafSource(ep), start, last);
     this.batchWork += this.work() - before;
   }
 

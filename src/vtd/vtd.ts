@@ -22,6 +22,7 @@ import {
 import { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { HostIommu } from "../engine/host-iommu.ts";
+import { HostNotifier, type HostNotifierStats } from "../engine/host-notifier.ts";
 import { Iotlb, type IotlbStats } from "../engine/iotlb.ts";
 import { Tracer } from "../engine/trace.ts";
 import { type DmaTranslator, Translation } from "../engine/translation.ts";
@@ -40,7 +41,6 @@ import { FR, faultReasonName } from "./fault-reasons.ts";
 import { ADDRESS_TYPE, type FaultInfo, FaultLog, type FaultStats } from "./faults.ts";
 import { FirstStageWalker } from "./first-stage.ts";
 import { HostReplay } from "./host-replay.ts";
-import { HostShadow, type HostShadowStats } from "./host-shadow.ts";
 import {
   INTERRUPT_WINDOW_BASE,
   INTERRUPT_WINDOW_LAST,
@@ -130,7 +130,8 @@ export type AtsCompletion =
 interface EndpointState {
   readonly sourceId: number;
   readonly dma: DmaAddressSpace;
-  readonly shadow: HostShadow | null;
+  /** The host IOMMU of an assigned endpoint, kept in step by caching-mode replay. */
+  readonly host: HostNotifier | null;
   readonly deviceTlb: DeviceTlb | null;
   deviceTlbInvalidations: number;
   /** A full host resync was requested and not yet run (coalesced, or over the batch budget). */
@@ -159,8 +160,13 @@ export interface VtdStats {
   readonly interruptFaults: number;
   readonly atsRequests: number;
   readonly deviceTlbInvalidations: number;
-  readonly hosts: readonly HostShadowStats[];
+  readonly hosts: readonly VtdHostStats[];
   readonly hostResyncsDeferred: number;
+}
+
+/** One assigned endpoint's host propagation. */
+export interface VtdHostStats extends HostNotifierStats {
+  readonly sourceId: number;
 }
 
 function bdf(sourceId: number): string {
@@ -328,7 +334,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.faults.reset();
     this.bumpEpoch();
     if (this.tracer.on("config")) this.tracer.emit("config", "vtd", "reset", {});
-    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
+    for (const ep of this.endpoints.values()) if (ep.host !== null) this.replay.resync(ep);
   }
 
   private resetRegisters(): void {
@@ -379,21 +385,24 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       );
     }
     const dma = new DmaAddressSpace(this.memory, this, sourceId);
-    const shadow = options.host === undefined ? null : new HostShadow(sourceId, options.host, this.tracer);
+    const host =
+      options.host === undefined
+        ? null
+        : new HostNotifier(options.host, { tracer: this.tracer, traceSource: "vtd", endpointId: sourceId });
     const ep: EndpointState = {
       sourceId,
       dma,
-      shadow,
+      host,
       deviceTlb: options.ats ?? null,
       deviceTlbInvalidations: 0,
       resyncPending: false,
     };
     this.endpoints.set(sourceId, ep);
-    if (shadow !== null) this.replay.resync(ep);
+    if (host !== null) this.replay.resync(ep);
     if (this.tracer.on("attach")) {
       this.tracer.emit("attach", "vtd", "endpoint", {
         sid: sourceId,
-        host: shadow !== null,
+        host: host !== null,
         ats: ep.deviceTlb !== null,
       });
     }
@@ -409,7 +418,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     const ep = this.endpoints.get(sourceId);
     if (ep === undefined) return false;
     this.endpoints.delete(sourceId);
-    ep.shadow?.clear();
+    ep.host?.clear();
     this.targets.dropWhere((t) => t.sourceId === sourceId);
     this.bumpEpoch();
     if (this.tracer.on("attach")) this.tracer.emit("attach", "vtd", "endpoint-removed", { sid: sourceId });
@@ -815,7 +824,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     }
     this.bumpEpoch();
     for (const ep of this.endpoints.values())
-      if (ep.shadow !== null && affected(ep.sourceId)) this.replay.resync(ep);
+      if (ep.host !== null && affected(ep.sourceId)) this.replay.resync(ep);
   }
 
   /**
@@ -828,7 +837,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
       this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
     if (granularity === GRAN.GLOBAL) {
       this.iotlb.invalidateAll();
-      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
+      for (const ep of this.endpoints.values()) if (ep.host !== null) this.replay.resync(ep);
       return;
     }
     if (granularity === GRAN.DOMAIN) {
@@ -892,7 +901,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     else if (granularity === 0) this.targets.dropWhere((t) => t.scalable && t.domainId === domainId);
     else this.targets.dropWhere((t) => t.scalable && t.domainId === domainId && t.pasid === pasid);
     this.bumpEpoch();
-    for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
+    for (const ep of this.endpoints.values()) if (ep.host !== null) this.replay.resync(ep);
   }
 
   invalidateDeviceTlb(
@@ -920,7 +929,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   /** The kind of an assigned endpoint's current target when it is in `domainId`, else -1. */
   private hostTargetKind(ep: EndpointState, domainId: number): number {
-    if (ep.shadow === null || !this.translationEnabled) return -1;
+    if (ep.host === null || !this.translationEnabled) return -1;
     const t = this.lookupTarget(ep.sourceId);
     return t === null || t.domainId !== domainId ? -1 : t.kind;
   }
@@ -1019,7 +1028,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     }
     if ((gsts & GCMD.QIE) !== 0 && !qiWasOn) this.queue.process();
     if ((before ^ gsts) & GCMD.TE || value & GCMD.SRTP) {
-      for (const ep of this.endpoints.values()) if (ep.shadow !== null) this.replay.resync(ep);
+      for (const ep of this.endpoints.values()) if (ep.host !== null) this.replay.resync(ep);
     }
   }
 
@@ -1147,8 +1156,9 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
 
   stats(): VtdStats {
     const io = this.iotlb.stats();
-    const hosts: HostShadowStats[] = [];
-    for (const ep of this.endpoints.values()) if (ep.shadow !== null) hosts.push(ep.shadow.stats());
+    const hosts: VtdHostStats[] = [];
+    for (const ep of this.endpoints.values())
+      if (ep.host !== null) hosts.push({ sourceId: ep.sourceId, ...ep.host.stats() });
     return {
       translations: this.translations,
       iotlbHits: io.hits,
