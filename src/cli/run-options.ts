@@ -383,6 +383,9 @@ export const RUN_USAGE = formatUsage(
   "usage: viommu run [options]",
   RUN_OPTIONS,
   `Devices that accept iommu=on (DMA through the vIOMMU; otherwise they bypass it): ${DEVICES_WITH_IOMMU.join(", ")}.
+The firmware tables name exactly the iommu=on devices: the VIOT (--iommu virtio) and the DMAR's
+device scopes (--iommu intel; no INCLUDE_PCI_ALL), so the guest translates those and treats the
+others as outside the IOMMU (untranslated DMA; with intremap=on their MSIs are not remapped).
 Exit status: a guest write of v to isa-debug-exit ends the run with (v << 1) | 1, as QEMU; the
 built-in guest's verdict maps to 0 (pass) or 1 (fail). 2: guest crash, 124: timeout,
 130/143: stopped by SIGINT/SIGTERM (a second Ctrl-C terminates at once).`,

@@ -67,6 +67,7 @@ export interface InterruptFabricStats {
 export class InterruptFabric implements InterruptSink {
   private readonly target: MsiTarget;
   private remapper: MsiRemapper | null = null;
+  private covers: (sourceId: number) => boolean = () => true;
   private ioapic: Ioapic | null = null;
   /** Source ID the IOAPIC's messages carry (the DMAR IOAPIC device scope: q35's 0xFF:00.0). */
   readonly ioapicSourceId: number;
@@ -88,8 +89,13 @@ export class InterruptFabric implements InterruptSink {
     this.tracer = tracer;
   }
 
-  setRemapper(remapper: MsiRemapper | null): void {
+  /**
+   * Messages from sources for which `covers` is true pass through `remapper`; the others do not
+   * cross the remapping unit (outside its DMAR device scopes) and go straight out.
+   */
+  setRemapper(remapper: MsiRemapper | null, covers: (sourceId: number) => boolean = () => true): void {
     this.remapper = remapper;
+    this.covers = covers;
   }
 
   /** True when messages pass through interrupt remapping. */
@@ -103,7 +109,7 @@ export class InterruptFabric implements InterruptSink {
 
   /** The message after remapping, or null when remapping blocked it (fault already recorded). */
   translate(sourceId: number, message: MsiMessage): MsiMessage | null {
-    if (this.remapper === null) return message;
+    if (this.remapper === null || !this.covers(sourceId)) return message;
     const r = this.remapper.remap(sourceId, message.address, message.data);
     if (!r.ok) {
       this.msisBlockedByRemapping++;

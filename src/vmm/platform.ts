@@ -184,12 +184,7 @@ export class Platform {
       this.mmio.register(VTD_GPA, 0x1000, vtd, "vtd");
       this.wideMmio.push({ base: VTD_GPA, sizeBytes: 0x1000, handler: vtd });
       this.vtd = vtd;
-      this.dmar = dmarForConfig(vtd.config, {
-        registerBase: VTD_GPA,
-        ioapicSourceId: this.interrupts.ioapicSourceId,
-      });
       translated = (rid) => vtd.addEndpoint(rid);
-      if (vtd.config.intremap) this.interrupts.setRemapper(vtd);
     }
 
     config.devices.forEach((d, i) => {
@@ -236,6 +231,22 @@ export class Platform {
         });
       }
     });
+
+    if (this.vtd !== null) {
+      // The DMAR tells the truth: explicit endpoint scopes (VT-d 8.3.1) for the iommu=on
+      // functions only, never INCLUDE_PCI_ALL, so a guest gives IOVAs only to devices whose DMA
+      // is translated. The others are outside every DRHD: untranslated DMA, and their MSIs do
+      // not pass the interrupt remapper (they do not cross the unit).
+      const behindUnit = this.devices.filter((d) => d.iommu).map((d) => d.requesterId);
+      this.dmar = dmarForConfig(this.vtd.config, {
+        registerBase: VTD_GPA,
+        ioapicSourceId: this.interrupts.ioapicSourceId,
+        endpoints: behindUnit,
+      });
+      const remapped = new Set([...behindUnit, this.interrupts.ioapicSourceId]);
+      if (this.vtd.config.intremap)
+        this.interrupts.setRemapper(this.vtd, (sourceId) => remapped.has(sourceId));
+    }
 
     this.bars = assignPciResources(
       this.pci,

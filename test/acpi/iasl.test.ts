@@ -90,6 +90,8 @@ test("iasl -d: the decoded fields are the ones we meant", { skip }, () => {
     assert.match(dsdt, /Name \(_S5, Package \(0x04\)/);
     const dmar = disassemble(dir, "DMAR", byName.get("DMAR")!.bytes).dsl;
     assert.match(dmar, /Register Base Address : 00000000FED90000/);
+    assert.match(dmar, /Flags : 00\n/); // INCLUDE_PCI_ALL clear: only the listed scopes
+    assert.match(dmar, /Device Scope Type : 01 \[PCI Endpoint Device\][\s\S]*?PCI Path : 02,00/);
     assert.match(dmar, /Device Scope Type : 03 \[IOAPIC Device\]/);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -39,8 +39,9 @@ export function fullPlatformTables(): AcpiTableSet {
           units: [
             {
               registerBase: 0xfed9_0000,
-              includePciAll: true,
+              includePciAll: false, // explicit scopes, as the VMM emits: the iommu=on function 00:02.0
               scopes: [
+                { type: SCOPE.PCI_ENDPOINT, startBus: 0, path: [{ device: 2, function: 0 }] },
                 { type: SCOPE.IOAPIC, enumerationId: 0, startBus: 0xff, path: [{ device: 0, function: 0 }] },
               ],
             },

@@ -131,3 +131,8 @@ test("--help says which devices accept iommu=on", () => {
   assert.ok(parseRunOptions(["--help"]).help);
   assert.match(RUN_USAGE, /Devices that accept iommu=on .*: edu, rng, disk/);
 });
+
+test("--help says which devices the DMAR and VIOT list (issue 10 item 6)", () => {
+  assert.match(RUN_USAGE, /DMAR's\s+device scopes \(--iommu intel; no INCLUDE_PCI_ALL\)/);
+  assert.match(RUN_USAGE, /untranslated DMA/);
+});

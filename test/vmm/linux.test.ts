@@ -110,6 +110,27 @@ test("DMAR (--iommu intel,intremap=on): the VT-d unit's register base and the IR
   );
 });
 
+test("DMAR device scopes (VT-d 8.3.1): exactly the iommu=on functions and the IOAPIC, no INCLUDE_PCI_ALL", () => {
+  const p = platform({ kind: "intel", spec: "intremap=on" }, [
+    { kind: "edu", iommu: true }, // 00:02.0
+    { kind: "edu", iommu: false }, // 00:03.0: outside every DRHD, untranslated
+    { kind: "rng", iommu: true }, // 00:04.0
+  ]);
+  const dmar = table(p, "DMAR");
+  const v = new DataView(dmar.buffer, dmar.byteOffset, dmar.byteLength);
+  assert.equal(v.getUint16(48, true), 0, "one DRHD");
+  assert.equal(dmar[48 + 4] & 1, 0, "INCLUDE_PCI_ALL clear");
+  const drhdEnd = 48 + v.getUint16(48 + 2, true);
+  assert.equal(drhdEnd, dmar.length, "the DRHD is the only structure");
+  const scopes: string[] = [];
+  for (let at = 48 + 16; at < drhdEnd; at += dmar[at + 1]) {
+    const [type, length, enumId, bus] = [dmar[at], dmar[at + 1], dmar[at + 4], dmar[at + 5]];
+    assert.equal(length, 8, "one path hop");
+    scopes.push(`${type}:${enumId}:${bus}:${dmar[at + 6]}.${dmar[at + 7]}`);
+  }
+  assert.deepEqual(scopes, ["1:0:0:2.0", "1:0:0:4.0", "3:0:255:0.0"]);
+});
+
 test("Linux memory map: ECAM and the APIC/VT-d area reserved, RAM from 1 MiB", () => {
   const map = linuxMemoryMap(64 * MiB, 1 * MiB);
   const reserved = map.entries.filter((e) => e.type === 2).map((e) => [e.gpa, e.sizeBytes]);

@@ -125,6 +125,22 @@ test("interrupt fabric: remapping blocks a message (no delivery) and non-interru
   assert.equal(s.msisBlockedByRemapping, 1);
 });
 
+test("interrupt fabric: messages from sources outside the unit's device scopes do not pass the remapper", () => {
+  const delivered: number[] = [];
+  const fabric = new InterruptFabric({
+    signalMsi: (_a, d) => {
+      delivered.push(d);
+      return true;
+    },
+  });
+  const block = () => ({ ok: false as const, reason: 0x25, detail: "compatibility format blocked" });
+  fabric.setRemapper({ remap: block }, (sid) => sid === 0x10 || sid === 0xff00);
+  fabric.signalMsi(0x10, { address: 0xfee00000, data: 0x41 }, 0); // in scope: blocked
+  fabric.signalMsi(0x18, { address: 0xfee00000, data: 0x42 }, 0); // outside: straight to the LAPIC
+  assert.deepEqual(delivered, [0x42]);
+  assert.equal(fabric.stats().msisBlockedByRemapping, 1);
+});
+
 test("the remapping unit's own event messages bypass interrupt remapping (VT-d 5.1.6)", () => {
   const delivered: number[] = [];
   const fabric = new InterruptFabric({
