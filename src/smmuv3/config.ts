@@ -84,6 +84,9 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
     return bad(EVT.C_BAD_STE, `reserved Config ${config}`);
   const stage1 = config === STE_CFG_S1 || config === STE_CFG_NESTED;
   const stage2 = config === STE_CFG_S2 || config === STE_CFG_NESTED;
+  // 5.2 STE.Config: enabling a stage the SMMU does not implement (IDR0.S1P/S2P = 0) is ILLEGAL.
+  if (stage1 && !f.stage1) return bad(EVT.C_BAD_STE, "stage 1 not implemented (IDR0.S1P = 0)");
+  if (stage2 && !f.stage2) return bad(EVT.C_BAD_STE, "stage 2 not implemented (IDR0.S2P = 0)");
   const w2 = w[2];
   const w3 = w[3];
   const strw = (w2 >>> 30) & 3;

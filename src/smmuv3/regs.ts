@@ -118,6 +118,10 @@ export interface SmmuFeatures {
   readonly cmdqLog2Max: number;
   /** log2 of the largest event queue (IDR1.EVENTQS), at most 19. */
   readonly eventqLog2Max: number;
+  /** Stage 1 translation is implemented (IDR0.S1P). */
+  readonly stage1: boolean;
+  /** Stage 2 translation is implemented (IDR0.S2P). At least one stage must be. */
+  readonly stage2: boolean;
 }
 
 export const DEFAULT_FEATURES: SmmuFeatures = {
@@ -127,6 +131,8 @@ export const DEFAULT_FEATURES: SmmuFeatures = {
   vmid16: true,
   cmdqLog2Max: 19,
   eventqLog2Max: 19,
+  stage1: true,
+  stage2: true,
 };
 
 /** Output address size: 48 bits (IDR5.OAS = 0b101). */
@@ -149,8 +155,8 @@ export function paSizeBits(encoding: number): number {
  */
 export function idr0(f: SmmuFeatures): number {
   return (
-    ((1 << 0) | // S2P
-      (1 << 1) | // S1P
+    ((f.stage2 ? 1 << 0 : 0) | // S2P
+      (f.stage1 ? 1 << 1 : 0) | // S1P
       (0b10 << 2) | // TTF: AArch64 tables only
       (1 << 4) | // COHACC
       (f.asid16 ? 1 << 12 : 0) |

@@ -313,6 +313,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (!(f.cmdqLog2Max >= 1 && f.cmdqLog2Max <= 19 && f.eventqLog2Max >= 1 && f.eventqLog2Max <= 19)) {
       throw new Error("SMMUv3: queue sizes must be 2^1..2^19");
     }
+    if (!f.stage1 && !f.stage2) throw new Error("SMMUv3: at least one translation stage must be implemented");
     this.memory = options.memory;
     this.viommu = options.viommu;
     this.sink = options.interrupts;

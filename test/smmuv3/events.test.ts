@@ -564,3 +564,16 @@ test("C_BAD_STREAMID for ever-new StreamIDs (7.3.3, 7.3.1): per-stream queue sta
   assert.equal(fx.driver.drainEvents().length, 1);
   assert.equal(fx.smmu.stats().eventQueue.streamsTracked, 0);
 });
+
+test("C_BAD_STE: a stage the SMMU does not implement (IDR0.S1P/S2P = 0, 5.2 STE.Config)", () => {
+  const s2only = ready({ features: { stage1: false } });
+  assert.equal(s2only.smmu.read(REG.IDR0, 4) & 3, 0b01, "S2P only");
+  ste(s2only, 8, { config: 0b101 });
+  expectEvent(s2only, 8, 0x1000, EVT.C_BAD_STE);
+  const s1only = ready({ features: { stage2: false } });
+  assert.equal(s1only.smmu.read(REG.IDR0, 4) & 3, 0b10, "S1P only");
+  ste(s1only, 9, { config: 0b110, s2t0sz: 24, s2sl0: 1 });
+  expectEvent(s1only, 9, 0x1000, EVT.C_BAD_STE);
+  ste(s1only, 16, { config: 0b111, s2t0sz: 24, s2sl0: 1 });
+  expectEvent(s1only, 16, 0x1000, EVT.C_BAD_STE);
+});
