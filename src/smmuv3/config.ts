@@ -71,6 +71,48 @@ function addr52(lo: number, hi: number, lowBit: number): number {
   return full - (full % 2 ** lowBit);
 }
 
+/** The stage-2 fields of an STE (words 5-7, 5.2.2), checked against this model's features. */
+function decodeSteStage2(w: Uint32Array): Decoded<StageParams> {
+  const w5 = w[5];
+  const t0sz = w5 & 0x3f;
+  const sl0 = (w5 >>> 6) & 3;
+  const tg = (w5 >>> 14) & 3;
+  const ps = (w5 >>> 16) & 7;
+  if (((w5 >>> 19) & 1) === 0) return bad(EVT.C_BAD_STE, "S2AA64=0 (AArch32 tables not supported)");
+  if (((w5 >>> 20) & 1) === 1) return bad(EVT.C_BAD_STE, "S2ENDI=1 (big-endian tables not supported)");
+  if (((w5 >>> 25) & 1) === 1) return bad(EVT.C_BAD_STE, "S2S=1 (stall not supported)");
+  // 5.2.2: S2HA/S2HD need HTTU, which this SMMU does not implement.
+  if (((w5 >>> 23) & 3) !== 0) return bad(EVT.C_BAD_STE, "S2HA/S2HD without HTTU");
+  const g = granuleFromTg0(tg);
+  if (g === 0) return bad(EVT.C_BAD_STE, `S2TG ${tg} reserved`);
+  // IAS is 48 bits (OAS 48, VAX 0); the smallest table is 2^25 bytes of IPA (T0SZ 39).
+  if (t0sz < 64 - OAS_BITS || t0sz > 39) return bad(EVT.C_BAD_STE, `S2T0SZ ${t0sz} out of range`);
+  const inputBits = 64 - t0sz;
+  const start = stage2StartLevel(g, sl0);
+  if (start < 0 || !stage2LevelConsistent(g, inputBits, start)) {
+    return bad(EVT.C_BAD_STE, `S2SL0 ${sl0} inconsistent with S2T0SZ ${t0sz} and granule ${2 ** g}`);
+  }
+  const stride = g - 3;
+  const startTableBytes = 2 ** (inputBits - (g + (3 - start) * stride) + 3);
+  const ttb = addr52(w[6], w[7], 4);
+  // 5.2.2: S2TTB must be aligned to the (concatenated) first-level table.
+  if (ttb % Math.max(startTableBytes, 16) !== 0) return bad(EVT.C_BAD_STE, "S2TTB misaligned");
+  const s2: StageParams = {
+    stage: 2,
+    granuleShift: g,
+    inputBits,
+    startLevel: start,
+    // S2TTB bits below the (concatenated) table size are treated as zero.
+    tableBase: ttb,
+    outputBits: paSizeBits(ps),
+    affd: ((w5 >>> 21) & 1) === 1,
+    wxn: false,
+  };
+  // An S2TTB beyond the stage-2 output size makes the STE invalid (7.3.14: not F_ADDR_SIZE).
+  if (s2.tableBase >= 2 ** s2.outputBits) return bad(EVT.C_BAD_STE, "S2TTB beyond S2PS");
+  return { ok: true, value: s2 };
+}
+
 /**
  * Decodes the 16 words of an STE. Validation follows 5.2 "STE.Config ... ILLEGAL" conditions for
  * the features this model implements (no stall, no ATS, no Hyp/E2H, AArch64 tables only,
@@ -97,46 +139,11 @@ export function decodeSte(w: Uint32Array, f: SmmuFeatures): Decoded<StreamConfig
   const vmidMask = f.vmid16 ? 0xffff : 0xff;
   const vmid = w[4] & vmidMask;
   let s2: StageParams | null = null;
-  let s2Record = false;
+  const s2Record = stage2 && ((w[5] >>> 26) & 1) === 1;
   if (stage2) {
-    const w5 = w[5];
-    const t0sz = w5 & 0x3f;
-    const sl0 = (w5 >>> 6) & 3;
-    const tg = (w5 >>> 14) & 3;
-    const ps = (w5 >>> 16) & 7;
-    if (((w5 >>> 19) & 1) === 0) return bad(EVT.C_BAD_STE, "S2AA64=0 (AArch32 tables not supported)");
-    if (((w5 >>> 20) & 1) === 1) return bad(EVT.C_BAD_STE, "S2ENDI=1 (big-endian tables not supported)");
-    if (((w5 >>> 25) & 1) === 1) return bad(EVT.C_BAD_STE, "S2S=1 (stall not supported)");
-    // 5.2.2: S2HA/S2HD need HTTU, which this SMMU does not implement.
-    if (((w5 >>> 23) & 3) !== 0) return bad(EVT.C_BAD_STE, "S2HA/S2HD without HTTU");
-    const g = granuleFromTg0(tg);
-    if (g === 0) return bad(EVT.C_BAD_STE, `S2TG ${tg} reserved`);
-    // IAS is 48 bits (OAS 48, VAX 0); the smallest table is 2^25 bytes of IPA (T0SZ 39).
-    if (t0sz < 64 - OAS_BITS || t0sz > 39) return bad(EVT.C_BAD_STE, `S2T0SZ ${t0sz} out of range`);
-    const inputBits = 64 - t0sz;
-    const start = stage2StartLevel(g, sl0);
-    if (start < 0 || !stage2LevelConsistent(g, inputBits, start)) {
-      return bad(EVT.C_BAD_STE, `S2SL0 ${sl0} inconsistent with S2T0SZ ${t0sz} and granule ${2 ** g}`);
-    }
-    const stride = g - 3;
-    const startTableBytes = 2 ** (inputBits - (g + (3 - start) * stride) + 3);
-    const ttb = addr52(w[6], w[7], 4);
-    // 5.2.2: S2TTB must be aligned to the (concatenated) first-level table.
-    if (ttb % Math.max(startTableBytes, 16) !== 0) return bad(EVT.C_BAD_STE, "S2TTB misaligned");
-    s2 = {
-      stage: 2,
-      granuleShift: g,
-      inputBits,
-      startLevel: start,
-      // S2TTB bits below the (concatenated) table size are treated as zero.
-      tableBase: ttb,
-      outputBits: paSizeBits(ps),
-      affd: ((w5 >>> 21) & 1) === 1,
-      wxn: false,
-    };
-    s2Record = ((w5 >>> 26) & 1) === 1;
-    // An S2TTB beyond the stage-2 output size makes the STE invalid (7.3.14: not F_ADDR_SIZE).
-    if (s2.tableBase >= 2 ** s2.outputBits) return bad(EVT.C_BAD_STE, "S2TTB beyond S2PS");
+    const d = decodeSteStage2(w);
+    if (!d.ok) return d;
+    s2 = d.value;
   }
   const s1CdMax = (w[1] >>> 27) & 0x1f;
   const s1Fmt = (w0 >>> 4) & 3;

@@ -264,7 +264,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, InvalidationTarget {
     this.tracer = options.tracer ?? new Tracer();
     this.interrupts = options.interrupts ?? null;
     this.unitSourceId = options.unitSourceId ?? 0;
-    this.regs = new RegisterFile(registerLayout(this.config));
+    this.regs = new RegisterFile(registerLayout(this.config), REGISTER_FILE_BYTES);
     this.regs.onWrite = (reg, index, written) => this.onRegisterWrite(reg, index, written);
     this.iotlb = new Iotlb(options.iotlbCapacity ?? 4096);
     this.tables = new TableReader(memory, this.config);
