@@ -10,7 +10,7 @@ import type { Endpoint, ViommuInstance } from "../framework/viommu.ts";
 import type { ConfigLookup } from "./config-lookup.ts";
 import { decodeQueueBase, ptrIncrement, ptrIndex, ptrMask, queueEmpty } from "./queue.ts";
 import type { SmmuRegisters } from "./registers.ts";
-import { CERROR_ABT, CERROR_ILL, REG, type SmmuFeatures } from "./regs.ts";
+import { CERROR_ABT, CERROR_ILL, CR0_CMDQEN, GERROR_CMDQ_ERR, REG, type SmmuFeatures } from "./regs.ts";
 import { isStage2OnlyTag, type SmmuTlb, stage1Tag, stage2Tag, tagVmid } from "./tlb.ts";
 
 export const CMD_BYTES = 16;
@@ -92,8 +92,6 @@ export interface CommandTarget {
   readonly viommu: ViommuInstance;
   readonly config: ConfigLookup;
   readonly tracer: Tracer;
-  /** CR0.CMDQEN set and no CMDQ_ERR pending: the queue may be consumed. */
-  commandQueueRunning(): boolean;
   /** CMDQ_CONS.ERR = code and GERROR.CMDQ_ERR (7.1). */
   commandError(code: number): void;
   /** A configuration cache entry or the SMMU's own state changed: bump the epochs. */
@@ -105,6 +103,9 @@ export interface CommandTarget {
 }
 
 const TWO48 = 2 ** 48;
+const CR0_INDEX = REG.CR0 >> 2;
+const GERROR_INDEX = REG.GERROR >> 2;
+const GERRORN_INDEX = REG.GERRORN >> 2;
 const CONS_INDEX = REG.CMDQ_CONS >> 2;
 const PROD_INDEX = REG.CMDQ_PROD >> 2;
 /** CMDQ_CONS: the pointer (19:0) and ERR (30:24). */
@@ -140,11 +141,13 @@ export class CommandQueue {
     r.values[CONS_INDEX] = (r.values[CONS_INDEX] & ~CONS_PTR) | (r.values[CONS_INDEX] & mask);
   }
 
-  /** True when commands are waiting and the queue can make progress. */
+  /** True when commands are waiting and the queue can make progress (CMDQEN, no CMDQ_ERR, 7.1). */
   get pending(): boolean {
     const v = this.t.regs.values;
     return (
-      this.t.commandQueueRunning() && !queueEmpty(v[PROD_INDEX], v[CONS_INDEX] & CONS_PTR, this.log2size)
+      (v[CR0_INDEX] & CR0_CMDQEN) !== 0 &&
+      ((v[GERROR_INDEX] ^ v[GERRORN_INDEX]) & GERROR_CMDQ_ERR) === 0 &&
+      !queueEmpty(v[PROD_INDEX], v[CONS_INDEX] & CONS_PTR, this.log2size)
     );
   }
 
@@ -194,13 +197,13 @@ export class CommandQueue {
   private execute(w0: number, w1: number, w2: number, w3: number): boolean {
     const op = cmdOpcode(w0);
     const handler = this.handlers[op];
-    if (handler === undefined || !handler(op, w0, w1, w2, w3)) return false;
+    if (handler === null || !handler(op, w0, w1, w2, w3)) return false;
     this.counts[op]++;
     return true;
   }
 
-  /** One handler per legal opcode; false when the command's fields make it ILLEGAL. */
-  private readonly handlers: Partial<Record<number, CommandHandler>> = {
+  /** One handler per legal opcode (null: ILLEGAL); false when the command's fields make it ILLEGAL. */
+  private readonly handlers = handlerTable({
     [OP.PREFETCH_CONFIG]: (_op, w0) => this.prefetch(w0),
     [OP.PREFETCH_ADDR]: (_op, w0) => this.prefetch(w0),
     [OP.CFGI_STE]: (_op, w0, w1) => this.cfgiSte(w0, w1),
@@ -215,7 +218,7 @@ export class CommandQueue {
     [OP.TLBI_S2_IPA]: (_op, w0, w1, w2, w3) => this.tlbiS2Ipa(w0, w1, w2, w3),
     [OP.TLBI_NSNH_ALL]: () => this.tlbiNsnhAll(),
     [OP.CMD_SYNC]: (_op, w0, w1, w2, w3) => this.sync(w0, w1, w2, w3),
-  };
+  });
 
   /** Prefetches are hints, performed as no-ops (4.2); SSec=1 is ILLEGAL on the Non-secure queue (4.1.6). */
   private prefetch(w0: number): boolean {
@@ -378,6 +381,13 @@ export class CommandQueue {
 }
 
 type CommandHandler = (op: number, w0: number, w1: number, w2: number, w3: number) => boolean;
+
+/** The handlers by opcode as a dense 256-entry array (null for opcodes without one). */
+function handlerTable(byOpcode: Record<number, CommandHandler>): (CommandHandler | null)[] {
+  const table: (CommandHandler | null)[] = new Array(256).fill(null);
+  for (const [op, handler] of Object.entries(byOpcode)) table[Number(op)] = handler;
+  return table;
+}
 
 /**
  * 4.4.1.1: with TG != 0, NUM == 0 && SCALE == 0 && TTL == 0 is Reserved, and TTL == 0b01 with a

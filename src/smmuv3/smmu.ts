@@ -150,7 +150,6 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       viommu: this.viommu,
       config: this.config,
       tracer: this.tracer,
-      commandQueueRunning: () => (this.cr0 & CR0_CMDQEN) !== 0 && !this.gerrorActive(GERROR_CMDQ_ERR),
       commandError: () => this.raiseGerror(GERROR_CMDQ_ERR),
       configChanged: () => this.configChanged(),
       ownedOrRefused: (sid, action) => this.ownedOrRefused(sid, action),
