@@ -13,6 +13,7 @@ import { findMultibootHeader } from "../vmm/multiboot.ts";
 import type { DeviceChoice } from "../vmm/platform.ts";
 import { SerialInput } from "../vmm/serial-input.ts";
 import { formatSummary } from "../vmm/summary.ts";
+import { fileProblem } from "./file-errors.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
 
 export interface RunIo {
@@ -32,6 +33,15 @@ function serialSink(o: RunOptions): { sink: SerialSink; close: () => void } {
     return { sink: new LineBufferedSink((b) => writeSync(fd, b)), close: () => closeSync(fd) };
   }
   return { sink: new LineBufferedSink((b) => writeSync(1, b)), close: () => {} };
+}
+
+/** A file named on the command line; a failure names the option, the path and the fix. */
+function readUserFile(option: string, path: string): Uint8Array {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new Error(`${option} ${path}: ${fileProblem(e)} (check the path; see viommu run --help)`);
+  }
 }
 
 /** Linux boot protocol: "HdrS" at 0x202 marks a bzImage setup header. */
@@ -68,11 +78,11 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
   let image: Uint8Array;
   const modules: { data: Uint8Array; cmdline: string }[] = [];
   try {
-    image = options.kernel === undefined ? builtinGuestImage() : readFileSync(options.kernel);
+    image = options.kernel === undefined ? builtinGuestImage() : readUserFile("--kernel", options.kernel);
     for (const m of options.modules) {
       const space = m.indexOf(" ");
       const path = space < 0 ? m : m.slice(0, space);
-      modules.push({ data: readFileSync(path), cmdline: m });
+      modules.push({ data: readUserFile("--initramfs", path), cmdline: m });
     }
   } catch (e) {
     io.stderr(`viommu run: ${(e as Error).message}\n`);

@@ -19,8 +19,8 @@
  *
  * stdout: one line of QEMU arguments to append (shared guest RAM backend, one
  * `-device {"driver":"vfio-user-pci",...}` per device, `-acpitable file=DIR/viot.bin`).
- * stderr: a "ready" line when every socket listens, client events, and a stats summary on
- * SIGINT/SIGTERM.
+ * stderr: a "ready" line when every socket listens, client events, and a short summary table on
+ * SIGINT/SIGTERM (src/cli/serve-summary.ts); --stats-json FILE gets every counter as JSON.
  *
  * This module exports `runServe(argv)` for src/cli/main.ts; it also runs directly:
  * `node --import tsx src/cli/serve.ts --socket-dir DIR ...`.
@@ -41,6 +41,7 @@ import { ObservedHostIommu } from "../vfio-user/host-observer.ts";
 import { VfioUserDeviceServer } from "../vfio-user/server.ts";
 import { SharedGuestMemory } from "../vfio-user/shared-memory.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import { fileProblem } from "./file-errors.ts";
 import {
   formatUsage,
   type OptionRow,
@@ -49,6 +50,7 @@ import {
   parseProperties,
   splitKind,
 } from "./option-table.ts";
+import { formatServeSummary, type ServedDevice, serveStatsJson } from "./serve-summary.ts";
 
 export type DeviceKind = "edu" | "rng" | "disk";
 
@@ -68,6 +70,8 @@ export interface ServeOptions {
   readonly iommuBootBypass: boolean;
   readonly devices: readonly DeviceSpec[];
   readonly guestRamMiB: number;
+  /** Where every counter goes as JSON at exit (--stats-json); stderr gets a short table. */
+  readonly statsJsonPath: string | undefined;
 }
 
 const serveError = (message: string): Error => new Error(message);
@@ -78,6 +82,7 @@ type ServeState = {
   iommuPageSizeMask: bigint | undefined;
   iommuBootBypass: boolean;
   devices: DeviceSpec[];
+  statsJsonPath: string | undefined;
 };
 
 /** Thrown by the --help row: parsing stops and `runServe` prints `USAGE`. */
@@ -184,6 +189,20 @@ export const SERVE_OPTIONS: readonly OptionRow<ServeState>[] = [
     },
   },
   {
+    names: ["--stats-json"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--stats-json FILE",
+        text: "at exit, write every counter to FILE as JSON\n(stderr gets a short table either way)",
+      },
+    ],
+    apply: (s, v) => {
+      if (v === undefined || v === "") throw new Error("--stats-json needs a file name");
+      s.statsJsonPath = resolve(v);
+    },
+  },
+  {
     names: ["--help", "-h"],
     arity: "flag",
     repeatable: true,
@@ -196,11 +215,17 @@ export const SERVE_OPTIONS: readonly OptionRow<ServeState>[] = [
 
 export const USAGE = formatUsage(
   `usage: viommu serve --socket-dir DIR [--iommu virtio[,k=v]] [--disk path=FILE[,iommu=on][,readonly=on]]...
-                    [--rng [iommu=on]]... [--device edu[,iommu=on]]... [--guest-ram-mib N]`,
+                    [--rng [iommu=on]]... [--device edu[,iommu=on]]... [--guest-ram-mib N]
+                    [--stats-json FILE]`,
   SERVE_OPTIONS,
   "",
   23,
 );
+
+/** A served device's name (and socket file stem): its kind and its place on the command line. */
+function deviceName(spec: DeviceSpec, index: number): string {
+  return `${spec.kind}${index}`;
+}
 
 /** PCI slot of the virtio-iommu; devices follow it. Low slots are the machine's own. */
 export const IOMMU_SLOT = 0x10;
@@ -232,6 +257,7 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     iommuPageSizeMask: undefined,
     iommuBootBypass: true,
     devices: [],
+    statsJsonPath: undefined,
   };
   const s = parseOptionTable(
     { command: "viommu serve", rows: SERVE_OPTIONS, error: serveError },
@@ -239,29 +265,40 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     initial,
   );
   // Rules between options, checked once every option is known.
-  if (s.socketDir === undefined) throw new Error("--socket-dir is required");
-  if (s.devices.length === 0 && s.iommuPageSizeMask === undefined) throw new Error("nothing to serve");
-  if (s.iommuPageSizeMask === undefined && s.devices.some((d) => d.iommu)) {
-    throw new Error("iommu=on needs --iommu virtio");
+  if (s.socketDir === undefined) throw new Error("--socket-dir is required (e.g. --socket-dir /tmp/vu)");
+  if (s.devices.length === 0 && s.iommuPageSizeMask === undefined) {
+    throw new Error("nothing to serve: give --iommu virtio, --device edu, --disk path=FILE or --rng");
   }
-  if (IOMMU_SLOT + 1 + s.devices.length > 0x1f) throw new Error("too many devices for one bus");
+  if (s.iommuPageSizeMask === undefined && s.devices.some((d) => d.iommu)) {
+    throw new Error("iommu=on needs --iommu virtio (or drop iommu=on)");
+  }
+  if (IOMMU_SLOT + 1 + s.devices.length > 0x1f) {
+    throw new Error(`too many devices for one bus (${s.devices.length}; at most ${0x1f - IOMMU_SLOT - 1})`);
+  }
+  const socketDir = resolve(s.socketDir);
+  // A socket's path must fit sockaddr_un.sun_path: 108 bytes with the terminating NUL.
+  const names = [
+    ...(s.iommuPageSizeMask === undefined ? [] : ["virtio-iommu"]),
+    ...s.devices.map(deviceName),
+  ];
+  const longest = Math.max(...names.map((n) => Buffer.byteLength(join(socketDir, `${n}.sock`))));
+  if (longest > 107) {
+    throw new Error(
+      `--socket-dir ${socketDir}: too long for UNIX sockets (a socket path would be ${longest} bytes, at most 107): use a shorter directory, e.g. $(mktemp -d)`,
+    );
+  }
   return {
-    socketDir: resolve(s.socketDir),
+    socketDir,
     iommuPageSizeMask: s.iommuPageSizeMask,
     iommuBootBypass: s.iommuBootBypass,
     devices: s.devices,
     guestRamMiB: s.guestRamMiB,
+    statsJsonPath: s.statsJsonPath,
   };
 }
 
-interface Served {
-  readonly name: string;
-  readonly slot: number;
+interface Served extends ServedDevice {
   readonly bdf: number;
-  readonly iommu: boolean;
-  readonly server: VfioUserDeviceServer;
-  readonly stats: () => unknown;
-  readonly host?: ObservedHostIommu;
   readonly close?: () => void;
 }
 
@@ -299,12 +336,39 @@ export async function runServe(argv: string[]): Promise<number> {
     process.stderr.write(`viommu serve: ${(e as Error).message}\n${USAGE}\n`);
     return 2;
   }
-  mkdirSync(opts.socketDir, { recursive: true });
+  const served: Served[] = [];
+  try {
+    return await serve(opts, served);
+  } catch (e) {
+    // Setup failed: nothing may keep listening, or the process would not exit.
+    for (const s of served) {
+      s.server.close();
+      s.close?.();
+      rmSync(s.server.socketPath, { force: true });
+    }
+    process.stderr.write(
+      `viommu serve: ${e instanceof ServeSetupError ? e.message : ((e as Error).stack ?? String(e))}\n`,
+    );
+    return 2;
+  }
+}
+
+/** A setup failure the user caused (a path that does not work); its message names the fix. */
+class ServeSetupError extends Error {}
+
+/** Serves until SIGINT or SIGTERM; `served` collects what listens, for the caller's cleanup. */
+async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
+  try {
+    mkdirSync(opts.socketDir, { recursive: true });
+  } catch (e) {
+    throw new ServeSetupError(
+      `--socket-dir ${opts.socketDir}: cannot create it: ${fileProblem(e)} (choose a directory you can write)`,
+    );
+  }
   const tracer = Tracer.fromSpec(process.env.VIOMMU_TRACE);
   tracer.listen((e) => process.stderr.write(`trace ${formatTraceEvent(e)}\n`), []);
   const log = (line: string) => process.stderr.write(`viommu serve: ${line}\n`);
   const memory = new SharedGuestMemory();
-  const served: Served[] = [];
 
   const serveFunction = (
     name: string,
@@ -359,7 +423,7 @@ export async function runServe(argv: string[]): Promise<number> {
   let slot = IOMMU_SLOT + 1;
   const devices: { name: string; close?: () => void }[] = [];
   for (const [i, spec] of opts.devices.entries()) {
-    const name = `${spec.kind}${i}`;
+    const name = deviceName(spec, i);
     const bdf = slot << 3;
     let host: ObservedHostIommu | undefined;
     let dma: DmaAddressSpace;
@@ -380,12 +444,14 @@ export async function runServe(argv: string[]): Promise<number> {
         stats: () => ({ rng: rng.stats(), transport: t.stats() }),
       });
     } else {
-      const blk = new VirtioBlk({
-        path: spec.path!,
-        readOnly: spec.readOnly,
-        accessPlatform: spec.iommu,
-        name,
-      });
+      let blk: VirtioBlk;
+      try {
+        blk = new VirtioBlk({ path: spec.path!, readOnly: spec.readOnly, accessPlatform: spec.iommu, name });
+      } catch (e) {
+        throw new ServeSetupError(
+          `--disk path=${spec.path}: ${fileProblem(e)} (give an existing disk image, e.g. one made by truncate -s 64M FILE${spec.readOnly ? "" : "; or add readonly=on if it is not writable"})`,
+        );
+      }
       serveFunction(name, slot, blk.pci, dma, {
         iommu: spec.iommu,
         stats: () => blk.stats(),
@@ -426,27 +492,17 @@ export async function runServe(argv: string[]): Promise<number> {
   return await new Promise<number>((done) => {
     const stop = (signal: string) => {
       log(`${signal}: shutting down`);
-      const summary = {
-        memory: memory.stats(),
-        devices: served.map((s) => ({
-          name: s.name,
-          slot: s.slot,
-          iommu: s.iommu,
-          server: s.server.stats(),
-          device: s.stats(),
-          pci: s.server.fn.stats(),
-          host:
-            s.host === undefined
-              ? undefined
-              : {
-                  ...s.host.container.stats(),
-                  entrySizes: entrySizeHistogram(s.host.container),
-                  ...s.host.stats(),
-                },
-        })),
-      };
-      for (const line of humanSummary(served, memory, viommu)) log(line);
-      process.stderr.write(`viommu serve stats ${JSON.stringify(summary)}\n`);
+      for (const line of formatServeSummary(served, memory, viommu)) log(line);
+      if (opts.statsJsonPath === undefined) {
+        log("every counter: --stats-json FILE");
+      } else {
+        try {
+          writeFileSync(opts.statsJsonPath, `${JSON.stringify(serveStatsJson(served, memory), null, 1)}\n`);
+          log(`every counter in ${opts.statsJsonPath}`);
+        } catch (e) {
+          log(`cannot write --stats-json ${opts.statsJsonPath}: ${(e as Error).message}`);
+        }
+      }
       for (const s of served) {
         s.server.close();
         s.close?.();
@@ -457,55 +513,6 @@ export async function runServe(argv: string[]): Promise<number> {
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
-}
-
-/** A few readable lines: what each device did, the IOMMU's work, and host propagation. */
-function humanSummary(
-  served: readonly Served[],
-  memory: SharedGuestMemory,
-  viommu: VirtioIommuPci | undefined,
-): string[] {
-  const lines: string[] = [];
-  const m = memory.stats();
-  lines.push(
-    `guest memory: ${m.regions} regions, ${m.mappedBytes} bytes mapped; ${m.maps} maps (${m.sharedMaps} shared), ${m.unmaps} unmaps, ${m.fdlessRegions} regions without descriptor`,
-  );
-  if (viommu !== undefined) {
-    const e = viommu.engine.stats();
-    const ok = (r: Readonly<Record<string, number>>) => r.OK ?? 0;
-    const failed = (r: Readonly<Record<string, number>>) =>
-      Object.entries(r)
-        .filter(([k, v]) => k !== "OK" && v > 0)
-        .map(([k, v]) => `${k}=${v}`)
-        .join(" ");
-    lines.push(
-      `virtio-iommu: ${e.domains} domains, ${e.mappings} mappings; requests ok: attach ${ok(e.requests.attach)} detach ${ok(e.requests.detach)} map ${ok(e.requests.map)} unmap ${ok(e.requests.unmap)} probe ${ok(e.requests.probe)}; map failures: ${failed(e.requests.map) || "none"}`,
-    );
-    lines.push(
-      `virtio-iommu: IOTLB hits ${e.iotlb.hits} misses ${e.iotlb.misses} invalidations ${e.iotlb.invalidations}; faults domain ${e.faults.domain} mapping ${e.faults.mapping} unknown ${e.faults.unknown} (blocked ${e.faultCauses.blocked}, unmapped ${e.faultCauses.unmapped}, permission ${e.faultCauses.permission}); events delivered ${viommu.stats().eventsDelivered}, dropped ${e.events.droppedQueueFull + e.events.droppedEndpointLimit + e.events.droppedRateLimit}`,
-    );
-  }
-  for (const s of served) {
-    const st = s.server.stats();
-    const irq = st.irqs.signalled;
-    lines.push(
-      `${s.name} (00:${s.slot.toString(16)}.0${s.iommu ? ", iommu=on" : ""}): ${st.connections} connections, ${st.regionReads} reads ${st.regionWrites} writes, ${st.dmaMaps} DMA maps, irqs intx ${irq.intx} msi ${irq.msi} msix ${irq.msix}, errors ${JSON.stringify(st.errors)}`,
-    );
-    if (s.host !== undefined) {
-      const h = s.host.stats();
-      lines.push(
-        `${s.name} host propagation (VFIO type1 model): ${s.host.container.entryCount} entries now, peak ${h.peakEntries} of ${s.host.container.dmaEntryLimit}; ${h.mapCalls} maps, ${h.unmapCalls} unmaps, refusals ${JSON.stringify(h.refusals)}`,
-      );
-    }
-  }
-  return lines;
-}
-
-/** How many host DMA entries of each size (bytes -> count). */
-function entrySizeHistogram(host: VfioType1Container): Record<string, number> {
-  const h: Record<string, number> = {};
-  for (const e of host.list()) h[e.sizeBytes] = (h[e.sizeBytes] ?? 0) + 1;
-  return h;
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {

@@ -44,7 +44,16 @@ export function splitArgs(line: string): string[] {
 async function startServe(dir: string, args: string[]): Promise<Serve> {
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", join(REPO, "src/cli/serve.ts"), "--socket-dir", dir, ...args],
+    [
+      "--import",
+      "tsx",
+      join(REPO, "src/cli/serve.ts"),
+      "--socket-dir",
+      dir,
+      "--stats-json",
+      join(dir, "stats.json"),
+      ...args,
+    ],
     {
       cwd: REPO,
       stdio: ["ignore", "pipe", "pipe"],
@@ -71,8 +80,8 @@ async function startServe(dir: string, args: string[]): Promise<Serve> {
       const exited = new Promise((r) => child.on("exit", r));
       child.kill("SIGINT");
       await exited;
-      const m = /viommu serve stats (\{.*\})/.exec(err);
-      return m ? (JSON.parse(m[1]) as Record<string, unknown>) : {};
+      // Every counter, written by --stats-json at exit.
+      return JSON.parse(readFileSync(join(dir, "stats.json"), "utf8")) as Record<string, unknown>;
     },
   };
 }
