@@ -17,6 +17,28 @@ function nonZero(record: Readonly<Record<string, number>>): string {
   return parts.length === 0 ? "none" : parts.join(", ");
 }
 
+/**
+ * A device's counters as "name value, ..." for the non-zero numbers, nested records flattened
+ * with dots ("dma.faults 2"); "no activity" when every number is zero. Non-numbers are shown
+ * only when set (a last fault's description, say).
+ */
+export function formatCounters(stats: unknown): string {
+  const parts: string[] = [];
+  const walk = (value: unknown, path: string) => {
+    if (typeof value === "number" || typeof value === "bigint") {
+      if (value !== 0 && value !== 0n) parts.push(`${path} ${value}`);
+    } else if (typeof value === "string") {
+      if (value !== "") parts.push(`${path} ${value}`);
+    } else if (typeof value === "boolean") {
+      if (value) parts.push(path);
+    } else if (value !== null && typeof value === "object") {
+      for (const [k, v] of Object.entries(value)) walk(v, path === "" ? k : `${path}.${k}`);
+    }
+  };
+  walk(stats, "");
+  return parts.length === 0 ? "no activity" : parts.join(", ");
+}
+
 export function formatSummary(machine: Machine, result: RunResult): string {
   const p = machine.platform;
   const lines: string[] = [];
@@ -68,7 +90,7 @@ export function formatSummary(machine: Machine, result: RunResult): string {
   }
   for (const d of p.devices) {
     lines.push(
-      `${d.kind} ${bdf(d.requesterId)} (${d.iommu ? "behind the IOMMU" : "bypasses the IOMMU"}): ${JSON.stringify(d.stats())}`,
+      `${d.kind} ${bdf(d.requesterId)} (${d.iommu ? "behind the IOMMU" : "bypasses the IOMMU"}): ${formatCounters(d.stats())}`,
     );
   }
   return `${lines.join("\n")}\n`;
