@@ -361,7 +361,7 @@ export const RUN_OPTIONS: readonly OptionRow<RunState>[] = [
     help: [
       {
         synopsis: "--trace CATS",
-        text: "trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq or all",
+        text: "trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq,unclaimed or all",
       },
     ],
     apply: (s, v) => {

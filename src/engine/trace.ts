@@ -4,7 +4,16 @@
  * switched on by category (`VIOMMU_TRACE=map,fault` or `VIOMMU_TRACE=all`), or observed by tests.
  */
 
-export type TraceCategory = "map" | "unmap" | "attach" | "invalidate" | "fault" | "config" | "queue" | "irq";
+export type TraceCategory =
+  | "map"
+  | "unmap"
+  | "attach"
+  | "invalidate"
+  | "fault"
+  | "config"
+  | "queue"
+  | "irq"
+  | "unclaimed";
 
 export interface TraceEvent {
   readonly category: TraceCategory;
@@ -16,7 +25,17 @@ export interface TraceEvent {
 
 export type TraceListener = (event: TraceEvent) => void;
 
-const ALL: TraceCategory[] = ["map", "unmap", "attach", "invalidate", "fault", "config", "queue", "irq"];
+const ALL: TraceCategory[] = [
+  "map",
+  "unmap",
+  "attach",
+  "invalidate",
+  "fault",
+  "config",
+  "queue",
+  "irq",
+  "unclaimed",
+];
 
 export class Tracer {
   private readonly enabledMask: Set<TraceCategory>;

@@ -10,6 +10,9 @@
 
 export type AccessSize = 1 | 2 | 4 | 8;
 
+/** How many distinct unclaimed addresses a bus names (a guest scanning memory must not grow it without bound). */
+export const UNCLAIMED_ADDRESSES_KEPT = 64;
+
 export interface IoHandler {
   /** Reads `sizeBytes` at `offset`; the value is an unsigned number (8-byte reads: low 53 bits or use readWide). */
   read(offset: number, sizeBytes: AccessSize): number;
@@ -30,6 +33,10 @@ export class IoBus {
   /** Accesses that hit no device (reads return all-ones, writes are dropped). */
   unclaimedReads = 0;
   unclaimedWrites = 0;
+  /** The same by address (first UNCLAIMED_ADDRESSES_KEPT addresses; the summary names them). */
+  private readonly unclaimedByAddress = new Map<number, { reads: number; writes: number }>();
+  /** Called on every unclaimed access (the VMM traces it). */
+  onUnclaimed: ((address: number, sizeBytes: AccessSize, write: boolean, value: number) => void) | undefined;
 
   readonly name: string;
 
@@ -78,7 +85,10 @@ export class IoBus {
     const r = this.lookup(addr, sizeBytes);
     if (r === undefined) {
       this.unclaimedReads++;
-      return sizeBytes >= 4 ? 0xffffffff : 2 ** (8 * sizeBytes) - 1;
+      const value = sizeBytes >= 4 ? 0xffffffff : 2 ** (8 * sizeBytes) - 1;
+      this.tally(addr, false);
+      this.onUnclaimed?.(addr, sizeBytes, false, value);
+      return value;
     }
     return r.handler.read(addr - r.base, sizeBytes);
   }
@@ -87,9 +97,29 @@ export class IoBus {
     const r = this.lookup(addr, sizeBytes);
     if (r === undefined) {
       this.unclaimedWrites++;
+      this.tally(addr, true);
+      this.onUnclaimed?.(addr, sizeBytes, true, value);
       return;
     }
     r.handler.write(addr - r.base, sizeBytes, value);
+  }
+
+  private tally(addr: number, write: boolean): void {
+    let t = this.unclaimedByAddress.get(addr);
+    if (t === undefined) {
+      if (this.unclaimedByAddress.size >= UNCLAIMED_ADDRESSES_KEPT) return;
+      t = { reads: 0, writes: 0 };
+      this.unclaimedByAddress.set(addr, t);
+    }
+    if (write) t.writes++;
+    else t.reads++;
+  }
+
+  /** Unclaimed accesses by address, in address order. */
+  unclaimedAddresses(): { address: number; reads: number; writes: number }[] {
+    return [...this.unclaimedByAddress]
+      .map(([address, t]) => ({ address, reads: t.reads, writes: t.writes }))
+      .sort((a, b) => a.address - b.address);
   }
 
   describe(): string[] {

@@ -128,6 +128,17 @@ export class Platform {
     this.memory = config.memory;
     this.cpus = config.cpus;
     this.interrupts = new InterruptFabric(config.msiTarget, 0xff00, config.tracer);
+    for (const bus of [this.pio, this.mmio]) {
+      // --trace unclaimed: every access no device claims (the summary counts them by address).
+      bus.onUnclaimed = (address, sizeBytes, write, value) => {
+        if (!config.tracer.on("unclaimed")) return;
+        config.tracer.emit("unclaimed", "vmm", write ? `${bus.name}-write` : `${bus.name}-read`, {
+          address,
+          sizeBytes,
+          value,
+        });
+      };
+    }
     this.ioapic = new Ioapic((message, pin) => {
       const delivered = this.interrupts.deliverFromIoapic(message);
       if (delivered !== null) config.onIoapicMessage?.(pin, delivered);

@@ -10,6 +10,10 @@ function bdf(rid: number): string {
   return `${h(rid >> 8, 2)}:${h((rid >> 3) & 0x1f, 2)}.${rid & 7}`;
 }
 
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
 function nonZero(record: Readonly<Record<string, number>>): string {
   const parts = Object.entries(record)
     .filter(([, v]) => v !== 0)
@@ -57,6 +61,14 @@ export function formatSummary(machine: Machine, result: RunResult): string {
       `unclaimed accesses: ports ${p.pio.unclaimedReads} reads / ${p.pio.unclaimedWrites} writes, ` +
         `MMIO ${p.mmio.unclaimedReads} reads / ${p.mmio.unclaimedWrites} writes`,
     );
+    for (const bus of [p.pio, p.mmio]) {
+      const named = bus.unclaimedAddresses();
+      if (named.length === 0) continue;
+      const list = named.map(
+        (u) => `${hex(u.address)}${u.reads > 0 ? ` r${u.reads}` : ""}${u.writes > 0 ? ` w${u.writes}` : ""}`,
+      );
+      lines.push(`unclaimed ${bus === p.pio ? "ports" : "MMIO"}: ${list.join(", ")}`);
+    }
   }
   const irq = p.interrupts.stats();
   lines.push(

@@ -6,6 +6,7 @@ import { test } from "node:test";
 import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
+import { UNCLAIMED_ADDRESSES_KEPT } from "../../src/platform/bus.ts";
 import { InterruptFabric, intxIoapicPin } from "../../src/vmm/interrupts.ts";
 import { ramLayout } from "../../src/vmm/layout.ts";
 import { Platform } from "../../src/vmm/platform.ts";
@@ -240,4 +241,38 @@ test("a guest that programs the IOAPIC entry named by Interrupt Line receives ed
   assert.ok(bar);
   p.mmio.write(bar.address + 0x60, 4, 1); // raise: INTA# asserts (MSI is off)
   assert.deepEqual(msis, [{ address: 0xfee00000, data: 0x8042 }]);
+});
+
+test("unclaimed accesses are named by address (bounded) and traced under VIOMMU_TRACE=unclaimed", () => {
+  const tracer = new Tracer();
+  const events: string[] = [];
+  tracer.listen(
+    (e) => events.push(`${e.name} 0x${(e.fields.address as number).toString(16)}`),
+    ["unclaimed"],
+  );
+  const layout = ramLayout(32 * MiB);
+  const p = new Platform({
+    memory: GuestMemory.anonymous([{ gpa: 0, sizeBytes: 32 * MiB }]),
+    ramLayout: layout,
+    cpus: 1,
+    serial: NULL_SINK,
+    iommu: { kind: "none" },
+    devices: [],
+    debugExit: { iobase: 0x501, iosize: 2 },
+    tracer,
+    msiTarget: { signalMsi: () => true },
+    onDebugExit: () => {},
+  });
+  p.pio.write(0x80, 1, 0x12);
+  p.pio.write(0x80, 1, 0x13);
+  assert.equal(p.pio.read(0x2f9, 1), 0xff, "an unclaimed port reads all-ones");
+  p.mmio.write(0xfed00000, 4, 1);
+  assert.deepEqual(p.pio.unclaimedAddresses(), [
+    { address: 0x80, reads: 0, writes: 2 },
+    { address: 0x2f9, reads: 1, writes: 0 },
+  ]);
+  assert.deepEqual(events, ["pio-write 0x80", "pio-write 0x80", "pio-read 0x2f9", "mmio-write 0xfed00000"]);
+  for (let port = 0x1000; port < 0x1100; port++) p.pio.read(port, 1);
+  assert.equal(p.pio.unclaimedAddresses().length, UNCLAIMED_ADDRESSES_KEPT, "a scan does not grow the table");
+  assert.equal(p.pio.unclaimedReads, 1 + 0x100, "but every access is counted");
 });
