@@ -5,6 +5,13 @@
  * (a virtio-iommu domain, a VT-d domain and PASID, an SMMUv3 VMID and ASID) and the page is
  * 4 KiB, 2 MiB or 1 GiB. Storage is an open-addressing hash table over typed arrays, so lookups
  * allocate nothing. Capacity is bounded; a full cache evicts with a clock hand.
+ *
+ * Where misses come from: every entry that leaves the cache leaves a "ghost" (its key, output
+ * and why it left: invalidated or evicted) in a direct-mapped table of the same size. A later
+ * fill of the same key is then counted as a refill after invalidation (with the same output:
+ * the invalidation dropped a translation that had not changed) or after eviction; a fill with
+ * no ghost is a cold fill. Ghost slots are overwritten on collision, so the split is a close
+ * estimate, never more than the fills it divides.
  */
 import type { Translation } from "./translation.ts";
 
@@ -21,7 +28,19 @@ export interface IotlbStats {
   readonly evictions: number;
   readonly invalidations: number;
   readonly invalidatedEntries: number;
+  /** Fills of a page never cached before (or whose ghost was overwritten). */
+  readonly coldFills: number;
+  /** Fills of a page an invalidation had dropped, translating to the same output and permissions. */
+  readonly refillsUnchanged: number;
+  /** Fills of a page an invalidation had dropped, now translating differently. */
+  readonly refillsChanged: number;
+  /** Fills of a page the capacity limit had evicted. */
+  readonly refillsAfterEviction: number;
 }
+
+const GHOST_NONE = 0;
+const GHOST_INVALIDATED = 1;
+const GHOST_EVICTED = 2;
 
 const EMPTY = 0;
 const FULL = 1;
@@ -61,6 +80,18 @@ export class Iotlb {
   evictions = 0;
   invalidations = 0;
   invalidatedEntries = 0;
+  coldFills = 0;
+  refillsUnchanged = 0;
+  refillsChanged = 0;
+  refillsAfterEviction = 0;
+
+  /** Ghosts of entries that left (see the file comment): direct-mapped by the entry's hash. */
+  private readonly ghostWhy: Uint8Array;
+  private readonly ghostTags: Float64Array;
+  private readonly ghostIovaBases: Float64Array;
+  private readonly ghostGpaBases: Float64Array;
+  private readonly ghostShifts: Uint8Array;
+  private readonly ghostPerms: Uint8Array;
 
   constructor(capacity = 4096) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) {
@@ -76,6 +107,42 @@ export class Iotlb {
     this.gpaBases = new Float64Array(slots);
     this.shifts = new Uint8Array(slots);
     this.permsArr = new Uint8Array(slots);
+    this.ghostWhy = new Uint8Array(slots);
+    this.ghostTags = new Float64Array(slots);
+    this.ghostIovaBases = new Float64Array(slots);
+    this.ghostGpaBases = new Float64Array(slots);
+    this.ghostShifts = new Uint8Array(slots);
+    this.ghostPerms = new Uint8Array(slots);
+  }
+
+  /** Leaves the ghost of slot `i`, which is about to leave for reason `why`. */
+  private bury(i: number, why: number): void {
+    const g = this.home(this.tags[i], this.iovaBases[i], this.shifts[i]);
+    this.ghostWhy[g] = why;
+    this.ghostTags[g] = this.tags[i];
+    this.ghostIovaBases[g] = this.iovaBases[i];
+    this.ghostGpaBases[g] = this.gpaBases[i];
+    this.ghostShifts[g] = this.shifts[i];
+    this.ghostPerms[g] = this.permsArr[i];
+  }
+
+  /** Classifies a new fill against the ghost of its key, and clears that ghost. */
+  private classifyFill(tag: number, iovaBase: number, gpaBase: number, shift: number, perms: number): void {
+    const g = this.home(tag, iovaBase, shift);
+    const why = this.ghostWhy[g];
+    if (
+      why === GHOST_NONE ||
+      this.ghostTags[g] !== tag ||
+      this.ghostIovaBases[g] !== iovaBase ||
+      this.ghostShifts[g] !== shift
+    ) {
+      this.coldFills++;
+      return;
+    }
+    this.ghostWhy[g] = GHOST_NONE;
+    if (why === GHOST_EVICTED) this.refillsAfterEviction++;
+    else if (this.ghostGpaBases[g] === gpaBase && this.ghostPerms[g] === perms) this.refillsUnchanged++;
+    else this.refillsChanged++;
   }
 
   get entries(): number {
@@ -151,6 +218,7 @@ export class Iotlb {
       return;
     }
     if (this.count >= this.capacity) this.evictOne();
+    this.classifyFill(tag, iovaBase, gpaBase, shift, perms);
     this.place(tag, iovaBase, gpaBase, shift, perms);
     this.inserts++;
   }
@@ -191,6 +259,7 @@ export class Iotlb {
       const i = this.hand;
       this.hand = (this.hand + 1) & this.mask;
       if (state[i] === FULL) {
+        this.bury(i, GHOST_EVICTED);
         this.removeAt(i);
         this.evictions++;
         return;
@@ -239,6 +308,7 @@ export class Iotlb {
   /** Drops every entry. Returns how many were removed. */
   invalidateAll(): number {
     const removed = this.count;
+    for (let i = 0; i <= this.mask; i++) if (this.state[i] === FULL) this.bury(i, GHOST_INVALIDATED);
     this.state.fill(EMPTY);
     this.perSize.fill(0);
     this.tagCounts.clear();
@@ -299,6 +369,7 @@ export class Iotlb {
       for (let page = Math.floor(iova / size); page <= Math.floor(last / size); page++) {
         const i = this.find(tag, page * size, shift);
         if (i >= 0) {
+          this.bury(i, GHOST_INVALIDATED);
           this.removeAt(i);
           removed++;
         }
@@ -327,7 +398,9 @@ export class Iotlb {
     if (removed * 2 > this.count) return this.rebuildWithout(drop);
     for (let k = 0; k < victims.length; k += 3) {
       const i = this.find(victims[k], victims[k + 1], victims[k + 2]);
-      if (i >= 0) this.removeAt(i);
+      if (i < 0) continue;
+      this.bury(i, GHOST_INVALIDATED);
+      this.removeAt(i);
     }
     return removed;
   }
@@ -338,8 +411,10 @@ export class Iotlb {
     let removed = 0;
     for (let i = 0; i <= this.mask; i++) {
       if (this.state[i] !== FULL) continue;
-      if (drop(i)) removed++;
-      else keep.push(this.tags[i], this.iovaBases[i], this.gpaBases[i], this.shifts[i], this.permsArr[i]);
+      if (drop(i)) {
+        this.bury(i, GHOST_INVALIDATED);
+        removed++;
+      } else keep.push(this.tags[i], this.iovaBases[i], this.gpaBases[i], this.shifts[i], this.permsArr[i]);
     }
     if (removed === 0) return 0;
     this.state.fill(EMPTY);
@@ -361,6 +436,10 @@ export class Iotlb {
       evictions: this.evictions,
       invalidations: this.invalidations,
       invalidatedEntries: this.invalidatedEntries,
+      coldFills: this.coldFills,
+      refillsUnchanged: this.refillsUnchanged,
+      refillsChanged: this.refillsChanged,
+      refillsAfterEviction: this.refillsAfterEviction,
     };
   }
 

@@ -2,6 +2,7 @@
  * The VMM's end-of-run summary: how the run ended, KVM exits, and what the IOMMU and the
  * devices did (mappings, IOTLB hits and misses, faults by reason, interrupts).
  */
+import type { IotlbStats } from "../engine/iotlb.ts";
 import type { Machine, RunResult } from "./machine.ts";
 import { describeStop } from "./machine.ts";
 
@@ -41,6 +42,15 @@ export function formatCounters(stats: unknown): string {
   };
   walk(stats, "");
   return parts.length === 0 ? "no activity" : parts.join(", ");
+}
+
+/** Where the IOTLB's fills (its misses that translated) came from. */
+function iotlbFills(s: IotlbStats): string {
+  return (
+    `IOTLB fills: ${s.coldFills} cold, ${s.refillsUnchanged + s.refillsChanged} after invalidation ` +
+    `(${s.refillsUnchanged} unchanged), ${s.refillsAfterEviction} after eviction; ` +
+    `${s.invalidations} invalidations dropped ${s.invalidatedEntries} entries`
+  );
 }
 
 export function formatSummary(machine: Machine, result: RunResult): string {
@@ -89,6 +99,7 @@ export function formatSummary(machine: Machine, result: RunResult): string {
     lines.push(
       `virtio-iommu: IOTLB ${s.iotlb.hits} hits, ${s.iotlb.misses} misses, ${s.iotlb.invalidations} invalidations`,
     );
+    lines.push(`virtio-iommu: ${iotlbFills(s.iotlb)}`);
     lines.push(
       `virtio-iommu: faults by cause: ${nonZero(s.faultCauses)}; by reason: ${nonZero(s.faults)}; events queued ${s.events.queued}`,
     );
@@ -96,6 +107,7 @@ export function formatSummary(machine: Machine, result: RunResult): string {
   if (p.vtd !== null) {
     const s = p.vtd.stats();
     lines.push(`vt-d: ${s.translations} translations, IOTLB ${s.iotlbHits} hits, ${s.iotlbMisses} misses`);
+    lines.push(`vt-d: ${iotlbFills(s.iotlb)}`);
     lines.push(
       `vt-d: ${s.dmaFaults} DMA faults, ${s.interruptsRemapped} interrupts remapped, ${s.interruptFaults} interrupt faults`,
     );

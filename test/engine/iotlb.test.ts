@@ -103,3 +103,26 @@ test("randomised: the IOTLB agrees with a reference map through inserts, evictio
     assert.equal(tlb.entriesOf(0) + tlb.entriesOf(1) + tlb.entriesOf(2), tlb.entries, "per-tag counts");
   }
 });
+
+test("fills are classified: cold, refilled after an invalidation (unchanged or changed), after an eviction", () => {
+  const tlb = new Iotlb(64);
+  const page = (n: number) => n * 0x1000;
+  for (let n = 0; n < 4; n++) tlb.insert(1, page(n), page(100 + n), 12, PERM_RW);
+  assert.equal(tlb.coldFills, 4);
+  tlb.invalidateRange(1, page(0), 2 * 0x1000); // drops pages 0 and 1
+  tlb.insert(1, page(0), page(100), 12, PERM_RW); // the same translation again
+  tlb.insert(1, page(1), page(555), 12, PERM_RW); // remapped meanwhile
+  assert.deepEqual([tlb.refillsUnchanged, tlb.refillsChanged], [1, 1]);
+  tlb.invalidateSpace(1);
+  tlb.insert(1, page(2), page(102), 12, PERM_READ); // same output, fewer permissions: changed
+  assert.deepEqual([tlb.refillsUnchanged, tlb.refillsChanged], [1, 2]);
+  const s = tlb.stats();
+  assert.equal(s.coldFills + s.refillsUnchanged + s.refillsChanged + s.refillsAfterEviction, s.inserts);
+
+  const small = new Iotlb(1);
+  small.insert(1, page(0), page(100), 12, PERM_RW);
+  small.insert(1, page(1), page(101), 12, PERM_RW); // evicts page 0
+  assert.equal(small.evictions, 1);
+  small.insert(1, page(0), page(100), 12, PERM_RW); // evicts page 1, refills page 0
+  assert.deepEqual([small.coldFills, small.refillsAfterEviction], [2, 1]);
+});
