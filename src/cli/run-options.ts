@@ -6,6 +6,7 @@
  * values of `--iommu` and `--device` are tables of their own. Adding an option, an IOMMU or a
  * `--device` kind is adding a row.
  */
+import { normalizeBdf, VfioSetupError } from "../vfio/sysfs.ts";
 import { parseVtdConfig, VtdConfigError } from "../vtd/config.ts";
 import {
   formatUsage,
@@ -45,7 +46,9 @@ export interface RunOptions {
 
 export type DeviceOption =
   | { readonly kind: "edu" | "rng"; readonly iommu: boolean }
-  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean };
+  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean }
+  /** A host PCI device assigned through VFIO; `host` is its normalized BDF (DDDD:BB:DD.F). */
+  | { readonly kind: "vfio"; readonly iommu: boolean; readonly host: string };
 
 export class RunOptionError extends Error {
   constructor(message: string) {
@@ -152,6 +155,37 @@ const DEVICE_KINDS: readonly DeviceKindRow[] = [
     help: [{ synopsis: "--device edu[,iommu=on]", text: "QEMU's edu PCI device (repeatable)" }],
     properties: ["iommu"],
     build: (p, what) => ({ kind: "edu", iommu: flagProp(p, "iommu", `${what},iommu`) }),
+  },
+  {
+    kind: "vfio",
+    help: [
+      {
+        synopsis: "--device vfio,host=BDF[,iommu=on]",
+        text:
+          "assign host PCI device BDF (bound to vfio-pci) through VFIO;\n" +
+          "iommu=on puts it behind --iommu (intel needs caching-mode=on)",
+      },
+      {
+        synopsis: "--device path=/sys/bus/pci/devices/BDF/[,iommu=on]",
+        text: "the same, in Cloud Hypervisor's syntax",
+      },
+    ],
+    properties: ["host", "path", "iommu"],
+    build: (p, what) => {
+      const host = p.get("host");
+      const path = p.get("path");
+      if ((host === undefined) === (path === undefined) || (host ?? path) === "") {
+        throw new RunOptionError(`${what} needs host=BDF or path=/sys/bus/pci/devices/BDF/ (one of them)`);
+      }
+      let bdf: string;
+      try {
+        bdf = normalizeBdf(host ?? path ?? "");
+      } catch (e) {
+        if (e instanceof VfioSetupError) throw new RunOptionError(`${what}: ${e.message}`);
+        throw e;
+      }
+      return { kind: "vfio", host: bdf, iommu: flagProp(p, "iommu", `${what},iommu`) };
+    },
   },
 ];
 
@@ -272,7 +306,8 @@ export const RUN_OPTIONS: readonly OptionRow<RunState>[] = [
     repeatable: true,
     help: DEVICE_KINDS.flatMap((k) => k.help),
     apply: (s, v = "") => {
-      const { kind, rest } = splitKind(v);
+      // Cloud Hypervisor's form names no kind: "path=/sys/bus/pci/devices/BDF/[,iommu=on]".
+      const { kind, rest } = v.startsWith("path=") ? { kind: "vfio", rest: v } : splitKind(v);
       const row = DEVICE_KINDS.find((k) => k.kind === kind);
       if (row === undefined) {
         const known = DEVICE_KINDS.map((k) => k.kind).join(", ");
@@ -413,6 +448,19 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
   if (s.devices.some((d) => d.iommu) && s.iommu.kind === "none") {
     throw new RunOptionError("a device has iommu=on but there is no --iommu");
   }
+  const iommu = s.iommu;
+  if (iommu.kind === "intel" && s.devices.some((d) => d.kind === "vfio" && d.iommu)) {
+    // QEMU refuses the same: without CAP.CM the guest need not invalidate not-present -> present
+    // changes, so its new mappings could never be replayed into VFIO (VT-d 6.1).
+    if (!parseVtdConfig(iommu.spec).cachingMode) {
+      throw new RunOptionError(
+        "--device vfio,iommu=on behind --iommu intel needs caching-mode=on (device assignment is not allowed without it, as in QEMU)",
+      );
+    }
+  }
+  const hosts = s.devices.flatMap((d) => (d.kind === "vfio" ? [d.host] : []));
+  const twice = hosts.find((h, i) => hosts.indexOf(h) !== i);
+  if (twice !== undefined) throw new RunOptionError(`--device vfio: ${twice} is assigned twice`);
   if (s.kernel === undefined && s.modules.length > 0) throw new RunOptionError("--initramfs needs --kernel");
   if (s.stdin && s.serial.kind !== "tty") throw new RunOptionError("--stdin needs --serial tty");
   return s;

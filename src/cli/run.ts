@@ -6,6 +6,7 @@ import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
 import { LineBufferedSink, NULL_SINK, type SerialSink } from "../devices/uart16550.ts";
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError } from "../kvm/system.ts";
+import { VfioPciDevice } from "../vfio/device.ts";
 import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts";
 import { isElf } from "../vmm/elf.ts";
 import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
@@ -50,12 +51,17 @@ function hasLinuxSetupHeader(image: Uint8Array): boolean {
 }
 
 /** The devices the machine gets: the built-in guest needs an edu, behind the IOMMU if there is one. */
-export function devicesFor(o: RunOptions): DeviceChoice[] {
+export function devicesFor(
+  o: RunOptions,
+  openVfio: (bdf: string) => VfioPciDevice = (bdf) => VfioPciDevice.open(bdf),
+): DeviceChoice[] {
   const devices: DeviceChoice[] = o.devices.map(
     (d): DeviceChoice =>
       d.kind === "disk"
         ? { kind: "disk", iommu: d.iommu, path: d.path, readOnly: d.readOnly }
-        : { kind: d.kind, iommu: d.iommu },
+        : d.kind === "vfio"
+          ? { kind: "vfio", iommu: d.iommu, device: openVfio(d.host) }
+          : { kind: d.kind, iommu: d.iommu },
   );
   if (o.kernel === undefined && !devices.some((d) => d.kind === "edu")) {
     devices.unshift({ kind: "edu", iommu: o.iommu.kind !== "none" });

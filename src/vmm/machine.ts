@@ -162,6 +162,19 @@ export class Machine {
       };
     });
     this.memory = new GuestMemory(regions);
+    // Assigned devices' VFIO containers map guest RAM by its host address.
+    const ramBase = Number(this.ram.hostAddress);
+    const layoutRegions = this.ramLayout.regions;
+    for (const d of config.devices) {
+      if (d.kind !== "vfio") continue;
+      d.device.container.bindGuestRam((gpa, sizeBytes) => {
+        for (const r of layoutRegions) {
+          if (gpa >= r.gpa && gpa + sizeBytes <= r.gpa + r.sizeBytes)
+            return ramBase + r.hostOffset + (gpa - r.gpa);
+        }
+        return -1;
+      });
+    }
 
     this.platform = new Platform({
       memory: this.memory,

@@ -26,13 +26,18 @@ import {
 import { VirtioBlk } from "../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
 import { VirtioRng } from "../devices/virtio-rng.ts";
+import { PERM_RW } from "../engine/access.ts";
 import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
+import type { HostIommu } from "../engine/host-iommu.ts";
+import { HostNotifier } from "../engine/host-notifier.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../pci/bus.ts";
 import type { PciFunction } from "../pci/function.ts";
 import { type AccessSize, IoBus, type IoHandler } from "../platform/bus.ts";
 import type { MsiMessage } from "../platform/interrupts.ts";
+import type { VfioPciDevice } from "../vfio/device.ts";
+import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { dmarForConfig } from "../vtd/dmar.ts";
 import { VtdUnit } from "../vtd/vtd.ts";
@@ -58,7 +63,9 @@ export type IommuChoice =
 export type DeviceChoice =
   | { readonly kind: "edu"; readonly iommu: boolean }
   | { readonly kind: "rng"; readonly iommu: boolean }
-  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean };
+  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean }
+  /** A host device opened through VFIO; its container must know guest RAM (bindGuestRam). */
+  | { readonly kind: "vfio"; readonly iommu: boolean; readonly device: VfioPciDevice };
 
 export interface PlatformConfig {
   readonly memory: GuestMemory;
@@ -175,7 +182,8 @@ export class Platform {
     this.pci.attachDecode(this.mmio, this.pio);
 
     const identity = (rid: number) => new DmaAddressSpace(this.memory, IDENTITY, rid);
-    let translated: ((rid: number) => DmaAddressSpace) | null = null;
+    // `host`: the host IOMMU of an assigned device, kept in step by the IOMMU model.
+    let translated: ((rid: number, host?: HostIommu) => DmaAddressSpace) | null = null;
     if (config.iommu.kind === "virtio") {
       const viommu = new VirtioIommuPci(this.memory, { tracer: config.tracer });
       // The IOMMU's own queues are guest-physical (it is not behind itself).
@@ -185,7 +193,7 @@ export class Platform {
         dma: identity,
       });
       this.viommu = viommu;
-      translated = (rid) => viommu.engine.addEndpoint(rid);
+      translated = (rid, host) => viommu.engine.addEndpoint(rid, { host });
     } else if (config.iommu.kind === "intel") {
       const vtd = new VtdUnit(this.memory, {
         config: config.iommu.spec,
@@ -195,7 +203,7 @@ export class Platform {
       this.mmio.register(VTD_GPA, 0x1000, vtd, "vtd");
       this.wideMmio.push({ base: VTD_GPA, sizeBytes: 0x1000, handler: vtd });
       this.vtd = vtd;
-      translated = (rid) => vtd.addEndpoint(rid);
+      translated = (rid, host) => vtd.addEndpoint(rid, { host });
     }
 
     config.devices.forEach((d, i) => {
@@ -213,6 +221,8 @@ export class Platform {
           fn: edu.pci,
           stats: () => edu.stats(),
         });
+      } else if (d.kind === "vfio") {
+        this.devices.push(this.assign(d.device, `vfio${i}`, device, d.iommu ? translated : null));
       } else if (d.kind === "rng") {
         const rng = new VirtioRng({ name: `rng${i}` });
         const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer: config.tracer });
@@ -275,6 +285,47 @@ export class Platform {
         });
       }
     }
+  }
+
+  /**
+   * An assigned device at `slot`: behind the IOMMU (`translated`), whose model keeps the device's
+   * VFIO container in step; or without one, with all guest RAM mapped identity into it.
+   */
+  private assign(
+    device: VfioPciDevice,
+    name: string,
+    slot: number,
+    translated: ((rid: number, host?: HostIommu) => DmaAddressSpace) | null,
+  ): PlacedDevice {
+    const fn = new VfioPciFunction(device, name);
+    const container = device.container;
+    let identityHost: HostNotifier | null = null;
+    const dma = (rid: number): DmaAddressSpace => {
+      if (translated !== null) return translated(rid, container);
+      identityHost = new HostNotifier(container, { traceSource: "vfio", endpointId: rid });
+      const regions = this.memory.regions;
+      const refusal = identityHost.replay((_s, _l, leaf) => {
+        for (const r of regions) leaf(r.gpa, r.gpa, r.sizeBytes, PERM_RW);
+        return true;
+      });
+      if (refusal !== null)
+        throw new Error(`${device.bdf}: mapping guest RAM for DMA failed: ${refusal.message}`);
+      return new DmaAddressSpace(this.memory, IDENTITY, rid);
+    };
+    const rid = this.pci.addFunction(fn, { device: slot, interrupts: this.interrupts, dma });
+    return {
+      kind: "vfio",
+      requesterId: rid,
+      iommu: translated !== null,
+      fn,
+      stats: () => ({
+        host: device.bdf,
+        device: device.stats(),
+        container: { maps: container.maps, unmaps: container.unmaps },
+        identity: (identityHost as HostNotifier | null)?.stats() ?? null,
+      }),
+      close: () => device.close(),
+    };
   }
 
   /** Releases device resources (disk files). */

@@ -37,9 +37,10 @@ for (const [command, rows, usage] of [
 
 test("viommu run: every --iommu and --device form the help shows is accepted", () => {
   for (const line of RUN_USAGE.split("\n")) {
-    const m = /^ {2}--(iommu|device) ([a-z]+)/.exec(line);
+    // The form up to its optional part, with the placeholder for a host PCI address filled in.
+    const m = /^ {2}--(iommu|device) ([^\s[]+)/.exec(line);
     if (m === null) continue;
-    const argv = [`--${m[1]}`, m[2]];
+    const argv = [`--${m[1]}`, m[2].replaceAll("BDF", "0000:00:03.0")];
     if (m[1] === "device") argv.push("--iommu", "virtio");
     assert.doesNotThrow(() => parseRunOptions(argv), argv.join(" "));
   }

@@ -1,0 +1,243 @@
+/**
+ * One PCI device opened through VFIO (container + group, type1 v2): its regions (config space,
+ * BARs), positioned reads and writes of them, and reset.
+ *
+ * Open order (Documentation/driver-api/vfio.rst): container (API version, type1 v2), group
+ * (/dev/vfio/N, must be VIABLE), GROUP_SET_CONTAINER, SET_IOMMU, GROUP_GET_DEVICE_FD, then
+ * DEVICE_GET_INFO (a vfio-pci device has FLAGS_PCI) and one GET_REGION_INFO per region.
+ */
+import { close, errno, errnoName, ioctlBuffer, ioctlValue, O_CLOEXEC, O_RDWR, open } from "../kvm/libc.ts";
+import { VfioContainer } from "./container.ts";
+import { pread, pwrite } from "./libc.ts";
+import { findAssignableDevice, normalizeBdf, VfioSetupError } from "./sysfs.ts";
+import {
+  DEVICE_INFO_BYTES,
+  GROUP_STATUS_BYTES,
+  REGION_INFO_BYTES,
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_DEVICE_GET_INFO,
+  VFIO_DEVICE_GET_REGION_INFO,
+  VFIO_DEVICE_RESET,
+  VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_GROUP_GET_DEVICE_FD,
+  VFIO_GROUP_GET_STATUS,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+} from "./uapi.ts";
+
+export interface VfioRegion {
+  readonly index: number;
+  readonly flags: number;
+  readonly sizeBytes: number;
+  /** Where the region starts in the device file descriptor. */
+  readonly offset: number;
+}
+
+export interface VfioDeviceStats {
+  readonly regionReads: number;
+  readonly regionWrites: number;
+  /** Reads or writes the kernel refused (the guest got all-ones, or the write was dropped). */
+  readonly regionErrors: number;
+  readonly resets: number;
+  readonly resetsUnavailable: number;
+}
+
+export class VfioPciDevice {
+  readonly bdf: string;
+  readonly group: number;
+  readonly container: VfioContainer;
+  readonly groupFd: number;
+  readonly fd: number;
+  readonly flags: number;
+  readonly regions: readonly VfioRegion[];
+  readonly numIrqs: number;
+  private readonly io = new Uint8Array(8);
+  private readonly ioView = new DataView(this.io.buffer);
+  private regionReads = 0;
+  private regionWrites = 0;
+  private regionErrors = 0;
+  private resets = 0;
+  private resetsUnavailable = 0;
+
+  private constructor(
+    bdf: string,
+    group: number,
+    container: VfioContainer,
+    groupFd: number,
+    fd: number,
+    flags: number,
+    regions: VfioRegion[],
+    numIrqs: number,
+  ) {
+    this.bdf = bdf;
+    this.group = group;
+    this.container = container;
+    this.groupFd = groupFd;
+    this.fd = fd;
+    this.flags = flags;
+    this.regions = regions;
+    this.numIrqs = numIrqs;
+  }
+
+  /**
+   * Opens the device named by `spec` (a BDF, or /sys/bus/pci/devices/BDF/) in its own container.
+   * Every failure is a VfioSetupError of one line naming the fix.
+   */
+  static open(spec: string, sysfsRoot = "/sys", devVfio = "/dev/vfio"): VfioPciDevice {
+    const host = findAssignableDevice(normalizeBdf(spec), sysfsRoot);
+    const container = VfioContainer.open(`${devVfio}/vfio`);
+    const groupPath = `${devVfio}/${host.group}`;
+    const groupFd = open(groupPath, O_RDWR | O_CLOEXEC, 0);
+    if (groupFd < 0) {
+      const err = errno();
+      container.close();
+      const hint = err === 16 ? " (another process, e.g. a VMM, holds the group)" : "";
+      throw new VfioSetupError(`cannot open ${groupPath} for ${host.bdf}: ${errnoName(err)}${hint}`);
+    }
+    const fail = (message: string): never => {
+      close(groupFd);
+      container.close();
+      throw new VfioSetupError(message);
+    };
+    const status = new Uint8Array(GROUP_STATUS_BYTES);
+    const sv = new DataView(status.buffer);
+    sv.setUint32(0, GROUP_STATUS_BYTES, true);
+    if (ioctlBuffer(groupFd, VFIO_GROUP_GET_STATUS, status) < 0) {
+      fail(`${groupPath}: VFIO_GROUP_GET_STATUS failed: ${errnoName(errno())}`);
+    }
+    if ((sv.getUint32(4, true) & VFIO_GROUP_FLAGS_VIABLE) === 0) {
+      fail(
+        `IOMMU group ${host.group} of ${host.bdf} is not viable: bind every device of the group to vfio-pci`,
+      );
+    }
+    try {
+      container.attachGroup(groupFd, groupPath);
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    const name = new TextEncoder().encode(`${host.bdf}\0`);
+    const fd = ioctlBuffer(groupFd, VFIO_GROUP_GET_DEVICE_FD, name);
+    if (fd < 0) fail(`${groupPath}: VFIO_GROUP_GET_DEVICE_FD(${host.bdf}) failed: ${errnoName(errno())}`);
+    const info = new Uint8Array(DEVICE_INFO_BYTES);
+    const iv = new DataView(info.buffer);
+    iv.setUint32(0, DEVICE_INFO_BYTES, true);
+    if (ioctlBuffer(fd, VFIO_DEVICE_GET_INFO, info) < 0) {
+      close(fd);
+      fail(`${host.bdf}: VFIO_DEVICE_GET_INFO failed: ${errnoName(errno())}`);
+    }
+    const flags = iv.getUint32(4, true);
+    if ((flags & VFIO_DEVICE_FLAGS_PCI) === 0) {
+      close(fd);
+      fail(`${host.bdf}: VFIO says this is not a PCI device`);
+    }
+    const numRegions = Math.min(iv.getUint32(8, true), 64);
+    const regions: VfioRegion[] = [];
+    const ri = new Uint8Array(REGION_INFO_BYTES);
+    const rv = new DataView(ri.buffer);
+    for (let index = 0; index < numRegions; index++) {
+      ri.fill(0);
+      rv.setUint32(0, REGION_INFO_BYTES, true);
+      rv.setUint32(8, index, true);
+      if (ioctlBuffer(fd, VFIO_DEVICE_GET_REGION_INFO, ri) < 0) {
+        regions.push({ index, flags: 0, sizeBytes: 0, offset: 0 });
+        continue;
+      }
+      regions.push({
+        index,
+        flags: rv.getUint32(4, true),
+        sizeBytes: Number(rv.getBigUint64(16, true)),
+        offset: Number(rv.getBigUint64(24, true)),
+      });
+    }
+    if (
+      regions.length <= VFIO_PCI_CONFIG_REGION_INDEX ||
+      regions[VFIO_PCI_CONFIG_REGION_INDEX].sizeBytes < 256
+    ) {
+      close(fd);
+      fail(`${host.bdf}: VFIO reports no config space region`);
+    }
+    return new VfioPciDevice(
+      host.bdf,
+      host.group,
+      container,
+      groupFd,
+      fd,
+      flags,
+      regions,
+      iv.getUint32(12, true),
+    );
+  }
+
+  /** Reads 1, 2 or 4 bytes of region `index` at `offset`; all-ones when the kernel refuses. */
+  regionRead(index: number, offset: number, sizeBytes: 1 | 2 | 4): number {
+    const r = this.regions[index];
+    this.regionReads++;
+    if (r === undefined || offset < 0 || offset + sizeBytes > r.sizeBytes) {
+      this.regionErrors++;
+      return sizeBytes === 4 ? 0xffffffff : (1 << (8 * sizeBytes)) - 1;
+    }
+    if (pread(this.fd, this.io, sizeBytes, r.offset + offset) !== sizeBytes) {
+      this.regionErrors++;
+      return sizeBytes === 4 ? 0xffffffff : (1 << (8 * sizeBytes)) - 1;
+    }
+    const v = this.ioView;
+    return sizeBytes === 1 ? v.getUint8(0) : sizeBytes === 2 ? v.getUint16(0, true) : v.getUint32(0, true);
+  }
+
+  /** Writes 1, 2 or 4 bytes of region `index` at `offset`; a refused write is dropped (counted). */
+  regionWrite(index: number, offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
+    const r = this.regions[index];
+    this.regionWrites++;
+    if (r === undefined || offset < 0 || offset + sizeBytes > r.sizeBytes) {
+      this.regionErrors++;
+      return;
+    }
+    const v = this.ioView;
+    if (sizeBytes === 1) v.setUint8(0, value & 0xff);
+    else if (sizeBytes === 2) v.setUint16(0, value & 0xffff, true);
+    else v.setUint32(0, value >>> 0, true);
+    if (pwrite(this.fd, this.io, sizeBytes, r.offset + offset) !== sizeBytes) this.regionErrors++;
+  }
+
+  readConfig(offset: number, sizeBytes: 1 | 2 | 4): number {
+    return this.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, offset, sizeBytes);
+  }
+
+  writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
+    this.regionWrite(VFIO_PCI_CONFIG_REGION_INDEX, offset, sizeBytes, value);
+  }
+
+  /** VFIO_DEVICE_RESET (FLR or what the PCI core picks); false when the device has no reset. */
+  reset(): boolean {
+    if ((this.flags & VFIO_DEVICE_FLAGS_RESET) === 0) {
+      this.resetsUnavailable++;
+      return false;
+    }
+    if (ioctlValue(this.fd, VFIO_DEVICE_RESET, 0) < 0) {
+      this.resetsUnavailable++;
+      return false;
+    }
+    this.resets++;
+    return true;
+  }
+
+  get canReset(): boolean {
+    return (this.flags & VFIO_DEVICE_FLAGS_RESET) !== 0;
+  }
+
+  stats(): VfioDeviceStats {
+    return {
+      regionReads: this.regionReads,
+      regionWrites: this.regionWrites,
+      regionErrors: this.regionErrors,
+      resets: this.resets,
+      resetsUnavailable: this.resetsUnavailable,
+    };
+  }
+
+  close(): void {
+    close(this.fd);
+    close(this.groupFd);
+    this.container.close();
+  }
+}
