@@ -2,6 +2,7 @@
  * The VMM's end-of-run summary: how the run ended, KVM exits, and what the IOMMU and the
  * devices did (mappings, IOTLB hits and misses, faults by reason, interrupts).
  */
+import type { HostNotifierStats } from "../engine/host-notifier.ts";
 import type { IotlbStats } from "../engine/iotlb.ts";
 import type { Machine, RunResult } from "./machine.ts";
 import { describeStop } from "./machine.ts";
@@ -50,6 +51,14 @@ function iotlbFills(s: IotlbStats): string {
     `IOTLB fills: ${s.coldFills} cold, ${s.refillsUnchanged + s.refillsChanged} after invalidation ` +
     `(${s.refillsUnchanged} unchanged), ${s.refillsAfterEviction} after eviction; ` +
     `${s.invalidations} invalidations dropped ${s.invalidatedEntries} entries`
+  );
+}
+
+/** One assigned endpoint's host propagation (the engine's HostNotifier counters). */
+function hostLine(endpoint: string, h: HostNotifierStats): string {
+  return (
+    `host IOMMU of ${endpoint}: ${h.maps} maps, ${h.unmaps} unmaps, ${h.entries} entries (peak ${h.peakEntries}), ` +
+    `refusals: ${nonZero(h.refusals)}`
   );
 }
 
@@ -103,6 +112,9 @@ export function formatSummary(machine: Machine, result: RunResult): string {
     lines.push(
       `virtio-iommu: faults by cause: ${nonZero(s.faultCauses)}; by reason: ${nonZero(s.faults)}; events queued ${s.events.queued}`,
     );
+    for (const [ep, h] of Object.entries(s.host.endpoints)) {
+      lines.push(`virtio-iommu: ${hostLine(bdf(Number(ep)), h)}; MAP answers ${nonZero(s.requests.map)}`);
+    }
   }
   if (p.vtd !== null) {
     const s = p.vtd.stats();
@@ -111,6 +123,7 @@ export function formatSummary(machine: Machine, result: RunResult): string {
     lines.push(
       `vt-d: ${s.dmaFaults} DMA faults, ${s.interruptsRemapped} interrupts remapped, ${s.interruptFaults} interrupt faults`,
     );
+    for (const h of s.hosts) lines.push(`vt-d: ${hostLine(bdf(h.sourceId), h)}`);
   }
   for (const d of p.devices) {
     lines.push(

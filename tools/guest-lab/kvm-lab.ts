@@ -61,6 +61,13 @@ export type RunInKvmLabOptions = {
   onConsole?: (line: string) => void;
   /** Aborting kills QEMU; the outcome then says failedStep "aborted". */
   signal?: AbortSignal;
+  /**
+   * More QEMU arguments for L1, e.g. the line `viommu serve` prints (vfio-user devices, a shared
+   * memory backend of memMiB, a VIOT): L1 then has our devices and our IOMMU.
+   */
+  qemuArgs?: readonly string[];
+  /** More words for L1's kernel command line (`module.param=value` reaches insmod in /init). */
+  cmdline?: string;
 };
 
 export type KvmLabOutcome = {
@@ -174,7 +181,7 @@ export function kvmLabQemuArgs(
   initrd: string,
   sockets: { out: string; err: string },
   writable: readonly string[],
-  opts: Pick<RunInKvmLabOptions, "cpus" | "memMiB">,
+  opts: Pick<RunInKvmLabOptions, "cpus" | "memMiB" | "qemuArgs" | "cmdline">,
 ): string[] {
   const virtfs = (path: string, tag: string, readonly: boolean) => [
     "-virtfs",
@@ -206,7 +213,7 @@ export function kvmLabQemuArgs(
     "-initrd",
     initrd,
     "-append",
-    "console=ttyS0 panic=-1 loglevel=4 mitigations=off",
+    `console=ttyS0 panic=-1 loglevel=4 mitigations=off ${opts.cmdline ?? ""}`.trimEnd(),
     ...virtfs("/", "host", true),
     ...virtfs(paths.scratch, "scratch", false),
     ...writable.flatMap((dir, i) => virtfs(dir, `w${i}`, false)),
@@ -220,6 +227,7 @@ export function kvmLabQemuArgs(
     `socket,id=err,path=${qemuValue(sockets.err)}`,
     "-device",
     "virtserialport,chardev=err,name=err",
+    ...(opts.qemuArgs ?? []),
   ];
 }
 

@@ -1,0 +1,222 @@
+// Nested device assignment in the KVM lab, end to end:
+//
+//   L0 (this machine): `viommu serve` with a virtio-iommu and an edu,iommu=on over vfio-user;
+//   L1 (QEMU TCG -cpu max, KVM inside, from kvm-lab.ts): those devices, edu bound to vfio-pci;
+//   L2 (Linux under `viommu run` in L1): the edu assigned with --device vfio,host=BDF,iommu=on,
+//      behind our virtio-iommu or our VT-d (caching-mode=on); vfio-edu-test runs in L2.
+//
+// L2's DMA crosses three translations: L2's vIOMMU (our model in L1) -> L1's VFIO (real type1)
+// -> L0's virtio-iommu (our model in `viommu serve`). The run returns L2's RESULT lines, what
+// `viommu run` printed in L1, and L0's stats (map requests, faults) from `viommu serve`.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { newcArchiveGz } from "./cpio.ts";
+import { type KvmLabOutcome, kvmLabPaths, runInKvmLab } from "./kvm-lab.ts";
+import { type GuestResult, labPaths, parseResults, SCRIPT_PRELUDE } from "./lab.ts";
+
+export type NestedIommu = "virtio" | "intel";
+
+/** One `viommu run` of L2 inside the shared L1 boot. */
+export type NestedL2Run = {
+  /** L2's IOMMU in `viommu run` (intel gets caching-mode=on). */
+  iommu: NestedIommu;
+  /** Extra properties of `--iommu virtio` (e.g. "page-size-mask=4k:2m"). */
+  iommuProps?: string;
+  /** The script L2 runs (lab prelude included); default: vfio-edu-test on the edu. */
+  l2Script?: string;
+  /** Extra words for L2's kernel command line. */
+  l2Cmdline?: string;
+};
+
+export type NestedAssignOptions = {
+  /** The L2 runs, one after the other in one L1 boot (L1 boots are the expensive part). */
+  runs: readonly NestedL2Run[];
+  /** L0's virtio-iommu page-size-mask (e.g. "4k", "4k:2m"); default the serve default. */
+  l0PageSizeMask?: string;
+  timeoutMs: number;
+  onLine?: (text: string) => void;
+};
+
+export type NestedL2Outcome = {
+  readonly run: NestedL2Run;
+  /** `viommu run`'s exit status in L1 (null: it never finished). */
+  readonly exitCode: number | null;
+  /** RESULT lines L2 printed. */
+  readonly results: GuestResult[];
+  /** Everything `viommu run` and L2 printed for this run. */
+  readonly output: string;
+};
+
+export type NestedAssignOutcome = {
+  lab: KvmLabOutcome;
+  runs: NestedL2Outcome[];
+  /** L0's `viommu serve stats {...}` JSON, or null when it never printed. */
+  l0Stats: Record<string, unknown> | null;
+  l0Stderr: string;
+};
+
+const L1_RAM_MIB = 3072;
+
+export const L2_EDU_SCRIPT = `
+edu=$(pci_find 1234 11e8)
+[ -n "$edu" ] || { result edu-present fail "no 1234:11e8 device"; exit 1; }
+result edu-present pass "bdf=$edu"
+vfio-edu-test "$edu"
+`;
+
+const RUN_MARK = "NESTED-ASSIGN-RUN";
+
+/** The L1 shell script: bind the edu to vfio-pci, then `viommu run` each L2 with it assigned. */
+function l1Script(repo: string, runs: readonly { run: NestedL2Run; initrd: string }[]): string {
+  const kernel = labPaths().vmlinux;
+  const lines = [
+    'edu=""',
+    "for d in /sys/bus/pci/devices/*; do",
+    '  if [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ]; then edu=$(basename $d); fi',
+    "done",
+    '[ -n "$edu" ] || { echo "L1: no edu (1234:11e8) from viommu serve" >&2; exit 3; }',
+    'echo vfio-pci > "/sys/bus/pci/devices/$edu/driver_override"',
+    'echo "$edu" > /sys/bus/pci/drivers_probe',
+    'echo "L1: edu $edu driver $(basename $(readlink /sys/bus/pci/devices/$edu/driver)) group $(basename $(readlink /sys/bus/pci/devices/$edu/iommu_group))" >&2',
+    `cd ${repo} || exit 3`,
+    "worst=0",
+  ];
+  runs.forEach(({ run, initrd }, i) => {
+    const iommuArg =
+      run.iommu === "virtio"
+        ? `virtio${run.iommuProps ? `,${run.iommuProps}` : ""}`
+        : `intel,caching-mode=on${run.iommuProps ? `,${run.iommuProps}` : ""}`;
+    lines.push(
+      `echo "${RUN_MARK} ${i} start"`,
+      `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$edu,iommu=on" --memory 512M ` +
+        `--kernel ${kernel} --initramfs ${initrd} --timeout 240 ` +
+        `--cmdline "console=ttyS0 panic=-1 loglevel=4 vfio_iommu_type1.allow_unsafe_interrupts=1 ${run.l2Cmdline ?? ""}" 2>&1`,
+      "rc=$?",
+      `echo "${RUN_MARK} ${i} exit=$rc"`,
+      '[ "$rc" -ne 0 ] && worst=$rc',
+    );
+  });
+  lines.push("exit $worst");
+  return lines.join("\n");
+}
+
+/** Cuts L1's stdout into the output of each run. */
+function splitRuns(stdout: string, runs: readonly NestedL2Run[]): NestedL2Outcome[] {
+  return runs.map((run, i) => {
+    const start = stdout.indexOf(`${RUN_MARK} ${i} start\n`);
+    const endRe = new RegExp(`${RUN_MARK} ${i} exit=(\\d+)`);
+    const end = endRe.exec(stdout);
+    const output = start < 0 ? "" : stdout.slice(start, end === null ? undefined : end.index);
+    return { run, exitCode: end === null ? null : Number(end[1]), results: parseResults(output), output };
+  });
+}
+
+/** Splits the line `viommu serve` prints into argv (words; single quotes group). */
+export function splitServeLine(line: string): string[] {
+  const out: string[] = [];
+  const re = /'([^']*)'|(\S+)/g;
+  for (let m = re.exec(line); m !== null; m = re.exec(line)) out.push(m[1] ?? m[2]);
+  return out;
+}
+
+function startServe(
+  repo: string,
+  socketDir: string,
+  pageSizeMask: string | undefined,
+): Promise<{ child: ChildProcess; line: string; stderr: () => string }> {
+  const iommu = pageSizeMask === undefined ? "virtio" : `virtio,page-size-mask=${pageSizeMask}`;
+  const child = spawn(
+    process.execPath,
+    [
+      "bin/viommu.mjs",
+      "serve",
+      "--socket-dir",
+      socketDir,
+      "--iommu",
+      iommu,
+      "--device",
+      "edu,iommu=on",
+      "--guest-ram-mib",
+      String(L1_RAM_MIB),
+    ],
+    { cwd: repo, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let err = "";
+  child.stderr?.setEncoding("utf8");
+  child.stderr?.on("data", (t: string) => {
+    err += t;
+  });
+  return new Promise((resolveStart, reject) => {
+    let out = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (t: string) => {
+      out += t;
+      const nl = out.indexOf("\n");
+      if (nl >= 0) resolveStart({ child, line: out.slice(0, nl), stderr: () => err });
+    });
+    child.on("exit", (code) =>
+      reject(new Error(`viommu serve exited (${code}) before it was ready: ${err}`)),
+    );
+  });
+}
+
+/** Stops `viommu serve` with SIGTERM and waits for its stats line. */
+function stopServe(child: ChildProcess, stderr: () => string): Promise<Record<string, unknown> | null> {
+  return new Promise((resolveStop) => {
+    const done = () => {
+      const m = /viommu serve stats (\{.*\})\n/.exec(stderr());
+      resolveStop(m === null ? null : (JSON.parse(m[1]) as Record<string, unknown>));
+    };
+    if (child.exitCode !== null) return done();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      done();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+/** Runs the nested scenario: one L0, one L1 boot, the L2 runs in order. Never throws for a failing guest. */
+export async function runNestedAssignment(opts: NestedAssignOptions): Promise<NestedAssignOutcome> {
+  const repo = resolve(import.meta.dirname, "../..");
+  const socketDir = mkdtempSync(join(tmpdir(), "viommu-nested-"));
+  // L1 chroots into this machine's root over 9p, with a tmpfs on /tmp: L2's initrds must live
+  // outside /tmp to be visible there; the lab cache is.
+  const stage = join(kvmLabPaths().cache, "kvm-lab", "nested");
+  mkdirSync(stage, { recursive: true });
+  const base = readFileSync(labPaths().initramfs);
+  const staged = opts.runs.map((run) => {
+    const initrd = join(stage, `l2-${randomBytes(6).toString("hex")}.cpio.gz`);
+    const script = `${SCRIPT_PRELUDE}\n${run.l2Script ?? L2_EDU_SCRIPT}\n`;
+    writeFileSync(
+      initrd,
+      Buffer.concat([base, newcArchiveGz([{ path: "viommu/script.sh", data: script, mode: 0o755 }])]),
+    );
+    return { run, initrd };
+  });
+  let serve: Awaited<ReturnType<typeof startServe>> | null = null;
+  try {
+    serve = await startServe(repo, socketDir, opts.l0PageSizeMask);
+    const lab = await runInKvmLab({
+      command: ["sh", "-c", l1Script(repo, staged)],
+      cwd: repo,
+      timeoutMs: opts.timeoutMs,
+      memMiB: L1_RAM_MIB,
+      qemuArgs: splitServeLine(serve.line),
+      cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+      onStdout: opts.onLine,
+      onStderr: opts.onLine,
+    });
+    const l0Stats = await stopServe(serve.child, serve.stderr);
+    return { lab, runs: splitRuns(lab.stdout, opts.runs), l0Stats, l0Stderr: serve.stderr() };
+  } finally {
+    if (serve !== null && serve.child.exitCode === null) serve.child.kill("SIGKILL");
+    for (const { initrd } of staged) rmSync(initrd, { force: true });
+    rmSync(socketDir, { recursive: true, force: true });
+  }
+}
