@@ -11,10 +11,12 @@
  * FEDATA / FEADDR / FEUADDR is sent and IP clears. Unmasking with IP set sends it then; software
  * clearing every status field clears IP.
  */
+import { ACCESS_WRITE, type Access, type DmaFault, dmaFault } from "../engine/access.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { FRCD_COUNT } from "./config.ts";
-import { faultReasonName } from "./fault-reasons.ts";
+import { engineReason, FR, faultReasonName } from "./fault-reasons.ts";
 import { ECTL, FSTS, REG, type RegisterFile } from "./registers.ts";
+import { decodeEndpointKey } from "./target.ts";
 
 /** How the address in a record was presented (FRCD.AT). */
 export const ADDRESS_TYPE = { UNTRANSLATED: 0, TRANSLATION_REQUEST: 1, TRANSLATED: 2 } as const;
@@ -59,6 +61,62 @@ export class FaultLog {
     this.regs = regs;
     this.send = send;
     this.tracer = tracer;
+  }
+
+  /** Faulting DMA requests (recorded or not), translation requests included. */
+  dmaFaults = 0;
+
+  /**
+   * The fault of a DMA or translation request from endpoint key `key` (source id, PASID,
+   * privilege): recorded, or noted as suppressed when an FPD bit on the path disabled recording
+   * (VT-d 7.1.2), and returned in engine terms.
+   */
+  dmaFault(
+    key: number,
+    iova: number,
+    access: Access,
+    reason: number,
+    fpd: boolean,
+    addressType: number,
+  ): DmaFault {
+    this.dmaFaults++;
+    const { sourceId, pasid, privileged } = decodeEndpointKey(key);
+    const page =
+      Number.isSafeInteger(iova) && iova >= 0
+        ? BigInt(iova)
+        : Number.isFinite(iova) && iova > 0
+          ? BigInt(Math.floor(iova))
+          : 0n;
+    const info: FaultInfo = {
+      sourceId,
+      reason,
+      address: page & 0xffff_ffff_ffff_ffffn,
+      write: access === ACCESS_WRITE,
+      pasid,
+      privileged,
+      addressType,
+    };
+    if (fpd) this.noteSuppressed(info);
+    else this.record(info);
+    return dmaFault(engineReason(reason), key, iova, access, reason, faultReasonName(reason));
+  }
+
+  /**
+   * An interrupt-remapping fault for IRTE `handle` (the index is recorded in address bits
+   * 63:48); FPD suppresses only the not-present and source-id faults (VT-d 9.10).
+   */
+  recordInterrupt(sourceId: number, reason: number, handle: number, fpd: boolean): void {
+    const info: FaultInfo = {
+      sourceId,
+      reason,
+      address: BigInt(handle & 0xffff) << 48n,
+      write: true,
+      pasid: -1,
+      privileged: false,
+      addressType: 0,
+    };
+    if (fpd && (reason === FR.IR_NOT_PRESENT || reason === FR.IR_SOURCE_ID)) this.noteSuppressed(info);
+    else this.record(info);
   }
 
   private count(reason: number): void {

@@ -137,3 +137,52 @@ export function registerLayout(config: VtdConfig): RegisterDef[] {
   }
   return regs;
 }
+
+// ---- Guest accesses to the register page (the unit's IoHandler) ----
+
+/**
+ * Accesses must be naturally aligned, except that an 8-byte access at a 4-byte boundary covers
+ * the two dwords there (older Linux reads GSTS at 0x1C with readq).
+ */
+function aligned(offset: number, sizeBytes: number): boolean {
+  return (
+    Number.isInteger(offset) &&
+    offset >= 0 &&
+    offset + sizeBytes <= REGISTER_FILE_BYTES &&
+    offset % (sizeBytes === 8 ? 4 : sizeBytes) === 0
+  );
+}
+
+/** A guest read of 1, 2, 4 or 8 bytes (8: exact below 2^53); misaligned reads return 0. */
+export function readRegisters(regs: RegisterFile, offset: number, sizeBytes: number): number {
+  if (!aligned(offset, sizeBytes)) return 0;
+  const index = offset >> 2;
+  if (sizeBytes === 8) return regs.readDword(index + 1) * 0x1_0000_0000 + regs.readDword(index);
+  const dword = regs.readDword(index);
+  if (sizeBytes === 4) return dword;
+  const shift = (offset & 3) * 8;
+  return sizeBytes === 2 ? (dword >>> shift) & 0xffff : (dword >>> shift) & 0xff;
+}
+
+/** An exact 64-bit guest read. */
+export function readRegistersWide(regs: RegisterFile, offset: number): bigint {
+  if (!aligned(offset, 8)) return 0n;
+  const index = offset >> 2;
+  return (BigInt(regs.readDword(index + 1)) << 32n) | BigInt(regs.readDword(index));
+}
+
+/** A guest write of 4 or 8 bytes (the only sizes VT-d defines, 11.1); others are ignored. */
+export function writeRegisters(regs: RegisterFile, offset: number, sizeBytes: number, value: number): void {
+  if (!aligned(offset, sizeBytes) || !Number.isFinite(value)) return;
+  const index = offset >> 2;
+  if (sizeBytes === 4) regs.writeDword(index, value >>> 0);
+  else if (sizeBytes === 8)
+    regs.writeQword(index, (value % 0x1_0000_0000) >>> 0, Math.floor(value / 0x1_0000_0000) >>> 0);
+}
+
+/** An exact 64-bit guest write. */
+export function writeRegistersWide(regs: RegisterFile, offset: number, value: bigint): void {
+  if (!aligned(offset, 8)) return;
+  const v = BigInt.asUintN(64, value);
+  regs.writeQword(offset >> 2, Number(v & 0xffffffffn), Number(v >> 32n));
+}
