@@ -479,16 +479,6 @@ async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
     served.map((s) => ({ slot: s.slot, socketPath: s.server.socketPath })),
     viotPath,
   );
-  process.stdout.write(`${line}\n`);
-  log(
-    `ready: ${served
-      .map(
-        (s) =>
-          `${s.name} at 00:${s.slot.toString(16)}.0${s.iommu ? " (iommu=on)" : ""} on ${s.server.socketPath}`,
-      )
-      .join(", ")}`,
-  );
-
   return await new Promise<number>((done) => {
     const stop = (signal: string) => {
       log(`${signal}: shutting down`);
@@ -512,6 +502,17 @@ async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
     };
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
+    // Only now say ready: a SIGTERM sent on seeing the line must find the handler installed, not
+    // Node's default action (exit without the summary or removing the sockets).
+    process.stdout.write(`${line}\n`);
+    log(
+      `ready: ${served
+        .map(
+          (s) =>
+            `${s.name} at 00:${s.slot.toString(16)}.0${s.iommu ? " (iommu=on)" : ""} on ${s.server.socketPath}`,
+        )
+        .join(", ")}`,
+    );
   });
 }
 
