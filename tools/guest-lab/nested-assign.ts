@@ -37,6 +37,8 @@ export type NestedAssignOptions = {
   runs: readonly NestedL2Run[];
   /** L0's virtio-iommu page-size-mask (e.g. "4k", "4k:2m"); default the serve default. */
   l0PageSizeMask?: string;
+  /** More words for L1's kernel command line (e.g. "vfio_iommu_type1.dma_entry_limit=200"). */
+  l1Cmdline?: string;
   timeoutMs: number;
   onLine?: (text: string) => void;
 };
@@ -54,7 +56,7 @@ export type NestedL2Outcome = {
 export type NestedAssignOutcome = {
   lab: KvmLabOutcome;
   runs: NestedL2Outcome[];
-  /** L0's `viommu serve stats {...}` JSON, or null when it never printed. */
+  /** Every counter of L0's `viommu serve` (--stats-json), or null when it wrote none. */
   l0Stats: Record<string, unknown> | null;
   l0Stderr: string;
 };
@@ -142,6 +144,8 @@ function startServe(
       "edu,iommu=on",
       "--guest-ram-mib",
       String(L1_RAM_MIB),
+      "--stats-json",
+      join(socketDir, "stats.json"),
     ],
     { cwd: repo, stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -164,12 +168,15 @@ function startServe(
   });
 }
 
-/** Stops `viommu serve` with SIGTERM and waits for its stats line. */
-function stopServe(child: ChildProcess, stderr: () => string): Promise<Record<string, unknown> | null> {
+/** Stops `viommu serve` with SIGTERM and reads every counter it wrote (--stats-json). */
+function stopServe(child: ChildProcess, statsPath: string): Promise<Record<string, unknown> | null> {
   return new Promise((resolveStop) => {
     const done = () => {
-      const m = /viommu serve stats (\{.*\})\n/.exec(stderr());
-      resolveStop(m === null ? null : (JSON.parse(m[1]) as Record<string, unknown>));
+      try {
+        resolveStop(JSON.parse(readFileSync(statsPath, "utf8")) as Record<string, unknown>);
+      } catch {
+        resolveStop(null);
+      }
     };
     if (child.exitCode !== null) return done();
     const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
@@ -208,11 +215,11 @@ export async function runNestedAssignment(opts: NestedAssignOptions): Promise<Ne
       timeoutMs: opts.timeoutMs,
       memMiB: L1_RAM_MIB,
       qemuArgs: splitServeLine(serve.line),
-      cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+      cmdline: `vfio_iommu_type1.allow_unsafe_interrupts=1 ${opts.l1Cmdline ?? ""}`.trimEnd(),
       onStdout: opts.onLine,
       onStderr: opts.onLine,
     });
-    const l0Stats = await stopServe(serve.child, serve.stderr);
+    const l0Stats = await stopServe(serve.child, join(socketDir, "stats.json"));
     return { lab, runs: splitRuns(lab.stdout, opts.runs), l0Stats, l0Stderr: serve.stderr() };
   } finally {
     if (serve !== null && serve.child.exitCode === null) serve.child.kill("SIGKILL");
