@@ -15,26 +15,27 @@ import {
   type DmaFaultReason,
   dmaFault,
   MAX_ADDRESS,
-  PERM_READ,
   PERM_RW,
-  PERM_WRITE,
 } from "../engine/access.ts";
 import { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { HostIommu } from "../engine/host-iommu.ts";
-import { HostNotifier, type HostNotifierStats } from "../engine/host-notifier.ts";
-import { Iotlb, type IotlbStats } from "../engine/iotlb.ts";
+import { HostNotifier } from "../engine/host-notifier.ts";
+import { Iotlb } from "../engine/iotlb.ts";
 import { Tracer } from "../engine/trace.ts";
 import type { DmaTranslator, Translation } from "../engine/translation.ts";
 import { ConfigSpace } from "./config-space.ts";
 import { type Domain, DomainTable, type Mapping, mappingSizeBytes } from "./domains.ts";
 import { Endpoint } from "./endpoints.ts";
 import { encodeFaultRecord, FaultEventQueue } from "./fault-events.ts";
+import { NegotiatedFeatures } from "./features.ts";
 import { type HostFailure, HostMirror, type HostView } from "./host-mirror.ts";
+import { domainInRange, hostStatus, MapUnmap } from "./map-unmap.ts";
 import { type ResolvedOptions, resolveOptions, type VirtioIommuOptions } from "./options.ts";
 import { encodeProbeProperties, probePropertiesBytes } from "./probe-properties.ts";
-import { DecodedRequest, decodeRequest, U64_UNREPRESENTABLE, writeTail } from "./requests.ts";
-import { findOverlappingRegion, type ReservedRegion, validateReservedRegions } from "./reserved-regions.ts";
+import { DecodedRequest, decodeRequest, writeTail } from "./requests.ts";
+import { type ReservedRegion, validateReservedRegions } from "./reserved-regions.ts";
+import { DeviceCounters, type VirtioIommuStats } from "./stats.ts";
 import {
   ATTACH_F_BYPASS,
   CONFIG_BYPASS,
@@ -52,15 +53,10 @@ import {
   FAULT_R_DOMAIN,
   FAULT_R_MAPPING,
   FAULT_REASON_NAMES,
-  MAP_F_MMIO,
-  MAP_F_READ,
-  MAP_F_WRITE,
   REQ_ATTACH,
   REQ_DETACH,
   REQ_MAP,
   REQ_PROBE,
-  REQUEST_TYPE_NAMES,
-  type RequestTypeName,
   S_DEVERR,
   S_INVAL,
   S_NOENT,
@@ -70,61 +66,20 @@ import {
   S_UNSUPP,
   STATUS_NAMES,
   type Status,
-  type StatusName,
   TAIL_SIZE_BYTES,
 } from "./wire.ts";
 
 export type { VirtioIommuOptions } from "./options.ts";
+export type { VirtioIommuStats } from "./stats.ts";
 
 const SOURCE = "virtio-iommu";
-const STATUS_COUNT = STATUS_NAMES.length;
+const _STATUS_COUNT = STATUS_NAMES.length;
 
 export interface VirtioIommuEndpointOptions {
   /** The host IOMMU of an assigned device; it is kept mirroring what the endpoint may reach. */
   host?: HostIommu;
   /** RESV_MEM regions of this endpoint only, on top of the device-wide ones. */
   reservedRegions?: readonly ReservedRegion[];
-}
-
-export interface VirtioIommuStats {
-  readonly domains: number;
-  readonly endpoints: number;
-  readonly attachedEndpoints: number;
-  readonly mappings: number;
-  /** Requests answered, by type and status. */
-  readonly requests: Readonly<
-    Record<Exclude<RequestTypeName, "unknown">, Readonly<Record<StatusName, number>>>
-  >;
-  /** Requests returned with used length 0 (unknown type, no room for the tail, PROBE not offered). */
-  readonly requestsUnanswered: number;
-  /** Translation faults by virtio fault reason. */
-  readonly faults: Readonly<Record<(typeof FAULT_REASON_NAMES)[number], number>>;
-  /** Translation faults by cause. */
-  readonly faultCauses: Readonly<Record<"blocked" | "unmapped" | "permission", number>>;
-  readonly events: {
-    readonly queued: number;
-    readonly taken: number;
-    readonly pending: number;
-    readonly droppedQueueFull: number;
-    readonly droppedEndpointLimit: number;
-    readonly droppedRateLimit: number;
-  };
-  readonly iotlb: IotlbStats;
-  readonly host: {
-    readonly maps: number;
-    readonly unmaps: number;
-    readonly refusals: number;
-    readonly teardownErrors: number;
-    /** View changes the host refused outside a request that could report them (DETACH, bypass). */
-    readonly unreportedFailures: number;
-    /** Per assigned endpoint: the engine's host-propagation counters (entries, peak, refusals by errno). */
-    readonly endpoints: Readonly<Record<number, HostNotifierStats>>;
-  };
-  /** Translations resolved by the model (cache misses of the endpoints' one-entry caches). */
-  readonly translations: number;
-  readonly bypassTranslations: number;
-  /** Exceptions caught at the request boundary and answered S_DEVERR: always 0 unless a bug. */
-  readonly internalErrors: number;
 }
 
 export class VirtioIommu implements DmaTranslator {
@@ -145,13 +100,9 @@ export class VirtioIommu implements DmaTranslator {
 
   private readonly opts: ResolvedOptions;
   private readonly config: ConfigSpace;
-  private negotiated = 0n;
-  // Negotiated bits as booleans: request handling tests them without BigInt arithmetic.
-  private mapUnmapNegotiated = false;
-  private mmioNegotiated = false;
-  private bypassConfigNegotiated = false;
-  private legacyBypassNegotiated = false;
+  private readonly negotiated = new NegotiatedFeatures();
   private readonly domains = new DomainTable();
+  private readonly mapUnmap: MapUnmap;
   private readonly endpoints = new Map<number, Endpoint>();
   private readonly hostsInUse = new Set<HostIommu>();
   private lastEndpoint: Endpoint | null = null;
@@ -159,16 +110,7 @@ export class VirtioIommu implements DmaTranslator {
   private readonly decoded = new DecodedRequest();
   private ownEpoch = 0;
 
-  private readonly requestCounts = new Float64Array(REQUEST_TYPE_NAMES.length * STATUS_COUNT);
-  private requestsUnanswered = 0;
-  private readonly faultReasonCounts = new Float64Array(FAULT_REASON_NAMES.length);
-  private faultsBlocked = 0;
-  private faultsUnmapped = 0;
-  private faultsPermission = 0;
-  private translations = 0;
-  private bypassTranslations = 0;
-  private hostUnreportedFailures = 0;
-  private internalErrors = 0;
+  private readonly counters = new DeviceCounters();
 
   constructor(memory: GuestMemory, options: VirtioIommuOptions = {}) {
     this.memory = memory;
@@ -176,6 +118,7 @@ export class VirtioIommu implements DmaTranslator {
     this.opts = o;
     this.iotlb = options.iotlb ?? new Iotlb();
     this.tracer = options.tracer ?? new Tracer();
+    this.mapUnmap = new MapUnmap(o, this.negotiated, this.domains, this.iotlb, this.tracer);
     this.events = new FaultEventQueue({
       depth: o.eventQueueDepth,
       maxPendingPerSource: o.maxPendingEventsPerEndpoint,
@@ -210,13 +153,13 @@ export class VirtioIommu implements DmaTranslator {
   }
 
   translate(endpointId: number, iova: number, access: Access, out: Translation): DmaFault | null {
-    this.translations++;
+    this.counters.translations++;
     let ep = this.lastEndpoint;
     if (ep === null || ep.id !== endpointId) {
       const found = this.endpoints.get(endpointId);
       if (found === undefined) {
         // Not an endpoint of this device: no valid endpoint ID to report on the eventq.
-        this.faultsBlocked++;
+        this.counters.faultsBlocked++;
         return dmaFault("blocked", endpointId, iova, access, 0, "unknown endpoint");
       }
       ep = found;
@@ -244,7 +187,7 @@ export class VirtioIommu implements DmaTranslator {
   }
 
   private identity(out: Translation): null {
-    this.bypassTranslations++;
+    this.counters.bypassTranslations++;
     // 5.13.6: accesses in bypass mode are translated with the identity function.
     out.set(0, 0, MAX_ADDRESS + 1, PERM_RW);
     return null;
@@ -252,10 +195,10 @@ export class VirtioIommu implements DmaTranslator {
 
   private fault(ep: Endpoint, reason: number, cause: DmaFaultReason, iova: number, access: Access): DmaFault {
     ep.faults++;
-    this.faultReasonCounts[reason]++;
-    if (cause === "blocked") this.faultsBlocked++;
-    else if (cause === "unmapped") this.faultsUnmapped++;
-    else this.faultsPermission++;
+    this.counters.faultReasons[reason]++;
+    if (cause === "blocked") this.counters.faultsBlocked++;
+    else if (cause === "unmapped") this.counters.faultsUnmapped++;
+    else this.counters.faultsPermission++;
     // 5.13.6.9: F_ADDRESS only when there is an address to report (a device can hand over any number).
     const hasAddress = Number.isInteger(iova);
     const flags =
@@ -280,23 +223,15 @@ export class VirtioIommu implements DmaTranslator {
 
   negotiate(driverFeatures: bigint): void {
     const before = this.unattachedBypass();
-    this.setNegotiated(driverFeatures & this.deviceFeatures);
+    this.negotiated.set(driverFeatures & this.deviceFeatures);
     if (this.tracer.on("config")) {
-      this.tracer.emit("config", SOURCE, "negotiate", { features: `0x${this.negotiated.toString(16)}` });
+      this.tracer.emit("config", SOURCE, "negotiate", { features: `0x${this.negotiated.bits.toString(16)}` });
     }
     if (before !== this.unattachedBypass()) this.unattachedModeChanged();
   }
 
   get negotiatedFeatures(): bigint {
-    return this.negotiated;
-  }
-
-  private setNegotiated(features: bigint): void {
-    this.negotiated = features;
-    this.mapUnmapNegotiated = (features & F_MAP_UNMAP) !== 0n;
-    this.mmioNegotiated = (features & F_MMIO) !== 0n;
-    this.bypassConfigNegotiated = (features & F_BYPASS_CONFIG) !== 0n;
-    this.legacyBypassNegotiated = (features & F_BYPASS) !== 0n;
+    return this.negotiated.bits;
   }
 
   /** 5.13.6: which unattached endpoints are in bypass mode. */
@@ -305,7 +240,7 @@ export class VirtioIommu implements DmaTranslator {
       // Applies even if the driver did not accept BYPASS_CONFIG.
       return this.config.bypass === 1;
     }
-    return this.legacyBypassNegotiated;
+    return this.negotiated.legacyBypass;
   }
 
   readConfig(offset: number, sizeBytes: 1 | 2 | 4): number {
@@ -314,7 +249,7 @@ export class VirtioIommu implements DmaTranslator {
 
   /** Only `bypass` is writable, and only with BYPASS_CONFIG negotiated (5.13.4.1). */
   writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
-    if (!this.bypassConfigNegotiated) return;
+    if (!this.negotiated.bypassConfig) return;
     if (!Number.isInteger(offset) || offset > CONFIG_BYPASS || offset + sizeBytes <= CONFIG_BYPASS) return;
     const byte = Math.floor(value / 2 ** (8 * (CONFIG_BYPASS - offset))) & 0xff;
     // The driver MUST NOT write other values and the device MUST NOT present them: ignore them.
@@ -418,7 +353,7 @@ export class VirtioIommu implements DmaTranslator {
   private syncHostQuietly(ep: Endpoint): void {
     const failure = this.syncHost(ep);
     if (failure !== null) {
-      this.hostUnreportedFailures++;
+      this.counters.hostUnreportedFailures++;
       if (this.tracer.on("fault")) {
         this.tracer.emit("fault", SOURCE, "host-view-refused", { endpoint: ep.id, errno: failure.errno });
       }
@@ -448,7 +383,7 @@ export class VirtioIommu implements DmaTranslator {
       return this.dispatch(request, response);
     } catch (e) {
       // Nothing guest-controlled should get here; if it does, the guest still gets an answer.
-      this.internalErrors++;
+      this.counters.internalErrors++;
       this.flagNeedsReset(`internal error: ${String(e)}`);
       if (this.tracer.on("fault")) {
         this.tracer.emit("fault", SOURCE, "internal-error", { message: String(e) });
@@ -478,35 +413,27 @@ export class VirtioIommu implements DmaTranslator {
     if (outcome === "short") status = S_INVAL;
     else if (type === REQ_ATTACH) status = this.attach(d);
     else if (type === REQ_DETACH) status = this.detach(d);
-    else if (type === REQ_MAP) status = this.map(d);
-    else status = this.unmap(d);
-    this.countRequest(type, status);
+    else if (type === REQ_MAP) status = this.mapUnmap.map(d);
+    else status = this.mapUnmap.unmap(d);
+    this.counters.countRequest(type, status);
     writeTail(response, 0, status);
     return TAIL_SIZE_BYTES;
   }
 
   private unanswered(): number {
-    this.requestsUnanswered++;
+    this.counters.requestsUnanswered++;
     return 0;
-  }
-
-  private countRequest(type: number, status: Status): void {
-    this.requestCounts[type * STATUS_COUNT + status]++;
-  }
-
-  private domainInRange(domainId: number): boolean {
-    return domainId >= this.opts.domainStart && domainId <= this.opts.domainEnd;
   }
 
   private attach(d: DecodedRequest): Status {
     // 5.13.6.3.2: non-zero reserved MUST be INVAL; an unrecognized flag MUST be INVAL.
     if (d.reservedNonZero) return S_INVAL;
     // ATTACH_F_BYPASS exists only with BYPASS_CONFIG negotiated (5.13.6.3).
-    const knownFlags = this.bypassConfigNegotiated ? ATTACH_F_BYPASS : 0;
+    const knownFlags = this.negotiated.bypassConfig ? ATTACH_F_BYPASS : 0;
     if ((d.flags & ~knownFlags) !== 0) return S_INVAL;
     const ep = this.endpoints.get(d.endpointId);
     if (ep === undefined) return S_NOENT;
-    if (!this.domainInRange(d.domainId)) return S_RANGE;
+    if (!domainInRange(this.opts, d.domainId)) return S_RANGE;
     const wantBypass = (d.flags & ATTACH_F_BYPASS) !== 0;
     const existing = this.domains.get(d.domainId);
     if (existing !== undefined) {
@@ -533,7 +460,7 @@ export class VirtioIommu implements DmaTranslator {
       // The host could not take the domain: undo the ATTACH half; the endpoint stays detached.
       this.leaveDomain(ep);
       this.syncHostQuietly(ep);
-      return this.hostStatus(failure, "attach", ep.id);
+      return hostStatus(this.tracer, failure, "attach", ep.id);
     }
     if (this.tracer.on("attach")) {
       this.tracer.emit("attach", SOURCE, "attach", {
@@ -585,148 +512,6 @@ export class VirtioIommu implements DmaTranslator {
     return S_OK;
   }
 
-  private map(d: DecodedRequest): Status {
-    // 5.13.6.5: only available when MAP_UNMAP has been negotiated.
-    if (!this.mapUnmapNegotiated) return S_UNSUPP;
-    // 5.13.6.5.2: an unrecognized flag MUST be INVAL; MMIO exists only with F_MMIO negotiated.
-    const knownFlags = MAP_F_READ | MAP_F_WRITE | (this.mmioNegotiated ? MAP_F_MMIO : 0);
-    if ((d.flags & ~knownFlags) !== 0) return S_INVAL;
-    if (!this.domainInRange(d.domainId)) return S_RANGE;
-    const domain = this.domains.get(d.domainId);
-    if (domain === undefined) return S_NOENT;
-    if (domain.bypass) return S_INVAL;
-    if (d.endBeforeStart) return S_INVAL;
-    const virtStart = d.virtStart;
-    const virtLast = d.virtEnd;
-    const physStart = d.physStart;
-    // Values of 2^53 or more lie outside the (clamped) input range or guest-physical space.
-    if (
-      virtStart === U64_UNREPRESENTABLE ||
-      virtLast === U64_UNREPRESENTABLE ||
-      physStart === U64_UNREPRESENTABLE
-    ) {
-      return S_RANGE;
-    }
-    // 5.13.6.5.2: virt_start, phys_start and virt_end + 1 not aligned on the granule: RANGE.
-    const g = this.opts.granuleBytes;
-    if (virtStart % g !== 0 || (virtLast + 1) % g !== 0 || physStart % g !== 0) return S_RANGE;
-    // 5.13.6: a mapping request outside input_range fails.
-    if (virtStart < this.opts.inputStart || virtLast > this.opts.inputEnd) return S_RANGE;
-    const sizeBytes = virtLast - virtStart + 1;
-    if (physStart + (sizeBytes - 1) > MAX_ADDRESS) return S_RANGE;
-    // 5.13.6.8.1.2: SHOULD reject a MAP overlapping a RESV_MEM region of an attached endpoint.
-    for (const ep of domain.endpoints) {
-      if (findOverlappingRegion(ep.reservedRegions, virtStart, virtLast) !== undefined) return S_INVAL;
-    }
-    // 5.13.6.5.2: a mapping already in the range SHOULD be INVAL.
-    if (domain.mappings.overlaps(virtStart, virtLast)) return S_INVAL;
-    if (
-      domain.mappings.size >= this.opts.maxMappingsPerDomain ||
-      this.domains.totalMappings >= this.opts.maxMappingsTotal
-    ) {
-      return S_NOMEM;
-    }
-    const perms = (d.flags & MAP_F_READ ? PERM_READ : 0) | (d.flags & MAP_F_WRITE ? PERM_WRITE : 0);
-    const m: Mapping = {
-      iovaStart: virtStart,
-      iovaLast: virtLast,
-      gpaStart: physStart,
-      perms,
-      mmio: (d.flags & MAP_F_MMIO) !== 0,
-    };
-    this.domains.addMapping(domain, m);
-    const failure = this.propagateMap(domain, m);
-    if (failure !== null) {
-      this.domains.removeMapping(domain, m);
-      return this.hostStatus(failure, "map", domain.id);
-    }
-    if (this.tracer.on("map")) {
-      this.tracer.emit("map", SOURCE, "map", {
-        domain: domain.id,
-        iova: virtStart,
-        gpa: physStart,
-        sizeBytes,
-        perms,
-        mmio: m.mmio,
-      });
-    }
-    return S_OK;
-  }
-
-  /** Gives a new mapping to every host mirroring `domain`; all or nothing. */
-  private propagateMap(domain: Domain, m: Mapping): HostFailure | null {
-    let done: HostMirror[] | null = null;
-    for (const ep of domain.endpoints) {
-      const mirror = ep.hostMirror;
-      if (mirror === null || !mirror.mirrors(domain)) continue;
-      const failure = mirror.map(m);
-      if (failure !== null) {
-        // Roll back the hosts that took it: the MAP fails everywhere.
-        if (done !== null) for (const other of done) other.unmap(m);
-        return failure;
-      }
-      if (done === null) done = [];
-      done.push(mirror);
-    }
-    return null;
-  }
-
-  /**
-   * The status for a host refusal. 5.13.6 defines S_NOMEM as "insufficient resources": a host
-   * out of DMA entries (ENOSPC, VFIO's dma_entry_limit) or memory (ENOMEM). Any other refusal of
-   * an ATTACH means the device cannot attach the endpoint to that domain, which 5.13.6.3.2 answers
-   * with S_UNSUPP; of a MAP, it is an internal device error, S_DEVERR.
-   */
-  private hostStatus(failure: HostFailure, what: "attach" | "map", id: number): Status {
-    if (this.tracer.on("fault")) {
-      this.tracer.emit("fault", SOURCE, "host-refused", {
-        what,
-        id,
-        errno: failure.errno,
-        message: failure.message,
-      });
-    }
-    if (failure.errno === "ENOSPC" || failure.errno === "ENOMEM") return S_NOMEM;
-    return what === "attach" ? S_UNSUPP : S_DEVERR;
-  }
-
-  private unmap(d: DecodedRequest): Status {
-    if (!this.mapUnmapNegotiated) return S_UNSUPP;
-    // 5.13.6.6.2: non-zero reserved MAY be INVAL; then we do not perform the UNMAP.
-    if (d.reservedNonZero) return S_INVAL;
-    if (!this.domainInRange(d.domainId)) return S_RANGE;
-    const domain = this.domains.get(d.domainId);
-    if (domain === undefined) return S_NOENT;
-    if (domain.bypass) return S_INVAL;
-    if (d.endBeforeStart) return S_INVAL;
-    // Nothing is mapped at or above 2^53 (the input range is clamped below it).
-    if (d.virtStart === U64_UNREPRESENTABLE) return S_OK;
-    const last = d.virtEnd === U64_UNREPRESENTABLE ? MAX_ADDRESS : d.virtEnd;
-    const victims = domain.mappingsToUnmap(d.virtStart, last);
-    // 5.13.6.6.2: a range that would split a mapping: RANGE, and remove nothing.
-    if (victims === "split") return S_RANGE;
-    if (victims.length === 0) return S_OK;
-    for (const m of victims) {
-      this.domains.removeMapping(domain, m);
-      for (const ep of domain.endpoints) {
-        if (ep.hostMirror?.mirrors(domain)) ep.hostMirror.unmap(m);
-      }
-      if (this.tracer.on("unmap")) {
-        this.tracer.emit("unmap", SOURCE, "unmap", {
-          domain: domain.id,
-          iova: m.iovaStart,
-          sizeBytes: mappingSizeBytes(m),
-        });
-      }
-    }
-    // One invalidation for the span of the removed mappings: every IOTLB entry of this domain in
-    // it came from one of them, since they are all the mappings the range touches.
-    const first = victims[0];
-    const final = victims[victims.length - 1];
-    this.iotlb.invalidateRange(domain.id, first.iovaStart, final.iovaLast - first.iovaStart + 1);
-    return S_OK;
-  }
-
   private probe(wellFormed: boolean, response: Uint8Array): number {
     if (!wellFormed) return this.probeAnswer(response, S_INVAL);
     const ep = this.endpoints.get(this.decoded.endpointId);
@@ -752,7 +537,7 @@ export class VirtioIommu implements DmaTranslator {
     if (status === S_OK && ep !== undefined) encodeProbeProperties(ep.reservedRegions, properties);
     else properties.fill(0);
     writeTail(response, tailOffset, status);
-    this.countRequest(REQ_PROBE, status);
+    this.counters.countRequest(REQ_PROBE, status);
     return tailOffset + TAIL_SIZE_BYTES;
   }
 
@@ -772,7 +557,7 @@ export class VirtioIommu implements DmaTranslator {
   /** Virtio device reset: no attachments, no domains (5.13.5); config.bypass survives (5.13.4.2). */
   reset(): void {
     for (const ep of this.endpoints.values()) this.leaveDomain(ep);
-    this.setNegotiated(0n);
+    this.negotiated.set(0n);
     this.events.clear();
     this.needsResetReason = null;
     this.ownEpoch++;
@@ -789,68 +574,7 @@ export class VirtioIommu implements DmaTranslator {
   // ---- Observability ------------------------------------------------------------------------
 
   stats(): VirtioIommuStats {
-    const requests = {} as Record<Exclude<RequestTypeName, "unknown">, Record<StatusName, number>>;
-    for (let t = REQ_ATTACH; t <= REQ_PROBE; t++) {
-      const byStatus = {} as Record<StatusName, number>;
-      for (let s = 0; s < STATUS_COUNT; s++)
-        byStatus[STATUS_NAMES[s]] = this.requestCounts[t * STATUS_COUNT + s];
-      requests[REQUEST_TYPE_NAMES[t] as Exclude<RequestTypeName, "unknown">] = byStatus;
-    }
-    let attached = 0;
-    let maps = 0;
-    let unmaps = 0;
-    let refusals = 0;
-    let teardownErrors = 0;
-    const hostEndpoints: Record<number, HostNotifierStats> = {};
-    for (const ep of this.endpoints.values()) {
-      if (ep.domain !== null) attached++;
-      const n = ep.hostMirror?.notifier;
-      if (n !== undefined) {
-        hostEndpoints[ep.id] = n.stats();
-        maps += n.maps;
-        unmaps += n.unmaps;
-        refusals += n.refusalsTotal - n.unmapsRefused;
-        teardownErrors += n.unmapsRefused;
-      }
-    }
-    return {
-      domains: this.domains.size,
-      endpoints: this.endpoints.size,
-      attachedEndpoints: attached,
-      mappings: this.domains.totalMappings,
-      requests,
-      requestsUnanswered: this.requestsUnanswered,
-      faults: {
-        unknown: this.faultReasonCounts[0],
-        domain: this.faultReasonCounts[FAULT_R_DOMAIN],
-        mapping: this.faultReasonCounts[FAULT_R_MAPPING],
-      },
-      faultCauses: {
-        blocked: this.faultsBlocked,
-        unmapped: this.faultsUnmapped,
-        permission: this.faultsPermission,
-      },
-      events: {
-        queued: this.events.queued,
-        taken: this.events.taken,
-        pending: this.events.pending,
-        droppedQueueFull: this.events.droppedQueueFull,
-        droppedEndpointLimit: this.events.droppedSourceLimit,
-        droppedRateLimit: this.events.droppedRateLimit,
-      },
-      iotlb: this.iotlb.stats(),
-      host: {
-        maps,
-        unmaps,
-        refusals,
-        teardownErrors,
-        unreportedFailures: this.hostUnreportedFailures,
-        endpoints: hostEndpoints,
-      },
-      translations: this.translations,
-      bypassTranslations: this.bypassTranslations,
-      internalErrors: this.internalErrors,
-    };
+    return this.counters.snapshot(this.domains, this.endpoints.values(), this.events, this.iotlb);
   }
 
   /** The mappings of a domain in IOVA order (for tools, tests and debugging). */
