@@ -9,7 +9,7 @@ list="$2"
 declare -A path_of=() deps_of=() seen=()
 while IFS= read -r line; do
   file="${line%%:*}"
-  name="$(basename "$file")"
+  name="${file##*/}"
   name="${name%%.ko*}"
   name="${name//-/_}"
   path_of[$name]="$file"
@@ -18,7 +18,7 @@ done <"$moddir/modules.dep"
 declare -A builtin=()
 if [ -f "$moddir/modules.builtin" ]; then
   while IFS= read -r b; do
-    b="$(basename "$b")"
+    b="${b##*/}"
     b="${b%%.ko*}"
     builtin[${b//-/_}]=1
   done <"$moddir/modules.builtin"
