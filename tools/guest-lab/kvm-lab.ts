@@ -125,12 +125,12 @@ export function kvmLabAvailable(): { ok: boolean; why: string } {
 }
 
 /** sh single-quoting. */
-function shQuote(s: string): string {
+export function shQuote(s: string): string {
   return `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
 /** QEMU's option syntax doubles commas inside a value. */
-function qemuValue(s: string): string {
+export function qemuValue(s: string): string {
   return s.replaceAll(",", ",,");
 }
 
@@ -244,7 +244,7 @@ function installExitHook(): void {
 
 let setprivPath: string | null | undefined;
 /** setpriv(1) from util-linux, to give QEMU PR_SET_PDEATHSIG; null when absent. */
-function setpriv(): string | null {
+export function setpriv(): string | null {
   if (setprivPath === undefined) {
     setprivPath = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => existsSync(p)) ?? null;
   }
@@ -255,7 +255,7 @@ function setpriv(): string | null {
  * A byte stream ending with a token: passes text on as it comes, holding back just enough to
  * recognise the token across chunk boundaries, and notes when the token arrived.
  */
-class TokenStream {
+export class TokenStream {
   text = "";
   ended = false;
   private held = "";
@@ -291,7 +291,7 @@ class TokenStream {
 }
 
 /** Listen on a UNIX socket for QEMU's chardev connection; resolves once listening. */
-function listenOnce(path: string, stream: TokenStream, sockets: Set<Socket>): Promise<Server> {
+export function listenOnce(path: string, stream: TokenStream, sockets: Set<Socket>): Promise<Server> {
   return new Promise((resolveListen, reject) => {
     const server = createServer((socket) => {
       sockets.add(socket);
@@ -365,10 +365,10 @@ const STEP_RE = /VIOMMU-KVM-LAB: step=(\S+)/;
 const FAILED_RE = /VIOMMU-KVM-LAB: failed step=(\S+): (.*)$/;
 const EXIT_RE = /VIOMMU-KVM-LAB: exit=(\d+)/;
 
-function superviseL1(
+export function superviseL1(
   file: string,
   argv: string[],
-  opts: RunInKvmLabOptions,
+  opts: Pick<RunInKvmLabOptions, "timeoutMs" | "onConsole" | "signal">,
   io: { out: TokenStream; err: TokenStream; started: number },
 ): Promise<KvmLabOutcome> {
   installExitHook();

@@ -503,6 +503,9 @@ else
   fi
 fi
 
+# The arm64 lab (its own script and cache subfolder); a failure there leaves the x86 lab intact.
+"$HERE/arm64.sh" || echo "[provision] WARNING: arm64 lab provisioning failed (tools/provision/arm64.sh); arm64 tests will be SKIPPED"
+
 step 10 "manifest ($CACHE/manifest.json)"
 if manifest_ok; then
   log "manifest up to date, skipped"
