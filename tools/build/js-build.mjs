@@ -16,7 +16,6 @@
  *   node tools/build/js-build.mjs           build now (npm run build; npm ci's prepare step)
  *   node tools/build/js-build.mjs --check   exit 0 if build/js matches the sources, 1 if not
  */
-import { createHash } from "node:crypto";
 import {
   existsSync,
   mkdirSync,
@@ -27,6 +26,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
@@ -49,8 +49,13 @@ export function buildDir(root = REPO_ROOT) {
   return join(root, "build", "js");
 }
 
-/** @param {Uint8Array} bytes */
+/**
+ * node:crypto is loaded only when something must be hashed: a start whose build is current
+ * (every input's size and mtime unchanged) does not pay for it.
+ * @param {Uint8Array} bytes
+ */
 function sha256(bytes) {
+  const { createHash } = createRequire(import.meta.url)("node:crypto");
   return createHash("sha256").update(bytes).digest("hex");
 }
 
@@ -94,16 +99,14 @@ export function checkBuild(options = {}) {
   const entry = join(outDir, manifest.key, "main.js");
   if (!existsSync(entry)) return { fresh: false, reason: `${repoRelative(root, entry)} is missing` };
   let touched = false;
+  // This runs on every start of the bin: plain string paths, no exception for a missing file.
+  const prefix = `${root}/`;
   for (const input of manifest.inputs) {
-    let st;
-    try {
-      st = statSync(join(root, input.path));
-    } catch {
-      return { fresh: false, reason: `${input.path} was removed` };
-    }
+    const st = statSync(prefix + input.path, { throwIfNoEntry: false });
+    if (st === undefined) return { fresh: false, reason: `${input.path} was removed` };
     if (st.size !== input.sizeBytes) return { fresh: false, reason: `${input.path} changed` };
     if (st.mtimeMs === input.mtimeMs) continue;
-    if (sha256(readFileSync(join(root, input.path))) !== input.sha256) {
+    if (sha256(readFileSync(prefix + input.path)) !== input.sha256) {
       return { fresh: false, reason: `${input.path} changed` };
     }
     input.mtimeMs = st.mtimeMs;
