@@ -12,9 +12,10 @@ import { ACCESS_READ } from "../src/engine/access.ts";
 import { GuestMemory } from "../src/engine/guest-memory.ts";
 import { VfioType1Container } from "../src/engine/host-iommu.ts";
 import { Iotlb } from "../src/engine/iotlb.ts";
+import { writeU64Le } from "../src/engine/little-endian.ts";
 import { Translation } from "../src/engine/translation.ts";
 import { VirtioIommu } from "../src/virtio-iommu/device.ts";
-import { encodeAttach, encodeMap, encodeUnmap, writeU64 } from "../src/virtio-iommu/requests.ts";
+import { encodeAttach, encodeMap, encodeUnmap } from "../src/virtio-iommu/requests.ts";
 import type { BenchCase } from "./harness.ts";
 
 const GROUP = "virtio-iommu";
@@ -112,10 +113,10 @@ function mapUnmapCase(live: number, withHost: boolean): BenchCase {
       for (let i = 0; i < n; i++) {
         const iova = (2 * slot + 1) * KIB4;
         slot = slot + 1 === live ? 0 : slot + 1;
-        writeU64(mapReq, 8, iova);
-        writeU64(mapReq, 16, iova + KIB4 - 1);
-        writeU64(unmapReq, 8, iova);
-        writeU64(unmapReq, 16, iova + KIB4 - 1);
+        writeU64Le(mapReq, 8, iova);
+        writeU64Le(mapReq, 16, iova + KIB4 - 1);
+        writeU64Le(unmapReq, 8, iova);
+        writeU64Le(unmapReq, 16, iova + KIB4 - 1);
         dev.handleRequest(mapReq, response);
         const mapStatus = response[0];
         dev.handleRequest(unmapReq, response);

@@ -13,7 +13,9 @@
  * guest-physical memory directly (fw_cfg is not behind an IOMMU). A structure or buffer
  * outside RAM sets the error bit (when the structure itself is in RAM) and moves nothing.
  */
+
 import type { GuestMemory } from "../engine/guest-memory.ts";
+import { u16LeBytes, u64LeBytes } from "../engine/little-endian.ts";
 import type { AccessSize, IoHandler } from "../platform/bus.ts";
 
 export const FW_CFG_IOBASE = 0x510;
@@ -70,17 +72,6 @@ function swap32(v: number): number {
   return (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
 }
 
-function u16le(v: number): Uint8Array {
-  const b = new Uint8Array(2);
-  new DataView(b.buffer).setUint16(0, v, true);
-  return b;
-}
-function u64le(v: number): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
-  return b;
-}
-
 export class FwCfg implements IoHandler {
   /** Items by full selector (arch-local keys keep bit 15). */
   private readonly items = new Map<number, Uint8Array>();
@@ -111,10 +102,10 @@ export class FwCfg implements IoHandler {
     new DataView(id.buffer).setUint32(0, version, true);
     this.items.set(FW_CFG_ID, id);
     this.items.set(FW_CFG_UUID, new Uint8Array(16));
-    this.items.set(FW_CFG_RAM_SIZE, u64le(config.ramSizeBytes));
-    this.items.set(FW_CFG_NOGRAPHIC, u16le(config.nographic === false ? 0 : 1));
-    this.items.set(FW_CFG_NB_CPUS, u16le(config.cpus));
-    this.items.set(FW_CFG_MAX_CPUS, u16le(config.maxCpus));
+    this.items.set(FW_CFG_RAM_SIZE, u64LeBytes(config.ramSizeBytes));
+    this.items.set(FW_CFG_NOGRAPHIC, u16LeBytes(config.nographic === false ? 0 : 1));
+    this.items.set(FW_CFG_NB_CPUS, u16LeBytes(config.cpus));
+    this.items.set(FW_CFG_MAX_CPUS, u16LeBytes(config.maxCpus));
     this.rebuildDirectory();
   }
 

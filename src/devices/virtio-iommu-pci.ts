@@ -16,17 +16,14 @@
  * as 5.13.6.6 allows). A buffer shorter than a record is returned with used length 0.
  */
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import { VIRTIO_ID_IOMMU } from "../virtio/constants.ts";
 import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { DescriptorChain, POP_CHAIN } from "../virtio/split-queue.ts";
 import { VirtioIommu, type VirtioIommuOptions } from "../virtio-iommu/device.ts";
+import { EVENT_QUEUE, FAULT_RECORD_BYTES, REQUEST_QUEUE, VIRTIO_ID_IOMMU } from "../virtio-iommu/wire.ts";
 
-export const REQUEST_QUEUE = 0;
-export const EVENT_QUEUE = 1;
 const MAX_REQUEST_BYTES = 4096;
 const MAX_RESPONSE_BYTES = 64 * 1024;
-const FAULT_RECORD_BYTES = 24;
 
 export interface VirtioIommuPciStats {
   readonly requests: number;

@@ -81,10 +81,5 @@ export function isValidRange(start: number, sizeBytes: number): boolean {
   );
 }
 
-/** Reads a little-endian 64-bit field as a number, or -1 when it does not fit below 2^53. */
-export function readU64Safe(view: DataView, offset: number): number {
-  const lo = view.getUint32(offset, true);
-  const hi = view.getUint32(offset + 4, true);
-  if (hi >= 0x200000) return -1;
-  return hi * 0x1_0000_0000 + lo;
-}
+/** Reads a little-endian 64-bit field (defined in little-endian.ts). */
+export { readU64Safe } from "./little-endian.ts";

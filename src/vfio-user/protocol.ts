@@ -227,15 +227,5 @@ export function encodeVersion(
   return out;
 }
 
-/** A 64-bit little-endian field as a safe integer, or -1 when it is 2^53 or more. */
-export function readU64(view: DataView, offset: number): number {
-  const lo = view.getUint32(offset, true);
-  const hi = view.getUint32(offset + 4, true);
-  if (hi >= 0x200000) return -1;
-  return hi * 0x1_0000_0000 + lo;
-}
-
-export function writeU64(view: DataView, offset: number, value: number): void {
-  view.setUint32(offset, value >>> 0, true);
-  view.setUint32(offset + 4, Math.floor(value / 0x1_0000_0000), true);
-}
+/** 64-bit little-endian message fields (src/engine/little-endian.ts): -1 when 2^53 or more. */
+export { readU64Safe as readU64, writeU64Safe as writeU64 } from "../engine/little-endian.ts";

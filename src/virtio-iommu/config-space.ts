@@ -5,7 +5,7 @@
  *  37 reserved[3].
  * Only `bypass` ever changes after construction; the device decides when a driver may write it.
  */
-import { writeU32, writeU64 } from "./requests.ts";
+import { writeU32Le, writeU64Le } from "../engine/little-endian.ts";
 import {
   CONFIG_BYPASS,
   CONFIG_DOMAIN_RANGE_END,
@@ -33,12 +33,12 @@ export class ConfigSpace {
 
   constructor(fields: ConfigFields) {
     const b = this.bytes;
-    writeU64(b, CONFIG_PAGE_SIZE_MASK, fields.pageSizeMask);
-    writeU64(b, CONFIG_INPUT_RANGE_START, fields.inputStart);
-    writeU64(b, CONFIG_INPUT_RANGE_END, fields.inputEnd);
-    writeU32(b, CONFIG_DOMAIN_RANGE_START, fields.domainStart);
-    writeU32(b, CONFIG_DOMAIN_RANGE_END, fields.domainEnd);
-    writeU32(b, CONFIG_PROBE_SIZE, fields.probeSizeBytes);
+    writeU64Le(b, CONFIG_PAGE_SIZE_MASK, fields.pageSizeMask);
+    writeU64Le(b, CONFIG_INPUT_RANGE_START, fields.inputStart);
+    writeU64Le(b, CONFIG_INPUT_RANGE_END, fields.inputEnd);
+    writeU32Le(b, CONFIG_DOMAIN_RANGE_START, fields.domainStart);
+    writeU32Le(b, CONFIG_DOMAIN_RANGE_END, fields.domainEnd);
+    writeU32Le(b, CONFIG_PROBE_SIZE, fields.probeSizeBytes);
     b[CONFIG_BYPASS] = fields.bypass;
   }
 

@@ -9,7 +9,7 @@
  * "If no buffer is available, the device can either wait for one to be consumed, or drop the
  * event" (5.13.6.9). Every drop is counted by cause.
  */
-import { writeU32, writeU64 } from "./requests.ts";
+import { writeU32Le, writeU64Le } from "../engine/little-endian.ts";
 import { FAULT_RECORD_BYTES } from "./wire.ts";
 
 /** Encodes a 24-byte virtio_iommu_fault; reserved fields are zero (5.13.6.9.2). */
@@ -21,9 +21,9 @@ export function encodeFaultRecord(
 ): Uint8Array {
   const b = new Uint8Array(FAULT_RECORD_BYTES);
   b[0] = reason;
-  writeU32(b, 4, flags);
-  writeU32(b, 8, endpointId);
-  writeU64(b, 16, address);
+  writeU32Le(b, 4, flags);
+  writeU32Le(b, 8, endpointId);
+  writeU64Le(b, 16, address);
   return b;
 }
 

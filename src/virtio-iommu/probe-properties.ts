@@ -6,7 +6,7 @@
  * 4-byte header); the next property starts exactly length + 4 bytes later; type 0 ends the list.
  */
 
-import { writeU64 } from "./requests.ts";
+import { writeU64Le } from "../engine/little-endian.ts";
 import type { ReservedRegion } from "./reserved-regions.ts";
 import {
   PROBE_PROPERTY_HEADER_BYTES,
@@ -37,8 +37,8 @@ export function encodeProbeProperties(regions: readonly ReservedRegion[], proper
     properties[off + 3] = RESV_MEM_PROPERTY_LENGTH >> 8;
     // subtype, then reserved[3] left zero by the fill above.
     properties[off + 4] = r.subtype === "msi" ? RESV_MEM_T_MSI : RESV_MEM_T_RESERVED;
-    writeU64(properties, off + 8, r.iovaStart);
-    writeU64(properties, off + 16, r.iovaLast);
+    writeU64Le(properties, off + 8, r.iovaStart);
+    writeU64Le(properties, off + 16, r.iovaLast);
     off += PROBE_PROPERTY_HEADER_BYTES + RESV_MEM_PROPERTY_LENGTH;
   }
 }

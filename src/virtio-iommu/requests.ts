@@ -7,6 +7,13 @@
  * and virt_end is decided on the full 64-bit values.
  */
 import {
+  LE_U64_UNREPRESENTABLE,
+  readU32Le,
+  readU64Le,
+  writeU32Le,
+  writeU64Le,
+} from "../engine/little-endian.ts";
+import {
   ATTACH_READABLE_BYTES,
   DETACH_READABLE_BYTES,
   MAP_READABLE_BYTES,
@@ -21,27 +28,14 @@ import {
 } from "./wire.ts";
 
 /** Value stored in a 64-bit field of `DecodedRequest` when the guest value is 2^53 or more. */
-export const U64_UNREPRESENTABLE = -1;
-
-export function readU32(bytes: Uint8Array, offset: number): number {
-  return (
-    (bytes[offset] | (bytes[offset + 1] << 8) | (bytes[offset + 2] << 16) | (bytes[offset + 3] << 24)) >>> 0
-  );
-}
-
-/** A little-endian 64-bit field as a number, or U64_UNREPRESENTABLE when it is 2^53 or more. */
-export function readU64Number(bytes: Uint8Array, offset: number): number {
-  const hi = readU32(bytes, offset + 4);
-  if (hi >= 0x20_0000) return U64_UNREPRESENTABLE;
-  return hi * 0x1_0000_0000 + readU32(bytes, offset);
-}
+export const U64_UNREPRESENTABLE = LE_U64_UNREPRESENTABLE;
 
 /** True when the le64 at `a` is strictly below the le64 at `b` (exact over all 64 bits). */
 function u64Below(bytes: Uint8Array, a: number, b: number): boolean {
-  const hiA = readU32(bytes, a + 4);
-  const hiB = readU32(bytes, b + 4);
+  const hiA = readU32Le(bytes, a + 4);
+  const hiB = readU32Le(bytes, b + 4);
   if (hiA !== hiB) return hiA < hiB;
-  return readU32(bytes, a) < readU32(bytes, b);
+  return readU32Le(bytes, a) < readU32Le(bytes, b);
 }
 
 function anyNonZero(bytes: Uint8Array, offset: number, sizeBytes: number): boolean {
@@ -109,34 +103,34 @@ export function decodeRequest(request: Uint8Array, out: DecodedRequest): DecodeO
   out.endBeforeStart = false;
   switch (type) {
     case REQ_ATTACH:
-      out.domainId = readU32(request, 4);
-      out.endpointId = readU32(request, 8);
-      out.flags = readU32(request, 12);
+      out.domainId = readU32Le(request, 4);
+      out.endpointId = readU32Le(request, 8);
+      out.flags = readU32Le(request, 12);
       out.reservedNonZero = anyNonZero(request, 16, 4);
       break;
     case REQ_DETACH:
       // reserved[8] at 12: the device MUST ignore it (5.13.6.4.2).
-      out.domainId = readU32(request, 4);
-      out.endpointId = readU32(request, 8);
+      out.domainId = readU32Le(request, 4);
+      out.endpointId = readU32Le(request, 8);
       break;
     case REQ_MAP:
-      out.domainId = readU32(request, 4);
-      out.virtStart = readU64Number(request, 8);
-      out.virtEnd = readU64Number(request, 16);
-      out.physStart = readU64Number(request, 24);
-      out.flags = readU32(request, 32);
+      out.domainId = readU32Le(request, 4);
+      out.virtStart = readU64Le(request, 8);
+      out.virtEnd = readU64Le(request, 16);
+      out.physStart = readU64Le(request, 24);
+      out.flags = readU32Le(request, 32);
       out.endBeforeStart = u64Below(request, 16, 8);
       break;
     case REQ_UNMAP:
-      out.domainId = readU32(request, 4);
-      out.virtStart = readU64Number(request, 8);
-      out.virtEnd = readU64Number(request, 16);
+      out.domainId = readU32Le(request, 4);
+      out.virtStart = readU64Le(request, 8);
+      out.virtEnd = readU64Le(request, 16);
       out.endBeforeStart = u64Below(request, 16, 8);
       out.reservedNonZero = anyNonZero(request, 24, 4);
       break;
     case REQ_PROBE:
       // reserved[64] at 8: the device MUST ignore it (5.13.6.7.2).
-      out.endpointId = readU32(request, 4);
+      out.endpointId = readU32Le(request, 4);
       break;
   }
   return "ok";
@@ -152,39 +146,20 @@ export function writeTail(response: Uint8Array, offset: number, status: Status):
 
 // ---- Driver-side encoders -------------------------------------------------------------------
 
-export function writeU32(bytes: Uint8Array, offset: number, value: number): void {
-  bytes[offset] = value & 0xff;
-  bytes[offset + 1] = (value >>> 8) & 0xff;
-  bytes[offset + 2] = (value >>> 16) & 0xff;
-  bytes[offset + 3] = (value >>> 24) & 0xff;
-}
-
-/** Writes a le64; numbers must be safe non-negative integers, bigints are taken modulo 2^64. */
-export function writeU64(bytes: Uint8Array, offset: number, value: number | bigint): void {
-  if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) {
-    writeU32(bytes, offset, value >>> 0);
-    writeU32(bytes, offset + 4, Math.floor(value / 0x1_0000_0000));
-    return;
-  }
-  const v = BigInt.asUintN(64, typeof value === "bigint" ? value : BigInt(value));
-  writeU32(bytes, offset, Number(v & 0xffff_ffffn));
-  writeU32(bytes, offset + 4, Number(v >> 32n));
-}
-
 export function encodeAttach(domainId: number, endpointId: number, flags = 0): Uint8Array {
   const b = new Uint8Array(ATTACH_READABLE_BYTES);
   b[0] = REQ_ATTACH;
-  writeU32(b, 4, domainId);
-  writeU32(b, 8, endpointId);
-  writeU32(b, 12, flags);
+  writeU32Le(b, 4, domainId);
+  writeU32Le(b, 8, endpointId);
+  writeU32Le(b, 12, flags);
   return b;
 }
 
 export function encodeDetach(domainId: number, endpointId: number): Uint8Array {
   const b = new Uint8Array(DETACH_READABLE_BYTES);
   b[0] = REQ_DETACH;
-  writeU32(b, 4, domainId);
-  writeU32(b, 8, endpointId);
+  writeU32Le(b, 4, domainId);
+  writeU32Le(b, 8, endpointId);
   return b;
 }
 
@@ -197,11 +172,11 @@ export function encodeMap(
 ): Uint8Array {
   const b = new Uint8Array(MAP_READABLE_BYTES);
   b[0] = REQ_MAP;
-  writeU32(b, 4, domainId);
-  writeU64(b, 8, virtStart);
-  writeU64(b, 16, virtEnd);
-  writeU64(b, 24, physStart);
-  writeU32(b, 32, flags);
+  writeU32Le(b, 4, domainId);
+  writeU64Le(b, 8, virtStart);
+  writeU64Le(b, 16, virtEnd);
+  writeU64Le(b, 24, physStart);
+  writeU32Le(b, 32, flags);
   return b;
 }
 
@@ -212,16 +187,16 @@ export function encodeUnmap(
 ): Uint8Array {
   const b = new Uint8Array(UNMAP_READABLE_BYTES);
   b[0] = REQ_UNMAP;
-  writeU32(b, 4, domainId);
-  writeU64(b, 8, virtStart);
-  writeU64(b, 16, virtEnd);
+  writeU32Le(b, 4, domainId);
+  writeU64Le(b, 8, virtStart);
+  writeU64Le(b, 16, virtEnd);
   return b;
 }
 
 export function encodeProbe(endpointId: number): Uint8Array {
   const b = new Uint8Array(PROBE_READABLE_BYTES);
   b[0] = REQ_PROBE;
-  writeU32(b, 4, endpointId);
+  writeU32Le(b, 4, endpointId);
   return b;
 }
 

@@ -70,4 +70,4 @@ export const VIRTIO_PCI_MODERN_DEVICE_ID_BASE = 0x1040;
 /** Device types (5). */
 export const VIRTIO_ID_BLOCK = 2;
 export const VIRTIO_ID_ENTROPY = 4;
-export const VIRTIO_ID_IOMMU = 23;
+// VIRTIO_ID_IOMMU (23) is a virtio-iommu wire constant: src/virtio-iommu/wire.ts.
