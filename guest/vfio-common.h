@@ -192,7 +192,7 @@ static int vfio_open(const char *bdf, struct vfio_dev *v)
 	return 0;
 }
 
-static int vfio_map(struct vfio_dev *v, void *vaddr, uint64_t iova, uint64_t size)
+__attribute__((unused)) static int vfio_map(struct vfio_dev *v, void *vaddr, uint64_t iova, uint64_t size)
 {
 	struct vfio_iommu_type1_dma_map map = {
 		.argsz = sizeof(map),
@@ -205,7 +205,7 @@ static int vfio_map(struct vfio_dev *v, void *vaddr, uint64_t iova, uint64_t siz
 }
 
 /* Returns the number of bytes unmapped, or -errno. */
-static int64_t vfio_unmap(struct vfio_dev *v, uint64_t iova, uint64_t size)
+__attribute__((unused)) static int64_t vfio_unmap(struct vfio_dev *v, uint64_t iova, uint64_t size)
 {
 	struct vfio_iommu_type1_dma_unmap unmap = {
 		.argsz = sizeof(unmap),

@@ -17,6 +17,7 @@ import {
   parseProperties,
   splitKind,
 } from "./option-table.ts";
+import { parsePageSizeMask } from "./serve.ts";
 
 export interface RunOptions {
   readonly cpus: number;
@@ -29,7 +30,7 @@ export interface RunOptions {
   readonly cmdline: string;
   readonly iommu:
     | { readonly kind: "none" }
-    | { readonly kind: "virtio" }
+    | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
     | { readonly kind: "intel"; readonly spec: string };
   readonly devices: readonly DeviceOption[];
   readonly serial:
@@ -111,10 +112,21 @@ interface IommuKindRow {
 const IOMMU_KINDS: readonly IommuKindRow[] = [
   {
     kind: "virtio",
-    help: [{ synopsis: "--iommu virtio", text: "virtio-iommu-pci at 00:01.0" }],
+    help: [
+      {
+        synopsis: "--iommu virtio[,page-size-mask=M]",
+        text: "virtio-iommu-pci at 00:01.0; page-size-mask: granules joined by ':'\n(4k, 2m, 1g; default all three) or a number",
+      },
+    ],
     parse: (rest) => {
-      if (rest !== "") throw new RunOptionError(`--iommu virtio takes no properties (got "${rest}")`);
-      return { kind: "virtio" };
+      const p = props(rest, "--iommu virtio", ["page-size-mask"]);
+      const mask = p.get("page-size-mask");
+      if (mask === undefined) return { kind: "virtio" };
+      try {
+        return { kind: "virtio", pageSizeMask: parsePageSizeMask(mask) };
+      } catch (e) {
+        throw new RunOptionError(`--iommu virtio: ${(e as Error).message}`);
+      }
     },
   },
   {

@@ -28,6 +28,9 @@ export const KVM_SET_LAPIC = 0x4400ae8f;
 export const KVM_SET_CPUID2 = 0x4008ae90;
 export const KVM_ENABLE_CAP = 0x4068aea3;
 export const KVM_SIGNAL_MSI = 0x4020aea5;
+/** _IOW(KVMIO, 0x76, struct kvm_irqfd): 32 bytes (fd, gsi, flags, resamplefd, pad[16]). */
+export const KVM_IRQFD = 0x4020ae76;
+export const KVM_IRQFD_FLAG_DEASSIGN = 1;
 
 /** Names for error messages ("KVM_RUN failed: EINTR (4)"). */
 export const IOCTL_NAMES: ReadonlyMap<number, string> = new Map([
@@ -52,6 +55,7 @@ export const IOCTL_NAMES: ReadonlyMap<number, string> = new Map([
   [KVM_SET_CPUID2, "KVM_SET_CPUID2"],
   [KVM_ENABLE_CAP, "KVM_ENABLE_CAP"],
   [KVM_SIGNAL_MSI, "KVM_SIGNAL_MSI"],
+  [KVM_IRQFD, "KVM_IRQFD"],
 ]);
 
 export const KVM_CAP_IRQCHIP = 0;

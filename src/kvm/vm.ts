@@ -6,6 +6,8 @@ import {
   KVM_CREATE_VCPU,
   KVM_ENABLE_CAP,
   KVM_IRQ_ROUTING_MSI,
+  KVM_IRQFD,
+  KVM_IRQFD_FLAG_DEASSIGN,
   KVM_SET_GSI_ROUTING,
   KVM_SET_IDENTITY_MAP_ADDR,
   KVM_SET_TSS_ADDR,
@@ -126,6 +128,19 @@ export class Vm {
       v.setUint32(o + 24, r.data >>> 0, true);
     });
     bufferIoctl(this.fd, KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING", buf);
+  }
+
+  /**
+   * KVM_IRQFD: a signal on eventfd `fd` injects GSI `gsi` in the kernel (for an MSI route, the
+   * route's message), without a trip through this process; `deassign` removes the binding.
+   */
+  irqfd(fd: number, gsi: number, deassign = false): void {
+    const buf = new Uint8Array(32);
+    const v = new DataView(buf.buffer);
+    v.setInt32(0, fd, true);
+    v.setUint32(4, gsi, true);
+    v.setUint32(8, deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0, true);
+    bufferIoctl(this.fd, KVM_IRQFD, "KVM_IRQFD", buf);
   }
 
   createVcpu(id: number): Vcpu {

@@ -13,15 +13,22 @@ import { findAssignableDevice, normalizeBdf, VfioSetupError } from "./sysfs.ts";
 import {
   DEVICE_INFO_BYTES,
   GROUP_STATUS_BYTES,
+  IRQ_INFO_BYTES,
+  IRQ_SET_HEADER_BYTES,
   REGION_INFO_BYTES,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DEVICE_GET_INFO,
+  VFIO_DEVICE_GET_IRQ_INFO,
   VFIO_DEVICE_GET_REGION_INFO,
   VFIO_DEVICE_RESET,
+  VFIO_DEVICE_SET_IRQS,
   VFIO_GROUP_FLAGS_VIABLE,
   VFIO_GROUP_GET_DEVICE_FD,
   VFIO_GROUP_GET_STATUS,
+  VFIO_IRQ_SET_ACTION_TRIGGER,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_NONE,
   VFIO_PCI_CONFIG_REGION_INDEX,
 } from "./uapi.ts";
 
@@ -205,6 +212,44 @@ export class VfioPciDevice {
 
   writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
     this.regionWrite(VFIO_PCI_CONFIG_REGION_INDEX, offset, sizeBytes, value);
+  }
+
+  /** VFIO_DEVICE_GET_IRQ_INFO: how many vectors interrupt index `index` has (0: none). */
+  irqCount(index: number): number {
+    const buf = new Uint8Array(IRQ_INFO_BYTES);
+    const v = new DataView(buf.buffer);
+    v.setUint32(0, IRQ_INFO_BYTES, true);
+    v.setUint32(8, index, true);
+    if (ioctlBuffer(this.fd, VFIO_DEVICE_GET_IRQ_INFO, buf) < 0) return 0;
+    return v.getUint32(12, true);
+  }
+
+  /**
+   * VFIO_DEVICE_SET_IRQS, DATA_EVENTFD | ACTION_TRIGGER: vectors 0..fds.length-1 of `index`
+   * signal these eventfds (enables the index). Returns the errno name on failure, or null.
+   */
+  setIrqEventfds(index: number, fds: readonly number[]): string | null {
+    const buf = new Uint8Array(IRQ_SET_HEADER_BYTES + 4 * fds.length);
+    const v = new DataView(buf.buffer);
+    v.setUint32(0, buf.length, true);
+    v.setUint32(4, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, true);
+    v.setUint32(8, index, true);
+    v.setUint32(12, 0, true);
+    v.setUint32(16, fds.length, true);
+    fds.forEach((fd, i) => {
+      v.setInt32(IRQ_SET_HEADER_BYTES + 4 * i, fd, true);
+    });
+    return ioctlBuffer(this.fd, VFIO_DEVICE_SET_IRQS, buf) < 0 ? errnoName(errno()) : null;
+  }
+
+  /** VFIO_DEVICE_SET_IRQS, DATA_NONE | ACTION_TRIGGER with count 0: disables index `index`. */
+  disableIrq(index: number): void {
+    const buf = new Uint8Array(IRQ_SET_HEADER_BYTES);
+    const v = new DataView(buf.buffer);
+    v.setUint32(0, IRQ_SET_HEADER_BYTES, true);
+    v.setUint32(4, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, true);
+    v.setUint32(8, index, true);
+    ioctlBuffer(this.fd, VFIO_DEVICE_SET_IRQS, buf);
   }
 
   /** VFIO_DEVICE_RESET (FLR or what the PCI core picks); false when the device has no reset. */

@@ -21,3 +21,12 @@ export const pwrite = libc.func("pwrite", "intptr_t", ["int", "void *", "size_t"
   count: number,
   offset: number,
 ) => number;
+
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+
+/** eventfd(2); returns the descriptor or -1. */
+export const eventfd = libc.func("int eventfd(unsigned int initval, int flags)") as (
+  initval: number,
+  flags: number,
+) => number;

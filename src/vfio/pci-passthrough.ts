@@ -8,10 +8,13 @@
  *   pointer, interrupt line and pin.
  * - Command: kept here (bus-master gate, decode) and its I/O, Memory, Bus Master and INTx
  *   Disable bits written through to the device, so the device decodes its BARs and may DMA.
- * - Everything from 0x40 up goes to the device's config region as is; vfio-pci in the kernel
- *   filters it (its own virtual MSI/MSI-X capabilities, read-only fields). The capability list
- *   is not offered (pointer 0, Status.CapList 0): without emulated MSI / MSI-X the guest must
- *   not try to enable the device's own.
+ * - MSI: an emulated MSI capability (the only one in the list) when the device has MSI vectors.
+ *   When the guest enables it, each vector gets an eventfd that VFIO signals
+ *   (VFIO_DEVICE_SET_IRQS) and the VMM binds to a KVM GSI routed to the guest's message, after
+ *   interrupt remapping (KVM_IRQFD; `MsiWiring`), so interrupts never pass through this process.
+ * - Everything else from 0x40 up goes to the device's config region as is; vfio-pci in the
+ *   kernel filters it. The device's own capability list is not offered: MSI-X and INTx are not
+ *   wired yet, and the guest must not try to use them.
  * - BAR accesses are trapped and become pread/pwrite on the VFIO region (no mmap into the guest).
  */
 import {
@@ -21,8 +24,24 @@ import {
   PCI_COMMAND_MEMORY,
 } from "../pci/config-space.ts";
 import { type BarKind, PciFunction } from "../pci/function.ts";
+import { MSI_ADDRESS_HI, MSI_ADDRESS_LO, MSI_DATA, MsiCapability } from "../pci/msi.ts";
 import type { AccessSize, IoHandler } from "../platform/bus.ts";
+import type { MsiMessage } from "../platform/interrupts.ts";
 import type { VfioPciDevice } from "./device.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from "./libc.ts";
+import { VFIO_PCI_MSI_IRQ_INDEX } from "./uapi.ts";
+
+/** How the VMM delivers an assigned device's MSI vectors (KVM_IRQFD + a GSI route). */
+export interface MsiWiring {
+  /**
+   * Signals on eventfd `fd` reach the guest as `message` from `requesterId` (through interrupt
+   * remapping, like the device's other messages); null stops them.
+   */
+  route(fd: number, requesterId: number, message: MsiMessage | null): void;
+}
+
+/** The emulated MSI capability's size: 64-bit, no per-vector masking. */
+const MSI_CAP_BYTES = 0x0e;
 
 const HEADER_END = 0x40;
 const COMMAND = 0x04;
@@ -54,6 +73,15 @@ function isPowerOfTwo(n: number): boolean {
 
 export class VfioPciFunction extends PciFunction {
   readonly device: VfioPciDevice;
+  /** Set by the VMM before the guest runs; without it MSI stays unwired (counted). */
+  msiWiring: MsiWiring | null = null;
+  private readonly msiCap: MsiCapability | null = null;
+  private readonly msiFds: number[] = [];
+  /** Vectors armed in VFIO now (0: MSI off), and the messages they are routed to. */
+  private msiArmed = 0;
+  private readonly msiRouted: string[] = [];
+  private msiSetupErrors = 0;
+  private msiUnwired = 0;
 
   constructor(device: VfioPciDevice, name: string) {
     const d = device;
@@ -84,6 +112,13 @@ export class VfioPciFunction extends PciFunction {
       });
       if (kind === "mem64") index++;
     }
+    const msiVectors = device.irqCount(VFIO_PCI_MSI_IRQ_INDEX);
+    if (msiVectors > 0) {
+      // Vectors a guest may enable: a power of two, at most 32 (PCI 3.0 6.8.1.3).
+      let vectors = 1;
+      while (vectors * 2 <= Math.min(msiVectors, 32)) vectors *= 2;
+      this.msiCap = new MsiCapability(this, { vectors, perVectorMask: false });
+    }
     this.onCommandChange = (_old, now) => {
       device.writeConfig(COMMAND, 2, now & FORWARDED_COMMAND_BITS);
     };
@@ -93,12 +128,16 @@ export class VfioPciFunction extends PciFunction {
     };
   }
 
+  /** True when [offset, offset + sizeBytes) is device config (not header, not our MSI cap). */
+  private passedThrough(offset: number, sizeBytes: number): sizeBytes is 1 | 2 | 4 {
+    if (offset < HEADER_END || offset + sizeBytes > 0x1000) return false;
+    if (sizeBytes !== 1 && sizeBytes !== 2 && sizeBytes !== 4) return false;
+    const cap = this.msiCap;
+    return cap === null || offset + sizeBytes <= cap.offset || offset >= cap.offset + MSI_CAP_BYTES;
+  }
+
   override readConfig(offset: number, sizeBytes: number): number {
-    if (
-      offset >= HEADER_END &&
-      offset + sizeBytes <= 0x1000 &&
-      (sizeBytes === 1 || sizeBytes === 2 || sizeBytes === 4)
-    ) {
+    if (this.passedThrough(offset, sizeBytes)) {
       this.configReads++;
       const limit = this.device.regions[7]?.sizeBytes ?? 256;
       // Past the device's config space: all-ones, as QEMU answers a read beyond a function's size.
@@ -109,11 +148,7 @@ export class VfioPciFunction extends PciFunction {
   }
 
   override writeConfig(offset: number, sizeBytes: number, value: number): void {
-    if (
-      offset >= HEADER_END &&
-      offset + sizeBytes <= 0x1000 &&
-      (sizeBytes === 1 || sizeBytes === 2 || sizeBytes === 4)
-    ) {
+    if (this.passedThrough(offset, sizeBytes)) {
       if (!Number.isFinite(value)) return;
       this.configWrites++;
       const limit = this.device.regions[7]?.sizeBytes ?? 256;
@@ -122,5 +157,63 @@ export class VfioPciFunction extends PciFunction {
       return;
     }
     super.writeConfig(offset, sizeBytes, value);
+    const cap = this.msiCap;
+    if (cap !== null && offset < cap.offset + MSI_CAP_BYTES && offset + sizeBytes > cap.offset)
+      this.syncMsi(cap);
+  }
+
+  override reset(): void {
+    super.reset();
+    if (this.msiCap !== null) this.syncMsi(this.msiCap);
+  }
+
+  /** Makes VFIO and the VMM's routes follow the guest's MSI capability. */
+  private syncMsi(cap: MsiCapability): void {
+    const device = this.device;
+    const want = cap.enabled ? cap.allocatedVectors : 0;
+    if (want !== this.msiArmed) {
+      // VFIO cannot resize an enabled MSI index (NORESIZE): disable, then enable with the new count.
+      if (this.msiArmed > 0) device.disableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+      for (let v = want; v < this.msiArmed; v++) this.routeVector(v, null);
+      this.msiArmed = 0;
+      if (want > 0) {
+        while (this.msiFds.length < want) {
+          const fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+          if (fd < 0) {
+            this.msiSetupErrors++;
+            return;
+          }
+          this.msiFds.push(fd);
+        }
+        if (device.setIrqEventfds(VFIO_PCI_MSI_IRQ_INDEX, this.msiFds.slice(0, want)) !== null) {
+          this.msiSetupErrors++;
+          return;
+        }
+        this.msiArmed = want;
+      }
+    }
+    const c = this.config;
+    const o = cap.offset;
+    const address = c.u32(o + MSI_ADDRESS_HI) * 2 ** 32 + c.u32(o + MSI_ADDRESS_LO);
+    const data = c.u16(o + MSI_DATA);
+    for (let v = 0; v < this.msiArmed; v++) {
+      // PCI 3.0 6.8.1.6: vector v replaces the low log2(allocated) bits of the data.
+      this.routeVector(v, { address, data: (data & ~(this.msiArmed - 1)) | v });
+    }
+  }
+
+  private routeVector(vector: number, message: MsiMessage | null): void {
+    const key = message === null ? "" : `${message.address}:${message.data}`;
+    if ((this.msiRouted[vector] ?? "") === key) return;
+    this.msiRouted[vector] = key;
+    if (this.msiWiring === null) {
+      this.msiUnwired++;
+      return;
+    }
+    this.msiWiring.route(this.msiFds[vector], this.requesterId, message);
+  }
+
+  msiStats(): { vectorsArmed: number; setupErrors: number; unwired: number } {
+    return { vectorsArmed: this.msiArmed, setupErrors: this.msiSetupErrors, unwired: this.msiUnwired };
   }
 }

@@ -48,3 +48,13 @@ export const REGION_INFO_BYTES = 32;
 export const IOMMU_TYPE1_INFO_BYTES = 24;
 export const DMA_MAP_BYTES = 32;
 export const DMA_UNMAP_BYTES = 24;
+
+/** vfio-pci interrupt indexes. */
+export const VFIO_PCI_INTX_IRQ_INDEX = 0;
+export const VFIO_PCI_MSI_IRQ_INDEX = 1;
+export const VFIO_PCI_MSIX_IRQ_INDEX = 2;
+export const VFIO_IRQ_SET_DATA_NONE = 1 << 0;
+export const VFIO_IRQ_SET_DATA_EVENTFD = 1 << 2;
+export const VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5;
+export const IRQ_INFO_BYTES = 16;
+export const IRQ_SET_HEADER_BYTES = 20;

@@ -18,7 +18,9 @@ import { RUN } from "../kvm/structs.ts";
 import { Kvm } from "../kvm/system.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
+import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
 import { enterFlatProtectedMode } from "./cpu-state.ts";
+import { DeviceMsiRoutes } from "./device-msi.ts";
 import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout } from "./layout.ts";
 import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
@@ -128,6 +130,8 @@ export class Machine {
   /** The last message each pin delivered after remapping (data -1: none yet). */
   private readonly deliveredAddress = new Float64Array(IOAPIC_PINS);
   private readonly deliveredData = new Int32Array(IOAPIC_PINS).fill(-1);
+  /** Assigned devices' MSI vectors (KVM_IRQFD on GSIs above the IOAPIC's). */
+  private readonly deviceMsi: DeviceMsiRoutes;
   ioExits = 0;
   mmioExits = 0;
   eoiExits = 0;
@@ -208,6 +212,21 @@ export class Machine {
       },
     });
 
+    // Assigned devices' MSIs reach the guest through KVM_IRQFD on GSIs routed to their
+    // (remapped) messages; IRTE changes recompute the routes.
+    this.deviceMsi = new DeviceMsiRoutes(this.vm, IOAPIC_PINS, (now) => {
+      this.ioapicRoutesDirty = true;
+      if (now) this.refreshIoapicRoutes();
+    });
+    for (const d of this.platform.devices)
+      if (d.fn instanceof VfioPciFunction) d.fn.msiWiring = this.deviceMsi;
+    const vtd = this.platform.vtd;
+    if (vtd !== null) {
+      vtd.interruptRemapper.onEntriesChanged = () => {
+        if (this.deviceMsi.size > 0) this.ioapicRoutesDirty = true;
+      };
+    }
+
     const vcpus: Vcpu[] = [];
     for (let id = 0; id < config.cpus; id++) {
       const vcpu = this.vm.createVcpu(id);
@@ -286,6 +305,7 @@ export class Machine {
       routes.push({ gsi: pin, address, data });
       this.routedData[pin] = data;
     }
+    this.deviceMsi.appendRoutes(routes, this.platform.interrupts);
     try {
       this.vm.setMsiRoutes(routes);
     } catch {

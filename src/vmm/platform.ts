@@ -57,7 +57,7 @@ import { assignPciResources, type BarAssignment } from "./pci-firmware.ts";
 
 export type IommuChoice =
   | { readonly kind: "none" }
-  | { readonly kind: "virtio" }
+  | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
   | { readonly kind: "intel"; readonly spec: string };
 
 export type DeviceChoice =
@@ -185,7 +185,10 @@ export class Platform {
     // `host`: the host IOMMU of an assigned device, kept in step by the IOMMU model.
     let translated: ((rid: number, host?: HostIommu) => DmaAddressSpace) | null = null;
     if (config.iommu.kind === "virtio") {
-      const viommu = new VirtioIommuPci(this.memory, { tracer: config.tracer });
+      const viommu = new VirtioIommuPci(this.memory, {
+        tracer: config.tracer,
+        pageSizeMask: config.iommu.pageSizeMask,
+      });
       // The IOMMU's own queues are guest-physical (it is not behind itself).
       this.pci.addFunction(viommu.pci, {
         device: VIRTIO_IOMMU_SLOT,

@@ -88,6 +88,11 @@ export class InterruptRemapper {
   faults = 0;
   cacheHits = 0;
   cacheMisses = 0;
+  /**
+   * Called after SIRTP or an IEC invalidation: interrupt routes the host computed from IRTEs (KVM
+   * routes of assigned devices) must be recomputed, as QEMU's kvm_update_msi_routes_all.
+   */
+  onEntriesChanged: (() => void) | undefined;
 
   constructor(memory: GuestMemory, eimSupported: boolean, fault: IrteFaultSink, tracer: Tracer) {
     this.memory = memory;
@@ -102,21 +107,23 @@ export class InterruptRemapper {
     this.tableEntries = 2 ** ((irtaLo & 0xf) + 1);
     this.extendedMode = this.eimSupported && (irtaLo & 0x800) !== 0;
     this.cache.clear();
+    this.onEntriesChanged?.();
   }
 
   /** IEC invalidation (VT-d 6.5.2.7): everything, or 2^indexMask entries from `index`. */
   invalidate(global: boolean, index: number, indexMask: number): void {
     if (global) {
       this.cache.clear();
-      return;
-    }
-    const count = 2 ** indexMask;
-    const first = index - (index % count);
-    if (count > this.cache.size) {
-      for (const k of [...this.cache.keys()]) if (k >= first && k < first + count) this.cache.delete(k);
     } else {
-      for (let i = first; i < first + count; i++) this.cache.delete(i);
+      const count = 2 ** indexMask;
+      const first = index - (index % count);
+      if (count > this.cache.size) {
+        for (const k of [...this.cache.keys()]) if (k >= first && k < first + count) this.cache.delete(k);
+      } else {
+        for (let i = first; i < first + count; i++) this.cache.delete(i);
+      }
     }
+    this.onEntriesChanged?.();
   }
 
   get cachedEntries(): number {

@@ -37,7 +37,15 @@ test("--iommu intel takes QEMU intel-iommu properties, validated by the VT-d mod
     /--iommu intel-iommu: aw-bits=40: supported values are 39, 48 and 57/,
   );
   assert.throws(() => parseRunOptions(["--iommu", "amd"]), /unknown IOMMU "amd"/);
-  assert.throws(() => parseRunOptions(["--iommu", "virtio,x=1"]), /takes no properties/);
+  assert.throws(() => parseRunOptions(["--iommu", "virtio,x=1"]), /unknown property "x"/);
+  assert.deepEqual(parseRunOptions(["--iommu", "virtio,page-size-mask=4k:2m"]).iommu, {
+    kind: "virtio",
+    pageSizeMask: (1n << 12n) | (1n << 21n),
+  });
+  assert.throws(
+    () => parseRunOptions(["--iommu", "virtio,page-size-mask=3k"]),
+    /--iommu virtio: page-size-mask/,
+  );
 });
 
 test("--device edu[,iommu=on] and --rng [iommu=on]; iommu=on needs an --iommu", () => {

@@ -9,9 +9,18 @@
 // -> L0's virtio-iommu (our model in `viommu serve`). The run returns L2's RESULT lines, what
 // `viommu run` printed in L1, and L0's stats (map requests, faults) from `viommu serve`.
 
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { newcArchiveGz } from "./cpio.ts";
@@ -188,6 +197,38 @@ function stopServe(child: ChildProcess, statsPath: string): Promise<Record<strin
   });
 }
 
+/**
+ * Guest programs newer than the provisioned ones (guest/*.c changed since provisioning):
+ * compiled here as provision.sh does, to go into L2's initrd as /usr/bin/NAME.
+ */
+function freshGuestPrograms(repo: string, stage: string): { path: string; data: Buffer; mode: number }[] {
+  const guest = join(repo, "guest");
+  const newest = Math.max(...readdirSync(guest).map((f) => statSync(join(guest, f)).mtimeMs));
+  const out: { path: string; data: Buffer; mode: number }[] = [];
+  for (const f of readdirSync(guest)) {
+    if (!f.endsWith(".c")) continue;
+    const name = f.slice(0, -2);
+    const provisioned = join(labPaths().cache, "guest-bin", name);
+    if (existsSync(provisioned) && statSync(provisioned).mtimeMs > newest) continue;
+    const bin = join(stage, `${name}-${randomBytes(4).toString("hex")}`);
+    execFileSync("gcc", [
+      "-O2",
+      "-static",
+      "-Wall",
+      "-Wextra",
+      "-Werror",
+      "-std=gnu11",
+      `-I${guest}`,
+      "-o",
+      bin,
+      join(guest, f),
+    ]);
+    out.push({ path: `usr/bin/${name}`, data: readFileSync(bin), mode: 0o755 });
+    rmSync(bin, { force: true });
+  }
+  return out;
+}
+
 /** Runs the nested scenario: one L0, one L1 boot, the L2 runs in order. Never throws for a failing guest. */
 export async function runNestedAssignment(opts: NestedAssignOptions): Promise<NestedAssignOutcome> {
   const repo = resolve(import.meta.dirname, "../..");
@@ -197,12 +238,16 @@ export async function runNestedAssignment(opts: NestedAssignOptions): Promise<Ne
   const stage = join(kvmLabPaths().cache, "kvm-lab", "nested");
   mkdirSync(stage, { recursive: true });
   const base = readFileSync(labPaths().initramfs);
+  const programs = freshGuestPrograms(repo, stage);
   const staged = opts.runs.map((run) => {
     const initrd = join(stage, `l2-${randomBytes(6).toString("hex")}.cpio.gz`);
     const script = `${SCRIPT_PRELUDE}\n${run.l2Script ?? L2_EDU_SCRIPT}\n`;
     writeFileSync(
       initrd,
-      Buffer.concat([base, newcArchiveGz([{ path: "viommu/script.sh", data: script, mode: 0o755 }])]),
+      Buffer.concat([
+        base,
+        newcArchiveGz([{ path: "viommu/script.sh", data: script, mode: 0o755 }, ...programs]),
+      ]),
     );
     return { run, initrd };
   });
