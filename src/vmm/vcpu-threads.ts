@@ -65,8 +65,12 @@ export class VcpuThreads {
     });
   }
 
-  /** Waits (blocking) until every worker is in its run loop; throws after `timeoutMs`. */
-  waitReady(timeoutMs = 30_000): void {
+  /**
+   * Waits (blocking) until every worker is in its run loop; throws after `timeoutMs`. Generous:
+   * from the sources each worker loads tsx, which took 40-70 s for 4 workers in the KVM lab's
+   * L1 (a TCG guest, tools/guest-lab/kvm-lab.ts).
+   */
+  waitReady(timeoutMs = 180_000): void {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const seen = Atomics.load(this.doorbell, 0);

@@ -1,3 +1,4 @@
+// @needs kvm (runs in the KVM lab where /dev/kvm is missing: tools/guest-lab/kvm-tests.mjs)
 /**
  * The 64-bit boot protocol state, applied by the micro-VMM (src/cli/run.ts -> src/vmm/linux.ts)
  * to a real KVM vCPU: a synthetic bzImage whose 64-bit entry (load + 0x200) checks, from inside

@@ -1,3 +1,4 @@
+// @needs kvm (runs in the KVM lab where /dev/kvm is missing: tools/guest-lab/kvm-tests.mjs)
 /**
  * End-to-end runs of the KVM micro-VMM: the built-in guest with each vIOMMU, and tiny
  * hand-assembled Multiboot kernels for debug-exit, serial, crash and timeout behaviour.

@@ -1,3 +1,4 @@
+// @needs kvm (runs in the KVM lab where /dev/kvm is missing: tools/guest-lab/kvm-tests.mjs)
 /**
  * Guest RAM on hugetlbfs (`--memory size=S,file=/dev/hugepages/...`), the seeds' "faster
  * mappings" setup: runs where a hugetlbfs mount with enough free 2 MiB pages exists (.ci/run

@@ -1,3 +1,4 @@
+// @needs kvm (runs in the KVM lab where /dev/kvm is missing: tools/guest-lab/kvm-tests.mjs)
 /**
  * Linux direct boot in the VMM: the ACPI tables and memory map this machine hands to Linux
  * (checked against what the platform has), and a synthetic PVH kernel entered under KVM.

@@ -138,7 +138,9 @@ function labEnv(extra: Record<string, string> | undefined): Record<string, strin
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env))
     if (v !== undefined && ENV_PASSTHROUGH.test(k)) env[k] = v;
-  env.HOME = "/tmp";
+  // L1's tmpfs (kvm-lab-init.sh); the host's /tmp is visible at /tmp, read-only unless writable.
+  env.TMPDIR = "/run/tmp";
+  env.HOME = "/run/tmp";
   env.VIOMMU_IN_KVM_LAB = "1";
   // Measured: KVM in L1 (nested SVM with NPT under TCG) runs Linux guests.
   env.VIOMMU_KVM_RUNS_LINUX = "1";

@@ -7,8 +7,9 @@
 #  2. loads kvm_amd (irqbypass, ccp, kvm first) and the 9p modules; /dev/kvm must then exist;
 #  3. mounts the host root (9p tag "host", read-only) at /host, and over it the host directories
 #     the job wants writable (9p tags w0, w1, ...), proc/sys/dev/tmpfs, and the persistent
-#     scratch directory (tag "scratch") whose tsx-cache/ becomes /tmp/tsx-0 (tsx's transform
-#     cache, so only the first run in L1 compiles TypeScript);
+#     scratch directory (tag "scratch") whose tsx-cache/ becomes /run/tmp/tsx-0 (TMPDIR is
+#     /run/tmp, a tmpfs; so this is tsx's transform cache, and only the first run in L1
+#     compiles TypeScript);
 #  4. runs /viommu/command.sh (from the job archive appended to this initramfs) chrooted into
 #     /host, stdout to the virtio-serial port "out", stderr to "err", stdin from /dev/null;
 #  5. writes the job's end-of-stream token on both ports, prints "VIOMMU-KVM-LAB: exit=N" on the
@@ -64,13 +65,15 @@ mount -t devtmpfs devtmpfs /host/dev || fail mounts "devtmpfs"
 mkdir -p /host/dev/pts /host/dev/shm 2>/dev/null
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail mounts "tmpfs on /tmp"
-mount -t tmpfs tmpfs /host/run
-mkdir -p /scratch /host/tmp/tsx-0
+# L1's own temporary files: a tmpfs at /run, TMPDIR=/run/tmp (the host's /tmp stays visible at
+# /tmp, read-only unless the job made it writable).
+mount -t tmpfs -o mode=755 tmpfs /host/run || fail mounts "tmpfs on /run"
+mkdir -p -m 1777 /host/run/tmp
+mkdir -p /scratch /host/run/tmp/tsx-0
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap scratch /scratch ||
   fail 9p "cannot mount the scratch directory (9p tag scratch)"
 mkdir -p /scratch/tsx-cache
-mount --bind /scratch/tsx-cache /host/tmp/tsx-0 || fail mounts "tsx cache"
+mount --bind /scratch/tsx-cache /host/run/tmp/tsx-0 || fail mounts "tsx cache"
 if [ "${LAB_HUGEPAGES:-0}" -gt 0 ]; then
   echo "$LAB_HUGEPAGES" >/proc/sys/vm/nr_hugepages
   mkdir -p /host/dev/hugepages
@@ -88,10 +91,10 @@ for p in /sys/class/virtio-ports/*; do
 done
 [ -c "$out" ] && [ -c "$err" ] || fail ports "virtio-serial ports out/err missing"
 
-mkdir -p /host/tmp/.viommu-kvm-lab
-cp /viommu/command.sh /host/tmp/.viommu-kvm-lab/command.sh
+mkdir -p /host/run/viommu-kvm-lab
+cp /viommu/command.sh /host/run/viommu-kvm-lab/command.sh
 say "step=run uptime=$(cut -d' ' -f1 /proc/uptime)"
-chroot /host /bin/sh /tmp/.viommu-kvm-lab/command.sh <"/dev/null" >"$out" 2>"$err"
+chroot /host /bin/sh /run/viommu-kvm-lab/command.sh <"/dev/null" >"$out" 2>"$err"
 rc=$?
 printf '%s' "$LAB_TOKEN" >"$out"
 printf '%s' "$LAB_TOKEN" >"$err"
