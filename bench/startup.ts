@@ -20,6 +20,8 @@ import { join, resolve } from "node:path";
 import { ensureBuild } from "../tools/build/js-build.mjs";
 
 const REPO = resolve(import.meta.dirname, "..");
+// Start-up on this host: without /dev/kvm, `run` must refuse here, not go to the KVM lab.
+process.env.VIOMMU_KVM_LAB = "off";
 const args = process.argv.slice(2);
 const runsArg = args.indexOf("--runs");
 const RUNS = runsArg >= 0 ? Number(args[runsArg + 1]) : 10;
