@@ -38,6 +38,27 @@ function provision(repo: string, stderr: (s: string) => void): Promise<number> {
 }
 
 /**
+ * Passes text on in whole lines: stdout and stderr arrive from L1 on separate channels in
+ * arbitrary chunks, and a terminal showing both should not get a line cut by the other.
+ */
+function lineWriter(write: (s: string) => void): { push: (t: string) => void; end: () => void } {
+  let pending = "";
+  return {
+    push: (t) => {
+      pending += t;
+      const nl = pending.lastIndexOf("\n");
+      if (nl < 0) return;
+      write(pending.slice(0, nl + 1));
+      pending = pending.slice(nl + 1);
+    },
+    end: () => {
+      if (pending) write(pending);
+      pending = "";
+    },
+  };
+}
+
+/**
  * Runs `node <repo>/bin/viommu.mjs ...args` in the KVM lab. Returns the exit status: the VMM's,
  * or 2 when the lab itself could not run it (one line says which step failed).
  */
@@ -69,6 +90,8 @@ export async function runViommuInKvmLab(repo: string, args: readonly string[], w
   const onSignal = () => abort.abort();
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  const out = lineWriter((t) => process.stdout.write(t));
+  const errLines = lineWriter(err);
   try {
     const run = await runInKvmLab({
       command: ["node", resolve(repo, "bin/viommu.mjs"), ...args],
@@ -76,9 +99,11 @@ export async function runViommuInKvmLab(repo: string, args: readonly string[], w
       writable,
       timeoutMs: labTimeoutS * 1000,
       signal: abort.signal,
-      onStdout: (t) => process.stdout.write(t),
-      onStderr: err,
+      onStdout: out.push,
+      onStderr: errLines.push,
     });
+    out.end();
+    errLines.end();
     if (run.failedStep === "aborted") return 130;
     if (run.failedStep !== null || run.exitCode === null) {
       err(`viommu: ${run.failure ?? "the KVM lab run did not finish"}\n`);
