@@ -141,6 +141,8 @@ function labEnv(extra: Record<string, string> | undefined): Record<string, strin
   // L1's tmpfs (kvm-lab-init.sh); the host's /tmp is visible at /tmp, read-only unless writable.
   env.TMPDIR = "/run/tmp";
   env.HOME = "/run/tmp";
+  // HOME differs in L1: name the host's lab cache (kernels, initramfs) explicitly.
+  env.VIOMMU_CACHE ??= kvmLabPaths().cache;
   env.VIOMMU_IN_KVM_LAB = "1";
   // Measured: KVM in L1 (nested SVM with NPT under TCG) runs Linux guests.
   env.VIOMMU_KVM_RUNS_LINUX = "1";
