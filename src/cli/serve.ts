@@ -25,8 +25,8 @@
  * This module exports `runServe(argv)` for src/cli/main.ts; it also runs directly:
  * `node --import tsx src/cli/serve.ts --socket-dir DIR ...`.
  */
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { accessSync, constants, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { buildVirtioPciIommuViot } from "../acpi/viot.ts";
 import { EduDevice } from "../devices/edu.ts";
@@ -364,6 +364,16 @@ async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
     throw new ServeSetupError(
       `--socket-dir ${opts.socketDir}: cannot create it: ${fileProblem(e)} (choose a directory you can write)`,
     );
+  }
+  if (opts.statsJsonPath !== undefined) {
+    // Found out now, not at exit when the figures would be lost.
+    try {
+      accessSync(dirname(opts.statsJsonPath), constants.W_OK);
+    } catch (e) {
+      throw new ServeSetupError(
+        `--stats-json ${opts.statsJsonPath}: cannot write in ${dirname(opts.statsJsonPath)}: ${fileProblem(e)} (choose a file in a directory you can write)`,
+      );
+    }
   }
   const tracer = Tracer.fromSpec(process.env.VIOMMU_TRACE);
   tracer.listen((e) => process.stderr.write(`trace ${formatTraceEvent(e)}\n`), []);

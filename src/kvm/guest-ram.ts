@@ -52,7 +52,12 @@ export function mapGuestRam(sizeBytes: number, file?: string): HostMapping {
   let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
   if (file !== undefined) {
     fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
-    if (fd < 0) throw new GuestRamError(`cannot open memory file ${file}: ${errnoName(errno())}`);
+    if (fd < 0) {
+      throw new GuestRamError(
+        `cannot open memory file ${file}: ${errnoName(errno())} (--memory file= needs an existing directory you can write; ` +
+          "for huge pages, mount hugetlbfs there first: mount -t hugetlbfs none /dev/hugepages)",
+      );
+    }
     if (ftruncate(fd, sizeBytes) < 0) {
       const err = errno();
       close(fd);
@@ -67,7 +72,12 @@ export function mapGuestRam(sizeBytes: number, file?: string): HostMapping {
   const mapErr = errno();
   if (fd >= 0) close(fd);
   if (isMapFailed(ptr)) {
-    throw new GuestRamError(`mmap of ${sizeBytes} bytes of guest RAM failed: ${errnoName(mapErr)}`);
+    throw new GuestRamError(
+      `mmap of ${sizeBytes} bytes of guest RAM failed: ${errnoName(mapErr)}` +
+        (file === undefined
+          ? " (give a smaller --memory size)"
+          : " (give a smaller --memory size; on hugetlbfs, reserve enough pages: /proc/sys/vm/nr_hugepages)"),
+    );
   }
   const bytes = new Uint8Array(externalView(ptr, sizeBytes));
   let mapped = true;

@@ -127,6 +127,28 @@ test("serve: a --socket-dir too long for a UNIX socket path (sun_path, 108 bytes
   assert.equal(existsSync(dir), false);
 });
 
+test("serve: a --stats-json file that could not be written at exit is refused at start", () => {
+  const r = spawnSync(
+    process.execPath,
+    [
+      BIN,
+      "serve",
+      "--socket-dir",
+      join(scratch, "s3"),
+      "--device",
+      "edu",
+      "--stats-json",
+      "/nonexistent-dir/s.json",
+    ],
+    { encoding: "utf8", timeout: 30_000 },
+  );
+  assert.equal(r.status, 2);
+  assert.equal(
+    r.stderr,
+    "viommu serve: --stats-json /nonexistent-dir/s.json: cannot write in /nonexistent-dir: no such file or directory (choose a file in a directory you can write)\n",
+  );
+});
+
 test("serve: --stats-json takes a file name", () => {
   assert.equal(
     parseServeArgs(["--socket-dir", "/tmp/x", "--device", "edu", "--stats-json", "/tmp/s.json"])
