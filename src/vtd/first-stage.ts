@@ -10,13 +10,14 @@ import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import { GuestRam } from "./guest-ram.ts";
 import {
-  addressBitsAboveHaw,
   EnumerationBudget,
   entryAddress,
+  enumerateLeaves,
   LEVEL_BYTES,
-  WALK,
-  type WalkOut,
-} from "./second-stage.ts";
+  type LeafCallback,
+  type LeafFormat,
+} from "./paging.ts";
+import { addressBitsAboveHaw, WALK, type WalkOut } from "./second-stage.ts";
 
 export interface FirstStageFormat {
   readonly hawBits: number;
@@ -180,51 +181,20 @@ export class FirstStageWalker {
     startIova: number,
     lastIova: number,
     req: FirstStageRequest,
-    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
+    leaf: LeafCallback,
   ): void {
     this.enumeration.begin();
     if (rootGpa >= this.addressLimit) return;
     const last = Math.min(lastIova, FirstStageWalker.inputLimit(levels) - 1);
-    this.visit(rootGpa, levels, 0, startIova, last, true, true, req, leaf);
-  }
-
-  private visit(
-    table: number,
-    level: number,
-    baseIova: number,
-    startIova: number,
-    lastIova: number,
-    writable: boolean,
-    user: boolean,
-    req: FirstStageRequest,
-    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
-  ): void {
-    const ram = this.ram;
-    const budget = this.enumeration;
-    const resHigh = this.resHigh;
-    const size = LEVEL_BYTES[level];
-    const first = Math.max(0, Math.floor((startIova - baseIova) / size));
-    const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
-    for (let i = first; i <= last; i++) {
-      const entryGpa = table + i * 8;
-      if (!ram.read64(entryGpa)) return;
-      if (!budget.take()) return;
-      budget.reads++;
-      const lo = ram.lo;
-      const hi = ram.hi;
-      if ((lo & 1) === 0 || this.reserved(lo, hi, level, resHigh)) continue;
-      const w = writable && (lo & 2) !== 0;
-      const u = user && (lo & 4) !== 0;
-      const addr = entryAddress(lo, hi);
-      const iova = baseIova + i * size;
-      if (level === 1 || (lo & 0x80) !== 0) {
-        if (!req.privileged && !u) continue;
-        const perms = w || (req.privileged && !req.writeProtect) ? RW : READ;
-        budget.leaf();
-        leaf(iova, level === 1 ? addr : addr - (addr % size), size, perms);
-      } else {
-        this.visit(addr, level - 1, iova, startIova, lastIova, w, u, req, leaf);
-      }
-    }
+    const format: LeafFormat = {
+      skip: (lo, hi, level) => (lo & 1) === 0 || this.reserved(lo, hi, level, this.resHigh),
+      // R/W and U/S are ANDed down the walk (VT-d 9.7): attribute bits 1 (writable), 2 (user).
+      attributes: (above, lo) => above & (((lo & 2) !== 0 ? 1 : 0) | ((lo & 4) !== 0 ? 2 : 0)),
+      leafPerms: (attributes) => {
+        if (!req.privileged && (attributes & 2) === 0) return 0; // a user request, supervisor page
+        return (attributes & 1) !== 0 || (req.privileged && !req.writeProtect) ? RW : READ;
+      },
+    };
+    enumerateLeaves(this.ram, this.enumeration, format, rootGpa, levels, 0, startIova, last, 3, leaf);
   }
 }

@@ -4,62 +4,28 @@
  * address, with R/W permissions ANDed down the walk and 2 MiB / 1 GiB leaves when CAP.SLLPS
  * advertises them.
  *
- * Entries are read as two u32 halves; nothing allocates. The same walk enumerates every leaf
- * in a range (for caching-mode replay), skipping what does not translate.
+ * Entries are read as two u32 halves; nothing allocates. The leaves in a range (caching-mode
+ * replay) are enumerated by the shared enumeration of paging.ts, skipping what does not translate.
  */
 import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import { GuestRam } from "./guest-ram.ts";
+import {
+  EnumerationBudget,
+  entryAddress,
+  enumerateLeaves,
+  LEVEL_BYTES,
+  type LeafCallback,
+  type LeafFormat,
+} from "./paging.ts";
 
-/** Why a walk stopped (mapped to legacy or scalable fault reasons by the caller). */
+
 // Imported bindings are read through accessors under tsx: hot paths use module-local copies.
 const READ: number = PERM_READ;
 const WRITE: number = PERM_WRITE;
 const RW: number = PERM_RW;
 
-/** Bounds of one leaf enumeration (caching-mode replay): entries read and leaves reported. */
-export const ENUMERATION_ENTRY_BUDGET = 1 << 22;
-export const ENUMERATION_LEAF_BUDGET = 1 << 17;
-
-/**
- * The bounds of one leaf enumeration and what enumerations have cost so far. A guest can point
- * every entry of a level at the same table (512^4 leaves), so each enumeration may read at most
- * `entryBudget` entries and report at most `leafBudget` leaves.
- */
-export class EnumerationBudget {
-  entryBudget = ENUMERATION_ENTRY_BUDGET;
-  leafBudget = ENUMERATION_LEAF_BUDGET;
-  /** True when the last enumeration stopped at a budget. */
-  truncated = false;
-  /** Entries read and leaves reported by enumerations so far. */
-  reads = 0;
-  leaves = 0;
-  private entriesLeft = 0;
-  private leavesLeft = 0;
-
-  /** Starts an enumeration with the full budgets. */
-  begin(): void {
-    this.entriesLeft = this.entryBudget;
-    this.leavesLeft = this.leafBudget;
-    this.truncated = false;
-  }
-
-  /** Spends one entry; false (and `truncated`) once either budget is used up. */
-  take(): boolean {
-    if (this.entriesLeft-- <= 0 || this.leavesLeft <= 0) {
-      this.truncated = true;
-      return false;
-    }
-    return true;
-  }
-
-  /** Counts one reported leaf. */
-  leaf(): void {
-    this.leavesLeft--;
-    this.leaves++;
-  }
-}
-
+/** Why a walk stopped (mapped to legacy or scalable fault reasons by the caller). */
 export const WALK = {
   OK: 0,
   /** An entry could not be read (not RAM). */
@@ -98,24 +64,13 @@ export interface SecondStageFormat {
   readonly snoopControl: boolean;
 }
 
-const TWO32 = 0x1_0000_0000;
-
-/** The address in a paging entry (VT-d 9.7, 9.8): bits 51:12, high dword bits 19:0. */
-export function entryAddress(lo: number, hi: number): number {
-  return (hi & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
-}
+const _TWO32 = 0x1_0000_0000;
 
 /** High-dword mask of the entry address bits at and above the host address width (up to 51). */
 export function addressBitsAboveHaw(hawBits: number): number {
   const h = Math.min(hawBits, 52);
   return h >= 52 ? 0 : ((2 ** (52 - h) - 1) * 2 ** (h - 32)) >>> 0;
 }
-
-/**
- * Bytes one entry maps at each level (index = level): a table, since `2 ** n` with a variable
- * exponent is a slow generic power in V8 and sits on the walk path.
- */
-export const LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39, 2 ** 48];
 
 /** Reserved high-dword bits: address bits haw..51 and bit 62 (VT-d 9.8). */
 function reservedHigh(hawBits: number): number {
@@ -202,46 +157,28 @@ export class SecondStageWalker {
     levels: number,
     startIova: number,
     lastIova: number,
-    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
+    leaf: LeafCallback,
   ): void {
     this.enumeration.begin();
     if (!this.rootValid(rootGpa)) return;
-    this.visit(rootGpa, levels, 0, startIova, lastIova, RW, leaf);
+    enumerateLeaves(
+      this.ram,
+      this.enumeration,
+      this.leafFormat,
+      rootGpa,
+      levels,
+      0,
+      startIova,
+      lastIova,
+      RW,
+      leaf,
+    );
   }
 
-  private visit(
-    table: number,
-    level: number,
-    baseIova: number,
-    startIova: number,
-    lastIova: number,
-    perms: number,
-    leaf: (iova: number, gpa: number, sizeBytes: number, perms: number) => void,
-  ): void {
-    const ram = this.ram;
-    const budget = this.enumeration;
-    const size = LEVEL_BYTES[level];
-    const first = Math.max(0, Math.floor((startIova - baseIova) / size));
-    const last = Math.min(511, Math.floor((lastIova - baseIova) / size));
-    for (let i = first; i <= last; i++) {
-      const entryGpa = table + i * 8;
-      if (!budget.take()) return;
-      if (!ram.read64(entryGpa)) return;
-      budget.reads++;
-      const lo = ram.lo;
-      const hi = ram.hi;
-      if ((lo & 3) === 0 || this.reserved(lo, hi, level)) continue;
-      const p = perms & ((lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0));
-      const addr = entryAddress(lo, hi);
-      const iova = baseIova + i * size;
-      if (level === 1 || (lo & 0x80) !== 0) {
-        if (p !== 0) {
-          budget.leaf();
-          leaf(iova, addr - (addr % size), size, p);
-        }
-      } else {
-        this.visit(addr, level - 1, iova, startIova, lastIova, p, leaf);
-      }
-    }
-  }
+  /** Second-stage entries for the enumeration: R and W ANDed down the walk (VT-d 9.8). */
+  private readonly leafFormat: LeafFormat = {
+    skip: (lo, hi, level) => (lo & 3) === 0 || this.reserved(lo, hi, level),
+    attributes: (above, lo) => above & ((lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0)),
+    leafPerms: (attributes) => attributes,
+  };
 }
