@@ -19,7 +19,6 @@ import {
   type LeafFormat,
 } from "./paging.ts";
 
-
 // Imported bindings are read through accessors under tsx: hot paths use module-local copies.
 const READ: number = PERM_READ;
 const WRITE: number = PERM_WRITE;
