@@ -5,7 +5,11 @@
  * Index 0 INTx (1 line, EVENTFD | MASKABLE | AUTOMASKED), 1 MSI (the capability's vectors,
  * NORESIZE), 2 MSI-X (table size), 3 ERR and 4 REQ (count 0: not offered). The client hands
  * one eventfd per vector with ACTION_TRIGGER | DATA_EVENTFD; the server writes 1 to it
- * (8-byte counter add) when the device signals that vector.
+ * (8-byte counter add) when the device signals that vector. Only eventfds are accepted (any
+ * other descriptor is EINVAL), and each is made non-blocking: a blocking write to a descriptor
+ * a client controls (a pipe, an eventfd preloaded near its maximum) would stop the whole
+ * server. A write that finds the counter full (EAGAIN) loses nothing: the counter is non-zero,
+ * so the interrupt is already pending at the client; it is counted as coalesced.
  *
  * INTx is level-triggered and automasked, as in Linux vfio-pci: an assertion signals the
  * eventfd and masks the line; the client unmasks after the guest's EOI, and a line still
@@ -21,7 +25,7 @@
 
 import type { PciFunction } from "../pci/function.ts";
 import type { InterruptSink, MsiMessage } from "../platform/interrupts.ts";
-import { closeFd, ERRNO, signalEventFd } from "./libc.ts";
+import { closeFd, ERRNO, isEventFd, setNonBlocking, signalEventFd } from "./libc.ts";
 import {
   VFIO_IRQ_INFO_AUTOMASKED,
   VFIO_IRQ_INFO_EVENTFD,
@@ -66,6 +70,10 @@ export interface IrqStats {
   readonly droppedNoEventfd: number;
   /** eventfd writes that failed. */
   readonly signalFailures: number;
+  /** Signals that found the eventfd counter full (the interrupt was already pending). */
+  readonly coalesced: number;
+  /** SET_IRQS descriptors refused because they were not eventfds (or could not be made non-blocking). */
+  readonly refusedDescriptors: number;
   readonly intxMasked: boolean;
 }
 
@@ -93,6 +101,8 @@ export class IrqRouter implements InterruptSink {
   signalled = { intx: 0, msi: 0, msix: 0 };
   droppedNoEventfd = 0;
   signalFailures = 0;
+  coalesced = 0;
+  refusedDescriptors = 0;
 
   constructor(fn: PciFunction) {
     this.fn = fn;
@@ -130,9 +140,15 @@ export class IrqRouter implements InterruptSink {
       this.droppedNoEventfd++;
       return;
     }
-    if (!signalEventFd(fd)) this.signalFailures++;
-    else if (useMsix) this.signalled.msix++;
-    else this.signalled.msi++;
+    this.signal(fd, useMsix ? "msix" : "msi");
+  }
+
+  /** One eventfd signal (see the file comment for a full counter). */
+  private signal(fd: number, kind: "intx" | "msi" | "msix"): void {
+    const r = signalEventFd(fd);
+    if (r > 0) this.signalled[kind]++;
+    else if (r === 0) this.coalesced++;
+    else this.signalFailures++;
   }
 
   setPin(_requesterId: number, _pin: number, asserted: boolean): void {
@@ -148,8 +164,7 @@ export class IrqRouter implements InterruptSink {
     }
     // VFIO_IRQ_INFO_AUTOMASKED: the line masks itself when it fires.
     this.intxMasked = true;
-    if (signalEventFd(this.intxFd)) this.signalled.intx++;
-    else this.signalFailures++;
+    this.signal(this.intxFd, "intx");
   }
 
   // --- VFIO_USER_DEVICE_SET_IRQS ------------------------------------------------------------
@@ -184,6 +199,12 @@ export class IrqRouter implements InterruptSink {
       return ERRNO.EINVAL;
     if (data === VFIO_IRQ_SET_DATA_EVENTFD && req.fds.length !== 0 && req.fds.length !== req.count)
       return ERRNO.EINVAL;
+    for (const fd of req.fds) {
+      if (!isEventFd(fd) || !setNonBlocking(fd)) {
+        this.refusedDescriptors++;
+        return ERRNO.EINVAL;
+      }
+    }
     const selected = (i: number): boolean => data !== VFIO_IRQ_SET_DATA_BOOL || req.bools![i] !== 0;
 
     if (req.index === VFIO_PCI_INTX_IRQ_INDEX) {
@@ -234,8 +255,7 @@ export class IrqRouter implements InterruptSink {
       this.droppedNoEventfd++;
       return;
     }
-    if (signalEventFd(fd)) this.signalled[kind]++;
-    else this.signalFailures++;
+    this.signal(fd, kind);
   }
 
   private disableIndex(index: number): void {
@@ -288,6 +308,8 @@ export class IrqRouter implements InterruptSink {
       signalled: { ...this.signalled },
       droppedNoEventfd: this.droppedNoEventfd,
       signalFailures: this.signalFailures,
+      coalesced: this.coalesced,
+      refusedDescriptors: this.refusedDescriptors,
       intxMasked: this.intxMasked,
     };
   }

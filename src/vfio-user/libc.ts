@@ -3,7 +3,7 @@
  * with SCM_RIGHTS descriptor passing (recvmsg/sendmsg), mmap of client memory, eventfd writes.
  *
  * Bound with koffi. Every call here is non-blocking (sockets are created O_NONBLOCK) and returns
- * the libc result; callers read `errno()` on failure. Structures are laid out by hand for
+ * the libc result; callers read `errno()` on failure. (File status comes from Node's fs.fstatSync.) Structures are laid out by hand for
  * x86-64 / aarch64 Linux (LP64): msghdr 56 bytes, iovec 16, cmsghdr 16, sockaddr_un 110.
  *
  * Event-loop integration: `watchFd` uses koffi's libuv poll handle (uv_poll_t), so readiness of
@@ -11,6 +11,7 @@
  * accept4 non-blockingly. This keeps one thread, no busy polling, and no data ever read by Node
  * itself (a net.Socket over the fd would read() the stream and discard passed descriptors).
  */
+import { readlinkSync } from "node:fs";
 import koffi from "koffi";
 
 const lib = koffi.load("libc.so.6");
@@ -36,6 +37,15 @@ export const MAP_NORESERVE = 0x4000;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
 
 export const ERRNO = {
   EPERM: 1,
@@ -71,9 +81,11 @@ const c = {
   eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
   memfdCreate: lib.func("int memfd_create(const char *name, unsigned int flags)"),
   ftruncate: lib.func("int ftruncate(int fd, int64_t length)"),
-  fstat: lib.func("int fstat(int fd, void *statbuf)"),
   socketpair: lib.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
   poll: lib.func("int poll(void *fds, uint64_t nfds, int timeout)"),
+  // fcntl is variadic; its third argument is an int for every command used here, which the
+  // LP64 Linux calling conventions pass exactly as a fixed int parameter.
+  fcntl: lib.func("int fcntl(int fd, int cmd, int arg)"),
 };
 
 export function errno(): number {
@@ -162,9 +174,48 @@ export function createEventFd(nonBlocking = true): number {
 const eventOne = new BigUint64Array([1n]);
 const eventBuf = new Uint8Array(eventOne.buffer);
 
-/** Adds 1 to an eventfd counter (the vfio-user interrupt signal). Returns false on failure. */
-export function signalEventFd(fd: number): boolean {
-  return (c.write(fd, eventBuf, 8) as number) === 8;
+/**
+ * Adds 1 to an eventfd counter (the vfio-user interrupt signal): 1 when added, 0 when the
+ * counter is full (EAGAIN on a non-blocking eventfd: the interrupt is already pending, nothing
+ * is lost), -errno on any other failure.
+ */
+export function signalEventFd(fd: number): number {
+  if ((c.write(fd, eventBuf, 8) as number) === 8) return 1;
+  const e = errno();
+  return e === ERRNO.EAGAIN ? 0 : -e;
+}
+
+/** True when `fd` is an eventfd (its /proc/self/fd link names the eventfd anonymous inode). */
+export function isEventFd(fd: number): boolean {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`) === "anon_inode:[eventfd]";
+  } catch {
+    return false;
+  }
+}
+
+/** Sets O_NONBLOCK on a descriptor (its open file description); false on failure. */
+export function setNonBlocking(fd: number): boolean {
+  const flags = c.fcntl(fd, F_GETFL, 0) as number;
+  if (flags < 0) return false;
+  if ((flags & O_NONBLOCK) !== 0) return true;
+  return (c.fcntl(fd, F_SETFL, flags | O_NONBLOCK) as number) === 0;
+}
+
+/** The memfd seals of `fd` (F_GET_SEALS), or -errno (EINVAL: not a file that supports seals). */
+export function getSeals(fd: number): number {
+  const r = c.fcntl(fd, F_GET_SEALS, 0) as number;
+  return r < 0 ? -errno() : r;
+}
+
+/** Adds memfd seals (F_ADD_SEALS); 0 or -errno. */
+export function addSeals(fd: number, seals: number): number {
+  return (c.fcntl(fd, F_ADD_SEALS, seals) as number) < 0 ? -errno() : 0;
+}
+
+/** ftruncate(fd, sizeBytes); 0 or -errno (tests use it to shrink a client file). */
+export function truncateFd(fd: number, sizeBytes: number): number {
+  return (c.ftruncate(fd, sizeBytes) as number) < 0 ? -errno() : 0;
 }
 
 const eventRead = new Uint8Array(8);
@@ -175,8 +226,8 @@ export function drainEventFd(fd: number): number {
   return Number(new DataView(eventRead.buffer).getBigUint64(0, true));
 }
 
-export function memfdCreate(name: string, sizeBytes: number): number {
-  const fd = c.memfdCreate(name, MFD_CLOEXEC) as number;
+export function memfdCreate(name: string, sizeBytes: number, flags = MFD_CLOEXEC): number {
+  const fd = c.memfdCreate(name, flags) as number;
   if (fd < 0) throw new LibcError("memfd_create", errno());
   if ((c.ftruncate(fd, sizeBytes) as number) < 0) {
     const e = errno();
@@ -186,22 +237,19 @@ export function memfdCreate(name: string, sizeBytes: number): number {
   return fd;
 }
 
-/** The (st_dev, st_ino) identity of an open file, or null when fstat fails. */
-export function fileIdentity(fd: number): { dev: bigint; ino: bigint; sizeBytes: number } | null {
-  const st = Buffer.alloc(144);
-  if ((c.fstat(fd, st) as number) < 0) return null;
-  // struct stat (x86-64): st_dev u64 @0, st_ino u64 @8, st_size i64 @48.
-  return { dev: st.readBigUInt64LE(0), ino: st.readBigUInt64LE(8), sizeBytes: Number(st.readBigInt64LE(48)) };
-}
-
-/** A native mapping of a file: its address and a Uint8Array over it (koffi.view, zero-copy). */
+/** A native mapping: its address and length (views are made per window: `mappingView`). */
 export interface NativeMapping {
   readonly address: bigint;
   readonly sizeBytes: number;
-  readonly bytes: Uint8Array;
-  /** The koffi pointer value, for munmap / remap. */
+  /** The koffi pointer value, for munmap. */
   readonly pointer: unknown;
 }
+
+/**
+ * Largest zero-copy view made of native memory. koffi.view() of more than 4 GiB aborts the
+ * process (it cannot make such an ArrayBuffer), so big mappings are viewed in windows.
+ */
+export const MAX_VIEW_BYTES = 2 ** 31;
 
 /** mmap(fd, offset, sizeBytes); null with errno on failure. */
 export function mapFile(
@@ -214,25 +262,16 @@ export function mapFile(
   const p = c.mmap(null, sizeBytes, prot, flags, fd, offset);
   const address = koffi.address(p);
   if (p === null || address === 0xffffffffffffffffn) return null;
-  const bytes = new Uint8Array(koffi.view(p, sizeBytes));
-  return { address, sizeBytes, bytes, pointer: p };
+  return { address, sizeBytes, pointer: p };
 }
 
-/**
- * Replaces a mapping in place with private anonymous zero pages (MAP_FIXED), so any view a
- * device still holds keeps pointing at valid memory that is no longer the client's. Returns
- * false on failure.
- */
-export function quarantineMapping(m: NativeMapping): boolean {
-  const p = c.mmap(
-    m.pointer,
-    m.sizeBytes,
-    PROT_READ | PROT_WRITE,
-    MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-    -1,
-    0,
-  );
-  return koffi.address(p) === m.address;
+/** A zero-copy view of [offset, offset + sizeBytes) of a mapping (at most MAX_VIEW_BYTES). */
+export function mappingView(m: NativeMapping, offset: number, sizeBytes: number): Uint8Array {
+  if (offset < 0 || sizeBytes < 0 || offset + sizeBytes > m.sizeBytes || sizeBytes > MAX_VIEW_BYTES) {
+    throw new RangeError(`view [${offset}, +${sizeBytes}) of a ${m.sizeBytes}-byte mapping`);
+  }
+  if (sizeBytes === 0) return new Uint8Array(0);
+  return new Uint8Array(koffi.view(m.address + BigInt(offset), sizeBytes));
 }
 
 export function unmapMapping(m: NativeMapping): boolean {

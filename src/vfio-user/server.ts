@@ -119,6 +119,7 @@ export interface DeviceServerStats {
   /** DMA_READ/DMA_WRITE round trips sent, and those that failed (timeout, error, bad reply). */
   readonly dmaMessages: number;
   readonly dmaMessageFailures: number;
+  readonly longestCleanupMs: number;
   /** The current connection's byte stream (absent while no client is attached). */
   readonly channel?: ReturnType<MessageChannel["stats"]>;
   readonly irqs: ReturnType<IrqRouter["stats"]>;
@@ -171,6 +172,10 @@ export class VfioUserDeviceServer {
   internalErrors = 0;
   dmaMessages = 0;
   dmaMessageFailures = 0;
+  /** Longest stretch of disconnect cleanup in one event-loop turn, in milliseconds. */
+  private longestCleanupMs = 0;
+  /** Tables of recent disconnects (still releasing in slices, see client-dma-table.ts). */
+  private readonly closedTables: ClientDmaTable[] = [];
   private readonly commandCounts: Record<string, number> = {};
   private readonly errorCounts: Record<string, number> = {};
 
@@ -284,8 +289,12 @@ export class VfioUserDeviceServer {
   private onClose(session: Session, why: string): void {
     if (this.session !== session) return;
     this.session = null;
-    session.dma.clear();
+    const start = performance.now();
+    session.dma.close();
     this.irqs.closeAll();
+    this.longestCleanupMs = Math.max(this.longestCleanupMs, performance.now() - start);
+    this.closedTables.push(session.dma);
+    if (this.closedTables.length > 8) this.closedTables.shift();
     this.log(`${this.name}: client disconnected (${why})`);
   }
 
@@ -685,6 +694,10 @@ export class VfioUserDeviceServer {
       internalErrors: this.internalErrors,
       dmaMessages: this.dmaMessages,
       dmaMessageFailures: this.dmaMessageFailures,
+      longestCleanupMs: this.closedTables.reduce(
+        (m, t) => Math.max(m, t.longestSliceMs),
+        this.longestCleanupMs,
+      ),
       channel: this.session?.channel.stats(),
       irqs: this.irqs.stats(),
     };

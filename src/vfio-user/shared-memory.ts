@@ -16,10 +16,11 @@
  * recently mapped region that contains it; every region in the view is one some client
  * registered, so DMA never reaches memory outside the clients' DMA regions.
  *
- * When the last reference goes, the range leaves guest memory at once (later DMA to it faults as
- * not-RAM) and its mapping is replaced in place by private anonymous pages (MAP_FIXED), so a
- * view a device still holds can never reach the client's memory again nor fault the process
- * ("the server must release all references to that DMA region before replying").
+ * How a region is backed (mapped in windows, pread/pwrite on an unsealable file, or messages),
+ * what it costs and how it is given back: region-backing.ts. When the last reference goes, the
+ * range leaves guest memory at once (later DMA to it faults as not-RAM; "the server must release
+ * all references to that DMA region before replying") and its mapping or descriptor is given back
+ * from the event loop shortly after, in bounded slices.
  *
  * A region registered without a descriptor is message-backed (vfio-user.rst "VFIO_USER_DMA_MAP":
  * the server accesses it with VFIO_USER_DMA_READ/WRITE): it takes part in the same newest-wins
@@ -36,220 +37,163 @@
  * This class extends the engine's `GuestMemory` so models and address spaces take it as is;
  * it overrides every public method to read its own, changeable region list.
  */
+import { fstatSync, readSync, writeSync } from "node:fs";
 import { GuestMemory, GuestMemoryError, type RamRegion } from "../engine/guest-memory.ts";
+import { ClientDmaTable } from "./client-dma-table.ts";
+import { closeFd } from "./libc.ts";
 import {
-  closeFd,
-  ERRNO,
-  fileIdentity,
-  MAP_PRIVATE,
-  MAP_SHARED,
-  mapFile,
-  type NativeMapping,
-  PROT_READ,
-  PROT_WRITE,
-  quarantineMapping,
-} from "./libc.ts";
+  BACKING_FILE_IO,
+  BACKING_MAPPED,
+  BACKING_MESSAGE,
+  type Backing,
+  type BackingResult,
+  createFileBacking,
+  createMessageBacking,
+  type DmaTransport,
+  type FileRegionRequest,
+  fileRegionKey,
+  ReleaseQueue,
+  ResourceBudget,
+  regularFileIdentity,
+  WINDOW_BYTES,
+} from "./region-backing.ts";
 
-export interface DmaMapRequest {
-  readonly iova: number;
-  readonly sizeBytes: number;
-  readonly fileOffset: number;
-  readonly readable: boolean;
-  readonly writable: boolean;
-  /** -1 when the client sent no descriptor. */
-  readonly fd: number;
-}
-
-export type MapResult = { ok: true } | { ok: false; errno: number; why: string };
-
-/** DMA by messages to the client that registered a region without a descriptor. */
-export interface DmaTransport {
-  /** Reads [gpa, gpa + dest.length) into `dest`; null on success, else why it failed. */
-  read(gpa: number, dest: Uint8Array): string | null;
-  /** Writes `src` at `gpa`; null on success, else why it failed. */
-  write(gpa: number, src: Uint8Array): string | null;
-}
-
-interface Backing {
-  readonly gpa: number;
-  readonly sizeBytes: number;
-  readonly dev: bigint;
-  readonly ino: bigint;
-  readonly fileOffset: number;
-  readonly writable: boolean;
-  /** Null for a message-backed region (`transport` set, `bytes` empty). */
-  readonly mapping: NativeMapping | null;
-  readonly transport: DmaTransport | null;
-  /** The region's bytes (the mapping minus any head below a page-aligned file offset). */
-  readonly bytes: Uint8Array;
-  readonly view: DataView;
-  readonly end: number;
-  refs: number;
-}
-
-/** One client's registration (what its DMA_UNMAP must match). */
-interface ClientRegion {
-  readonly iova: number;
-  readonly sizeBytes: number;
-  readonly backing: Backing | null;
-}
+export { ClientDmaTable, type DmaMapRequest, type MapResult } from "./client-dma-table.ts";
+export type { DmaTransport } from "./region-backing.ts";
 
 export interface SharedMemoryStats {
-  /** Shared (descriptor-backed) regions; message-backed ones are counted in `fdlessRegions`. */
+  /** Descriptor-backed regions (mapped or file-io); message-backed ones are in `fdlessRegions`. */
   readonly regions: number;
   readonly mappedBytes: number;
+  /** Regions reached by pread/pwrite (their file could not be sealed against shrinking). */
+  readonly fileIoRegions: number;
   readonly fdlessRegions: number;
   /** DMA by VFIO_USER_DMA_READ/WRITE to message-backed regions (completed, bytes, failed). */
   readonly messageReads: number;
   readonly messageWrites: number;
   readonly messageBytes: number;
   readonly messageFailures: number;
+  /** pread/pwrite DMA that found the file shorter than the region (the client shrank it). */
+  readonly fileIoFailures: number;
   readonly droppedReadOnlyWrites: number;
   readonly maps: number;
   readonly unmaps: number;
   readonly sharedMaps: number;
   readonly refusedMaps: number;
   readonly crossClientOverlaps: number;
-  readonly quarantinedBytes: number;
+  /** Memory mappings and descriptors held for regions, and their caps (see ResourceBudget). */
+  readonly budget: { mappings: number; maxMappings: number; files: number; maxFiles: number };
+  /** Released regions whose mapping or descriptor is still to be given back, and given back. */
+  readonly pendingReleaseBytes: number;
+  readonly releasedBytes: number;
+  readonly longestReleaseSliceMs: number;
 }
 
-const PAGE_SIZE = 4096;
 const PLACEHOLDER: RamRegion = { gpa: 0, sizeBytes: 1, bytes: new Uint8Array(1), name: "placeholder" };
-const NO_BYTES = new Uint8Array(0);
-/** Largest staging buffer `fill` uses per message. */
+/** Largest staging buffer `fill` uses per message or pwrite. */
 const FILL_CHUNK = 64 * 1024;
 
 export class SharedGuestMemory extends GuestMemory {
+  /** Every backing, oldest first; released ones stay as tombstones (`live` false) until compaction. */
   private backings: Backing[] = [];
+  private deadBackings = 0;
+  private readonly byFile = new Map<string, Backing>();
   private lastHit: Backing | null = null;
+  private readonly tables = new Set<ClientDmaTable>();
+  readonly budget: ResourceBudget;
+  private readonly releases: ReleaseQueue;
   /** Bumped whenever the region set changes. */
   generation = 0;
   maps = 0;
   unmaps = 0;
   sharedMaps = 0;
   refusedMaps = 0;
-  quarantinedBytes = 0;
   /** Maps that overlapped another client's live region (transient re-layouts). */
   crossClientOverlaps = 0;
   private fdless = 0;
+  private fileIo = 0;
   messageReads = 0;
   messageWrites = 0;
   messageBytes = 0;
   messageFailures = 0;
+  fileIoFailures = 0;
   droppedReadOnlyWrites = 0;
   private readonly scratch8 = new Uint8Array(8);
   private readonly scratchView = new DataView(this.scratch8.buffer);
 
-  constructor() {
+  /** `budget`: caps on mappings and descriptors (default: from the system's real limits). */
+  constructor(budget: ResourceBudget = ResourceBudget.fromSystem()) {
     // The base class needs one region; every method below ignores it.
     super([PLACEHOLDER]);
+    this.budget = budget;
+    this.releases = new ReleaseQueue(budget);
   }
 
-  /** Per-client registration table; each connection owns one. */
+  /** Per-client registration table; each connection owns one (and closes it on disconnect). */
   createClientTable(maxRegions: number, transport: DmaTransport | null = null): ClientDmaTable {
-    return new ClientDmaTable(this, maxRegions, transport);
+    const t = new ClientDmaTable(this, maxRegions, transport);
+    this.tables.add(t);
+    return t;
   }
 
-  /** Finds a backing that exactly matches (same file, offset, range). */
-  private findExact(
-    gpa: number,
-    sizeBytes: number,
-    dev: bigint,
-    ino: bigint,
-    fileOffset: number,
-  ): Backing | undefined {
-    return this.backings.find(
-      (b) =>
-        b.mapping !== null &&
-        b.gpa === gpa &&
-        b.sizeBytes === sizeBytes &&
-        b.dev === dev &&
-        b.ino === ino &&
-        b.fileOffset === fileOffset,
-    );
+  /** @internal ClientDmaTable.close: its message-backed regions are out of guest memory now. */
+  tableClosed(t: ClientDmaTable): void {
+    this.tables.delete(t);
+    this.lastHit = null;
+    this.generation++;
   }
 
-  private overlapping(gpa: number, sizeBytes: number): Backing | undefined {
-    return this.backings.find((b) => gpa < b.end && b.gpa < gpa + sizeBytes);
+  private noteOverlaps(owner: ClientDmaTable, gpa: number, sizeBytes: number): void {
+    for (const t of this.tables) {
+      if (t !== owner && t.overlaps(gpa, sizeBytes)) {
+        this.crossClientOverlaps++;
+        return;
+      }
+    }
   }
 
-  /** Takes a reference on (or creates) the backing for a mapped region. Consumes `req.fd`. */
-  acquire(req: DmaMapRequest): { ok: true; backing: Backing } | { ok: false; errno: number; why: string } {
-    const id = fileIdentity(req.fd);
-    if (id === null) {
-      closeFd(req.fd);
-      return { ok: false, errno: ERRNO.EBADF, why: "descriptor cannot be stat'ed" };
-    }
-    const existing = this.findExact(req.iova, req.sizeBytes, id.dev, id.ino, req.fileOffset);
-    if (existing !== undefined) {
-      closeFd(req.fd);
-      existing.refs++;
-      this.sharedMaps++;
-      this.maps++;
-      return { ok: true, backing: existing };
-    }
-    if (this.overlapping(req.iova, req.sizeBytes) !== undefined) this.crossClientOverlaps++;
-    // A read-only region is mapped private and writable: a device write to it lands in a private
-    // copy-on-write page (dropped, as a DMA write to ROM is) instead of faulting the process.
-    // mmap needs a page-aligned file offset: map from the page below and skip the head.
-    const head = req.fileOffset % PAGE_SIZE;
-    const mapped = mapFile(
-      req.fd,
-      req.fileOffset - head,
-      head + req.sizeBytes,
-      PROT_READ | PROT_WRITE,
-      req.writable ? MAP_SHARED : MAP_PRIVATE,
-    );
-    closeFd(req.fd); // the mapping keeps the file alive
-    if (mapped === null) {
-      this.refusedMaps++;
-      return { ok: false, errno: ERRNO.EINVAL, why: "mmap of the region failed" };
-    }
-    const mapping = mapped;
-    const bytes = mapped.bytes.subarray(head, head + req.sizeBytes);
-    const b: Backing = {
-      gpa: req.iova,
-      sizeBytes: req.sizeBytes,
-      dev: id.dev,
-      ino: id.ino,
-      fileOffset: req.fileOffset,
-      writable: req.writable,
-      mapping,
-      transport: null,
-      bytes,
-      view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-      end: req.iova + req.sizeBytes,
-      refs: 1,
-    };
+  private add(b: Backing): void {
     // Newest last; lookups search from the end (see the file comment).
     this.backings.push(b);
     this.lastHit = null;
     this.generation++;
     this.maps++;
-    return { ok: true, backing: b };
   }
 
-  /** Adds a message-backed region (registered without a descriptor); newest wins, as above. */
-  acquireMessageBacked(req: DmaMapRequest, transport: DmaTransport): Backing {
-    if (this.overlapping(req.iova, req.sizeBytes) !== undefined) this.crossClientOverlaps++;
-    const b: Backing = {
-      gpa: req.iova,
-      sizeBytes: req.sizeBytes,
-      dev: -1n,
-      ino: -1n,
-      fileOffset: 0,
-      writable: req.writable,
-      mapping: null,
-      transport,
-      bytes: NO_BYTES,
-      view: new DataView(NO_BYTES.buffer),
-      end: req.iova + req.sizeBytes,
-      refs: 1,
-    };
-    this.backings.push(b);
-    this.lastHit = null;
-    this.generation++;
-    this.maps++;
+  /** @internal Takes a reference on (or creates) the backing for a region. Consumes `req.fd`. */
+  acquire(owner: ClientDmaTable, req: FileRegionRequest): BackingResult {
+    const id = regularFileIdentity(req.fd);
+    if ("why" in id) {
+      closeFdQuietly(req.fd);
+      this.refusedMaps++;
+      return { ok: false, errno: id.errno, why: id.why };
+    }
+    const key = fileRegionKey(req.iova, req.sizeBytes, id.dev, id.ino, req.fileOffset);
+    const existing = this.byFile.get(key);
+    if (existing?.live && existing.writable === req.writable) {
+      closeFdQuietly(req.fd);
+      existing.refs++;
+      this.sharedMaps++;
+      this.maps++;
+      return { ok: true, backing: existing };
+    }
+    this.noteOverlaps(owner, req.iova, req.sizeBytes);
+    const r = createFileBacking(req, id, this.budget);
+    if (!r.ok) {
+      this.refusedMaps++;
+      return r;
+    }
+    if (r.backing.kind === BACKING_FILE_IO) this.fileIo++;
+    this.byFile.set(key, r.backing);
+    this.add(r.backing);
+    return r;
+  }
+
+  /** @internal A message-backed region (registered without a descriptor); newest wins, as above. */
+  acquireMessageBacked(owner: ClientDmaTable, req: FileRegionRequest, transport: DmaTransport): Backing {
+    this.noteOverlaps(owner, req.iova, req.sizeBytes);
+    const b = createMessageBacking(req, transport, owner);
+    this.add(b);
     this.fdless++;
     return b;
   }
@@ -259,15 +203,31 @@ export class SharedGuestMemory extends GuestMemory {
     this.fdless += delta;
   }
 
+  /** @internal Drops one reference; the last one takes the region out of guest memory. O(1) amortized. */
   release(b: Backing): void {
     this.unmaps++;
     b.refs--;
-    if (b.refs > 0) return;
-    this.backings = this.backings.filter((x) => x !== b);
+    if (b.refs > 0 || !b.live) return;
+    b.live = false;
+    this.deadBackings++;
     if (this.lastHit === b) this.lastHit = null;
     this.generation++;
-    if (b.mapping === null) this.fdless--;
-    else if (quarantineMapping(b.mapping)) this.quarantinedBytes += b.sizeBytes;
+    if (b.kind === BACKING_MESSAGE) this.fdless--;
+    else {
+      if (b.kind === BACKING_FILE_IO) this.fileIo--;
+      if (this.byFile.get(b.key) === b) this.byFile.delete(b.key);
+      this.releases.add(b);
+    }
+    // Compaction when tombstones outnumber live entries: O(1) amortized per release.
+    if (this.deadBackings > 32 && this.deadBackings * 2 > this.backings.length) {
+      this.backings = this.backings.filter((x) => x.live);
+      this.deadBackings = 0;
+    }
+  }
+
+  /** Gives released mappings back at once (tests, shutdown); never while device code runs. */
+  drainReleases(): void {
+    this.releases.drainNow();
   }
 
   // --- GuestMemory interface over the changeable region list ----------------------------------
@@ -278,7 +238,7 @@ export class SharedGuestMemory extends GuestMemory {
     const list = this.backings;
     for (let i = list.length - 1; i >= 0; i--) {
       const b = list[i];
-      if (gpa >= b.gpa && gpa + sizeBytes <= b.end) {
+      if (gpa >= b.gpa && gpa + sizeBytes <= b.end && b.live && (b.owner === null || !b.owner.closed)) {
         this.lastHit = b;
         return b;
       }
@@ -293,21 +253,23 @@ export class SharedGuestMemory extends GuestMemory {
     return b;
   }
 
-  /** The shared (descriptor-backed) regions; message-backed ones have no bytes to expose. */
+  /** The mapped regions, one entry per window; file-io and message-backed ones have no bytes. */
   override get regions(): readonly RamRegion[] {
-    return this.backings
-      .filter((b) => b.mapping !== null)
-      .map((b) => ({
-        gpa: b.gpa,
-        sizeBytes: b.sizeBytes,
-        bytes: b.bytes,
-        name: b.writable ? "client-ram" : "client-rom",
-      }));
+    const out: RamRegion[] = [];
+    for (const b of this.backings) {
+      if (!b.live || b.kind !== BACKING_MAPPED) continue;
+      const name = b.writable ? "client-ram" : "client-rom";
+      for (let i = 0; i < b.windows.length; i++) {
+        const w = b.windows[i];
+        out.push({ gpa: b.gpa + i * WINDOW_BYTES, sizeBytes: w.length, bytes: w, name });
+      }
+    }
+    return out;
   }
 
   override get totalBytes(): number {
     let t = 0;
-    for (const b of this.backings) if (b.mapping !== null) t += b.sizeBytes;
+    for (const b of this.backings) if (b.live && b.kind !== BACKING_MESSAGE) t += b.sizeBytes;
     return t;
   }
 
@@ -315,17 +277,82 @@ export class SharedGuestMemory extends GuestMemory {
     return sizeBytes >= 0 && this.findBacking(gpa, sizeBytes) !== undefined;
   }
 
+  /** Bytes up to the end of the region, or of its window for a mapped one (one view each). */
   override contiguousBytesAt(gpa: number): number {
     const b = this.findBacking(gpa, 1);
-    return b === undefined ? 0 : b.end - gpa;
+    if (b === undefined) return 0;
+    if (b.kind !== BACKING_MAPPED) return b.end - gpa;
+    const off = gpa - b.gpa;
+    const w = Math.floor(off / WINDOW_BYTES);
+    return b.windows[w].length - (off - w * WINDOW_BYTES);
   }
 
   override view(gpa: number, sizeBytes: number): Uint8Array {
     const b = this.backingOrThrow(gpa, sizeBytes);
-    if (b.transport !== null)
-      throw new GuestMemoryError(gpa, sizeBytes, "message-backed region (no shared memory to view)");
+    if (b.kind !== BACKING_MAPPED)
+      throw new GuestMemoryError(gpa, sizeBytes, "region without shared memory to view");
     const off = gpa - b.gpa;
-    return b.bytes.subarray(off, off + sizeBytes);
+    const w = Math.floor(off / WINDOW_BYTES);
+    const at = off - w * WINDOW_BYTES;
+    const win = b.windows[w];
+    if (at + sizeBytes > win.length) throw new GuestMemoryError(gpa, sizeBytes, "view across a window");
+    return win.subarray(at, at + sizeBytes);
+  }
+
+  /** Copies between a mapped region and `buf`, across windows. */
+  private copyMapped(b: Backing, gpa: number, buf: Uint8Array, toRegion: boolean): void {
+    let off = gpa - b.gpa;
+    let done = 0;
+    while (done < buf.length) {
+      const w = Math.floor(off / WINDOW_BYTES);
+      const at = off - w * WINDOW_BYTES;
+      const win = b.windows[w];
+      const n = Math.min(buf.length - done, win.length - at);
+      if (toRegion) win.set(n === buf.length ? buf : buf.subarray(done, done + n), at);
+      else buf.set(win.subarray(at, at + n), done);
+      done += n;
+      off += n;
+    }
+  }
+
+  /** pread of a file-io region; a short read (the client shrank the file) is a DMA fault. */
+  private fileRead(b: Backing, gpa: number, dest: Uint8Array): void {
+    const position = b.fileOffset + (gpa - b.gpa);
+    let done = 0;
+    while (done < dest.length) {
+      let n: number;
+      try {
+        n = readSync(b.fd, dest, done, dest.length - done, position + done);
+      } catch {
+        n = -1;
+      }
+      if (n <= 0) {
+        this.fileIoFailures++;
+        throw new GuestMemoryError(gpa, dest.length, "past the end of the client's file");
+      }
+      done += n;
+    }
+  }
+
+  /** pwrite of a file-io region; never past the file's current end (that would grow it). */
+  private fileWrite(b: Backing, gpa: number, src: Uint8Array): void {
+    const position = b.fileOffset + (gpa - b.gpa);
+    let ok = false;
+    try {
+      ok = position + src.length <= Number(fstatSync(b.fd).size);
+      let done = 0;
+      while (ok && done < src.length) {
+        const n = writeSync(b.fd, src, done, src.length - done, position + done);
+        if (n <= 0) ok = false;
+        done += n;
+      }
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      this.fileIoFailures++;
+      throw new GuestMemoryError(gpa, src.length, "past the end of the client's file");
+    }
   }
 
   /** One message-backed read; throws GuestMemoryError when the client does not deliver. */
@@ -339,12 +366,8 @@ export class SharedGuestMemory extends GuestMemory {
     this.messageBytes += dest.length;
   }
 
-  /** One message-backed write (dropped for a region the client did not make writable). */
+  /** One message-backed write. */
   private messageWrite(b: Backing, gpa: number, src: Uint8Array): void {
-    if (!b.writable) {
-      this.droppedReadOnlyWrites++;
-      return;
-    }
     const why = (b.transport as DmaTransport).write(gpa, src);
     if (why !== null) {
       this.messageFailures++;
@@ -356,202 +379,157 @@ export class SharedGuestMemory extends GuestMemory {
 
   override read(gpa: number, dest: Uint8Array): void {
     const b = this.backingOrThrow(gpa, dest.length);
-    if (b.transport !== null) {
-      if (dest.length > 0) this.messageRead(b, gpa, dest);
-      return;
-    }
-    const off = gpa - b.gpa;
-    dest.set(b.bytes.subarray(off, off + dest.length));
+    if (dest.length === 0) return;
+    if (b.kind === BACKING_MAPPED) this.copyMapped(b, gpa, dest, false);
+    else if (b.kind === BACKING_FILE_IO) this.fileRead(b, gpa, dest);
+    else this.messageRead(b, gpa, dest);
   }
 
   override write(gpa: number, src: Uint8Array): void {
     const b = this.backingOrThrow(gpa, src.length);
-    if (b.transport !== null) {
-      if (src.length > 0) this.messageWrite(b, gpa, src);
-      return;
-    }
-    const off = gpa - b.gpa;
-    b.bytes.set(src, off);
+    if (src.length === 0) return;
+    if (b.kind === BACKING_MAPPED) this.copyMapped(b, gpa, src, true);
+    else if (!b.writable) this.droppedReadOnlyWrites++;
+    else if (b.kind === BACKING_FILE_IO) this.fileWrite(b, gpa, src);
+    else this.messageWrite(b, gpa, src);
   }
 
   override fill(gpa: number, sizeBytes: number, value: number): void {
     const b = this.backingOrThrow(gpa, sizeBytes);
-    if (b.transport !== null) {
+    if (b.kind !== BACKING_MAPPED) {
       const chunk = new Uint8Array(Math.min(sizeBytes, FILL_CHUNK)).fill(value);
       for (let done = 0; done < sizeBytes; done += chunk.length) {
-        this.messageWrite(b, gpa + done, chunk.subarray(0, Math.min(chunk.length, sizeBytes - done)));
+        this.write(gpa + done, chunk.subarray(0, Math.min(chunk.length, sizeBytes - done)));
       }
       return;
     }
-    const off = gpa - b.gpa;
-    b.bytes.fill(value, off, off + sizeBytes);
+    let off = gpa - b.gpa;
+    let left = sizeBytes;
+    while (left > 0) {
+      const w = Math.floor(off / WINDOW_BYTES);
+      const at = off - w * WINDOW_BYTES;
+      const n = Math.min(left, b.windows[w].length - at);
+      b.windows[w].fill(value, at, at + n);
+      left -= n;
+      off += n;
+    }
   }
 
-  /** Scalar read of a message-backed range into the scratch (little-endian view). */
-  private scalarRead(b: Backing, gpa: number, sizeBytes: number): DataView {
-    this.messageRead(b, gpa, this.scratch8.subarray(0, sizeBytes));
+  /**
+   * The DataView and offset for a scalar access of `sizeBytes` at `gpa` inside one window of a
+   * mapped region; otherwise the access is staged through the scratch (read filled in here).
+   */
+  private scalarAt(gpa: number, sizeBytes: number, forWrite: boolean): DataView {
+    const b = this.backingOrThrow(gpa, sizeBytes);
+    if (b.kind === BACKING_MAPPED) {
+      const off = gpa - b.gpa;
+      if (off + sizeBytes <= b.windows[0].length) {
+        this.scalarOffset = off;
+        return b.windowViews[0];
+      }
+      const w = Math.floor(off / WINDOW_BYTES);
+      const at = off - w * WINDOW_BYTES;
+      if (at + sizeBytes <= b.windows[w].length) {
+        this.scalarOffset = at;
+        return b.windowViews[w];
+      }
+    }
+    // A message read can run other clients' commands meanwhile (server.ts), which may use
+    // scalarOffset themselves: set it after the read.
+    if (!forWrite) this.read(gpa, this.scratch8.subarray(0, sizeBytes));
+    this.scalarOffset = 0;
     return this.scratchView;
   }
 
+  private scalarOffset = 0;
+
+  /** Completes a staged scalar write (scalarAt returned the scratch). */
+  private scalarDone(view: DataView, gpa: number, sizeBytes: number): void {
+    if (view === this.scratchView) this.write(gpa, this.scratch8.subarray(0, sizeBytes));
+  }
+
   override readU8(gpa: number): number {
-    const b = this.backingOrThrow(gpa, 1);
-    if (b.transport !== null) return this.scalarRead(b, gpa, 1).getUint8(0);
-    return b.view.getUint8(gpa - b.gpa);
+    const v = this.scalarAt(gpa, 1, false);
+    return v.getUint8(this.scalarOffset);
   }
   override readU16(gpa: number): number {
-    const b = this.backingOrThrow(gpa, 2);
-    if (b.transport !== null) return this.scalarRead(b, gpa, 2).getUint16(0, true);
-    return b.view.getUint16(gpa - b.gpa, true);
+    const v = this.scalarAt(gpa, 2, false);
+    return v.getUint16(this.scalarOffset, true);
   }
   override readU32(gpa: number): number {
-    const b = this.backingOrThrow(gpa, 4);
-    if (b.transport !== null) return this.scalarRead(b, gpa, 4).getUint32(0, true);
-    return b.view.getUint32(gpa - b.gpa, true);
+    const v = this.scalarAt(gpa, 4, false);
+    return v.getUint32(this.scalarOffset, true);
   }
   override readU64(gpa: number): bigint {
-    const b = this.backingOrThrow(gpa, 8);
-    if (b.transport !== null) return this.scalarRead(b, gpa, 8).getBigUint64(0, true);
-    return b.view.getBigUint64(gpa - b.gpa, true);
+    const v = this.scalarAt(gpa, 8, false);
+    return v.getBigUint64(this.scalarOffset, true);
   }
   override writeU8(gpa: number, value: number): void {
-    const b = this.backingOrThrow(gpa, 1);
-    if (b.transport !== null) {
-      this.scratchView.setUint8(0, value);
-      this.messageWrite(b, gpa, this.scratch8.subarray(0, 1));
-      return;
-    }
-    b.view.setUint8(gpa - b.gpa, value);
+    const v = this.scalarAt(gpa, 1, true);
+    v.setUint8(this.scalarOffset, value);
+    this.scalarDone(v, gpa, 1);
   }
   override writeU16(gpa: number, value: number): void {
-    const b = this.backingOrThrow(gpa, 2);
-    if (b.transport !== null) {
-      this.scratchView.setUint16(0, value, true);
-      this.messageWrite(b, gpa, this.scratch8.subarray(0, 2));
-      return;
-    }
-    b.view.setUint16(gpa - b.gpa, value, true);
+    const v = this.scalarAt(gpa, 2, true);
+    v.setUint16(this.scalarOffset, value, true);
+    this.scalarDone(v, gpa, 2);
   }
   override writeU32(gpa: number, value: number): void {
-    const b = this.backingOrThrow(gpa, 4);
-    if (b.transport !== null) {
-      this.scratchView.setUint32(0, value, true);
-      this.messageWrite(b, gpa, this.scratch8.subarray(0, 4));
-      return;
-    }
-    b.view.setUint32(gpa - b.gpa, value, true);
+    const v = this.scalarAt(gpa, 4, true);
+    v.setUint32(this.scalarOffset, value, true);
+    this.scalarDone(v, gpa, 4);
   }
   override writeU64(gpa: number, value: bigint): void {
-    const b = this.backingOrThrow(gpa, 8);
-    if (b.transport !== null) {
-      this.scratchView.setBigUint64(0, value, true);
-      this.messageWrite(b, gpa, this.scratch8);
-      return;
-    }
-    b.view.setBigUint64(gpa - b.gpa, value, true);
+    const v = this.scalarAt(gpa, 8, true);
+    v.setBigUint64(this.scalarOffset, value, true);
+    this.scalarDone(v, gpa, 8);
   }
 
   override describe(): string {
-    if (this.backings.length === 0) return "no client DMA regions";
-    return this.backings
+    const live = this.backings.filter((b) => b.live);
+    if (live.length === 0) return "no client DMA regions";
+    const kind = ["", "file-", "msg-"];
+    return live
       .map(
         (b) =>
-          `${b.transport !== null ? "msg-" : ""}${b.writable ? "ram" : "rom"} [0x${b.gpa.toString(16)}, 0x${b.end.toString(16)}) refs=${b.refs}`,
+          `${kind[b.kind]}${b.writable ? "ram" : "rom"} [0x${b.gpa.toString(16)}, 0x${b.end.toString(16)}) refs=${b.refs}`,
       )
       .join(", ");
   }
 
-  private messageBacked(): number {
-    let n = 0;
-    for (const b of this.backings) if (b.mapping === null) n++;
-    return n;
-  }
-
   stats(): SharedMemoryStats {
+    let regions = 0;
+    for (const b of this.backings) if (b.live && b.kind !== BACKING_MESSAGE) regions++;
+    const r = this.releases;
     return {
-      regions: this.backings.length - this.messageBacked(),
+      regions,
       mappedBytes: this.totalBytes,
+      fileIoRegions: this.fileIo,
       fdlessRegions: this.fdless,
       messageReads: this.messageReads,
       messageWrites: this.messageWrites,
       messageBytes: this.messageBytes,
       messageFailures: this.messageFailures,
+      fileIoFailures: this.fileIoFailures,
       droppedReadOnlyWrites: this.droppedReadOnlyWrites,
       maps: this.maps,
       unmaps: this.unmaps,
       sharedMaps: this.sharedMaps,
       refusedMaps: this.refusedMaps,
       crossClientOverlaps: this.crossClientOverlaps,
-      quarantinedBytes: this.quarantinedBytes,
+      budget: {
+        mappings: this.budget.mappings,
+        maxMappings: this.budget.maxMappings,
+        files: this.budget.files,
+        maxFiles: this.budget.maxFiles,
+      },
+      pendingReleaseBytes: r.pendingBytes,
+      releasedBytes: r.releasedBytes,
+      longestReleaseSliceMs: r.longestSliceMs,
     };
   }
 }
 
-/** The DMA regions one client registered, for exact-match unmap and cleanup on disconnect. */
-export class ClientDmaTable {
-  private readonly memory: SharedGuestMemory;
-  private readonly maxRegions: number;
-  private readonly regions: ClientRegion[] = [];
-
-  private readonly transport: DmaTransport | null;
-
-  /** `transport`: how this client's descriptor-less regions are reached (null: never RAM). */
-  constructor(memory: SharedGuestMemory, maxRegions: number, transport: DmaTransport | null) {
-    this.memory = memory;
-    this.maxRegions = maxRegions;
-    this.transport = transport;
-  }
-
-  get count(): number {
-    return this.regions.length;
-  }
-
-  /** VFIO_USER_DMA_MAP. Consumes `req.fd` in every case. */
-  map(req: DmaMapRequest): MapResult {
-    const fail = (errno: number, why: string): MapResult => {
-      if (req.fd >= 0) closeFd(req.fd);
-      return { ok: false, errno, why };
-    };
-    if (req.sizeBytes <= 0 || req.iova < 0 || req.iova + req.sizeBytes > Number.MAX_SAFE_INTEGER) {
-      return fail(ERRNO.EINVAL, "address or size out of range");
-    }
-    if (!req.readable && !req.writable) return fail(ERRNO.EINVAL, "region neither readable nor writable");
-    if (req.fd >= 0 && (req.fileOffset < 0 || req.fileOffset + req.sizeBytes > Number.MAX_SAFE_INTEGER)) {
-      return fail(ERRNO.EINVAL, "file offset out of range");
-    }
-    for (const r of this.regions) {
-      if (req.iova < r.iova + r.sizeBytes && r.iova < req.iova + req.sizeBytes) {
-        return fail(ERRNO.EEXIST, `overlaps this client's region at 0x${r.iova.toString(16)}`);
-      }
-    }
-    if (this.regions.length >= this.maxRegions) return fail(ERRNO.ENOSPC, "max_dma_maps reached");
-    if (req.fd < 0) {
-      const backing = this.transport === null ? null : this.memory.acquireMessageBacked(req, this.transport);
-      if (backing === null) this.memory.noteFdless(1);
-      this.regions.push({ iova: req.iova, sizeBytes: req.sizeBytes, backing });
-      return { ok: true };
-    }
-    const r = this.memory.acquire(req);
-    if (!r.ok) return r;
-    this.regions.push({ iova: req.iova, sizeBytes: req.sizeBytes, backing: r.backing });
-    return { ok: true };
-  }
-
-  /** VFIO_USER_DMA_UNMAP: address and size must match a previous map exactly. */
-  unmap(iova: number, sizeBytes: number): MapResult {
-    const i = this.regions.findIndex((r) => r.iova === iova && r.sizeBytes === sizeBytes);
-    if (i < 0) return { ok: false, errno: ERRNO.ENOENT, why: "no region with that address and size" };
-    this.drop(i);
-    return { ok: true };
-  }
-
-  private drop(i: number): void {
-    const [r] = this.regions.splice(i, 1);
-    if (r.backing !== null) this.memory.release(r.backing);
-    else this.memory.noteFdless(-1);
-  }
-
-  /** Client disconnect: every region is released. */
-  clear(): void {
-    while (this.regions.length > 0) this.drop(this.regions.length - 1);
-  }
+function closeFdQuietly(fd: number): void {
+  if (fd >= 0) closeFd(fd);
 }

@@ -19,6 +19,7 @@ import {
   MAP_SHARED,
   MsgScratch,
   mapFile,
+  mappingView,
   memfdCreate,
   NativeBuffer,
   PROT_READ,
@@ -146,7 +147,7 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
     const memory = new SharedGuestMemory();
     const { edu, server } = makeServer(dir, memory, "edu", 0x10);
     const memfd = memfdCreate("guest-ram", RAM_SIZE);
-    const ram = mapFile(memfd, 0, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED)!.bytes;
+    const ram = mappingView(mapFile(memfd, 0, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED)!, 0, RAM_SIZE);
     rig = { dir, memory, edu, server, memfd, ram };
   });
   after(() => {
@@ -743,7 +744,7 @@ describe("shared guest memory across devices", () => {
       assert.equal(memory.stats().sharedMaps, 1);
       // Another client's transient re-layout over a live region is accepted; the newest wins.
       const other = memfdCreate("other", RAM_SIZE);
-      const otherRam = mapFile(other, 0, 8192, PROT_READ | PROT_WRITE, MAP_SHARED)!.bytes;
+      const otherRam = mappingView(mapFile(other, 0, 8192, PROT_READ | PROT_WRITE, MAP_SHARED)!, 0, 8192);
       otherRam[0] = 0x77;
       assert.equal((await dmaUnmap(cb, RAM_GPA, RAM_SIZE)).error, 0);
       assert.equal((await dmaMap(cb, RAM_GPA + RAM_SIZE - 4096, 8192, 0, 3, [other])).error, 0);
