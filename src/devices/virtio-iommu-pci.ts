@@ -8,28 +8,49 @@
  * transport does not offer ACCESS_PLATFORM.
  *
  * requestq: each chain's device-readable bytes (at most 4 KiB are read: every request type is
- * smaller) form the request; its device-writable area (at most 64 KiB) receives the answer;
- * the engine returns the used length.
+ * smaller) form the request; its device-writable area (at most 64 KiB, the largest PROBE answer
+ * for the largest probe_size the options allow) receives the answer; the engine returns the used
+ * length. The writable area is checked before the request is performed: a request whose answer
+ * could not be written is not performed, and the device sets DEVICE_NEEDS_RESET (VIRTIO 1.3
+ * 2.1.2: the driver would otherwise wait for a status that never comes). An answer that still
+ * fails to land after the request was performed (memory reached by messages that failed) also
+ * sets DEVICE_NEEDS_RESET: the driver cannot learn what happened.
  * eventq: fault records queued by the engine are written into driver-posted buffers of at least
- * 24 bytes (5.13.6.6), when the driver posts buffers or the engine reports a new fault. With
+ * 24 bytes (5.13.6.9), when the driver posts buffers or the engine reports a new fault. With
  * no buffer available the records wait in the engine's bounded queue (which drops the excess,
- * as 5.13.6.6 allows). A buffer shorter than a record is returned with used length 0.
+ * as 5.13.6.9 allows). A buffer shorter than a record is returned with used length 0.
+ *
+ * DEVICE_NEEDS_RESET from the engine (`onNeedsReset`: a host IOMMU refused an unmap, so an
+ * assigned device may still reach memory the guest unmapped, or an internal error) reaches the
+ * guest through the transport's device status and a configuration change notification, on
+ * every host that uses this class (`viommu run`, `viommu serve`).
  */
+import { ACCESS_WRITE } from "../engine/access.ts";
+import { type DmaAddressSpace, SgList } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { DescriptorChain, POP_CHAIN } from "../virtio/split-queue.ts";
 import { VirtioIommu, type VirtioIommuOptions } from "../virtio-iommu/device.ts";
-import { EVENT_QUEUE, FAULT_RECORD_BYTES, REQUEST_QUEUE, VIRTIO_ID_IOMMU } from "../virtio-iommu/wire.ts";
+import { MAX_PROBE_SIZE_BYTES } from "../virtio-iommu/options.ts";
+import {
+  EVENT_QUEUE,
+  FAULT_RECORD_BYTES,
+  REQUEST_QUEUE,
+  TAIL_SIZE_BYTES,
+  VIRTIO_ID_IOMMU,
+} from "../virtio-iommu/wire.ts";
 
 const MAX_REQUEST_BYTES = 4096;
-const MAX_RESPONSE_BYTES = 64 * 1024;
+/** The largest answer: a PROBE with the largest probe_size (options.ts) and its tail. */
+export const MAX_RESPONSE_BYTES = MAX_PROBE_SIZE_BYTES + TAIL_SIZE_BYTES;
 
 export interface VirtioIommuPciStats {
   readonly requests: number;
   readonly requestDmaFaults: number;
   readonly eventsDelivered: number;
   readonly eventBuffersTooSmall: number;
+  readonly requestsUnwritable: number;
 }
 
 class VirtioIommuDevice implements VirtioDevice {
@@ -51,8 +72,11 @@ class VirtioIommuDevice implements VirtioDevice {
   private readonly requestViews = new Map<number, Uint8Array>();
   private readonly responseViews = new Map<number, Uint8Array>();
 
+  private readonly writableCheck = new SgList(4);
   requests = 0;
   requestDmaFaults = 0;
+  /** Requests not performed because their answer could not be written (NEEDS_RESET set). */
+  requestsUnwritable = 0;
   eventsDelivered = 0;
   eventBuffersTooSmall = 0;
 
@@ -111,6 +135,10 @@ class VirtioIommuDevice implements VirtioDevice {
       const r = chain.read(dma, 0, request);
       if (typeof r !== "number") {
         this.requestDmaFaults++;
+      } else if (!this.writable(dma, chain, respLen)) {
+        // Not performed: its status could not be written.
+        this.requestsUnwritable++;
+        ctx.fail("virtio-iommu: a request's device-writable area is not writable");
       } else {
         used = this.engine.handleRequest(request, response);
         if (used > 0) {
@@ -118,6 +146,7 @@ class VirtioIommuDevice implements VirtioDevice {
           if (typeof w !== "number") {
             this.requestDmaFaults++;
             used = 0;
+            ctx.fail("virtio-iommu: a performed request's answer could not be written");
           }
         }
       }
@@ -125,6 +154,17 @@ class VirtioIommuDevice implements VirtioDevice {
       pushed = true;
     }
     if (pushed) ctx.notifyUsed(REQUEST_QUEUE);
+  }
+
+  /** True when the first `length` bytes of the chain's writable part translate to RAM for writing. */
+  private writable(dma: DmaAddressSpace, chain: DescriptorChain, length: number): boolean {
+    let left = length;
+    for (let i = chain.firstWritable; i < chain.count && left > 0; i++) {
+      const n = Math.min(chain.lengths[i], left);
+      if (dma.translateRange(chain.addrs[i], n, ACCESS_WRITE, this.writableCheck) !== null) return false;
+      left -= n;
+    }
+    return true;
   }
 
   private deliverEvents(): void {
@@ -190,6 +230,9 @@ export class VirtioIommuPci {
       options.queueSize ?? 256,
     );
     this.transport = new VirtioPciTransport(this.device, { accessPlatform: false, tracer: options.tracer });
+    // VIRTIO 1.3 2.1.2 (5.13.6.4.2, 5.13.6.6.2 for assigned devices): DEVICE_NEEDS_RESET in the
+    // device status and a configuration change notification.
+    this.engine.onNeedsReset = (reason) => this.transport.fail(`virtio-iommu: ${reason}`);
   }
 
   get pci() {
@@ -203,6 +246,7 @@ export class VirtioIommuPci {
       requestDmaFaults: d.requestDmaFaults,
       eventsDelivered: d.eventsDelivered,
       eventBuffersTooSmall: d.eventBuffersTooSmall,
+      requestsUnwritable: d.requestsUnwritable,
     };
   }
 }

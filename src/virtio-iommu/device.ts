@@ -460,7 +460,10 @@ export class VirtioIommu implements DmaTranslator {
       // The host could not take the domain: undo the ATTACH half; the endpoint stays detached.
       this.leaveDomain(ep);
       this.syncHostQuietly(ep);
-      return hostStatus(this.tracer, failure, "attach", ep.id);
+      const status = hostStatus(this.tracer, failure, "attach", ep.id);
+      // 5.13.6.3.2: another endpoint is attached to the domain and the device cannot attach this
+      // one too: MUST be S_UNSUPP, whatever the host's reason (S_NOMEM only for a new domain).
+      return existing !== undefined ? S_UNSUPP : status;
     }
     if (this.tracer.on("attach")) {
       this.tracer.emit("attach", SOURCE, "attach", {

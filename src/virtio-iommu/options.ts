@@ -18,7 +18,7 @@ export interface VirtioIommuOptions {
   inputRange?: { start: number | bigint; end: number | bigint };
   /** Inclusive range of domain IDs (default 0 .. 2^16 - 1). */
   domainRange?: { start: number; end: number };
-  /** probe_size: bytes of properties in a PROBE response (default 512). */
+  /** probe_size: bytes of properties in a PROBE response (default 512, at most MAX_PROBE_SIZE_BYTES). */
   probeSizeBytes?: number;
   /** Initial (and system-reset) value of config.bypass (default false). */
   bypassInitially?: boolean;
@@ -62,6 +62,11 @@ export const DEFAULT_PAGE_SIZE_MASK = (1n << 12n) | (1n << 21n) | (1n << 30n);
 export const DEFAULT_INPUT_RANGE_END = 2 ** 48 - 1;
 export const DEFAULT_DOMAIN_RANGE_END = 2 ** 16 - 1;
 export const DEFAULT_PROBE_SIZE_BYTES = 512;
+/**
+ * Largest probe_size: a PROBE answer (properties and the 4-byte tail) then fits in 64 KiB, the
+ * most a transport writes back per request (src/devices/virtio-iommu-pci.ts).
+ */
+export const MAX_PROBE_SIZE_BYTES = 64 * 1024 - 4;
 export const DEFAULT_MAX_MAPPINGS_PER_DOMAIN = 2 ** 20;
 export const DEFAULT_MAX_MAPPINGS_TOTAL = 2 ** 21;
 export const DEFAULT_MAX_DOMAINS = 2 ** 16;
@@ -107,6 +112,15 @@ function u32(name: string, value: number): number {
   return value;
 }
 
+function probeSize(value: number): number {
+  if (!Number.isInteger(value) || value < 0 || value > MAX_PROBE_SIZE_BYTES) {
+    throw new RangeError(
+      `virtio-iommu: probeSizeBytes must be an integer in [0, ${MAX_PROBE_SIZE_BYTES}], got ${value}`,
+    );
+  }
+  return value;
+}
+
 function toAddress(name: string, value: number | bigint, clamp: boolean): number {
   const v = typeof value === "bigint" ? value : BigInt(value);
   if (v < 0n || v >= 1n << 64n) throw new RangeError(`virtio-iommu: ${name} is not a 64-bit address`);
@@ -145,7 +159,7 @@ export function resolveOptions(options: VirtioIommuOptions = {}): ResolvedOption
     inputEnd,
     domainStart,
     domainEnd,
-    probeSizeBytes: u32("probeSizeBytes", options.probeSizeBytes ?? DEFAULT_PROBE_SIZE_BYTES),
+    probeSizeBytes: probeSize(options.probeSizeBytes ?? DEFAULT_PROBE_SIZE_BYTES),
     bypassInitially: options.bypassInitially ?? false,
     offerLegacyBypass,
     offerMmio: options.offerMmio ?? false,

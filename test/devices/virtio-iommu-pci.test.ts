@@ -92,7 +92,7 @@ test("edu DMA to an unmapped IOVA: nothing written, fault record delivered on th
   assert.equal(eventMsi?.requesterId, 1 << 3, "the virtio-iommu signals as itself");
 });
 
-test("VIRTIO 1.3 5.13.6.6: a fault with no eventq buffer waits in the device and is delivered when a buffer is posted", () => {
+test("VIRTIO 1.3 5.13.6.9: a fault with no eventq buffer waits in the device and is delivered when a buffer is posted", () => {
   const { m, rid, dma } = eduBehindIommu();
   m.mapDmaWindow(1, rid);
   dma(EDU_DMA_BUFFER_ADDRESS, DMA_IOVA_OFFSET, 64, 0x3);
@@ -197,7 +197,7 @@ test("fuzz: random virtio BAR and configuration traffic on an iommu=on device ne
   assert.ok(rng.stats().requests > 100, "the fuzz reaches the device");
 });
 
-test("VIRTIO 1.3 5.13.6.6: an eventq buffer shorter than a fault record is returned unused and the record waits", () => {
+test("VIRTIO 1.3 5.13.6.9: an eventq buffer shorter than a fault record is returned unused and the record waits", () => {
   const { m, rid, dma } = eduBehindIommu();
   m.mapDmaWindow(1, rid);
   const d = m.viommuDriver;

@@ -58,7 +58,7 @@ export function unmapRequest(domain: number, virtStart: number, virtEnd: number)
   return b;
 }
 
-/** A decoded 24-byte fault record (5.13.6.6). */
+/** A decoded 24-byte fault record (5.13.6.9). */
 export interface FaultRecord {
   readonly reason: number;
   readonly flags: number;

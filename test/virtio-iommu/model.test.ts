@@ -76,8 +76,10 @@ class Model {
     }
     this.leave(ep);
     const d = existing ?? { bypass, eps: new Set<number>(), maps: [] };
-    // A host endpoint replays the domain into its container: too many entries is ENOSPC.
-    if (HOST_ENDPOINTS.includes(ep) && !d.bypass && this.hostEntries(d) > HOST_ENTRY_LIMIT) return "NOMEM";
+    // A host endpoint replays the domain into its container: too many entries is ENOSPC, and
+    // a domain that already has endpoints answers it S_UNSUPP (5.13.6.3.2 MUST).
+    if (HOST_ENDPOINTS.includes(ep) && !d.bypass && this.hostEntries(d) > HOST_ENTRY_LIMIT)
+      return existing !== undefined ? "UNSUPP" : "NOMEM";
     this.domains.set(id, d);
     d.eps.add(ep);
     this.attached.set(ep, id);
