@@ -16,8 +16,13 @@
  *
  * Send: replies are staged in native memory and sent with sendmsg; whatever the socket does not
  * take at once is queued and flushed when it becomes writable, in order. Back-pressure: while
- * more than `MAX_QUEUED_OUT_BYTES` of replies wait for a client that does not read them, no
- * further requests are read, so a client cannot grow the server's memory without bound.
+ * more than `MAX_QUEUED_OUT_BYTES` or `MAX_QUEUED_OUT_MESSAGES` replies wait for a client that
+ * does not read them, no further requests are read, so a client cannot grow the server's memory
+ * without bound (counting bytes alone let 32-byte replies pin ~90 MiB in per-reply objects).
+ * The queue is dropped when the connection closes.
+ *
+ * Fairness: one readiness callback handles messages for at most `READ_SLICE_MS` (and 4096
+ * messages), then yields to the event loop, so one chatty client never stalls the others.
  */
 import {
   closeFd,
@@ -47,6 +52,10 @@ import {
 
 /** Queued reply bytes above which the channel stops reading requests (back-pressure). */
 export const MAX_QUEUED_OUT_BYTES = 8 << 20;
+/** Queued replies above which the channel stops reading requests (back-pressure). */
+export const MAX_QUEUED_OUT_MESSAGES = 1024;
+/** Longest stretch of message handling for one channel before yielding to the event loop. */
+export const READ_SLICE_MS = 4;
 /** Client requests buffered during one server round trip above which reading pauses. */
 export const MAX_DEFERRED_BYTES = 8 << 20;
 
@@ -78,6 +87,9 @@ export interface ChannelStats {
   readonly queuedSends: number;
   readonly queuedOutBytes: number;
   readonly peakQueuedOutBytes: number;
+  readonly queuedOutMessages: number;
+  readonly peakQueuedOutMessages: number;
+  readonly yieldedSlices: number;
   /** Server-to-client requests (DMA_READ/WRITE) and those that got no reply in time. */
   readonly roundTrips: number;
   readonly roundTripTimeouts: number;
@@ -116,6 +128,9 @@ export class MessageChannel {
   private pendingOutFds: number[][] = [];
   private pendingOutBytes = 0;
   peakQueuedOutBytes = 0;
+  peakQueuedOutMessages = 0;
+  /** Times message handling stopped at the end of its slice to let other clients run. */
+  yieldedSlices = 0;
   private closed = false;
 
   // Receive state.
@@ -162,7 +177,7 @@ export class MessageChannel {
   private onReady(readable: boolean, writable: boolean, hangup: boolean): void {
     if (this.closed) return;
     if (writable) this.flush();
-    if (hangup && this.pendingOutBytes > MAX_QUEUED_OUT_BYTES) {
+    if (hangup && this.backlogged) {
       this.close("peer hung up with replies unread");
       return;
     }
@@ -170,13 +185,20 @@ export class MessageChannel {
   }
 
   private get backlogged(): boolean {
-    return this.pendingOutBytes > MAX_QUEUED_OUT_BYTES;
+    return this.pendingOutBytes > MAX_QUEUED_OUT_BYTES || this.pendingOut.length > MAX_QUEUED_OUT_MESSAGES;
   }
 
-  /** Reads and dispatches every complete message available now (none while backlogged). */
+  /** Reads and dispatches the complete messages available now (none while backlogged), for one slice. */
   private readAvailable(): void {
-    // Bounded so one chatty client cannot starve the event loop.
-    for (let round = 0; round < 4096 && !this.closed && !this.backlogged; round++) {
+    // Bounded in count and time so one chatty client cannot starve the others.
+    const start = performance.now();
+    let round = 0;
+    for (; round < 4096 && !this.closed && !this.backlogged; round++) {
+      if ((round & 15) === 15 && performance.now() - start >= READ_SLICE_MS) {
+        this.yieldedSlices++;
+        this.scheduleDrain();
+        return;
+      }
       if (this.deferred.length > 0) {
         // Requests that arrived during a round trip come first, in arrival order.
         const m = this.deferred.shift()!;
@@ -186,7 +208,9 @@ export class MessageChannel {
       }
       if (!this.step()) return;
     }
-    if (this.deferred.length > 0) this.scheduleDrain();
+    // More may be waiting in the socket or the deferred list: continue on a later turn (while
+    // backlogged, the writable callback resumes reading instead).
+    if (!this.closed && !this.backlogged) this.scheduleDrain();
   }
 
   private scheduleDrain(): void {
@@ -406,6 +430,7 @@ export class MessageChannel {
     this.pendingOutFds.push(fds);
     this.pendingOutBytes += bytes.length;
     this.peakQueuedOutBytes = Math.max(this.peakQueuedOutBytes, this.pendingOutBytes);
+    this.peakQueuedOutMessages = Math.max(this.peakQueuedOutMessages, this.pendingOut.length);
     this.queuedSends++;
     // While backlogged only writability is watched: requests stay in the socket (back-pressure).
     this.watch.start(!this.backlogged, true);
@@ -483,6 +508,9 @@ export class MessageChannel {
       queuedSends: this.queuedSends,
       queuedOutBytes: this.pendingOutBytes,
       peakQueuedOutBytes: this.peakQueuedOutBytes,
+      queuedOutMessages: this.pendingOut.length,
+      peakQueuedOutMessages: this.peakQueuedOutMessages,
+      yieldedSlices: this.yieldedSlices,
       roundTrips: this.roundTrips,
       roundTripTimeouts: this.roundTripTimeouts,
     };

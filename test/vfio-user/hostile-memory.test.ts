@@ -286,10 +286,15 @@ describe("issue 12 items 4, 5, 6: mapping budget, cleanup cost, address space re
     good.close();
     const s = await server.stats();
     assert.equal(s.memory.fdlessRegions, 0, "every region released");
-    // Server-side cost of the disconnect (O(n), one pass), then what the other client saw on a
-    // machine shared with other work (so a generous bound; the quadratic cleanup took seconds).
-    assert.ok(s.servers[0].longestCleanupMs < 50, `cleanup took ${s.servers[0].longestCleanupMs} ms`);
-    assert.ok(worst < 1000, `the good client waited ${worst.toFixed(1)} ms at worst`);
+    // Longest event-loop turn of the cleanup (2 ms slices plus whatever GC and preemption add),
+    // then what the other client saw. The bounds are loose because this machine is shared with
+    // other work; the quadratic cleanup this replaces did not finish in 20 s.
+    const cleanupMs = s.servers[0].longestCleanupMs as number;
+    console.log(
+      `# 30,000 fd-less regions: longest cleanup turn ${cleanupMs.toFixed(1)} ms, good client worst ${worst.toFixed(1)} ms`,
+    );
+    assert.ok(cleanupMs < 1000, `a cleanup turn took ${cleanupMs} ms`);
+    assert.ok(worst < 2000, `the good client waited ${worst.toFixed(1)} ms at worst`);
   });
 
   test("address space is given back: 64 map/unmap cycles of a 4 GiB region leave VmSize at its baseline", async () => {
