@@ -108,14 +108,26 @@ test("bin/viommu.mjs run: SIGINT stops a running guest with status 130 and a sum
   img.set(code, 0x20);
   const path = join(mkdtempSync(join(tmpdir(), "viommu-sigint-")), "spin.bin");
   writeFileSync(path, img);
-  const child = spawn(process.execPath, [BIN, "run", "--kernel", path, "--memory", "32M", "--timeout", "120"]);
+  const child = spawn(process.execPath, [
+    BIN,
+    "run",
+    "--kernel",
+    path,
+    "--memory",
+    "32M",
+    "--timeout",
+    "120",
+  ]);
   let stderr = "";
   child.stderr.on("data", (d) => {
     stderr += d;
   });
   // SIGINT once the guest runs (node's start-up takes seconds on a slow machine, e.g. the KVM lab).
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  await Promise.race([new Promise<void>((r) => child.stdout.on("data", (d: Buffer) => d.includes("R") && r())), exited]);
+  await Promise.race([
+    new Promise<void>((r) => child.stdout.on("data", (d: Buffer) => d.includes("R") && r())),
+    exited,
+  ]);
   child.kill("SIGINT");
   const status = await exited;
   assert.equal(status, 130, stderr);
