@@ -7,6 +7,7 @@
  * `--device` kind is adding a row.
  */
 import { normalizeBdf, VfioSetupError } from "../vfio/sysfs.ts";
+import { platformPortOverlap } from "../vmm/layout.ts";
 import { parseVtdConfig, VtdConfigError } from "../vtd/config.ts";
 import {
   formatUsage,
@@ -226,6 +227,12 @@ function parseDebugExit(v: string): RunOptions["debugExit"] {
   const iosize = size === undefined ? 2 : parseIntStrict(size, "--debug-exit iosize");
   if (iobase > 0xffff || iosize < 1 || iosize > 4 || iobase + iosize > 0x10000) {
     throw new RunOptionError("--debug-exit: iobase must be a port (0..0xffff) and iosize 1..4");
+  }
+  const clash = platformPortOverlap(iobase, iosize);
+  if (clash !== undefined) {
+    throw new RunOptionError(
+      `--debug-exit: ports 0x${iobase.toString(16)}-0x${(iobase + iosize - 1).toString(16)} overlap ${clash}`,
+    );
   }
   return { iobase, iosize };
 }

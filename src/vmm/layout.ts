@@ -32,6 +32,34 @@ export const LAPIC_GPA = 0xfee00000;
 export const KVM_IDENTITY_MAP_GPA = 0xfffbc000;
 export const KVM_TSS_GPA = 0xfffbd000;
 
+/**
+ * The port ranges the platform decodes itself (the summary's "unclaimed" list is everything
+ * else), for options that place a device in port space: isa-debug-exit may sit at any other
+ * iobase, as on QEMU, but not on top of these. The PCI I/O window is where firmware puts I/O BARs.
+ */
+export const PLATFORM_PORTS: readonly {
+  readonly name: string;
+  readonly base: number;
+  readonly sizeBytes: number;
+}[] = [
+  { name: "COM1", base: 0x3f8, sizeBytes: 8 },
+  { name: "fw_cfg", base: 0x510, sizeBytes: 2 },
+  { name: "fw_cfg DMA", base: 0x514, sizeBytes: 8 },
+  { name: "ACPI sleep/reset", base: 0x600, sizeBytes: 3 },
+  { name: "PCI configuration", base: 0xcf8, sizeBytes: 8 },
+  { name: "the PCI I/O BAR window", base: 0xc000, sizeBytes: 0x4000 },
+];
+
+/** The platform port range that [base, base + sizeBytes) overlaps, if any. */
+export function platformPortOverlap(base: number, sizeBytes: number): string | undefined {
+  for (const r of PLATFORM_PORTS) {
+    if (base < r.base + r.sizeBytes && r.base < base + sizeBytes) {
+      return `${r.name} (0x${r.base.toString(16)}-0x${(r.base + r.sizeBytes - 1).toString(16)})`;
+    }
+  }
+  return undefined;
+}
+
 export const E820_RAM = 1;
 export const E820_RESERVED = 2;
 export const E820_ACPI = 3;

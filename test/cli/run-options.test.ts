@@ -144,3 +144,26 @@ test("--help says which devices the DMAR and VIOT list (issue 10 item 6)", () =>
   assert.match(RUN_USAGE, /DMAR's\s+device scopes \(--iommu intel; no INCLUDE_PCI_ALL\)/);
   assert.match(RUN_USAGE, /untranslated DMA/);
 });
+
+test("--debug-exit: any iobase QEMU allows, except on top of a port range the platform decodes", () => {
+  for (const [iobase, iosize] of [
+    [0xf4, 4],
+    [0x501, 2],
+    [0x80, 1],
+    [0xbffc, 4],
+  ]) {
+    assert.deepEqual(parseRunOptions(["--debug-exit", `iobase=${iobase},iosize=${iosize}`]).debugExit, {
+      iobase,
+      iosize,
+    });
+  }
+  assert.throws(
+    () => parseRunOptions(["--debug-exit", "iobase=0x3fc,iosize=4"]),
+    /overlap COM1 \(0x3f8-0x3ff\)/,
+  );
+  assert.throws(
+    () => parseRunOptions(["--debug-exit", "iobase=0xcfe,iosize=2"]),
+    /overlap PCI configuration/,
+  );
+  assert.throws(() => parseRunOptions(["--debug-exit", "iobase=0xc000"]), /overlap the PCI I\/O BAR window/);
+});

@@ -8,8 +8,8 @@ import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
 import { UNCLAIMED_ADDRESSES_KEPT } from "../../src/platform/bus.ts";
 import { InterruptFabric, intxIoapicPin } from "../../src/vmm/interrupts.ts";
-import { ramLayout } from "../../src/vmm/layout.ts";
-import { Platform } from "../../src/vmm/platform.ts";
+import { PLATFORM_PORTS, ramLayout } from "../../src/vmm/layout.ts";
+import { PCI_IO_BASE, PCI_IO_END, Platform } from "../../src/vmm/platform.ts";
 
 const MiB = 1 << 20;
 
@@ -275,4 +275,40 @@ test("unclaimed accesses are named by address (bounded) and traced under VIOMMU_
   for (let port = 0x1000; port < 0x1100; port++) p.pio.read(port, 1);
   assert.equal(p.pio.unclaimedAddresses().length, UNCLAIMED_ADDRESSES_KEPT, "a scan does not grow the table");
   assert.equal(p.pio.unclaimedReads, 1 + 0x100, "but every access is counted");
+});
+
+test("PLATFORM_PORTS lists exactly the fixed port ranges the platform registers", () => {
+  const { p } = platform("virtio");
+  const fixed = p.pio
+    .describe()
+    .map((line) => /\[0x([0-9a-f]+), 0x([0-9a-f]+)\) (.*)$/.exec(line))
+    .filter((m) => m !== null && m[3] !== "isa-debug-exit" && !m[3].includes("bar"))
+    .map((m) => [Number.parseInt(m?.[1] ?? "", 16), Number.parseInt(m?.[2] ?? "", 16)]);
+  const listed = PLATFORM_PORTS.filter((r) => r.base !== PCI_IO_BASE).map((r) => [
+    r.base,
+    r.base + r.sizeBytes,
+  ]);
+  assert.deepEqual(fixed, listed);
+  const window = PLATFORM_PORTS.find((r) => r.base === PCI_IO_BASE);
+  assert.equal(window?.sizeBytes, PCI_IO_END - PCI_IO_BASE);
+});
+
+test("isa-debug-exit at QEMU's common iobase 0xf4 (iosize 4): any write size, exit status (v << 1) | 1", () => {
+  const exits: number[] = [];
+  const p = new Platform({
+    memory: GuestMemory.anonymous([{ gpa: 0, sizeBytes: 32 * MiB }]),
+    ramLayout: ramLayout(32 * MiB),
+    cpus: 1,
+    serial: NULL_SINK,
+    iommu: { kind: "none" },
+    devices: [],
+    debugExit: { iobase: 0xf4, iosize: 4 },
+    tracer: new Tracer(),
+    msiTarget: { signalMsi: () => true },
+    onDebugExit: (s) => exits.push(s),
+  });
+  p.pio.write(0xf4, 4, 0x10);
+  p.pio.write(0xf5, 1, 0x21);
+  p.pio.write(0xf6, 2, 0);
+  assert.deepEqual(exits, [0x21, 0x43, 1]);
 });
