@@ -57,8 +57,11 @@ export class Ioapic implements IoHandler {
   /** Redirection entries: low and high dwords. */
   private readonly rteLow = new Uint32Array(IOAPIC_PINS).fill(RTE_MASKED);
   private readonly rteHigh = new Uint32Array(IOAPIC_PINS);
-  /** Current pin levels after polarity (true = active). */
-  private readonly pinActive = new Uint8Array(IOAPIC_PINS);
+  /**
+   * Electrical pin levels (1 = high). Whether a pin is active depends on its entry's polarity
+   * at the moment of asking, so an entry reprogrammed while the line is steady sees it right.
+   */
+  private readonly pinLevel = new Uint8Array(IOAPIC_PINS);
 
   delivered = 0;
   maskedWhileAsserted = 0;
@@ -98,15 +101,19 @@ export class Ioapic implements IoHandler {
   /** Drives input pin `pin` (electrical level; polarity is applied here). */
   setPin(pin: number, level: boolean): void {
     if (!Number.isInteger(pin) || pin < 0 || pin >= IOAPIC_PINS) return;
-    const activeLow = (this.rteLow[pin] & RTE_POLARITY_LOW) !== 0;
-    const active = level !== activeLow;
-    const was = this.pinActive[pin] !== 0;
-    this.pinActive[pin] = active ? 1 : 0;
+    const was = this.isActive(pin);
+    this.pinLevel[pin] = level ? 1 : 0;
+    const active = this.isActive(pin);
     if (this.isLevelTriggered(pin)) {
       if (active) this.service(pin);
     } else if (active && !was) {
       this.service(pin);
     }
+  }
+
+  /** The pin is asserted: its level matches the entry's polarity (82093AA: bit 13, 1 = low). */
+  private isActive(pin: number): boolean {
+    return (this.pinLevel[pin] !== 0) !== ((this.rteLow[pin] & RTE_POLARITY_LOW) !== 0);
   }
 
   /** Sends the pin's message if it is unmasked and (for level) not awaiting EOI. */
@@ -131,7 +138,7 @@ export class Ioapic implements IoHandler {
       const low = this.rteLow[pin];
       if ((low & RTE_VECTOR_MASK) !== vector || (low & RTE_REMOTE_IRR) === 0) continue;
       this.rteLow[pin] = low & ~RTE_REMOTE_IRR;
-      if (this.pinActive[pin] && low & RTE_TRIGGER_LEVEL) this.service(pin);
+      if (this.isActive(pin) && low & RTE_TRIGGER_LEVEL) this.service(pin);
     }
   }
 
@@ -165,8 +172,8 @@ export class Ioapic implements IoHandler {
     }
     this.routeChanges++;
     this.onRoutesChanged();
-    // Unmasking a level entry whose pin is active delivers it now.
-    if (!(n & 1) && this.pinActive[pin] && this.isLevelTriggered(pin)) this.service(pin);
+    // Unmasking a level entry whose pin is active (under its polarity now) delivers it now.
+    if (!(n & 1) && this.isActive(pin) && this.isLevelTriggered(pin)) this.service(pin);
   }
 
   read(offset: number, sizeBytes: AccessSize): number {

@@ -255,6 +255,22 @@ test("IOAPIC: level entry sets remote IRR, and EOI re-sends while the line stays
   assert.equal(sent.length, 2);
 });
 
+test("IOAPIC 82093AA bit 13: polarity is applied to the line's level when the entry is (re)programmed", () => {
+  const { io, sent, rte } = ioapic();
+  rte(20, 0x18042); // level, active-high, masked; the line is low (idle)
+  rte(20, 0x8042); // unmasked: an idle active-high line sends nothing
+  assert.equal(sent.length, 0);
+  rte(20, 0x2000 | 0x8042); // active-low while the line stays low: asserted now
+  assert.equal(sent.length, 1, "reprogramming the polarity re-evaluates the steady line");
+  io.eoi(0x42);
+  assert.equal(sent.length, 2, "still asserted under active-low: re-sent on EOI");
+  rte(20, 0x8042); // back to active-high (remote IRR still set from the last send)
+  io.eoi(0x42);
+  assert.equal(sent.length, 2, "idle under active-high: nothing more");
+  io.setPin(20, true);
+  assert.equal(sent.length, 3, "a high level asserts the active-high entry");
+});
+
 test("IOAPIC: a remappable-format entry (VT-d 5.1.5.1) yields handle bits in address 19:5 and 2", () => {
   const { io, sent, rte } = ioapic();
   // handle 0x8005: handle[14:0]=5 in bits 63:49, format bit 48, handle[15] in bit 11
