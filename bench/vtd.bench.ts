@@ -7,12 +7,13 @@
  *   every lookup misses (checked at setup) and walks root -> PML4 -> PDPT -> PD -> PT.
  * - Queued page-selective invalidations: one descriptor per IQT write, through fetch, decode
  *   and the IOTLB probe, with 2048 other pages of the same domain cached.
+ * - Linux DMA patterns: a strict-mode request without and with the IOTLB neighbour prefetch.
  */
 import { ACCESS_READ } from "../src/engine/access.ts";
 import { GuestMemory } from "../src/engine/guest-memory.ts";
 import { Translation } from "../src/engine/translation.ts";
 import { GCMD, REG } from "../src/vtd/registers.ts";
-import { VtdUnit } from "../src/vtd/vtd.ts";
+import { IOTLB_PREFETCH_PAGES, VtdUnit } from "../src/vtd/vtd.ts";
 import type { BenchCase } from "./harness.ts";
 
 const SID = 0x0010;
@@ -179,4 +180,54 @@ function remapHit(): BenchCase {
   };
 }
 
-export const cases: BenchCase[] = [iotlbHit(), fullWalk(), dmaRead(), queuedPsi(), queuedBatch(), remapHit()];
+/**
+ * One Linux strict-mode request (what caching mode forces): a 56-page scatter-gather list mapped
+ * at consecutive IOVAs, the caching-mode flush of that range, the device reading 64 bytes of each
+ * page, the PTEs cleared and the range flushed again. With `prefetchPages` 0 every page walks;
+ * with the default, one walk covers the next 31 pages of the leaf table.
+ */
+function linuxStrictRequest(prefetchPages: number): BenchCase {
+  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 64 << 20 }]);
+  const unit = new VtdUnit(memory, { config: "caching-mode=on", iotlbPrefetchPages: prefetchPages });
+  const [root, ctx, pml4, pdpt, pd, pt] = [0x100000, 0x101000, 0x102000, 0x103000, 0x104000, 0x105000];
+  memory.writeU64(root, BigInt(ctx) | 1n);
+  memory.writeU64(ctx + (SID & 0xff) * 16, BigInt(pml4) | 1n);
+  memory.writeU64(ctx + (SID & 0xff) * 16 + 8, 2n | (1n << 8n));
+  memory.writeU64(pml4, BigInt(pdpt) | 3n);
+  memory.writeU64(pdpt, BigInt(pd) | 3n);
+  memory.writeU64(pd, BigInt(pt) | 3n);
+  unit.write(REG.RTADDR, 8, root);
+  unit.write(REG.GCMD, 4, GCMD.SRTP);
+  const dma = unit.addEndpoint(SID);
+  unit.write(REG.GCMD, 4, GCMD.TE);
+  const PAGES_PER_REQUEST = 56;
+  const buf = new Uint8Array(64);
+  let slot = 0;
+  return {
+    group: "vtd: Linux DMA patterns",
+    name: `strict request, 56 pages (map, flush, device reads, unmap, flush), prefetch ${prefetchPages}`,
+    run(n) {
+      for (let r = 0; r < n; r++) {
+        const first = (slot++ % 8) * 64; // 8 request slots in one leaf table, 64-page aligned
+        for (let i = 0; i < PAGES_PER_REQUEST; i++) {
+          memory.writeU64(pt + (first + i) * 8, BigInt(0x1000000 + (first + i) * 4096) | 3n);
+        }
+        unit.invalidation.invalidateIotlb(3, 1, first * 4096, 6);
+        for (let i = 0; i < PAGES_PER_REQUEST; i++) dma.read((first + i) * 4096, buf);
+        for (let i = 0; i < PAGES_PER_REQUEST; i++) memory.writeU64(pt + (first + i) * 8, 0n);
+        unit.invalidation.invalidateIotlb(3, 1, first * 4096, 6);
+      }
+    },
+  };
+}
+
+export const cases: BenchCase[] = [
+  iotlbHit(),
+  fullWalk(),
+  dmaRead(),
+  queuedPsi(),
+  queuedBatch(),
+  remapHit(),
+  linuxStrictRequest(0),
+  linuxStrictRequest(IOTLB_PREFETCH_PAGES),
+];

@@ -36,6 +36,9 @@ export interface IotlbStats {
   readonly refillsChanged: number;
   /** Fills of a page the capacity limit had evicted. */
   readonly refillsAfterEviction: number;
+  /** Entries a model cached ahead of use (`prefetch`), and how many of them a lookup then used. */
+  readonly prefetches: number;
+  readonly prefetchesUsed: number;
 }
 
 const GHOST_NONE = 0;
@@ -84,6 +87,10 @@ export class Iotlb {
   refillsUnchanged = 0;
   refillsChanged = 0;
   refillsAfterEviction = 0;
+  prefetches = 0;
+  prefetchesUsed = 0;
+  /** 1 while a prefetched entry has not been looked up yet. */
+  private readonly unusedPrefetch: Uint8Array;
 
   /** Ghosts of entries that left (see the file comment): direct-mapped by the entry's hash. */
   private readonly ghostWhy: Uint8Array;
@@ -107,6 +114,7 @@ export class Iotlb {
     this.gpaBases = new Float64Array(slots);
     this.shifts = new Uint8Array(slots);
     this.permsArr = new Uint8Array(slots);
+    this.unusedPrefetch = new Uint8Array(slots);
     this.ghostWhy = new Uint8Array(slots);
     this.ghostTags = new Float64Array(slots);
     this.ghostIovaBases = new Float64Array(slots);
@@ -192,6 +200,10 @@ export class Iotlb {
       const i = this.probe(this.hash(tag, page, shift), tag, base, shift);
       if (i >= 0) {
         this.hits++;
+        if (this.unusedPrefetch[i] !== 0) {
+          this.unusedPrefetch[i] = 0;
+          this.prefetchesUsed++;
+        }
         out.iovaBase = base;
         out.gpaBase = this.gpaBases[i];
         out.sizeBytes = size;
@@ -223,10 +235,30 @@ export class Iotlb {
     this.inserts++;
   }
 
-  /** Stores a new entry in the first free slot of its probe sequence and counts it. */
-  private place(tag: number, iovaBase: number, gpaBase: number, shift: number, perms: number): void {
+  /** True when the 4 KiB page at `iovaBase` of `tag` is cached (a prefetch skips those). */
+  holdsPage(tag: number, iovaBase: number): boolean {
+    return this.find(tag, iovaBase, 12) >= 0;
+  }
+
+  /**
+   * Caches a 4 KiB translation ahead of use (a model reading the neighbours of a leaf it walked:
+   * VT-d and SMMUv3 allow caching any valid entry). An entry already cached is left alone.
+   * Counted as a prefetch, not a fill; `prefetchesUsed` counts those a lookup later hit.
+   */
+  prefetch(tag: number, iovaBase: number, gpaBase: number, perms: number): void {
+    if (iovaBase % 0x1000 !== 0 || gpaBase % 0x1000 !== 0) return;
+    if (this.find(tag, iovaBase, 12) >= 0) return;
+    if (this.count >= this.capacity) this.evictOne();
+    const i = this.place(tag, iovaBase, gpaBase, 12, perms);
+    this.unusedPrefetch[i] = 1;
+    this.prefetches++;
+  }
+
+  /** Stores a new entry in the first free slot of its probe sequence, counts it, returns the slot. */
+  private place(tag: number, iovaBase: number, gpaBase: number, shift: number, perms: number): number {
     let i = this.home(tag, iovaBase, shift);
     while (this.state[i] === FULL) i = (i + 1) & this.mask;
+    this.unusedPrefetch[i] = 0;
     this.state[i] = FULL;
     this.tags[i] = tag;
     this.iovaBases[i] = iovaBase;
@@ -236,6 +268,7 @@ export class Iotlb {
     this.perSize[shiftIndex(shift)]++;
     this.count++;
     this.tagCounts.set(tag, (this.tagCounts.get(tag) ?? 0) + 1);
+    return i;
   }
 
   /** Caches the page-sized block of `t` that contains `iova`, choosing the largest page that fits. */
@@ -291,6 +324,7 @@ export class Iotlb {
         this.gpaBases[hole] = this.gpaBases[j];
         this.shifts[hole] = this.shifts[j];
         this.permsArr[hole] = this.permsArr[j];
+        this.unusedPrefetch[hole] = this.unusedPrefetch[j];
         state[j] = EMPTY;
         hole = j;
       }
@@ -414,15 +448,20 @@ export class Iotlb {
       if (drop(i)) {
         this.bury(i, GHOST_INVALIDATED);
         removed++;
-      } else keep.push(this.tags[i], this.iovaBases[i], this.gpaBases[i], this.shifts[i], this.permsArr[i]);
+      } else {
+        keep.push(this.tags[i], this.iovaBases[i], this.gpaBases[i], this.shifts[i], this.permsArr[i]);
+        keep.push(this.unusedPrefetch[i]);
+      }
     }
     if (removed === 0) return 0;
     this.state.fill(EMPTY);
     this.perSize.fill(0);
     this.tagCounts.clear();
     this.count = 0;
-    for (let k = 0; k < keep.length; k += 5)
-      this.place(keep[k], keep[k + 1], keep[k + 2], keep[k + 3], keep[k + 4]);
+    for (let k = 0; k < keep.length; k += 6) {
+      const i = this.place(keep[k], keep[k + 1], keep[k + 2], keep[k + 3], keep[k + 4]);
+      this.unusedPrefetch[i] = keep[k + 5];
+    }
     return removed;
   }
 
@@ -440,6 +479,8 @@ export class Iotlb {
       refillsUnchanged: this.refillsUnchanged,
       refillsChanged: this.refillsChanged,
       refillsAfterEviction: this.refillsAfterEviction,
+      prefetches: this.prefetches,
+      prefetchesUsed: this.prefetchesUsed,
     };
   }
 

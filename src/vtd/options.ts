@@ -36,7 +36,21 @@ export interface VtdOptions {
   readonly iotlbCapacity?: number;
   /** Bound of the context/PASID (target) cache; reaching it drops the caches (default 65536). */
   readonly targetCacheCapacity?: number;
+  /**
+   * After a second-stage walk ending in a 4 KiB leaf, cache up to this many following entries of
+   * the same leaf table that translate (default IOTLB_PREFETCH_PAGES; 0: none). Linux maps each
+   * scatter-gather list at consecutive IOVAs, so the device's next pages are usually there.
+   */
+  readonly iotlbPrefetchPages?: number;
 }
+
+/**
+ * Default neighbour prefetch (VtdOptions.iotlbPrefetchPages): 31 entries, so one walk covers up
+ * to 128 KiB of a contiguous mapping. VT-d 6.2.2 lets hardware cache any present translation;
+ * prefetched entries obey every invalidation like walked ones. Only second-stage leaves are
+ * prefetched: first-stage walks set Accessed bits, which must not appear on pages never used.
+ */
+export const IOTLB_PREFETCH_PAGES = 31;
 
 /** Answer to an ATS translation request (PCIe ATS 2.2 completion, VT-d 4.2.3). */
 export type AtsCompletion =

@@ -52,6 +52,10 @@ export class WalkOut {
   perms = 0;
   /** Level of the leaf (1: 4 KiB, 2: 2 MiB, 3: 1 GiB). */
   leafLevel = 0;
+  /** Guest-physical address of the table holding the leaf entry (for `readNeighbour`). */
+  leafTableGpa = 0;
+  /** Permissions the levels above the leaf allow (their R/W bits ANDed). */
+  tablePerms = 0;
 }
 
 export interface SecondStageFormat {
@@ -132,9 +136,12 @@ export class SecondStageWalker {
       const hi = ram.hi;
       if ((lo & 3) === 0) return WALK.NOT_PRESENT;
       if (this.reserved(lo, hi, level)) return WALK.RESERVED;
+      const tablePerms = perms;
       perms &= (lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0);
       const addr = entryAddress(lo, hi);
       if (level === 1 || (lo & 0x80) !== 0) {
+        out.leafTableGpa = table;
+        out.tablePerms = tablePerms;
         out.iovaBase = iova - (iova % size);
         out.gpaBase = addr - (addr % size);
         out.sizeBytes = size;
@@ -144,6 +151,26 @@ export class SecondStageWalker {
       table = addr;
     }
     return WALK.NOT_PRESENT;
+  }
+
+  /**
+   * Reads 4 KiB leaf entry `index` (0-511) of the last-level table at `tableGpa`, below levels
+   * that allow `tablePerms`: true, with `out.gpaBase` and `out.perms`, when it translates (present,
+   * no reserved bits, some permission). For prefetching the neighbours of a walked leaf: the
+   * same checks as `walk` at level 1.
+   */
+  readNeighbour(tableGpa: number, index: number, tablePerms: number, out: WalkOut): boolean {
+    const ram = this.ram;
+    if (!ram.read64(tableGpa + index * 8)) return false;
+    this.entryReads++;
+    const lo = ram.lo;
+    const hi = ram.hi;
+    if ((lo & 3) === 0 || this.reserved(lo, hi, 1)) return false;
+    const perms = tablePerms & ((lo & 1 ? READ : 0) | (lo & 2 ? WRITE : 0));
+    if (perms === 0) return false;
+    out.gpaBase = entryAddress(lo, hi);
+    out.perms = perms;
+    return true;
   }
 
   /**

@@ -56,7 +56,10 @@ export class TargetTranslator {
   private readonly faults: FaultLog;
   private readonly tracer: Tracer;
   private readonly walkOut = new WalkOut();
+  private readonly neighbourOut = new WalkOut();
   private readonly atsScratch = new Translation();
+  /** Following 4 KiB leaves cached after a second-stage walk (VtdOptions.iotlbPrefetchPages). */
+  prefetchPages = 0;
 
   constructor(
     targets: TargetCache,
@@ -104,6 +107,26 @@ export class TargetTranslator {
           ? WALK_REASONS.scalableSecondStage
           : WALK_REASONS.legacySecondStage;
     return walkStopReason(row, code, (access & PERM_WRITE) !== 0);
+  }
+
+  /**
+   * Caches the entries after the 4 KiB leaf just walked (`w`) in the same last-level table, up to
+   * `prefetchPages` of them (skipping, without a read, those already cached), stopping at the
+   * first that does not translate, leaves the input range, or maps into the interrupt window
+   * (those take the full walk and its fault).
+   */
+  private prefetchAfter(t: Target, w: WalkOut): void {
+    const n = this.neighbourOut;
+    const first = ((w.iovaBase / 4096) & 511) + 1;
+    const last = Math.min(511, first + this.prefetchPages - 1);
+    let iova = w.iovaBase + 4096;
+    for (let index = first; index <= last; index++, iova += 4096) {
+      if (!(iova < t.inputLimit) || (iova >= INTERRUPT_BASE && iova <= INTERRUPT_LAST)) return;
+      if (this.iotlb.holdsPage(t.iotlbTag, iova)) continue;
+      if (!this.secondStage.readNeighbour(w.leafTableGpa, index, w.tablePerms, n)) return;
+      if (n.gpaBase >= INTERRUPT_BASE && n.gpaBase <= INTERRUPT_LAST) return;
+      this.iotlb.prefetch(t.iotlbTag, iova, n.gpaBase, n.perms);
+    }
   }
 
   /**
@@ -156,6 +179,7 @@ export class TargetTranslator {
       out.set(w.iovaBase, w.gpaBase, w.sizeBytes, w.perms);
     }
     iotlb.insertFrom(t.iotlbTag, iova, out);
+    if (t.kind === K_SECOND_STAGE && w.leafLevel === 1 && this.prefetchPages > 0) this.prefetchAfter(t, w);
     if (this.tracer.on("map")) {
       this.tracer.emit("map", "vtd", "iotlb-fill", {
         sid: t.sourceId,

@@ -39,13 +39,14 @@ import {
 import { InvalidationQueue } from "./invalidation-queue.ts";
 import { CacheInvalidation } from "./invalidations.ts";
 import { NestedSecondStage } from "./nested-stage.ts";
-import type {
-  AtsCompletion,
-  EndpointOptions,
-  EndpointState,
-  VtdHostStats,
-  VtdOptions,
-  VtdStats,
+import {
+  type AtsCompletion,
+  type EndpointOptions,
+  type EndpointState,
+  IOTLB_PREFETCH_PAGES,
+  type VtdHostStats,
+  type VtdOptions,
+  type VtdStats,
 } from "./options.ts";
 import { RegisterCommands } from "./register-commands.ts";
 import {
@@ -74,6 +75,7 @@ export type {
   VtdOptions,
   VtdStats,
 } from "./options.ts";
+export { IOTLB_PREFETCH_PAGES } from "./options.ts";
 
 // Imported bindings are read through accessors under tsx: the translation path uses copies.
 const RW: number = PERM_RW;
@@ -172,7 +174,12 @@ export class VtdUnit implements DmaTranslator, IoHandler {
       firstStage: this.firstStage,
       nestedStage: new NestedSecondStage(this.secondStage),
     };
+    const prefetch = options.iotlbPrefetchPages ?? IOTLB_PREFETCH_PAGES;
+    if (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 511) {
+      throw new RangeError(`iotlbPrefetchPages must be an integer in [0, 511], got ${prefetch}`);
+    }
     this.translator = new TargetTranslator(this.targets, this.iotlb, walkers, this.faults, this.tracer);
+    this.translator.prefetchPages = prefetch;
     this.interruptRemapper = new InterruptRemapper(
       memory,
       this.config.eim,
