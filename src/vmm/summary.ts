@@ -50,7 +50,8 @@ function iotlbFills(s: IotlbStats): string {
   return (
     `IOTLB fills: ${s.coldFills} cold, ${s.refillsUnchanged + s.refillsChanged} after invalidation ` +
     `(${s.refillsUnchanged} unchanged), ${s.refillsAfterEviction} after eviction; ` +
-    `${s.invalidations} invalidations dropped ${s.invalidatedEntries} entries`
+    `${s.invalidations} invalidations dropped ${s.invalidatedEntries} entries; ` +
+    `${s.prefetches} prefetched, ${s.prefetchesUsed} of them used`
   );
 }
 
