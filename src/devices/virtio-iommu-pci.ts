@@ -73,6 +73,8 @@ class VirtioIommuDevice implements VirtioDevice {
   private readonly responseViews = new Map<number, Uint8Array>();
 
   private readonly writableCheck = new SgList(4);
+  private delivering = false;
+  private deliverAgain = false;
   requests = 0;
   requestDmaFaults = 0;
   /** Requests not performed because their answer could not be written (NEEDS_RESET set). */
@@ -167,7 +169,28 @@ class VirtioIommuDevice implements VirtioDevice {
     return true;
   }
 
+  /**
+   * Delivers pending fault records. Re-entrant calls (a fault raised by another device while a
+   * delivery waits on a DMA message, vfio-user) only ask the running delivery to loop again:
+   * the event chain scratch is in use.
+   */
   private deliverEvents(): void {
+    if (this.delivering) {
+      this.deliverAgain = true;
+      return;
+    }
+    this.delivering = true;
+    try {
+      do {
+        this.deliverAgain = false;
+        this.deliverPending();
+      } while (this.deliverAgain);
+    } finally {
+      this.delivering = false;
+    }
+  }
+
+  private deliverPending(): void {
     const ctx = this.context;
     if (ctx === undefined) return;
     const q = ctx.queue(EVENT_QUEUE);

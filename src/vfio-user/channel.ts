@@ -10,7 +10,12 @@
  *
  * Round trips (`roundTrip`): the server's own requests (DMA_READ/WRITE) block until the reply
  * with their message ID arrives or a timeout passes (poll(2) on the socket); commands received
- * meanwhile are copied aside and dispatched afterwards, in order, before anything newer. A
+ * meanwhile are copied aside and dispatched afterwards, in order, before anything newer.
+ * While it waits, the round trip also polls every other open channel of the process and serves
+ * those that are idle (no handler of theirs on the stack, no round trip of their own, not
+ * backlogged): one slow client never stalls the other clients' devices. Their handlers then run
+ * nested inside the waiting device's call; a channel never runs nested inside itself, and a
+ * device reached from another device's call (virtio-iommu fault events) guards itself. A
  * round trip started inside a handler receives into a second buffer (the handler's payload view
  * stays intact) and stages through its own buffer (the handler may be composing a reply in `tx`).
  *
@@ -36,7 +41,7 @@ import {
   POLLIN,
   POLLNVAL,
   POLLOUT,
-  pollFd,
+  pollFds,
   watchFd,
 } from "./libc.ts";
 import {
@@ -56,6 +61,9 @@ export const MAX_QUEUED_OUT_BYTES = 8 << 20;
 export const MAX_QUEUED_OUT_MESSAGES = 1024;
 /** Longest stretch of message handling for one channel before yielding to the event loop. */
 export const READ_SLICE_MS = 4;
+
+/** Every open channel of the process: a round trip serves the others while it waits. */
+const openChannels = new Set<MessageChannel>();
 /** Client requests buffered during one server round trip above which reading pauses. */
 export const MAX_DEFERRED_BYTES = 8 << 20;
 
@@ -93,6 +101,8 @@ export interface ChannelStats {
   /** Server-to-client requests (DMA_READ/WRITE) and those that got no reply in time. */
   readonly roundTrips: number;
   readonly roundTripTimeouts: number;
+  /** Other channels served while this one's round trips waited. */
+  readonly nestedServes: number;
 }
 
 export class MessageChannel {
@@ -132,6 +142,10 @@ export class MessageChannel {
   /** Times message handling stopped at the end of its slice to let other clients run. */
   yieldedSlices = 0;
   private closed = false;
+  /** Handlers of this channel on the stack (a nested dispatch never enters a busy channel). */
+  private dispatchDepth = 0;
+  /** Times this channel's round trip served other channels while waiting. */
+  nestedServes = 0;
 
   // Receive state.
   private have = 0; // bytes of the current message read so far (header + body)
@@ -168,6 +182,7 @@ export class MessageChannel {
     this.txView = new DataView(this.tx.bytes.buffer, this.tx.bytes.byteOffset, maxMessageBytes);
     this.watch = watchFd(fd, (readable, writable, hangup) => this.onReady(readable, writable, hangup));
     this.watch.start(true, false);
+    openChannels.add(this);
   }
 
   get isClosed(): boolean {
@@ -203,7 +218,7 @@ export class MessageChannel {
         // Requests that arrived during a round trip come first, in arrival order.
         const m = this.deferred.shift()!;
         this.deferredBytes -= HEADER_SIZE + m.payload.length;
-        this.handlers.onMessage(m);
+        this.deliver(m);
         continue;
       }
       if (!this.step()) return;
@@ -277,7 +292,7 @@ export class MessageChannel {
       }
       const events =
         (this.deferredBytes <= MAX_DEFERRED_BYTES ? POLLIN : 0) | (this.pendingOut.length > 0 ? POLLOUT : 0);
-      const r = pollFd(this.fd, events, left);
+      const r = this.pollServingOthers(events, left);
       if (r < 0 && r !== -ERRNO.EINTR && r !== -ERRNO.EAGAIN) {
         result = { ok: false, why: `poll failed (errno ${-r})` };
         break;
@@ -389,10 +404,53 @@ export class MessageChannel {
     const pinnedBefore = this.pinned;
     this.pinned = this.rx;
     try {
-      this.handlers.onMessage({ header, payload, payloadView, fds, oversized });
+      this.deliver({ header, payload, payloadView, fds, oversized });
     } finally {
       this.pinned = pinnedBefore;
     }
+  }
+
+  private deliver(m: ReceivedMessage): void {
+    this.dispatchDepth++;
+    try {
+      this.handlers.onMessage(m);
+    } finally {
+      this.dispatchDepth--;
+    }
+  }
+
+  /** Idle: a round trip of another channel may serve this one now. */
+  private get servableNested(): boolean {
+    return !this.closed && this.dispatchDepth === 0 && this.waitId < 0 && !this.backlogged;
+  }
+
+  /**
+   * poll(2) on this channel's socket (`events`) and on every idle other channel; serves the
+   * others that are ready (their handlers run here, nested). Returns this socket's revents, 0
+   * on timeout, or -errno.
+   */
+  private pollServingOthers(events: number, timeoutMs: number): number {
+    const fds = [this.fd];
+    const wanted = [events];
+    const others: MessageChannel[] = [];
+    for (const c of openChannels) {
+      if (c === this || !c.servableNested) continue;
+      others.push(c);
+      fds.push(c.fd);
+      wanted.push(POLLIN | (c.pendingOut.length > 0 ? POLLOUT : 0));
+    }
+    const revents = new Array<number>(fds.length).fill(0);
+    const r = pollFds(fds, wanted, revents, timeoutMs);
+    if (r <= 0) return r;
+    for (let i = 0; i < others.length; i++) {
+      const rv = revents[i + 1];
+      const c = others[i];
+      // An earlier one may have changed it (closed, or started a round trip of its own).
+      if (rv === 0 || !c.servableNested) continue;
+      this.nestedServes++;
+      c.onReady((rv & POLLIN) !== 0, (rv & POLLOUT) !== 0, (rv & (POLLHUP | POLLERR | POLLNVAL)) !== 0);
+    }
+    return revents[0];
   }
 
   /**
@@ -477,6 +535,7 @@ export class MessageChannel {
   close(reason: string): void {
     if (this.closed) return;
     this.closed = true;
+    openChannels.delete(this);
     this.watch.close();
     for (const fd of this.fds) closeFd(fd);
     this.fds = [];
@@ -513,6 +572,7 @@ export class MessageChannel {
       yieldedSlices: this.yieldedSlices,
       roundTrips: this.roundTrips,
       roundTripTimeouts: this.roundTripTimeouts,
+      nestedServes: this.nestedServes,
     };
   }
 }

@@ -418,6 +418,36 @@ export function pollFd(fd: number, events: number, timeoutMs: number): number {
   return pollScratchView.getUint16(6, true);
 }
 
+/**
+ * poll(2) on several descriptors: waits until one reports one of its `events[i]` or `timeoutMs`
+ * passes; fills `revents[i]` (0 when nothing happened) and returns how many are ready, 0 on
+ * timeout, or -errno. Blocks the thread (the server's DMA round trips only). Re-entrant: its
+ * native scratch is per call.
+ */
+export function pollFds(
+  fds: readonly number[],
+  events: readonly number[],
+  revents: number[],
+  timeoutMs: number,
+): number {
+  const n = fds.length;
+  const buf = new NativeBuffer(Math.max(8, 8 * n));
+  try {
+    const v = new DataView(buf.bytes.buffer, buf.bytes.byteOffset, 8 * n);
+    for (let i = 0; i < n; i++) {
+      v.setInt32(8 * i, fds[i], true);
+      v.setInt16(8 * i + 4, events[i], true);
+      v.setInt16(8 * i + 6, 0, true);
+    }
+    const r = c.poll(buf.pointer, n, Math.max(0, Math.min(Math.ceil(timeoutMs), 0x7fffffff))) as number;
+    if (r < 0) return -errno();
+    for (let i = 0; i < n; i++) revents[i] = r === 0 ? 0 : v.getUint16(8 * i + 6, true);
+    return r;
+  } finally {
+    buf.free();
+  }
+}
+
 /** Readiness watching of a raw descriptor on Node's event loop (koffi's uv_poll_t). */
 export interface FdWatch {
   /** (Re)arms the watch for the given conditions; hang-ups are always reported. */
