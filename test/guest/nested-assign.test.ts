@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { kvmLabAvailable } from "../../tools/guest-lab/kvm-lab.ts";
 import { runNestedAssignment } from "../../tools/guest-lab/nested-assign.ts";
+import { recipeText, viommuArgs } from "../support/guide.ts";
 
 const lab = kvmLabAvailable();
 const NO_LAB = `KVM lab not provisioned (${lab.why}): run tools/provision/provision.sh; nested assignment test SKIPPED`;
@@ -67,11 +68,19 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
   if (!lab.ok) return t.skip(NO_LAB);
   const out = await runNestedAssignment({
     runs: [
-      { iommu: "virtio", l2Script: EDU_AND_MSI },
-      { iommu: "intel", iommuProps: "intremap=on", l2Script: EDU_AND_MSI },
+      // docs/guide.md section 5: L0's serve, L1's bind and the two viommu run commands, as written.
+      { iommu: "virtio", l2Script: EDU_AND_MSI, command: recipeText("assign-virtio") },
+      {
+        iommu: "intel",
+        iommuProps: "intremap=on",
+        l2Script: EDU_AND_MSI,
+        command: recipeText("assign-intel"),
+      },
       { iommu: "virtio", l2Script: ENTRY_LIMIT, l2Cmdline: "hugepages=2" },
     ],
     l1Cmdline: `vfio_iommu_type1.dma_entry_limit=${L1_DMA_ENTRY_LIMIT}`,
+    bindCommands: recipeText("assign-bind"),
+    l0ServeArgs: (dir) => viommuArgs("nested-l0", "serve", { DIR: dir }),
     timeoutMs: 840_000,
   });
   const [virtio, intel, limit] = out.runs;

@@ -8,7 +8,7 @@
  * and our server must confine the device to them.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -21,6 +21,7 @@ import {
   type RunGuestOutcome,
   runGuest,
 } from "../../tools/guest-lab/lab.ts";
+import { guideRecipe, recipeText, shellCommands, viommuArgs } from "../support/guide.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");
 const lab = labAvailable();
@@ -42,18 +43,14 @@ export function splitArgs(line: string): string[] {
 }
 
 async function startServe(dir: string, args: string[]): Promise<Serve> {
+  // Arguments from docs/guide.md carry their own --socket-dir (and --stats-json) in `dir`.
+  const own = [
+    ...(args.includes("--socket-dir") ? [] : ["--socket-dir", dir]),
+    ...(args.includes("--stats-json") ? [] : ["--stats-json", join(dir, "stats.json")]),
+  ];
   const child = spawn(
     process.execPath,
-    [
-      "--import",
-      "tsx",
-      join(REPO, "src/cli/serve.ts"),
-      "--socket-dir",
-      dir,
-      "--stats-json",
-      join(dir, "stats.json"),
-      ...args,
-    ],
+    ["--import", "tsx", join(REPO, "src/cli/serve.ts"), ...own, ...args],
     {
       cwd: REPO,
       stdio: ["ignore", "pipe", "pipe"],
@@ -130,6 +127,30 @@ test("guest: vfio-edu-test drives our edu over vfio-user (QEMU virtio-iommu in f
   }
 });
 
+/**
+ * docs/guide.md's lab-run-served recipe: `xargs -a $DIR/qemu-args node --import tsx
+ * tools/guest-lab/run.ts --append WORDS groups.sh --`; runGuest is what run.ts calls, and WORDS
+ * is the kernel command line it passes.
+ */
+function labRunAppend(): string {
+  const commands = shellCommands(guideRecipe("lab-run-served").text, { DIR: "/d" });
+  assert.equal(commands.length, 1);
+  const w = commands[0]!;
+  assert.deepEqual(w.slice(0, 7), [
+    "xargs",
+    "-a",
+    "/d/qemu-args",
+    "node",
+    "--import",
+    "tsx",
+    "tools/guest-lab/run.ts",
+  ]);
+  assert.equal(w.at(-1), "--", "xargs appends the served arguments after --");
+  const append = w.indexOf("--append");
+  assert.ok(append > 0 && w.length === 11, w.join(" "));
+  return w[append + 1]!;
+}
+
 /** Deterministic pattern (xorshift32, seed printed) for the disk test. */
 function pattern(sizeBytes: number, seed: number): Uint8Array {
   const out = new Uint8Array(sizeBytes);
@@ -173,20 +194,17 @@ describe("guest: our virtio-iommu, edu, virtio-blk and virtio-rng over vfio-user
     console.log(`# disk pattern seed 0x${SEED.toString(16)}`);
     dir = mkdtempSync(join(tmpdir(), "viommu-serve-"));
     disk = join(dir, "disk.img");
-    writeFileSync(disk, new Uint8Array(16 << 20));
-    const serve = await startServe(dir, [
-      "--iommu",
-      "virtio",
-      "--device",
-      "edu,iommu=on",
-      "--disk",
-      `path=${disk},iommu=on`,
-      "--rng",
-    ]);
+    // docs/guide.md section 1: the recipe's commands (the disk image, then viommu serve).
+    const [truncate, serveWords, ...rest] = shellCommands(guideRecipe("serve-virtio").text, { DIR: dir });
+    assert.deepEqual(rest, []);
+    assert.equal(truncate![0], "truncate");
+    execFileSync(truncate![0]!, truncate!.slice(1));
+    assert.deepEqual(serveWords!.slice(0, 3), ["node", "bin/viommu.mjs", "serve"]);
+    const serve = await startServe(dir, viommuArgs("serve-virtio", "serve", { DIR: dir }));
     try {
       run = await runGuest({
         qemuArgs: serve.qemuArgs,
-        cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
+        cmdline: labRunAppend(),
         timeoutMs: 170_000,
         files: { "pattern.bin": data },
         script: [
@@ -194,8 +212,10 @@ describe("guest: our virtio-iommu, edu, virtio-blk and virtio-rng over vfio-user
           // (1) the driver binds to our virtio-iommu-pci (1af4:1057 at 00:10.0)
           'drv="$(readlink /sys/bus/pci/devices/0000:00:10.0/driver)"',
           'if [ -e /sys/bus/virtio/drivers/virtio_iommu/virtio0 ] || ls /sys/bus/virtio/drivers/virtio_iommu/ | grep -q virtio; then r viommu-bound pass "$drv"; else r viommu-bound fail "$drv"; fi',
-          // (3) VFIO in the guest on our edu (this binds it to vfio-pci, which puts it in a group)
-          "vfio-edu-test 0000:00:11.0",
+          // (3) VFIO in the guest on our edu (this binds it to vfio-pci, which puts it in a group):
+          // docs/guide.md section 3, then section 1's group listing, as written.
+          recipeText("guest-vfio-edu"),
+          recipeText("guest-groups"),
           // (1) groups: every iommu=on endpoint, no iommu=off one
           'for b in 0000:00:11.0 0000:00:12.0 0000:00:13.0; do if [ -e /sys/bus/pci/devices/$b/iommu_group ]; then g=$(basename $(readlink /sys/bus/pci/devices/$b/iommu_group)); else g=none; fi; echo "GROUP $b $g"; done',
           'echo "GROUPS $(ls /sys/kernel/iommu_groups/*/devices/ | tr "\n" " ")"',
@@ -228,6 +248,11 @@ describe("guest: our virtio-iommu, edu, virtio-blk and virtio-rng over vfio-user
     assert.notEqual(group("0000:00:12.0"), "none", `disk (iommu=on)\n${why}`);
     assert.equal(group("0000:00:13.0"), "none", `rng (iommu=off)\n${why}`);
     assert.notEqual(group("0000:00:11.0"), undefined, why);
+    // What docs/guide.md section 1 says its guest-groups recipe prints.
+    assert.match(run.log, /^0000:00:11\.0 group \d+\r?$/m, why);
+    assert.match(run.log, /^0000:00:12\.0 group \d+\r?$/m, why);
+    assert.match(run.log, /^0000:00:13\.0 no group\r?$/m, why);
+    assert.match(run.log, /virtio_iommu virtio\d+: input address: 48 bits/, why);
   });
 
   test("(2) virtio-blk through the IOMMU: pattern written and read back, checksums equal the host file, flush persisted", () => {
@@ -307,32 +332,54 @@ function hugeMapRequests(host: HostStats): { count: number; bytes: number; sizes
   return { count, bytes, sizes };
 }
 
-async function hugeRun(mask: string, count4k: number, extraCmdline: string) {
+/**
+ * One boot with a 1 GiB hugepage-backed VFIO mapping. `fromGuide`: the serve command, the guest
+ * script and the count of docs/guide.md section 4 as written (the 4k:2m:1g case); otherwise
+ * the same with the given page-size mask and 4 KiB map count.
+ */
+async function hugeRun(
+  setup: { fromGuide: true } | { fromGuide: false; mask: string; count4k: number },
+  extraCmdline: string,
+) {
   const dir = mkdtempSync(join(tmpdir(), "viommu-serve-"));
-  const serve = await startServe(dir, [
-    "--iommu",
-    `virtio,page-size-mask=${mask}`,
-    "--device",
-    "edu,iommu=on",
-    "--guest-ram-mib",
-    "2048",
-  ]);
+  const serve = await startServe(
+    dir,
+    setup.fromGuide
+      ? viommuArgs("huge-serve", "serve", { DIR: dir })
+      : [
+          "--iommu",
+          `virtio,page-size-mask=${setup.mask}`,
+          "--device",
+          "edu,iommu=on",
+          "--guest-ram-mib",
+          "2048",
+        ],
+  );
   try {
     const run = await runGuest({
       qemuArgs: serve.qemuArgs,
       memMiB: 2048,
       cmdline: `vfio_iommu_type1.allow_unsafe_interrupts=1 hugepages=520 ${extraCmdline}`,
       timeoutMs: 400_000,
-      script: `vfio-map-bench 0000:00:11.0 --count ${count4k} --huge-mib 1024`,
+      script: setup.fromGuide
+        ? recipeText("guest-huge")
+        : `vfio-map-bench 0000:00:11.0 --count ${setup.count4k} --huge-mib 1024`,
     });
     const stats = (await serve.stop()) as unknown as ServeStats;
     const host = stats.devices.find((d) => d.name.startsWith("edu"))!.host as unknown as HostStats;
     const engine = (stats.devices.find((d) => d.name === "virtio-iommu")!.device as { engine: EngineStats })
       .engine;
+    // The guide's way to count the mappings: its node one-liner over the stats file.
+    let counted = "";
+    if (setup.fromGuide) {
+      const [count] = shellCommands(guideRecipe("huge-count").text, { DIR: dir });
+      counted = execFileSync(count![0]!, count!.slice(1), { cwd: REPO }).toString();
+    }
     return {
       run,
       host,
       engine,
+      counted,
       why: `${describeRun(run, 40)}\n--- serve ---\n${serve.stderr().slice(-2000)}`,
     };
   } finally {
@@ -345,7 +392,7 @@ test("(4) huge pages, page-size-mask 4k:2m:1g: a hugepage-backed 1 GiB VFIO mapp
   skip: !lab.ok,
   timeout: 420_000,
 }, async () => {
-  const { run, host, why } = await hugeRun("4k:2m:1g", 16, "");
+  const { run, host, why, counted } = await hugeRun({ fromGuide: true }, "");
   assert.equal(findResult(run.results, "map-huge")?.status, "pass", why);
   assert.equal(findResult(run.results, "unmap-huge")?.status, "pass", why);
   const huge = hugeMapRequests(host);
@@ -355,6 +402,11 @@ test("(4) huge pages, page-size-mask 4k:2m:1g: a hugepage-backed 1 GiB VFIO mapp
     `the MAP requests cover exactly the 1 GiB buffer: ${JSON.stringify(huge)}`,
   );
   assert.ok(huge.count >= 1 && huge.count <= 512, JSON.stringify(huge));
+  // docs/guide.md's huge-count one-liner prints the same histogram.
+  assert.match(counted, /^edu0 \{/, counted);
+  for (const [size, n] of Object.entries(host.mapSizes)) {
+    assert.match(counted, new RegExp(`'${size}': ${n}\\b`), counted);
+  }
   console.log(
     `# huge pages, mask 4k:2m:1g: ${huge.count} MAP requests for 1 GiB, by size ${JSON.stringify(huge.sizes)}; host model peak ${host.peakEntries} entries (limit ${host.dmaEntryLimit}); ${findResult(run.results, "map-huge")?.detail}`,
   );
@@ -367,7 +419,10 @@ test("(4) huge pages, page-size-mask 4k: the 1 GiB mapping, and 4 KiB VFIO maps 
   // The guest's own type1 limit (also 65,535 by default) is raised so that the host model's
   // limit is the one reached: 66,000 separate 4 KiB VFIO_IOMMU_MAP_DMA calls.
   const COUNT = 66_000;
-  const { run, host, engine, why } = await hugeRun("4k", COUNT, "vfio_iommu_type1.dma_entry_limit=200000");
+  const { run, host, engine, why } = await hugeRun(
+    { fromGuide: false, mask: "4k", count4k: COUNT },
+    "vfio_iommu_type1.dma_entry_limit=200000",
+  );
   assert.equal(findResult(run.results, "map-huge")?.status, "pass", why);
   const huge = hugeMapRequests(host);
   assert.equal(

@@ -39,6 +39,12 @@ export type NestedL2Run = {
   l2Script?: string;
   /** Extra words for L2's kernel command line. */
   l2Cmdline?: string;
+  /**
+   * The `viommu run` command line as shell text (docs/guide.md's assign-virtio or assign-intel,
+   * as written), run in L1 with BDF (the edu), LAB (the lab cache) and INITRD (this run's L2
+   * initrd) set; replaces the one built from iommu, iommuProps and l2Cmdline.
+   */
+  command?: string;
 };
 
 export type NestedAssignOptions = {
@@ -48,6 +54,10 @@ export type NestedAssignOptions = {
   l0PageSizeMask?: string;
   /** More words for L1's kernel command line (e.g. "vfio_iommu_type1.dma_entry_limit=200"). */
   l1Cmdline?: string;
+  /** Shell text that binds $BDF to vfio-pci in L1 (docs/guide.md's assign-bind); default our own. */
+  bindCommands?: string;
+  /** L0's `viommu serve` arguments for a socket directory (docs/guide.md's nested-l0); default our own. */
+  l0ServeArgs?: (socketDir: string) => string[];
   timeoutMs: number;
   onLine?: (text: string) => void;
 };
@@ -82,7 +92,11 @@ vfio-edu-test "$edu"
 const RUN_MARK = "NESTED-ASSIGN-RUN";
 
 /** The L1 shell script: bind the edu to vfio-pci, then `viommu run` each L2 with it assigned. */
-function l1Script(repo: string, runs: readonly { run: NestedL2Run; initrd: string }[]): string {
+function l1Script(
+  repo: string,
+  runs: readonly { run: NestedL2Run; initrd: string }[],
+  bindCommands: string | undefined,
+): string {
   const kernel = labPaths().vmlinux;
   const lines = [
     'edu=""',
@@ -90,8 +104,13 @@ function l1Script(repo: string, runs: readonly { run: NestedL2Run; initrd: strin
     '  if [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ]; then edu=$(basename $d); fi',
     "done",
     '[ -n "$edu" ] || { echo "L1: no edu (1234:11e8) from viommu serve" >&2; exit 3; }',
-    'echo vfio-pci > "/sys/bus/pci/devices/$edu/driver_override"',
-    'echo "$edu" > /sys/bus/pci/drivers_probe',
+    `BDF=$edu LAB=${labPaths().cache}`,
+    ...(bindCommands === undefined
+      ? [
+          'echo vfio-pci > "/sys/bus/pci/devices/$edu/driver_override"',
+          'echo "$edu" > /sys/bus/pci/drivers_probe',
+        ]
+      : [bindCommands]),
     'echo "L1: edu $edu driver $(basename $(readlink /sys/bus/pci/devices/$edu/driver)) group $(basename $(readlink /sys/bus/pci/devices/$edu/iommu_group))" >&2',
     `cd ${repo} || exit 3`,
     "worst=0",
@@ -101,11 +120,16 @@ function l1Script(repo: string, runs: readonly { run: NestedL2Run; initrd: strin
       run.iommu === "virtio"
         ? `virtio${run.iommuProps ? `,${run.iommuProps}` : ""}`
         : `intel,caching-mode=on${run.iommuProps ? `,${run.iommuProps}` : ""}`;
+    const command =
+      run.command === undefined
+        ? `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$edu,iommu=on" --memory 512M ` +
+          `--kernel ${kernel} --initramfs ${initrd} --timeout 240 ` +
+          `--cmdline "console=ttyS0 panic=-1 loglevel=4 vfio_iommu_type1.allow_unsafe_interrupts=1 ${run.l2Cmdline ?? ""}"`
+        : run.command.trimEnd();
     lines.push(
       `echo "${RUN_MARK} ${i} start"`,
-      `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$edu,iommu=on" --memory 512M ` +
-        `--kernel ${kernel} --initramfs ${initrd} --timeout 240 ` +
-        `--cmdline "console=ttyS0 panic=-1 loglevel=4 vfio_iommu_type1.allow_unsafe_interrupts=1 ${run.l2Cmdline ?? ""}" 2>&1`,
+      `INITRD=${initrd}`,
+      `${command} 2>&1`,
       "rc=$?",
       `echo "${RUN_MARK} ${i} exit=$rc"`,
       '[ "$rc" -ne 0 ] && worst=$rc',
@@ -138,24 +162,22 @@ function startServe(
   repo: string,
   socketDir: string,
   pageSizeMask: string | undefined,
+  serveArgs: string[] | undefined,
 ): Promise<{ child: ChildProcess; line: string; stderr: () => string }> {
   const iommu = pageSizeMask === undefined ? "virtio" : `virtio,page-size-mask=${pageSizeMask}`;
+  const args = serveArgs ?? [
+    "--socket-dir",
+    socketDir,
+    "--iommu",
+    iommu,
+    "--device",
+    "edu,iommu=on",
+    "--guest-ram-mib",
+    String(L1_RAM_MIB),
+  ];
   const child = spawn(
     process.execPath,
-    [
-      "bin/viommu.mjs",
-      "serve",
-      "--socket-dir",
-      socketDir,
-      "--iommu",
-      iommu,
-      "--device",
-      "edu,iommu=on",
-      "--guest-ram-mib",
-      String(L1_RAM_MIB),
-      "--stats-json",
-      join(socketDir, "stats.json"),
-    ],
+    ["bin/viommu.mjs", "serve", ...args, "--stats-json", join(socketDir, "stats.json")],
     { cwd: repo, stdio: ["ignore", "pipe", "pipe"] },
   );
   let err = "";
@@ -253,9 +275,9 @@ export async function runNestedAssignment(opts: NestedAssignOptions): Promise<Ne
   });
   let serve: Awaited<ReturnType<typeof startServe>> | null = null;
   try {
-    serve = await startServe(repo, socketDir, opts.l0PageSizeMask);
+    serve = await startServe(repo, socketDir, opts.l0PageSizeMask, opts.l0ServeArgs?.(socketDir));
     const lab = await runInKvmLab({
-      command: ["sh", "-c", l1Script(repo, staged)],
+      command: ["sh", "-c", l1Script(repo, staged, opts.bindCommands)],
       cwd: repo,
       timeoutMs: opts.timeoutMs,
       memMiB: L1_RAM_MIB,
