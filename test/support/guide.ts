@@ -72,7 +72,7 @@ export function recipeText(id: string): string {
 
 export type ShellVars = Readonly<Record<string, string>>;
 
-/** Operators that end a simple command. */
+/** Operators: `&&` to `|` end a simple command; the others are redirections, kept as words. */
 const OPERATORS = ["&&", "||", ";", "&", "|", "2>&1", ">>", ">", "<"] as const;
 
 /**
