@@ -29,8 +29,10 @@ import { type GuestResult, labPaths, parseResults, SCRIPT_PRELUDE } from "./lab.
 
 export type NestedIommu = "virtio" | "intel";
 
-/** One `viommu run` of L2 inside the shared L1 boot. */
+/** One L2 inside the shared L1 boot: under `viommu run` (ours) or under QEMU (the peer). */
 export type NestedL2Run = {
+  /** The L1 VMM: ours (default), or QEMU with vfio-pci behind its own vIOMMU, for comparison. */
+  vmm?: "viommu" | "qemu";
   /** L2's IOMMU in `viommu run` (intel gets caching-mode=on). */
   iommu: NestedIommu;
   /** Extra properties of `--iommu virtio` (e.g. "page-size-mask=4k:2m"). */
@@ -81,6 +83,8 @@ export type NestedAssignOutcome = {
 };
 
 const L1_RAM_MIB = 3072;
+/** L2's RAM: with VT-d every byte is mapped (pinned) in L1's VFIO while translation is off. */
+const L2_RAM_MIB = 256;
 
 export const L2_EDU_SCRIPT = `
 edu=$(pci_find 1234 11e8)
@@ -116,16 +120,24 @@ function l1Script(
     "worst=0",
   ];
   runs.forEach(({ run, initrd }, i) => {
-    const iommuArg =
+    const props = run.iommuProps ? `,${run.iommuProps}` : "";
+    const cmdline = `console=ttyS0 panic=-1 loglevel=4 vfio_iommu_type1.allow_unsafe_interrupts=1 ${run.l2Cmdline ?? ""}`;
+    const iommuArg = run.iommu === "virtio" ? `virtio${props}` : `intel,caching-mode=on${props}`;
+    // QEMU's peer configuration: its virtio-iommu-pci, or intel-iommu with caching mode (which
+    // needs the split irqchip for interrupt remapping), the same edu through vfio-pci.
+    const qemuIommu =
       run.iommu === "virtio"
-        ? `virtio${run.iommuProps ? `,${run.iommuProps}` : ""}`
-        : `intel,caching-mode=on${run.iommuProps ? `,${run.iommuProps}` : ""}`;
+        ? "-M q35 -device virtio-iommu-pci"
+        : `-M q35,kernel-irqchip=split -device intel-iommu,caching-mode=on${props}`;
     const command =
-      run.command === undefined
-        ? `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$edu,iommu=on" --memory 512M ` +
-          `--kernel ${kernel} --initramfs ${initrd} --timeout 240 ` +
-          `--cmdline "console=ttyS0 panic=-1 loglevel=4 vfio_iommu_type1.allow_unsafe_interrupts=1 ${run.l2Cmdline ?? ""}"`
-        : run.command.trimEnd();
+      run.command !== undefined
+        ? run.command.trimEnd()
+        : run.vmm === "qemu"
+          ? `timeout 300 ${labPaths().qemu} -accel kvm -cpu host -m ${L2_RAM_MIB} -smp 1 -nodefaults -no-user-config ` +
+            `-display none -monitor none -serial stdio -no-reboot ${qemuIommu} -device "vfio-pci,host=$edu" ` +
+            `-kernel ${kernel} -initrd ${initrd} -append "${cmdline}"`
+          : `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$edu,iommu=on" --memory ${L2_RAM_MIB}M ` +
+            `--kernel ${kernel} --initramfs ${initrd} --timeout 240 --cmdline "${cmdline}"`;
     lines.push(
       `echo "${RUN_MARK} ${i} start"`,
       `INITRD=${initrd}`,
