@@ -32,7 +32,8 @@ export interface RunOptions {
   readonly iommu:
     | { readonly kind: "none" }
     | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
-    | { readonly kind: "intel"; readonly spec: string };
+    | { readonly kind: "intel"; readonly spec: string }
+    | { readonly kind: "smmuv3"; readonly stage: SmmuStageOption };
   readonly devices: readonly DeviceOption[];
   readonly serial:
     | { readonly kind: "tty" }
@@ -103,6 +104,9 @@ function alternatives(words: readonly string[]): string {
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 type RunState = Mutable<RunOptions> & { modules: string[]; devices: DeviceOption[] };
 
+/** Translation stages an SMMUv3 offers (IDR0.S1P / S2P): one of them, or both ("nested"). */
+export type SmmuStageOption = "1" | "2" | "nested";
+
 /** The values of `--iommu KIND[,props]`. */
 interface IommuKindRow {
   readonly kind: RunOptions["iommu"]["kind"];
@@ -148,6 +152,24 @@ const IOMMU_KINDS: readonly IommuKindRow[] = [
         throw e;
       }
       return { kind: "intel", spec: rest };
+    },
+  },
+  {
+    kind: "smmuv3",
+    help: [
+      {
+        synopsis: "--iommu smmuv3[,stage=1|2|nested]",
+        text: "Arm SMMUv3 at 0x9050000 (arm64 hosts; QEMU virt's place): stage 1 (default),\nstage 2, or both stages (nested)",
+      },
+    ],
+    parse: (rest) => {
+      let stage: SmmuStageOption = "1";
+      for (const prop of rest === "" ? [] : rest.split(",")) {
+        const m = /^stage=(1|2|nested)$/.exec(prop);
+        if (!m) throw new RunOptionError(`--iommu smmuv3: unknown property "${prop}" (stage=1|2|nested)`);
+        stage = m[1] as SmmuStageOption;
+      }
+      return { kind: "smmuv3", stage };
     },
   },
   { kind: "none", help: [], parse: () => ({ kind: "none" }) },

@@ -5,7 +5,7 @@
 import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
 import { LineBufferedSink, NULL_SINK, type SerialSink } from "../devices/uart16550.ts";
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
-import { KvmUnavailableError } from "../kvm/system.ts";
+import { KvmUnavailableError, kvmArchitecture } from "../kvm/system.ts";
 import { VfioPciDevice } from "../vfio/device.ts";
 import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts";
 import { isElf } from "../vmm/elf.ts";
@@ -15,6 +15,7 @@ import type { DeviceChoice } from "../vmm/platform.ts";
 import { SerialInput } from "../vmm/serial-input.ts";
 import { formatSummary } from "../vmm/summary.ts";
 import { fileProblem } from "./file-errors.ts";
+import { runArm64 } from "./run-arm64.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
 
 export interface RunIo {
@@ -81,6 +82,25 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
     io.stdout(`${RUN_USAGE}\n`);
     return 0;
   }
+  if (kvmArchitecture() === "arm64") {
+    const tracer = Tracer.fromSpec(options.trace);
+    if (options.trace) tracer.listen((ev) => io.stderr(`trace: ${formatTraceEvent(ev)}\n`), []);
+    const serial = serialSink(options);
+    const status = runArm64({
+      options,
+      devices: devicesFor(options),
+      serial: serial.sink,
+      tracer,
+      stderr: io.stderr,
+    });
+    serial.close();
+    return status;
+  }
+  if (options.iommu.kind === "smmuv3") {
+    io.stderr("viommu run: --iommu smmuv3 needs an arm64 host (the SMMUv3 is an Arm IOMMU)\n");
+    return 2;
+  }
+  const iommu = options.iommu;
   let image: Uint8Array;
   const modules: { data: Uint8Array; cmdline: string }[] = [];
   try {
@@ -107,7 +127,7 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
       memorySizeBytes: options.memorySizeBytes,
       memoryFile: options.memoryFile,
       serial: serial.sink,
-      iommu: options.iommu,
+      iommu,
       devices: devicesFor(options),
       debugExit: options.debugExit,
       tracer,

@@ -72,6 +72,17 @@ export function externalView(ptr: unknown, sizeBytes: number): ArrayBuffer {
   return koffi.view(ptr, sizeBytes);
 }
 
+/**
+ * A small anonymous mapping whose user-space address is known, for ioctl structures that carry
+ * pointers (kvm_one_reg.addr). Kept for the life of the process: callers allocate it once.
+ */
+export function scratchMemory(sizeBytes: number): { address: bigint; bytes: Uint8Array } {
+  const length = Math.max(4096, Math.ceil(sizeBytes / 4096) * 4096);
+  const ptr = mmap(null, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (isMapFailed(ptr)) throw new Error(`mmap of ${length} scratch bytes failed: ${errnoName(errno())}`);
+  return { address: koffi.address(ptr), bytes: new Uint8Array(externalView(ptr, length), 0, sizeBytes) };
+}
+
 /** True when mmap failed (MAP_FAILED is (void *)-1). */
 export function isMapFailed(ptr: unknown): boolean {
   return ptr === null || koffi.address(ptr) === 0xffff_ffff_ffff_ffffn;

@@ -79,3 +79,12 @@ export class Kvm {
     close(this.fd);
   }
 }
+
+/** The instruction set KVM virtualizes here: the host's (KVM runs guests of its own architecture). */
+export type KvmArchitecture = "x86_64" | "arm64";
+
+export function kvmArchitecture(): KvmArchitecture | "unsupported" {
+  if (process.arch === "x64") return "x86_64";
+  if (process.arch === "arm64") return "arm64";
+  return "unsupported";
+}

@@ -1,0 +1,281 @@
+/**
+ * The arm64 micro-VMM: one KVM VM on an arm64 host with vCPUs from KVM_ARM_VCPU_INIT (PSCI 0.2),
+ * the in-kernel GICv3 and ITS, RAM at 1 GiB, the platform's devices on MMIO (Arm64Platform) and
+ * a Linux Image booted with a device tree (booting.rst): x0 = DTB, PC = Image.
+ *
+ * One vCPU: the run loop is the x86 machine's single-vCPU loop in shape (KVM_RUN, MMIO exits to
+ * the buses, signals through latches, a SIGALRM deadline); arm64 has no port I/O and no IOAPIC
+ * EOIs, and a PSCI SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
+ */
+import { type Arm64BootPlan, parseArm64Image, planArm64Boot } from "../../boot/arm64-image.ts";
+import type { SerialSink } from "../../devices/uart16550.ts";
+import { GuestMemory } from "../../engine/guest-memory.ts";
+import type { Tracer } from "../../engine/trace.ts";
+import { initVcpu, preferredTarget, readMpidr, setBootRegisters } from "../../kvm/arm64/cpu.ts";
+import { VgicV3 } from "../../kvm/arm64/vgic.ts";
+import { type HostMapping, mapGuestRam } from "../../kvm/guest-ram.ts";
+import { alarm } from "../../kvm/libc.ts";
+import { SIGINT, SIGTERM, SignalLatch } from "../../kvm/signal-latch.ts";
+import { RUN } from "../../kvm/structs.ts";
+import { Kvm } from "../../kvm/system.ts";
+import type { Vcpu } from "../../kvm/vcpu.ts";
+import { Vm } from "../../kvm/vm.ts";
+import type { AccessSize } from "../../platform/bus.ts";
+import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
+import type { RunResult, StopReason } from "../machine.ts";
+import { statusFor } from "../machine.ts";
+import type { DeviceChoice } from "../platform.ts";
+import { buildDeviceTree } from "./device-tree.ts";
+import {
+  GIC_DIST_GPA,
+  GIC_ITS_GPA,
+  GIC_REDIST_BYTES_PER_CPU,
+  GIC_REDIST_GPA,
+  GIC_REDIST_REGION_BYTES,
+  MAX_RAM_BYTES,
+  RAM_GPA,
+  SMMU_GPA,
+  SPI_COUNT,
+} from "./layout.ts";
+import { type Arm64IommuChoice, Arm64Platform } from "./platform.ts";
+
+export interface Arm64MachineConfig {
+  readonly cpus: number;
+  readonly memorySizeBytes: number;
+  readonly memoryFile?: string;
+  readonly serial: SerialSink;
+  readonly iommu: Arm64IommuChoice;
+  readonly devices: readonly DeviceChoice[];
+  readonly tracer: Tracer;
+}
+
+export interface Arm64LinuxBoot {
+  readonly kernel: Uint8Array;
+  readonly initrd?: Uint8Array;
+  readonly cmdline: string;
+}
+
+export class Arm64Machine {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  readonly memory: GuestMemory;
+  readonly platform: Arm64Platform;
+  readonly gic: VgicV3;
+  readonly vcpu: Vcpu;
+  private readonly ram: HostMapping;
+  private readonly tracer: Tracer;
+  private readonly memorySizeBytes: number;
+  private stopReason: StopReason | null = null;
+  mmioExits = 0;
+
+  constructor(config: Arm64MachineConfig) {
+    if (config.cpus !== 1) throw new Error(`--cpus ${config.cpus}: the arm64 machine runs one vCPU`);
+    if (config.memorySizeBytes > MAX_RAM_BYTES)
+      throw new Error("guest RAM above 255 GiB does not fit the arm64 map");
+    this.tracer = config.tracer;
+    this.memorySizeBytes = config.memorySizeBytes;
+    this.kvm = Kvm.open();
+    this.vm = new Vm(this.kvm);
+    this.ram = mapGuestRam(config.memorySizeBytes, config.memoryFile);
+    this.vm.addMemory(RAM_GPA, config.memorySizeBytes, this.ram.hostAddress);
+    this.memory = new GuestMemory([
+      { gpa: RAM_GPA, sizeBytes: config.memorySizeBytes, bytes: this.ram.bytes, name: "ram" },
+    ]);
+    // vCPUs before the GIC (its redistributors follow the vCPUs), and all initialised.
+    const target = preferredTarget(this.vm.fd);
+    this.vcpu = this.vm.createVcpu(0);
+    initVcpu(this.vcpu.fd, target, true);
+    if (GIC_REDIST_BYTES_PER_CPU * config.cpus > GIC_REDIST_REGION_BYTES)
+      throw new Error("too many vCPUs for the GIC map");
+    this.gic = new VgicV3(this.vm.fd, {
+      distributorGpa: GIC_DIST_GPA,
+      redistributorGpa: GIC_REDIST_GPA,
+      itsGpa: GIC_ITS_GPA,
+      irqs: SPI_COUNT + 32,
+    });
+    this.platform = new Arm64Platform({
+      memory: this.memory,
+      serial: config.serial,
+      iommu: config.iommu,
+      devices: config.devices,
+      tracer: config.tracer,
+      irq: this.gic,
+    });
+  }
+
+  /** Loads the Image, the initrd and the device tree, and points the boot vCPU at the Image. */
+  bootLinux(input: Arm64LinuxBoot): Arm64BootPlan {
+    const header = parseArm64Image(input.kernel);
+    const mpidrs = [readMpidr(this.vcpu.fd)];
+    const iommu = this.platform.smmu
+      ? ({ kind: "smmuv3" } as const)
+      : this.platform.viommu
+        ? ({ kind: "virtio", slot: 1 } as const)
+        : ({ kind: "none" } as const);
+    // The DTB's size does not depend on where the initrd goes: lay it out once to size it.
+    const initrdBytes = input.initrd?.length ?? 0;
+    const probe = buildDeviceTree({
+      mpidrs,
+      ramGpa: RAM_GPA,
+      ramBytes: this.memorySizeBytes,
+      cmdline: input.cmdline,
+      initrd: initrdBytes > 0 ? { gpa: 0, sizeBytes: initrdBytes } : null,
+      iommu,
+    });
+    const plan = planArm64Boot(
+      header,
+      { baseGpa: RAM_GPA, sizeBytes: this.memorySizeBytes },
+      initrdBytes,
+      probe.length,
+    );
+    const dtb = buildDeviceTree({
+      mpidrs,
+      ramGpa: RAM_GPA,
+      ramBytes: this.memorySizeBytes,
+      cmdline: input.cmdline,
+      initrd: plan.initrdGpa !== null ? { gpa: plan.initrdGpa, sizeBytes: initrdBytes } : null,
+      iommu,
+    });
+    this.memory.write(plan.kernelGpa, input.kernel);
+    if (plan.initrdGpa !== null && input.initrd) this.memory.write(plan.initrdGpa, input.initrd);
+    this.memory.write(plan.dtbGpa, dtb);
+    setBootRegisters(this.vcpu.fd, plan.kernelGpa, plan.dtbGpa);
+    if (this.tracer.on("config")) {
+      this.tracer.emit("config", "vmm", "boot-arm64", {
+        kernel: plan.kernelGpa,
+        initrd: plan.initrdGpa ?? 0,
+        dtb: plan.dtbGpa,
+        dtbBytes: dtb.length,
+      });
+    }
+    return plan;
+  }
+
+  private dispatchMmio(isWrite: boolean, gpa: number, size: number, data: DataView, offset: number): void {
+    this.mmioExits++;
+    if (size !== 1 && size !== 2 && size !== 4 && size !== 8) return;
+    const smmu = this.platform.smmu;
+    // 64-bit SMMU registers carry values above 2^53 (STRTAB_BASE.RA is bit 62): all 64 bits.
+    if (size === 8 && smmu !== null && gpa >= SMMU_GPA && gpa + 8 <= SMMU_GPA + SMMU_FRAME_BYTES) {
+      if (isWrite) smmu.writeWide(gpa - SMMU_GPA, data.getBigUint64(offset, true));
+      else data.setBigUint64(offset, smmu.readWide(gpa - SMMU_GPA), true);
+      return;
+    }
+    const mmio = this.platform.mmio;
+    if (isWrite) {
+      if (size === 8) {
+        const lo = data.getUint32(offset, true);
+        const hi = data.getUint32(offset + 4, true);
+        if (hi < 0x20_0000) mmio.write(gpa, 8, hi * 0x1_0000_0000 + lo);
+        else {
+          mmio.write(gpa, 4, lo);
+          mmio.write(gpa + 4, 4, hi);
+        }
+        return;
+      }
+      const v =
+        size === 1
+          ? data.getUint8(offset)
+          : size === 2
+            ? data.getUint16(offset, true)
+            : data.getUint32(offset, true);
+      mmio.write(gpa, size as AccessSize, v);
+      return;
+    }
+    const v = mmio.read(gpa, size as AccessSize);
+    if (size === 8) {
+      data.setUint32(offset, (v % 0x1_0000_0000) >>> 0, true);
+      data.setUint32(offset + 4, Math.floor(v / 0x1_0000_0000) >>> 0, true);
+    } else if (size === 1) data.setUint8(offset, v);
+    else if (size === 2) data.setUint16(offset, v, true);
+    else data.setUint32(offset, v >>> 0, true);
+  }
+
+  /** Runs until the guest powers off, fails, or `timeoutSeconds` pass (0: no limit). */
+  run(timeoutSeconds = 0): RunResult {
+    const vcpu = this.vcpu;
+    const run = vcpu.run;
+    const t0 = Date.now();
+    const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
+    const onAlarm = () => {};
+    const interrupt = new SignalLatch(SIGINT);
+    const terminate = new SignalLatch(SIGTERM);
+    interrupt.arm();
+    terminate.arm();
+    process.on("SIGALRM", onAlarm);
+    if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
+    try {
+      while (this.stopReason === null) {
+        const exit = vcpu.runOnce();
+        try {
+          switch (exit.kind) {
+            case "mmio":
+              this.dispatchMmio(exit.isWrite, exit.gpa, exit.sizeBytes, run, RUN.mmio.data);
+              break;
+            case "interrupted":
+              if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
+              else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
+              else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
+              break;
+            case "system-event":
+              this.stopReason = { kind: "system-event", type: exit.type };
+              break;
+            case "internal-error":
+              this.stopReason = { kind: "internal-error", suberror: exit.suberror, rip: -1 };
+              break;
+            case "fail-entry":
+              this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
+              break;
+            case "unknown":
+              this.stopReason = { kind: "unknown-exit", reason: exit.reason };
+              break;
+            default:
+              // io, hlt, shutdown, ioapic-eoi: x86 exits KVM never produces on arm64.
+              this.stopReason = { kind: "unknown-exit", reason: -1 };
+          }
+        } catch (e) {
+          this.stopReason = { kind: "device-error", message: (e as Error).message };
+        }
+      }
+    } finally {
+      if (timeoutSeconds > 0) alarm(0);
+      process.off("SIGALRM", onAlarm);
+      interrupt.disarm();
+      terminate.disarm();
+      this.platform.uart.flush();
+    }
+    const stop: StopReason = this.stopReason ?? { kind: "interrupted", signal: SIGINT };
+    return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
+  }
+
+  stats(): object {
+    const p = this.platform;
+    return {
+      exits: { total: this.vcpu.exits, mmio: this.mmioExits },
+      gic: {
+        msisDelivered: this.gic.msisDelivered,
+        msisUnmapped: this.gic.msisUnmapped,
+        msisRejected: this.gic.msisRejected,
+      },
+      interrupts: p.interrupts.stats(),
+      pl011: p.uart.stats(),
+      unclaimed: { mmioReads: p.mmio.unclaimedReads, mmioWrites: p.mmio.unclaimedWrites },
+      smmu: p.smmu?.stats() ?? null,
+      virtioIommu: p.viommu?.engine.stats() ?? null,
+      devices: p.devices.map((d) => ({
+        kind: d.kind,
+        requesterId: d.requesterId,
+        iommu: d.iommu,
+        stats: d.stats(),
+      })),
+    };
+  }
+
+  close(): void {
+    this.platform.close();
+    this.vcpu.close();
+    this.vm.close();
+    this.kvm.close();
+    this.ram.unmap();
+  }
+}

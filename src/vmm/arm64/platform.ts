@@ -1,0 +1,312 @@
+/**
+ * The arm64 machine's devices, independent of KVM (tests drive it directly): the PL011, the
+ * generic ECAM PCI host bridge (bus 0) with its I/O window, the chosen IOMMU (an SMMUv3 at
+ * SMMU_GPA or a virtio-iommu-pci at 00:01.0) and the PCI devices in command-line order from
+ * 00:02.0, each behind the IOMMU when marked iommu=on.
+ *
+ * Interrupts leave through `Arm64Irq` (KVM's GIC and ITS in the VMM, a recorder in tests):
+ * - wired lines (PL011, PCI INTx with the standard swizzle, the SMMU's event/gerror/sync lines)
+ *   as SPI levels; lines shared by several devices are the OR of their inputs;
+ * - MSIs as writes into the ITS doorbell with DeviceID = the requester ID (the DT msi-map). An
+ *   MSI is a DMA write: for a device behind the IOMMU its address is an IOVA (Linux's dma-iommu
+ *   maps the doorbell into the device's domain), so it is translated first, as QEMU's
+ *   kvm_arch_fixup_msi_route does. A write the IOMMU refuses is dropped (and reported by the
+ *   IOMMU, e.g. as an SMMU event); it is not an interrupt.
+ */
+import { EduDevice } from "../../devices/edu.ts";
+import { Pl011 } from "../../devices/pl011.ts";
+import type { SerialSink } from "../../devices/uart16550.ts";
+import { VirtioBlk } from "../../devices/virtio-blk.ts";
+import { VirtioIommuPci } from "../../devices/virtio-iommu-pci.ts";
+import { VirtioRng } from "../../devices/virtio-rng.ts";
+import { ACCESS_WRITE } from "../../engine/access.ts";
+import { DmaAddressSpace, IDENTITY } from "../../engine/dma-space.ts";
+import type { GuestMemory } from "../../engine/guest-memory.ts";
+import type { Tracer } from "../../engine/trace.ts";
+import { Translation } from "../../engine/translation.ts";
+import { ViommuRegistry } from "../../framework/registry.ts";
+import { RecordingBackend } from "../../framework/viommu.ts";
+import { PciBus } from "../../pci/bus.ts";
+import { IoBus } from "../../platform/bus.ts";
+import type { InterruptSink, MsiMessage } from "../../platform/interrupts.ts";
+import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
+import { SmmuV3, VECTOR_CMD_SYNC, VECTOR_EVENTQ, VECTOR_GERROR } from "../../smmuv3/smmu.ts";
+import { VirtioPciTransport } from "../../virtio/pci-transport.ts";
+import type { DeviceChoice, PlacedDevice } from "../platform.ts";
+import { ECAM_BYTES } from "./device-tree.ts";
+import {
+  PCIE_ECAM_GPA,
+  PCIE_PIO_BYTES,
+  PCIE_PIO_GPA,
+  pciIntxSpi,
+  SMMU_GPA,
+  SPI_SMMU_CMD_SYNC,
+  SPI_SMMU_EVENTQ,
+  SPI_SMMU_GERROR,
+  SPI_UART,
+  UART_BYTES,
+  UART_GPA,
+} from "./layout.ts";
+
+export type Arm64IommuChoice =
+  | { readonly kind: "none" }
+  | { readonly kind: "virtio" }
+  /** `stage`: the translation stages the SMMU offers (IDR0.S1P, S2P); "nested" offers both. */
+  | { readonly kind: "smmuv3"; readonly stage: "1" | "2" | "nested" };
+
+/** Where the platform's interrupts go. */
+export interface Arm64Irq {
+  setSpi(spi: number, level: boolean): void;
+  /** An MSI write of `data` to guest-physical `gpa` from DeviceID `devid`. */
+  signalMsi(gpa: number, data: number, devid: number): "delivered" | "unmapped" | "rejected";
+}
+
+export interface Arm64PlatformConfig {
+  readonly memory: GuestMemory;
+  readonly serial: SerialSink;
+  readonly iommu: Arm64IommuChoice;
+  readonly devices: readonly DeviceChoice[];
+  readonly tracer: Tracer;
+  readonly irq: Arm64Irq;
+}
+
+export const ARM64_VIRTIO_IOMMU_SLOT = 1;
+export const ARM64_FIRST_DEVICE_SLOT = 2;
+/** The SMMU's own requester ID for its MSIs (unused: the DT gives it wired interrupts only). */
+const SMMU_REQUESTER_ID = 0xffff;
+
+export interface Arm64InterruptStats {
+  readonly msisDelivered: number;
+  /** The ITS had no mapping for (DeviceID, EventID). */
+  readonly msisUnmapped: number;
+  /** No ITS at the (translated) address. */
+  readonly msisRejected: number;
+  /** The IOMMU refused the MSI write (a fault it reported). */
+  readonly msisBlockedByIommu: number;
+  readonly spiRaises: number;
+}
+
+/** Wired lines and MSIs of the PCI devices and the SMMU. */
+export class Arm64Interrupts implements InterruptSink {
+  private readonly irq: Arm64Irq;
+  /** Per requester ID: the address space its MSI writes go through. */
+  private readonly msiSpaces = new Map<number, DmaAddressSpace>();
+  /** Per SPI: the inputs currently asserting it ("rid:pin"). */
+  private readonly asserted = new Map<number, Set<string>>();
+  private readonly scratch = new Translation();
+  msisDelivered = 0;
+  msisUnmapped = 0;
+  msisRejected = 0;
+  msisBlockedByIommu = 0;
+  spiRaises = 0;
+
+  constructor(irq: Arm64Irq) {
+    this.irq = irq;
+  }
+
+  setMsiSpace(requesterId: number, space: DmaAddressSpace): void {
+    this.msiSpaces.set(requesterId, space);
+  }
+
+  signalMsi(requesterId: number, message: MsiMessage, _vector: number): void {
+    let gpa = message.address;
+    const space = this.msiSpaces.get(requesterId);
+    if (space !== undefined && !space.isIdentity) {
+      const out = this.scratch;
+      if (space.translate(message.address, ACCESS_WRITE, out) !== null) {
+        this.msisBlockedByIommu++;
+        return;
+      }
+      gpa = out.gpaBase + (message.address - out.iovaBase);
+    }
+    const r = this.irq.signalMsi(gpa, message.data, requesterId);
+    if (r === "delivered") this.msisDelivered++;
+    else if (r === "unmapped") this.msisUnmapped++;
+    else this.msisRejected++;
+  }
+
+  setPin(requesterId: number, pin: number, asserted: boolean): void {
+    const slot = (requesterId >> 3) & 31;
+    this.setLine(pciIntxSpi(slot, pin & 3), `${requesterId}:${pin}`, asserted);
+  }
+
+  /** Drives SPI `spi` from input `source`; the line is the OR of its inputs. */
+  setLine(spi: number, source: string, asserted: boolean): void {
+    let set = this.asserted.get(spi);
+    if (set === undefined) {
+      set = new Set();
+      this.asserted.set(spi, set);
+    }
+    const before = set.size > 0;
+    if (asserted) set.add(source);
+    else set.delete(source);
+    const after = set.size > 0;
+    if (before !== after) {
+      if (after) this.spiRaises++;
+      this.irq.setSpi(spi, after);
+    }
+  }
+
+  stats(): Arm64InterruptStats {
+    return {
+      msisDelivered: this.msisDelivered,
+      msisUnmapped: this.msisUnmapped,
+      msisRejected: this.msisRejected,
+      msisBlockedByIommu: this.msisBlockedByIommu,
+      spiRaises: this.spiRaises,
+    };
+  }
+}
+
+/** The SMMU's wired interrupts: pins 0/1/2 (event queue, GERROR, CMD_SYNC) to their SPIs. */
+class SmmuLines implements InterruptSink {
+  private readonly irq: Arm64Interrupts;
+  constructor(irq: Arm64Interrupts) {
+    this.irq = irq;
+  }
+  signalMsi(): void {
+    // The DT gives the SMMU no msi-parent, so Linux never programs *_IRQ_CFG0: no MSIs.
+  }
+  setPin(_requesterId: number, pin: number, asserted: boolean): void {
+    const spi =
+      pin === VECTOR_EVENTQ
+        ? SPI_SMMU_EVENTQ
+        : pin === VECTOR_GERROR
+          ? SPI_SMMU_GERROR
+          : pin === VECTOR_CMD_SYNC
+            ? SPI_SMMU_CMD_SYNC
+            : -1;
+    if (spi >= 0) this.irq.setLine(spi, "smmu", asserted);
+  }
+}
+
+export class Arm64Platform {
+  readonly mmio = new IoBus("mmio");
+  /** PCI I/O space, reached through the MMIO window at PCIE_PIO_GPA. */
+  readonly pio = new IoBus("pci-io");
+  readonly memory: GuestMemory;
+  readonly uart: Pl011;
+  readonly interrupts: Arm64Interrupts;
+  readonly pci = new PciBus();
+  readonly smmu: SmmuV3 | null = null;
+  readonly smmuBackend: RecordingBackend | null = null;
+  readonly viommu: VirtioIommuPci | null = null;
+  readonly devices: PlacedDevice[] = [];
+
+  constructor(config: Arm64PlatformConfig) {
+    this.memory = config.memory;
+    this.interrupts = new Arm64Interrupts(config.irq);
+    this.uart = new Pl011(config.serial, (level) => this.interrupts.setLine(SPI_UART, "pl011", level));
+    this.mmio.register(UART_GPA, UART_BYTES, this.uart, "pl011");
+    this.mmio.register(PCIE_ECAM_GPA, ECAM_BYTES, this.pci.ecamHandler, "pci-ecam");
+    this.mmio.register(
+      PCIE_PIO_GPA,
+      PCIE_PIO_BYTES,
+      {
+        read: (off, size) => this.pio.read(off, size),
+        write: (off, size, v) => this.pio.write(off, size, v),
+      },
+      "pci-io-window",
+    );
+    this.pci.attachDecode(this.mmio, this.pio);
+
+    const identity = (rid: number) => new DmaAddressSpace(this.memory, IDENTITY, rid);
+    let translated: ((rid: number) => DmaAddressSpace) | null = null;
+    if (config.iommu.kind === "smmuv3") {
+      const registry = new ViommuRegistry();
+      const backend = new RecordingBackend("smmu0");
+      registry.registerPhysical({ id: "smmu0", backend, idBits: 16, vmidCount: 1 << 16 });
+      const created = registry.createViommu("guest", "smmu0", null);
+      if (!created.ok) throw new Error(created.error);
+      const instance = created.value;
+      const smmu = new SmmuV3({
+        memory: this.memory,
+        viommu: instance,
+        interrupts: new SmmuLines(this.interrupts),
+        requesterId: SMMU_REQUESTER_ID,
+        tracer: config.tracer,
+        features: { stage1: config.iommu.stage !== "2", stage2: config.iommu.stage !== "1" },
+      });
+      this.mmio.register(SMMU_GPA, SMMU_FRAME_BYTES, smmu, "smmuv3");
+      this.smmu = smmu;
+      this.smmuBackend = backend;
+      // StreamID = RID (the DT iommu-map is the identity); emulated endpoints own pSID = vSID.
+      translated = (rid) => {
+        const r = registry.assign("smmu0", instance, rid, rid, "emulated", `rid ${rid.toString(16)}`);
+        if (!r.ok) throw new Error(r.error);
+        return new DmaAddressSpace(this.memory, smmu, rid);
+      };
+    } else if (config.iommu.kind === "virtio") {
+      // No RESV_MEM regions: Linux then reserves its software MSI window (0x8000000) and maps
+      // the ITS doorbell through the IOMMU, as on QEMU's virt board.
+      const viommu = new VirtioIommuPci(this.memory, { tracer: config.tracer, reservedRegions: [] });
+      this.pci.addFunction(viommu.pci, {
+        device: ARM64_VIRTIO_IOMMU_SLOT,
+        interrupts: this.interrupts,
+        dma: identity,
+      });
+      this.viommu = viommu;
+      translated = (rid) => viommu.engine.addEndpoint(rid);
+    }
+
+    config.devices.forEach((d, i) => {
+      const device = ARM64_FIRST_DEVICE_SLOT + i;
+      if (device > 31) throw new Error("too many PCI devices for one bus");
+      if (d.iommu && translated === null)
+        throw new Error(`${d.kind},iommu=on needs --iommu smmuv3 or virtio`);
+      const dma = (rid: number) => {
+        const space = d.iommu && translated !== null ? translated(rid) : identity(rid);
+        this.interrupts.setMsiSpace(rid, space);
+        return space;
+      };
+      this.devices.push(this.placeDevice(d, i, device, dma, config.tracer));
+    });
+  }
+
+  private placeDevice(
+    d: DeviceChoice,
+    index: number,
+    device: number,
+    dma: (rid: number) => DmaAddressSpace,
+    tracer: Tracer,
+  ): PlacedDevice {
+    const place = { device, interrupts: this.interrupts, dma };
+    if (d.kind === "edu") {
+      const edu = new EduDevice({ name: `edu${index}` });
+      const rid = this.pci.addFunction(edu.pci, place);
+      return { kind: "edu", requesterId: rid, iommu: d.iommu, fn: edu.pci, stats: () => edu.stats() };
+    }
+    if (d.kind === "rng") {
+      const rng = new VirtioRng({ name: `rng${index}` });
+      const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer });
+      const rid = this.pci.addFunction(transport.pci, place);
+      return {
+        kind: "rng",
+        requesterId: rid,
+        iommu: d.iommu,
+        fn: transport.pci,
+        stats: () => transport.stats(),
+      };
+    }
+    if (d.kind !== "disk") throw new Error(`--device ${d.kind} is not available on the arm64 machine`);
+    const blk = new VirtioBlk({
+      path: d.path,
+      readOnly: d.readOnly,
+      accessPlatform: d.iommu,
+      name: `disk${index}`,
+    });
+    const rid = this.pci.addFunction(blk.pci, place);
+    return {
+      kind: "disk",
+      requesterId: rid,
+      iommu: d.iommu,
+      fn: blk.pci,
+      stats: () => blk.stats(),
+      close: () => blk.close(),
+    };
+  }
+
+  close(): void {
+    for (const d of this.devices) d.close?.();
+  }
+}

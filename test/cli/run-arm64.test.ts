@@ -1,0 +1,72 @@
+// `viommu run` options for the arm64 machine, and its refusals before any KVM work.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { runVmm } from "../../src/cli/run.ts";
+import { runArm64 } from "../../src/cli/run-arm64.ts";
+import { parseRunOptions } from "../../src/cli/run-options.ts";
+import { NULL_SINK } from "../../src/devices/uart16550.ts";
+import { Tracer } from "../../src/engine/trace.ts";
+import { kvmArchitecture } from "../../src/kvm/system.ts";
+
+test("--iommu smmuv3[,stage=1|2|nested]: stage 1 by default; anything else is one line", () => {
+  assert.deepEqual(parseRunOptions(["--iommu", "smmuv3"]).iommu, { kind: "smmuv3", stage: "1" });
+  assert.deepEqual(parseRunOptions(["--iommu", "smmuv3,stage=2"]).iommu, { kind: "smmuv3", stage: "2" });
+  assert.deepEqual(parseRunOptions(["--iommu", "smmuv3,stage=nested"]).iommu, {
+    kind: "smmuv3",
+    stage: "nested",
+  });
+  assert.throws(
+    () => parseRunOptions(["--iommu", "smmuv3,stage=3"]),
+    /--iommu smmuv3: unknown property "stage=3"/,
+  );
+  assert.throws(() => parseRunOptions(["--iommu", "smmuv3,ats=on"]), /unknown property "ats=on"/);
+});
+
+function run(argv: string[]): { status: number; stderr: string } {
+  let stderr = "";
+  const options = parseRunOptions(argv);
+  const status = runArm64({
+    options,
+    devices: [],
+    serial: NULL_SINK,
+    tracer: new Tracer(),
+    stderr: (t) => {
+      stderr += t;
+    },
+  });
+  return { status, stderr };
+}
+
+test("arm64 run: a kernel that is not an arm64 Image is one clear line and exit status 2, before KVM", () => {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-a64-"));
+  try {
+    const bzImage = join(dir, "bzImage");
+    writeFileSync(bzImage, new Uint8Array(8192).fill(0x90));
+    const r = run(["--kernel", bzImage, "--iommu", "smmuv3"]);
+    assert.equal(r.status, 2);
+    assert.match(
+      r.stderr,
+      /^viommu run: .*bzImage: not an arm64 Linux Image \(no ARM\\x64 magic at offset 56/,
+    );
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+    const none = run(["--iommu", "smmuv3"]);
+    assert.equal(none.status, 2);
+    assert.match(none.stderr, /on arm64 --kernel \(a Linux Image\) is required/);
+    const missing = run(["--kernel", join(dir, "nope")]);
+    assert.equal(missing.status, 2);
+    assert.match(missing.stderr, /ENOENT/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("x86 run: --iommu smmuv3 needs an arm64 host (one line, status 2)", (t) => {
+  if (kvmArchitecture() !== "x86_64") return t.skip("SKIPPED: this check is for x86-64 hosts");
+  let stderr = "";
+  const status = runVmm(["--iommu", "smmuv3"], { stdout: () => {}, stderr: (s) => (stderr += s) });
+  assert.equal(status, 2);
+  assert.equal(stderr, "viommu run: --iommu smmuv3 needs an arm64 host (the SMMUv3 is an Arm IOMMU)\n");
+});

@@ -1,0 +1,127 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { NULL_SINK } from "../../src/devices/uart16550.ts";
+import { GuestMemory } from "../../src/engine/guest-memory.ts";
+import { Tracer } from "../../src/engine/trace.ts";
+import { REG } from "../../src/smmuv3/regs.ts";
+import { buildDeviceTree } from "../../src/vmm/arm64/device-tree.ts";
+import { PCIE_ECAM_GPA, RAM_GPA, SMMU_GPA, SPI_UART } from "../../src/vmm/arm64/layout.ts";
+import { type Arm64IommuChoice, Arm64Platform } from "../../src/vmm/arm64/platform.ts";
+
+const MiB = 1 << 20;
+
+function platform(iommu: Arm64IommuChoice) {
+  const memory = GuestMemory.anonymous([{ gpa: RAM_GPA, sizeBytes: 16 * MiB }]);
+  const spis: [number, boolean][] = [];
+  const msis: { gpa: number; data: number; devid: number }[] = [];
+  const p = new Arm64Platform({
+    memory,
+    serial: NULL_SINK,
+    iommu,
+    devices: [
+      { kind: "edu", iommu: iommu.kind !== "none" },
+      { kind: "rng", iommu: false },
+    ],
+    tracer: new Tracer(),
+    irq: {
+      setSpi: (spi, level) => spis.push([spi, level]),
+      signalMsi: (gpa, data, devid) => {
+        msis.push({ gpa, data, devid });
+        return "delivered";
+      },
+    },
+  });
+  return { p, spis, msis };
+}
+
+const ecam = (p: Arm64Platform, slot: number, off: number) =>
+  p.mmio.read(PCIE_ECAM_GPA + (slot << 15) + off, 4);
+
+test("arm64 platform: ECAM at 0x3F000000 holds the devices from 00:02.0, the virtio-iommu at 00:01.0", () => {
+  const { p } = platform({ kind: "virtio" });
+  assert.equal(ecam(p, 1, 0), 0x1057_1af4, "virtio-iommu-pci (modern ID 0x1057)");
+  assert.equal(ecam(p, 2, 0), 0x11e8_1234, "edu");
+  assert.equal(ecam(p, 3, 0) & 0xffff, 0x1af4, "virtio-rng");
+  assert.equal(ecam(p, 4, 0), 0xffff_ffff, "empty slot");
+});
+
+test("arm64 platform: PCI INTx uses the DT interrupt-map swizzle, SPI 3 + (slot + pin) % 4; shared lines OR", () => {
+  const { p, spis } = platform({ kind: "none" });
+  p.interrupts.setPin(2 << 3, 0, true); // 00:02.0 INTA -> SPI 5
+  p.interrupts.setPin(6 << 3, 0, true); // 00:06.0 INTA -> SPI 5 too
+  p.interrupts.setPin(2 << 3, 0, false);
+  p.interrupts.setPin(6 << 3, 0, false);
+  assert.deepEqual(spis, [
+    [5, true],
+    [5, false],
+  ]);
+});
+
+test("arm64 platform: the PL011 drives SPI 1 (INTID 33) as a level", () => {
+  const { p, spis } = platform({ kind: "none" });
+  p.uart.write(0x38, 2, 1 << 5);
+  p.uart.write(0x00, 2, 0x41);
+  p.uart.write(0x44, 2, 1 << 5);
+  assert.deepEqual(spis, [
+    [SPI_UART, true],
+    [SPI_UART, false],
+  ]);
+});
+
+test("arm64 platform: MSIs carry DeviceID = RID; behind the SMMU they are DMA writes (bypass with SMMUEN=0, refused with GBPA.ABORT)", () => {
+  const { p, msis } = platform({ kind: "smmuv3", stage: "1" });
+  const edu = p.devices[0]!;
+  const rng = p.devices[1]!;
+  p.interrupts.signalMsi(edu.requesterId, { address: 0x0809_0040, data: 7 }, 0);
+  p.interrupts.signalMsi(rng.requesterId, { address: 0x0809_0040, data: 8 }, 0);
+  assert.deepEqual(msis, [
+    { gpa: 0x0809_0040, data: 7, devid: 0x10 },
+    { gpa: 0x0809_0040, data: 8, devid: 0x18 },
+  ]);
+  // GBPA.ABORT with Update (6.3.14): incoming traffic is aborted while SMMUEN = 0.
+  p.smmu!.write(REG.GBPA, 4, (1 << 31) | (1 << 20));
+  p.interrupts.signalMsi(edu.requesterId, { address: 0x0809_0040, data: 9 }, 0);
+  p.interrupts.signalMsi(rng.requesterId, { address: 0x0809_0040, data: 10 }, 0);
+  assert.equal(msis.length, 3, "the edu's MSI is refused; the rng bypasses the SMMU");
+  assert.equal(p.interrupts.stats().msisBlockedByIommu, 1);
+  assert.equal(p.mmio.read(SMMU_GPA + REG.IDR0, 4) & 3, 0b10, "stage=1: S1P only");
+});
+
+test("arm64 platform: --iommu smmuv3 stage options set IDR0.S1P/S2P", () => {
+  const s2 = platform({ kind: "smmuv3", stage: "2" }).p;
+  assert.equal(s2.mmio.read(SMMU_GPA + REG.IDR0, 4) & 3, 0b01);
+  const both = platform({ kind: "smmuv3", stage: "nested" }).p;
+  assert.equal(both.mmio.read(SMMU_GPA + REG.IDR0, 4) & 3, 0b11);
+});
+
+function dts(iommu: Parameters<typeof buildDeviceTree>[0]["iommu"]): string | null {
+  const dtb = buildDeviceTree({
+    mpidrs: [0x8000_0000n],
+    ramGpa: RAM_GPA,
+    ramBytes: 512 * MiB,
+    cmdline: "console=ttyAMA0",
+    initrd: null,
+    iommu,
+  });
+  const r = spawnSync("dtc", ["-I", "dtb", "-O", "dts", "-"], { input: dtb, encoding: "utf8" });
+  return r.error || r.status !== 0 ? null : r.stdout;
+}
+
+test("arm64 device tree: SMMUv3 node (arm,smmu-v3.yaml) and iommu-map RID -> StreamID identity (pci-iommu.txt)", (t) => {
+  const s = dts({ kind: "smmuv3" });
+  if (s === null) return t.skip("SKIPPED: dtc (device-tree-compiler) is not installed");
+  assert.match(s, /iommu@9050000 \{\s+compatible = "arm,smmu-v3";\s+reg = <0x00 0x9050000 0x00 0x20000>;/);
+  assert.match(s, /interrupt-names = "eventq\\0priq\\0cmdq-sync\\0gerror";/);
+  assert.match(s, /#iommu-cells = <0x01>;/);
+  assert.match(s, /iommu-map = <0x00 0x04 0x00 0x10000>;/);
+  assert.match(s, /msi-map = <0x00 0x02 0x00 0x10000>;/);
+});
+
+test("arm64 device tree: virtio-iommu node under the host bridge (virtio,pci-iommu), its own RID not translated", (t) => {
+  const s = dts({ kind: "virtio", slot: 1 });
+  if (s === null) return t.skip("SKIPPED: dtc (device-tree-compiler) is not installed");
+  assert.match(s, /iommu@1,0 \{\s+compatible = "virtio,pci-iommu";\s+reg = <0x800 0x00 0x00 0x00 0x00>;/);
+  assert.match(s, /iommu-map = <0x00 0x04 0x00 0x08 0x09 0x04 0x09 0xfff7>;/);
+  assert.doesNotMatch(s, /arm,smmu-v3/);
+});
