@@ -1,0 +1,212 @@
+// `viommu run` on arm64 KVM, in the arm64 lab: Debian's arm64 Linux 6.12 (L2) boots on our VMM
+// inside the arm64 L1 and drives our IOMMUs with its own drivers. One L1 boot runs the three
+// machines in turn (CI time: each viommu run is about 40 s of L1 time here):
+//  - --iommu smmuv3 (stage 1): arm-smmu-v3 probes our SMMU (queues allocated, the feature word
+//    it prints is what our ID registers say); the virtio-blk behind it reads the host file's
+//    pattern back (every buffer an IOVA through stage 1); vfio-edu-test passes through a VFIO
+//    domain on the SMMU; its DMA after unmap is blocked and logged as an SMMU event (F_TRANSLATION).
+//  - --iommu smmuv3,stage=2: the driver uses stage 2 for DMA domains; the pattern still reads back.
+//  - --iommu virtio: the same blk and vfio-edu-test checks through the virtio-iommu (DT binding).
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { DEFAULT_FEATURES, IDR3_VALUE, idr0 } from "../../src/smmuv3/regs.ts";
+import {
+  arm64LabAvailable,
+  arm64LabPaths,
+  arm64LabWorkDir,
+  runInArm64Lab,
+  viommuInArm64Lab,
+} from "../../tools/guest-lab/arm64-lab.ts";
+import { newcArchiveGz } from "../../tools/guest-lab/cpio.ts";
+import { describeKvmLabRun, shQuote } from "../../tools/guest-lab/kvm-lab.ts";
+import { type GuestResult, parseResults, SCRIPT_PRELUDE } from "../../tools/guest-lab/lab.ts";
+
+const lab = arm64LabAvailable();
+const NO_LAB = `arm64 lab not provisioned (${lab.why}): run tools/provision/arm64.sh; live arm64 viommu run tests SKIPPED`;
+if (!lab.ok) console.error(`\n*** ${NO_LAB}\n`);
+
+const PATTERN_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The feature word Linux's arm-smmu-v3 prints ("features 0x..."), derived from our ID registers
+ * as arm_smmu_device_hw_probe() does (arm-smmu-v3.h ARM_SMMU_FEAT_*): 2-level stream table
+ * (IDR0.ST_LEVEL), 2-level CD table (CD2L), TT_LE/TT_BE (TTENDIAN), SEV, MSI, coherency (the DT's
+ * dma-coherent), TRANS_S1 / TRANS_S2 (S1P / S2P), RANGE_INV (IDR3.RIL); nested only if both.
+ */
+function linuxFeatures(r0: number, r3: number): number {
+  let f = 0;
+  if (((r0 >>> 27) & 3) === 1) f |= 1 << 0;
+  if (r0 & (1 << 19)) f |= 1 << 1;
+  const endian = (r0 >>> 21) & 3;
+  if (endian === 0 || endian === 2) f |= 1 << 2;
+  if (endian === 0 || endian === 3) f |= 1 << 3;
+  if (r0 & (1 << 14)) f |= 1 << 6;
+  if (r0 & (1 << 13)) f |= 1 << 7;
+  f |= 1 << 8;
+  if (r0 & (1 << 1)) f |= 1 << 9;
+  if (r0 & 1) f |= 1 << 10;
+  if (r3 & (1 << 10)) f |= 1 << 15;
+  return f;
+}
+
+function l2Script(expectSha: string): string {
+  return `${SCRIPT_PRELUDE}
+line=$(dmesg | grep -o 'arm-smmu-v3 .*ias [0-9]*-bit, oas [0-9]*-bit (features 0x[0-9a-f]*)' | head -1)
+[ -n "$line" ] && result smmu-probe pass "$line" || result smmu-probe skip "no arm-smmu-v3"
+q=$(dmesg | grep -o 'allocated [0-9]* entries for [a-z]*' | tr '\\n' ' ')
+result smmu-queues pass "$q"
+v=$(dmesg | grep -o 'virtio_iommu virtio[0-9]*: input address: [0-9]* bits' | head -1)
+[ -n "$v" ] && result viommu-probe pass "$v" || result viommu-probe skip "no virtio_iommu"
+blk=""
+for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor) $(cat $d/device)" = "0x1af4 0x1042" ] && blk=$(basename $d); done
+g=$(pci_group "$blk")
+[ -n "$g" ] && result blk-group pass "bdf=$blk group=$g" || result blk-group fail "bdf=$blk has no IOMMU group"
+got=$(dd if=/dev/vda bs=65536 2>/dev/null | sha256sum | cut -d' ' -f1)
+[ "$got" = "${expectSha}" ] && result blk-read pass "sha256=$got" || result blk-read fail "want=${expectSha} got=$got"
+edu=$(pci_find 1234 11e8)
+if [ -n "$edu" ]; then
+  vfio-edu-test "$edu"
+  n=$(dmesg | grep -c -E 'arm-smmu-v3 .*event 0x10 received|virtio_iommu .*page fault from EP')
+  [ "$n" -gt 0 ] && result dma-fault-logged pass "lines=$n" || result dma-fault-logged fail "no SMMU event / virtio-iommu fault in dmesg"
+  dmesg | grep -E 'arm-smmu-v3 .*event|page fault from EP' | head -4
+fi
+`;
+}
+
+type Machine = { name: string; args: string[]; edu: boolean };
+
+function section(
+  stdout: string,
+  name: string,
+): { text: string; exit: number | null; results: GuestResult[] } {
+  const start = stdout.indexOf(`=== viommu ${name} begin`);
+  const end = stdout.indexOf(`=== viommu ${name} end`, start);
+  if (start < 0) return { text: "", exit: null, results: [] };
+  const text = stdout.slice(start, end < 0 ? undefined : end);
+  const m = /=== viommu \S+ end status=(\d+)/.exec(stdout.slice(end));
+  return { text, exit: m ? Number(m[1]) : null, results: parseResults(text) };
+}
+
+test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and virtio-iommu", {
+  timeout: 1_500_000,
+}, async (t) => {
+  if (!lab.ok) return t.skip(NO_LAB);
+  const p = arm64LabPaths();
+  const work = arm64LabWorkDir();
+  try {
+    const pattern = createHash("sha256");
+    const data = new Uint8Array(PATTERN_BYTES);
+    for (let i = 0; i < data.length; i += 4)
+      new DataView(data.buffer).setUint32(i, (i * 2654435761) >>> 0, true);
+    pattern.update(data);
+    const sha = pattern.digest("hex");
+    const disk = join(work.path, "pattern.img");
+    writeFileSync(disk, data);
+    const initrd = join(work.path, "initrd");
+    writeFileSync(
+      initrd,
+      Buffer.concat([
+        readFileSync(p.initramfs),
+        newcArchiveGz([{ path: "viommu/script.sh", data: l2Script(sha), mode: 0o755 }]),
+      ]),
+    );
+    const diskArg = `path=${disk},iommu=on,readonly=on`;
+    const machines: Machine[] = [
+      {
+        name: "smmuv3",
+        args: ["--iommu", "smmuv3", "--disk", diskArg, "--device", "edu,iommu=on"],
+        edu: true,
+      },
+      { name: "smmuv3-s2", args: ["--iommu", "smmuv3,stage=2", "--disk", diskArg], edu: false },
+      {
+        name: "virtio",
+        args: ["--iommu", "virtio", "--disk", diskArg, "--device", "edu,iommu=on"],
+        edu: true,
+      },
+    ];
+    const lines = ["set -u"];
+    for (const m of machines) {
+      const cmd = await viommuInArm64Lab([
+        "run",
+        "--kernel",
+        p.image,
+        "--initramfs",
+        initrd,
+        "--memory",
+        "size=512M",
+        "--cmdline",
+        "console=ttyAMA0 panic=-1 loglevel=4",
+        "--timeout",
+        "400",
+        ...m.args,
+      ]);
+      lines.push(
+        `echo "=== viommu ${m.name} begin"`,
+        `${cmd.map(shQuote).join(" ")} 2>&1`,
+        `echo "=== viommu ${m.name} end status=$?"`,
+      );
+    }
+    const run = await runInArm64Lab({ command: ["sh", "-c", lines.join("\n")], timeoutMs: 1_400_000 });
+    const why = (text: string) => `${describeKvmLabRun(run)}\n${text.slice(-6000)}`;
+    assert.equal(run.failedStep, null, why(run.console));
+    for (const m of machines) {
+      const s = section(run.stdout, m.name);
+      for (const r of s.results) t.diagnostic(`${m.name}: ${r.line}`);
+      const res = (name: string) => s.results.find((r) => r.name === name);
+      assert.equal(s.exit, 0, `${m.name}: viommu run exit status (guest power-off is 0)\n${why(s.text)}`);
+      assert.equal(res("blk-read")?.status, "pass", `${m.name} blk-read\n${why(s.text)}`);
+      assert.equal(res("blk-read")?.detail, `sha256=${sha}`);
+      assert.equal(res("blk-group")?.status, "pass", `${m.name} blk-group\n${why(s.text)}`);
+      if (m.name.startsWith("smmuv3")) {
+        const stage = m.name === "smmuv3-s2" ? "2" : "1";
+        const features = { ...DEFAULT_FEATURES, stage1: stage === "1", stage2: stage === "2" };
+        const want = linuxFeatures(idr0(features), IDR3_VALUE);
+        const probe = res("smmu-probe")?.detail ?? "";
+        assert.match(probe, /arm-smmu-v3 9050000\.iommu: ias 48-bit, oas 48-bit/, why(s.text));
+        assert.equal(
+          Number(/features (0x[0-9a-f]+)/.exec(probe)?.[1]),
+          want,
+          `${m.name}: feature word vs our IDR0/IDR3\n${probe}`,
+        );
+        assert.match(
+          res("smmu-queues")?.detail ?? "",
+          /allocated 65536 entries for cmdq allocated 32768 entries for evtq/,
+        );
+        assert.match(s.text, /smmuv3: \d+ translations/, "summary");
+      } else {
+        assert.match(
+          res("viommu-probe")?.detail ?? "",
+          /virtio_iommu virtio\d+: input address: 48 bits/,
+          why(s.text),
+        );
+      }
+      if (m.edu) {
+        for (const name of [
+          "vfio-open",
+          "dma-map",
+          "dma-roundtrip",
+          "dma-roundtrip-2",
+          "dma-unmap",
+          "dma-after-unmap-blocked",
+          "dma-read-after-unmap-blocked",
+          "vfio-edu-test",
+          "dma-fault-logged",
+        ]) {
+          assert.equal(res(name)?.status, "pass", `${m.name} ${name}\n${why(s.text)}`);
+        }
+        if (m.name === "smmuv3") {
+          // The guest's driver saw our event record, and the model counted what it reported.
+          assert.match(s.text, /arm-smmu-v3 9050000\.iommu: event 0x10 received/);
+          assert.match(s.text, /smmuv3: faults F_TRANSLATION \d+/);
+        } else {
+          assert.match(s.text, /virtio_iommu virtio\d+: page fault from EP \d+ at 0x10[01]000/);
+        }
+      }
+    }
+  } finally {
+    work.remove();
+  }
+});
