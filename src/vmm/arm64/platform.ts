@@ -50,7 +50,7 @@ import {
 
 export type Arm64IommuChoice =
   | { readonly kind: "none" }
-  | { readonly kind: "virtio" }
+  | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
   /** `stage`: the translation stages the SMMU offers (IDR0.S1P, S2P); "nested" offers both. */
   | { readonly kind: "smmuv3"; readonly stage: "1" | "2" | "nested" };
 
@@ -239,7 +239,11 @@ export class Arm64Platform {
     } else if (config.iommu.kind === "virtio") {
       // No RESV_MEM regions: Linux then reserves its software MSI window (0x8000000) and maps
       // the ITS doorbell through the IOMMU, as on QEMU's virt board.
-      const viommu = new VirtioIommuPci(this.memory, { tracer: config.tracer, reservedRegions: [] });
+      const viommu = new VirtioIommuPci(this.memory, {
+        tracer: config.tracer,
+        reservedRegions: [],
+        pageSizeMask: config.iommu.pageSizeMask,
+      });
       this.pci.addFunction(viommu.pci, {
         device: ARM64_VIRTIO_IOMMU_SLOT,
         interrupts: this.interrupts,
