@@ -138,7 +138,10 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
         "--memory",
         "size=512M",
         "--cmdline",
-        "console=ttyAMA0 panic=-1 loglevel=4",
+        // virtio_iommu is a module the initramfs loads late; on a loaded host that can be past
+        // the 10 s deferred-probe timeout, after which Linux binds the devices behind it without
+        // the IOMMU (their DMA then faults as "domain fault"). Wait for the IOMMU instead.
+        "console=ttyAMA0 panic=-1 loglevel=4 deferred_probe_timeout=-1",
         "--timeout",
         "400",
         ...m.args,
