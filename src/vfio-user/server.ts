@@ -216,32 +216,41 @@ export class VfioUserDeviceServer {
         if (e !== ERRNO.EAGAIN && e !== ERRNO.EINTR) this.log(`${this.name}: accept failed (errno ${e})`);
         return;
       }
-      if (this.session !== null) {
-        // One client per socket (vfio-user.rst "Socket").
-        this.rejectedConnections++;
-        closeFd(fd);
-        this.log(`${this.name}: refused a second connection while a client is attached`);
-        continue;
-      }
-      this.connections++;
-      const channel = new MessageChannel(fd, this.maxMessageBytes, {
-        onMessage: (m) => this.onMessage(session, m),
-        onClose: (why) => this.onClose(session, why),
-      });
-      const transport: DmaTransport = {
-        read: (gpa, dest) => this.dmaByMessage(session, gpa, dest, false),
-        write: (gpa, src) => this.dmaByMessage(session, gpa, src, true),
-      };
-      const session: Session = {
-        channel,
-        dma: this.memory.createClientTable(this.maxDmaMaps, transport),
-        negotiated: false,
-        maxFdsToClient: 1,
-        clientMaxDataXferSize: DEFAULT_MAX_DATA_XFER_SIZE,
-      };
-      this.session = session;
-      this.log(`${this.name}: client connected`);
+      this.serveConnection(fd);
     }
+  }
+
+  /**
+   * Serves a connected stream socket (an accepted connection, or one end of a socketpair for
+   * tools and fuzzing); the server owns `fd` from now on. False (and `fd` closed) when a client
+   * is already attached: one client per socket (vfio-user.rst "Socket").
+   */
+  serveConnection(fd: number): boolean {
+    if (this.session !== null) {
+      this.rejectedConnections++;
+      closeFd(fd);
+      this.log(`${this.name}: refused a second connection while a client is attached`);
+      return false;
+    }
+    this.connections++;
+    const channel = new MessageChannel(fd, this.maxMessageBytes, {
+      onMessage: (m) => this.onMessage(session, m),
+      onClose: (why) => this.onClose(session, why),
+    });
+    const transport: DmaTransport = {
+      read: (gpa, dest) => this.dmaByMessage(session, gpa, dest, false),
+      write: (gpa, src) => this.dmaByMessage(session, gpa, src, true),
+    };
+    const session: Session = {
+      channel,
+      dma: this.memory.createClientTable(this.maxDmaMaps, transport),
+      negotiated: false,
+      maxFdsToClient: 1,
+      clientMaxDataXferSize: DEFAULT_MAX_DATA_XFER_SIZE,
+    };
+    this.session = session;
+    this.log(`${this.name}: client connected`);
+    return true;
   }
 
   /**
