@@ -4,10 +4,20 @@
 // guest run in the tests the guide's table names.
 import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { test } from "node:test";
+import { gunzipSync } from "node:zlib";
 import { parseRunOptions } from "../../src/cli/run-options.ts";
 import { parseServeArgs } from "../../src/cli/serve.ts";
 import { labPaths, qemuCommand } from "../../tools/guest-lab/lab.ts";
@@ -242,5 +252,32 @@ test("guide kvm-lab-run: the command reaches the KVM lab, which names what is mi
     assert.match(r.stderr.toString(), /KVM lab not provisioned: .*run tools\/provision\/provision\.sh/);
   } finally {
     rmSync(empty, { recursive: true, force: true });
+  }
+});
+
+test("guide linux-initrd: runs as written in sh; the initrd is the lab's archive, then one holding viommu/script.sh", (t) => {
+  if (spawnSync("cpio", ["--version"]).status !== 0)
+    return t.skip("cpio(1) not installed: recipe check SKIPPED");
+  const dir = mkdtempSync(join(tmpdir(), "viommu-guide-initrd-"));
+  try {
+    // A stand-in for the lab's initramfs (any bytes: the recipe only concatenates it).
+    const lab = join(dir, "lab");
+    const base = Buffer.from("base initramfs stand-in\n");
+    mkdirSync(lab);
+    writeFileSync(join(lab, "initramfs.cpio.gz"), base);
+    writeFileSync(join(dir, "script.sh"), "echo hello from the guide\n");
+    execFileSync("sh", ["-c", guideRecipe("linux-initrd").text], {
+      cwd: dir,
+      env: { ...process.env, DIR: dir, LAB: lab },
+    });
+    const initrd = readFileSync(join(dir, "initrd"));
+    assert.deepEqual(initrd.subarray(0, base.length), base);
+    const archive = gunzipSync(initrd.subarray(base.length));
+    const listing = execFileSync("cpio", ["-itv", "--quiet"], { input: archive }).toString();
+    assert.match(listing, /^drwx.* viommu$/m, listing);
+    assert.match(listing, /^-rwx.* viommu\/script\.sh$/m, listing);
+    assert.ok(archive.includes("echo hello from the guide\n"));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

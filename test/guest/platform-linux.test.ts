@@ -21,6 +21,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { newcArchiveGz } from "../../tools/guest-lab/cpio.ts";
 import { labAvailable, labPaths, SCRIPT_PRELUDE } from "../../tools/guest-lab/lab.ts";
+import { viommuArgs } from "../support/guide.ts";
 
 const REPO = join(import.meta.dirname, "..", "..");
 const guestLab = labAvailable();
@@ -53,37 +54,22 @@ test("Linux under viommu run: INTx through the IOAPIC (IR on and off), DMAR scop
       { path: "viommu/script.sh", data: `${SCRIPT_PRELUDE}\n${GUEST_SCRIPT}\n`, mode: 0o755 },
     ]);
     writeFileSync(join(work, "initrd"), Buffer.concat([readFileSync(labPaths().initramfs), script]));
-    const vmlinux = join(labPaths().cache, "kernel", "vmlinux");
     const configs = [
       { name: "ir-on", iommu: "intel,intremap=on,caching-mode=on" },
       { name: "ir-off", iommu: "intel,caching-mode=on" },
     ];
+    // docs/guide.md's vtd-linux recipe as written is the ir-on run; ir-off drops intremap=on.
+    const guideArgs = viommuArgs("vtd-linux", "run", { LAB: labPaths().cache, DIR: work });
+    assert.ok(guideArgs.includes(configs[0]!.iommu), guideArgs.join(" "));
     const runs = configs.map((c) => {
       const r = spawnSync(
         process.execPath,
         [
           join(REPO, "bin", "viommu.mjs"),
           "run",
-          ...[
-            "--kernel",
-            vmlinux,
-            "--initramfs",
-            join(work, "initrd"),
-            "--memory",
-            "384M",
-            "--timeout",
-            "400",
-          ],
-          ...["--cmdline", "console=ttyS0 panic=-1 loglevel=4 pci=nomsi intel_iommu=on", "--iommu", c.iommu],
-          ...["--disk", `path=${join(work, "disk.img")},iommu=on,readonly=on`],
-          ...[
-            "--device",
-            "edu,iommu=on",
-            "--device",
-            "edu",
-            "--serial",
-            `file=${join(work, `${c.name}.log`)}`,
-          ],
+          ...guideArgs.map((a) => (a === configs[0]!.iommu ? c.iommu : a)),
+          "--serial",
+          `file=${join(work, `${c.name}.log`)}`,
         ],
         { cwd: REPO, encoding: "utf8", timeout: 450_000 },
       );
