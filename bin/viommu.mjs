@@ -12,7 +12,13 @@ import { ensureBuild, REPO_ROOT } from "../tools/build/js-build.mjs";
 const [command, ...rest] = process.argv.slice(2);
 const labAllowed = !process.env.VIOMMU_IN_KVM_LAB && process.env.VIOMMU_KVM_LAB !== "off";
 if ((command === "run" || command === "demo") && labAllowed) {
-  const help = rest.includes("--help") || rest.includes("-h");
+  // Help texts (--help, --trace help) need no guest.
+  const traceAt = rest.indexOf("--trace");
+  const help =
+    rest.includes("--help") ||
+    rest.includes("-h") ||
+    rest.includes("--trace=help") ||
+    (traceAt >= 0 && rest[traceAt + 1] === "help");
   let why = "";
   try {
     accessSync("/dev/kvm", constants.R_OK | constants.W_OK);

@@ -437,7 +437,9 @@ export const RUN_OPTIONS: readonly OptionRow<RunState>[] = [
     help: [
       {
         synopsis: "--trace CATS",
-        text: "trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq,unclaimed or all",
+        text:
+          "trace events to stderr: map,unmap,attach,invalidate,fault,config,queue,irq,unclaimed or all;\n" +
+          "help lists every declared trace point",
       },
     ],
     apply: (s, v) => {

@@ -17,6 +17,7 @@ import { formatSummary } from "../vmm/summary.ts";
 import { fileProblem } from "./file-errors.ts";
 import { runArm64 } from "./run-arm64.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
+import { formatTraceCatalogue } from "./trace-help.ts";
 
 export interface RunIo {
   readonly stdout: (text: string) => void;
@@ -80,6 +81,10 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
   }
   if (options.help) {
     io.stdout(`${RUN_USAGE}\n`);
+    return 0;
+  }
+  if (options.trace === "help") {
+    io.stdout(`${formatTraceCatalogue()}\n`);
     return 0;
   }
   if (kvmArchitecture() === "arm64") {

@@ -25,7 +25,7 @@ export interface TraceEvent {
 
 export type TraceListener = (event: TraceEvent) => void;
 
-const ALL: TraceCategory[] = [
+export const TRACE_CATEGORIES: readonly TraceCategory[] = [
   "map",
   "unmap",
   "attach",
@@ -36,6 +36,7 @@ const ALL: TraceCategory[] = [
   "irq",
   "unclaimed",
 ];
+const ALL = TRACE_CATEGORIES;
 
 export class Tracer {
   private readonly enabledMask: Set<TraceCategory>;
@@ -85,4 +86,84 @@ export function formatTraceEvent(e: TraceEvent): string {
     typeof v === "number" && Number.isInteger(v) && v >= 4096 ? `${k}=0x${v.toString(16)}` : `${k}=${v}`,
   );
   return `${e.source}: ${e.name} ${parts.join(" ")}`.trimEnd();
+}
+
+// -------------------------------------------------------------------------------------------------
+// Trace points declared in one place per folder (as QEMU's trace-events files)
+
+type TraceFieldValue = number | string | boolean;
+
+/** One trace point: its category, its fields in order, and what it means. */
+export interface TracePointSpec {
+  readonly category: TraceCategory;
+  readonly fields: readonly string[];
+  readonly doc: string;
+  /** The event name when it is not the key (names with dashes, or names shared by sources). */
+  readonly name?: string;
+}
+
+/** A trace point's emitter: the field values in declaration order; nothing is built when off. */
+export interface TracePoint<F extends readonly string[]> {
+  (tracer: Tracer, ...values: { -readonly [K in keyof F]: TraceFieldValue }): void;
+  /** True when the point's category is on: guard field values that cost to compute. */
+  enabled(tracer: Tracer): boolean;
+}
+
+export interface TraceCatalogueEntry {
+  readonly source: string;
+  readonly name: string;
+  readonly category: TraceCategory;
+  readonly fields: readonly string[];
+  readonly doc: string;
+}
+
+const CATALOGUE: TraceCatalogueEntry[] = [];
+/** Emitters take at most this many fields (fixed parameters: no array per call). */
+const MAX_TRACE_FIELDS = 8;
+
+/** Every trace point declared so far (by the modules loaded), in declaration order. */
+export function traceCatalogue(): readonly TraceCatalogueEntry[] {
+  return CATALOGUE;
+}
+
+function tracePoint(source: string, name: string, spec: TracePointSpec): TracePoint<readonly string[]> {
+  const { category, fields: names } = spec;
+  if (names.length > MAX_TRACE_FIELDS) throw new Error(`trace point ${source}.${name}: too many fields`);
+  const emit = (
+    tracer: Tracer,
+    a?: TraceFieldValue,
+    b?: TraceFieldValue,
+    c?: TraceFieldValue,
+    d?: TraceFieldValue,
+    e?: TraceFieldValue,
+    f?: TraceFieldValue,
+    g?: TraceFieldValue,
+    h?: TraceFieldValue,
+  ): void => {
+    if (!tracer.on(category)) return;
+    const values = [a, b, c, d, e, f, g, h];
+    const fields: Record<string, TraceFieldValue> = {};
+    for (let i = 0; i < names.length; i++) fields[names[i]] = values[i] as TraceFieldValue;
+    tracer.emit(category, source, name, fields);
+  };
+  return Object.assign(emit, { enabled: (tracer: Tracer) => tracer.on(category) }) as TracePoint<
+    readonly string[]
+  >;
+}
+
+/**
+ * Declares the trace points of one source (a model or device folder) and returns their typed
+ * emitters. Each point also enters the catalogue `viommu run --trace help` prints.
+ */
+export function defineTracePoints<const P extends Record<string, TracePointSpec>>(
+  source: string,
+  points: P,
+): { readonly [K in keyof P]: TracePoint<P[K]["fields"]> } {
+  const out: Record<string, TracePoint<readonly string[]>> = {};
+  for (const [key, spec] of Object.entries(points)) {
+    const name = spec.name ?? key;
+    out[key] = tracePoint(source, name, spec);
+    CATALOGUE.push({ source, name, category: spec.category, fields: spec.fields, doc: spec.doc });
+  }
+  return out as { readonly [K in keyof P]: TracePoint<P[K]["fields"]> };
 }

@@ -12,6 +12,7 @@ import { decodeQueueBase, ptrIncrement, ptrIndex, ptrMask, queueEmpty } from "./
 import type { SmmuRegisters } from "./registers.ts";
 import { CERROR_ABT, CERROR_ILL, CR0_CMDQEN, GERROR_CMDQ_ERR, REG, type SmmuFeatures } from "./regs.ts";
 import { isStage2OnlyTag, type SmmuTlb, stage1Tag, stage2Tag, tagVmid } from "./tlb.ts";
+import { SMMU_TRACE } from "./trace-points.ts";
 
 export const CMD_BYTES = 16;
 
@@ -177,8 +178,7 @@ export class CommandQueue {
     this.errors++;
     const v = this.t.regs.values;
     v[CONS_INDEX] = ((v[CONS_INDEX] & CONS_PTR) | (code << 24)) >>> 0;
-    if (this.t.tracer.on("queue"))
-      this.t.tracer.emit("queue", "smmuv3", "cmdq_error", { code, cons: v[CONS_INDEX] & CONS_PTR });
+    SMMU_TRACE.cmdq_error(this.t.tracer, code, v[CONS_INDEX] & CONS_PTR);
     this.t.commandError(code);
   }
 
@@ -264,7 +264,7 @@ export class CommandQueue {
   private invalidateStream(sid: number): void {
     this.t.config.invalidateStream(sid);
     this.t.configChanged();
-    if (this.t.tracer.on("invalidate")) this.t.tracer.emit("invalidate", "smmuv3", "cfgi_ste", { sid });
+    SMMU_TRACE.cfgi_ste(this.t.tracer, sid);
   }
 
   private cfgiCd(op: number, w0: number, w1: number): boolean {
@@ -288,7 +288,7 @@ export class CommandQueue {
     const vmid = this.vmidOf(w1);
     this.t.tlb.invalidateMatching((tag) => !isStage2OnlyTag(tag) && tagVmid(tag) === vmid);
     this.t.viommu.forward({ scope: "all" });
-    this.trace("tlbi_nh_all", { vmid });
+    SMMU_TRACE.tlbi_nh_all(this.t.tracer, vmid);
     return true;
   }
 
@@ -298,7 +298,7 @@ export class CommandQueue {
     this.t.tlb.invalidateTag(stage1Tag(vmid, asid, false));
     this.t.tlb.invalidateTag(stage1Tag(vmid, asid, true));
     this.t.viommu.forward({ scope: "asid", asid });
-    this.trace("tlbi_nh_asid", { vmid, asid });
+    SMMU_TRACE.tlbi_nh_asid(this.t.tracer, vmid, asid);
     return true;
   }
 
@@ -323,14 +323,19 @@ export class CommandQueue {
       tlb.invalidateRange(null, key, sizeBytes);
       this.t.viommu.forward({ scope: "vaa", iova: key, sizeBytes, leaf: cmdLeaf(w2) });
     }
-    this.trace(opName(op).toLowerCase(), { vmid, key, sizeBytes });
+    (op === OP.TLBI_NH_VA ? SMMU_TRACE.tlbi_nh_va : SMMU_TRACE.tlbi_nh_vaa)(
+      this.t.tracer,
+      vmid,
+      key,
+      sizeBytes,
+    );
     return true;
   }
 
   private tlbiS12Vmall(w1: number): boolean {
     const vmid = this.vmidOf(w1);
     this.t.tlb.invalidateMatching((tag) => tagVmid(tag) === vmid);
-    this.trace("tlbi_s12_vmall", { vmid });
+    SMMU_TRACE.tlbi_s12_vmall(this.t.tracer, vmid);
     return true;
   }
 
@@ -342,14 +347,14 @@ export class CommandQueue {
     this.t.tlb.invalidateRange(stage2Tag(vmid), ipa, sizeBytes);
     // Combined stage-1+2 entries of this VMID cannot be found by IPA: drop them all.
     this.t.tlb.invalidateMatching((tag) => !isStage2OnlyTag(tag) && tagVmid(tag) === vmid);
-    this.trace("tlbi_s2_ipa", { vmid, ipa, sizeBytes });
+    SMMU_TRACE.tlbi_s2_ipa(this.t.tracer, vmid, ipa, sizeBytes);
     return true;
   }
 
   private tlbiNsnhAll(): boolean {
     this.t.tlb.invalidateAll();
     this.t.viommu.forward({ scope: "all" });
-    this.trace("tlbi_nsnh_all", {});
+    SMMU_TRACE.tlbi_nsnh_all(this.t.tracer);
     return true;
   }
 
@@ -361,8 +366,8 @@ export class CommandQueue {
     if (cs === CS_IRQ) {
       // MSIAddress[55:2]: the zero check covers the whole field (4.7.3).
       this.t.syncInterrupt(w2, w3 & 0xffffff, w1);
-    } else if (cs === CS_SEV && this.t.tracer.on("queue")) {
-      this.t.tracer.emit("queue", "smmuv3", "sync_sev", {});
+    } else if (cs === CS_SEV) {
+      SMMU_TRACE.sync_sev(this.t.tracer);
     }
     return true;
   }
@@ -373,10 +378,6 @@ export class CommandQueue {
 
   private asidOf(w1: number): number {
     return cmdAsid(w1) & (this.t.features.asid16 ? 0xffff : 0xff);
-  }
-
-  private trace(name: string, fields: Record<string, number>): void {
-    if (this.t.tracer.on("invalidate")) this.t.tracer.emit("invalidate", "smmuv3", name, fields);
   }
 }
 

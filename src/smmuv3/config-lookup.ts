@@ -27,6 +27,7 @@ import { type DescriptorFetcher, P_PR, WalkResult, walk } from "./pagetable.ts";
 import type { SmmuRegisters } from "./registers.ts";
 import { OAS_BITS, REG, type SmmuFeatures, STRTAB_FMT_2LVL, STRTAB_FMT_LINEAR } from "./regs.ts";
 import { type SmmuTlb, stage2Tag } from "./tlb.ts";
+import { SMMU_TRACE } from "./trace-points.ts";
 
 export interface ConfigCacheStats {
   readonly entries: number;
@@ -111,7 +112,7 @@ export class ConfigLookup {
     if (!this.readWords(steGpa, STE_BYTES)) return this.faults.fetch(tx, EVT.F_STE_FETCH, false, 0, steGpa);
     const d = decodeSte(this.words, this.features);
     if (!d.ok) {
-      if (this.tracer.on("config")) this.tracer.emit("config", "smmuv3", "bad_ste", { sid, why: d.why });
+      SMMU_TRACE.bad_ste(this.tracer, sid, d.why);
       return this.faults.config(tx, d.event);
     }
     this.steCache.set(sid, d.value);
@@ -159,8 +160,7 @@ export class ConfigLookup {
     if (!this.readWords(cdPa, CD_BYTES)) return this.faults.fetch(tx, EVT.F_CD_FETCH, false, 0, cdPa);
     const d = decodeCd(this.words, this.features);
     if (!d.ok) {
-      if (this.tracer.on("config"))
-        this.tracer.emit("config", "smmuv3", "bad_cd", { sid, ssid: index, why: d.why });
+      SMMU_TRACE.bad_cd(this.tracer, sid, index, d.why);
       return this.faults.config(tx, d.event);
     }
     this.cacheContext(sid, index, d.value);

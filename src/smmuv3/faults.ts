@@ -14,6 +14,7 @@ import type { ViommuInstance } from "../framework/viommu.ts";
 import type { EventQueue } from "./event-queue.ts";
 import { CLASS_TT, EVT, EventRecord, eventName } from "./events.ts";
 import type { StageParams } from "./pagetable.ts";
+import { eventTracePoint } from "./trace-points.ts";
 
 const TWO48 = 2 ** 48;
 
@@ -205,10 +206,7 @@ export class FaultReporter {
     this.counts[name] = (this.counts[name] ?? 0) + 1;
     const mergeable = ALWAYS_MERGEABLE.has(e.type) || streamMerges;
     const { result, overflowSignalled } = this.eventq.push(e, this.owner.eventQueueWritable(), mergeable);
-    if (this.tracer.on("fault")) {
-      const fields = { sid: e.streamId, ssid: e.ssv ? e.substreamId : -1, result };
-      this.tracer.emit("fault", "smmuv3", name.toLowerCase(), fields);
-    }
+    eventTracePoint(name)?.(this.tracer, e.streamId, e.ssv ? e.substreamId : -1, result);
     if (result === "abort") this.owner.eventQueueAborted();
     if (result === "written" || overflowSignalled) this.owner.eventQueueInterrupt();
   }

@@ -51,6 +51,7 @@ import {
 } from "./regs.ts";
 import { enginePerms, P_BYPASS, P_READ_WRITE, Stages } from "./stages.ts";
 import { SmmuTlb, stage1Tag } from "./tlb.ts";
+import { SMMU_TRACE } from "./trace-points.ts";
 
 export { type SmmuV3Options, type SmmuV3Stats, VECTOR_CMD_SYNC, VECTOR_EVENTQ, VECTOR_GERROR };
 
@@ -265,11 +266,11 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
         return;
       case REG.GBPA:
         this.configChanged();
-        if (this.tracer.on("config")) this.tracer.emit("config", "smmuv3", "gbpa", { value: stored });
+        SMMU_TRACE.gbpa(this.tracer, stored);
         return;
       case REG.IRQ_CTRL:
         regs.set32(REG.IRQ_CTRLACK, stored);
-        if (this.tracer.on("irq")) this.tracer.emit("irq", "smmuv3", "irq_ctrl", { value: stored });
+        SMMU_TRACE.irq_ctrl(this.tracer, stored);
         return;
       case REG.GERRORN: {
         // Acknowledging CMDQ_ERR restarts consumption at CONS (7.1).
@@ -307,7 +308,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     }
     if ((value & CR0_CMDQEN) !== 0 && (old & CR0_CMDQEN) === 0) this.commands.enable();
     if ((value ^ old) & CR0_SMMUEN) this.configChanged();
-    if (this.tracer.on("config")) this.tracer.emit("config", "smmuv3", "cr0", { value, old });
+    SMMU_TRACE.cr0(this.tracer, value, old);
     if ((value & CR0_CMDQEN) !== 0) this.commands.process(this.commandBudget);
   }
 
@@ -322,7 +323,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
     if (this.gerrorActive(bit)) return;
     const gerror = (this.regs.values[GERROR] ^ bit) >>> 0;
     this.regs.set32(REG.GERROR, gerror);
-    if (this.tracer.on("irq")) this.tracer.emit("irq", "smmuv3", "gerror", { bit, gerror });
+    SMMU_TRACE.gerror(this.tracer, bit, gerror);
     if ((this.regs.values[IRQ_CTRL] & IRQ_GERROR) !== 0)
       this.signalConfigured(REG.GERROR_IRQ_CFG0, VECTOR_GERROR);
   }

@@ -36,6 +36,7 @@ import { encodeProbeProperties, probePropertiesBytes } from "./probe-properties.
 import { DecodedRequest, decodeRequest, writeTail } from "./requests.ts";
 import { type ReservedRegion, validateReservedRegions } from "./reserved-regions.ts";
 import { DeviceCounters, type VirtioIommuStats } from "./stats.ts";
+import { VIRTIO_IOMMU_TRACE as T } from "./trace-points.ts";
 import {
   ATTACH_F_BYPASS,
   CONFIG_BYPASS,
@@ -205,16 +206,8 @@ export class VirtioIommu implements DmaTranslator {
       (access === ACCESS_WRITE ? FAULT_F_WRITE : FAULT_F_READ) | (hasAddress ? FAULT_F_ADDRESS : 0);
     const record = encodeFaultRecord(reason, flags, ep.id, hasAddress ? iova : 0);
     const queued = this.events.push(ep, record, this.opts.clockMs());
-    if (this.tracer.on("fault")) {
-      this.tracer.emit("fault", SOURCE, "fault", {
-        endpoint: ep.id,
-        iova,
-        access: access === ACCESS_WRITE ? "write" : "read",
-        reason: FAULT_REASON_NAMES[reason],
-        cause,
-        queued,
-      });
-    }
+    const accessName = access === ACCESS_WRITE ? "write" : "read";
+    T.fault(this.tracer, ep.id, iova, accessName, FAULT_REASON_NAMES[reason], cause, queued);
     if (queued) this.onEvent?.();
     return dmaFault(cause, ep.id, iova, access, reason, `virtio-iommu ${FAULT_REASON_NAMES[reason]} fault`);
   }
@@ -224,9 +217,7 @@ export class VirtioIommu implements DmaTranslator {
   negotiate(driverFeatures: bigint): void {
     const before = this.unattachedBypass();
     this.negotiated.set(driverFeatures & this.deviceFeatures);
-    if (this.tracer.on("config")) {
-      this.tracer.emit("config", SOURCE, "negotiate", { features: `0x${this.negotiated.bits.toString(16)}` });
-    }
+    if (T.negotiate.enabled(this.tracer)) T.negotiate(this.tracer, `0x${this.negotiated.bits.toString(16)}`);
     if (before !== this.unattachedBypass()) this.unattachedModeChanged();
   }
 
@@ -256,7 +247,7 @@ export class VirtioIommu implements DmaTranslator {
     if (byte > 1) return;
     if (byte === this.config.bypass) return;
     this.config.bypass = byte as 0 | 1;
-    if (this.tracer.on("config")) this.tracer.emit("config", SOURCE, "bypass", { bypass: byte });
+    T.bypass(this.tracer, byte);
     this.unattachedModeChanged();
   }
 
@@ -354,9 +345,7 @@ export class VirtioIommu implements DmaTranslator {
     const failure = this.syncHost(ep);
     if (failure !== null) {
       this.counters.hostUnreportedFailures++;
-      if (this.tracer.on("fault")) {
-        this.tracer.emit("fault", SOURCE, "host-view-refused", { endpoint: ep.id, errno: failure.errno });
-      }
+      T.hostViewRefused(this.tracer, ep.id, failure.errno);
     }
   }
 
@@ -366,7 +355,7 @@ export class VirtioIommu implements DmaTranslator {
   }
 
   private flagNeedsReset(reason: string): void {
-    if (this.tracer.on("fault")) this.tracer.emit("fault", SOURCE, "needs-reset", { reason });
+    T.needsReset(this.tracer, reason);
     if (this.needsResetReason !== null) return;
     this.needsResetReason = reason;
     this.onNeedsReset?.(reason);
@@ -385,9 +374,7 @@ export class VirtioIommu implements DmaTranslator {
       // Nothing guest-controlled should get here; if it does, the guest still gets an answer.
       this.counters.internalErrors++;
       this.flagNeedsReset(`internal error: ${String(e)}`);
-      if (this.tracer.on("fault")) {
-        this.tracer.emit("fault", SOURCE, "internal-error", { message: String(e) });
-      }
+      T.internalError(this.tracer, String(e));
       const type = request.length > 0 ? request[0] : 0;
       if (type === REQ_PROBE) return this.probeAnswer(response, S_DEVERR);
       if (response.length < TAIL_SIZE_BYTES) return this.unanswered();
@@ -465,19 +452,13 @@ export class VirtioIommu implements DmaTranslator {
       // one too: MUST be S_UNSUPP, whatever the host's reason (S_NOMEM only for a new domain).
       return existing !== undefined ? S_UNSUPP : status;
     }
-    if (this.tracer.on("attach")) {
-      this.tracer.emit("attach", SOURCE, "attach", {
-        domain: domain.id,
-        endpoint: ep.id,
-        bypass: domain.bypass,
-      });
-    }
+    T.attach(this.tracer, domain.id, ep.id, domain.bypass);
     return S_OK;
   }
 
   private createDomain(id: number, bypass: boolean): Domain {
     const domain = this.domains.create(id, bypass);
-    if (this.tracer.on("attach")) this.tracer.emit("attach", SOURCE, "domain-create", { domain: id, bypass });
+    T.domainCreate(this.tracer, id, bypass);
     return domain;
   }
 
@@ -488,17 +469,11 @@ export class VirtioIommu implements DmaTranslator {
     domain.endpoints.delete(ep);
     ep.domain = null;
     this.ownEpoch++;
-    if (this.tracer.on("attach"))
-      this.tracer.emit("attach", SOURCE, "detach", { domain: domain.id, endpoint: ep.id });
+    T.detach(this.tracer, domain.id, ep.id);
     if (domain.endpoints.size === 0) {
       this.domains.delete(domain);
       this.iotlb.invalidateSpace(domain.id);
-      if (this.tracer.on("attach")) {
-        this.tracer.emit("attach", SOURCE, "domain-destroy", {
-          domain: domain.id,
-          mappings: domain.mappings.size,
-        });
-      }
+      T.domainDestroy(this.tracer, domain.id, domain.mappings.size);
     }
   }
 
@@ -565,7 +540,7 @@ export class VirtioIommu implements DmaTranslator {
     this.needsResetReason = null;
     this.ownEpoch++;
     for (const ep of this.endpoints.values()) this.syncHostQuietly(ep);
-    if (this.tracer.on("config")) this.tracer.emit("config", SOURCE, "reset", { bypass: this.config.bypass });
+    T.reset(this.tracer, this.config.bypass);
   }
 
   /** System reset: a device reset that also restores config.bypass to its initial value. */

@@ -13,6 +13,7 @@ import type { HostFailure, HostMirror } from "./host-mirror.ts";
 import type { ResolvedOptions } from "./options.ts";
 import { type DecodedRequest, U64_UNREPRESENTABLE } from "./requests.ts";
 import { findOverlappingRegion } from "./reserved-regions.ts";
+import { VIRTIO_IOMMU_TRACE as T } from "./trace-points.ts";
 import {
   MAP_F_MMIO,
   MAP_F_READ,
@@ -27,8 +28,6 @@ import {
   type Status,
 } from "./wire.ts";
 
-const SOURCE = "virtio-iommu";
-
 /** Whether a domain ID lies in the device's domain_range (5.13.4). */
 export function domainInRange(opts: ResolvedOptions, domainId: number): boolean {
   return domainId >= opts.domainStart && domainId <= opts.domainEnd;
@@ -41,14 +40,7 @@ export function domainInRange(opts: ResolvedOptions, domainId: number): boolean 
  * with S_UNSUPP; of a MAP, it is an internal device error, S_DEVERR.
  */
 export function hostStatus(tracer: Tracer, failure: HostFailure, what: "attach" | "map", id: number): Status {
-  if (tracer.on("fault")) {
-    tracer.emit("fault", SOURCE, "host-refused", {
-      what,
-      id,
-      errno: failure.errno,
-      message: failure.message,
-    });
-  }
+  T.hostRefused(tracer, what, id, failure.errno, failure.message);
   if (failure.errno === "ENOSPC" || failure.errno === "ENOMEM") return S_NOMEM;
   return what === "attach" ? S_UNSUPP : S_DEVERR;
 }
@@ -130,16 +122,7 @@ export class MapUnmap {
       this.domains.removeMapping(domain, m);
       return hostStatus(this.tracer, failure, "map", domain.id);
     }
-    if (this.tracer.on("map")) {
-      this.tracer.emit("map", SOURCE, "map", {
-        domain: domain.id,
-        iova: virtStart,
-        gpa: physStart,
-        sizeBytes,
-        perms,
-        mmio: m.mmio,
-      });
-    }
+    T.map(this.tracer, domain.id, virtStart, physStart, sizeBytes, perms, m.mmio);
     return S_OK;
   }
 
@@ -183,13 +166,7 @@ export class MapUnmap {
       for (const ep of domain.endpoints) {
         if (ep.hostMirror?.mirrors(domain)) ep.hostMirror.unmap(m);
       }
-      if (this.tracer.on("unmap")) {
-        this.tracer.emit("unmap", SOURCE, "unmap", {
-          domain: domain.id,
-          iova: m.iovaStart,
-          sizeBytes: mappingSizeBytes(m),
-        });
-      }
+      T.unmap(this.tracer, domain.id, m.iovaStart, mappingSizeBytes(m));
     }
     // One invalidation for the span of the removed mappings: every IOTLB entry of this domain in
     // it came from one of them, since they are all the mappings the range touches.

@@ -17,6 +17,7 @@ import { FRCD_COUNT } from "./config.ts";
 import { engineReason, FR, faultReasonName } from "./fault-reasons.ts";
 import { ECTL, FSTS, REG, type RegisterFile } from "./registers.ts";
 import { decodeEndpointKey } from "./target.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 /** How the address in a record was presented (FRCD.AT). */
 export const ADDRESS_TYPE = { UNTRANSLATED: 0, TRANSLATION_REQUEST: 1, TRANSLATED: 2 } as const;
@@ -127,11 +128,8 @@ export class FaultLog {
   noteSuppressed(info: FaultInfo): void {
     this.suppressedByFpd++;
     this.count(info.reason);
-    if (this.tracer.on("fault")) {
-      this.tracer.emit("fault", "vtd", "fault-suppressed", {
-        sid: info.sourceId,
-        reason: faultReasonName(info.reason),
-      });
+    if (VTD_TRACE.faultSuppressed.enabled(this.tracer)) {
+      VTD_TRACE.faultSuppressed(this.tracer, info.sourceId, faultReasonName(info.reason));
     }
   }
 
@@ -140,14 +138,16 @@ export class FaultLog {
     this.count(info.reason);
     const regs = this.regs;
     const fsts = regs.get32(REG.FSTS);
-    if (this.tracer.on("fault")) {
-      this.tracer.emit("fault", "vtd", "fault", {
-        sid: info.sourceId,
-        reason: faultReasonName(info.reason),
-        address: `0x${info.address.toString(16)}`,
-        write: info.write,
-        pasid: info.pasid,
-      });
+    if (VTD_TRACE.fault.enabled(this.tracer)) {
+      const address = `0x${info.address.toString(16)}`;
+      VTD_TRACE.fault(
+        this.tracer,
+        info.sourceId,
+        faultReasonName(info.reason),
+        address,
+        info.write,
+        info.pasid,
+      );
     }
     if (fsts & FSTS.PFO) {
       this.droppedOverflow++;

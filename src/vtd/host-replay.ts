@@ -20,6 +20,7 @@ import type { FirstStageWalker } from "./first-stage.ts";
 import { INTERRUPT_WINDOW_BASE, INTERRUPT_WINDOW_LAST } from "./interrupt-remap.ts";
 import type { SecondStageWalker } from "./second-stage.ts";
 import { TARGET, type Target } from "./target.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 /** Replay work one queue walk may do (replaying 65536 leaves costs about 2^20). */
 export const REPLAY_BATCH_BUDGET = 1 << 23;
@@ -142,8 +143,7 @@ export class HostReplay {
       if (!ep.resyncPending) continue;
       if (this.batchWork > REPLAY_BATCH_BUDGET) {
         this.deferred++;
-        if (this.tracer.on("fault"))
-          this.tracer.emit("fault", "vtd", "host-resync-deferred", { sid: ep.sourceId });
+        VTD_TRACE.hostResyncDeferred(this.tracer, ep.sourceId);
         continue;
       }
       this.run(ep);

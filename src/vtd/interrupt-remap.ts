@@ -12,6 +12,7 @@ import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import type { MsiMessage } from "../platform/interrupts.ts";
 import { FR } from "./fault-reasons.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 /** A remapped interrupt: what the IRTE says, and the message that delivers it. */
 export interface RemappedInterrupt {
@@ -133,8 +134,7 @@ export class InterruptRemapper {
   private fail(sourceId: number, reason: number, handle: number, detail: string, fpd = false): RemapResult {
     this.faults++;
     this.fault(sourceId, reason, handle, true, fpd);
-    if (this.tracer.on("irq"))
-      this.tracer.emit("irq", "vtd", "ir-fault", { sid: sourceId, reason, handle, detail });
+    VTD_TRACE.irFault(this.tracer, sourceId, reason, handle, detail);
     return { ok: false, reason, detail };
   }
 
@@ -237,8 +237,7 @@ export class InterruptRemapper {
     }
     this.remapped++;
     if (e.result !== null) {
-      if (this.tracer.on("irq"))
-        this.tracer.emit("irq", "vtd", "ir-remap", { sid: sourceId, handle, cached: true });
+      VTD_TRACE.irRemapCached(this.tracer, sourceId, handle, true);
       return e.result;
     }
     const vector = (e.lo >>> 16) & 0xff;
@@ -263,9 +262,7 @@ export class InterruptRemapper {
       deliveryMode,
       message: { address, data },
     };
-    if (this.tracer.on("irq")) {
-      this.tracer.emit("irq", "vtd", "ir-remap", { sid: sourceId, handle, vector, destination });
-    }
+    VTD_TRACE.irRemap(this.tracer, sourceId, handle, vector, destination);
     const result: RemapResult = { ok: true, remapped: true, interrupt: out, message: out.message };
     e.result = result;
     return result;

@@ -12,6 +12,7 @@ import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { MAMV, MHMV } from "./config.ts";
 import { ECTL, FSTS, REG, type RegisterFile } from "./registers.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 /** Descriptor types (VT-d 6.5.2). */
 export const DESC = {
@@ -156,9 +157,7 @@ export class InvalidationQueue {
     this.errors++;
     const r = this.regs;
     r.set32(REG.IQERCD, (r.get32(REG.IQERCD) & ~0xf) | iqei);
-    if (this.tracer.on("queue")) {
-      this.tracer.emit("queue", "vtd", "iq-error", { iqei, head: r.get32(REG.IQH) });
-    }
+    VTD_TRACE.iqError(this.tracer, iqei, r.get32(REG.IQH));
     this.env.setFaultStatus(FSTS.IQE);
   }
 
@@ -242,12 +241,13 @@ export class InvalidationQueue {
     const env = this.env;
     if (type >= 1 && type <= 8) this.byType[type]++;
     this.descriptors++;
-    if (this.tracer.on("invalidate")) {
-      this.tracer.emit("invalidate", "vtd", "descriptor", {
-        type: TYPE_NAMES[type] ?? `0x${type.toString(16)}`,
-        q0: `0x${hi0.toString(16)}${lo0.toString(16).padStart(8, "0")}`,
-        q1: `0x${hi1.toString(16)}${lo1.toString(16).padStart(8, "0")}`,
-      });
+    if (VTD_TRACE.descriptor.enabled(this.tracer)) {
+      VTD_TRACE.descriptor(
+        this.tracer,
+        TYPE_NAMES[type] ?? `0x${type.toString(16)}`,
+        `0x${hi0.toString(16)}${lo0.toString(16).padStart(8, "0")}`,
+        `0x${hi1.toString(16)}${lo1.toString(16).padStart(8, "0")}`,
+      );
     }
     switch (type) {
       case DESC.CONTEXT_CACHE: {

@@ -11,6 +11,7 @@ import { type InterruptRemapper, sourceIdsMatch } from "./interrupt-remap.ts";
 import { GRAN, type InvalidationTarget } from "./invalidation-queue.ts";
 import type { EndpointState } from "./options.ts";
 import { TAG_CLASS, TARGET, type TargetCache, tagClass, tagDomain, tagPasid } from "./target.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 /** What invalidation acts on: the unit's caches, endpoints and host replay. */
 export interface InvalidationScope {
@@ -42,19 +43,13 @@ export class CacheInvalidation implements InvalidationTarget {
     this.s = scope;
   }
 
-  /** Callers check `tracer.on("invalidate")` first, so no event object is built when off. */
-  private traceInvalidate(name: string, fields: Record<string, number | string | boolean>): void {
-    this.s.tracer.emit("invalidate", "vtd", name, fields);
-  }
-
   invalidateContextCache(
     granularity: number,
     domainId: number,
     sourceId: number,
     functionMask: number,
   ): void {
-    if (this.s.tracer.on("invalidate"))
-      this.traceInvalidate("context-cache", { granularity, did: domainId, sid: sourceId, fm: functionMask });
+    VTD_TRACE.contextCache(this.s.tracer, granularity, domainId, sourceId, functionMask);
     let affected: (sid: number) => boolean;
     if (granularity === GRAN.GLOBAL) {
       this.s.targets.clear();
@@ -79,8 +74,7 @@ export class CacheInvalidation implements InvalidationTarget {
    * mode first-stage entries are left to PASID-based invalidation).
    */
   invalidateIotlb(granularity: number, domainId: number, iova: number, addressMask: number): void {
-    if (this.s.tracer.on("invalidate"))
-      this.traceInvalidate("iotlb", { granularity, did: domainId, iova, am: addressMask });
+    VTD_TRACE.iotlb(this.s.tracer, granularity, domainId, iova, addressMask);
     if (granularity === GRAN.GLOBAL) {
       this.s.iotlb.invalidateAll();
       for (const ep of this.s.endpoints.values()) if (ep.host !== null) this.s.replay.resync(ep);
@@ -118,8 +112,7 @@ export class CacheInvalidation implements InvalidationTarget {
     iova: number,
     addressMask: number,
   ): void {
-    if (this.s.tracer.on("invalidate"))
-      this.traceInvalidate("pasid-iotlb", { pageSelective, did: domainId, pasid, iova, am: addressMask });
+    VTD_TRACE.pasidIotlb(this.s.tracer, pageSelective, domainId, pasid, iova, addressMask);
     const tags = this.s.targets.domainTags.get(domainId);
     const sizeBytes = ADDRESS_MASK_BYTES[addressMask];
     const base = iova - (iova % sizeBytes);
@@ -141,8 +134,7 @@ export class CacheInvalidation implements InvalidationTarget {
   }
 
   invalidatePasidCache(granularity: number, domainId: number, pasid: number): void {
-    if (this.s.tracer.on("invalidate"))
-      this.traceInvalidate("pasid-cache", { granularity, did: domainId, pasid });
+    VTD_TRACE.pasidCache(this.s.tracer, granularity, domainId, pasid);
     if (granularity === 3) this.s.targets.dropWhere((t) => t.scalable);
     else if (granularity === 0) this.s.targets.dropWhere((t) => t.scalable && t.domainId === domainId);
     else this.s.targets.dropWhere((t) => t.scalable && t.domainId === domainId && t.pasid === pasid);
@@ -157,8 +149,7 @@ export class CacheInvalidation implements InvalidationTarget {
     iova: number,
     sizeBytes: number,
   ): void {
-    if (this.s.tracer.on("invalidate"))
-      this.traceInvalidate("device-tlb", { sid: sourceId, pasid, all: allPasids, iova, size: sizeBytes });
+    VTD_TRACE.deviceTlb(this.s.tracer, sourceId, pasid, allPasids, iova, sizeBytes);
     this.deviceTlbInvalidations++;
     const ep = this.s.endpoints.get(sourceId);
     if (ep === undefined || ep.deviceTlb === null) return;
@@ -167,7 +158,7 @@ export class CacheInvalidation implements InvalidationTarget {
   }
 
   invalidateInterruptEntryCache(global: boolean, index: number, indexMask: number): void {
-    if (this.s.tracer.on("invalidate")) this.traceInvalidate("iec", { global, index, im: indexMask });
+    VTD_TRACE.iec(this.s.tracer, global, index, indexMask);
     this.s.interruptRemapper.invalidate(global, index, indexMask);
   }
 }

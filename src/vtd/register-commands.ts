@@ -13,6 +13,7 @@ import { GRAN, type InvalidationQueue } from "./invalidation-queue.ts";
 import type { CacheInvalidation } from "./invalidations.ts";
 import { FSTS, GCMD, REG, type RegisterDef, type RegisterFile } from "./registers.ts";
 import type { TargetCache } from "./target.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 /** What the commands act on. */
 export interface RegisterCommandScope {
@@ -99,7 +100,7 @@ export class RegisterCommands {
       this.s.iotlb.invalidateAll();
       this.s.bumpEpoch();
       gsts |= GCMD.SRTP;
-      if (this.s.tracer.on("invalidate")) this.s.tracer.emit("invalidate", "vtd", "srtp", { root, ttm });
+      VTD_TRACE.srtp(this.s.tracer, root, ttm);
     }
     const te = (value & GCMD.TE) !== 0 && c.dmaTranslation;
     if (te !== ((gsts & GCMD.TE) !== 0)) {
@@ -125,13 +126,7 @@ export class RegisterCommands {
       gsts = value & GCMD.CFI ? gsts | GCMD.CFI : gsts & ~GCMD.CFI;
     }
     r.set32(REG.GSTS, gsts >>> 0);
-    if (gsts !== before && this.s.tracer.on("config")) {
-      this.s.tracer.emit("config", "vtd", "gsts", {
-        before: before >>> 0,
-        after: gsts >>> 0,
-        command: value >>> 0,
-      });
-    }
+    if (gsts !== before) VTD_TRACE.gsts(this.s.tracer, before >>> 0, gsts >>> 0, value >>> 0);
     if ((gsts & GCMD.QIE) !== 0 && !qiWasOn) this.s.queue.process();
     if ((before ^ gsts) & GCMD.TE || value & GCMD.SRTP) {
       this.s.resyncHosts();

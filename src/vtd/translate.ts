@@ -24,6 +24,7 @@ import type { NestedSecondStage } from "./nested-stage.ts";
 import type { AtsCompletion } from "./options.ts";
 import { type SecondStageWalker, WALK, WalkOut } from "./second-stage.ts";
 import { TARGET, type Target, type TargetCache } from "./target.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 
 // Imported bindings are read through accessors under tsx: the translation path uses copies.
 const RW: number = PERM_RW;
@@ -180,16 +181,18 @@ export class TargetTranslator {
     }
     iotlb.insertFrom(t.iotlbTag, iova, out);
     if (t.kind === K_SECOND_STAGE && w.leafLevel === 1 && this.prefetchPages > 0) this.prefetchAfter(t, w);
-    if (this.tracer.on("map")) {
-      this.tracer.emit("map", "vtd", "iotlb-fill", {
-        sid: t.sourceId,
-        did: t.domainId,
-        pasid: t.pasid,
-        iova: out.iovaBase,
-        gpa: out.gpaBase,
-        size: out.sizeBytes,
-        perms: permsName(out.perms),
-      });
+    if (VTD_TRACE.iotlbFill.enabled(this.tracer)) {
+      const { iovaBase, gpaBase, sizeBytes, perms } = out;
+      VTD_TRACE.iotlbFill(
+        this.tracer,
+        t.sourceId,
+        t.domainId,
+        t.pasid,
+        iovaBase,
+        gpaBase,
+        sizeBytes,
+        permsName(perms),
+      );
     }
     if (inputWindow) clipToInputWindow(out, iova);
     return 0;

@@ -65,6 +65,7 @@ import {
 import { SecondStageWalker, WALK } from "./second-stage.ts";
 import { TableReader } from "./tables.ts";
 import { endpointKey, TARGET, TargetCache, TRANSLATED_KEY } from "./target.ts";
+import { VTD_TRACE } from "./trace-points.ts";
 import { TargetTranslator } from "./translate.ts";
 
 export type {
@@ -249,7 +250,7 @@ export class VtdUnit implements DmaTranslator, IoHandler {
     this.interruptRemapper.setTable(0, 0);
     this.faults.reset();
     this.bumpEpoch();
-    if (this.tracer.on("config")) this.tracer.emit("config", "vtd", "reset", {});
+    VTD_TRACE.reset(this.tracer);
     for (const ep of this.endpoints.values()) if (ep.host !== null) this.replay.resync(ep);
   }
 
@@ -274,7 +275,7 @@ export class VtdUnit implements DmaTranslator, IoHandler {
   }
 
   private sendEvent(address: number, data: number): void {
-    if (this.tracer.on("irq")) this.tracer.emit("irq", "vtd", "event-msi", { address, data });
+    VTD_TRACE.eventMsi(this.tracer, address, data);
     this.interrupts?.signalMsi(this.unitSourceId, { address, data }, 0);
   }
 
@@ -315,13 +316,7 @@ export class VtdUnit implements DmaTranslator, IoHandler {
     };
     this.endpoints.set(sourceId, ep);
     if (host !== null) this.replay.resync(ep);
-    if (this.tracer.on("attach")) {
-      this.tracer.emit("attach", "vtd", "endpoint", {
-        sid: sourceId,
-        host: host !== null,
-        ats: ep.deviceTlb !== null,
-      });
-    }
+    VTD_TRACE.endpoint(this.tracer, sourceId, host !== null, ep.deviceTlb !== null);
     return dma;
   }
 
@@ -337,7 +332,7 @@ export class VtdUnit implements DmaTranslator, IoHandler {
     ep.host?.clear();
     this.targets.dropWhere((t) => t.sourceId === sourceId);
     this.bumpEpoch();
-    if (this.tracer.on("attach")) this.tracer.emit("attach", "vtd", "endpoint-removed", { sid: sourceId });
+    VTD_TRACE.endpointRemoved(this.tracer, sourceId);
     return true;
   }
 
