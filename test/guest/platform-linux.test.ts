@@ -6,7 +6,8 @@
 //     disk reads back the host file's checksum, and /proc/interrupts shows the line on the
 //     IOAPIC: through interrupt remapping (IR-IO-APIC) with intremap=on, plain IO-APIC without.
 //   - DMAR device scopes (issue 10 item 6): the iommu=on edu gets an IOMMU group, the other
-//     edu does not.
+//     edu does not; a second disk outside the scopes (added to the guide's recipe) has no group
+//     and reads back its file's checksum through untranslated DMA.
 //   - Unclaimed ports (issue 16 item 2): every port the summary names is one src/vmm/README.md
 //     explains.
 //   - IOTLB (issue 16 items 3-4): the summary splits the fills and counts the prefetches; the
@@ -36,8 +37,9 @@ const EXPLAINED_PORTS = new Set([0x2e, 0x2f, 0x4e, 0x4f, 0x87, 0x2e9, 0x2f9, 0x3
 const GUEST_SCRIPT = `
 dmesg | grep -E 'GSI|INT [A-D]|derive routing' | sed 's/^/KMSG /'
 echo "MD5 $(md5sum /dev/vda | cut -d' ' -f1)"
+echo "MD5B $(md5sum /dev/vdb | cut -d' ' -f1)"
 grep -E 'virtio|IO-APIC' /proc/interrupts | sed 's/^/IRQ /'
-for bdf in 0000:00:03.0 0000:00:04.0; do echo "GROUP $bdf <$(pci_group $bdf)>"; done
+for bdf in 0000:00:03.0 0000:00:04.0 0000:00:05.0; do echo "GROUP $bdf <$(pci_group $bdf)>"; done
 `;
 
 test("Linux under viommu run: INTx through the IOAPIC (IR on and off), DMAR scopes, unclaimed ports, IOTLB fills", {
@@ -50,6 +52,9 @@ test("Linux under viommu run: INTx through the IOAPIC (IR on and off), DMAR scop
     for (let i = 0; i < disk.length; i += 4) disk.writeUInt32LE((i * 2654435761) >>> 0, i);
     writeFileSync(join(work, "disk.img"), disk);
     const md5 = createHash("md5").update(disk).digest("hex");
+    const untranslated = Buffer.from(disk.map((b) => b ^ 0x5a));
+    writeFileSync(join(work, "disk2.img"), untranslated);
+    const md5b = createHash("md5").update(untranslated).digest("hex");
     const script = newcArchiveGz([
       { path: "viommu/script.sh", data: `${SCRIPT_PRELUDE}\n${GUEST_SCRIPT}\n`, mode: 0o755 },
     ]);
@@ -68,6 +73,7 @@ test("Linux under viommu run: INTx through the IOAPIC (IR on and off), DMAR scop
           join(REPO, "bin", "viommu.mjs"),
           "run",
           ...guideArgs.map((a) => (a === configs[0]!.iommu ? c.iommu : a)),
+          ...["--disk", `path=${join(work, "disk2.img")},readonly=on`], // 00:05.0, outside the DMAR scopes
           "--serial",
           `file=${join(work, `${c.name}.log`)}`,
         ],
@@ -97,6 +103,8 @@ test("Linux under viommu run: INTx through the IOAPIC (IR on and off), DMAR scop
       // Issue 10 item 6: the DMAR scopes name only the iommu=on edu.
       assert.match(r.guest, /^GROUP 0000:00:03\.0 <\d+>$/m, ctx);
       assert.match(r.guest, /^GROUP 0000:00:04\.0 <>$/m, ctx);
+      assert.match(r.guest, /^GROUP 0000:00:05\.0 <>$/m, ctx);
+      assert.match(r.guest, new RegExp(`^MD5B ${md5b}$`, "m"), `the disk outside the scopes: ${ctx}`);
       // Item 2: every unclaimed port is one the README explains.
       const ports = r.summary.match(/^unclaimed ports: (.*)$/m)?.[1] ?? "";
       for (const p of ports.split(", ").filter((s) => s !== "")) {
