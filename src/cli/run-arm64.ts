@@ -8,6 +8,7 @@ import { Arm64ImageError, parseArm64Image } from "../boot/arm64-image.ts";
 import type { SerialSink } from "../devices/uart16550.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError } from "../kvm/system.ts";
+import { SMMU_GPAS } from "../vmm/arm64/layout.ts";
 import { Arm64Machine } from "../vmm/arm64/machine.ts";
 import type { Arm64IommuChoice } from "../vmm/arm64/platform.ts";
 import { describeStop, type RunResult } from "../vmm/machine.ts";
@@ -25,7 +26,7 @@ export interface Arm64RunContext {
 function iommuFor(o: RunOptions): Arm64IommuChoice {
   const i = o.iommu;
   if (i.kind === "none" || i.kind === "virtio") return i;
-  if (i.kind === "smmuv3") return { kind: "smmuv3", stage: i.stage };
+  if (i.kind === "smmuv3") return { kind: "smmuv3", stage: i.stage, instances: i.instances };
   throw new Error(`--iommu ${i.kind} is an x86 IOMMU; on arm64 use --iommu smmuv3 or virtio`);
 }
 
@@ -97,18 +98,24 @@ export function formatArm64Summary(machine: Arm64Machine, result: RunResult): st
   if (p.mmio.unclaimedReads + p.mmio.unclaimedWrites > 0) {
     lines.push(`unclaimed MMIO: ${p.mmio.unclaimedReads} reads, ${p.mmio.unclaimedWrites} writes`);
   }
-  if (p.smmu !== null) {
-    const s = p.smmu.stats();
+  p.smmus.forEach((smmu, i) => {
+    const s = smmu.stats();
+    const name = `smmuv3[${i}] @0x${SMMU_GPAS[i]!.toString(16)}`;
     lines.push(
-      `smmuv3: ${s.translations} translations; IOTLB ${s.iotlb.hits} hits, ${s.iotlb.misses} misses; ` +
+      `${name}: ${s.translations} translations; IOTLB ${s.iotlb.hits} hits, ${s.iotlb.misses} misses; ` +
         `${s.syncs} CMD_SYNCs, ${s.commandErrors} command errors`,
     );
-    lines.push(`smmuv3: commands ${nonZero(s.commands)}`);
+    lines.push(`${name}: commands ${nonZero(s.commands)}`);
     lines.push(
-      `smmuv3: faults ${nonZero(s.faults)}; events written ${s.eventQueue.written}; ` +
-        `bad register accesses ${s.badRegisterAccesses}, ignored writes ${s.ignoredRegisterWrites}`,
+      `${name}: faults ${nonZero(s.faults)}; events written ${s.eventQueue.written}; ` +
+        `bad register accesses ${s.badRegisterAccesses}, ignored writes ${s.ignoredRegisterWrites}, ` +
+        `ownership violations ${s.ownershipViolations}`,
     );
-  }
+    const streams = p.smmuStreams
+      .filter((st) => st.instance === i)
+      .map((st) => `vSID 0x${st.vSid.toString(16)} -> pSID 0x${st.pSid.toString(16)}`);
+    lines.push(`${name}: streams ${streams.length > 0 ? streams.join(", ") : "none"}`);
+  });
   if (p.viommu !== null) {
     const s = p.viommu.engine.stats();
     lines.push(

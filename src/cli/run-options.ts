@@ -33,7 +33,7 @@ export interface RunOptions {
     | { readonly kind: "none" }
     | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
     | { readonly kind: "intel"; readonly spec: string }
-    | { readonly kind: "smmuv3"; readonly stage: SmmuStageOption };
+    | { readonly kind: "smmuv3"; readonly stage: SmmuStageOption; readonly instances: number };
   readonly devices: readonly DeviceOption[];
   readonly serial:
     | { readonly kind: "tty" }
@@ -158,18 +158,27 @@ const IOMMU_KINDS: readonly IommuKindRow[] = [
     kind: "smmuv3",
     help: [
       {
-        synopsis: "--iommu smmuv3[,stage=1|2|nested]",
-        text: "Arm SMMUv3 at 0x9050000 (arm64 hosts; QEMU virt's place): stage 1 (default),\nstage 2, or both stages (nested)",
+        synopsis: "--iommu smmuv3[,stage=1|2|nested][,instances=1|2]",
+        text:
+          "Arm SMMUv3 at 0x9050000 (arm64 hosts; QEMU virt's place): stage 1 (default),\n" +
+          "stage 2, or both stages (nested); instances=2 adds a second SMMU at 0x9100000\n" +
+          "(PCI slots alternate between them)",
       },
     ],
     parse: (rest) => {
       let stage: SmmuStageOption = "1";
+      let instances = 1;
       for (const prop of rest === "" ? [] : rest.split(",")) {
-        const m = /^stage=(1|2|nested)$/.exec(prop);
-        if (!m) throw new RunOptionError(`--iommu smmuv3: unknown property "${prop}" (stage=1|2|nested)`);
-        stage = m[1] as SmmuStageOption;
+        const m = /^(?:stage=(1|2|nested)|instances=([12]))$/.exec(prop);
+        if (!m) {
+          throw new RunOptionError(
+            `--iommu smmuv3: unknown property "${prop}" (stage=1|2|nested, instances=1|2)`,
+          );
+        }
+        if (m[1] !== undefined) stage = m[1] as SmmuStageOption;
+        else instances = Number(m[2]);
       }
-      return { kind: "smmuv3", stage };
+      return { kind: "smmuv3", stage, instances };
     },
   },
   { kind: "none", help: [], parse: () => ({ kind: "none" }) },

@@ -11,13 +11,16 @@ import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { Tracer } from "../../src/engine/trace.ts";
 import { kvmArchitecture } from "../../src/kvm/system.ts";
 
-test("--iommu smmuv3[,stage=1|2|nested]: stage 1 by default; anything else is one line", () => {
-  assert.deepEqual(parseRunOptions(["--iommu", "smmuv3"]).iommu, { kind: "smmuv3", stage: "1" });
-  assert.deepEqual(parseRunOptions(["--iommu", "smmuv3,stage=2"]).iommu, { kind: "smmuv3", stage: "2" });
-  assert.deepEqual(parseRunOptions(["--iommu", "smmuv3,stage=nested"]).iommu, {
+test("--iommu smmuv3[,stage=1|2|nested][,instances=1|2]: stage 1, one instance by default; anything else is one line", () => {
+  const iommu = (spec: string) => parseRunOptions(["--iommu", spec]).iommu;
+  assert.deepEqual(iommu("smmuv3"), { kind: "smmuv3", stage: "1", instances: 1 });
+  assert.deepEqual(iommu("smmuv3,stage=2"), { kind: "smmuv3", stage: "2", instances: 1 });
+  assert.deepEqual(iommu("smmuv3,stage=nested,instances=2"), {
     kind: "smmuv3",
     stage: "nested",
+    instances: 2,
   });
+  assert.throws(() => iommu("smmuv3,instances=3"), /unknown property "instances=3"/);
   assert.throws(
     () => parseRunOptions(["--iommu", "smmuv3,stage=3"]),
     /--iommu smmuv3: unknown property "stage=3"/,

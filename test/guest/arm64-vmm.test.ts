@@ -56,6 +56,7 @@ function l2Script(expectSha: string): string {
   return `${SCRIPT_PRELUDE}
 line=$(dmesg | grep -o 'arm-smmu-v3 .*ias [0-9]*-bit, oas [0-9]*-bit (features 0x[0-9a-f]*)' | head -1)
 [ -n "$line" ] && result smmu-probe pass "$line" || result smmu-probe skip "no arm-smmu-v3"
+result smmu-count pass "$(dmesg | grep -o 'arm-smmu-v3 [0-9a-f]*.iommu: ias' | sed 's/: ias//' | tr '\\n' ' ')"
 q=$(dmesg | grep -o 'allocated [0-9]* entries for [a-z]*' | tr '\\n' ' ')
 result smmu-queues pass "$q"
 v=$(dmesg | grep -o 'virtio_iommu virtio[0-9]*: input address: [0-9]* bits' | head -1)
@@ -72,11 +73,14 @@ if [ -n "$edu" ]; then
   n=$(dmesg | grep -c -E 'arm-smmu-v3 .*event 0x10 received|virtio_iommu .*page fault from EP')
   [ "$n" -gt 0 ] && result dma-fault-logged pass "lines=$n" || result dma-fault-logged fail "no SMMU event / virtio-iommu fault in dmesg"
   dmesg | grep -E 'arm-smmu-v3 .*event|page fault from EP' | head -4
+  # The record's first doubleword: StreamID << 32 | event type, as the guest sees it.
+  r=$(dmesg | grep -A1 'arm-smmu-v3 .*event 0x10 received' | grep -o -E '0x[0-9a-f]{16}' | head -1)
+  [ -n "$r" ] && result smmu-event-dw0 pass "$r" || result smmu-event-dw0 skip "no SMMU event"
 fi
 `;
 }
 
-type Machine = { name: string; args: string[]; edu: boolean };
+type Machine = { name: string; args: string[]; edu: boolean; smmus?: number };
 
 function section(
   stdout: string,
@@ -121,6 +125,14 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
         edu: true,
       },
       { name: "smmuv3-s2", args: ["--iommu", "smmuv3,stage=2", "--disk", diskArg], edu: false },
+      // Two SMMUs, each a physical IOMMU of its own in the framework: the disk (00:02.0) behind
+      // the first, the edu (00:03.0) behind the second; the host's pSIDs differ from the vSIDs.
+      {
+        name: "smmuv3-x2",
+        args: ["--iommu", "smmuv3,instances=2", "--disk", diskArg, "--device", "edu,iommu=on"],
+        edu: true,
+        smmus: 2,
+      },
       {
         name: "virtio",
         args: ["--iommu", "virtio", "--disk", diskArg, "--device", "edu,iommu=on"],
@@ -163,7 +175,21 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
       assert.equal(res("blk-read")?.status, "pass", `${m.name} blk-read\n${why(s.text)}`);
       assert.equal(res("blk-read")?.detail, `sha256=${sha}`);
       assert.equal(res("blk-group")?.status, "pass", `${m.name} blk-group\n${why(s.text)}`);
-      if (m.name.startsWith("smmuv3")) {
+      if (m.smmus === 2) {
+        // Both probe; the edu's fault comes from the second SMMU with the guest's StreamID 0x18
+        // (its RID), not the host's pSID 0x2018; the summary shows the vSID -> pSID tables.
+        assert.equal(
+          res("smmu-count")?.detail.trim(),
+          "arm-smmu-v3 9050000.iommu arm-smmu-v3 9100000.iommu",
+          why(s.text),
+        );
+        assert.match(s.text, /arm-smmu-v3 9100000\.iommu: event 0x10 received/, why(s.text));
+        assert.equal(res("smmu-event-dw0")?.detail, "0x0000001800000010", why(s.text));
+        assert.match(s.text, /smmuv3\[0\] @0x9050000: streams vSID 0x10 -> pSID 0x1010/);
+        assert.match(s.text, /smmuv3\[1\] @0x9100000: streams vSID 0x18 -> pSID 0x2018/);
+        assert.match(s.text, /smmuv3\[1\] @0x9100000: faults F_TRANSLATION \d+/);
+        assert.match(s.text, /smmuv3\[0\] @0x9050000: faults none/);
+      } else if (m.name.startsWith("smmuv3")) {
         const stage = m.name === "smmuv3-s2" ? "2" : "1";
         const features = { ...DEFAULT_FEATURES, stage1: stage === "1", stage2: stage === "2" };
         const want = linuxFeatures(idr0(features), IDR3_VALUE);
@@ -178,7 +204,7 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
           res("smmu-queues")?.detail ?? "",
           /allocated 65536 entries for cmdq allocated 32768 entries for evtq/,
         );
-        assert.match(s.text, /smmuv3: \d+ translations/, "summary");
+        assert.match(s.text, /smmuv3\[0\] @0x9050000: \d+ translations/, "summary");
       } else {
         assert.match(
           res("viommu-probe")?.detail ?? "",
@@ -201,10 +227,12 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
           assert.equal(res(name)?.status, "pass", `${m.name} ${name}\n${why(s.text)}`);
         }
         if (m.name === "smmuv3") {
-          // The guest's driver saw our event record, and the model counted what it reported.
+          // The guest's driver saw our event record (StreamID 0x18 = the edu's RID), and the
+          // model counted what it reported.
+          assert.equal(res("smmu-event-dw0")?.detail, "0x0000001800000010", why(s.text));
           assert.match(s.text, /arm-smmu-v3 9050000\.iommu: event 0x10 received/);
-          assert.match(s.text, /smmuv3: faults F_TRANSLATION \d+/);
-        } else {
+          assert.match(s.text, /smmuv3\[0\] @0x9050000: faults F_TRANSLATION \d+/);
+        } else if (m.name === "virtio") {
           assert.match(s.text, /virtio_iommu virtio\d+: page fault from EP \d+ at 0x10[01]000/);
         }
       }

@@ -4,14 +4,16 @@ import { test } from "node:test";
 import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
+import { EVT } from "../../src/smmuv3/events.ts";
 import { REG } from "../../src/smmuv3/regs.ts";
 import { buildDeviceTree } from "../../src/vmm/arm64/device-tree.ts";
-import { PCIE_ECAM_GPA, RAM_GPA, SMMU_GPA, SPI_UART } from "../../src/vmm/arm64/layout.ts";
+import { PCIE_ECAM_GPA, RAM_GPA, SMMU_GPA, SMMU_GPAS, SPI_UART } from "../../src/vmm/arm64/layout.ts";
 import { type Arm64IommuChoice, Arm64Platform } from "../../src/vmm/arm64/platform.ts";
+import { cmd, LinuxLikeDriver, PageAllocator } from "../smmuv3/harness.ts";
 
 const MiB = 1 << 20;
 
-function platform(iommu: Arm64IommuChoice) {
+function platform(iommu: Arm64IommuChoice, rngIommu = false) {
   const memory = GuestMemory.anonymous([{ gpa: RAM_GPA, sizeBytes: 16 * MiB }]);
   const spis: [number, boolean][] = [];
   const msis: { gpa: number; data: number; devid: number }[] = [];
@@ -21,7 +23,7 @@ function platform(iommu: Arm64IommuChoice) {
     iommu,
     devices: [
       { kind: "edu", iommu: iommu.kind !== "none" },
-      { kind: "rng", iommu: false },
+      { kind: "rng", iommu: rngIommu },
     ],
     tracer: new Tracer(),
     irq: {
@@ -109,7 +111,7 @@ function dts(iommu: Parameters<typeof buildDeviceTree>[0]["iommu"]): string | nu
 }
 
 test("arm64 device tree: SMMUv3 node (arm,smmu-v3.yaml) and iommu-map RID -> StreamID identity (pci-iommu.txt)", (t) => {
-  const s = dts({ kind: "smmuv3" });
+  const s = dts({ kind: "smmuv3", instances: 1 });
   if (s === null) return t.skip("SKIPPED: dtc (device-tree-compiler) is not installed");
   assert.match(s, /iommu@9050000 \{\s+compatible = "arm,smmu-v3";\s+reg = <0x00 0x9050000 0x00 0x20000>;/);
   assert.match(s, /interrupt-names = "eventq\\0priq\\0cmdq-sync\\0gerror";/);
@@ -124,4 +126,53 @@ test("arm64 device tree: virtio-iommu node under the host bridge (virtio,pci-iom
   assert.match(s, /iommu@1,0 \{\s+compatible = "virtio,pci-iommu";\s+reg = <0x800 0x00 0x00 0x00 0x00>;/);
   assert.match(s, /iommu-map = <0x00 0x04 0x00 0x08 0x09 0x04 0x09 0xfff7>;/);
   assert.doesNotMatch(s, /arm,smmu-v3/);
+});
+
+test("arm64 device tree: two SMMUv3 instances, each with its SPIs; iommu-map sends each slot to its instance", (t) => {
+  const s = dts({ kind: "smmuv3", instances: 2 });
+  if (s === null) return t.skip("SKIPPED: dtc (device-tree-compiler) is not installed");
+  assert.match(
+    s,
+    /iommu@9050000 \{[^}]*interrupts = <0x00 0x4a 0x01 0x00 0x4b 0x01 0x00 0x4c 0x01 0x00 0x4d 0x01>;[^}]*phandle = <0x04>;/,
+  );
+  assert.match(
+    s,
+    /iommu@9100000 \{[^}]*interrupts = <0x00 0x4e 0x01 0x00 0x4f 0x01 0x00 0x50 0x01 0x00 0x51 0x01>;[^}]*phandle = <0x05>;/,
+  );
+  // slot 2 (RID 0x10) -> phandle 4, StreamID 0x10; slot 3 (RID 0x18) -> phandle 5, StreamID 0x18.
+  assert.match(
+    s,
+    /iommu-map = <0x00 0x04 0x00 0x08 0x08 0x05 0x08 0x08 0x10 0x04 0x10 0x08 0x18 0x05 0x18 0x08 /,
+  );
+});
+
+test("two SMMU instances (framework vSID -> pSID): each endpoint on one instance; a command naming a foreign stream is refused", () => {
+  const { p } = platform({ kind: "smmuv3", stage: "1", instances: 2 }, true);
+  assert.equal(p.smmus.length, 2);
+  assert.deepEqual(p.smmuStreams, [
+    { requesterId: 0x10, instance: 0, vSid: 0x10, pSid: 0x1010 },
+    { requesterId: 0x18, instance: 1, vSid: 0x18, pSid: 0x2018 },
+  ]);
+  const views = p.smmuViews;
+  assert.equal(views.length, 2);
+  // The guest's IDs resolve only on the instance that owns them, to the host's pSID.
+  assert.equal(views[0]!.endpoint(0x10)?.pId, 0x1010);
+  assert.equal(views[0]!.endpoint(0x18), undefined);
+  assert.equal(views[1]!.endpoint(0x18)?.pId, 0x2018);
+  // The guest drives instance 1 and names instance 0's stream: C_BAD_STREAMID, reported to the host.
+  const alloc = new PageAllocator(p.memory);
+  const driver = new LinuxLikeDriver(p.mmio, SMMU_GPAS[1], p.memory, alloc);
+  driver.probe();
+  driver.submit([cmd.cfgiSte(0x10)]);
+  const events = driver.drainEvents();
+  assert.deepEqual(
+    events.map((e) => [e.type, e.streamId]),
+    [[EVT.C_BAD_STREAMID, 0x10]],
+  );
+  assert.equal(p.smmus[1]!.stats().ownershipViolations, 1);
+  assert.equal(p.smmuBackends[1]!.violationCount, 1);
+  assert.equal(p.smmuBackends[0]!.violationCount, 0);
+  // Its own stream is fine.
+  driver.submit([cmd.cfgiSte(0x18)]);
+  assert.deepEqual(driver.drainEvents(), []);
 });

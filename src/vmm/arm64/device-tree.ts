@@ -21,12 +21,10 @@ import {
   PCIE_PIO_GPA,
   PPI_TIMER,
   pciIntxSpi,
-  SMMU_GPA,
-  SPI_SMMU_CMD_SYNC,
-  SPI_SMMU_EVENTQ,
-  SPI_SMMU_GERROR,
-  SPI_SMMU_PRIQ,
+  SMMU_GPAS,
+  SMMU_SPI_BASES,
   SPI_UART,
+  smmuInstanceOfSlot,
   UART_BYTES,
   UART_GPA,
 } from "./layout.ts";
@@ -47,8 +45,11 @@ const RID_SPACE = 0x1_0000;
 
 export type DtIommu =
   | { readonly kind: "none" }
-  /** One SMMUv3 at SMMU_GPA; RID r is StreamID r (iommu-map identity). */
-  | { readonly kind: "smmuv3" }
+  /**
+   * SMMUv3 instances at SMMU_GPAS; PCI slot s is behind instance smmuInstanceOfSlot(s), and
+   * RID r is StreamID r there (iommu-map identity per slot).
+   */
+  | { readonly kind: "smmuv3"; readonly instances: number }
   /** virtio-iommu-pci at PCI slot `slot` (function 0); every other RID is behind it. */
   | { readonly kind: "virtio"; readonly slot: number };
 
@@ -113,7 +114,9 @@ export function buildDeviceTree(config: DeviceTreeConfig): Uint8Array {
   uart.prop("clocks", u32(PHANDLE_CLOCK, PHANDLE_CLOCK));
   uart.prop("clock-names", strList(["uartclk", "apb_pclk"]));
 
-  if (config.iommu.kind === "smmuv3") addSmmu(root);
+  if (config.iommu.kind === "smmuv3") {
+    for (let i = 0; i < config.iommu.instances; i++) addSmmu(root, i);
+  }
 
   const chosen = root.child("chosen");
   chosen.prop("bootargs", str(config.cmdline));
@@ -162,26 +165,20 @@ function addGic(root: FdtNode, cpus: number): void {
   its.prop("phandle", u32(PHANDLE_ITS));
 }
 
-function addSmmu(root: FdtNode): void {
-  const smmu = root.child(`iommu@${SMMU_GPA.toString(16)}`);
+function addSmmu(root: FdtNode, instance: number): void {
+  const base = SMMU_GPAS[instance]!;
+  const spi = SMMU_SPI_BASES[instance]!;
+  const smmu = root.child(`iommu@${base.toString(16)}`);
   smmu.prop("compatible", str("arm,smmu-v3"));
-  smmu.prop("reg", u64(SMMU_GPA, SMMU_FRAME_BYTES));
-  // Wired, edge-triggered (QEMU's order and names). No msi-parent: the driver falls back to these.
-  smmu.prop(
-    "interrupts",
-    u32(
-      ...[SPI_SMMU_EVENTQ, SPI_SMMU_PRIQ, SPI_SMMU_CMD_SYNC, SPI_SMMU_GERROR].flatMap((spi) => [
-        GIC_SPI,
-        spi,
-        IRQ_EDGE_RISING,
-      ]),
-    ),
-  );
+  smmu.prop("reg", u64(base, SMMU_FRAME_BYTES));
+  // Wired, edge-triggered, QEMU's order and names (eventq, priq, cmdq-sync, gerror = base + 0..3).
+  // No msi-parent: the driver falls back to these.
+  smmu.prop("interrupts", u32(...[0, 1, 2, 3].flatMap((n) => [GIC_SPI, spi + n, IRQ_EDGE_RISING])));
   smmu.prop("interrupt-names", strList(["eventq", "priq", "cmdq-sync", "gerror"]));
   // The model reads tables and queues through a cacheable view of guest RAM (IDR0.COHACC = 1).
   smmu.prop("dma-coherent", empty());
   smmu.prop("#iommu-cells", u32(1));
-  smmu.prop("phandle", u32(PHANDLE_IOMMU));
+  smmu.prop("phandle", u32(PHANDLE_IOMMU + instance));
 }
 
 function addPcie(root: FdtNode, config: DeviceTreeConfig): void {
@@ -217,8 +214,15 @@ function addPcie(root: FdtNode, config: DeviceTreeConfig): void {
   pcie.prop("interrupt-map", u32(...map));
   pcie.prop("msi-map", u32(0, PHANDLE_ITS, 0, RID_SPACE));
   const iommu = config.iommu;
-  if (iommu.kind === "smmuv3") {
+  if (iommu.kind === "smmuv3" && iommu.instances === 1) {
     pcie.prop("iommu-map", u32(0, PHANDLE_IOMMU, 0, RID_SPACE));
+  } else if (iommu.kind === "smmuv3") {
+    // One entry per slot (its 8 functions): RID -> the same StreamID on that slot's SMMU.
+    const map: number[] = [];
+    for (let slot = 0; slot < 32; slot++) {
+      map.push(slot << 3, PHANDLE_IOMMU + smmuInstanceOfSlot(slot, iommu.instances), slot << 3, 8);
+    }
+    pcie.prop("iommu-map", u32(...map));
   } else if (iommu.kind === "virtio") {
     // Every RID but the virtio-iommu's own is behind it (QEMU create_virtio_iommu_dt_bindings).
     const rid = iommu.slot << 3;

@@ -16,6 +16,14 @@ export const GIC_REDIST_REGION_BYTES = 0xf6_0000;
 export const UART_GPA = 0x0900_0000;
 export const UART_BYTES = 0x1000;
 export const SMMU_GPA = 0x0905_0000;
+/**
+ * Where each SMMU instance goes (--iommu smmuv3,instances=2): QEMU virt's place, then a free
+ * 128 KiB-aligned frame below the virtio-mmio region. Instance i's four SPIs (eventq, priq,
+ * cmdq-sync, gerror) start at SMMU_SPI_BASES[i].
+ */
+export const SMMU_GPAS = [SMMU_GPA, 0x0910_0000] as const;
+export const SMMU_SPI_BASES = [74, 78] as const;
+export const MAX_SMMU_INSTANCES = SMMU_GPAS.length;
 export const PCIE_MMIO_GPA = 0x1000_0000;
 export const PCIE_MMIO_BYTES = 0x2eff_0000;
 export const PCIE_PIO_GPA = 0x3eff_0000;
@@ -38,6 +46,19 @@ export const SPI_COUNT = 256;
 
 /** KVM's default PPIs: the EL1 virtual timer is INTID 27, the EL1 physical timer 30. */
 export const PPI_TIMER = { secure: 13, nonSecure: 14, virtual: 11, hypervisor: 10 } as const;
+
+/** Which SMMU instance PCI slot `slot` sits behind (the DT iommu-map says the same). */
+export function smmuInstanceOfSlot(slot: number, instances: number): number {
+  return slot % instances;
+}
+
+/**
+ * The host's StreamID for an endpoint (the framework's pSID): distinct per physical SMMU and
+ * different from the guest's vSID (= its RID), so remapping is visible; the guest never sees it.
+ */
+export function hostStreamId(instance: number, rid: number): number {
+  return 0x1000 * (instance + 1) + rid;
+}
 
 /** The SPI a PCI device's INTx pin raises (the standard swizzle, as the DT interrupt-map says). */
 export function pciIntxSpi(slot: number, pin: number): number {

@@ -25,7 +25,7 @@ import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
 import type { RunResult, StopReason } from "../machine.ts";
 import { statusFor } from "../machine.ts";
 import type { DeviceChoice } from "../platform.ts";
-import { buildDeviceTree } from "./device-tree.ts";
+import { buildDeviceTree, type DtIommu } from "./device-tree.ts";
 import {
   GIC_DIST_GPA,
   GIC_ITS_GPA,
@@ -34,10 +34,10 @@ import {
   GIC_REDIST_REGION_BYTES,
   MAX_RAM_BYTES,
   RAM_GPA,
-  SMMU_GPA,
+  SMMU_GPAS,
   SPI_COUNT,
 } from "./layout.ts";
-import { type Arm64IommuChoice, Arm64Platform } from "./platform.ts";
+import { ARM64_VIRTIO_IOMMU_SLOT, type Arm64IommuChoice, Arm64Platform } from "./platform.ts";
 
 export interface Arm64MachineConfig {
   readonly cpus: number;
@@ -107,11 +107,12 @@ export class Arm64Machine {
   bootLinux(input: Arm64LinuxBoot): Arm64BootPlan {
     const header = parseArm64Image(input.kernel);
     const mpidrs = [readMpidr(this.vcpu.fd)];
-    const iommu = this.platform.smmu
-      ? ({ kind: "smmuv3" } as const)
-      : this.platform.viommu
-        ? ({ kind: "virtio", slot: 1 } as const)
-        : ({ kind: "none" } as const);
+    const iommu: DtIommu =
+      this.platform.smmus.length > 0
+        ? { kind: "smmuv3", instances: this.platform.smmus.length }
+        : this.platform.viommu
+          ? { kind: "virtio", slot: ARM64_VIRTIO_IOMMU_SLOT }
+          : { kind: "none" };
     // The DTB's size does not depend on where the initrd goes: lay it out once to size it.
     const initrdBytes = input.initrd?.length ?? 0;
     const probe = buildDeviceTree({
@@ -154,12 +155,17 @@ export class Arm64Machine {
   private dispatchMmio(isWrite: boolean, gpa: number, size: number, data: DataView, offset: number): void {
     this.mmioExits++;
     if (size !== 1 && size !== 2 && size !== 4 && size !== 8) return;
-    const smmu = this.platform.smmu;
     // 64-bit SMMU registers carry values above 2^53 (STRTAB_BASE.RA is bit 62): all 64 bits.
-    if (size === 8 && smmu !== null && gpa >= SMMU_GPA && gpa + 8 <= SMMU_GPA + SMMU_FRAME_BYTES) {
-      if (isWrite) smmu.writeWide(gpa - SMMU_GPA, data.getBigUint64(offset, true));
-      else data.setBigUint64(offset, smmu.readWide(gpa - SMMU_GPA), true);
-      return;
+    if (size === 8) {
+      const smmus = this.platform.smmus;
+      for (let i = 0; i < smmus.length; i++) {
+        const base = SMMU_GPAS[i]!;
+        if (gpa >= base && gpa + 8 <= base + SMMU_FRAME_BYTES) {
+          if (isWrite) smmus[i]!.writeWide(gpa - base, data.getBigUint64(offset, true));
+          else data.setBigUint64(offset, smmus[i]!.readWide(gpa - base), true);
+          return;
+        }
+      }
     }
     const mmio = this.platform.mmio;
     if (isWrite) {
@@ -260,7 +266,7 @@ export class Arm64Machine {
       interrupts: p.interrupts.stats(),
       pl011: p.uart.stats(),
       unclaimed: { mmioReads: p.mmio.unclaimedReads, mmioWrites: p.mmio.unclaimedWrites },
-      smmu: p.smmu?.stats() ?? null,
+      smmus: p.smmus.map((s) => s.stats()),
       virtioIommu: p.viommu?.engine.stats() ?? null,
       devices: p.devices.map((d) => ({
         kind: d.kind,

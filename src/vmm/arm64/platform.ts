@@ -25,7 +25,7 @@ import type { GuestMemory } from "../../engine/guest-memory.ts";
 import type { Tracer } from "../../engine/trace.ts";
 import { Translation } from "../../engine/translation.ts";
 import { ViommuRegistry } from "../../framework/registry.ts";
-import { RecordingBackend } from "../../framework/viommu.ts";
+import { RecordingBackend, type ViommuInstance } from "../../framework/viommu.ts";
 import { PciBus } from "../../pci/bus.ts";
 import { IoBus } from "../../platform/bus.ts";
 import type { InterruptSink, MsiMessage } from "../../platform/interrupts.ts";
@@ -35,15 +35,16 @@ import { VirtioPciTransport } from "../../virtio/pci-transport.ts";
 import type { DeviceChoice, PlacedDevice } from "../platform.ts";
 import { ECAM_BYTES } from "./device-tree.ts";
 import {
+  hostStreamId,
+  MAX_SMMU_INSTANCES,
   PCIE_ECAM_GPA,
   PCIE_PIO_BYTES,
   PCIE_PIO_GPA,
   pciIntxSpi,
-  SMMU_GPA,
-  SPI_SMMU_CMD_SYNC,
-  SPI_SMMU_EVENTQ,
-  SPI_SMMU_GERROR,
+  SMMU_GPAS,
+  SMMU_SPI_BASES,
   SPI_UART,
+  smmuInstanceOfSlot,
   UART_BYTES,
   UART_GPA,
 } from "./layout.ts";
@@ -51,8 +52,11 @@ import {
 export type Arm64IommuChoice =
   | { readonly kind: "none" }
   | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
-  /** `stage`: the translation stages the SMMU offers (IDR0.S1P, S2P); "nested" offers both. */
-  | { readonly kind: "smmuv3"; readonly stage: "1" | "2" | "nested" };
+  /**
+   * `stage`: the translation stages each SMMU offers (IDR0.S1P, S2P); "nested" offers both.
+   * `instances` (default 1): SMMUs, each a physical IOMMU of its own in the framework's registry.
+   */
+  | { readonly kind: "smmuv3"; readonly stage: "1" | "2" | "nested"; readonly instances?: number };
 
 /** Where the platform's interrupts go. */
 export interface Arm64Irq {
@@ -158,26 +162,34 @@ export class Arm64Interrupts implements InterruptSink {
   }
 }
 
-/** The SMMU's wired interrupts: pins 0/1/2 (event queue, GERROR, CMD_SYNC) to their SPIs. */
+/**
+ * An SMMU's wired interrupts: pins 0/1/2 (event queue, GERROR, CMD_SYNC) to its SPIs (eventq at
+ * the base, cmdq-sync at +2, gerror at +3, as the DT lists them).
+ */
 class SmmuLines implements InterruptSink {
   private readonly irq: Arm64Interrupts;
-  constructor(irq: Arm64Interrupts) {
+  private readonly spiBase: number;
+  private readonly name: string;
+  constructor(irq: Arm64Interrupts, spiBase: number, name: string) {
     this.irq = irq;
+    this.spiBase = spiBase;
+    this.name = name;
   }
   signalMsi(): void {
     // The DT gives the SMMU no msi-parent, so Linux never programs *_IRQ_CFG0: no MSIs.
   }
   setPin(_requesterId: number, pin: number, asserted: boolean): void {
-    const spi =
-      pin === VECTOR_EVENTQ
-        ? SPI_SMMU_EVENTQ
-        : pin === VECTOR_GERROR
-          ? SPI_SMMU_GERROR
-          : pin === VECTOR_CMD_SYNC
-            ? SPI_SMMU_CMD_SYNC
-            : -1;
-    if (spi >= 0) this.irq.setLine(spi, "smmu", asserted);
+    const offset = pin === VECTOR_EVENTQ ? 0 : pin === VECTOR_CMD_SYNC ? 2 : pin === VECTOR_GERROR ? 3 : -1;
+    if (offset >= 0) this.irq.setLine(this.spiBase + offset, this.name, asserted);
   }
+}
+
+/** One endpoint behind an SMMU: the guest's vSID (its RID) and the host's pSID for it. */
+export interface SmmuStream {
+  readonly requesterId: number;
+  readonly instance: number;
+  readonly vSid: number;
+  readonly pSid: number;
 }
 
 export class Arm64Platform {
@@ -188,8 +200,14 @@ export class Arm64Platform {
   readonly uart: Pl011;
   readonly interrupts: Arm64Interrupts;
   readonly pci = new PciBus();
-  readonly smmu: SmmuV3 | null = null;
-  readonly smmuBackend: RecordingBackend | null = null;
+  /** The SMMU instances (empty without --iommu smmuv3), at SMMU_GPAS[i]. */
+  readonly smmus: SmmuV3[] = [];
+  /** Each instance's physical-IOMMU backend in the registry (it records forwarded commands). */
+  readonly smmuBackends: RecordingBackend[] = [];
+  readonly registry = new ViommuRegistry();
+  /** The guest's vIOMMU on each SMMU instance: its vSID -> pSID table. */
+  readonly smmuViews: ViommuInstance[] = [];
+  readonly smmuStreams: SmmuStream[] = [];
   readonly viommu: VirtioIommuPci | null = null;
   readonly devices: PlacedDevice[] = [];
 
@@ -213,28 +231,26 @@ export class Arm64Platform {
     const identity = (rid: number) => new DmaAddressSpace(this.memory, IDENTITY, rid);
     let translated: ((rid: number) => DmaAddressSpace) | null = null;
     if (config.iommu.kind === "smmuv3") {
-      const registry = new ViommuRegistry();
-      const backend = new RecordingBackend("smmu0");
-      registry.registerPhysical({ id: "smmu0", backend, idBits: 16, vmidCount: 1 << 16 });
-      const created = registry.createViommu("guest", "smmu0", null);
-      if (!created.ok) throw new Error(created.error);
-      const instance = created.value;
-      const smmu = new SmmuV3({
-        memory: this.memory,
-        viommu: instance,
-        interrupts: new SmmuLines(this.interrupts),
-        requesterId: SMMU_REQUESTER_ID,
-        tracer: config.tracer,
-        features: { stage1: config.iommu.stage !== "2", stage2: config.iommu.stage !== "1" },
-      });
-      this.mmio.register(SMMU_GPA, SMMU_FRAME_BYTES, smmu, "smmuv3");
-      this.smmu = smmu;
-      this.smmuBackend = backend;
-      // StreamID = RID (the DT iommu-map is the identity); emulated endpoints own pSID = vSID.
+      const iommu = config.iommu;
+      const instances = iommu.instances ?? 1;
+      if (!(Number.isInteger(instances) && instances >= 1 && instances <= MAX_SMMU_INSTANCES)) {
+        throw new Error(`smmuv3 instances must be 1..${MAX_SMMU_INSTANCES}`);
+      }
+      const views = Array.from({ length: instances }, (_, i) => this.addSmmu(i, iommu.stage, config.tracer));
       translated = (rid) => {
-        const r = registry.assign("smmu0", instance, rid, rid, "emulated", `rid ${rid.toString(16)}`);
+        const instance = smmuInstanceOfSlot((rid >> 3) & 31, instances);
+        const pSid = hostStreamId(instance, rid);
+        const r = this.registry.assign(
+          `smmu${instance}`,
+          views[instance]!,
+          rid,
+          pSid,
+          "emulated",
+          `rid ${rid.toString(16)}`,
+        );
         if (!r.ok) throw new Error(r.error);
-        return new DmaAddressSpace(this.memory, smmu, rid);
+        this.smmuStreams.push({ requesterId: rid, instance, vSid: rid, pSid });
+        return new DmaAddressSpace(this.memory, this.smmus[instance]!, rid);
       };
     } else if (config.iommu.kind === "virtio") {
       // No RESV_MEM regions: Linux then reserves its software MSI window (0x8000000) and maps
@@ -265,6 +281,37 @@ export class Arm64Platform {
       };
       this.devices.push(this.placeDevice(d, i, device, dma, config.tracer));
     });
+  }
+
+  /** The first SMMU, or null (the one-instance case's accessor). */
+  get smmu(): SmmuV3 | null {
+    return this.smmus[0] ?? null;
+  }
+
+  /**
+   * SMMU instance `i`: a physical IOMMU of its own in the registry (one vIOMMU per guest and
+   * physical IOMMU, after the Xen design) and its register frame at SMMU_GPAS[i].
+   */
+  private addSmmu(i: number, stage: "1" | "2" | "nested", tracer: Tracer): ViommuInstance {
+    const id = `smmu${i}`;
+    const backend = new RecordingBackend(id);
+    const registered = this.registry.registerPhysical({ id, backend, idBits: 16, vmidCount: 1 << 16 });
+    if (!registered.ok) throw new Error(registered.error);
+    const created = this.registry.createViommu("guest", id, null);
+    if (!created.ok) throw new Error(created.error);
+    const smmu = new SmmuV3({
+      memory: this.memory,
+      viommu: created.value,
+      interrupts: new SmmuLines(this.interrupts, SMMU_SPI_BASES[i]!, id),
+      requesterId: SMMU_REQUESTER_ID,
+      tracer,
+      features: { stage1: stage !== "2", stage2: stage !== "1" },
+    });
+    this.mmio.register(SMMU_GPAS[i]!, SMMU_FRAME_BYTES, smmu, id);
+    this.smmus.push(smmu);
+    this.smmuBackends.push(backend);
+    this.smmuViews.push(created.value);
+    return created.value;
   }
 
   private placeDevice(
