@@ -34,6 +34,12 @@ interface RegionSlot {
 }
 
 export class GuestMemory {
+  /**
+   * Changes whenever the set of regions changes, so a user that caches views of the regions
+   * (a virtqueue's ring window, the VT-d walkers' region table) knows to rebuild them. Fixed RAM
+   * never changes it; memory whose regions come and go (vfio-user clients' DMA regions) bumps it.
+   */
+  generation = 0;
   private readonly slots: RegionSlot[];
   private last: RegionSlot;
 

@@ -102,8 +102,6 @@ export class SharedGuestMemory extends GuestMemory {
   private readonly tables = new Set<ClientDmaTable>();
   readonly budget: ResourceBudget;
   private readonly releases: ReleaseQueue;
-  /** Bumped whenever the region set changes. */
-  generation = 0;
   maps = 0;
   unmaps = 0;
   sharedMaps = 0;

@@ -16,11 +16,6 @@ import type { DmaAddressSpace } from "../engine/dma-space.ts";
 import { GuestMemoryError } from "../engine/guest-memory.ts";
 import { Translation } from "../engine/translation.ts";
 
-/** Guest memory that can gain and lose regions bumps `generation` on every change. */
-interface ChangeableMemory {
-  readonly generation?: number;
-}
-
 const EMPTY: DataView = new DataView(new ArrayBuffer(0));
 const OUTSIDE = -1;
 const FAULTED = -2;
@@ -66,7 +61,7 @@ export class RingWindow {
   /** Offset of [iova, iova + sizeBytes) in the view, OUTSIDE, or FAULTED. */
   private offset(dma: DmaAddressSpace, iova: number, sizeBytes: number): number {
     const epoch = dma.translator.epoch;
-    const generation = (dma.memory as ChangeableMemory).generation ?? 0;
+    const generation = dma.memory.generation;
     if (epoch === this.epoch && generation === this.generation) {
       const off = iova - this.iovaStart;
       if (off >= 0 && off + sizeBytes <= this.length) {

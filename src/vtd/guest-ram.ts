@@ -1,21 +1,32 @@
 /**
  * Fast little-endian reads and writes of translation-structure entries in guest RAM for the
- * table walkers: the RAM regions (fixed for a `GuestMemory`'s lifetime) with one DataView each
- * and a last-hit region, so an entry read is a bounds check and a DataView load.
+ * table walkers: the RAM regions with one DataView each and a last-hit region, so an entry read
+ * is a generation check, a bounds check and a DataView load. The table is rebuilt when the
+ * memory's `generation` says its regions changed.
  */
 import type { GuestMemory } from "../engine/guest-memory.ts";
 
 export class GuestRam {
-  private readonly starts: Float64Array;
-  private readonly ends: Float64Array;
-  private readonly views: DataView[];
+  private readonly memory: GuestMemory;
+  /** `memory.generation` when the region table was taken; a change rebuilds it. */
+  private generation = -1;
+  private starts = new Float64Array(0);
+  private ends = new Float64Array(0);
+  private views: DataView[] = [];
   private last = 0;
   /** Low and high dwords of the last `read64`. */
   lo = 0;
   hi = 0;
 
   constructor(memory: GuestMemory) {
-    const regions = memory.regions;
+    this.memory = memory;
+    this.snapshot();
+  }
+
+  /** Takes the region table of the current generation. */
+  private snapshot(): void {
+    const regions = this.memory.regions;
+    this.generation = this.memory.generation;
     this.starts = new Float64Array(regions.length);
     this.ends = new Float64Array(regions.length);
     this.views = regions.map((r, i) => {
@@ -23,10 +34,12 @@ export class GuestRam {
       this.ends[i] = r.gpa + r.sizeBytes;
       return new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength);
     });
+    this.last = 0;
   }
 
   /** Index of the region holding [gpa, gpa + sizeBytes), or -1. */
   private region(gpa: number, sizeBytes: number): number {
+    if (this.memory.generation !== this.generation) this.snapshot();
     const i = this.last;
     if (gpa >= this.starts[i] && gpa + sizeBytes <= this.ends[i]) return i;
     for (let k = 0; k < this.starts.length; k++) {
