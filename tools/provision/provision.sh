@@ -503,18 +503,13 @@ else
   fi
 fi
 
-# The arm64 lab (its own script and cache subfolder); a failure there leaves the x86 lab intact.
-"$HERE/arm64.sh" || echo "[provision] WARNING: arm64 lab provisioning failed (tools/provision/arm64.sh); arm64 tests will be SKIPPED"
-
 step 10 "manifest ($CACHE/manifest.json)"
 if manifest_ok; then
   log "manifest up to date, skipped"
-  echo "[provision] done in $((SECONDS - START))s; cache $CACHE"
-  exit 0
-fi
-QEMU_VERSION="$("$CACHE/bin/qemu-system-x86_64" --version | head -1 | sed -n 's/.*version \([^ ]*\).*/\1/p')"
-QEMU_PKG="$(in_root dpkg-query -W -f '${Version}' qemu-system-x86 2>/dev/null || echo unknown)"
-cat >"$CACHE/manifest.json.tmp" <<EOF
+else
+  QEMU_VERSION="$("$CACHE/bin/qemu-system-x86_64" --version | head -1 | sed -n 's/.*version \([^ ]*\).*/\1/p')"
+  QEMU_PKG="$(in_root dpkg-query -W -f '${Version}' qemu-system-x86 2>/dev/null || echo unknown)"
+  cat >"$CACHE/manifest.json.tmp" <<EOF
 {
   "schema": 1,
   "cache": "$CACHE",
@@ -538,6 +533,11 @@ cat >"$CACHE/manifest.json.tmp" <<EOF
   "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 EOF
-mv "$CACHE/manifest.json.tmp" "$CACHE/manifest.json"
-log "QEMU $QEMU_VERSION, kernel $KVER"
+  mv "$CACHE/manifest.json.tmp" "$CACHE/manifest.json"
+  log "QEMU $QEMU_VERSION, kernel $KVER"
+fi
+
+# The arm64 lab, last (its own script and cache subfolder): a failure or a timeout there leaves
+# the x86 lab, manifest included, complete.
+"$HERE/arm64.sh" || echo "[provision] WARNING: arm64 lab provisioning failed (tools/provision/arm64.sh); arm64 tests will be SKIPPED"
 echo "[provision] done in $((SECONDS - START))s; cache $CACHE"
