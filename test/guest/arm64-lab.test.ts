@@ -1,5 +1,7 @@
 // The arm64 lab (tools/guest-lab/arm64-lab.ts): an arm64 L1 on qemu-system-aarch64 (TCG, EL2)
 // runs one command with /dev/kvm and the arm64 root's node, in this machine's paths.
+// The live check of the lab (/dev/kvm, node with koffi, paths, status) shares the one L1 boot of
+// test/guest/arm64-vmm.test.ts (CI time); here, what needs no boot.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,33 +13,6 @@ import {
   arm64LabQemuArgs,
   runInArm64Lab,
 } from "../../tools/guest-lab/arm64-lab.ts";
-import { describeKvmLabRun } from "../../tools/guest-lab/kvm-lab.ts";
-
-const lab = arm64LabAvailable();
-const NO_LAB = `arm64 lab not provisioned (${lab.why}): run tools/provision/arm64.sh; live arm64 lab tests SKIPPED`;
-if (!lab.ok) console.error(`\n*** ${NO_LAB}\n`);
-
-test("arm64 lab: a command in the arm64 L1 has /dev/kvm, node on arm64 with koffi, the host's paths; status passes through", {
-  timeout: 600_000,
-}, async (t) => {
-  if (!lab.ok) return t.skip(NO_LAB);
-  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-  const run = await runInArm64Lab({
-    command: [
-      "sh",
-      "-c",
-      "test -c /dev/kvm && echo kvm-ok; uname -m; pwd; node -e 'import(\"koffi\").then((k) => console.log(process.arch, typeof k.default.load))'; echo err-line >&2; exit 5",
-    ],
-    cwd: repo,
-    timeoutMs: 540_000,
-  });
-  const why = `${describeKvmLabRun(run)}\n${run.console.slice(-3000)}\n${run.stderr}`;
-  assert.equal(run.failedStep, null, why);
-  assert.equal(run.exitCode, 5, why);
-  assert.equal(run.stdout, `kvm-ok\naarch64\n${repo}\narm64 function\n`, why);
-  assert.equal(run.stderr, "err-line\n", why);
-  assert.match(run.console, /VHE mode initialized successfully|Hyp mode initialized successfully/, why);
-});
 
 test("arm64 lab: an unprovisioned cache is one line naming what is missing, and no QEMU starts", async () => {
   const empty = mkdtempSync(join(tmpdir(), "viommu-nolab-"));

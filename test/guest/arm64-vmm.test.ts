@@ -1,6 +1,8 @@
 // `viommu run` on arm64 KVM, in the arm64 lab: Debian's arm64 Linux 6.12 (L2) boots on our VMM
-// inside the arm64 L1 and drives our IOMMUs with its own drivers. One L1 boot runs the three
-// machines in turn (CI time: each viommu run is about 40 s of L1 time here):
+// inside the arm64 L1 and drives our IOMMUs with its own drivers. ONE L1 boot serves every live
+// arm64 test (CI time: the L1 boot is about a minute, each viommu run about 40 s of L1 time):
+//  - the lab itself: /dev/kvm, node on arm64 with koffi, the host's paths, stdout/stderr and the
+//    exit status passed through (the command ends with status 5 on purpose);
 //  - --iommu smmuv3 (stage 1): arm-smmu-v3 probes our SMMU (queues allocated, the feature word
 //    it prints is what our ID registers say); the virtio-blk behind it reads the host file's
 //    pattern back (every buffer an IOVA through stage 1); vfio-edu-test passes through a VFIO
@@ -29,6 +31,7 @@ const NO_LAB = `arm64 lab not provisioned (${lab.why}): run tools/provision/arm6
 if (!lab.ok) console.error(`\n*** ${NO_LAB}\n`);
 
 const PATTERN_BYTES = 4 * 1024 * 1024;
+const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 
 /**
  * The feature word Linux's arm-smmu-v3 prints ("features 0x..."), derived from our ID registers
@@ -94,7 +97,7 @@ function section(
   return { text, exit: m ? Number(m[1]) : null, results: parseResults(text) };
 }
 
-test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and virtio-iommu", {
+test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with Linux driving our SMMUv3 (stage 1, stage 2, two instances) and virtio-iommu", {
   timeout: 1_500_000,
 }, async (t) => {
   if (!lab.ok) return t.skip(NO_LAB);
@@ -139,7 +142,15 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
         edu: true,
       },
     ];
-    const lines = ["set -u"];
+    // The lab's own checks first (tools/guest-lab/arm64-lab.ts), then each machine.
+    const lines = [
+      "set -u",
+      'echo "=== lab begin"',
+      "test -c /dev/kvm && echo kvm-ok; uname -m; pwd",
+      `node -e 'import("koffi").then((k) => console.log(process.arch, typeof k.default.load))'`,
+      'echo "=== lab end"',
+      "echo err-line >&2",
+    ];
     for (const m of machines) {
       const cmd = await viommuInArm64Lab([
         "run",
@@ -164,10 +175,33 @@ test("viommu run on arm64 KVM: Linux drives our SMMUv3 (stage 1 and stage 2) and
         `echo "=== viommu ${m.name} end status=$?"`,
       );
     }
-    const run = await runInArm64Lab({ command: ["sh", "-c", lines.join("\n")], timeoutMs: 1_400_000 });
+    lines.push("exit 5");
+    const run = await runInArm64Lab({
+      command: ["sh", "-c", lines.join("\n")],
+      cwd: REPO,
+      timeoutMs: 1_400_000,
+    });
     const why = (text: string) => `${describeKvmLabRun(run)}\n${text.slice(-6000)}`;
+    t.diagnostic(describeKvmLabRun(run));
     assert.equal(run.failedStep, null, why(run.console));
-    for (const m of machines) {
+    await t.test(
+      "arm64 lab: a command in the arm64 L1 has /dev/kvm, node on arm64 with koffi, the host's paths; status passes through",
+      () => {
+        const start = run.stdout.indexOf("=== lab begin\n");
+        const end = run.stdout.indexOf("=== lab end\n");
+        assert.ok(start >= 0 && end > start, why(run.stdout));
+        assert.equal(
+          run.stdout.slice(start + 14, end),
+          `kvm-ok\naarch64\n${REPO}\narm64 function\n`,
+          why(run.stdout),
+        );
+        assert.equal(run.exitCode, 5, why(run.console));
+        assert.equal(run.stderr, "err-line\n", why(run.stderr));
+        assert.match(run.console, /VHE mode initialized successfully|Hyp mode initialized successfully/);
+      },
+    );
+    for (const m of machines) await t.test(`viommu run --iommu ${m.args[1]}`, () => check(m));
+    function check(m: Machine): void {
       const s = section(run.stdout, m.name);
       for (const r of s.results) t.diagnostic(`${m.name}: ${r.line}`);
       const res = (name: string) => s.results.find((r) => r.name === name);
