@@ -1,15 +1,30 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { test } from "node:test";
+import {
+  EDU_REG_DMA_CMD,
+  EDU_REG_DMA_COUNT,
+  EDU_REG_DMA_DST,
+  EDU_REG_DMA_SRC,
+  EDU_REG_LIVENESS,
+} from "../../src/devices/edu.ts";
 import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
 import { EVT } from "../../src/smmuv3/events.ts";
 import { REG } from "../../src/smmuv3/regs.ts";
 import { buildDeviceTree } from "../../src/vmm/arm64/device-tree.ts";
-import { PCIE_ECAM_GPA, RAM_GPA, SMMU_GPA, SMMU_GPAS, SPI_UART } from "../../src/vmm/arm64/layout.ts";
+import {
+  PCIE_ECAM_GPA,
+  PCIE_MMIO_GPA,
+  RAM_GPA,
+  SMMU_GPA,
+  SMMU_GPAS,
+  SMMU_SPI_BASES,
+  SPI_UART,
+} from "../../src/vmm/arm64/layout.ts";
 import { type Arm64IommuChoice, Arm64Platform } from "../../src/vmm/arm64/platform.ts";
-import { cmd, LinuxLikeDriver, PageAllocator } from "../smmuv3/harness.ts";
+import { cdWords, cmd, LinuxLikeDriver, PageAllocator, PageTables, writeWords } from "../smmuv3/harness.ts";
 
 const MiB = 1 << 20;
 
@@ -175,4 +190,61 @@ test("two SMMU instances (framework vSID -> pSID): each endpoint on one instance
   // Its own stream is fine.
   driver.submit([cmd.cfgiSte(0x18)]);
   assert.deepEqual(driver.drainEvents(), []);
+});
+
+test("a guest flooding the SMMU event queue: its stream stays within the per-stream budget, another stream's event still lands, the machine keeps answering", () => {
+  const { p, spis } = platform({ kind: "smmuv3", stage: "1" }, true);
+  const [edu, rng] = [p.devices[0]!, p.devices[1]!];
+  // The edu's BAR0 at the bottom of the PCI MMIO window; memory decoding and bus mastering on.
+  const cfg = (slot: number, off: number, v: number) =>
+    p.mmio.write(PCIE_ECAM_GPA + (slot << 15) + off, 4, v);
+  cfg(2, 0x10, PCIE_MMIO_GPA);
+  cfg(2, 0x04, 0x6);
+  cfg(3, 0x04, 0x6);
+  // Linux's way: both streams get a stage-1 domain whose page tables map nothing.
+  const alloc = new PageAllocator(p.memory);
+  const driver = new LinuxLikeDriver(p.mmio, SMMU_GPA, p.memory, alloc);
+  driver.probe({ eventqLog2: 8, msi: false }); // wired interrupts, as the DT gives Linux
+  for (const sid of [edu.requesterId, rng.requesterId]) {
+    const pt = new PageTables(alloc, 12, 48);
+    const cd = alloc.alloc(64, 64);
+    writeWords(p.memory, cd, cdWords({ t0sz: 16, tg0: 0, asid: sid, ttb0: pt.root }));
+    driver.writeSte(sid, { config: 0b101, cdTable: cd });
+    driver.submit([cmd.cfgiSte(sid)]);
+  }
+  // The guest starts 5000 edu DMAs from unmapped IOVAs and never consumes an event.
+  const FLOOD = 5000;
+  for (let i = 0; i < FLOOD; i++) {
+    p.mmio.write(PCIE_MMIO_GPA + EDU_REG_DMA_SRC, 8, 0x10_0000 + i * 4096);
+    p.mmio.write(PCIE_MMIO_GPA + EDU_REG_DMA_DST, 8, 0x4_0000);
+    p.mmio.write(PCIE_MMIO_GPA + EDU_REG_DMA_COUNT, 8, 8);
+    p.mmio.write(PCIE_MMIO_GPA + EDU_REG_DMA_CMD, 4, 1);
+  }
+  assert.equal((edu.stats() as { dmaFaults: number }).dmaFaults, FLOOD, "every DMA faulted, none moved data");
+  // The budget: min(64 per stream, half the 256-entry queue) records held for the edu's stream.
+  const BUDGET = 64;
+  const q = p.smmu!.stats().eventQueue;
+  assert.equal(q.written, BUDGET);
+  assert.equal(q.lostRateLimited, FLOOD - BUDGET);
+  assert.deepEqual(q.rateLimitedByStream, { [edu.requesterId]: FLOOD - BUDGET });
+  assert.equal(q.lostOverflow, 0, "the queue never filled");
+  assert.equal(p.mmio.read(SMMU_GPA + REG.EVENTQ_PROD, 4) >>> 31, 0, "EVENTQ_PROD.OVFLG clear (7.4)");
+  // Another device's fault still gets a record, after the flood.
+  assert.notEqual(rng.fn.dma.read(0x2000, new Uint8Array(4)), null);
+  const events = driver.drainEvents();
+  assert.equal(events.length, BUDGET + 1);
+  assert.ok(
+    events.slice(0, BUDGET).every((e) => e.type === EVT.F_TRANSLATION && e.streamId === edu.requesterId),
+  );
+  assert.deepEqual([events[BUDGET]!.type, events[BUDGET]!.streamId], [EVT.F_TRANSLATION, rng.requesterId]);
+  assert.ok(
+    spis.some(([spi, level]) => spi === SMMU_SPI_BASES[0] && level),
+    "the eventq SPI was raised",
+  );
+  // The machine keeps answering: the edu's registers, and once consumed the stream records again.
+  p.mmio.write(PCIE_MMIO_GPA + EDU_REG_LIVENESS, 4, 0x1234_5678);
+  assert.equal(p.mmio.read(PCIE_MMIO_GPA + EDU_REG_LIVENESS, 4), ~0x1234_5678 >>> 0);
+  p.mmio.write(PCIE_MMIO_GPA + EDU_REG_DMA_CMD, 4, 1);
+  assert.equal(driver.drainEvents().length, 1);
+  assert.equal(p.smmu!.stats().commandErrors, 0);
 });
