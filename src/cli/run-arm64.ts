@@ -9,7 +9,7 @@ import type { SerialSink } from "../devices/uart16550.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError } from "../kvm/system.ts";
 import { SMMU_GPAS } from "../vmm/arm64/layout.ts";
-import { Arm64Machine } from "../vmm/arm64/machine.ts";
+import { Arm64Machine, dtIommuFor, layoutArm64Linux, VCPU0_MPIDR } from "../vmm/arm64/machine.ts";
 import type { Arm64IommuChoice } from "../vmm/arm64/platform.ts";
 import { describeStop, type RunResult } from "../vmm/machine.ts";
 import type { DeviceChoice } from "../vmm/platform.ts";
@@ -33,6 +33,7 @@ function iommuFor(o: RunOptions): Arm64IommuChoice {
 /** Validates, boots and runs; every failure before the guest starts is one line and status 2. */
 export function runArm64(ctx: Arm64RunContext): number {
   const o = ctx.options;
+  const cmdline = o.cmdline || "console=ttyAMA0";
   let machine: Arm64Machine;
   let kernel: Uint8Array;
   let initrd: Uint8Array | undefined;
@@ -43,6 +44,8 @@ export function runArm64(ctx: Arm64RunContext): number {
     parseArm64Image(kernel);
     if (o.modules.length > 1) throw new Error("a Linux kernel takes one --initramfs");
     initrd = o.modules[0] !== undefined ? readFileSync(o.modules[0]) : undefined;
+    // The whole layout and device tree once before KVM: their errors leave no VM behind.
+    layoutArm64Linux({ kernel, initrd, cmdline }, o.memorySizeBytes, dtIommuFor(iommuFor(o)), [VCPU0_MPIDR]);
     machine = new Arm64Machine({
       cpus: o.cpus,
       memorySizeBytes: o.memorySizeBytes,
@@ -59,7 +62,7 @@ export function runArm64(ctx: Arm64RunContext): number {
   }
   let result: RunResult;
   try {
-    const plan = machine.bootLinux({ kernel, initrd, cmdline: o.cmdline || "console=ttyAMA0" });
+    const plan = machine.bootLinux({ kernel, initrd, cmdline });
     ctx.stderr(
       `viommu run: arm64 Linux Image at 0x${plan.kernelGpa.toString(16)}, device tree at 0x${plan.dtbGpa.toString(16)}` +
         `${plan.initrdGpa !== null ? `, initrd at 0x${plan.initrdGpa.toString(16)}` : ""}\n`,

@@ -66,6 +66,50 @@ test("arm64 run: a kernel that is not an arm64 Image is one clear line and exit 
   }
 });
 
+/** A minimal arm64 Image: the 64-byte header (booting.rst) of a kernel of `imageSize` bytes. */
+function arm64Image(imageSize: number): Uint8Array {
+  const b = new Uint8Array(4096);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(16, BigInt(imageSize), true);
+  v.setBigUint64(24, 0xan, true);
+  v.setUint32(56, 0x644d_5241, true); // "ARM\x64"
+  return b;
+}
+
+test("arm64 run: a device-tree or boot-layout error is one clear line and exit status 2, before KVM", () => {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-a64-"));
+  try {
+    const image = join(dir, "Image");
+    writeFileSync(image, arm64Image(8 << 20));
+    // A command line longer than arm64 Linux's COMMAND_LINE_SIZE would be cut silently.
+    const long = run([
+      "--kernel",
+      image,
+      "--iommu",
+      "smmuv3",
+      "--cmdline",
+      `console=ttyAMA0 ${"x".repeat(2100)}`,
+    ]);
+    assert.equal(long.status, 2);
+    assert.match(long.stderr, /^viommu run: kernel command line of 2116 bytes exceeds arm64 Linux's 2047/);
+    // An initrd that does not fit beside the kernel and the DTB in guest RAM.
+    const initrd = join(dir, "initrd");
+    writeFileSync(initrd, new Uint8Array(15 << 20));
+    const big = run(["--kernel", image, "--initramfs", initrd, "--memory", "size=16M", "--iommu", "virtio"]);
+    assert.equal(big.status, 2);
+    assert.match(
+      big.stderr,
+      /^viommu run: .*Image: guest RAM too small: kernel \(8388608 B\) and initrd \(15728640 B\)/,
+    );
+    for (const r of [long, big]) {
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+      assert.doesNotMatch(r.stderr, /\/dev\/kvm/, "refused before KVM is opened");
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("x86 run: --iommu smmuv3 needs an arm64 host (one line, status 2)", (t) => {
   if (kvmArchitecture() !== "x86_64") return t.skip("SKIPPED: this check is for x86-64 hosts");
   let stderr = "";

@@ -8,6 +8,7 @@
  * EOIs, and a PSCI SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
  */
 import { type Arm64BootPlan, parseArm64Image, planArm64Boot } from "../../boot/arm64-image.ts";
+import { FdtError } from "../../boot/fdt.ts";
 import type { SerialSink } from "../../devices/uart16550.ts";
 import { GuestMemory } from "../../engine/guest-memory.ts";
 import type { Tracer } from "../../engine/trace.ts";
@@ -55,6 +56,75 @@ export interface Arm64LinuxBoot {
   readonly cmdline: string;
 }
 
+/** The device tree for the chosen IOMMU: the SMMU instances, or the virtio-iommu's PCI slot. */
+export function dtIommuFor(choice: Arm64IommuChoice): DtIommu {
+  if (choice.kind === "smmuv3") return { kind: "smmuv3", instances: choice.instances ?? 1 };
+  if (choice.kind === "virtio") return { kind: "virtio", slot: ARM64_VIRTIO_IOMMU_SLOT };
+  return { kind: "none" };
+}
+
+/** The longest kernel command line arm64 Linux keeps whole (COMMAND_LINE_SIZE less the NUL). */
+export const ARM64_COMMAND_LINE_MAX_BYTES = 2047;
+
+/** The MPIDR_EL1 KVM gives vCPU 0 (Aff0..3 = 0, bit 31 RES1): for laying out before KVM. */
+export const VCPU0_MPIDR = 0x8000_0000n;
+
+/** A device tree or boot layout that cannot be built: one line for the user. */
+export class Arm64BootLayoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "Arm64BootLayoutError";
+  }
+}
+
+/**
+ * Where the Image, initrd and DTB go, and the DTB itself. Pure: `viommu run` calls it before it
+ * opens /dev/kvm (with VCPU0_MPIDR), so a layout or device-tree error is one line and status 2
+ * with no VM made; `bootLinux` calls it again with the MPIDRs KVM reports.
+ */
+export function layoutArm64Linux(
+  input: Arm64LinuxBoot,
+  memorySizeBytes: number,
+  iommu: DtIommu,
+  mpidrs: readonly bigint[],
+): { plan: Arm64BootPlan; dtb: Uint8Array } {
+  const header = parseArm64Image(input.kernel);
+  // arm64 COMMAND_LINE_SIZE (arch/arm64/include/uapi/asm/setup.h): Linux copies /chosen/bootargs
+  // into a buffer of that size and silently cuts the rest.
+  const cmdlineBytes = new TextEncoder().encode(input.cmdline).length;
+  if (cmdlineBytes > ARM64_COMMAND_LINE_MAX_BYTES) {
+    throw new Arm64BootLayoutError(
+      `kernel command line of ${cmdlineBytes} bytes exceeds arm64 Linux's ${ARM64_COMMAND_LINE_MAX_BYTES} (COMMAND_LINE_SIZE 2048 with its NUL)`,
+    );
+  }
+  const build = (initrd: { gpa: number; sizeBytes: number } | null) => {
+    try {
+      return buildDeviceTree({
+        mpidrs,
+        ramGpa: RAM_GPA,
+        ramBytes: memorySizeBytes,
+        cmdline: input.cmdline,
+        initrd,
+        iommu,
+      });
+    } catch (e) {
+      if (e instanceof FdtError) throw new Arm64BootLayoutError(`device tree: ${e.message}`);
+      throw e;
+    }
+  };
+  // The DTB's size does not depend on where the initrd goes: lay it out once to size it.
+  const initrdBytes = input.initrd?.length ?? 0;
+  const probe = build(initrdBytes > 0 ? { gpa: 0, sizeBytes: initrdBytes } : null);
+  const plan = planArm64Boot(
+    header,
+    { baseGpa: RAM_GPA, sizeBytes: memorySizeBytes },
+    initrdBytes,
+    probe.length,
+  );
+  const dtb = build(plan.initrdGpa !== null ? { gpa: plan.initrdGpa, sizeBytes: initrdBytes } : null);
+  return { plan, dtb };
+}
+
 export class Arm64Machine {
   readonly kvm: Kvm;
   readonly vm: Vm;
@@ -65,6 +135,7 @@ export class Arm64Machine {
   private readonly ram: HostMapping;
   private readonly tracer: Tracer;
   private readonly memorySizeBytes: number;
+  private readonly iommu: DtIommu;
   private stopReason: StopReason | null = null;
   mmioExits = 0;
 
@@ -74,6 +145,7 @@ export class Arm64Machine {
       throw new Error("guest RAM above 255 GiB does not fit the arm64 map");
     this.tracer = config.tracer;
     this.memorySizeBytes = config.memorySizeBytes;
+    this.iommu = dtIommuFor(config.iommu);
     this.kvm = Kvm.open();
     this.vm = new Vm(this.kvm);
     this.ram = mapGuestRam(config.memorySizeBytes, config.memoryFile);
@@ -105,38 +177,8 @@ export class Arm64Machine {
 
   /** Loads the Image, the initrd and the device tree, and points the boot vCPU at the Image. */
   bootLinux(input: Arm64LinuxBoot): Arm64BootPlan {
-    const header = parseArm64Image(input.kernel);
     const mpidrs = [readMpidr(this.vcpu.fd)];
-    const iommu: DtIommu =
-      this.platform.smmus.length > 0
-        ? { kind: "smmuv3", instances: this.platform.smmus.length }
-        : this.platform.viommu
-          ? { kind: "virtio", slot: ARM64_VIRTIO_IOMMU_SLOT }
-          : { kind: "none" };
-    // The DTB's size does not depend on where the initrd goes: lay it out once to size it.
-    const initrdBytes = input.initrd?.length ?? 0;
-    const probe = buildDeviceTree({
-      mpidrs,
-      ramGpa: RAM_GPA,
-      ramBytes: this.memorySizeBytes,
-      cmdline: input.cmdline,
-      initrd: initrdBytes > 0 ? { gpa: 0, sizeBytes: initrdBytes } : null,
-      iommu,
-    });
-    const plan = planArm64Boot(
-      header,
-      { baseGpa: RAM_GPA, sizeBytes: this.memorySizeBytes },
-      initrdBytes,
-      probe.length,
-    );
-    const dtb = buildDeviceTree({
-      mpidrs,
-      ramGpa: RAM_GPA,
-      ramBytes: this.memorySizeBytes,
-      cmdline: input.cmdline,
-      initrd: plan.initrdGpa !== null ? { gpa: plan.initrdGpa, sizeBytes: initrdBytes } : null,
-      iommu,
-    });
+    const { plan, dtb } = layoutArm64Linux(input, this.memorySizeBytes, this.iommu, mpidrs);
     this.memory.write(plan.kernelGpa, input.kernel);
     if (plan.initrdGpa !== null && input.initrd) this.memory.write(plan.initrdGpa, input.initrd);
     this.memory.write(plan.dtbGpa, dtb);
