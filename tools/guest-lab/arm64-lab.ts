@@ -54,6 +54,11 @@ export type Arm64LabPaths = {
   /** @koromix/koffi-linux-arm64 from npm pack. */
   koromix: string;
   smokeStamp: string;
+  /**
+   * The peer for side-by-side runs: an arm64 qemu-system-aarch64 wrapper that runs inside the L1
+   * (tools/provision/arm64.sh step 10); not needed by the lab itself.
+   */
+  peerQemu: string;
 };
 
 export type RunInArm64LabOptions = Omit<RunInKvmLabOptions, "writable" | "hugePages">;
@@ -72,6 +77,7 @@ export function arm64LabPaths(): Arm64LabPaths {
     rootImage: join(dir, "root.img"),
     koromix: join(dir, "node_modules", "@koromix"),
     smokeStamp: join(dir, "smoke.ok"),
+    peerQemu: join(dir, "bin", "peer-qemu-system-aarch64"),
   };
 }
 
