@@ -1,6 +1,7 @@
 // The KVM lab (tools/guest-lab/kvm-lab.ts): L1 under TCG with kvm_amd runs one command with
 // /dev/kvm, passes its stdout, stderr and exit status through, and leaves nothing running.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,6 +13,7 @@ import {
   kvmLabQemuArgs,
   runInKvmLab,
 } from "../../tools/guest-lab/kvm-lab.ts";
+import { nativeKvm, REPO } from "../../tools/guest-lab/kvm-tests.mjs";
 
 const lab = kvmLabAvailable();
 const NO_LAB = `KVM lab not provisioned (${lab.why}): run tools/provision/provision.sh; live KVM lab tests SKIPPED`;
@@ -92,4 +94,41 @@ test("KVM lab: QEMU arguments share the root read-only, the writable directories
   assert.ok(virtfs[0]!.startsWith("local,path=/,mount_tag=host,") && virtfs[0]!.endsWith(",readonly=on"));
   assert.ok(virtfs.some((v) => v.startsWith("local,path=/a,,b,mount_tag=w0,") && !v.includes("readonly")));
   assert.ok(args.includes("tcg,thread=multi") && args.includes("max"));
+});
+
+const NATIVE_KVM = nativeKvm().kvm;
+const HAS_KVM = "this machine has a usable /dev/kvm: viommu run never goes to the KVM lab here (SKIPPED)";
+
+test("viommu run without /dev/kvm: a bad argument is refused on the host in one line, status 2, no L1 boot", (t) => {
+  if (NATIVE_KVM) return t.skip(HAS_KVM);
+  const r = spawnSync(process.execPath, [join(REPO, "bin/viommu.mjs"), "run", "--memory", "lots"], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /^viommu: no \/dev\/kvm here: running "viommu run" in the KVM lab .*\nviommu run: --memory: "lots" is not a size/,
+  );
+  assert.doesNotMatch(r.stderr, /KVM lab: step|L1/);
+});
+
+test("npm start without /dev/kvm: the built-in guest passes in the KVM lab, one line says why, status passes through", {
+  timeout: 400_000,
+}, async (t) => {
+  if (NATIVE_KVM) return t.skip(HAS_KVM);
+  if (!lab.ok) return t.skip(NO_LAB);
+  const r = spawnSync(
+    process.execPath,
+    [join(REPO, "bin/viommu.mjs"), "run", "--iommu", "virtio", "--device", "edu,iommu=on"],
+    {
+      encoding: "utf8",
+      timeout: 360_000,
+    },
+  );
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.equal(r.stderr.split("\n").filter((l) => l.includes("KVM lab")).length, 1, r.stderr);
+  assert.match(r.stderr, /^viommu: no \/dev\/kvm here: running "viommu run" in the KVM lab/);
+  assert.match(r.stdout, /verdict: PASS/);
+  assert.match(r.stderr, /viommu run: built-in guest passed/);
 });

@@ -5,6 +5,8 @@
 // its progress lines on stderr). With a usable /dev/kvm bin/viommu.mjs never gets here.
 import { spawn } from "node:child_process";
 import { resolve } from "node:path";
+import { DEMO_RUNS } from "../../src/cli/demo.ts";
+import { parseRunOptions } from "../../src/cli/run-options.ts";
 import { kvmLabAvailable, runInKvmLab } from "./kvm-lab.ts";
 
 /** Extra time the lab gets beyond the VMM's own --timeout: L1 boot and node start-up in L1. */
@@ -64,6 +66,13 @@ function lineWriter(write: (s: string) => void): { push: (t: string) => void; en
  */
 export async function runViommuInKvmLab(repo: string, args: readonly string[], why: string): Promise<number> {
   const err = (s: string) => process.stderr.write(s);
+  // A bad argument gets its one line and status 2 here, as without the lab: no L1 boot for it.
+  try {
+    parseRunOptions(args[0] === "demo" ? [...(DEMO_RUNS[0] ?? []), ...args.slice(1)] : args.slice(1));
+  } catch (e) {
+    err(`viommu run: ${(e as Error).message}\n`);
+    return 2;
+  }
   const vmmTimeout = vmmTimeoutSeconds(args);
   const labTimeoutS = (vmmTimeout ?? DEFAULT_RUN_S) + LAB_OVERHEAD_S;
   err(

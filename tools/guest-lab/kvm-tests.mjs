@@ -9,7 +9,7 @@
 //   node tools/guest-lab/kvm-tests.mjs --lab-files      test files the KVM lab must run
 //   node tools/guest-lab/kvm-tests.mjs --explain        both lists and why
 import { accessSync, constants, existsSync, readdirSync, readFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, release } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -43,7 +43,8 @@ export function fileNeeds(file, root = REPO) {
 /**
  * What this machine's KVM can run. Linux guests: only when said explicitly, by
  * VIOMMU_KVM_RUNS_LINUX=1 (the KVM lab sets it; a host whose KVM runs Linux can) or by the
- * cached probe result `kvm-linux-probe.json` in the lab cache ({"runsLinux": true}); a
+ * cached result of tools/guest-lab/kvm-linux-probe.ts (`kvm-linux-probe.json` in the lab cache,
+ * for this host kernel); a
  * software-nested /dev/kvm runs bare-metal programs but not Linux, so it is never assumed.
  */
 export function nativeKvm() {
@@ -67,10 +68,14 @@ export function nativeKvm() {
       const probe = join(cache, "kvm-linux-probe.json");
       try {
         const r = JSON.parse(readFileSync(probe, "utf8"));
-        linux = r.runsLinux === true;
-        linuxWhy = `${probe} says runsLinux=${r.runsLinux}`;
+        if (r.hostKernel === release()) {
+          linux = r.runsLinux === true;
+          linuxWhy = `${probe} says runsLinux=${r.runsLinux}`;
+        } else
+          linuxWhy = `${probe} was measured on kernel ${r.hostKernel}, not ${release()}: run the probe again`;
       } catch {
-        linuxWhy = "not known to run Linux (set VIOMMU_KVM_RUNS_LINUX=1, or run the probe)";
+        linuxWhy =
+          "not known to run Linux (VIOMMU_KVM_RUNS_LINUX=1, or node --import tsx tools/guest-lab/kvm-linux-probe.ts)";
       }
     }
   }
