@@ -19,7 +19,10 @@ type Rec = {
   skip?: string;
   todo?: string;
   error?: string;
+  /** The inner test's t.diagnostic() lines (e.g. the guest's own lines as evidence). */
+  diagnostics?: string[];
 };
+type Diag = { type: "diagnostic"; file: string; nesting: number; text: string };
 type Node = Rec & { children: Node[] };
 
 /** Hard limit for the one L1 boot that runs every lab file (CI's whole run must stay < 30 min). */
@@ -31,11 +34,16 @@ const plan = planKvmTests();
 const lab = kvmLabAvailable();
 
 /** Rebuild each file's test tree: node reports a test after its subtests, one nesting deeper. */
-function treeOf(records: Rec[]): Map<string, Node[]> {
+function treeOf(records: (Rec | Diag)[]): Map<string, Node[]> {
   const byFile = new Map<string, Node[][]>();
   for (const r of records) {
     const levels = byFile.get(r.file) ?? [];
     byFile.set(r.file, levels);
+    if (r.type === "diagnostic") {
+      const owner = levels[r.nesting]?.at(-1);
+      if (owner) owner.diagnostics = [...(owner.diagnostics ?? []), r.text];
+      continue;
+    }
     const children = levels[r.nesting + 1] ?? [];
     levels[r.nesting + 1] = [];
     const siblings = levels[r.nesting] ?? [];
@@ -47,6 +55,7 @@ function treeOf(records: Rec[]): Map<string, Node[]> {
 
 async function report(t: TestContext, node: Node): Promise<void> {
   await t.test(node.name, async (st) => {
+    for (const line of node.diagnostics ?? []) st.diagnostic(line);
     if (node.skip !== undefined) return st.skip(`in the KVM lab: ${node.skip}`);
     if (node.todo !== undefined) return st.todo(`in the KVM lab: ${node.todo}`);
     for (const c of node.children) await report(st, c);
@@ -73,11 +82,11 @@ if (plan.labFiles.length === 0) {
         await t.test(f, (st) => st.skip(`${lab.why}: run tools/provision/provision.sh`));
       return;
     }
-    const records: Rec[] = [];
+    const records: (Rec | Diag)[] = [];
     let pending = "";
     const started = Date.now();
     const onJson = (line: string) => {
-      let rec: Rec | { type: "stderr"; file: string; text: string };
+      let rec: Rec | Diag | { type: "stderr"; file: string; text: string };
       try {
         rec = JSON.parse(line);
       } catch {
@@ -86,7 +95,7 @@ if (plan.labFiles.length === 0) {
       }
       if (rec.type === "stderr") return void process.stderr.write(rec.text);
       records.push(rec);
-      if (rec.nesting === 0) {
+      if (rec.type !== "diagnostic" && rec.nesting === 0) {
         const mark = rec.skip !== undefined ? "skip" : rec.type === "pass" ? "ok" : "FAIL";
         const secs = ((Date.now() - started) / 1000).toFixed(0);
         process.stderr.write(

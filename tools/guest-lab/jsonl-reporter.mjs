@@ -2,6 +2,7 @@
 // chunk a test file wrote to stderr), so that a runner outside the KVM lab can report every test
 // run inside it as its own subtest. Used as `--test-reporter=<this file>`.
 //   {"type":"pass"|"fail","file","name","nesting","durationMs","skip"?,"todo"?,"error"?}
+//   {"type":"diagnostic","file","nesting","text"}   after the test it belongs to
 //   {"type":"stderr","file","text"}
 function errorText(error) {
   if (!error) return undefined;
@@ -25,6 +26,10 @@ export default async function* jsonlReporter(source) {
       if (d.todo !== undefined && d.todo !== false) rec.todo = d.todo === true ? "" : String(d.todo);
       if (ev.type === "test:fail") rec.error = errorText(d.details?.error);
       yield `${JSON.stringify(rec)}\n`;
+    } else if (ev.type === "test:diagnostic" && d.file) {
+      // A test's t.diagnostic() line (e.g. a guest's own lines as evidence): node reports it
+      // right after that test's pass/fail event, at the same nesting.
+      yield `${JSON.stringify({ type: "diagnostic", file: d.file, nesting: d.nesting, text: d.message })}\n`;
     } else if (ev.type === "test:stderr") {
       yield `${JSON.stringify({ type: "stderr", file: d.file, text: d.message })}\n`;
     }
