@@ -81,11 +81,11 @@ test("bin/viommu.mjs run --stdin: host input reaches the guest through COM1's re
   writeFileSync(path, img);
   const r = spawnSync(
     process.execPath,
-    [BIN, "run", "--kernel", path, "--stdin", "--memory", "32M", "--timeout", "20"],
+    [BIN, "run", "--kernel", path, "--stdin", "--memory", "32M", "--timeout", "120"],
     {
       input: "A",
       encoding: "utf8",
-      timeout: 30_000,
+      timeout: 180_000, // a safety net: node alone takes seconds to start in a loaded KVM lab
     },
   );
   assert.equal(r.status, ((0x41 << 1) | 1) & 0xff, r.stderr);
