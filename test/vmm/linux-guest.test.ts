@@ -85,7 +85,7 @@ ${EDU("virtio_iommu virtio[0-9]+: page fault from EP", "viommu-fault-event")}
 `;
 
 // One virtio-iommu boot: the bzImage on 2 vCPUs (the PVH vmlinux and 1 vCPU are covered by the
-// VT-d legacy and no-vIOMMU boots below); four L2 boots in all keep CI's single L1 run short.
+// VT-d and no-vIOMMU boots below); four L2 boots in all keep CI's single L1 run short.
 for (const [kernel, cpus] of [["vmlinuz", 2]] as [LinuxRunOptions["kernel"], number][]) {
   test(`virtio-iommu, ${kernel === "vmlinux" ? "PVH vmlinux" : "bzImage"}, ${cpus} vCPU: VIOT, groups only for iommu=on, blk pattern through the IOMMU, vfio-edu-test, fault on the event queue`, {
     timeout: TEST_TIMEOUT_MS,
@@ -163,13 +163,14 @@ for (const [mode, kernel, cpus, props, cmdline, irMode] of [
   });
 }
 
-test("no vIOMMU, PVH vmlinux, 1 vCPU: the blk pattern reads back", {
+// The PVH vmlinux on 2 vCPUs (with the boots above: both kernels, 1 and 2 vCPUs).
+test("no vIOMMU, PVH vmlinux, 2 vCPUs: the blk pattern reads back", {
   timeout: TEST_TIMEOUT_MS,
   skip: SKIP,
 }, async (t) => {
   const run = await runLinux({
     kernel: "vmlinux",
-    cpus: 1,
+    cpus: 2,
     args: DEVICES(false),
     script: COMMON,
     timeoutS: BOOT_TIMEOUT_S,
@@ -177,5 +178,6 @@ test("no vIOMMU, PVH vmlinux, 1 vCPU: the blk pattern reads back", {
   const why = evidence(t, run);
   assert.match(findResult(run.results, "blk-read")?.detail ?? "", new RegExp(`sha256=${disk.sha256}`), why);
   assert.equal(findResult(run.results, "blk-group")?.status, "skip", why);
+  assert.match(findResult(run.results, "kernel")?.detail ?? "", /cpus=2$/, why);
   assert.equal(run.status, 0, why);
 });
