@@ -2,19 +2,17 @@
  * `viommu run`: boots a Multiboot kernel (or the built-in guest) in the KVM micro-VMM and
  * prints a summary of what the machine's IOMMU and devices did. Returns the exit status.
  */
-import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, openSync, writeSync } from "node:fs";
 import { LineBufferedSink, NULL_SINK, type SerialSink } from "../devices/uart16550.ts";
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError, kvmArchitecture } from "../kvm/system.ts";
 import { VfioPciDevice } from "../vfio/device.ts";
-import { BUILTIN_PASS_STATUS, builtinGuestImage } from "../vmm/builtin-guest.ts";
-import { isElf } from "../vmm/elf.ts";
+import { BUILTIN_PASS_STATUS } from "../vmm/builtin-guest.ts";
 import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
-import { findMultibootHeader } from "../vmm/multiboot.ts";
 import type { DeviceChoice } from "../vmm/platform.ts";
 import { SerialInput } from "../vmm/serial-input.ts";
 import { formatSummary } from "../vmm/summary.ts";
-import { fileProblem } from "./file-errors.ts";
+import { type BootFiles, bootKind, readBootFiles } from "./boot-files.ts";
 import { runArm64 } from "./run-arm64.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
 import { formatTraceCatalogue } from "./trace-help.ts";
@@ -36,20 +34,6 @@ function serialSink(o: RunOptions): { sink: SerialSink; close: () => void } {
     return { sink: new LineBufferedSink((b) => writeSync(fd, b)), close: () => closeSync(fd) };
   }
   return { sink: new LineBufferedSink((b) => writeSync(1, b)), close: () => {} };
-}
-
-/** A file named on the command line; a failure names the option, the path and the fix. */
-function readUserFile(option: string, path: string): Uint8Array {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new Error(`${option} ${path}: ${fileProblem(e)} (check the path; see viommu run --help)`);
-  }
-}
-
-/** Linux boot protocol: "HdrS" at 0x202 marks a bzImage setup header. */
-function hasLinuxSetupHeader(image: Uint8Array): boolean {
-  return image.length > 0x206 && new TextDecoder().decode(image.subarray(0x202, 0x206)) === "HdrS";
 }
 
 /** The devices the machine gets: the built-in guest needs an edu, behind the IOMMU if there is one. */
@@ -106,15 +90,9 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
     return 2;
   }
   const iommu = options.iommu;
-  let image: Uint8Array;
-  const modules: { data: Uint8Array; cmdline: string }[] = [];
+  let boot: BootFiles;
   try {
-    image = options.kernel === undefined ? builtinGuestImage() : readUserFile("--kernel", options.kernel);
-    for (const m of options.modules) {
-      const space = m.indexOf(" ");
-      const path = space < 0 ? m : m.slice(0, space);
-      modules.push({ data: readUserFile("--initramfs", path), cmdline: m });
-    }
+    boot = readBootFiles(options);
   } catch (e) {
     io.stderr(`viommu run: ${(e as Error).message}\n`);
     return 2;
@@ -146,19 +124,18 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
   }
   let result: RunResult;
   try {
-    if (findMultibootHeader(image) !== null) {
-      const boot = machine.bootMultiboot(image, options.cmdline || (options.kernel ?? "builtin"), modules);
-      for (const w of boot.warnings) io.stderr(`viommu run: warning: ${w}\n`);
-    } else if (!isElf(image) && !hasLinuxSetupHeader(image)) {
-      throw new Error(
-        `${options.kernel}: not a Multiboot kernel (no header in the first 8 KiB), a Linux bzImage or a PVH vmlinux`,
+    if (bootKind(options.kernel, boot) === "multiboot") {
+      const mb = machine.bootMultiboot(
+        boot.image,
+        options.cmdline || (options.kernel ?? "builtin"),
+        boot.modules,
       );
+      for (const w of mb.warnings) io.stderr(`viommu run: warning: ${w}\n`);
     } else {
       // Not Multiboot: a Linux bzImage or PVH vmlinux; --initramfs is the initrd.
-      if (modules.length > 1) throw new Error("a Linux kernel takes one --initramfs");
       const linux = machine.bootLinux({
-        kernel: image,
-        initrd: modules[0]?.data,
+        kernel: boot.image,
+        initrd: boot.modules[0]?.data,
         cmdline: options.cmdline || "console=ttyS0",
       });
       io.stderr(`viommu run: Linux ${linux.protocol} boot, ACPI ${linux.acpiTables.join(" ")}\n`);

@@ -5,6 +5,7 @@
 // its progress lines on stderr). With a usable /dev/kvm bin/viommu.mjs never gets here.
 import { spawn } from "node:child_process";
 import { resolve } from "node:path";
+import { bootKind, readBootFiles } from "../../src/cli/boot-files.ts";
 import { DEMO_RUNS } from "../../src/cli/demo.ts";
 import { parseRunOptions } from "../../src/cli/run-options.ts";
 import { kvmLabAvailable, runInKvmLab } from "./kvm-lab.ts";
@@ -22,6 +23,11 @@ function vmmTimeoutSeconds(args: readonly string[]): number | undefined {
     if (v !== undefined && Number.isFinite(Number(v)) && Number(v) > 0) return Number(v);
   }
   return undefined;
+}
+
+/** The lab's own timeout for `viommu ARGS` (always set): the VMM's --timeout or an hour, plus L1's boot. */
+export function labTimeoutSeconds(args: readonly string[]): number {
+  return (vmmTimeoutSeconds(args) ?? DEFAULT_RUN_S) + LAB_OVERHEAD_S;
 }
 
 function provision(repo: string, stderr: (s: string) => void): Promise<number> {
@@ -66,15 +72,18 @@ function lineWriter(write: (s: string) => void): { push: (t: string) => void; en
  */
 export async function runViommuInKvmLab(repo: string, args: readonly string[], why: string): Promise<number> {
   const err = (s: string) => process.stderr.write(s);
-  // A bad argument gets its one line and status 2 here, as without the lab: no L1 boot for it.
+  // A bad argument, or a kernel the VMM cannot boot, gets its one line and status 2 here, as
+  // without the lab: no L1 boot for it.
   try {
-    parseRunOptions(args[0] === "demo" ? [...(DEMO_RUNS[0] ?? []), ...args.slice(1)] : args.slice(1));
+    const options = parseRunOptions(
+      args[0] === "demo" ? [...(DEMO_RUNS[0] ?? []), ...args.slice(1)] : args.slice(1),
+    );
+    if (!options.help) bootKind(options.kernel, readBootFiles(options));
   } catch (e) {
     err(`viommu run: ${(e as Error).message}\n`);
     return 2;
   }
-  const vmmTimeout = vmmTimeoutSeconds(args);
-  const labTimeoutS = (vmmTimeout ?? DEFAULT_RUN_S) + LAB_OVERHEAD_S;
+  const labTimeoutS = labTimeoutSeconds(args);
   err(
     `viommu: ${why}: running "viommu ${args[0]}" in the KVM lab (Linux with nested KVM under QEMU TCG, ` +
       `tools/guest-lab/README.md; lab timeout ${labTimeoutS} s)\n`,
