@@ -7,25 +7,33 @@
  * its physical IOMMU.
  */
 import type { HostStage2 } from "./host-stage2.ts";
-import { type Endpoint, type EndpointKind, type PhysicalIommuBackend, ViommuInstance } from "./viommu.ts";
+import {
+  type Endpoint,
+  type EndpointKind,
+  type PhysicalIdLedger,
+  type PhysicalIommuBackend,
+  type PlugRequest,
+  RecordingBackend,
+  type RegistryResult,
+  ViommuInstance,
+} from "./viommu.ts";
+
+export type { RegistryResult } from "./viommu.ts";
 
 export interface PhysicalIommu {
   readonly id: string;
   readonly backend: PhysicalIommuBackend;
-  /** Width of physical IDs on this IOMMU (SMMU_IDR1.SIDSIZE of the real SMMU). */
+  /** Width of physical IDs on this IOMMU (SMMU_IDR1.SIDSIZE of the real SMMU, 16 for PCI BDFs). */
   readonly idBits: number;
   /** Number of VMIDs the physical IOMMU offers (2^16 with VMID16). */
   readonly vmidCount: number;
 }
 
-export type RegistryResult<T> = { ok: true; value: T } | { ok: false; error: string };
-
 interface PhysicalState {
   readonly iommu: PhysicalIommu;
-  /** pId -> guest that owns it. */
-  readonly owners: Map<number, string>;
+  readonly ledger: PhysicalIdLedger;
   /** guestId -> its instance on this IOMMU. */
-  readonly instances: Map<string, ViommuInstance>;
+  readonly instances: Map<string, ViommuInstance<unknown, unknown>>;
   readonly usedVmids: Set<number>;
 }
 
@@ -38,16 +46,20 @@ export class ViommuRegistry {
     if (!(iommu.idBits >= 1 && iommu.idBits <= 32) || !(iommu.vmidCount >= 2)) {
       return { ok: false, error: `physical IOMMU ${iommu.id}: bad idBits or vmidCount` };
     }
-    this.physical.set(iommu.id, { iommu, owners: new Map(), instances: new Map(), usedVmids: new Set([0]) });
+    const ledger: PhysicalIdLedger = { physicalId: iommu.id, idBits: iommu.idBits, owners: new Map() };
+    this.physical.set(iommu.id, { iommu, ledger, instances: new Map(), usedVmids: new Set([0]) });
     return { ok: true, value: iommu };
   }
 
-  /** Creates guest `guestId`'s vIOMMU on `physicalId`; a second one for the same pair is refused. */
-  createViommu(
+  /**
+   * Creates guest `guestId`'s vIOMMU on `physicalId`; a second one for the same pair is refused.
+   * `S` and `O` are the state and plug options of the model that will bind to it (model.ts).
+   */
+  createViommu<S = undefined, O = undefined>(
     guestId: string,
     physicalId: string,
     hostStage2: HostStage2 | null,
-  ): RegistryResult<ViommuInstance> {
+  ): RegistryResult<ViommuInstance<S, O>> {
     const p = this.physical.get(physicalId);
     if (p === undefined) return { ok: false, error: `no physical IOMMU ${physicalId}` };
     if (p.instances.has(guestId)) {
@@ -58,73 +70,86 @@ export class ViommuRegistry {
     while (vmid < p.iommu.vmidCount && p.usedVmids.has(vmid)) vmid++;
     if (vmid >= p.iommu.vmidCount) return { ok: false, error: `${physicalId}: no free VMID` };
     p.usedVmids.add(vmid);
-    const inst = new ViommuInstance(guestId, p.iommu.backend, vmid, hostStage2);
+    const inst = new ViommuInstance<S, O>(guestId, p.iommu.backend, vmid, hostStage2, p.ledger);
     p.instances.set(guestId, inst);
     return { ok: true, value: inst };
   }
 
-  /** Gives the guest of `inst` the endpoint vId -> pId on `physicalId`. */
-  assign(
+  /**
+   * Hot-plug: gives the guest of `inst` an endpoint on `physicalId` (`ViommuInstance.plug`, the
+   * one place endpoints are plugged, after checking the instance is that IOMMU's).
+   */
+  plug<S, O>(
     physicalId: string,
-    inst: ViommuInstance,
+    inst: ViommuInstance<S, O>,
+    request: PlugRequest<O>,
+  ): RegistryResult<Endpoint> {
+    if (!this.holds(physicalId, inst)) {
+      return { ok: false, error: `vIOMMU of ${inst.guestId} is not on ${physicalId}` };
+    }
+    return inst.plug(request);
+  }
+
+  /** `plug` with positional IDs and no model options. */
+  assign<S, O>(
+    physicalId: string,
+    inst: ViommuInstance<S, O>,
     vId: number,
     pId: number,
     kind: EndpointKind,
     name: string,
   ): RegistryResult<Endpoint> {
-    const p = this.physical.get(physicalId);
-    if (p === undefined || p.instances.get(inst.guestId) !== inst) {
-      return { ok: false, error: `vIOMMU of ${inst.guestId} is not on ${physicalId}` };
-    }
-    const limit = 2 ** p.iommu.idBits;
-    if (
-      !Number.isInteger(vId) ||
-      !Number.isInteger(pId) ||
-      vId < 0 ||
-      pId < 0 ||
-      pId >= limit ||
-      vId >= limit
-    ) {
-      return { ok: false, error: `ID out of range (vId ${vId}, pId ${pId}, ${p.iommu.idBits} bits)` };
-    }
-    const owner = p.owners.get(pId);
-    if (owner !== undefined) return { ok: false, error: `pId ${pId} on ${physicalId} is owned by ${owner}` };
-    if (inst.endpoint(vId) !== undefined)
-      return { ok: false, error: `vId ${vId} already used by ${inst.guestId}` };
-    const e: Endpoint = { vId, pId, kind, name };
-    p.owners.set(pId, inst.guestId);
-    inst.addEndpoint(e);
-    return { ok: true, value: e };
+    return this.plug(physicalId, inst, { vId, pId, kind, name });
   }
 
-  /** Takes an endpoint away from its guest (hot-unplug). */
-  release(physicalId: string, inst: ViommuInstance, vId: number): boolean {
-    const p = this.physical.get(physicalId);
-    if (p === undefined) return false;
-    const e = inst.removeEndpoint(vId);
-    if (e === undefined) return false;
-    p.owners.delete(e.pId);
-    return true;
+  /** Takes an endpoint away from its guest (hot-unplug, `ViommuInstance.unplug`). */
+  unplug<S, O>(physicalId: string, inst: ViommuInstance<S, O>, vId: number): boolean {
+    return this.holds(physicalId, inst) && inst.unplug(vId);
   }
 
-  /** Destroys a guest's vIOMMU on `physicalId`, freeing its IDs and VMID. */
-  destroyViommu(physicalId: string, inst: ViommuInstance): boolean {
+  /** The same as `unplug`. */
+  release<S, O>(physicalId: string, inst: ViommuInstance<S, O>, vId: number): boolean {
+    return this.unplug(physicalId, inst, vId);
+  }
+
+  /** Destroys a guest's vIOMMU on `physicalId`: every endpoint is unplugged, the VMID freed. */
+  destroyViommu<S, O>(physicalId: string, inst: ViommuInstance<S, O>): boolean {
     const p = this.physical.get(physicalId);
-    if (p === undefined || p.instances.get(inst.guestId) !== inst) return false;
-    for (const e of inst.endpoints()) {
-      inst.removeEndpoint(e.vId);
-      p.owners.delete(e.pId);
-    }
+    if (p === undefined || !this.holds(physicalId, inst)) return false;
+    for (const e of inst.endpoints()) inst.unplug(e.vId);
     p.usedVmids.delete(inst.hostVmid);
     p.instances.delete(inst.guestId);
     return true;
   }
 
-  instances(physicalId: string): ViommuInstance[] {
+  private holds<S, O>(physicalId: string, inst: ViommuInstance<S, O>): boolean {
+    return (this.physical.get(physicalId)?.instances.get(inst.guestId) as unknown) === inst;
+  }
+
+  instances(physicalId: string): ViommuInstance<unknown, unknown>[] {
     return [...(this.physical.get(physicalId)?.instances.values() ?? [])];
   }
 
   physicalIommus(): PhysicalIommu[] {
     return [...this.physical.values()].map((p) => p.iommu);
+  }
+
+  /**
+   * A registry with one emulated physical IOMMU (its backend only records: nothing physical to
+   * program) and guest `guestId`'s vIOMMU on it: what a model used on its own (tests, tools)
+   * and a host with one vIOMMU build.
+   */
+  static single<S = undefined, O = undefined>(
+    physicalId: string,
+    idBits: number,
+    guestId = "guest",
+  ): { registry: ViommuRegistry; backend: RecordingBackend; instance: ViommuInstance<S, O> } {
+    const registry = new ViommuRegistry();
+    const backend = new RecordingBackend(physicalId);
+    const registered = registry.registerPhysical({ id: physicalId, backend, idBits, vmidCount: 2 });
+    if (!registered.ok) throw new Error(registered.error);
+    const created = registry.createViommu<S, O>(guestId, physicalId, null);
+    if (!created.ok) throw new Error(created.error);
+    return { registry, backend, instance: created.value };
   }
 }

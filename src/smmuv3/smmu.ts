@@ -12,9 +12,11 @@
  * `epoch`, so no translation survives a TLBI followed by CMD_SYNC.
  */
 import { ACCESS_WRITE, type Access, type DmaFault, dmaFault } from "../engine/access.ts";
+import { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import { Tracer } from "../engine/trace.ts";
 import { type DmaTranslator, Translation } from "../engine/translation.ts";
+import type { PluggedState, ViommuModel } from "../framework/model.ts";
 import type { Endpoint, ViommuInstance } from "../framework/viommu.ts";
 import type { AccessSize, IoHandler } from "../platform/bus.ts";
 import type { InterruptSink } from "../platform/interrupts.ts";
@@ -65,7 +67,12 @@ const IRQ_CTRL = REG.IRQ_CTRL >> 2;
 const GERROR = REG.GERROR >> 2;
 const GERRORN = REG.GERRORN >> 2;
 
-export class SmmuV3 implements IoHandler, DmaTranslator {
+/**
+ * The SMMUv3 backend of the generic vIOMMU layer: its per-endpoint state is nothing (stream
+ * configuration lives in the guest's stream table), its plug options none.
+ */
+export class SmmuV3 implements IoHandler, DmaTranslator, ViommuModel<undefined, undefined> {
+  readonly modelName = "smmuv3";
   readonly features: SmmuFeatures;
   readonly memory: GuestMemory;
   readonly viommu: ViommuInstance;
@@ -160,7 +167,22 @@ export class SmmuV3 implements IoHandler, DmaTranslator {
       // Cached entries hold host PAs: drop them all when the host takes memory away.
       this.tlb.invalidateAll();
     });
+    this.viommu.bindModel(this);
   }
+
+  // ---------------------------------------------------------------------------------------------
+  // The generic vIOMMU layer's plug and unplug (framework/model.ts).
+
+  /** A plugged stream gets its address space (endpointId = vSID); its configuration is the guest's. */
+  plugEndpoint(endpoint: Endpoint): PluggedState<undefined> {
+    return { space: new DmaAddressSpace(this.memory, this, endpoint.vId), state: undefined };
+  }
+
+  /**
+   * Nothing to drop: the instance's epoch changes with the unplug, which ends the fast path, and
+   * from then on the stream is C_BAD_STREAMID (not owned).
+   */
+  unplugEndpoint(): void {}
 
   private eventQueueOwner() {
     return {
