@@ -24,9 +24,12 @@ import { HostNotifier } from "../engine/host-notifier.ts";
 import { Iotlb } from "../engine/iotlb.ts";
 import { Tracer } from "../engine/trace.ts";
 import type { DmaTranslator, Translation } from "../engine/translation.ts";
+import type { PluggedState, ViommuModel } from "../framework/model.ts";
+import { ViommuRegistry } from "../framework/registry.ts";
+import type { Endpoint as FrameworkEndpoint, ViommuInstance } from "../framework/viommu.ts";
 import { ConfigSpace } from "./config-space.ts";
 import { type Domain, DomainTable, type Mapping, mappingSizeBytes } from "./domains.ts";
-import { Endpoint } from "./endpoints.ts";
+import { Endpoint, type VirtioIommuEndpointOptions } from "./endpoints.ts";
 import { encodeFaultRecord, FaultEventQueue } from "./fault-events.ts";
 import { NegotiatedFeatures } from "./features.ts";
 import { type HostFailure, HostMirror, type HostView } from "./host-mirror.ts";
@@ -34,7 +37,7 @@ import { domainInRange, hostStatus, MapUnmap } from "./map-unmap.ts";
 import { type ResolvedOptions, resolveOptions, type VirtioIommuOptions } from "./options.ts";
 import { encodeProbeProperties, probePropertiesBytes } from "./probe-properties.ts";
 import { DecodedRequest, decodeRequest, writeTail } from "./requests.ts";
-import { type ReservedRegion, validateReservedRegions } from "./reserved-regions.ts";
+import { validateReservedRegions } from "./reserved-regions.ts";
 import { DeviceCounters, type VirtioIommuStats } from "./stats.ts";
 import { VIRTIO_IOMMU_TRACE as T } from "./trace-points.ts";
 import {
@@ -70,21 +73,22 @@ import {
   TAIL_SIZE_BYTES,
 } from "./wire.ts";
 
+export type { VirtioIommuEndpointOptions } from "./endpoints.ts";
 export type { VirtioIommuOptions } from "./options.ts";
 export type { VirtioIommuStats } from "./stats.ts";
 
 const SOURCE = "virtio-iommu";
 const _STATUS_COUNT = STATUS_NAMES.length;
 
-export interface VirtioIommuEndpointOptions {
-  /** The host IOMMU of an assigned device; it is kept mirroring what the endpoint may reach. */
-  host?: HostIommu;
-  /** RESV_MEM regions of this endpoint only, on top of the device-wide ones. */
-  reservedRegions?: readonly ReservedRegion[];
-}
-
-export class VirtioIommu implements DmaTranslator {
+/**
+ * The virtio-iommu model, and its backend of the generic vIOMMU layer: the endpoint table is the
+ * `viommu` instance's, whose state per endpoint is an `Endpoint` of endpoints.ts.
+ */
+export class VirtioIommu implements DmaTranslator, ViommuModel<Endpoint, VirtioIommuEndpointOptions> {
+  readonly modelName = "virtio-iommu";
   readonly memory: GuestMemory;
+  /** The guest's vIOMMU in the framework's registry: plug and unplug endpoints there. */
+  readonly viommu: ViommuInstance<Endpoint, VirtioIommuEndpointOptions>;
   readonly deviceFeatures: bigint;
   readonly configSizeBytes = CONFIG_SIZE_BYTES;
   readonly iotlb: Iotlb;
@@ -104,7 +108,8 @@ export class VirtioIommu implements DmaTranslator {
   private readonly negotiated = new NegotiatedFeatures();
   private readonly domains = new DomainTable();
   private readonly mapUnmap: MapUnmap;
-  private readonly endpoints = new Map<number, Endpoint>();
+  /** The framework's endpoint table (`viommu.states`), read-only here. */
+  private readonly endpoints: ReadonlyMap<number, Endpoint>;
   private readonly hostsInUse = new Set<HostIommu>();
   private lastEndpoint: Endpoint | null = null;
   private readonly events: FaultEventQueue;
@@ -115,6 +120,9 @@ export class VirtioIommu implements DmaTranslator {
 
   constructor(memory: GuestMemory, options: VirtioIommuOptions = {}) {
     this.memory = memory;
+    this.viommu =
+      options.viommu ?? ViommuRegistry.single<Endpoint, VirtioIommuEndpointOptions>(SOURCE, 32).instance;
+    this.endpoints = this.viommu.states;
     const o = resolveOptions(options);
     this.opts = o;
     this.iotlb = options.iotlb ?? new Iotlb();
@@ -144,6 +152,7 @@ export class VirtioIommu implements DmaTranslator {
       probeSizeBytes: o.offerProbe ? o.probeSizeBytes : 0,
       bypass: o.bypassInitially ? 1 : 0,
     });
+    this.viommu.bindModel(this);
   }
 
   // ---- DmaTranslator ------------------------------------------------------------------------
@@ -209,7 +218,16 @@ export class VirtioIommu implements DmaTranslator {
     const accessName = access === ACCESS_WRITE ? "write" : "read";
     T.fault(this.tracer, ep.id, iova, accessName, FAULT_REASON_NAMES[reason], cause, queued);
     if (queued) this.onEvent?.();
-    return dmaFault(cause, ep.id, iova, access, reason, `virtio-iommu ${FAULT_REASON_NAMES[reason]} fault`);
+    const f = dmaFault(
+      cause,
+      ep.id,
+      iova,
+      access,
+      reason,
+      `virtio-iommu ${FAULT_REASON_NAMES[reason]} fault`,
+    );
+    this.viommu.guestFaultOf(ep.id, f);
+    return f;
   }
 
   // ---- Features and configuration ----------------------------------------------------------
@@ -260,12 +278,31 @@ export class VirtioIommu implements DmaTranslator {
 
   // ---- Endpoints ----------------------------------------------------------------------------
 
-  /** Declares endpoint `endpointId` (platform setup) and returns its DMA address space. */
+  /**
+   * Declares endpoint `endpointId` (platform setup) and returns its DMA address space: a plug
+   * through the framework (`viommu.plugOrThrow`), which throws when it is refused.
+   */
   addEndpoint(endpointId: number, options: VirtioIommuEndpointOptions = {}): DmaAddressSpace {
-    if (!Number.isInteger(endpointId) || endpointId < 0 || endpointId > 0xffff_ffff) {
+    return this.viommu.plugOrThrow({ vId: endpointId, options });
+  }
+
+  /**
+   * Removes endpoint `endpointId` (hot-unplug, through the framework): see `unplugEndpoint`.
+   * Returns false when no such endpoint exists.
+   */
+  removeEndpoint(endpointId: number): boolean {
+    return this.viommu.unplug(endpointId);
+  }
+
+  /** The framework plugs an endpoint: its reserved regions, DMA space and host mirror. */
+  plugEndpoint(
+    endpoint: FrameworkEndpoint,
+    options: VirtioIommuEndpointOptions = {},
+  ): PluggedState<Endpoint> {
+    const endpointId = endpoint.vId;
+    if (endpointId > 0xffff_ffff) {
       throw new RangeError(`virtio-iommu: endpoint ID ${endpointId} is not a 32-bit value`);
     }
-    if (this.endpoints.has(endpointId)) throw new Error(`virtio-iommu: endpoint ${endpointId} exists`);
     const host = options.host;
     if (host !== undefined && this.hostsInUse.has(host)) {
       throw new Error("virtio-iommu: a host IOMMU serves one endpoint (one container per assigned device)");
@@ -302,27 +339,21 @@ export class VirtioIommu implements DmaTranslator {
       }
       this.hostsInUse.add(host!);
     }
-    this.endpoints.set(endpointId, ep);
-    return space;
+    return { space, state: ep };
   }
 
   /**
-   * Removes endpoint `endpointId` (hot-unplug): it leaves its domain (which dies if it was the
-   * last endpoint), its host IOMMU is emptied and released, and its DMA space faults from now on.
-   * Returns false when no such endpoint exists.
+   * The framework unplugs an endpoint: it leaves its domain (which dies if it was the last
+   * endpoint), its host IOMMU is emptied and released, and its DMA space faults from now on.
    */
-  removeEndpoint(endpointId: number): boolean {
-    const ep = this.endpoints.get(endpointId);
-    if (ep === undefined) return false;
+  unplugEndpoint(_endpoint: FrameworkEndpoint, ep: Endpoint): void {
     this.leaveDomain(ep);
-    this.endpoints.delete(endpointId);
     if (this.lastEndpoint === ep) this.lastEndpoint = null;
     this.ownEpoch++;
     if (ep.hostMirror !== null) {
       ep.hostMirror.apply("none");
       this.hostsInUse.delete(ep.hostMirror.notifier.backend);
     }
-    return true;
   }
 
   /** The DMA address space of a declared endpoint. */

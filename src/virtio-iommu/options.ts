@@ -9,6 +9,8 @@
 import { MAX_ADDRESS } from "../engine/access.ts";
 import type { Iotlb } from "../engine/iotlb.ts";
 import type { Tracer } from "../engine/trace.ts";
+import type { ViommuInstance } from "../framework/viommu.ts";
+import type { Endpoint, VirtioIommuEndpointOptions } from "./endpoints.ts";
 import { type ReservedRegion, validateReservedRegions } from "./reserved-regions.ts";
 
 export interface VirtioIommuOptions {
@@ -49,6 +51,11 @@ export interface VirtioIommuOptions {
   eventBurstPerEndpoint?: number;
   /** Milliseconds clock for the event rate limit (default performance.now); tests inject one. */
   clockMs?: () => number;
+  /**
+   * The guest's vIOMMU in the framework's registry that this device backs (its endpoint table).
+   * Default: a registry of its own with one emulated physical IOMMU ("virtio-iommu", 32-bit IDs).
+   */
+  viommu?: ViommuInstance<Endpoint, VirtioIommuEndpointOptions>;
 }
 
 /** The x86 MSI doorbell window (Intel SDM vol. 3 11.11.1), reported as RESV_MEM_T_MSI. */

@@ -66,6 +66,8 @@ export class FaultLog {
 
   /** Faulting DMA requests (recorded or not), translation requests included. */
   dmaFaults = 0;
+  /** Hears each DMA fault the guest is told about (not the FPD-suppressed ones), by source id. */
+  onGuestDmaFault: ((sourceId: number, fault: DmaFault) => void) | undefined = undefined;
 
   /**
    * The fault of a DMA or translation request from endpoint key `key` (source id, PASID,
@@ -97,9 +99,13 @@ export class FaultLog {
       privileged,
       addressType,
     };
+    const f = dmaFault(engineReason(reason), key, iova, access, reason, faultReasonName(reason));
     if (fpd) this.noteSuppressed(info);
-    else this.record(info);
-    return dmaFault(engineReason(reason), key, iova, access, reason, faultReasonName(reason));
+    else {
+      this.record(info);
+      this.onGuestDmaFault?.(sourceId, f);
+    }
+    return f;
   }
 
   /**

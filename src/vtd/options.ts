@@ -7,6 +7,7 @@ import type { HostIommu } from "../engine/host-iommu.ts";
 import type { HostNotifier, HostNotifierStats } from "../engine/host-notifier.ts";
 import type { IotlbStats } from "../engine/iotlb.ts";
 import type { Tracer } from "../engine/trace.ts";
+import type { ViommuInstance } from "../framework/viommu.ts";
 import type { InterruptSink } from "../platform/interrupts.ts";
 import type { VtdConfig } from "./config.ts";
 import type { FaultStats } from "./faults.ts";
@@ -42,6 +43,11 @@ export interface VtdOptions {
    * scatter-gather list at consecutive IOVAs, so the device's next pages are usually there.
    */
   readonly iotlbPrefetchPages?: number;
+  /**
+   * The guest's vIOMMU in the framework's registry that this unit backs (its endpoint table).
+   * Default: a registry of its own with one emulated physical IOMMU ("vt-d", 16-bit source ids).
+   */
+  readonly viommu?: ViommuInstance<EndpointState, EndpointOptions>;
 }
 
 /**

@@ -15,6 +15,9 @@ import { HostNotifier } from "../engine/host-notifier.ts";
 import { Iotlb } from "../engine/iotlb.ts";
 import { Tracer } from "../engine/trace.ts";
 import type { DmaTranslator, Translation } from "../engine/translation.ts";
+import type { PluggedState, ViommuModel } from "../framework/model.ts";
+import { ViommuRegistry } from "../framework/registry.ts";
+import type { Endpoint, ViommuInstance } from "../framework/viommu.ts";
 import type { AccessSize, IoHandler } from "../platform/bus.ts";
 import type { InterruptSink } from "../platform/interrupts.ts";
 import {
@@ -105,8 +108,15 @@ function _clipToInputWindow(out: Translation, iova: number): void {
   }
 }
 
-export class VtdUnit implements DmaTranslator, IoHandler {
+/**
+ * The VT-d model, and its backend of the generic vIOMMU layer: the endpoint table is the
+ * `viommu` instance's, whose state per endpoint is an `EndpointState` (options.ts).
+ */
+export class VtdUnit implements DmaTranslator, IoHandler, ViommuModel<EndpointState, EndpointOptions> {
+  readonly modelName = "vt-d";
   readonly config: VtdConfig;
+  /** The guest's vIOMMU in the framework's registry: plug and unplug endpoints there. */
+  readonly viommu: ViommuInstance<EndpointState, EndpointOptions>;
   readonly memory: GuestMemory;
   readonly tracer: Tracer;
   readonly regs: RegisterFile;
@@ -123,7 +133,8 @@ export class VtdUnit implements DmaTranslator, IoHandler {
   private readonly firstStage: FirstStageWalker;
   private readonly interrupts: InterruptSink | null;
   private readonly unitSourceId: number;
-  private readonly endpoints = new Map<number, EndpointState>();
+  /** The framework's endpoint table (`viommu.states`), read-only here. */
+  private readonly endpoints: ReadonlyMap<number, EndpointState>;
   /** Targets, IOTLB and walks (translate.ts). */
   private readonly translator: TargetTranslator;
   private ownEpoch = 0;
@@ -139,6 +150,9 @@ export class VtdUnit implements DmaTranslator, IoHandler {
     this.config =
       c === undefined ? DEFAULT_VTD_CONFIG : typeof c === "string" ? parseVtdConfig(c) : validateVtdConfig(c);
     this.memory = memory;
+    this.viommu =
+      options.viommu ?? ViommuRegistry.single<EndpointState, EndpointOptions>("vt-d", 16).instance;
+    this.endpoints = this.viommu.states;
     this.tracer = options.tracer ?? new Tracer();
     this.interrupts = options.interrupts ?? null;
     this.unitSourceId = options.unitSourceId ?? 0;
@@ -170,6 +184,7 @@ export class VtdUnit implements DmaTranslator, IoHandler {
       this.tracer,
     );
     this.faults = new FaultLog(this.regs, (a, d) => this.sendEvent(a, d), this.tracer);
+    this.faults.onGuestDmaFault = (sourceId, f) => this.viommu.guestFaultOf(sourceId, f);
     const walkers = {
       secondStage: this.secondStage,
       firstStage: this.firstStage,
@@ -234,6 +249,7 @@ export class VtdUnit implements DmaTranslator, IoHandler {
       },
     });
     this.resetRegisters();
+    this.viommu.bindModel(this);
   }
 
   /**
@@ -282,14 +298,25 @@ export class VtdUnit implements DmaTranslator, IoHandler {
   // ---------------------------------------------------------------- endpoints
 
   /**
-   * Adds the endpoint `sourceId` (its PCI BDF) and returns its DMA address space. An endpoint
-   * backed by a host IOMMU needs caching mode; one with a device-TLB needs device-iotlb.
+   * Adds the endpoint `sourceId` (its PCI BDF) and returns its DMA address space: a plug through
+   * the framework (`viommu.plugOrThrow`), which throws when it is refused.
    */
   addEndpoint(sourceId: number, options: EndpointOptions = {}): DmaAddressSpace {
-    if (!Number.isInteger(sourceId) || sourceId < 0 || sourceId > 0xffff) {
-      throw new Error(`VT-d: source id ${sourceId} is not a 16-bit BDF`);
-    }
-    if (this.endpoints.has(sourceId)) throw new Error(`VT-d: endpoint ${bdf(sourceId)} added twice`);
+    return this.viommu.plugOrThrow({ vId: sourceId, name: `vt-d ${bdf(sourceId)}`, options });
+  }
+
+  /** Removes an endpoint (hot-unplug, through the framework): see `unplugEndpoint`. */
+  removeEndpoint(sourceId: number): boolean {
+    return this.viommu.unplug(sourceId);
+  }
+
+  /**
+   * The framework plugs an endpoint. One backed by a host IOMMU needs caching mode; one with a
+   * device-TLB needs device-iotlb.
+   */
+  plugEndpoint(endpoint: Endpoint, options: EndpointOptions = {}): PluggedState<EndpointState> {
+    const sourceId = endpoint.vId;
+    if (sourceId > 0xffff) throw new Error(`VT-d: source id ${sourceId} is not a 16-bit BDF`);
     if (options.host !== undefined && !this.config.cachingMode) {
       throw new Error(
         `VT-d: endpoint ${bdf(sourceId)} is an assigned device behind a host IOMMU; the guest's mappings can only be ` +
@@ -314,26 +341,21 @@ export class VtdUnit implements DmaTranslator, IoHandler {
       deviceTlbInvalidations: 0,
       resyncPending: false,
     };
-    this.endpoints.set(sourceId, ep);
     if (host !== null) this.replay.resync(ep);
     VTD_TRACE.endpoint(this.tracer, sourceId, host !== null, ep.deviceTlb !== null);
-    return dma;
+    return { space: dma, state: ep };
   }
 
   /**
-   * Removes an endpoint (hot-unplug): its host mappings are unmapped and its cached contexts
+   * The framework unplugs an endpoint: its host mappings are unmapped and its cached contexts
    * dropped. Address spaces handed out for it keep translating through the unit's tables but
    * no longer reach a host IOMMU or a device-TLB.
    */
-  removeEndpoint(sourceId: number): boolean {
-    const ep = this.endpoints.get(sourceId);
-    if (ep === undefined) return false;
-    this.endpoints.delete(sourceId);
+  unplugEndpoint(_endpoint: Endpoint, ep: EndpointState): void {
     ep.host?.clear();
-    this.targets.dropWhere((t) => t.sourceId === sourceId);
+    this.targets.dropWhere((t) => t.sourceId === ep.sourceId);
     this.bumpEpoch();
-    VTD_TRACE.endpointRemoved(this.tracer, sourceId);
-    return true;
+    VTD_TRACE.endpointRemoved(this.tracer, ep.sourceId);
   }
 
   /** A DMA address space for requests with PASID `pasid` from an added endpoint (scalable mode). */
