@@ -439,7 +439,12 @@ async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
     let dma: DmaAddressSpace;
     if (spec.iommu && viommu !== undefined) {
       if (spec.kind === "edu") host = new ObservedHostIommu(new VfioType1Container());
-      dma = viommu.engine.addEndpoint(bdf, host !== undefined ? { host } : {});
+      // A plug through the framework's endpoint table (the one place endpoints come and go).
+      dma = viommu.engine.viommu.plugOrThrow({
+        vId: bdf,
+        kind: host === undefined ? "emulated" : "assigned",
+        options: host !== undefined ? { host } : {},
+      });
     } else {
       dma = new DmaAddressSpace(memory, IDENTITY, bdf);
     }

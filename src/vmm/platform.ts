@@ -32,6 +32,7 @@ import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { HostIommu } from "../engine/host-iommu.ts";
 import { HostNotifier } from "../engine/host-notifier.ts";
 import type { Tracer } from "../engine/trace.ts";
+import { ViommuRegistry } from "../framework/registry.ts";
 import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../pci/bus.ts";
 import type { PciFunction } from "../pci/function.ts";
 import { type AccessSize, IoBus, type IoHandler } from "../platform/bus.ts";
@@ -39,7 +40,15 @@ import type { MsiMessage } from "../platform/interrupts.ts";
 import type { VfioPciDevice } from "../vfio/device.ts";
 import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
+import type {
+  Endpoint as VirtioIommuEndpoint,
+  VirtioIommuEndpointOptions,
+} from "../virtio-iommu/endpoints.ts";
 import { dmarForConfig } from "../vtd/dmar.ts";
+import type {
+  EndpointOptions as VtdEndpointOptions,
+  EndpointState as VtdEndpointState,
+} from "../vtd/options.ts";
 import { VtdUnit } from "../vtd/vtd.ts";
 import { ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, AcpiPower, type PowerRequest } from "./acpi-power.ts";
 import { InterruptFabric, intxIoapicPin, type MsiTarget } from "./interrupts.ts";
@@ -110,6 +119,9 @@ export interface WideIoHandler extends IoHandler {
   writeWide(offset: number, value: bigint): void;
 }
 
+/** The host's IOMMU in the framework's registry (assigned devices sit behind it through VFIO). */
+const HOST_IOMMU_ID = "host-iommu";
+
 export class Platform {
   readonly pio = new IoBus("pio");
   readonly mmio = new IoBus("mmio");
@@ -124,6 +136,11 @@ export class Platform {
   readonly pci = new PciBus();
   readonly viommu: VirtioIommuPci | null = null;
   readonly vtd: VtdUnit | null = null;
+  /**
+   * The framework's registry (with --iommu): the host's IOMMU as one physical IOMMU (16-bit
+   * BDFs) and the guest's vIOMMU on it, whose endpoint table the model backs.
+   */
+  readonly registry: ViommuRegistry | null = null;
   /** The ACPI DMAR table for the VT-d unit (for a firmware-table consumer). */
   readonly dmar: Uint8Array | null = null;
   readonly devices: PlacedDevice[] = [];
@@ -184,10 +201,15 @@ export class Platform {
     const identity = (rid: number) => new DmaAddressSpace(this.memory, IDENTITY, rid);
     // `host`: the host IOMMU of an assigned device, kept in step by the IOMMU model.
     let translated: ((rid: number, host?: HostIommu) => DmaAddressSpace) | null = null;
+    // An assigned device's endpoint is "assigned" in the registry; its host IOMMU goes to the model.
+    const kindOf = (host: HostIommu | undefined) => (host === undefined ? "emulated" : "assigned");
     if (config.iommu.kind === "virtio") {
+      const sole = ViommuRegistry.single<VirtioIommuEndpoint, VirtioIommuEndpointOptions>(HOST_IOMMU_ID, 16);
+      this.registry = sole.registry;
       const viommu = new VirtioIommuPci(this.memory, {
         tracer: config.tracer,
         pageSizeMask: config.iommu.pageSizeMask,
+        viommu: sole.instance,
       });
       // The IOMMU's own queues are guest-physical (it is not behind itself).
       this.pci.addFunction(viommu.pci, {
@@ -196,17 +218,22 @@ export class Platform {
         dma: identity,
       });
       this.viommu = viommu;
-      translated = (rid, host) => viommu.engine.addEndpoint(rid, { host });
+      translated = (rid, host) =>
+        sole.instance.plugOrThrow({ vId: rid, kind: kindOf(host), options: { host } });
     } else if (config.iommu.kind === "intel") {
+      const sole = ViommuRegistry.single<VtdEndpointState, VtdEndpointOptions>(HOST_IOMMU_ID, 16);
+      this.registry = sole.registry;
       const vtd = new VtdUnit(this.memory, {
         config: config.iommu.spec,
         interrupts: this.interrupts.unremapped,
         tracer: config.tracer,
+        viommu: sole.instance,
       });
       this.mmio.register(VTD_GPA, 0x1000, vtd, "vtd");
       this.wideMmio.push({ base: VTD_GPA, sizeBytes: 0x1000, handler: vtd });
       this.vtd = vtd;
-      translated = (rid, host) => vtd.addEndpoint(rid, { host });
+      translated = (rid, host) =>
+        sole.instance.plugOrThrow({ vId: rid, kind: kindOf(host), options: { host } });
     }
 
     config.devices.forEach((d, i) => {

@@ -32,6 +32,10 @@ import type { InterruptSink, MsiMessage } from "../../platform/interrupts.ts";
 import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
 import { SmmuV3, VECTOR_CMD_SYNC, VECTOR_EVENTQ, VECTOR_GERROR } from "../../smmuv3/smmu.ts";
 import { VirtioPciTransport } from "../../virtio/pci-transport.ts";
+import type {
+  Endpoint as VirtioIommuEndpoint,
+  VirtioIommuEndpointOptions,
+} from "../../virtio-iommu/endpoints.ts";
 import type { DeviceChoice, PlacedDevice } from "../platform.ts";
 import { ECAM_BYTES } from "./device-tree.ts";
 import {
@@ -240,25 +244,19 @@ export class Arm64Platform {
       translated = (rid) => {
         const instance = smmuInstanceOfSlot((rid >> 3) & 31, instances);
         const pSid = hostStreamId(instance, rid);
-        const r = this.registry.assign(
-          `smmu${instance}`,
-          views[instance]!,
-          rid,
-          pSid,
-          "emulated",
-          `rid ${rid.toString(16)}`,
-        );
-        if (!r.ok) throw new Error(r.error);
+        const space = views[instance]!.plugOrThrow({ vId: rid, pId: pSid, name: `rid ${rid.toString(16)}` });
         this.smmuStreams.push({ requesterId: rid, instance, vSid: rid, pSid });
-        return new DmaAddressSpace(this.memory, this.smmus[instance]!, rid);
+        return space;
       };
     } else if (config.iommu.kind === "virtio") {
       // No RESV_MEM regions: Linux then reserves its software MSI window (0x8000000) and maps
       // the ITS doorbell through the IOMMU, as on QEMU's virt board.
+      const sole = ViommuRegistry.single<VirtioIommuEndpoint, VirtioIommuEndpointOptions>("host-iommu", 16);
       const viommu = new VirtioIommuPci(this.memory, {
         tracer: config.tracer,
         reservedRegions: [],
         pageSizeMask: config.iommu.pageSizeMask,
+        viommu: sole.instance,
       });
       this.pci.addFunction(viommu.pci, {
         device: ARM64_VIRTIO_IOMMU_SLOT,
@@ -266,7 +264,7 @@ export class Arm64Platform {
         dma: identity,
       });
       this.viommu = viommu;
-      translated = (rid) => viommu.engine.addEndpoint(rid);
+      translated = (rid) => sole.instance.plugOrThrow({ vId: rid });
     }
 
     config.devices.forEach((d, i) => {
