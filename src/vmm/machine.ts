@@ -12,9 +12,7 @@ import { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { type HostMapping, mapGuestRam } from "../kvm/guest-ram.ts";
 import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../kvm/ioctls.ts";
-import { alarm } from "../kvm/libc.ts";
 import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
-import { RUN } from "../kvm/structs.ts";
 import { Kvm } from "../kvm/system.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
@@ -25,6 +23,7 @@ import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout }
 import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
 import { type DeviceChoice, type IommuChoice, Platform } from "./platform.ts";
+import { runOneVcpu } from "./vcpu-loop.ts";
 import { REQUEST, SLOT, SLOT_STATE, STOP } from "./vcpu-slot.ts";
 import { VcpuThreads } from "./vcpu-threads.ts";
 
@@ -360,76 +359,32 @@ export class Machine {
   run(timeoutSeconds = 0): RunResult {
     if (this.apVcpus.length > 0) return this.runThreaded(timeoutSeconds);
     const vcpu = this.vcpu;
-    const run = vcpu.run;
     const platform = this.platform;
-    const t0 = Date.now();
-    const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
-    // A signal interrupts KVM_RUN with EINTR. SIGINT/SIGTERM are noticed through latches
-    // (their JS listeners could not run while this loop blocks the event loop).
-    const onAlarm = () => {};
-    const interrupt = new SignalLatch(SIGINT);
-    const terminate = new SignalLatch(SIGTERM);
-    interrupt.arm();
-    terminate.arm();
-    process.on("SIGALRM", onAlarm);
-
-    if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
+    let result: { stop: StopReason; wallMs: number };
     try {
-      while (this.stopReason === null) {
-        if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
-        const exit = vcpu.runOnce();
-        try {
-          switch (exit.kind) {
-            case "io":
-              this.dispatchIo(exit.isWrite, exit.port, exit.sizeBytes, exit.count, run, exit.dataOffset);
-              break;
-            case "mmio":
-              this.dispatchMmio(exit.isWrite, exit.gpa, exit.sizeBytes, run, RUN.mmio.data);
-              break;
-            case "ioapic-eoi":
-              this.dispatchEoi(exit.vector);
-              break;
-            case "interrupted":
-              platform.uart.poll();
-              if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
-              else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
-              else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
-              break;
-            case "shutdown":
-              this.stopReason = { kind: "triple-fault" };
-              break;
-            case "system-event":
-              this.stopReason = { kind: "system-event", type: exit.type };
-              break;
-            case "internal-error":
-              this.stopReason = { kind: "internal-error", suberror: exit.suberror, rip: vcpu.getRegs().rip };
-              break;
-            case "fail-entry":
-              this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
-              break;
-            case "hlt":
-              this.stopReason = { kind: "hlt" };
-              break;
-            case "unknown":
-              this.stopReason = { kind: "unknown-exit", reason: exit.reason };
-              break;
-          }
-        } catch (e) {
-          // A device model threw (a bug: models answer bad input architecturally). Stop the
-          // machine with the device's message and a summary instead of a VMM crash.
-          this.stopReason = { kind: "device-error", message: (e as Error).message };
-        }
-      }
+      // The loop shared with the arm64 machine (vcpu-loop.ts); x86 adds port I/O, IOAPIC EOIs,
+      // its IOAPIC route refresh and COM1 input polling.
+      result = runOneVcpu(
+        vcpu,
+        {
+          beforeRun: () => {
+            if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
+          },
+          io: (isWrite, port, size, count, data, offset) =>
+            this.dispatchIo(isWrite, port, size, count, data, offset),
+          mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
+          eoi: (vector) => this.dispatchEoi(vector),
+          interrupted: () => platform.uart.poll(),
+          instructionPointer: () => vcpu.getRegs().rip,
+          pendingStop: () => this.stopReason,
+        },
+        timeoutSeconds,
+      );
     } finally {
-      if (timeoutSeconds > 0) alarm(0);
-      process.off("SIGALRM", onAlarm);
-
-      interrupt.disarm();
-      terminate.disarm();
-      this.platform.uart.flush();
+      platform.uart.flush();
     }
-    const stop: StopReason = this.stopReason ?? { kind: "interrupted", signal: SIGINT };
-    return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
+    this.stopReason = result.stop;
+    return { stop: result.stop, status: statusFor(result.stop), exits: vcpu.exits, wallMs: result.wallMs };
   }
 
   /**

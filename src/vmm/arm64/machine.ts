@@ -3,9 +3,9 @@
  * the in-kernel GICv3 and ITS, RAM at 1 GiB, the platform's devices on MMIO (Arm64Platform) and
  * a Linux Image booted with a device tree (booting.rst): x0 = DTB, PC = Image.
  *
- * One vCPU: the run loop is the x86 machine's single-vCPU loop in shape (KVM_RUN, MMIO exits to
- * the buses, signals through latches, a SIGALRM deadline); arm64 has no port I/O and no IOAPIC
- * EOIs, and a PSCI SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
+ * One vCPU, run by the loop the x86 machine uses too (../vcpu-loop.ts: KVM_RUN, signals through
+ * latches, a SIGALRM deadline); arm64 gives it MMIO exits only, and a PSCI SYSTEM_OFF /
+ * SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
  */
 import { type Arm64BootPlan, parseArm64Image, planArm64Boot } from "../../boot/arm64-image.ts";
 import { FdtError } from "../../boot/fdt.ts";
@@ -15,9 +15,6 @@ import type { Tracer } from "../../engine/trace.ts";
 import { initVcpu, preferredTarget, readMpidr, setBootRegisters } from "../../kvm/arm64/cpu.ts";
 import { VgicV3 } from "../../kvm/arm64/vgic.ts";
 import { type HostMapping, mapGuestRam } from "../../kvm/guest-ram.ts";
-import { alarm } from "../../kvm/libc.ts";
-import { SIGINT, SIGTERM, SignalLatch } from "../../kvm/signal-latch.ts";
-import { RUN } from "../../kvm/structs.ts";
 import { Kvm } from "../../kvm/system.ts";
 import type { Vcpu } from "../../kvm/vcpu.ts";
 import { Vm } from "../../kvm/vm.ts";
@@ -26,6 +23,7 @@ import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
 import type { RunResult, StopReason } from "../machine.ts";
 import { statusFor } from "../machine.ts";
 import type { DeviceChoice } from "../platform.ts";
+import { runOneVcpu } from "../vcpu-loop.ts";
 import { buildDeviceTree, type DtIommu } from "./device-tree.ts";
 import {
   GIC_DIST_GPA,
@@ -136,7 +134,6 @@ export class Arm64Machine {
   private readonly tracer: Tracer;
   private readonly memorySizeBytes: number;
   private readonly iommu: DtIommu;
-  private stopReason: StopReason | null = null;
   mmioExits = 0;
 
   constructor(config: Arm64MachineConfig) {
@@ -242,58 +239,23 @@ export class Arm64Machine {
   /** Runs until the guest powers off, fails, or `timeoutSeconds` pass (0: no limit). */
   run(timeoutSeconds = 0): RunResult {
     const vcpu = this.vcpu;
-    const run = vcpu.run;
-    const t0 = Date.now();
-    const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
-    const onAlarm = () => {};
-    const interrupt = new SignalLatch(SIGINT);
-    const terminate = new SignalLatch(SIGTERM);
-    interrupt.arm();
-    terminate.arm();
-    process.on("SIGALRM", onAlarm);
-    if (timeoutSeconds > 0) alarm(Math.ceil(timeoutSeconds));
+    let result: { stop: StopReason; wallMs: number };
     try {
-      while (this.stopReason === null) {
-        const exit = vcpu.runOnce();
-        try {
-          switch (exit.kind) {
-            case "mmio":
-              this.dispatchMmio(exit.isWrite, exit.gpa, exit.sizeBytes, run, RUN.mmio.data);
-              break;
-            case "interrupted":
-              if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
-              else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
-              else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
-              break;
-            case "system-event":
-              this.stopReason = { kind: "system-event", type: exit.type };
-              break;
-            case "internal-error":
-              this.stopReason = { kind: "internal-error", suberror: exit.suberror, rip: -1 };
-              break;
-            case "fail-entry":
-              this.stopReason = { kind: "fail-entry", hardwareReason: exit.hardwareReason };
-              break;
-            case "unknown":
-              this.stopReason = { kind: "unknown-exit", reason: exit.reason };
-              break;
-            default:
-              // io, hlt, shutdown, ioapic-eoi: x86 exits KVM never produces on arm64.
-              this.stopReason = { kind: "unknown-exit", reason: -1 };
-          }
-        } catch (e) {
-          this.stopReason = { kind: "device-error", message: (e as Error).message };
-        }
-      }
+      // The loop shared with x86 (../vcpu-loop.ts): arm64 has MMIO exits only (no port I/O, no
+      // IOAPIC EOIs); a PSCI SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
+      result = runOneVcpu(
+        vcpu,
+        {
+          mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
+          instructionPointer: () => -1,
+          pendingStop: () => null,
+        },
+        timeoutSeconds,
+      );
     } finally {
-      if (timeoutSeconds > 0) alarm(0);
-      process.off("SIGALRM", onAlarm);
-      interrupt.disarm();
-      terminate.disarm();
       this.platform.uart.flush();
     }
-    const stop: StopReason = this.stopReason ?? { kind: "interrupted", signal: SIGINT };
-    return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: Date.now() - t0 };
+    return { stop: result.stop, status: statusFor(result.stop), exits: vcpu.exits, wallMs: result.wallMs };
   }
 
   stats(): object {
