@@ -7,10 +7,10 @@
  * guest-controlled input: failures come back as `DmaFault` values, and a write is only performed
  * after the whole range has been translated, so a faulting DMA writes nothing.
  *
- * Data moves through `memory.read`/`memory.write` per segment (not views), so a memory whose
- * ranges are reached by messages rather than shared bytes (vfio-user DMA_READ/WRITE) can serve
- * them; if such a memory fails an access with `GuestMemoryError`, the DMA returns a not-RAM fault
- * (for a multi-segment write, earlier segments may already have landed).
+ * Data moves through `memory.tryRead`/`memory.tryWrite` per segment (not views), so a memory
+ * whose ranges are reached by messages rather than shared bytes (vfio-user DMA_READ/WRITE) can
+ * serve them; if such a memory fails an access (`GuestMemoryError`), the DMA returns a not-RAM
+ * fault (for a multi-segment write, earlier segments may already have landed).
  */
 import {
   ACCESS_READ,
@@ -217,18 +217,17 @@ export class DmaAddressSpace {
     const f = this.translateRange(iova, dest.length, ACCESS_READ, sg);
     if (f !== null) return f;
     const m = this.memory;
-    try {
-      if (sg.count === 1) m.read(sg.gpas[0], dest);
-      else {
-        let off = 0;
-        for (let i = 0; i < sg.count; i++) {
-          const len = sg.lengths[i];
-          m.read(sg.gpas[i], dest.subarray(off, off + len));
-          off += len;
-        }
+    if (sg.count === 1) {
+      const e = m.tryRead(sg.gpas[0], dest);
+      if (e !== null) return this.memoryFault(e, iova, ACCESS_READ);
+    } else {
+      let off = 0;
+      for (let i = 0; i < sg.count; i++) {
+        const len = sg.lengths[i];
+        const e = m.tryRead(sg.gpas[i], dest.subarray(off, off + len));
+        if (e !== null) return this.memoryFault(e, iova, ACCESS_READ);
+        off += len;
       }
-    } catch (e) {
-      return this.memoryFault(e, iova, ACCESS_READ);
     }
     this.reads++;
     this.bytesRead += dest.length;
@@ -241,18 +240,17 @@ export class DmaAddressSpace {
     const f = this.translateRange(iova, src.length, ACCESS_WRITE, sg);
     if (f !== null) return f;
     const m = this.memory;
-    try {
-      if (sg.count === 1) m.write(sg.gpas[0], src);
-      else {
-        let off = 0;
-        for (let i = 0; i < sg.count; i++) {
-          const len = sg.lengths[i];
-          m.write(sg.gpas[i], src.subarray(off, off + len));
-          off += len;
-        }
+    if (sg.count === 1) {
+      const e = m.tryWrite(sg.gpas[0], src);
+      if (e !== null) return this.memoryFault(e, iova, ACCESS_WRITE);
+    } else {
+      let off = 0;
+      for (let i = 0; i < sg.count; i++) {
+        const len = sg.lengths[i];
+        const e = m.tryWrite(sg.gpas[i], src.subarray(off, off + len));
+        if (e !== null) return this.memoryFault(e, iova, ACCESS_WRITE);
+        off += len;
       }
-    } catch (e) {
-      return this.memoryFault(e, iova, ACCESS_WRITE);
     }
     this.writes++;
     this.bytesWritten += src.length;

@@ -160,11 +160,18 @@ export class CommandQueue {
     while (this.pending && done < budget) {
       const cons = v[CONS_INDEX] & CONS_PTR;
       const gpa = this.baseGpa + ptrIndex(cons, this.log2size) * CMD_BYTES;
-      if (!m.isRam(gpa, CMD_BYTES)) {
+      // A command is 16 bytes inside one region; an unreadable one is CERROR_ABT (7.1).
+      if (!m.isRam(gpa, CMD_BYTES) || !m.read64(gpa)) {
         this.fail(CERROR_ABT);
         break;
       }
-      if (!this.execute(m.readU32(gpa), m.readU32(gpa + 4), m.readU32(gpa + 8), m.readU32(gpa + 12))) {
+      const w0 = m.lo;
+      const w1 = m.hi;
+      if (!m.read64(gpa + 8)) {
+        this.fail(CERROR_ABT);
+        break;
+      }
+      if (!this.execute(w0, w1, m.lo, m.hi)) {
         this.fail(CERROR_ILL);
         break;
       }

@@ -8,7 +8,7 @@
  * first (3.4.3), as do stage-1 table fetches (`nestedFetcher`).
  */
 import type { DmaFault } from "../engine/access.ts";
-import { type GuestMemory, GuestMemoryError } from "../engine/guest-memory.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { Tracer } from "../engine/trace.ts";
 import { Translation } from "../engine/translation.ts";
 import {
@@ -79,13 +79,13 @@ export class ConfigLookup {
     this.cdCacheLimit = cdCacheLimit;
     this.physFetcher = {
       fetch: (addr: number, r: WalkResult): boolean => {
-        if (!memory.isRam(addr, 8)) {
+        if (!memory.read64(addr)) {
           r.fault = EVT.F_WALK_EABT;
           r.fetchAddr = addr;
           return false;
         }
-        r.lo = memory.readU32(addr);
-        r.hi = memory.readU32(addr + 4);
+        r.lo = memory.lo;
+        r.hi = memory.hi;
         return true;
       },
     };
@@ -228,19 +228,14 @@ export class ConfigLookup {
     return this.faults.stage2(tx, r.fault, ste.s2Record, r.faultClass, r.faultIpa);
   }
 
+  /** Reads a structure of `bytes` (a multiple of 8) into `words`; false when it is not all RAM. */
   private readWords(gpa: number, bytes: number): boolean {
-    if (!this.memory.isRam(gpa, bytes)) return false;
-    let view: Uint8Array;
-    try {
-      view = this.memory.view(gpa, bytes);
-    } catch (e) {
-      // RAM without bytes to view (vfio-user memory reached by messages): not usable here.
-      if (e instanceof GuestMemoryError) return false;
-      throw e;
-    }
-    for (let i = 0; i < bytes / 4; i++) {
-      this.words[i] =
-        view[i * 4] | (view[i * 4 + 1] << 8) | (view[i * 4 + 2] << 16) | (view[i * 4 + 3] << 24);
+    const m = this.memory;
+    if (!m.isRam(gpa, bytes)) return false;
+    for (let i = 0; i < bytes / 8; i++) {
+      if (!m.read64(gpa + i * 8)) return false;
+      this.words[i * 2] = m.lo;
+      this.words[i * 2 + 1] = m.hi;
     }
     return true;
   }

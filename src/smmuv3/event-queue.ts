@@ -118,12 +118,11 @@ export class EventQueue {
     }
     const index = ptrIndex(this.prod, log2);
     const gpa = this.baseGpa + index * EVENT_RECORD_BYTES;
-    if (!this.memory.isRam(gpa, EVENT_RECORD_BYTES)) {
+    rec.encode(this.scratchView, 0);
+    if (this.memory.tryWrite(gpa, this.scratch) !== null) {
       this.lostAbort++;
       return { result: "abort", overflowSignalled: false };
     }
-    rec.encode(this.scratchView, 0);
-    this.memory.write(gpa, this.scratch);
     this.slotSid[index] = sid;
     this.pending.set(sid, held + 1);
     if (mergeable) {

@@ -373,8 +373,7 @@ export class SmmuV3 implements IoHandler, DmaTranslator, ViommuModel<undefined, 
     }
     if (!msi) return;
     const address = (addrHi & 0xffff) * 2 ** 32 + ((addrLo & 0xfffffffc) >>> 0);
-    if (this.memory.isRam(address, 4)) {
-      this.memory.writeU32(address, data >>> 0);
+    if (this.memory.tryWriteU32(address, data >>> 0)) {
       this.msiWrites++;
       return;
     }

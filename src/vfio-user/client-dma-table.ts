@@ -10,7 +10,7 @@
 import { IntervalMap } from "../engine/interval-map.ts";
 import { closeFd, ERRNO } from "./libc.ts";
 import type { Backing, DmaTransport } from "./region-backing.ts";
-import type { SharedGuestMemory } from "./shared-memory.ts";
+import type { SharedRegions } from "./shared-regions.ts";
 
 export interface DmaMapRequest {
   readonly iova: number;
@@ -34,7 +34,7 @@ interface ClientRegion {
 }
 
 export class ClientDmaTable {
-  private readonly memory: SharedGuestMemory;
+  private readonly memory: SharedRegions;
   private readonly maxRegions: number;
   private readonly regions = new IntervalMap<ClientRegion>();
   private readonly transport: DmaTransport | null;
@@ -45,7 +45,7 @@ export class ClientDmaTable {
   longestSliceMs = 0;
 
   /** `transport`: how this client's descriptor-less regions are reached (null: never RAM). */
-  constructor(memory: SharedGuestMemory, maxRegions: number, transport: DmaTransport | null) {
+  constructor(memory: SharedRegions, maxRegions: number, transport: DmaTransport | null) {
     this.memory = memory;
     this.maxRegions = maxRegions;
     this.transport = transport;

@@ -8,7 +8,6 @@
  */
 import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import { GuestRam } from "./guest-ram.ts";
 import {
   EnumerationBudget,
   entryAddress,
@@ -60,7 +59,8 @@ export interface NestedStage {
 }
 
 export class FirstStageWalker {
-  private readonly ram: GuestRam;
+  /** Entries are read with `read64` (lo / hi): a bad address is a false, never a throw. */
+  private readonly ram: GuestMemory;
   private readonly format: FirstStageFormat;
   entryReads = 0;
   /** Bounds and cost of `forEachLeaf`. */
@@ -78,7 +78,7 @@ export class FirstStageWalker {
   constructor(memory: GuestMemory, format: FirstStageFormat) {
     this.resHigh = addressBitsAboveHaw(format.hawBits);
     this.addressLimit = 2 ** Math.min(format.hawBits, 52);
-    this.ram = new GuestRam(memory);
+    this.ram = memory;
     this.format = format;
   }
 
@@ -140,7 +140,7 @@ export class FirstStageWalker {
           // Setting A/D is a write: nested, the second stage must allow it.
           if (nest !== null && nest.toHost(entryGpa, NEST_TABLE_WRITE) < 0) return WALK.NESTED;
           lo = (lo | set) >>> 0;
-          ram.write32(entryAddr, lo);
+          ram.tryWriteU32(entryAddr, lo);
           this.accessedUpdates++;
         }
       }

@@ -9,7 +9,7 @@
  * most `entryBudget` reads, and an enumeration that runs out is always flagged `truncated`,
  * whatever the next entry holds. (The walkers used to differ: the first stage read first.)
  */
-import type { GuestRam } from "./guest-ram.ts";
+import type { GuestMemory } from "../engine/guest-memory.ts";
 
 const TWO32 = 0x1_0000_0000;
 
@@ -85,7 +85,7 @@ export type LeafCallback = (iova: number, gpa: number, sizeBytes: number, perms:
  * not RAM ends its table (the rest of it is unreadable too).
  */
 export function enumerateLeaves(
-  ram: GuestRam,
+  ram: GuestMemory,
   budget: EnumerationBudget,
   format: LeafFormat,
   table: number,

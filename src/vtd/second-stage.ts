@@ -9,7 +9,6 @@
  */
 import { PERM_READ, PERM_RW, PERM_WRITE } from "../engine/access.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
-import { GuestRam } from "./guest-ram.ts";
 import {
   EnumerationBudget,
   entryAddress,
@@ -81,7 +80,8 @@ function reservedHigh(hawBits: number): number {
 }
 
 export class SecondStageWalker {
-  private readonly ram: GuestRam;
+  /** Entries are read with `read64` (lo / hi): a bad address is a false, never a throw. */
+  private readonly ram: GuestMemory;
   private readonly format: SecondStageFormat;
   private readonly resHigh: number;
   private readonly addressLimit: number;
@@ -91,7 +91,7 @@ export class SecondStageWalker {
   readonly enumeration = new EnumerationBudget();
 
   constructor(memory: GuestMemory, format: SecondStageFormat) {
-    this.ram = new GuestRam(memory);
+    this.ram = memory;
     this.format = format;
     this.resHigh = reservedHigh(format.hawBits);
     this.addressLimit = 2 ** Math.min(format.hawBits, 52);
