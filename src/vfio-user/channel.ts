@@ -1,12 +1,12 @@
 /**
  * One vfio-user connection's byte stream: message framing, descriptor passing, send queue.
  *
- * Receive: each message is read as its 16-byte header first (one recvmsg, which also collects
- * the SCM_RIGHTS descriptors the sender attached to the message's first byte), then its body.
- * Reads are non-blocking and resumable, driven by libuv readiness (see libc.ts `watchFd`).
- * A message larger than `maxMessageBytes` is read and discarded in pieces and reported as
- * oversized (the server replies E2BIG); a header whose size is below 16 or whose type is not
- * command/reply means the stream cannot be trusted and the connection is closed.
+ * Receive (frame-reader.ts): one non-blocking recvmsg takes whatever the socket holds, and the
+ * messages in it are dispatched one by one; a read that came back short means the socket was
+ * empty, so the next read waits for libuv readiness (see libc.ts `watchFd`): a doorbell costs
+ * one system call. A message larger than `maxMessageBytes` is discarded as it arrives and
+ * reported as oversized (the server replies E2BIG); a header whose size is below 16 or whose
+ * type is not command/reply means the stream cannot be trusted and the connection is closed.
  *
  * Round trips (`roundTrip`): the server's own requests (DMA_READ/WRITE) block until the reply
  * with their message ID arrives or a timeout passes (poll(2) on the socket); commands received
@@ -29,6 +29,7 @@
  * Fairness: one readiness callback handles messages for at most `READ_SLICE_MS` (and 4096
  * messages), then yields to the event loop, so one chatty client never stalls the others.
  */
+import { FRAME_BROKEN, FRAME_READY, FrameReader } from "./frame-reader.ts";
 import {
   closeFd,
   ERRNO,
@@ -41,11 +42,12 @@ import {
   POLLIN,
   POLLNVAL,
   POLLOUT,
+  POLLRDHUP,
+  pollFd,
   pollFds,
   watchFd,
 } from "./libc.ts";
 import {
-  decodeHeader,
   encodeHeader,
   FLAG_ERROR,
   FLAG_TYPE_MASK,
@@ -110,13 +112,8 @@ export class MessageChannel {
   readonly maxMessageBytes: number;
   private readonly handlers: ChannelHandlers;
   private readonly scratch = new MsgScratch();
-  /** The receive buffer in use; `rxOther` takes over when a round trip starts inside a handler. */
-  private rx: NativeBuffer;
-  private rxView: DataView;
-  private rxOther: NativeBuffer;
-  private rxOtherView: DataView;
-  /** The receive buffer whose payload a handler is reading right now (never overwritten). */
-  private pinned: NativeBuffer | null = null;
+  /** Framing of the receive stream (its buffers; the one a handler reads is pinned there). */
+  private readonly reader: FrameReader;
   /** Staging for server-to-client requests and for flushing queued sends (never `tx`). */
   readonly requestBuffer: NativeBuffer;
   readonly requestView: DataView;
@@ -147,31 +144,16 @@ export class MessageChannel {
   /** Times this channel's round trip served other channels while waiting. */
   nestedServes = 0;
 
-  // Receive state.
-  private have = 0; // bytes of the current message read so far (header + body)
-  private skipLeft = 0; // bytes of an oversized body still to discard
-  private header: MessageHeader | null = null;
-  private fds: number[] = [];
-
   messagesIn = 0;
   messagesOut = 0;
-  bytesIn = 0;
   bytesOut = 0;
-  fdsIn = 0;
   queuedSends = 0;
 
   constructor(fd: number, maxMessageBytes: number, handlers: ChannelHandlers) {
     this.fd = fd;
     this.maxMessageBytes = maxMessageBytes;
     this.handlers = handlers;
-    this.rx = new NativeBuffer(maxMessageBytes);
-    this.rxView = new DataView(this.rx.bytes.buffer, this.rx.bytes.byteOffset, maxMessageBytes);
-    this.rxOther = new NativeBuffer(maxMessageBytes);
-    this.rxOtherView = new DataView(
-      this.rxOther.bytes.buffer,
-      this.rxOther.bytes.byteOffset,
-      maxMessageBytes,
-    );
+    this.reader = new FrameReader(fd, this.scratch, maxMessageBytes);
     this.requestBuffer = new NativeBuffer(maxMessageBytes);
     this.requestView = new DataView(
       this.requestBuffer.bytes.buffer,
@@ -189,6 +171,16 @@ export class MessageChannel {
     return this.closed;
   }
 
+  /**
+   * Whether the peer closed (or shut down its sending side). Reads are batched, so the server
+   * may still be working through requests read before the hang-up; this asks the socket now.
+   */
+  peerHungUp(): boolean {
+    if (this.closed) return true;
+    const r = pollFd(this.fd, POLLRDHUP, 0);
+    return r < 0 || (r & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) !== 0;
+  }
+
   private onReady(readable: boolean, writable: boolean, hangup: boolean): void {
     if (this.closed) return;
     if (writable) this.flush();
@@ -196,7 +188,10 @@ export class MessageChannel {
       this.close("peer hung up with replies unread");
       return;
     }
-    if (readable || hangup) this.readAvailable();
+    if (readable || hangup) {
+      this.reader.drained = false; // libuv saw bytes (or a hang-up) since the last short read
+      this.readAvailable();
+    }
   }
 
   private get backlogged(): boolean {
@@ -221,10 +216,13 @@ export class MessageChannel {
         this.deliver(m);
         continue;
       }
-      if (!this.step()) return;
+      if (this.nextMessage()) continue;
+      // Nothing complete is buffered. A short read already emptied the socket: libuv says when
+      // more comes (no read just to learn that it is empty).
+      if (this.reader.drained || !this.fill()) return;
     }
-    // More may be waiting in the socket or the deferred list: continue on a later turn (while
-    // backlogged, the writable callback resumes reading instead).
+    // More may be waiting in the socket, the buffer or the deferred list: continue on a later
+    // turn (while backlogged, the writable callback resumes reading instead).
     if (!this.closed && !this.backlogged) this.scheduleDrain();
   }
 
@@ -263,9 +261,7 @@ export class MessageChannel {
       this.bytesOut += sent;
       if (sent < sizeBytes) this.enqueue(this.requestBuffer.bytes.slice(sent, sizeBytes), []);
     }
-    // A handler may be reading its request's payload in `rx`: receive into the other buffer.
-    // (A handler runs only between complete messages, so no partial message is in `rx` then.)
-    if (this.rx === this.pinned) this.swapRx();
+    // A handler may be reading its request's payload: the reader continues in its other buffer.
     this.waitId = id;
     this.waitReply = null;
     const deadline = performance.now() + timeoutMs;
@@ -276,8 +272,11 @@ export class MessageChannel {
         break;
       }
       if (this.pendingOut.length > 0) this.flushOut();
-      while (!this.closed && this.waitReply === null && this.deferredBytes <= MAX_DEFERRED_BYTES) {
-        if (!this.step()) break;
+      // Buffered messages are cut out first (bounded by the buffer); the socket is read while
+      // the messages set aside stay under their bound.
+      while (!this.closed && this.waitReply === null) {
+        if (this.nextMessage()) continue;
+        if (this.deferredBytes > MAX_DEFERRED_BYTES || !this.fill()) break;
       }
       if (this.waitReply !== null) {
         result = this.waitReply;
@@ -305,87 +304,49 @@ export class MessageChannel {
     }
     this.waitId = -1;
     this.waitReply = null;
-    if (this.deferred.length > 0) this.scheduleDrain();
+    // Requests set aside, or read along with the reply and not yet cut out, run on a later turn.
+    if (this.deferred.length > 0 || this.reader.bufferedBytes > 0) this.scheduleDrain();
     return result;
   }
 
-  private swapRx(): void {
-    const b = this.rx;
-    const v = this.rxView;
-    this.rx = this.rxOther;
-    this.rxView = this.rxOtherView;
-    this.rxOther = b;
-    this.rxOtherView = v;
-  }
-
-  /** One non-blocking receive step; false when the socket has nothing more now (or closed). */
-  private step(): boolean {
-    if (this.skipLeft > 0) {
-      const n = Math.min(this.skipLeft, this.maxMessageBytes);
-      const r = this.scratch.recv(this.fd, this.rx, 0, n, this.fds);
-      if (!this.checkRecv(r.n)) return false;
-      this.skipLeft -= r.n;
-      this.bytesIn += r.n;
-      if (this.skipLeft === 0) this.dispatch(true);
-      return true;
-    }
-    if (this.header === null) {
-      const r = this.scratch.recv(this.fd, this.rx, this.have, HEADER_SIZE - this.have, this.fds);
-      if (r.truncated) {
-        this.close("a message carried more descriptors than max_msg_fds");
-        return false;
-      }
-      if (!this.checkRecv(r.n)) return false;
-      this.have += r.n;
-      this.bytesIn += r.n;
-      if (this.have < HEADER_SIZE) return true;
-      const h = decodeHeader(this.rxView, 0);
-      const type = h.flags & FLAG_TYPE_MASK;
-      if (h.sizeBytes < HEADER_SIZE || (type !== TYPE_COMMAND && type !== TYPE_REPLY)) {
-        this.close(`malformed header (size ${h.sizeBytes}, type ${type})`);
-        return false;
-      }
-      this.header = h;
-      if (h.sizeBytes > this.maxMessageBytes) {
-        this.skipLeft = h.sizeBytes - HEADER_SIZE;
-        return true;
-      }
-      if (h.sizeBytes === HEADER_SIZE) this.dispatch(false);
-      return true;
-    }
-    const h = this.header;
-    const r = this.scratch.recv(this.fd, this.rx, this.have, h.sizeBytes - this.have, this.fds);
-    if (r.truncated) {
-      this.close("a message carried more descriptors than max_msg_fds");
+  /** One read from the socket; false when it had nothing now or the connection closed. */
+  private fill(): boolean {
+    const n = this.reader.fill();
+    if (n < 0) {
+      this.close(this.reader.error);
       return false;
     }
-    if (!this.checkRecv(r.n)) return false;
-    this.have += r.n;
-    this.bytesIn += r.n;
-    if (this.have === h.sizeBytes) this.dispatch(false);
-    return true;
+    return n > 0;
   }
 
-  /** True when `n` bytes were read; handles EAGAIN (false, keep waiting), EOF and errors (close). */
-  private checkRecv(n: number): boolean {
-    if (n > 0) return true;
-    if (n === -ERRNO.EAGAIN || n === -ERRNO.EINTR) return false;
-    this.close(n === 0 ? "peer closed the connection" : `recvmsg failed (errno ${-n})`);
+  /** Cuts the next complete message out of the buffer and dispatches it; false when none. */
+  private nextMessage(): boolean {
+    const r = this.reader.next();
+    if (r === FRAME_READY) {
+      this.dispatch();
+      return true;
+    }
+    if (r === FRAME_BROKEN) this.close(this.reader.error);
     return false;
   }
 
-  private dispatch(oversized: boolean): void {
-    const header = this.header!;
-    const fds = this.fds;
-    this.header = null;
-    this.have = 0;
-    this.fds = [];
+  private dispatch(): void {
+    const f = this.reader;
+    const header: MessageHeader = {
+      id: f.id,
+      command: f.command,
+      sizeBytes: f.sizeBytes,
+      flags: f.flags,
+      error: f.errorReply,
+    };
+    const fds = f.frameFds;
+    const oversized = f.oversized;
     this.messagesIn++;
-    this.fdsIn += fds.length;
-    const len = oversized ? 0 : header.sizeBytes - HEADER_SIZE;
+    const len = f.payloadBytes;
+    const bytes = f.frameBuffer.bytes;
     if (this.waitId >= 0) {
       // During a round trip: the awaited reply is taken, everything else waits its turn (copied).
-      const payload = this.rx.bytes.slice(HEADER_SIZE, HEADER_SIZE + len);
+      const payload = bytes.slice(f.payloadAt, f.payloadAt + len);
       const payloadView = new DataView(payload.buffer, payload.byteOffset, len);
       if ((header.flags & FLAG_TYPE_MASK) === TYPE_REPLY && header.id === this.waitId) {
         for (const fd of fds) closeFd(fd);
@@ -399,14 +360,14 @@ export class MessageChannel {
       this.deferredBytes += HEADER_SIZE + len;
       return;
     }
-    const payload = this.rx.bytes.subarray(HEADER_SIZE, HEADER_SIZE + len);
+    const payload = bytes.subarray(f.payloadAt, f.payloadAt + len);
     const payloadView = new DataView(payload.buffer, payload.byteOffset, len);
-    const pinnedBefore = this.pinned;
-    this.pinned = this.rx;
+    const pinnedBefore = f.pinned;
+    f.pinned = f.frameBuffer;
     try {
       this.deliver({ header, payload, payloadView, fds, oversized });
     } finally {
-      this.pinned = pinnedBefore;
+      f.pinned = pinnedBefore;
     }
   }
 
@@ -537,8 +498,7 @@ export class MessageChannel {
     this.closed = true;
     openChannels.delete(this);
     this.watch.close();
-    for (const fd of this.fds) closeFd(fd);
-    this.fds = [];
+    this.reader.dropFds();
     for (const m of this.deferred) for (const fd of m.fds) closeFd(fd);
     this.deferred.length = 0;
     this.deferredBytes = 0;
@@ -549,8 +509,7 @@ export class MessageChannel {
     // Native buffers are released after the handler ran (it may still read a payload view).
     queueMicrotask(() => {
       this.scratch.free();
-      this.rx.free();
-      this.rxOther.free();
+      this.reader.free();
       this.requestBuffer.free();
       this.tx.free();
     });
@@ -561,9 +520,9 @@ export class MessageChannel {
     return {
       messagesIn: this.messagesIn,
       messagesOut: this.messagesOut,
-      bytesIn: this.bytesIn,
+      bytesIn: this.reader.bytesIn,
       bytesOut: this.bytesOut,
-      fdsIn: this.fdsIn,
+      fdsIn: this.reader.fdsIn,
       queuedSends: this.queuedSends,
       queuedOutBytes: this.pendingOutBytes,
       peakQueuedOutBytes: this.peakQueuedOutBytes,

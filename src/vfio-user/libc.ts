@@ -290,6 +290,8 @@ const CONTROL_SIZE = CMSG_HDR_SIZE + MAX_FDS_PER_MESSAGE * 4; // CMSG_SPACE(64) 
 export class NativeBuffer {
   readonly pointer: unknown;
   readonly address: bigint;
+  /** `address` as a number (user-space addresses are below 2^47): no BigInt on hot paths. */
+  readonly addressNumber: number;
   readonly bytes: Uint8Array;
   readonly sizeBytes: number;
 
@@ -297,12 +299,19 @@ export class NativeBuffer {
     this.sizeBytes = sizeBytes;
     this.pointer = koffi.alloc("uint8_t", sizeBytes);
     this.address = koffi.address(this.pointer);
+    this.addressNumber = Number(this.address);
     this.bytes = new Uint8Array(koffi.view(this.pointer, sizeBytes));
   }
 
   free(): void {
     koffi.free(this.pointer);
   }
+}
+
+/** Writes a 64-bit little-endian field from a safe integer (two 32-bit halves, no BigInt). */
+function setU64(v: DataView, at: number, value: number): void {
+  v.setUint32(at, value >>> 0, true);
+  v.setUint32(at + 4, Math.floor(value / 2 ** 32), true);
 }
 
 /**
@@ -321,22 +330,26 @@ export class MsgScratch {
   private static readonly MSG = 0;
   private static readonly IOV = 64;
   private static readonly CTRL = 128;
+  /** Whether the last `recvInto` lost descriptors for lack of control space (MSG_CTRUNC). */
+  truncated = false;
 
   free(): void {
     this.arena.free();
   }
 
-  private setMsg(iovBase: bigint, iovLen: number, controlLen: number): void {
+  /** struct msghdr (LP64): name 0, namelen 8, iov 16, iovlen 24, control 32, controllen 40, flags 48. */
+  private setMsg(iovBase: number, iovLen: number, controlLen: number): void {
     const v = this.view;
-    this.arena.bytes.fill(0);
-    v.setBigUint64(MsgScratch.MSG + 16, this.arena.address + BigInt(MsgScratch.IOV), true); // msg_iov
-    v.setBigUint64(MsgScratch.MSG + 24, 1n, true); // msg_iovlen
-    if (controlLen > 0) {
-      v.setBigUint64(MsgScratch.MSG + 32, this.arena.address + BigInt(MsgScratch.CTRL), true); // msg_control
-      v.setBigUint64(MsgScratch.MSG + 40, BigInt(controlLen), true); // msg_controllen
-    }
-    v.setBigUint64(MsgScratch.IOV, iovBase, true);
-    v.setBigUint64(MsgScratch.IOV + 8, BigInt(iovLen), true);
+    const base = this.arena.addressNumber;
+    setU64(v, MsgScratch.MSG, 0); // msg_name
+    setU64(v, MsgScratch.MSG + 8, 0); // msg_namelen and padding
+    setU64(v, MsgScratch.MSG + 16, base + MsgScratch.IOV); // msg_iov
+    setU64(v, MsgScratch.MSG + 24, 1); // msg_iovlen
+    setU64(v, MsgScratch.MSG + 32, controlLen > 0 ? base + MsgScratch.CTRL : 0); // msg_control
+    setU64(v, MsgScratch.MSG + 40, controlLen); // msg_controllen
+    setU64(v, MsgScratch.MSG + 48, 0); // msg_flags and padding
+    setU64(v, MsgScratch.IOV, iovBase);
+    setU64(v, MsgScratch.IOV + 8, iovLen);
   }
 
   /**
@@ -353,16 +366,31 @@ export class MsgScratch {
     fds: number[],
     blocking = false,
   ): { n: number; truncated: boolean } {
-    this.setMsg(buf.address + BigInt(offset), len, CONTROL_SIZE);
+    const n = this.recvInto(fd, buf, offset, len, fds, blocking);
+    return { n, truncated: this.truncated };
+  }
+
+  /** `recv` without a result object: the byte count or -errno; MSG_CTRUNC in `truncated`. */
+  recvInto(
+    fd: number,
+    buf: NativeBuffer,
+    offset: number,
+    len: number,
+    fds: number[],
+    blocking = false,
+  ): number {
+    this.setMsg(buf.addressNumber + offset, len, CONTROL_SIZE);
     const n = c.recvmsg(fd, this.arena.pointer, (blocking ? 0 : MSG_DONTWAIT) | MSG_CMSG_CLOEXEC) as number;
-    if (n < 0) return { n: -errno(), truncated: false };
+    this.truncated = false;
+    if (n < 0) return -errno();
     const v = this.view;
     const flags = v.getInt32(MsgScratch.MSG + 48, true);
-    const controlLen = Number(v.getBigUint64(MsgScratch.MSG + 40, true));
+    // The kernel rewrites msg_controllen with the bytes of control data it delivered.
+    const controlLen = v.getUint32(MsgScratch.MSG + 40, true);
     let off = 0;
     while (off + CMSG_HDR_SIZE <= controlLen) {
       const at = MsgScratch.CTRL + off;
-      const cmsgLen = Number(v.getBigUint64(at, true));
+      const cmsgLen = v.getUint32(at, true) + v.getUint32(at + 4, true) * 2 ** 32;
       const level = v.getInt32(at + 8, true);
       const type = v.getInt32(at + 12, true);
       if (cmsgLen < CMSG_HDR_SIZE || off + cmsgLen > controlLen) break;
@@ -372,17 +400,18 @@ export class MsgScratch {
       }
       off += (cmsgLen + 7) & ~7;
     }
-    return { n, truncated: (flags & MSG_CTRUNC) !== 0 };
+    this.truncated = (flags & MSG_CTRUNC) !== 0;
+    return n;
   }
 
   /** sendmsg of `buf[offset, offset + len)` with `fds` attached. Returns bytes sent or -errno. */
   send(fd: number, buf: NativeBuffer, offset: number, len: number, fds: readonly number[] = []): number {
     if (fds.length > MAX_FDS_PER_MESSAGE) return -ERRNO.E2BIG;
     const controlLen = fds.length > 0 ? CMSG_HDR_SIZE + ((fds.length * 4 + 7) & ~7) : 0;
-    this.setMsg(buf.address + BigInt(offset), len, controlLen);
+    this.setMsg(buf.addressNumber + offset, len, controlLen);
     if (fds.length > 0) {
       const v = this.view;
-      v.setBigUint64(MsgScratch.CTRL, BigInt(CMSG_HDR_SIZE + fds.length * 4), true);
+      setU64(v, MsgScratch.CTRL, CMSG_HDR_SIZE + fds.length * 4);
       v.setInt32(MsgScratch.CTRL + 8, SOL_SOCKET, true);
       v.setInt32(MsgScratch.CTRL + 12, SCM_RIGHTS, true);
       for (let i = 0; i < fds.length; i++) v.setInt32(MsgScratch.CTRL + CMSG_HDR_SIZE + 4 * i, fds[i], true);
@@ -397,6 +426,8 @@ export const POLLOUT = 0x4;
 export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 export const POLLNVAL = 0x20;
+/** Linux: the peer closed or shut down its writing side. */
+export const POLLRDHUP = 0x2000;
 
 // struct pollfd { int fd; short events; short revents; } in native memory (created on first use).
 let pollScratch: NativeBuffer | null = null;

@@ -223,9 +223,12 @@ export class VfioUserDeviceServer {
   /**
    * Serves a connected stream socket (an accepted connection, or one end of a socketpair for
    * tools and fuzzing); the server owns `fd` from now on. False (and `fd` closed) when a client
-   * is already attached: one client per socket (vfio-user.rst "Socket").
+   * is already attached: one client per socket (vfio-user.rst "Socket"). A client that hung up
+   * is no longer attached, even if requests it sent before are still being worked through.
    */
   serveConnection(fd: number): boolean {
+    const attached = this.session;
+    if (attached?.channel.peerHungUp()) attached.channel.close("peer hung up (a new client connected)");
     if (this.session !== null) {
       this.rejectedConnections++;
       closeFd(fd);

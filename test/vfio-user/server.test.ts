@@ -24,6 +24,7 @@ import {
   NativeBuffer,
   PROT_READ,
   PROT_WRITE,
+  socketPair,
 } from "../../src/vfio-user/libc.ts";
 import { VfioUserDeviceServer } from "../../src/vfio-user/server.ts";
 import { SharedGuestMemory } from "../../src/vfio-user/shared-memory.ts";
@@ -415,6 +416,30 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
     c.close();
   });
 
+  test("Header: descriptors stay with their message when several messages arrive in one read", async () => {
+    for (let i = 0; i < 50 && rig.server.connected; i++) await new Promise((r) => setTimeout(r, 10));
+    const c = connect();
+    await negotiate(c);
+    const before = rig.memory.stats();
+    // Four messages in the socket before the server reads (one event-loop turn): the second
+    // carries the memfd, the fourth maps another range without one.
+    const replies = [
+      regionRead(c, 7, 0, 4),
+      dmaMap(c, RAM_GPA, RAM_SIZE, 0, 3, [rig.memfd]),
+      regionRead(c, 7, 0, 4),
+      dmaMap(c, RAM_GPA + RAM_SIZE, 4096, 0, 3, []),
+    ];
+    const [r1, r2, r3, r4] = await Promise.all(replies);
+    for (const r of [r1, r2, r3, r4]) assert.equal(r.flags & ERROR_FLAG, 0);
+    const after = rig.memory.stats();
+    assert.equal(after.regions, before.regions + 1, "one region backed by the descriptor");
+    assert.equal(after.mappedBytes - before.mappedBytes, RAM_SIZE, "the descriptor went to the 1 MiB map");
+    assert.equal(after.fdlessRegions, before.fdlessRegions + 1, "the last map has no descriptor");
+    assert.equal((await dmaUnmap(c, RAM_GPA, RAM_SIZE)).error, 0);
+    assert.equal((await dmaUnmap(c, RAM_GPA + RAM_SIZE, 4096)).error, 0);
+    c.close();
+  });
+
   test("DMA_MAP: a map over an existing region fails with EEXIST", async () => {
     const c = connect();
     await negotiate(c);
@@ -457,6 +482,31 @@ describe("vfio-user server (edu over a UNIX socket)", () => {
     );
     assert.equal(rig.server.rejectedConnections, 1);
     a.close();
+  });
+
+  test("Socket: a client that hung up is no longer attached, even before the server worked through its requests", async () => {
+    for (let i = 0; i < 50 && rig.server.connected; i++) await new Promise((r) => setTimeout(r, 10));
+    const rejected = rig.server.rejectedConnections;
+    const [aServer, aClient] = socketPair();
+    assert.equal(rig.server.serveConnection(aServer), true);
+    // A sends a request and goes away before the server's event loop ran at all.
+    const scratch = new MsgScratch();
+    const buf = new NativeBuffer(64);
+    const version = versionPayload(0, 1, null);
+    const v = new DataView(buf.bytes.buffer, buf.bytes.byteOffset, 64);
+    v.setUint16(2, 1, true);
+    v.setUint32(4, 16 + version.length, true);
+    buf.bytes.set(version, 16);
+    assert.equal(scratch.send(aClient, buf, 0, 16 + version.length), 16 + version.length);
+    closeFd(aClient);
+    const [bServer, bClient] = socketPair();
+    assert.equal(rig.server.serveConnection(bServer), true, "B is served: A hung up");
+    assert.equal(rig.server.rejectedConnections, rejected);
+    closeFd(bClient);
+    scratch.free();
+    buf.free();
+    for (let i = 0; i < 50 && rig.server.connected; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(rig.server.connected, false);
   });
 
   test("DEVICE_SET_IRQS: MSI eventfd is signalled when the device raises its interrupt", async () => {
