@@ -31,7 +31,7 @@
  *   DISCARD / WRITE_ZEROES without their feature negotiated, and any other type: UNSUPP. A chain without a 16-byte header or a status byte cannot be
  *   answered: the device sets DEVICE_NEEDS_RESET (as QEMU).
  */
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, openSync, writeSync } from "node:fs";
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../engine/access.ts";
 import { type DmaAddressSpace, SgList } from "../engine/dma-space.ts";
 import { GuestMemoryError } from "../engine/guest-memory.ts";
@@ -41,6 +41,7 @@ import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import { DescriptorChain, POP_CHAIN } from "../virtio/split-queue.ts";
 import { punchHole } from "./punch-hole.ts";
+import { readIntoViews, writeFromViews } from "./vectored-io.ts";
 
 export const SECTOR_BYTES = 512;
 export const BLK_F_SEG_MAX = 1n << 2n;
@@ -369,20 +370,8 @@ class VirtioBlkDevice implements VirtioDevice {
     }
     const views = this.views(dma, chain, true, 0, bytes);
     if (views === null) return this.finish(dma, chain, BLK_S_IOERR, 0);
-    let position = sector * SECTOR_BYTES;
-    for (const v of views) {
-      let done = 0;
-      while (done < v.length) {
-        const n = readSync(this.fd, v, done, v.length - done, position + done);
-        if (n <= 0) {
-          // The file shrank under us: the rest reads as zeroes.
-          v.fill(0, done);
-          break;
-        }
-        done += n;
-      }
-      position += v.length;
-    }
+    // One preadv for the whole request; a file that shrank under us reads as zeroes.
+    readIntoViews(this.fd, views, sector * SECTOR_BYTES);
     this.bytesRead += bytes;
     return this.finish(dma, chain, BLK_S_OK, bytes);
   }
@@ -393,12 +382,7 @@ class VirtioBlkDevice implements VirtioDevice {
     if (!this.rangeOk(sector, bytes) || this.dataSegments(chain) > this.segMax) return BLK_S_IOERR;
     const views = this.views(dma, chain, false, HEADER_BYTES, bytes);
     if (views === null) return BLK_S_IOERR;
-    let position = sector * SECTOR_BYTES;
-    for (const v of views) {
-      let done = 0;
-      while (done < v.length) done += writeSync(this.fd, v, done, v.length - done, position + done);
-      position += v.length;
-    }
+    writeFromViews(this.fd, views, sector * SECTOR_BYTES);
     this.bytesWritten += bytes;
     if (!this.writeback) this.fsync();
     return BLK_S_OK;
