@@ -3,6 +3,11 @@
  * serve --device edu` runs as a child process (as it does for QEMU); the client here issues
  * blocking round trips, so each operation is one full request/reply through the kernel, libuv
  * readiness, framing, dispatch into the edu model and back.
+ *
+ * The doorbell case drives `viommu serve --iommu virtio` the way QEMU 11 and Linux do
+ * (test/support/remote-viommu.ts): rings in a memfd both processes map, each request announced
+ * by one posted REGION_WRITE (no reply) and its completion polled on the used ring. That is the
+ * path of a guest's VFIO map or unmap, without the guest.
  */
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
@@ -10,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connectUnix, MsgScratch, memfdCreate, NativeBuffer } from "../src/vfio-user/libc.ts";
+import { RemoteViommuDriver } from "../test/support/remote-viommu.ts";
 import type { BenchCase } from "./harness.ts";
 
 interface Client {
@@ -24,12 +30,12 @@ interface Client {
 
 let client: Client | undefined;
 
-function setup(): Client {
-  if (client !== undefined) return client;
+/** Starts `viommu serve` with `args` in a child process; returns the path of socket `name`. */
+function startServe(args: string[], name: string): string {
   const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
-  const socketPath = join(dir, "edu0.sock");
+  const socketPath = join(dir, `${name}.sock`);
   const serve = fileURLToPath(new URL("../src/cli/serve.ts", import.meta.url));
-  const child = spawn(process.execPath, ["--import", "tsx", serve, "--socket-dir", dir, "--device", "edu"], {
+  const child = spawn(process.execPath, ["--import", "tsx", serve, "--socket-dir", dir, ...args], {
     stdio: "ignore",
   });
   // The server must not keep the runner alive: it is killed when the runner exits.
@@ -40,6 +46,27 @@ function setup(): Client {
   for (let i = 0; i < 1000 && !existsSync(socketPath); i++) Atomics.wait(sleep, 0, 0, 10);
   if (!existsSync(socketPath)) throw new Error("viommu serve did not create its socket");
   Atomics.wait(sleep, 0, 0, 50); // bind happens before listen: let it listen
+  return socketPath;
+}
+
+let viommu: RemoteViommuDriver | undefined;
+/** The edu behind the served virtio-iommu: slot 0x11, endpoint ID = its BDF. */
+const EDU_ENDPOINT = 0x11 << 3;
+
+function setupViommu(): RemoteViommuDriver {
+  if (viommu !== undefined) return viommu;
+  const d = new RemoteViommuDriver(
+    startServe(["--iommu", "virtio", "--device", "edu,iommu=on"], "virtio-iommu"),
+  );
+  d.bringUp();
+  if (d.attach(1, EDU_ENDPOINT) !== 0) throw new Error("ATTACH refused");
+  viommu = d;
+  return d;
+}
+
+function setup(): Client {
+  if (client !== undefined) return client;
+  const socketPath = startServe(["--device", "edu"], "edu0");
   const c: Client = {
     fd: connectUnix(socketPath),
     scratch: new MsgScratch(),
@@ -163,6 +190,19 @@ export const cases: BenchCase[] = [
         v.setBigUint64(24, 0x10000000n, true);
         v.setBigUint64(32, 0x10000n, true);
         roundTrip(c, 3, 24);
+      }
+    },
+  },
+  {
+    group: "vfio-user: server round trips over a UNIX socket (edu)",
+    name: "virtio-iommu MAP+UNMAP 4 KiB by doorbell (posted, as QEMU)",
+    initialBatch: 50,
+    run(n) {
+      const d = setupViommu();
+      for (let i = 0; i < n; i++) {
+        const iova = 0x10_0000 + (i & 63) * 4096;
+        if (d.map(1, iova, 4096, 0x20_0000) !== 0 || d.unmap(1, iova, 4096) !== 0)
+          throw new Error("MAP or UNMAP refused");
       }
     },
   },
