@@ -70,6 +70,16 @@ g=$(pci_group "$blk")
 [ -n "$g" ] && result blk-group pass "bdf=$blk group=$g" || result blk-group fail "bdf=$blk has no IOMMU group"
 got=$(dd if=/dev/vda bs=65536 2>/dev/null | sha256sum | cut -d' ' -f1)
 [ "$got" = "${expectSha}" ] && result blk-read pass "sha256=$got" || result blk-read fail "want=${expectSha} got=$got"
+rng=$(pci_find 1af4 1044)
+if [ -n "$rng" ]; then
+  # KVM also offers the SMCCC TRNG: read the virtio one explicitly.
+  v=$(tr ' ' '\n' < /sys/class/misc/hw_random/rng_available | grep '^virtio_rng' | head -1)
+  [ -n "$v" ] && echo "$v" > /sys/class/misc/hw_random/rng_current
+  n=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)
+  g=$(pci_group "$rng")
+  [ -n "$g" ] && [ "$n" = 64 ] && [ "$(cat /sys/class/misc/hw_random/rng_current)" = "$v" ] &&
+    result rng-read pass "bdf=$rng group=$g rng=$v bytes=$n" || result rng-read fail "bdf=$rng group=$g rng=$v bytes=$n"
+fi
 edu=$(pci_find 1234 11e8)
 if [ -n "$edu" ]; then
   vfio-edu-test "$edu"
@@ -124,7 +134,8 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
     const machines: Machine[] = [
       {
         name: "smmuv3",
-        args: ["--iommu", "smmuv3", "--disk", diskArg, "--device", "edu,iommu=on"],
+        // The x86 machine's three devices: disk 00:02.0, edu 00:03.0, rng 00:04.0.
+        args: ["--iommu", "smmuv3", "--disk", diskArg, "--device", "edu,iommu=on", "--rng", "iommu=on"],
         edu: true,
       },
       { name: "smmuv3-s2", args: ["--iommu", "smmuv3,stage=2", "--disk", diskArg], edu: false },
@@ -266,6 +277,9 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
           assert.equal(res("smmu-event-dw0")?.detail, "0x0000001800000010", why(s.text));
           assert.match(s.text, /arm-smmu-v3 9050000\.iommu: event 0x10 received/);
           assert.match(s.text, /smmuv3\[0\] @0x9050000: faults F_TRANSLATION \d+/);
+          // virtio-rng behind the SMMU too: its buffers are IOVAs.
+          assert.equal(res("rng-read")?.status, "pass", `${m.name} rng-read\n${why(s.text)}`);
+          assert.match(s.text, /rng 00:04\.0 \(behind the IOMMU\)/, why(s.text));
         } else if (m.name === "virtio") {
           assert.match(s.text, /virtio_iommu virtio\d+: page fault from EP \d+ at 0x10[01]000/);
         }
