@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { newcArchiveGz } from "./cpio.ts";
+import { setpriv } from "./kvm-lab.ts";
 import { type GuestResult, labPaths, parseResults, SCRIPT_PRELUDE } from "./lab.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");
@@ -78,10 +79,18 @@ export async function runLinux(opts: LinuxRunOptions): Promise<LinuxRun> {
     ];
     const started = Date.now();
     return await new Promise<LinuxRun>((done) => {
-      const child = spawn(process.execPath, argv, {
+      // Nothing outlives the caller: the VMM gets PR_SET_PDEATHSIG (through setpriv) where
+      // available, and is killed on this process's exit in any case.
+      const pdeath = setpriv();
+      const [file, args] = pdeath
+        ? [pdeath, ["--pdeathsig", "SIGKILL", "--", process.execPath, ...argv]]
+        : [process.execPath, argv];
+      const child = spawn(file, args, {
         stdio: ["ignore", "pipe", "pipe"],
         env: { ...process.env, ...opts.env },
       });
+      const killOnExit = () => child.kill("SIGKILL");
+      process.on("exit", killOnExit);
       let serial = "";
       let stderr = "";
       let readyMs = -1;
@@ -105,6 +114,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<LinuxRun> {
       );
       child.on("close", (status) => {
         clearTimeout(backstop);
+        process.off("exit", killOnExit);
         const ready = /VIOMMU-LAB: ready uptime=([\d.]+)/.exec(serial);
         done({
           results: parseResults(serial),
