@@ -7,6 +7,8 @@ import { GuestMemoryError, type MemoryBacking, type RamRegion } from "./memory-b
 
 interface RegionSlot {
   readonly region: RamRegion;
+  /** The region's first address (kept here: the lookup reads no other object). */
+  readonly gpa: number;
   readonly end: number; // exclusive
   readonly view: DataView;
 }
@@ -20,6 +22,7 @@ function slotOf(region: RamRegion): RegionSlot {
   }
   return {
     region,
+    gpa: region.gpa,
     end: region.gpa + region.sizeBytes,
     view: new DataView(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength),
   };
@@ -44,7 +47,7 @@ export class RamRegions implements MemoryBacking {
   add(region: RamRegion): void {
     const slot = slotOf(region);
     for (const s of this.slots) {
-      if (slot.region.gpa < s.end && s.region.gpa < slot.end) throw new Error("RAM regions overlap");
+      if (slot.gpa < s.end && s.gpa < slot.end) throw new Error("RAM regions overlap");
     }
     this.slots = [...this.slots, slot].sort((a, b) => a.region.gpa - b.region.gpa);
     this.generation++;
@@ -73,9 +76,9 @@ export class RamRegions implements MemoryBacking {
   /** The slot holding all of [gpa, gpa + sizeBytes), or undefined. */
   private slotFor(gpa: number, sizeBytes: number): RegionSlot | undefined {
     const last = this.last;
-    if (gpa >= last.region.gpa && gpa + sizeBytes <= last.end) return last;
+    if (gpa >= last.gpa && gpa + sizeBytes <= last.end) return last;
     for (const s of this.slots) {
-      if (gpa >= s.region.gpa && gpa + sizeBytes <= s.end) {
+      if (gpa >= s.gpa && gpa + sizeBytes <= s.end) {
         this.last = s;
         return s;
       }
@@ -86,7 +89,7 @@ export class RamRegions implements MemoryBacking {
   locate(gpa: number, sizeBytes: number): DataView | null {
     const s = this.slotFor(gpa, sizeBytes);
     if (s === undefined) return null;
-    this.offset = gpa - s.region.gpa;
+    this.offset = gpa - s.gpa;
     return s.view;
   }
 
@@ -102,28 +105,31 @@ export class RamRegions implements MemoryBacking {
   view(gpa: number, sizeBytes: number): Uint8Array | GuestMemoryError {
     const s = this.slotFor(gpa, sizeBytes);
     if (s === undefined || !(sizeBytes >= 0)) return new GuestMemoryError(gpa, sizeBytes);
-    const off = gpa - s.region.gpa;
+    const off = gpa - s.gpa;
     return s.region.bytes.subarray(off, off + sizeBytes);
   }
 
   read(gpa: number, dest: Uint8Array): GuestMemoryError | null {
-    const v = this.view(gpa, dest.length);
-    if (v instanceof GuestMemoryError) return v;
-    dest.set(v);
+    const n = dest.length;
+    const s = this.slotFor(gpa, n);
+    if (s === undefined) return new GuestMemoryError(gpa, n);
+    const off = gpa - s.gpa;
+    dest.set(s.region.bytes.subarray(off, off + n));
     return null;
   }
 
   write(gpa: number, src: Uint8Array): GuestMemoryError | null {
-    const v = this.view(gpa, src.length);
-    if (v instanceof GuestMemoryError) return v;
-    v.set(src);
+    const s = this.slotFor(gpa, src.length);
+    if (s === undefined) return new GuestMemoryError(gpa, src.length);
+    s.region.bytes.set(src, gpa - s.gpa);
     return null;
   }
 
   fill(gpa: number, sizeBytes: number, value: number): GuestMemoryError | null {
-    const v = this.view(gpa, sizeBytes);
-    if (v instanceof GuestMemoryError) return v;
-    v.fill(value);
+    const s = this.slotFor(gpa, sizeBytes);
+    if (s === undefined || !(sizeBytes >= 0)) return new GuestMemoryError(gpa, sizeBytes);
+    const off = gpa - s.gpa;
+    s.region.bytes.fill(value, off, off + sizeBytes);
     return null;
   }
 
