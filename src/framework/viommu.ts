@@ -248,15 +248,23 @@ export class ViommuInstance<S = undefined, O = undefined> {
 
   /**
    * Makes `model` this instance's backend (once). Endpoints recorded before get their state now;
-   * a model that refuses one of them (it throws) is not bound.
+   * a model that refuses one of them (it throws) is not bound, and what it built for the others
+   * is unplugged again.
    */
   bindModel(model: ViommuModel<S, O>): void {
     if (this.model !== null) {
       throw new Error(`vIOMMU of ${this.guestId} on ${this.physicalId} already has a model`);
     }
     const built: [TableEntry<S>, PluggedState<S>][] = [];
-    for (const entry of this.byVid.values())
-      built.push([entry, model.plugEndpoint(entry.endpoint, undefined)]);
+    try {
+      for (const entry of this.byVid.values()) {
+        built.push([entry, model.plugEndpoint(entry.endpoint, undefined)]);
+      }
+    } catch (e) {
+      // Undo what the model built for the others before refusing the binding.
+      for (const [entry, plugged] of built) model.unplugEndpoint(entry.endpoint, plugged.state);
+      throw e;
+    }
     this.model = model;
     for (const [entry, plugged] of built) {
       entry.plugged = plugged;

@@ -142,3 +142,33 @@ test("host stage 2: an unmap bumps the epoch and tells every listener; a refused
   hs2.unmap(0, 0x1000);
   assert.equal(seen.length, 2);
 });
+
+test("a model that refuses an endpoint recorded before it was bound is not bound, and what it built is undone", () => {
+  const { reg } = registry();
+  const r = reg.createViommu<string, undefined>("g1", "smmu-a", null);
+  assert.ok(r.ok);
+  const inst = r.value;
+  assert.ok(reg.assign("smmu-a", inst, 1, 0x10, "emulated", "ok").ok);
+  assert.ok(reg.assign("smmu-a", inst, 2, 0x20, "emulated", "refused").ok);
+  const undone: number[] = [];
+  const model = {
+    modelName: "test",
+    plugEndpoint(e: { vId: number; name: string }) {
+      if (e.name === "refused") throw new Error("cannot serve it");
+      return { space: null as never, state: `state ${e.vId}` };
+    },
+    unplugEndpoint(e: { vId: number }) {
+      undone.push(e.vId);
+    },
+  };
+  assert.throws(() => inst.bindModel(model), /cannot serve it/);
+  assert.deepEqual(undone, [1]);
+  assert.equal(inst.states.size, 0);
+  assert.equal(inst.space(1), undefined);
+  // Still unbound: a model that serves both binds.
+  inst.bindModel({
+    ...model,
+    plugEndpoint: (e: { vId: number }) => ({ space: null as never, state: `s${e.vId}` }),
+  });
+  assert.equal(inst.states.get(2), "s2");
+});
