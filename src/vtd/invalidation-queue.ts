@@ -208,12 +208,10 @@ export class InvalidationQueue {
     if (head >= entries) head = 0;
     for (let n = 0; head !== tail && n < entries; n++) {
       const gpa = base + head * descBytes;
-      const dwords = descBytes / 4;
-      if (!this.memory.isRam(gpa, descBytes)) {
+      if (!this.fetch(gpa, descBytes)) {
         this.stop(IQEI.FETCH_ERROR);
         return;
       }
-      for (let i = 0; i < dwords; i++) this.d[i] = this.memory.readU32(gpa + 4 * i);
       if (wide && (this.d[4] | this.d[5] | this.d[6] | this.d[7]) !== 0) {
         this.stop(IQEI.RESERVED_FIELD);
         return;
@@ -230,6 +228,18 @@ export class InvalidationQueue {
   }
 
   /** Decodes and runs the descriptor in `d`; returns IQEI.NONE or the error. */
+  /** Reads the descriptor at `gpa` into `d` (qword by qword); false when it is not all RAM. */
+  private fetch(gpa: number, descBytes: number): boolean {
+    const m = this.memory;
+    if (!m.isRam(gpa, descBytes)) return false;
+    for (let i = 0; i < descBytes / 4; i += 2) {
+      if (!m.read64(gpa + 4 * i)) return false;
+      this.d[i] = m.lo;
+      this.d[i + 1] = m.hi;
+    }
+    return true;
+  }
+
   private execute(): number {
     const d = this.d;
     const lo0 = d[0];
@@ -340,10 +350,7 @@ export class InvalidationQueue {
     if (lo0 & 0x20) {
       const statusGpa = hi1 * 0x1_0000_0000 + ((lo1 & 0xfffffffc) >>> 0);
       // A status write to something that is not RAM goes nowhere (the bus drops it).
-      if (this.memory.isRam(statusGpa, 4)) {
-        this.memory.writeU32(statusGpa, hi0);
-        this.waitStatusWrites++;
-      }
+      if (this.memory.tryWriteU32(statusGpa, hi0)) this.waitStatusWrites++;
     }
     if (lo0 & 0x10) {
       const ics = r.get32(REG.ICS);
