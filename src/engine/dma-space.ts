@@ -22,7 +22,7 @@ import {
   MAX_ADDRESS,
   PERM_RW,
 } from "./access.ts";
-import { type GuestMemory, GuestMemoryError } from "./guest-memory.ts";
+import type { GuestMemory, GuestMemoryError } from "./guest-memory.ts";
 import { type DmaTranslator, Translation } from "./translation.ts";
 
 /** The translator of an endpoint that is not behind any IOMMU: one block covering everything. */
@@ -102,6 +102,8 @@ export class DmaAddressSpace {
   bytesWritten = 0;
   faults = 0;
   lastFault: DmaFault | null = null;
+  /** The last `direct` lookup stopped at a translation fault (already counted). */
+  private directFault = false;
 
   constructor(memory: GuestMemory, translator: DmaTranslator, endpointId: number) {
     this.memory = memory;
@@ -121,8 +123,7 @@ export class DmaAddressSpace {
   }
 
   /** A `GuestMemoryError` from the memory behind a translated range, as a DMA fault. */
-  private memoryFault(e: unknown, iova: number, access: Access): DmaFault {
-    if (!(e instanceof GuestMemoryError)) throw e;
+  private memoryFault(e: GuestMemoryError, iova: number, access: Access): DmaFault {
     return this.fault(dmaFault("not-ram", this.endpointId, iova, access, 0, e.message));
   }
 
@@ -258,35 +259,34 @@ export class DmaAddressSpace {
   }
 
   /**
-   * The guest-physical address of [iova, iova + sizeBytes) when it lies in one translated block
-   * and one RAM region (the common case for ring and register-sized accesses), else -1.
+   * The DataView holding [iova, iova + sizeBytes) when it lies in one translated block and one
+   * view of guest memory (the common case for ring and register-sized accesses; the offset is
+   * the backing's `offset`), else null (`directFault` tells whether the translation faulted).
    */
-  private directGpa(iova: number, sizeBytes: number, access: Access): number {
+  private direct(iova: number, sizeBytes: number, access: Access): DataView | null {
     const t = this.rangeBlock;
-    if (this.translate(iova, access, t) !== null) return -2;
+    this.directFault = this.translate(iova, access, t) !== null;
+    if (this.directFault) return null;
     const offset = iova - t.iovaBase;
-    if (offset + sizeBytes > t.sizeBytes) return -1;
-    const gpa = t.gpaBase + offset;
-    return this.memory.contiguousBytesAt(gpa) >= sizeBytes ? gpa : -1;
+    if (offset + sizeBytes > t.sizeBytes) return null;
+    return this.memory.backing.locate(t.gpaBase + offset, sizeBytes);
   }
 
   /** Reads a little-endian unsigned value of 1, 2 or 4 bytes; returns -1 on a fault (see lastFault). */
   readUint(iova: number, sizeBytes: 1 | 2 | 4): number {
-    const gpa = this.directGpa(iova, sizeBytes, ACCESS_READ);
-    if (gpa >= 0) {
-      const m = this.memory;
-      let value: number;
-      try {
-        value = sizeBytes === 4 ? m.readU32(gpa) : sizeBytes === 2 ? m.readU16(gpa) : m.readU8(gpa);
-      } catch (e) {
-        this.memoryFault(e, iova, ACCESS_READ);
-        return -1;
-      }
+    const view = this.direct(iova, sizeBytes, ACCESS_READ);
+    if (view !== null) {
+      const at = this.memory.backing.offset;
       this.reads++;
       this.bytesRead += sizeBytes;
-      return value;
+      return sizeBytes === 4
+        ? view.getUint32(at, true)
+        : sizeBytes === 2
+          ? view.getUint16(at, true)
+          : view.getUint8(at);
     }
-    if (gpa === -2) return -1;
+    if (this.directFault) return -1;
+    // Across blocks or regions, or memory without a view here: the general path.
     const buf = this.scratch8.subarray(0, sizeBytes);
     if (this.read(iova, buf) !== null) return -1;
     const v = this.scratchView;
@@ -301,21 +301,17 @@ export class DmaAddressSpace {
 
   /** Writes a little-endian unsigned value of 1, 2 or 4 bytes. */
   writeUint(iova: number, sizeBytes: 1 | 2 | 4, value: number): DmaFault | null {
-    const gpa = this.directGpa(iova, sizeBytes, ACCESS_WRITE);
-    if (gpa >= 0) {
-      const m = this.memory;
-      try {
-        if (sizeBytes === 4) m.writeU32(gpa, value);
-        else if (sizeBytes === 2) m.writeU16(gpa, value);
-        else m.writeU8(gpa, value);
-      } catch (e) {
-        return this.memoryFault(e, iova, ACCESS_WRITE);
-      }
+    const view = this.direct(iova, sizeBytes, ACCESS_WRITE);
+    if (view !== null) {
+      const at = this.memory.backing.offset;
+      if (sizeBytes === 4) view.setUint32(at, value, true);
+      else if (sizeBytes === 2) view.setUint16(at, value, true);
+      else view.setUint8(at, value);
       this.writes++;
       this.bytesWritten += sizeBytes;
       return null;
     }
-    if (gpa === -2) return this.lastFault;
+    if (this.directFault) return this.lastFault;
     const v = this.scratchView;
     if (sizeBytes === 1) v.setUint8(0, value);
     else if (sizeBytes === 2) v.setUint16(0, value, true);
