@@ -29,7 +29,7 @@ import type { AccessSize, IoHandler } from "../platform/bus.ts";
 import type { MsiMessage } from "../platform/interrupts.ts";
 import type { VfioPciDevice } from "./device.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from "./libc.ts";
-import { VFIO_PCI_MSI_IRQ_INDEX } from "./uapi.ts";
+import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from "./uapi.ts";
 
 /** How the VMM delivers an assigned device's MSI vectors (KVM_IRQFD + a GSI route). */
 export interface MsiWiring {
@@ -122,10 +122,30 @@ export class VfioPciFunction extends PciFunction {
     this.onCommandChange = (_old, now) => {
       device.writeConfig(COMMAND, 2, now & FORWARDED_COMMAND_BITS);
     };
-    // VM reset: the device's function-level reset (when it has one), as QEMU's vfio_pci_reset.
-    this.onReset = () => {
-      device.reset();
-    };
+    // VM reset: the device's side of it (interrupts, decode, bus master, FLR), after the
+    // emulated registers were reset.
+    this.onReset = () => this.resetDevice();
+    // A guest starts with a quiet device, whatever the previous user left in it (QEMU resets
+    // every device, vfio-pci included, at machine reset before the guest runs).
+    this.resetDevice();
+  }
+
+  /**
+   * The device's side of a reset, as QEMU's vfio_pci_reset does it: every interrupt index the
+   * device has is disabled in VFIO and its routes dropped; I/O, memory decode, bus master and
+   * INTx Disable are cleared in the device's Command register (vfio_pci_pre_reset: stops any
+   * DMA in flight); then VFIO_DEVICE_RESET (the FLR, PM or bus reset vfio-pci found for the
+   * device) when it has one; the outcome is counted in the device's stats (resets,
+   * resetsUnavailable).
+   */
+  private resetDevice(): void {
+    const device = this.device;
+    this.disarmMsi();
+    if (device.irqCount(VFIO_PCI_INTX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_INTX_IRQ_INDEX);
+    if (device.irqCount(VFIO_PCI_MSIX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_MSIX_IRQ_INDEX);
+    const command = device.readConfig(COMMAND, 2);
+    device.writeConfig(COMMAND, 2, command & ~FORWARDED_COMMAND_BITS & 0xffff);
+    device.reset();
   }
 
   /** True when [offset, offset + sizeBytes) is device config (not header, not our MSI cap). */
@@ -165,6 +185,17 @@ export class VfioPciFunction extends PciFunction {
   override reset(): void {
     super.reset();
     if (this.msiCap !== null) this.syncMsi(this.msiCap);
+  }
+
+  /**
+   * MSI off in VFIO (always: the previous user may have left it on) and every vector's route
+   * dropped.
+   */
+  private disarmMsi(): void {
+    if (this.msiCap === null) return;
+    this.device.disableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+    for (let v = 0; v < this.msiArmed; v++) this.routeVector(v, null);
+    this.msiArmed = 0;
   }
 
   /** Makes VFIO and the VMM's routes follow the guest's MSI capability. */

@@ -131,6 +131,33 @@ test("MSI: enabling arms VFIO with one eventfd per vector and routes each to the
   assert.equal(fn.msiStats().vectorsArmed, 0);
 });
 
+test("a new guest gets a quiet device: interrupts off in VFIO, decode and bus master off, then VFIO_DEVICE_RESET", () => {
+  const { device, log, config } = fakeDevice();
+  config[4] = 0x07; // the previous user left I/O, memory and bus master on
+  config[5] = 0x05; // and SERR + INTx Disable
+  const fn = new VfioPciFunction(device, "vfio0");
+  assert.deepEqual(log, ["irqs 1 off", "cfg 4/2=100", "reset"], "MSI, then Command (SERR kept), then reset");
+  assert.equal(fn.readConfig(4, 2), 0, "the guest's Command starts at 0");
+});
+
+test("VM reset: armed MSI vectors are disarmed in VFIO and unrouted before the device's reset", () => {
+  const { device, log } = fakeDevice();
+  const fn = new VfioPciFunction(device, "vfio0");
+  const routes: (MsiMessage | null)[] = [];
+  fn.msiWiring = { route: (_fd, _rid, message) => routes.push(message) };
+  const cap = fn.readConfig(0x34, 1);
+  fn.writeConfig(cap + 4, 4, 0xfee00000);
+  fn.writeConfig(cap + 0xc, 2, 0x4041);
+  fn.writeConfig(cap + 2, 2, 1);
+  fn.writeConfig(4, 2, 0x0006);
+  log.length = 0;
+  fn.reset();
+  assert.deepEqual(log, ["irqs 1 off", "cfg 4/2=0", "reset"]);
+  assert.equal(routes.at(-1), null, "the vector's route is gone");
+  assert.equal(fn.msiStats().vectorsArmed, 0);
+  assert.equal(fn.readConfig(cap + 2, 2) & 1, 0, "MSI Enable reads 0 after the reset");
+});
+
 test("DeviceMsiRoutes: one GSI per vector above the IOAPIC's, bound by KVM_IRQFD, routed after remapping", () => {
   const calls: string[] = [];
   const vm = {
