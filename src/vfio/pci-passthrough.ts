@@ -6,8 +6,13 @@
  *   BARs (placed by our firmware, sized from the VFIO regions, never written to the device: the
  *   kernel keeps the real ones), the ROM BAR (no ROM is exposed: reads 0), the capability
  *   pointer, interrupt line and pin.
- * - Command: kept here (bus-master gate, decode) and its I/O, Memory, Bus Master and INTx
- *   Disable bits written through to the device, so the device decodes its BARs and may DMA.
+ * - Command: kept here (bus-master gate, decode). Bus Master and INTx Disable are written
+ *   through to the device, so it may DMA only when the guest lets it. I/O and Memory decode are
+ *   not: the guest's BARs are emulated and every BAR access is trapped here, so the guest's
+ *   decode bits only steer our BAR routing; the device decodes its own BARs (the kernel keeps
+ *   them) from open to close. A guest sizing BARs toggles decode a dozen times; written
+ *   through, each toggle is a slow config write on the host and, when the host's device is
+ *   itself emulated (a vfio-user device in a QEMU guest), a memory-map change there.
  * - MSI: an emulated MSI capability (the only one in the list) when the device has MSI vectors.
  *   When the guest enables it, each vector gets an eventfd that VFIO signals
  *   (VFIO_DEVICE_SET_IRQS) and the VMM binds to a KVM GSI routed to the guest's message, after
@@ -45,8 +50,9 @@ const MSI_CAP_BYTES = 0x0e;
 
 const HEADER_END = 0x40;
 const COMMAND = 0x04;
-const FORWARDED_COMMAND_BITS =
-  PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
+/** Command bits that follow the guest's; the decode bits stay as `resetDevice` set them. */
+const FORWARDED_COMMAND_BITS = PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
+const DECODE_BITS = PCI_COMMAND_IO | PCI_COMMAND_MEMORY;
 
 function barHandler(device: VfioPciDevice, index: number): IoHandler {
   return {
@@ -82,6 +88,10 @@ export class VfioPciFunction extends PciFunction {
   private readonly msiRouted: string[] = [];
   private msiSetupErrors = 0;
   private msiUnwired = 0;
+  /** I/O and/or Memory: what the device's BARs need decoded (set on the device at open). */
+  private deviceDecode = 0;
+  /** The Command value last written to the device (-1: unknown). */
+  private deviceCommand = -1;
 
   constructor(device: VfioPciDevice, name: string) {
     const d = device;
@@ -119,9 +129,10 @@ export class VfioPciFunction extends PciFunction {
       while (vectors * 2 <= Math.min(msiVectors, 32)) vectors *= 2;
       this.msiCap = new MsiCapability(this, { vectors, perVectorMask: false });
     }
-    this.onCommandChange = (_old, now) => {
-      device.writeConfig(COMMAND, 2, now & FORWARDED_COMMAND_BITS);
-    };
+    for (const bar of this.bars) {
+      if (bar !== undefined) this.deviceDecode |= bar.kind === "io" ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY;
+    }
+    this.onCommandChange = (_old, now) => this.writeDeviceCommand(now & FORWARDED_COMMAND_BITS);
     // VM reset: the device's side of it (interrupts, decode, bus master, FLR), after the
     // emulated registers were reset.
     this.onReset = () => this.resetDevice();
@@ -144,8 +155,19 @@ export class VfioPciFunction extends PciFunction {
     if (device.irqCount(VFIO_PCI_INTX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_INTX_IRQ_INDEX);
     if (device.irqCount(VFIO_PCI_MSIX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_MSIX_IRQ_INDEX);
     const command = device.readConfig(COMMAND, 2);
-    device.writeConfig(COMMAND, 2, command & ~FORWARDED_COMMAND_BITS & 0xffff);
+    device.writeConfig(COMMAND, 2, command & ~(FORWARDED_COMMAND_BITS | DECODE_BITS) & 0xffff);
     device.reset();
+    // The reset cleared the device's Command (an FLR does); decode goes back on for good.
+    this.deviceCommand = -1;
+    this.writeDeviceCommand(0);
+  }
+
+  /** The device's Command: its BARs' decode, plus the guest's `forwarded` bits; only changes are written. */
+  private writeDeviceCommand(forwarded: number): void {
+    const command = this.deviceDecode | forwarded;
+    if (command === this.deviceCommand) return;
+    this.deviceCommand = command;
+    this.device.writeConfig(COMMAND, 2, command);
   }
 
   /** True when [offset, offset + sizeBytes) is device config (not header, not our MSI cap). */

@@ -88,11 +88,23 @@ test("BARs are sized from the VFIO regions and trapped to region reads and write
   assert.deepEqual(log.slice(-3), ["read 0 80/4", "write 0 98/4=3", "write 0 9c/4=1"]);
 });
 
-test("command bits the device needs (I/O, memory, bus master, INTx disable) are written through", () => {
+test("bus master and INTx disable are written through; decode stays on in the device, emulated for the guest", () => {
   const { device, log } = fakeDevice();
   const fn = new VfioPciFunction(device, "vfio0");
+  log.length = 0;
   fn.writeConfig(4, 2, 0x0146);
-  assert.equal(log.at(-1), "cfg 4/2=6", "memory + bus master; parity and SERR stay virtual");
+  assert.deepEqual(
+    log,
+    ["cfg 4/2=6"],
+    "memory decode (the BAR's) + bus master; parity and SERR stay virtual",
+  );
+  // BAR sizing: the guest turns its decode off and on; the device sees none of it.
+  fn.writeConfig(4, 2, 0x0144);
+  fn.writeConfig(4, 2, 0x0146);
+  assert.deepEqual(log, ["cfg 4/2=6"]);
+  assert.equal(fn.readConfig(4, 2), 0x0146, "the guest reads back what it wrote");
+  fn.writeConfig(4, 2, 0x0002);
+  assert.deepEqual(log, ["cfg 4/2=6", "cfg 4/2=2"], "bus master off reaches the device");
 });
 
 test("config beyond the header and our capability goes to the device (the kernel filters it)", () => {
@@ -136,7 +148,11 @@ test("a new guest gets a quiet device: interrupts off in VFIO, decode and bus ma
   config[4] = 0x07; // the previous user left I/O, memory and bus master on
   config[5] = 0x05; // and SERR + INTx Disable
   const fn = new VfioPciFunction(device, "vfio0");
-  assert.deepEqual(log, ["irqs 1 off", "cfg 4/2=100", "reset"], "MSI, then Command (SERR kept), then reset");
+  assert.deepEqual(
+    log,
+    ["irqs 1 off", "cfg 4/2=100", "reset", "cfg 4/2=2"],
+    "MSI off, Command cleared (SERR kept), reset, then the BAR's memory decode on",
+  );
   assert.equal(fn.readConfig(4, 2), 0, "the guest's Command starts at 0");
 });
 
@@ -152,7 +168,7 @@ test("VM reset: armed MSI vectors are disarmed in VFIO and unrouted before the d
   fn.writeConfig(4, 2, 0x0006);
   log.length = 0;
   fn.reset();
-  assert.deepEqual(log, ["irqs 1 off", "cfg 4/2=0", "reset"]);
+  assert.deepEqual(log, ["irqs 1 off", "cfg 4/2=0", "reset", "cfg 4/2=2"]);
   assert.equal(routes.at(-1), null, "the vector's route is gone");
   assert.equal(fn.msiStats().vectorsArmed, 0);
   assert.equal(fn.readConfig(cap + 2, 2) & 1, 0, "MSI Enable reads 0 after the reset");
