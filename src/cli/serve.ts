@@ -356,126 +356,26 @@ export async function runServe(argv: string[]): Promise<number> {
 /** A setup failure the user caused (a path that does not work); its message names the fix. */
 class ServeSetupError extends Error {}
 
+/** What every served function shares: the options, guest memory, tracing, what listens so far. */
+interface ServeContext {
+  readonly opts: ServeOptions;
+  readonly tracer: Tracer;
+  readonly log: (line: string) => void;
+  readonly memory: SharedGuestMemory;
+  /** Every listening server, for the summary and the caller's cleanup. */
+  readonly served: Served[];
+}
+
 /** Serves until SIGINT or SIGTERM; `served` collects what listens, for the caller's cleanup. */
 async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
-  try {
-    mkdirSync(opts.socketDir, { recursive: true });
-  } catch (e) {
-    throw new ServeSetupError(
-      `--socket-dir ${opts.socketDir}: cannot create it: ${fileProblem(e)} (choose a directory you can write)`,
-    );
-  }
-  if (opts.statsJsonPath !== undefined) {
-    // Found out now, not at exit when the figures would be lost.
-    try {
-      accessSync(dirname(opts.statsJsonPath), constants.W_OK);
-    } catch (e) {
-      throw new ServeSetupError(
-        `--stats-json ${opts.statsJsonPath}: cannot write in ${dirname(opts.statsJsonPath)}: ${fileProblem(e)} (choose a file in a directory you can write)`,
-      );
-    }
-  }
+  checkOutputPaths(opts);
   const tracer = Tracer.fromSpec(process.env.VIOMMU_TRACE);
   tracer.listen((e) => process.stderr.write(`trace ${formatTraceEvent(e)}\n`), []);
   const log = (line: string) => process.stderr.write(`viommu serve: ${line}\n`);
-  const memory = new SharedGuestMemory();
-
-  const serveFunction = (
-    name: string,
-    slot: number,
-    fn: PciFunction,
-    dma: DmaAddressSpace,
-    extra: Omit<Served, "name" | "slot" | "bdf" | "server">,
-  ): void => {
-    const bdf = slot << 3;
-    fn.tracer = tracer;
-    const socketPath = join(opts.socketDir, `${name}.sock`);
-    rmSync(socketPath, { force: true });
-    const server = new VfioUserDeviceServer({
-      name,
-      fn,
-      socketPath,
-      memory,
-      dma,
-      requesterId: bdf,
-      tracer,
-      log,
-    });
-    server.listen();
-    served.push({ name, slot, bdf, server, ...extra });
-  };
-
-  let viommu: VirtioIommuPci | undefined;
-  if (opts.iommuPageSizeMask !== undefined) {
-    viommu = new VirtioIommuPci(memory, {
-      name: "virtio-iommu",
-      pageSizeMask: opts.iommuPageSizeMask,
-      // VIRTIO 1.3 5.13.4.2 config.bypass: firmware (SeaBIOS drives virtio-blk and accepts
-      // ACCESS_PLATFORM) must reach memory before the OS attaches endpoints, as with QEMU's
-      // boot-bypass default. Linux attaches every endpoint it drives to a translated domain.
-      bypassInitially: opts.iommuBootBypass,
-      tracer,
-    });
-    const engine = viommu.engine;
-    const pci = viommu;
-    // The IOMMU's own queues are guest-physical (it is not behind itself).
-    serveFunction(
-      "virtio-iommu",
-      IOMMU_SLOT,
-      viommu.pci,
-      new DmaAddressSpace(memory, IDENTITY, IOMMU_SLOT << 3),
-      {
-        iommu: false,
-        stats: () => ({ pci: pci.stats(), engine: engine.stats() }),
-      },
-    );
-  }
+  const ctx: ServeContext = { opts, tracer, log, memory: new SharedGuestMemory(), served };
+  const viommu = opts.iommuPageSizeMask === undefined ? undefined : serveIommu(ctx, opts.iommuPageSizeMask);
   let slot = IOMMU_SLOT + 1;
-  const devices: { name: string; close?: () => void }[] = [];
-  for (const [i, spec] of opts.devices.entries()) {
-    const name = deviceName(spec, i);
-    const bdf = slot << 3;
-    let host: ObservedHostIommu | undefined;
-    let dma: DmaAddressSpace;
-    if (spec.iommu && viommu !== undefined) {
-      if (spec.kind === "edu") host = new ObservedHostIommu(new VfioType1Container());
-      // A plug through the framework's endpoint table (the one place endpoints come and go).
-      dma = viommu.engine.viommu.plugOrThrow({
-        vId: bdf,
-        kind: host === undefined ? "emulated" : "assigned",
-        options: host !== undefined ? { host } : {},
-      });
-    } else {
-      dma = new DmaAddressSpace(memory, IDENTITY, bdf);
-    }
-    if (spec.kind === "edu") {
-      const edu = new EduDevice({ name });
-      serveFunction(name, slot, edu.pci, dma, { iommu: spec.iommu, host, stats: () => edu.stats() });
-    } else if (spec.kind === "rng") {
-      const rng = new VirtioRng({ name });
-      const t = new VirtioPciTransport(rng, { accessPlatform: spec.iommu, tracer });
-      serveFunction(name, slot, t.pci, dma, {
-        iommu: spec.iommu,
-        stats: () => ({ rng: rng.stats(), transport: t.stats() }),
-      });
-    } else {
-      let blk: VirtioBlk;
-      try {
-        blk = new VirtioBlk({ path: spec.path!, readOnly: spec.readOnly, accessPlatform: spec.iommu, name });
-      } catch (e) {
-        throw new ServeSetupError(
-          `--disk path=${spec.path}: ${fileProblem(e)} (give an existing disk image, e.g. one made by truncate -s 64M FILE${spec.readOnly ? "" : "; or add readonly=on if it is not writable"})`,
-        );
-      }
-      serveFunction(name, slot, blk.pci, dma, {
-        iommu: spec.iommu,
-        stats: () => blk.stats(),
-        close: () => blk.close(),
-      });
-      devices.push({ name, close: () => blk.close() });
-    }
-    slot++;
-  }
+  for (const [i, spec] of opts.devices.entries()) serveDevice(ctx, spec, deviceName(spec, i), slot++, viommu);
 
   let viotPath: string | undefined;
   if (viommu !== undefined) {
@@ -494,7 +394,147 @@ async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
     served.map((s) => ({ slot: s.slot, socketPath: s.server.socketPath })),
     viotPath,
   );
-  return await new Promise<number>((done) => {
+  return await untilSignalled(ctx, viommu, line);
+}
+
+/**
+ * Creates the socket directory and checks that --stats-json can be written: found out now, not
+ * at exit when the figures would be lost.
+ */
+function checkOutputPaths(opts: ServeOptions): void {
+  try {
+    mkdirSync(opts.socketDir, { recursive: true });
+  } catch (e) {
+    throw new ServeSetupError(
+      `--socket-dir ${opts.socketDir}: cannot create it: ${fileProblem(e)} (choose a directory you can write)`,
+    );
+  }
+  if (opts.statsJsonPath !== undefined) {
+    try {
+      accessSync(dirname(opts.statsJsonPath), constants.W_OK);
+    } catch (e) {
+      throw new ServeSetupError(
+        `--stats-json ${opts.statsJsonPath}: cannot write in ${dirname(opts.statsJsonPath)}: ${fileProblem(e)} (choose a file in a directory you can write)`,
+      );
+    }
+  }
+}
+
+/** Starts a vfio-user server for `fn` at `slot`, listening on `<socket-dir>/<name>.sock`. */
+function serveFunction(
+  ctx: ServeContext,
+  name: string,
+  slot: number,
+  fn: PciFunction,
+  dma: DmaAddressSpace,
+  extra: Omit<Served, "name" | "slot" | "bdf" | "server">,
+): void {
+  const bdf = slot << 3;
+  fn.tracer = ctx.tracer;
+  const socketPath = join(ctx.opts.socketDir, `${name}.sock`);
+  rmSync(socketPath, { force: true });
+  const server = new VfioUserDeviceServer({
+    name,
+    fn,
+    socketPath,
+    memory: ctx.memory,
+    dma,
+    requesterId: bdf,
+    tracer: ctx.tracer,
+    log: ctx.log,
+  });
+  server.listen();
+  ctx.served.push({ name, slot, bdf, server, ...extra });
+}
+
+/** The virtio-iommu, served at IOMMU_SLOT. */
+function serveIommu(ctx: ServeContext, pageSizeMask: bigint): VirtioIommuPci {
+  const viommu = new VirtioIommuPci(ctx.memory, {
+    name: "virtio-iommu",
+    pageSizeMask,
+    // VIRTIO 1.3 5.13.4.2 config.bypass: firmware (SeaBIOS drives virtio-blk and accepts
+    // ACCESS_PLATFORM) must reach memory before the OS attaches endpoints, as with QEMU's
+    // boot-bypass default. Linux attaches every endpoint it drives to a translated domain.
+    bypassInitially: ctx.opts.iommuBootBypass,
+    tracer: ctx.tracer,
+  });
+  const engine = viommu.engine;
+  const pci = viommu;
+  // The IOMMU's own queues are guest-physical (it is not behind itself).
+  serveFunction(
+    ctx,
+    "virtio-iommu",
+    IOMMU_SLOT,
+    viommu.pci,
+    new DmaAddressSpace(ctx.memory, IDENTITY, IOMMU_SLOT << 3),
+    {
+      iommu: false,
+      stats: () => ({ pci: pci.stats(), engine: engine.stats() }),
+    },
+  );
+  return viommu;
+}
+
+/** One --device/--disk/--rng at `slot`, behind `viommu` when it says iommu=on. */
+function serveDevice(
+  ctx: ServeContext,
+  spec: DeviceSpec,
+  name: string,
+  slot: number,
+  viommu: VirtioIommuPci | undefined,
+): void {
+  const bdf = slot << 3;
+  let host: ObservedHostIommu | undefined;
+  let dma: DmaAddressSpace;
+  if (spec.iommu && viommu !== undefined) {
+    if (spec.kind === "edu") host = new ObservedHostIommu(new VfioType1Container());
+    // A plug through the framework's endpoint table (the one place endpoints come and go).
+    dma = viommu.engine.viommu.plugOrThrow({
+      vId: bdf,
+      kind: host === undefined ? "emulated" : "assigned",
+      options: host !== undefined ? { host } : {},
+    });
+  } else {
+    dma = new DmaAddressSpace(ctx.memory, IDENTITY, bdf);
+  }
+  if (spec.kind === "edu") {
+    const edu = new EduDevice({ name });
+    serveFunction(ctx, name, slot, edu.pci, dma, { iommu: spec.iommu, host, stats: () => edu.stats() });
+  } else if (spec.kind === "rng") {
+    const rng = new VirtioRng({ name });
+    const t = new VirtioPciTransport(rng, { accessPlatform: spec.iommu, tracer: ctx.tracer });
+    serveFunction(ctx, name, slot, t.pci, dma, {
+      iommu: spec.iommu,
+      stats: () => ({ rng: rng.stats(), transport: t.stats() }),
+    });
+  } else {
+    let blk: VirtioBlk;
+    try {
+      blk = new VirtioBlk({ path: spec.path!, readOnly: spec.readOnly, accessPlatform: spec.iommu, name });
+    } catch (e) {
+      throw new ServeSetupError(
+        `--disk path=${spec.path}: ${fileProblem(e)} (give an existing disk image, e.g. one made by truncate -s 64M FILE${spec.readOnly ? "" : "; or add readonly=on if it is not writable"})`,
+      );
+    }
+    serveFunction(ctx, name, slot, blk.pci, dma, {
+      iommu: spec.iommu,
+      stats: () => blk.stats(),
+      close: () => blk.close(),
+    });
+  }
+}
+
+/**
+ * Prints the QEMU arguments `line` and waits for SIGINT or SIGTERM; then logs the summary,
+ * writes --stats-json and closes every server. Resolves with the exit code.
+ */
+function untilSignalled(
+  ctx: ServeContext,
+  viommu: VirtioIommuPci | undefined,
+  line: string,
+): Promise<number> {
+  const { opts, log, served, memory } = ctx;
+  return new Promise<number>((done) => {
     const stop = (signal: string) => {
       log(`${signal}: shutting down`);
       for (const line of formatServeSummary(served, memory, viommu)) log(line);
