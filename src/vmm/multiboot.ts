@@ -116,58 +116,10 @@ export function loadMultiboot(
   if (header.flags & MB_HEADER_VIDEO_MODE)
     warnings.push("kernel asks for a video mode; there is no framebuffer (as in QEMU)");
 
-  let entry: number;
-  let kernelStart: number;
-  let kernelEnd: number;
-  let loadedBy: MultibootBoot["loadedBy"];
-  if (header.flags & MB_HEADER_AOUT_KLUDGE) {
-    // Spec 3.1.3: the file offset of load_addr is header offset - (header_addr - load_addr).
-    const h = header;
-    if (h.headerAddr < h.loadAddr) throw new ImageError("multiboot header_addr below load_addr");
-    const fileStart = h.fileOffset - (h.headerAddr - h.loadAddr);
-    if (fileStart < 0) throw new ImageError("multiboot load_addr lies before the start of the file");
-    const loadBytes = h.loadEndAddr === 0 ? image.length - fileStart : h.loadEndAddr - h.loadAddr;
-    if (loadBytes < 0 || fileStart + loadBytes > image.length) {
-      throw new ImageError("multiboot load_end_addr beyond the image");
-    }
-    const end = h.bssEndAddr === 0 ? h.loadAddr + loadBytes : h.bssEndAddr;
-    if (end < h.loadAddr + loadBytes) throw new ImageError("multiboot bss_end_addr below load_end_addr");
-    checkLoadRange(memory, h.loadAddr, end - h.loadAddr, "kernel image");
-    memory.write(h.loadAddr, image.subarray(fileStart, fileStart + loadBytes));
-    memory.fill(h.loadAddr + loadBytes, end - h.loadAddr - loadBytes, 0);
-    entry = h.entryAddr;
-    kernelStart = h.loadAddr;
-    kernelEnd = end;
-    loadedBy = "aout-kludge";
-  } else {
-    if (!isElf(image)) throw new ImageError("multiboot kernel without address fields must be ELF");
-    const elf = parseElf(image);
-    if (elf.is64) throw new ImageError("multiboot kernels are ELF32 (this one is ELF64)");
-    kernelStart = Number.MAX_SAFE_INTEGER;
-    kernelEnd = 0;
-    entry = elf.entry;
-    let entryTranslated = false;
-    for (const seg of elf.segments) {
-      if (seg.type !== PT_LOAD || seg.memSizeBytes === 0) continue;
-      checkLoadRange(memory, seg.paddr, seg.memSizeBytes, "ELF segment");
-      memory.write(seg.paddr, image.subarray(seg.fileOffset, seg.fileOffset + seg.fileSizeBytes));
-      memory.fill(seg.paddr + seg.fileSizeBytes, seg.memSizeBytes - seg.fileSizeBytes, 0);
-      kernelStart = Math.min(kernelStart, seg.paddr);
-      kernelEnd = Math.max(kernelEnd, seg.paddr + seg.memSizeBytes);
-      // A higher-half kernel links its entry at a virtual address: run it at the physical one.
-      if (
-        !entryTranslated &&
-        elf.entry >= seg.vaddr &&
-        elf.entry < seg.vaddr + seg.memSizeBytes &&
-        seg.vaddr !== seg.paddr
-      ) {
-        entry = elf.entry - seg.vaddr + seg.paddr;
-        entryTranslated = true;
-      }
-    }
-    if (kernelEnd === 0) throw new ImageError("ELF kernel has no loadable segment");
-    loadedBy = "elf";
-  }
+  const { entry, kernelStart, kernelEnd, loadedBy } =
+    header.flags & MB_HEADER_AOUT_KLUDGE
+      ? loadByHeaderAddresses(memory, image, header)
+      : loadElfKernel(memory, image);
   if (!memory.isRam(entry, 1)) throw new ImageError(`kernel entry 0x${entry.toString(16)} is not in RAM`);
 
   // Modules go after the kernel, each page-aligned (header flag 0 asks for it; we always do).
@@ -229,4 +181,61 @@ export function loadMultiboot(
   memory.writeU32(infoGpa + 64, putString("viommu"));
 
   return { entry, infoGpa, kernelStart, kernelEnd, modules, loadedBy, warnings };
+}
+
+/** Where a Multiboot kernel was placed and where it starts. */
+interface LoadedKernel {
+  readonly entry: number;
+  readonly kernelStart: number;
+  readonly kernelEnd: number;
+  readonly loadedBy: MultibootBoot["loadedBy"];
+}
+
+/** Loads the kernel by the header's address fields (flag 16, the "a.out kludge"). */
+function loadByHeaderAddresses(memory: GuestMemory, image: Uint8Array, h: MultibootHeader): LoadedKernel {
+  // Spec 3.1.3: the file offset of load_addr is header offset - (header_addr - load_addr).
+  if (h.headerAddr < h.loadAddr) throw new ImageError("multiboot header_addr below load_addr");
+  const fileStart = h.fileOffset - (h.headerAddr - h.loadAddr);
+  if (fileStart < 0) throw new ImageError("multiboot load_addr lies before the start of the file");
+  const loadBytes = h.loadEndAddr === 0 ? image.length - fileStart : h.loadEndAddr - h.loadAddr;
+  if (loadBytes < 0 || fileStart + loadBytes > image.length) {
+    throw new ImageError("multiboot load_end_addr beyond the image");
+  }
+  const end = h.bssEndAddr === 0 ? h.loadAddr + loadBytes : h.bssEndAddr;
+  if (end < h.loadAddr + loadBytes) throw new ImageError("multiboot bss_end_addr below load_end_addr");
+  checkLoadRange(memory, h.loadAddr, end - h.loadAddr, "kernel image");
+  memory.write(h.loadAddr, image.subarray(fileStart, fileStart + loadBytes));
+  memory.fill(h.loadAddr + loadBytes, end - h.loadAddr - loadBytes, 0);
+  return { entry: h.entryAddr, kernelStart: h.loadAddr, kernelEnd: end, loadedBy: "aout-kludge" };
+}
+
+/** Loads an ELF32 kernel's PT_LOAD segments at their physical addresses. */
+function loadElfKernel(memory: GuestMemory, image: Uint8Array): LoadedKernel {
+  if (!isElf(image)) throw new ImageError("multiboot kernel without address fields must be ELF");
+  const elf = parseElf(image);
+  if (elf.is64) throw new ImageError("multiboot kernels are ELF32 (this one is ELF64)");
+  let kernelStart = Number.MAX_SAFE_INTEGER;
+  let kernelEnd = 0;
+  let entry = elf.entry;
+  let entryTranslated = false;
+  for (const seg of elf.segments) {
+    if (seg.type !== PT_LOAD || seg.memSizeBytes === 0) continue;
+    checkLoadRange(memory, seg.paddr, seg.memSizeBytes, "ELF segment");
+    memory.write(seg.paddr, image.subarray(seg.fileOffset, seg.fileOffset + seg.fileSizeBytes));
+    memory.fill(seg.paddr + seg.fileSizeBytes, seg.memSizeBytes - seg.fileSizeBytes, 0);
+    kernelStart = Math.min(kernelStart, seg.paddr);
+    kernelEnd = Math.max(kernelEnd, seg.paddr + seg.memSizeBytes);
+    // A higher-half kernel links its entry at a virtual address: run it at the physical one.
+    if (
+      !entryTranslated &&
+      elf.entry >= seg.vaddr &&
+      elf.entry < seg.vaddr + seg.memSizeBytes &&
+      seg.vaddr !== seg.paddr
+    ) {
+      entry = elf.entry - seg.vaddr + seg.paddr;
+      entryTranslated = true;
+    }
+  }
+  if (kernelEnd === 0) throw new ImageError("ELF kernel has no loadable segment");
+  return { entry, kernelStart, kernelEnd, loadedBy: "elf" };
 }

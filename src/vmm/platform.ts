@@ -148,21 +148,14 @@ export class Platform {
   /** MMIO ranges whose 8-byte accesses go through readWide/writeWide. */
   readonly wideMmio: { base: number; sizeBytes: number; handler: WideIoHandler }[] = [];
 
+  // About 85 lines: it wires each piece of the platform to its bus in address order and reads
+  // best in one place; what has logic (device placement, the DMAR) is in the methods below.
   constructor(config: PlatformConfig) {
     this.memory = config.memory;
     this.cpus = config.cpus;
     this.interrupts = new InterruptFabric(config.msiTarget, 0xff00, config.tracer);
-    for (const bus of [this.pio, this.mmio]) {
-      // --trace unclaimed: every access no device claims (the summary counts them by address).
-      bus.onUnclaimed = (address, sizeBytes, write, value) => {
-        if (!config.tracer.on("unclaimed")) return;
-        config.tracer.emit("unclaimed", "vmm", write ? `${bus.name}-write` : `${bus.name}-read`, {
-          address,
-          sizeBytes,
-          value,
-        });
-      };
-    }
+    traceUnclaimed(this.pio, config.tracer);
+    traceUnclaimed(this.mmio, config.tracer);
     this.ioapic = new Ioapic((message, pin) => {
       const delivered = this.interrupts.deliverFromIoapic(message);
       if (delivered !== null) config.onIoapicMessage?.(pin, delivered);
@@ -240,80 +233,91 @@ export class Platform {
       const device = FIRST_DEVICE_SLOT + i;
       if (device > 31) throw new Error("too many PCI devices for one bus");
       if (d.iommu && translated === null) throw new Error(`${d.kind},iommu=on needs --iommu virtio or intel`);
-      const dma = d.iommu && translated !== null ? translated : identity;
-      if (d.kind === "edu") {
-        const edu = new EduDevice({ name: `edu${i}` });
-        const rid = this.pci.addFunction(edu.pci, { device, interrupts: this.interrupts, dma });
-        this.devices.push({
-          kind: "edu",
-          requesterId: rid,
-          iommu: d.iommu,
-          fn: edu.pci,
-          stats: () => edu.stats(),
-        });
-      } else if (d.kind === "vfio") {
-        this.devices.push(this.assign(d.device, `vfio${i}`, device, d.iommu ? translated : null));
-      } else if (d.kind === "rng") {
-        const rng = new VirtioRng({ name: `rng${i}` });
-        const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer: config.tracer });
-        const rid = this.pci.addFunction(transport.pci, { device, interrupts: this.interrupts, dma });
-        this.devices.push({
-          kind: "rng",
-          requesterId: rid,
-          iommu: d.iommu,
-          fn: transport.pci,
-          stats: () => transport.stats(),
-        });
-      } else {
-        const blk = new VirtioBlk({
-          path: d.path,
-          readOnly: d.readOnly,
-          accessPlatform: d.iommu,
-          name: `disk${i}`,
-        });
-        const rid = this.pci.addFunction(blk.pci, { device, interrupts: this.interrupts, dma });
-        this.devices.push({
-          kind: "disk",
-          requesterId: rid,
-          iommu: d.iommu,
-          fn: blk.pci,
-          stats: () => blk.stats(),
-          close: () => blk.close(),
-        });
-      }
+      this.devices.push(this.placeDevice(d, i, device, d.iommu ? translated : null, identity, config.tracer));
     });
 
-    if (this.vtd !== null) {
-      // The DMAR tells the truth: explicit endpoint scopes (VT-d 8.3.1) for the iommu=on
-      // functions only, never INCLUDE_PCI_ALL, so a guest gives IOVAs only to devices whose DMA
-      // is translated. The others are outside every DRHD: untranslated DMA, and their MSIs do
-      // not pass the interrupt remapper (they do not cross the unit).
-      const behindUnit = this.devices.filter((d) => d.iommu).map((d) => d.requesterId);
-      this.dmar = dmarForConfig(this.vtd.config, {
-        registerBase: VTD_GPA,
-        ioapicSourceId: this.interrupts.ioapicSourceId,
-        endpoints: behindUnit,
-      });
-      const remapped = new Set([...behindUnit, this.interrupts.ioapicSourceId]);
-      if (this.vtd.config.intremap)
-        this.interrupts.setRemapper(this.vtd, (sourceId) => remapped.has(sourceId));
-    }
+    if (this.vtd !== null) this.dmar = this.describeVtd(this.vtd);
 
     this.bars = assignPciResources(
       this.pci,
       { mmioBase: PCI_MMIO32_BASE, mmioEnd: PCI_MMIO32_END, ioBase: PCI_IO_BASE, ioEnd: PCI_IO_END },
       intxIoapicPin,
     );
-    if (config.tracer.on("config")) {
-      for (const b of this.bars) {
-        config.tracer.emit("config", "vmm", "bar-assigned", {
-          requesterId: b.requesterId,
-          bar: b.bar,
-          kind: b.kind,
-          address: b.address,
-          sizeBytes: b.sizeBytes,
-        });
-      }
+    traceBarAssignments(this.bars, config.tracer);
+  }
+
+  /**
+   * The DMAR for `vtd` once every device is placed, and the interrupt remapper hooked in.
+   *
+   * The DMAR tells the truth: explicit endpoint scopes (VT-d 8.3.1) for the iommu=on functions
+   * only, never INCLUDE_PCI_ALL, so a guest gives IOVAs only to devices whose DMA is translated.
+   * The others are outside every DRHD: untranslated DMA, and their MSIs do not pass the interrupt
+   * remapper (they do not cross the unit).
+   */
+  private describeVtd(vtd: VtdUnit): Uint8Array {
+    const behindUnit = this.devices.filter((d) => d.iommu).map((d) => d.requesterId);
+    const dmar = dmarForConfig(vtd.config, {
+      registerBase: VTD_GPA,
+      ioapicSourceId: this.interrupts.ioapicSourceId,
+      endpoints: behindUnit,
+    });
+    const remapped = new Set([...behindUnit, this.interrupts.ioapicSourceId]);
+    if (vtd.config.intremap) this.interrupts.setRemapper(vtd, (sourceId) => remapped.has(sourceId));
+    return dmar;
+  }
+
+  /**
+   * Places device choice `d` (the `i`th) at `slot`: DMA through `translated` (the IOMMU, for an
+   * iommu=on device when there is one), else untranslated (`identity`).
+   */
+  private placeDevice(
+    d: DeviceChoice,
+    i: number,
+    slot: number,
+    translated: ((rid: number, host?: HostIommu) => DmaAddressSpace) | null,
+    identity: (rid: number) => DmaAddressSpace,
+    tracer: Tracer,
+  ): PlacedDevice {
+    const dma = translated ?? identity;
+    if (d.kind === "edu") {
+      const edu = new EduDevice({ name: `edu${i}` });
+      const rid = this.pci.addFunction(edu.pci, { device: slot, interrupts: this.interrupts, dma });
+      return {
+        kind: "edu",
+        requesterId: rid,
+        iommu: d.iommu,
+        fn: edu.pci,
+        stats: () => edu.stats(),
+      };
+    } else if (d.kind === "vfio") {
+      return this.assign(d.device, `vfio${i}`, slot, translated);
+    } else if (d.kind === "rng") {
+      const rng = new VirtioRng({ name: `rng${i}` });
+      const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer });
+      const rid = this.pci.addFunction(transport.pci, { device: slot, interrupts: this.interrupts, dma });
+      return {
+        kind: "rng",
+        requesterId: rid,
+        iommu: d.iommu,
+        fn: transport.pci,
+        stats: () => transport.stats(),
+      };
+    } else {
+      const blk = new VirtioBlk({
+        path: d.path,
+        readOnly: d.readOnly,
+        accessPlatform: d.iommu,
+        name: `disk${i}`,
+      });
+      const rid = this.pci.addFunction(blk.pci, { device: slot, interrupts: this.interrupts, dma });
+      return {
+        kind: "disk",
+        requesterId: rid,
+        iommu: d.iommu,
+        fn: blk.pci,
+        stats: () => blk.stats(),
+        close: () => blk.close(),
+      };
     }
   }
 
@@ -420,5 +424,31 @@ export class Platform {
   private wideAt(gpa: number): { base: number; sizeBytes: number; handler: WideIoHandler } | undefined {
     for (const w of this.wideMmio) if (gpa >= w.base && gpa + 8 <= w.base + w.sizeBytes) return w;
     return undefined;
+  }
+}
+
+/** --trace unclaimed: every access on `bus` no device claims (the summary counts them by address). */
+function traceUnclaimed(bus: IoBus, tracer: Tracer): void {
+  bus.onUnclaimed = (address, sizeBytes, write, value) => {
+    if (!tracer.on("unclaimed")) return;
+    tracer.emit("unclaimed", "vmm", write ? `${bus.name}-write` : `${bus.name}-read`, {
+      address,
+      sizeBytes,
+      value,
+    });
+  };
+}
+
+/** --trace config: where each BAR was placed. */
+function traceBarAssignments(bars: readonly BarAssignment[], tracer: Tracer): void {
+  if (!tracer.on("config")) return;
+  for (const b of bars) {
+    tracer.emit("config", "vmm", "bar-assigned", {
+      requesterId: b.requesterId,
+      bar: b.bar,
+      kind: b.kind,
+      address: b.address,
+      sizeBytes: b.sizeBytes,
+    });
   }
 }
