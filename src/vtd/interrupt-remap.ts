@@ -176,26 +176,8 @@ export class InterruptRemapper {
         `handle ${handle} >= ${this.tableEntries} entries`,
       );
     }
-    let e = this.cache.get(handle);
-    if (e === undefined) {
-      this.cacheMisses++;
-      const gpa = this.tableGpa + handle * 16;
-      if (!this.memory.isRam(gpa, 16)) {
-        return this.fail(sourceId, FR.IR_TABLE_ACCESS, handle, "IRTE not in RAM");
-      }
-      const m = this.memory;
-      e = {
-        lo: m.readU32(gpa),
-        hi: m.readU32(gpa + 4),
-        lo2: m.readU32(gpa + 8),
-        hi2: m.readU32(gpa + 12),
-        result: null,
-      };
-      // Only present entries are cached (VT-d 6.2.5: not-present entries are never cached here).
-      if (e.lo & 1) this.cache.set(handle, e);
-    } else {
-      this.cacheHits++;
-    }
+    const e = this.entry(handle);
+    if (e === null) return this.fail(sourceId, FR.IR_TABLE_ACCESS, handle, "IRTE not in RAM");
     const fpd = (e.lo & 2) !== 0;
     if ((e.lo & 1) === 0) return this.fail(sourceId, FR.IR_NOT_PRESENT, handle, "IRTE not present", fpd);
     // Reserved (VT-d 9.10): 14:12, 31:24, posted mode (IM, no CAP.PI), xAPIC 39:32 and 63:48,
@@ -210,36 +192,45 @@ export class InterruptRemapper {
     ) {
       return this.fail(sourceId, FR.IR_ENTRY_RESERVED, handle, "IRTE reserved bits set");
     }
-    const sid = e.lo2 & 0xffff;
-    const sq = (e.lo2 >>> 16) & 3;
-    if (svt === 1) {
-      // Compare the requester id with SID, ignoring bits per SQ (VT-d 9.10).
-      if (!sourceIdsMatch(sourceId, sid, sq)) {
-        return this.fail(
-          sourceId,
-          FR.IR_SOURCE_ID,
-          handle,
-          `source 0x${sourceId.toString(16)} is not 0x${sid.toString(16)}`,
-          fpd,
-        );
-      }
-    } else if (svt === 2) {
-      const bus = sourceId >>> 8;
-      if (bus < sid >>> 8 || bus > (sid & 0xff)) {
-        return this.fail(
-          sourceId,
-          FR.IR_SOURCE_ID,
-          handle,
-          `bus ${bus} outside ${sid >>> 8}-${sid & 0xff}`,
-          fpd,
-        );
-      }
-    }
+    const mismatch = sourceIdMismatch(sourceId, e.lo2, svt);
+    if (mismatch !== null) return this.fail(sourceId, FR.IR_SOURCE_ID, handle, mismatch, fpd);
     this.remapped++;
     if (e.result !== null) {
       VTD_TRACE.irRemapCached(this.tracer, sourceId, handle, true);
       return e.result;
     }
+    const out = this.decode(e);
+    VTD_TRACE.irRemap(this.tracer, sourceId, handle, out.vector, out.destination);
+    const result: RemapResult = { ok: true, remapped: true, interrupt: out, message: out.message };
+    e.result = result;
+    return result;
+  }
+
+  /** IRTE `handle`, from the interrupt entry cache or guest memory; null when it is not in RAM. */
+  private entry(handle: number): CachedIrte | null {
+    const cached = this.cache.get(handle);
+    if (cached !== undefined) {
+      this.cacheHits++;
+      return cached;
+    }
+    this.cacheMisses++;
+    const gpa = this.tableGpa + handle * 16;
+    if (!this.memory.isRam(gpa, 16)) return null;
+    const m = this.memory;
+    const e: CachedIrte = {
+      lo: m.readU32(gpa),
+      hi: m.readU32(gpa + 4),
+      lo2: m.readU32(gpa + 8),
+      hi2: m.readU32(gpa + 12),
+      result: null,
+    };
+    // Only present entries are cached (VT-d 6.2.5: not-present entries are never cached here).
+    if (e.lo & 1) this.cache.set(handle, e);
+    return e;
+  }
+
+  /** The interrupt a present, valid IRTE describes (VT-d 9.10), as the MSI the CPU receives. */
+  private decode(e: CachedIrte): RemappedInterrupt {
     const vector = (e.lo >>> 16) & 0xff;
     const destination = this.extendedMode ? e.hi >>> 0 : (e.hi >>> 8) & 0xff;
     const destinationLogical = (e.lo & 4) !== 0;
@@ -253,7 +244,7 @@ export class InterruptRemapper {
     const address = extended === 0 ? lo32 : extended < 0x2000 ? extended * 2 ** 40 + lo32 : lo32;
     const data =
       vector | (deliveryMode << 8) | (levelTriggered ? 1 << 15 : 0) | (levelTriggered ? 1 << 14 : 0);
-    const out: RemappedInterrupt = {
+    return {
       vector,
       destination,
       destinationLogical,
@@ -262,10 +253,6 @@ export class InterruptRemapper {
       deliveryMode,
       message: { address, data },
     };
-    VTD_TRACE.irRemap(this.tracer, sourceId, handle, vector, destination);
-    const result: RemapResult = { ok: true, remapped: true, interrupt: out, message: out.message };
-    e.result = result;
-    return result;
   }
 }
 
@@ -281,4 +268,22 @@ export function ioapicRemappableRequest(rteLo: number, rteHi: number): MsiMessag
   const address = 0xfee00000 + (handle & 0x7fff) * 32 + 0x10 + ((handle >>> 15) & 1) * 4;
   // SHV is clear: the data carries the vector only for the EOI path, not the handle.
   return { address, data: rteLo & 0xff };
+}
+
+/**
+ * Why requester `sourceId` may not use an IRTE whose SID/SQ word is `lo2` and whose SVT is `svt`
+ * (VT-d 9.10), or null when it may.
+ */
+function sourceIdMismatch(sourceId: number, lo2: number, svt: number): string | null {
+  const sid = lo2 & 0xffff;
+  const sq = (lo2 >>> 16) & 3;
+  if (svt === 1) {
+    // Compare the requester id with SID, ignoring bits per SQ (VT-d 9.10).
+    if (!sourceIdsMatch(sourceId, sid, sq))
+      return `source 0x${sourceId.toString(16)} is not 0x${sid.toString(16)}`;
+  } else if (svt === 2) {
+    const bus = sourceId >>> 8;
+    if (bus < sid >>> 8 || bus > (sid & 0xff)) return `bus ${bus} outside ${sid >>> 8}-${sid & 0xff}`;
+  }
+  return null;
 }
