@@ -12,7 +12,15 @@
 import type { VtdConfig } from "./config.ts";
 import { FR } from "./fault-reasons.ts";
 import { type FirstStageRequest, FirstStageWalker } from "./first-stage.ts";
-import { type ContextEntry, type Lookup, PGTT, type TableReader, TT } from "./tables.ts";
+import {
+  type ContextEntry,
+  type LegacyContext,
+  type Lookup,
+  PGTT,
+  type ScalableContext,
+  type TableReader,
+  TT,
+} from "./tables.ts";
 
 export const TARGET = { IDENTITY: 0, SECOND_STAGE: 1, FIRST_STAGE: 2, NESTED: 3 } as const;
 
@@ -181,95 +189,86 @@ export class TargetCache {
       return { ok: false, reason: ctxLookup.reason, fpd: ctxLookup.fpd, requestHasPasid: hasPasid };
     const ctx = ctxLookup.entry;
     const mgawLimit = 2 ** Math.min(this.config.awBits, 53);
-    let target: Target;
-    if (ctx.kind === "legacy") {
-      // VT-d 3.4.2 / 3.9: legacy mode has no PASID support; requests with PASID are blocked.
-      if (hasPasid) return { ok: false, reason: FR.SM_TTM0_WITH_PASID, fpd: ctx.fpd, requestHasPasid: true };
-      const pt = ctx.translationType === TT.PASS_THROUGH;
-      target = {
-        kind: pt ? TARGET.IDENTITY : TARGET.SECOND_STAGE,
-        scalable: false,
-        sourceId,
-        pasid: -1,
-        requestHasPasid: false,
-        privileged: false,
-        fpd: ctx.fpd,
-        domainId: ctx.domainId,
-        root: ctx.slptptr,
-        levels: ctx.levels,
-        ssRoot: 0,
-        ssLevels: 0,
-        ssLimit: 0,
-        inputLimit: pt ? mgawLimit : Math.min(mgawLimit, 2 ** (12 + 9 * ctx.levels)),
-        iotlbTag: iotlbTag(ctx.domainId, -1, false, TAG_CLASS.SECOND_STAGE),
-        atsAllowed: ctx.translationType === TT.DEVICE_TLB,
-        fsRequest: USER_REQUEST,
-      };
-    } else {
-      if (hasPasid && !ctx.pasidEnable) {
-        return { ok: false, reason: FR.SM_CONTEXT_PASIDE_CLEAR, fpd: ctx.fpd, requestHasPasid: true };
-      }
-      const effectivePasid = hasPasid ? pasid : ctx.ridPasid;
-      const effectivePriv = hasPasid ? privileged : ctx.ridPriv;
-      const peLookup = this.tables.pasidEntry(ctx, effectivePasid);
-      if (!peLookup.ok)
-        return { ok: false, reason: peLookup.reason, fpd: peLookup.fpd, requestHasPasid: hasPasid };
-      const pe = peLookup.entry;
-      // VT-d 9.6: supervisor requests need SRE.
-      if (effectivePriv && !pe.supervisorEnable) {
-        return { ok: false, reason: FR.SM_PASID_SRE_CLEAR, fpd: pe.fpd, requestHasPasid: hasPasid };
-      }
-      let kind: number = TARGET.IDENTITY;
-      let root = 0;
-      let levels = 0;
-      let inputLimit = mgawLimit;
-      if (pe.pgtt === PGTT.SECOND_STAGE) {
-        kind = TARGET.SECOND_STAGE;
-        root = pe.slptptr;
-        levels = pe.ssLevels;
-        inputLimit = Math.min(mgawLimit, 2 ** (12 + 9 * levels));
-      } else if (pe.pgtt === PGTT.FIRST_STAGE || pe.pgtt === PGTT.NESTED) {
-        kind = pe.pgtt === PGTT.NESTED ? TARGET.NESTED : TARGET.FIRST_STAGE;
-        root = pe.flptptr;
-        levels = pe.fsLevels;
-        inputLimit = Math.min(2 ** 53, FirstStageWalker.inputLimit(levels));
-      }
-      target = {
-        kind,
-        scalable: true,
-        sourceId,
-        pasid: effectivePasid,
-        requestHasPasid: hasPasid,
-        privileged: effectivePriv,
-        fpd: pe.fpd,
-        domainId: pe.domainId,
-        root,
-        levels,
-        ssRoot: pe.slptptr,
-        ssLevels: pe.ssLevels,
-        ssLimit: Math.min(mgawLimit, 2 ** (12 + 9 * pe.ssLevels)),
-        inputLimit,
-        iotlbTag: iotlbTag(
-          pe.domainId,
-          effectivePasid,
-          effectivePriv && kind >= TARGET.FIRST_STAGE,
-          kind === TARGET.FIRST_STAGE
-            ? TAG_CLASS.FIRST_STAGE
-            : kind === TARGET.NESTED
-              ? TAG_CLASS.NESTED
-              : TAG_CLASS.SECOND_STAGE,
-        ),
-        atsAllowed: ctx.deviceTlbEnable,
-        fsRequest: {
-          privileged: effectivePriv,
-          writeProtect: pe.writeProtect,
-          noExecute: pe.noExecute,
-          updateAccessed: true,
-        },
-      };
+    const r =
+      ctx.kind === "legacy"
+        ? legacyTarget(ctx, sourceId, hasPasid, mgawLimit)
+        : this.scalableTarget(ctx, sourceId, pasid, privileged, mgawLimit);
+    if (!r.ok) return r;
+    this.targets.set(key, r.target);
+    this.noteTag(r.target.domainId, r.target.iotlbTag);
+    return r;
+  }
+
+  /** The target a scalable-mode context entry and its PASID entry give (VT-d 9.4, 9.6). */
+  private scalableTarget(
+    ctx: ScalableContext,
+    sourceId: number,
+    pasid: number,
+    privileged: boolean,
+    mgawLimit: number,
+  ): TargetLookup {
+    const hasPasid = pasid >= 0;
+    if (hasPasid && !ctx.pasidEnable) {
+      return { ok: false, reason: FR.SM_CONTEXT_PASIDE_CLEAR, fpd: ctx.fpd, requestHasPasid: true };
     }
-    this.targets.set(key, target);
-    this.noteTag(target.domainId, target.iotlbTag);
+    const effectivePasid = hasPasid ? pasid : ctx.ridPasid;
+    const effectivePriv = hasPasid ? privileged : ctx.ridPriv;
+    const peLookup = this.tables.pasidEntry(ctx, effectivePasid);
+    if (!peLookup.ok)
+      return { ok: false, reason: peLookup.reason, fpd: peLookup.fpd, requestHasPasid: hasPasid };
+    const pe = peLookup.entry;
+    // VT-d 9.6: supervisor requests need SRE.
+    if (effectivePriv && !pe.supervisorEnable) {
+      return { ok: false, reason: FR.SM_PASID_SRE_CLEAR, fpd: pe.fpd, requestHasPasid: hasPasid };
+    }
+    let kind: number = TARGET.IDENTITY;
+    let root = 0;
+    let levels = 0;
+    let inputLimit = mgawLimit;
+    if (pe.pgtt === PGTT.SECOND_STAGE) {
+      kind = TARGET.SECOND_STAGE;
+      root = pe.slptptr;
+      levels = pe.ssLevels;
+      inputLimit = Math.min(mgawLimit, 2 ** (12 + 9 * levels));
+    } else if (pe.pgtt === PGTT.FIRST_STAGE || pe.pgtt === PGTT.NESTED) {
+      kind = pe.pgtt === PGTT.NESTED ? TARGET.NESTED : TARGET.FIRST_STAGE;
+      root = pe.flptptr;
+      levels = pe.fsLevels;
+      inputLimit = Math.min(2 ** 53, FirstStageWalker.inputLimit(levels));
+    }
+    const target: Target = {
+      kind,
+      scalable: true,
+      sourceId,
+      pasid: effectivePasid,
+      requestHasPasid: hasPasid,
+      privileged: effectivePriv,
+      fpd: pe.fpd,
+      domainId: pe.domainId,
+      root,
+      levels,
+      ssRoot: pe.slptptr,
+      ssLevels: pe.ssLevels,
+      ssLimit: Math.min(mgawLimit, 2 ** (12 + 9 * pe.ssLevels)),
+      inputLimit,
+      iotlbTag: iotlbTag(
+        pe.domainId,
+        effectivePasid,
+        effectivePriv && kind >= TARGET.FIRST_STAGE,
+        kind === TARGET.FIRST_STAGE
+          ? TAG_CLASS.FIRST_STAGE
+          : kind === TARGET.NESTED
+            ? TAG_CLASS.NESTED
+            : TAG_CLASS.SECOND_STAGE,
+      ),
+      atsAllowed: ctx.deviceTlbEnable,
+      fsRequest: {
+        privileged: effectivePriv,
+        writeProtect: pe.writeProtect,
+        noExecute: pe.noExecute,
+        updateAccessed: true,
+      },
+    };
     return { ok: true, target };
   }
 
@@ -293,4 +292,36 @@ export class TargetCache {
     this.invalidations++;
     return n;
   }
+}
+
+/** The target a legacy-mode context entry gives (VT-d 9.3): second stage or pass-through. */
+function legacyTarget(
+  ctx: LegacyContext,
+  sourceId: number,
+  hasPasid: boolean,
+  mgawLimit: number,
+): TargetLookup {
+  // VT-d 3.4.2 / 3.9: legacy mode has no PASID support; requests with PASID are blocked.
+  if (hasPasid) return { ok: false, reason: FR.SM_TTM0_WITH_PASID, fpd: ctx.fpd, requestHasPasid: true };
+  const pt = ctx.translationType === TT.PASS_THROUGH;
+  const target: Target = {
+    kind: pt ? TARGET.IDENTITY : TARGET.SECOND_STAGE,
+    scalable: false,
+    sourceId,
+    pasid: -1,
+    requestHasPasid: false,
+    privileged: false,
+    fpd: ctx.fpd,
+    domainId: ctx.domainId,
+    root: ctx.slptptr,
+    levels: ctx.levels,
+    ssRoot: 0,
+    ssLevels: 0,
+    ssLimit: 0,
+    inputLimit: pt ? mgawLimit : Math.min(mgawLimit, 2 ** (12 + 9 * ctx.levels)),
+    iotlbTag: iotlbTag(ctx.domainId, -1, false, TAG_CLASS.SECOND_STAGE),
+    atsAllowed: ctx.translationType === TT.DEVICE_TLB,
+    fsRequest: USER_REQUEST,
+  };
+  return { ok: true, target };
 }
