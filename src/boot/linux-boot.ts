@@ -123,85 +123,10 @@ export function planLinuxBoot(options: LinuxBootOptions): LinuxBootPlan {
   }));
   const writes: MemoryWrite[] = [...acpiWrites, { gpa: at.cmdlineGpa, bytes: cmdline, what: "command line" }];
   const zeroFills: ZeroFill[] = [];
-  let entry: EntryState;
-  let initrdGpa: number | undefined;
-
-  if (protocol === "bzimage-64") {
-    const kernel: BzImage = parseBzImage(options.kernel);
-    writes.push({ gpa: at.kernelLoadGpa, bytes: kernel.protectedModeKernel, what: "kernel" });
-    if (options.initrd !== undefined) {
-      initrdGpa = chooseInitrdGpa(kernel, at.kernelLoadGpa, options.initrd.length, options.e820, FOUR_GIB);
-      writes.push({ gpa: initrdGpa, bytes: options.initrd, what: "initrd" });
-    }
-    const zeroPage = buildZeroPage({
-      kernel,
-      cmdlineGpa: at.cmdlineGpa,
-      cmdlineLengthBytes: cmdline.length - 1,
-      initrd: initrdGpa === undefined ? undefined : { gpa: initrdGpa, sizeBytes: options.initrd!.length },
-      e820: options.e820,
-      acpiRsdpGpa: options.acpi.rsdpGpa,
-    });
-    writes.push({ gpa: at.zeroPageGpa, bytes: zeroPage, what: "zero page" });
-    // The decompressor runs from max(align_up(load), pref_address) and needs init_size from there.
-    const runtimeStart = Math.max(at.kernelLoadGpa, kernelRuntimeStartGpa(kernel.header, at.kernelLoadGpa));
-    const kernelEnd = runtimeStart + Math.max(kernel.header.initSizeBytes, kernel.protectedModeKernel.length);
-    if (!isUsableRam(options.e820, runtimeStart, kernelEnd - runtimeStart)) {
-      throw new RangeError(
-        `the kernel needs RAM [0x${runtimeStart.toString(16)}, 0x${kernelEnd.toString(16)}) ` +
-          "(init_size from its runtime address) and the memory map does not give it",
-      );
-    }
-    for (const w of writes) {
-      if (w.what !== "kernel" && w.gpa < kernelEnd && runtimeStart < w.gpa + w.bytes.length) {
-        throw new RangeError(`${w.what} lies where the kernel decompresses itself (init_size)`);
-      }
-    }
-    entry = linux64EntryState({
-      kernelLoadGpa: at.kernelLoadGpa,
-      kernelInitSizeBytes: kernel.header.initSizeBytes,
-      zeroPageGpa: at.zeroPageGpa,
-      cmdline: { gpa: at.cmdlineGpa, sizeBytes: cmdline.length },
-      gdtGpa: at.gdtGpa,
-      pageTablesGpa: at.pageTablesGpa,
-      identityMapBytes: identityMapBytesFor(kernelEnd),
-      stackGpa: at.stackGpa,
-    });
-  } else {
-    const elf = parseElf64(options.kernel);
-    const entryGpa = findPvhEntry(elf);
-    if (entryGpa === undefined)
-      throw new RangeError("vmlinux has no XEN_ELFNOTE_PHYS32_ENTRY: PVH boot impossible");
-    let kernelEnd = 0;
-    for (const segment of elfLoadPlan(elf)) {
-      writes.push({
-        gpa: segment.gpa,
-        bytes: segment.bytes,
-        what: `kernel segment 0x${segment.gpa.toString(16)}`,
-      });
-      const tail = segment.memSizeBytes - segment.bytes.length;
-      if (tail > 0)
-        zeroFills.push({ gpa: segment.gpa + segment.bytes.length, sizeBytes: tail, what: "kernel bss" });
-      kernelEnd = Math.max(kernelEnd, segment.gpa + segment.memSizeBytes);
-    }
-    const modules: PvhModule[] = [];
-    if (options.initrd !== undefined) {
-      // Kept below 4 GiB, addressable from the 32-bit PVH entry code.
-      initrdGpa = highestRamFit(options.e820, options.initrd.length, FOUR_GIB, kernelEnd);
-      if (initrdGpa === undefined)
-        throw new RangeError(`no RAM below 4 GiB for an initrd of ${options.initrd.length} bytes`);
-      writes.push({ gpa: initrdGpa, bytes: options.initrd, what: "initrd" });
-      modules.push({ gpa: initrdGpa, sizeBytes: options.initrd.length });
-    }
-    const startInfo = buildStartInfo({
-      startInfoGpa: at.startInfoGpa,
-      cmdlineGpa: at.cmdlineGpa,
-      rsdpGpa: options.acpi.rsdpGpa,
-      memoryMap: options.e820,
-      modules,
-    });
-    writes.push({ gpa: startInfo.gpa, bytes: startInfo.bytes, what: "hvm_start_info" });
-    entry = pvhEntryState({ entryGpa, startInfoGpa: at.startInfoGpa, gdtGpa: at.gdtGpa });
-  }
+  const { entry, initrdGpa } =
+    protocol === "bzimage-64"
+      ? planBzImage(options, at, cmdline, writes)
+      : planPvh(options, at, writes, zeroFills);
 
   const all = [...writes, ...entry.memoryWrites];
   checkPlacement(
@@ -209,4 +134,105 @@ export function planLinuxBoot(options: LinuxBootOptions): LinuxBootPlan {
     options.backedRanges,
   );
   return { protocol, memoryWrites: all, zeroFills, entry, initrdGpa };
+}
+
+/** Where the kernel and initrd go and how it starts. */
+interface KernelPlan {
+  readonly entry: EntryState;
+  readonly initrdGpa: number | undefined;
+}
+
+/** The 64-bit boot protocol of a bzImage (Linux Documentation/arch/x86/boot.rst); adds to `writes`. */
+function planBzImage(
+  options: LinuxBootOptions,
+  at: BootAddresses,
+  cmdline: Uint8Array,
+  writes: MemoryWrite[],
+): KernelPlan {
+  const kernel: BzImage = parseBzImage(options.kernel);
+  writes.push({ gpa: at.kernelLoadGpa, bytes: kernel.protectedModeKernel, what: "kernel" });
+  let initrdGpa: number | undefined;
+  if (options.initrd !== undefined) {
+    initrdGpa = chooseInitrdGpa(kernel, at.kernelLoadGpa, options.initrd.length, options.e820, FOUR_GIB);
+    writes.push({ gpa: initrdGpa, bytes: options.initrd, what: "initrd" });
+  }
+  const zeroPage = buildZeroPage({
+    kernel,
+    cmdlineGpa: at.cmdlineGpa,
+    cmdlineLengthBytes: cmdline.length - 1,
+    initrd: initrdGpa === undefined ? undefined : { gpa: initrdGpa, sizeBytes: options.initrd!.length },
+    e820: options.e820,
+    acpiRsdpGpa: options.acpi.rsdpGpa,
+  });
+  writes.push({ gpa: at.zeroPageGpa, bytes: zeroPage, what: "zero page" });
+  // The decompressor runs from max(align_up(load), pref_address) and needs init_size from there.
+  const runtimeStart = Math.max(at.kernelLoadGpa, kernelRuntimeStartGpa(kernel.header, at.kernelLoadGpa));
+  const kernelEnd = runtimeStart + Math.max(kernel.header.initSizeBytes, kernel.protectedModeKernel.length);
+  if (!isUsableRam(options.e820, runtimeStart, kernelEnd - runtimeStart)) {
+    throw new RangeError(
+      `the kernel needs RAM [0x${runtimeStart.toString(16)}, 0x${kernelEnd.toString(16)}) ` +
+        "(init_size from its runtime address) and the memory map does not give it",
+    );
+  }
+  for (const w of writes) {
+    if (w.what !== "kernel" && w.gpa < kernelEnd && runtimeStart < w.gpa + w.bytes.length) {
+      throw new RangeError(`${w.what} lies where the kernel decompresses itself (init_size)`);
+    }
+  }
+  const entry = linux64EntryState({
+    kernelLoadGpa: at.kernelLoadGpa,
+    kernelInitSizeBytes: kernel.header.initSizeBytes,
+    zeroPageGpa: at.zeroPageGpa,
+    cmdline: { gpa: at.cmdlineGpa, sizeBytes: cmdline.length },
+    gdtGpa: at.gdtGpa,
+    pageTablesGpa: at.pageTablesGpa,
+    identityMapBytes: identityMapBytesFor(kernelEnd),
+    stackGpa: at.stackGpa,
+  });
+  return { entry, initrdGpa };
+}
+
+/** PVH boot of an uncompressed vmlinux (its XEN_ELFNOTE_PHYS32_ENTRY); adds to `writes` and `zeroFills`. */
+function planPvh(
+  options: LinuxBootOptions,
+  at: BootAddresses,
+  writes: MemoryWrite[],
+  zeroFills: ZeroFill[],
+): KernelPlan {
+  const elf = parseElf64(options.kernel);
+  const entryGpa = findPvhEntry(elf);
+  if (entryGpa === undefined)
+    throw new RangeError("vmlinux has no XEN_ELFNOTE_PHYS32_ENTRY: PVH boot impossible");
+  let kernelEnd = 0;
+  for (const segment of elfLoadPlan(elf)) {
+    writes.push({
+      gpa: segment.gpa,
+      bytes: segment.bytes,
+      what: `kernel segment 0x${segment.gpa.toString(16)}`,
+    });
+    const tail = segment.memSizeBytes - segment.bytes.length;
+    if (tail > 0)
+      zeroFills.push({ gpa: segment.gpa + segment.bytes.length, sizeBytes: tail, what: "kernel bss" });
+    kernelEnd = Math.max(kernelEnd, segment.gpa + segment.memSizeBytes);
+  }
+  const modules: PvhModule[] = [];
+  let initrdGpa: number | undefined;
+  if (options.initrd !== undefined) {
+    // Kept below 4 GiB, addressable from the 32-bit PVH entry code.
+    initrdGpa = highestRamFit(options.e820, options.initrd.length, FOUR_GIB, kernelEnd);
+    if (initrdGpa === undefined)
+      throw new RangeError(`no RAM below 4 GiB for an initrd of ${options.initrd.length} bytes`);
+    writes.push({ gpa: initrdGpa, bytes: options.initrd, what: "initrd" });
+    modules.push({ gpa: initrdGpa, sizeBytes: options.initrd.length });
+  }
+  const startInfo = buildStartInfo({
+    startInfoGpa: at.startInfoGpa,
+    cmdlineGpa: at.cmdlineGpa,
+    rsdpGpa: options.acpi.rsdpGpa,
+    memoryMap: options.e820,
+    modules,
+  });
+  writes.push({ gpa: startInfo.gpa, bytes: startInfo.bytes, what: "hvm_start_info" });
+  const entry = pvhEntryState({ entryGpa, startInfoGpa: at.startInfoGpa, gdtGpa: at.gdtGpa });
+  return { entry, initrdGpa };
 }

@@ -55,6 +55,22 @@ export function devicesFor(
   return devices;
 }
 
+/** `viommu run` on an arm64 host (run-arm64.ts), tracing and serial output set up as on x86. */
+function runOnArm64(options: RunOptions, io: RunIo): number {
+  const tracer = Tracer.fromSpec(options.trace);
+  if (options.trace) tracer.listen((ev) => io.stderr(`trace: ${formatTraceEvent(ev)}\n`), []);
+  const serial = serialSink(options);
+  const status = runArm64({
+    options,
+    devices: devicesFor(options),
+    serial: serial.sink,
+    tracer,
+    stderr: io.stderr,
+  });
+  serial.close();
+  return status;
+}
+
 export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number {
   let options: RunOptions;
   try {
@@ -71,20 +87,7 @@ export function runVmm(argv: readonly string[], io: RunIo = PROCESS_IO): number 
     io.stdout(`${formatTraceCatalogue()}\n`);
     return 0;
   }
-  if (kvmArchitecture() === "arm64") {
-    const tracer = Tracer.fromSpec(options.trace);
-    if (options.trace) tracer.listen((ev) => io.stderr(`trace: ${formatTraceEvent(ev)}\n`), []);
-    const serial = serialSink(options);
-    const status = runArm64({
-      options,
-      devices: devicesFor(options),
-      serial: serial.sink,
-      tracer,
-      stderr: io.stderr,
-    });
-    serial.close();
-    return status;
-  }
+  if (kvmArchitecture() === "arm64") return runOnArm64(options, io);
   if (options.iommu.kind === "smmuv3") {
     io.stderr("viommu run: --iommu smmuv3 needs an arm64 host (the SMMUv3 is an Arm IOMMU)\n");
     return 2;
