@@ -10,6 +10,10 @@
  * Caches: decoded STEs and CDs until CFGI_*, and the engine `Iotlb` holding final translations
  * tagged VMID<<16 | ASID (plus a stage-2-only kind and the TTB1 half). Every invalidation bumps
  * `epoch`, so no translation survives a TLBI followed by CMD_SYNC.
+ *
+ * About 630 lines, kept whole on purpose: what is left here is the unit's shared state (register
+ * frame, queue ownership, the translate entry points and their fast path); every separable
+ * concern already has its own module (config-lookup, commands, event-queue, faults, stages, tlb).
  */
 import { ACCESS_WRITE, type Access, type DmaFault, dmaFault } from "../engine/access.ts";
 import { DmaAddressSpace } from "../engine/dma-space.ts";

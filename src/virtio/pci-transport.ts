@@ -18,6 +18,10 @@
  *
  * All queue DMA uses the PCI function's DMA space (bus-master gated). Errors in the rings set
  * DEVICE_NEEDS_RESET and send a configuration change notification (2.1.2); nothing throws.
+ *
+ * About 630 lines, kept whole on purpose: common configuration, notify, ISR, the PCI_CFG window
+ * and device status all read and write the same per-transport state (selected queue, feature
+ * words, status, queues), and the notify path keeps its constants module-local (below).
  */
 import type { Tracer } from "../engine/trace.ts";
 import { BarRegions } from "../pci/bar-regions.ts";
