@@ -141,6 +141,7 @@ export class Machine {
   // About 90 lines, kept whole: KVM set-up in the order its API requires (irqchip before any
   // vCPU, guest RAM before the platform, MSI routes after the devices); it needs /dev/kvm, which
   // the tests here skip without, so it is not reshuffled untested.
+  // biome-ignore lint/complexity/noExcessiveLinesPerFunction: KVM set-up order, see above
   constructor(config: MachineConfig) {
     if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS) {
       throw new CpuCountError(config.cpus);

@@ -150,6 +150,7 @@ export class Platform {
 
   // About 85 lines: it wires each piece of the platform to its bus in address order and reads
   // best in one place; what has logic (device placement, the DMAR) is in the methods below.
+  // biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring only, see above
   constructor(config: PlatformConfig) {
     this.memory = config.memory;
     this.cpus = config.cpus;

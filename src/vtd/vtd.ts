@@ -145,6 +145,7 @@ export class VtdUnit implements DmaTranslator, IoHandler, ViommuModel<EndpointSt
 
   // The constructor is long because it only wires the unit's collaborators to each other (each
   // gets the callbacks it needs); there is no logic in it to split out.
+  // biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring only, see above
   constructor(memory: GuestMemory, options: VtdOptions = {}) {
     const c = options.config;
     this.config =

@@ -369,6 +369,9 @@ const STEP_RE = /VIOMMU-KVM-LAB: step=(\S+)/;
 const FAILED_RE = /VIOMMU-KVM-LAB: failed step=(\S+): (.*)$/;
 const EXIT_RE = /VIOMMU-KVM-LAB: exit=(\d+)/;
 
+// About 100 lines, kept whole: one QEMU process supervised by event handlers that share the run's
+// state (step, failure, timers); it runs only in the KVM lab.
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: one supervisor, see above
 export function superviseL1(
   file: string,
   argv: string[],
@@ -376,6 +379,7 @@ export function superviseL1(
   io: { out: TokenStream; err: TokenStream; started: number },
 ): Promise<KvmLabOutcome> {
   installExitHook();
+  // biome-ignore lint/complexity/noExcessiveLinesPerFunction: the supervisor itself, see above
   return new Promise((resolveRun) => {
     const child = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
     live.add(child);
