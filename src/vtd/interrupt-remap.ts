@@ -176,8 +176,13 @@ export class InterruptRemapper {
         `handle ${handle} >= ${this.tableEntries} entries`,
       );
     }
-    const e = this.entry(handle);
-    if (e === null) return this.fail(sourceId, FR.IR_TABLE_ACCESS, handle, "IRTE not in RAM");
+    let e = this.cache.get(handle);
+    if (e !== undefined) this.cacheHits++;
+    else {
+      this.cacheMisses++;
+      e = this.readEntry(handle);
+      if (e === undefined) return this.fail(sourceId, FR.IR_TABLE_ACCESS, handle, "IRTE not in RAM");
+    }
     const fpd = (e.lo & 2) !== 0;
     if ((e.lo & 1) === 0) return this.fail(sourceId, FR.IR_NOT_PRESENT, handle, "IRTE not present", fpd);
     // Reserved (VT-d 9.10): 14:12, 31:24, posted mode (IM, no CAP.PI), xAPIC 39:32 and 63:48,
@@ -192,7 +197,7 @@ export class InterruptRemapper {
     ) {
       return this.fail(sourceId, FR.IR_ENTRY_RESERVED, handle, "IRTE reserved bits set");
     }
-    const mismatch = sourceIdMismatch(sourceId, e.lo2, svt);
+    const mismatch = svt === 0 ? null : sourceIdMismatch(sourceId, e.lo2, svt);
     if (mismatch !== null) return this.fail(sourceId, FR.IR_SOURCE_ID, handle, mismatch, fpd);
     this.remapped++;
     if (e.result !== null) {
@@ -206,16 +211,10 @@ export class InterruptRemapper {
     return result;
   }
 
-  /** IRTE `handle`, from the interrupt entry cache or guest memory; null when it is not in RAM. */
-  private entry(handle: number): CachedIrte | null {
-    const cached = this.cache.get(handle);
-    if (cached !== undefined) {
-      this.cacheHits++;
-      return cached;
-    }
-    this.cacheMisses++;
+  /** IRTE `handle` read from guest memory (cached if present); undefined when it is not in RAM. */
+  private readEntry(handle: number): CachedIrte | undefined {
     const gpa = this.tableGpa + handle * 16;
-    if (!this.memory.isRam(gpa, 16)) return null;
+    if (!this.memory.isRam(gpa, 16)) return undefined;
     const m = this.memory;
     const e: CachedIrte = {
       lo: m.readU32(gpa),
