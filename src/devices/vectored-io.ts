@@ -9,19 +9,24 @@ import { readvSync, writevSync } from "node:fs";
 const IOV_MAX = 1024;
 
 /**
- * Fills `views`, in order, from the file at `position`. Bytes past the end of the file (a file
- * that shrank under the device) read as zeroes.
+ * Calls `transfer` (preadv or pwritev) over `views` in batches of up to IOV_MAX, resuming after
+ * short transfers, until every byte moved. A transfer that moves nothing hands the views not yet
+ * done (the first one cut to its unmoved rest) and the file position to `onStall`, and stops.
  */
-export function readIntoViews(fd: number, views: readonly Uint8Array[], position: number): void {
+function transferViews(
+  views: readonly Uint8Array[],
+  position: number,
+  transfer: (batch: Uint8Array[], position: number) => number,
+  onStall: (rest: Uint8Array[], position: number) => void,
+): void {
   let i = 0;
-  let first: Uint8Array | null = null; // the unfilled rest of views[i] after a short read
+  let first: Uint8Array | null = null; // the unmoved rest of views[i] after a short transfer
   while (i < views.length) {
     const batch: Uint8Array[] = [first ?? views[i]];
     for (let k = i + 1; k < views.length && batch.length < IOV_MAX; k++) batch.push(views[k]);
-    const n = readvSync(fd, batch, position);
+    const n = transfer(batch, position);
     if (n <= 0) {
-      (first ?? views[i]).fill(0);
-      for (let k = i + 1; k < views.length; k++) views[k].fill(0);
+      onStall([first ?? views[i], ...views.slice(i + 1)], position);
       return;
     }
     position += n;
@@ -39,26 +44,29 @@ export function readIntoViews(fd: number, views: readonly Uint8Array[], position
   }
 }
 
+/**
+ * Fills `views`, in order, from the file at `position`. Bytes past the end of the file (a file
+ * that shrank under the device) read as zeroes.
+ */
+export function readIntoViews(fd: number, views: readonly Uint8Array[], position: number): void {
+  transferViews(
+    views,
+    position,
+    (batch, at) => readvSync(fd, batch, at),
+    (rest) => {
+      for (const v of rest) v.fill(0);
+    },
+  );
+}
+
 /** Writes `views`, in order, to the file at `position`. */
 export function writeFromViews(fd: number, views: readonly Uint8Array[], position: number): void {
-  let i = 0;
-  let first: Uint8Array | null = null;
-  while (i < views.length) {
-    const batch: Uint8Array[] = [first ?? views[i]];
-    for (let k = i + 1; k < views.length && batch.length < IOV_MAX; k++) batch.push(views[k]);
-    const n = writevSync(fd, batch, position);
-    if (n <= 0) throw new Error(`pwritev at ${position} wrote nothing`);
-    position += n;
-    let left = n;
-    for (const b of batch) {
-      if (left >= b.length) {
-        left -= b.length;
-        i++;
-        first = null;
-        continue;
-      }
-      first = b.subarray(left);
-      break;
-    }
-  }
+  transferViews(
+    views,
+    position,
+    (batch, at) => writevSync(fd, batch, at),
+    (_rest, at) => {
+      throw new Error(`pwritev at ${at} wrote nothing`);
+    },
+  );
 }
