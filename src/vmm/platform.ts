@@ -7,7 +7,6 @@
  * devices in command-line order from 00:02.0.
  */
 import { DebugExit } from "../devices/debug-exit.ts";
-import { EduDevice } from "../devices/edu.ts";
 import {
   FW_CFG_DMA_IOBASE,
   FW_CFG_DMA_IOSIZE,
@@ -23,9 +22,7 @@ import {
   type SerialSource,
   Uart16550,
 } from "../devices/uart16550.ts";
-import { VirtioBlk } from "../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
-import { VirtioRng } from "../devices/virtio-rng.ts";
 import { PERM_RW } from "../engine/access.ts";
 import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
@@ -39,7 +36,6 @@ import { type AccessSize, IoBus, type IoHandler } from "../platform/bus.ts";
 import type { MsiMessage } from "../platform/interrupts.ts";
 import type { VfioPciDevice } from "../vfio/device.ts";
 import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
-import { VirtioPciTransport } from "../virtio/pci-transport.ts";
 import type {
   Endpoint as VirtioIommuEndpoint,
   VirtioIommuEndpointOptions,
@@ -51,6 +47,7 @@ import type {
 } from "../vtd/options.ts";
 import { VtdUnit } from "../vtd/vtd.ts";
 import { ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, AcpiPower, type PowerRequest } from "./acpi-power.ts";
+import { placeEmulatedDevice } from "./emulated-devices.ts";
 import { InterruptFabric, intxIoapicPin, type MsiTarget } from "./interrupts.ts";
 import {
   e820Bytes,
@@ -279,47 +276,9 @@ export class Platform {
     identity: (rid: number) => DmaAddressSpace,
     tracer: Tracer,
   ): PlacedDevice {
-    const dma = translated ?? identity;
-    if (d.kind === "edu") {
-      const edu = new EduDevice({ name: `edu${i}` });
-      const rid = this.pci.addFunction(edu.pci, { device: slot, interrupts: this.interrupts, dma });
-      return {
-        kind: "edu",
-        requesterId: rid,
-        iommu: d.iommu,
-        fn: edu.pci,
-        stats: () => edu.stats(),
-      };
-    } else if (d.kind === "vfio") {
-      return this.assign(d.device, `vfio${i}`, slot, translated);
-    } else if (d.kind === "rng") {
-      const rng = new VirtioRng({ name: `rng${i}` });
-      const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer });
-      const rid = this.pci.addFunction(transport.pci, { device: slot, interrupts: this.interrupts, dma });
-      return {
-        kind: "rng",
-        requesterId: rid,
-        iommu: d.iommu,
-        fn: transport.pci,
-        stats: () => transport.stats(),
-      };
-    } else {
-      const blk = new VirtioBlk({
-        path: d.path,
-        readOnly: d.readOnly,
-        accessPlatform: d.iommu,
-        name: `disk${i}`,
-      });
-      const rid = this.pci.addFunction(blk.pci, { device: slot, interrupts: this.interrupts, dma });
-      return {
-        kind: "disk",
-        requesterId: rid,
-        iommu: d.iommu,
-        fn: blk.pci,
-        stats: () => blk.stats(),
-        close: () => blk.close(),
-      };
-    }
+    if (d.kind === "vfio") return this.assign(d.device, `vfio${i}`, slot, translated);
+    const place = { device: slot, interrupts: this.interrupts, dma: translated ?? identity };
+    return placeEmulatedDevice(this.pci, d, i, place, tracer);
   }
 
   /**

@@ -1,24 +1,6 @@
-/**
- * The arm64 machine's devices, independent of KVM (tests drive it directly): the PL011, the
- * generic ECAM PCI host bridge (bus 0) with its I/O window, the chosen IOMMU (an SMMUv3 at
- * SMMU_GPA or a virtio-iommu-pci at 00:01.0) and the PCI devices in command-line order from
- * 00:02.0, each behind the IOMMU when marked iommu=on.
- *
- * Interrupts leave through `Arm64Irq` (KVM's GIC and ITS in the VMM, a recorder in tests):
- * - wired lines (PL011, PCI INTx with the standard swizzle, the SMMU's event/gerror/sync lines)
- *   as SPI levels; lines shared by several devices are the OR of their inputs;
- * - MSIs as writes into the ITS doorbell with DeviceID = the requester ID (the DT msi-map). An
- *   MSI is a DMA write: for a device behind the IOMMU its address is an IOVA (Linux's dma-iommu
- *   maps the doorbell into the device's domain), so it is translated first, as QEMU's
- *   kvm_arch_fixup_msi_route does. A write the IOMMU refuses is dropped (and reported by the
- *   IOMMU, e.g. as an SMMU event); it is not an interrupt.
- */
-import { EduDevice } from "../../devices/edu.ts";
 import { Pl011 } from "../../devices/pl011.ts";
 import type { SerialSink } from "../../devices/uart16550.ts";
-import { VirtioBlk } from "../../devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../../devices/virtio-iommu-pci.ts";
-import { VirtioRng } from "../../devices/virtio-rng.ts";
 import { ACCESS_WRITE } from "../../engine/access.ts";
 import { DmaAddressSpace, IDENTITY } from "../../engine/dma-space.ts";
 import type { GuestMemory } from "../../engine/guest-memory.ts";
@@ -31,11 +13,11 @@ import { IoBus } from "../../platform/bus.ts";
 import type { InterruptSink, MsiMessage } from "../../platform/interrupts.ts";
 import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
 import { SmmuV3, VECTOR_CMD_SYNC, VECTOR_EVENTQ, VECTOR_GERROR } from "../../smmuv3/smmu.ts";
-import { VirtioPciTransport } from "../../virtio/pci-transport.ts";
 import type {
   Endpoint as VirtioIommuEndpoint,
   VirtioIommuEndpointOptions,
 } from "../../virtio-iommu/endpoints.ts";
+import { placeEmulatedDevice } from "../emulated-devices.ts";
 import type { DeviceChoice, PlacedDevice } from "../platform.ts";
 import { ECAM_BYTES } from "./device-tree.ts";
 import {
@@ -319,40 +301,8 @@ export class Arm64Platform {
     dma: (rid: number) => DmaAddressSpace,
     tracer: Tracer,
   ): PlacedDevice {
-    const place = { device, interrupts: this.interrupts, dma };
-    if (d.kind === "edu") {
-      const edu = new EduDevice({ name: `edu${index}` });
-      const rid = this.pci.addFunction(edu.pci, place);
-      return { kind: "edu", requesterId: rid, iommu: d.iommu, fn: edu.pci, stats: () => edu.stats() };
-    }
-    if (d.kind === "rng") {
-      const rng = new VirtioRng({ name: `rng${index}` });
-      const transport = new VirtioPciTransport(rng, { accessPlatform: d.iommu, tracer });
-      const rid = this.pci.addFunction(transport.pci, place);
-      return {
-        kind: "rng",
-        requesterId: rid,
-        iommu: d.iommu,
-        fn: transport.pci,
-        stats: () => transport.stats(),
-      };
-    }
-    if (d.kind !== "disk") throw new Error(`--device ${d.kind} is not available on the arm64 machine`);
-    const blk = new VirtioBlk({
-      path: d.path,
-      readOnly: d.readOnly,
-      accessPlatform: d.iommu,
-      name: `disk${index}`,
-    });
-    const rid = this.pci.addFunction(blk.pci, place);
-    return {
-      kind: "disk",
-      requesterId: rid,
-      iommu: d.iommu,
-      fn: blk.pci,
-      stats: () => blk.stats(),
-      close: () => blk.close(),
-    };
+    if (d.kind === "vfio") throw new Error(`--device ${d.kind} is not available on the arm64 machine`);
+    return placeEmulatedDevice(this.pci, d, index, { device, interrupts: this.interrupts, dma }, tracer);
   }
 
   close(): void {
