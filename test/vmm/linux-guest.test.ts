@@ -31,7 +31,24 @@ const dir = mkdtempSync(join(tmpdir(), "viommu-linux-test-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const disk = SKIP ? { path: "", sha256: "" } : patternDisk(dir, 4 << 20);
 const BOOT_TIMEOUT_S = 300;
-const TEST_TIMEOUT_MS = (BOOT_TIMEOUT_S + 180) * 1000; // viommu-linux.ts kills the VMM at +60 s
+// Two boots at most (bootLinux), each killed by viommu-linux.ts at +60 s.
+const TEST_TIMEOUT_MS = (2 * BOOT_TIMEOUT_S + 180) * 1000;
+
+/**
+ * One L2 boot. In the KVM lab only, a boot that timed out (status 124) is run once more, loudly:
+ * the lab's L0 QEMU (TCG) can deliver an L2 timer interrupt twice, which deadlocks the L2 kernel
+ * at a random point (tools/guest-lab/README.md, "L2 hangs from a QEMU TCG bug"). A second
+ * timeout fails the test; natively nothing is retried.
+ */
+async function bootLinux(t: TestContext, options: LinuxRunOptions): Promise<LinuxRun> {
+  const run = await runLinux(options);
+  if (run.status !== 124 || process.env.VIOMMU_IN_KVM_LAB !== "1") return run;
+  const last = run.results.at(-1)?.name ?? "none";
+  t.diagnostic(
+    `*** first boot timed out in the KVM lab (last RESULT: ${last}; the L0 QEMU's SVM bug, tools/guest-lab/README.md): booting once more`,
+  );
+  return runLinux(options);
+}
 
 /** Guest checks shared by every boot: kernel, blk pattern read back, groups. */
 const COMMON = `
@@ -91,7 +108,7 @@ for (const [kernel, cpus] of [["vmlinuz", 2]] as [LinuxRunOptions["kernel"], num
     timeout: TEST_TIMEOUT_MS,
     skip: SKIP,
   }, async (t) => {
-    const run = await runLinux({
+    const run = await bootLinux(t, {
       kernel,
       cpus,
       iommu: "virtio",
@@ -138,7 +155,7 @@ for (const [mode, kernel, cpus, props, cmdline, irMode] of [
     timeout: TEST_TIMEOUT_MS,
     skip: SKIP,
   }, async (t) => {
-    const run = await runLinux({
+    const run = await bootLinux(t, {
       kernel,
       cpus,
       iommu: `intel,intremap=on,caching-mode=on${props}`,
@@ -168,7 +185,7 @@ test("no vIOMMU, PVH vmlinux, 2 vCPUs: the blk pattern reads back", {
   timeout: TEST_TIMEOUT_MS,
   skip: SKIP,
 }, async (t) => {
-  const run = await runLinux({
+  const run = await bootLinux(t, {
     kernel: "vmlinux",
     cpus: 2,
     args: DEVICES(false),
