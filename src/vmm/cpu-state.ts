@@ -68,3 +68,28 @@ export function enterFlatProtectedMode(
   vcpu.setSregs(s);
   vcpu.setRegs({ rip: regs.eip, rax: regs.eax ?? 0, rbx: regs.ebx ?? 0, rsp: regs.esp ?? 0, rflags: 2 });
 }
+
+/**
+ * One line of a stopped vCPU's state, for the summary of a run that ended in a shutdown (triple
+ * fault): which vCPU, where it was and in which mode. Empty when KVM cannot report it.
+ */
+export function describeCpuState(vcpu: Vcpu): string {
+  try {
+    const r = vcpu.getRegs();
+    const s = vcpu.getSregs();
+    const hex = (v: number) => `0x${v.toString(16)}`;
+    const cs = s.segment("cs");
+    // KVM on AMD SVM reinitializes the vCPU at a shutdown intercept (the VMCB is undefined
+    // after it): the registers read back are the reset state, not where the fault happened.
+    if (r.rip === 0xfff0 && cs.selector === 0xf000)
+      return `vCPU ${vcpu.id} (its registers read back in the reset state: KVM on AMD SVM resets a vCPU at a shutdown)`;
+    return (
+      `vCPU ${vcpu.id}: rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} ` +
+      `cs ${hex(cs.selector)}${cs.l ? " (64-bit)" : cs.db ? " (32-bit)" : " (16-bit)"} ` +
+      `cr0 ${hex(s.get("cr0"))} cr2 ${hex(s.get("cr2"))} cr3 ${hex(s.get("cr3"))} cr4 ${hex(s.get("cr4"))} efer ${hex(s.get("efer"))} ` +
+      `idt ${hex(s.get("idtBase"))}`
+    );
+  } catch {
+    return "";
+  }
+}

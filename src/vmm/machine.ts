@@ -17,7 +17,7 @@ import { Kvm } from "../kvm/system.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
 import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
-import { enterFlatProtectedMode } from "./cpu-state.ts";
+import { describeCpuState, enterFlatProtectedMode } from "./cpu-state.ts";
 import { DeviceMsiRoutes } from "./device-msi.ts";
 import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout } from "./layout.ts";
 import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
@@ -42,7 +42,7 @@ export interface MachineConfig {
 
 export type StopReason =
   | { readonly kind: "debug-exit"; readonly status: number }
-  | { readonly kind: "triple-fault" }
+  | { readonly kind: "triple-fault"; readonly cpuState?: string }
   | { readonly kind: "system-event"; readonly type: number }
   | { readonly kind: "internal-error"; readonly suberror: number; readonly rip: number }
   | { readonly kind: "fail-entry"; readonly hardwareReason: number }
@@ -387,8 +387,9 @@ export class Machine {
     } finally {
       platform.uart.flush();
     }
-    this.stopReason = result.stop;
-    return { stop: result.stop, status: statusFor(result.stop), exits: vcpu.exits, wallMs: result.wallMs };
+    const stop = withCpuState(result.stop, vcpu);
+    this.stopReason = stop;
+    return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: result.wallMs };
   }
 
   /**
@@ -417,7 +418,7 @@ export class Machine {
         for (const slot of threads.slots) {
           const state = Atomics.load(slot.ctl, SLOT.state);
           if (state === SLOT_STATE.stopped) {
-            this.stopReason ??= stopFromSlot(slot.ctl);
+            this.stopReason ??= withCpuState(stopFromSlot(slot.ctl), all[threads.slots.indexOf(slot)]);
             continue;
           }
           if (state !== SLOT_STATE.request) continue;
@@ -515,6 +516,13 @@ export class Machine {
   }
 }
 
+/** A shutdown names the vCPU that took it and its state (the worker thread has stopped). */
+function withCpuState(stop: StopReason, vcpu: Vcpu | undefined): StopReason {
+  if (stop.kind !== "triple-fault" || vcpu === undefined) return stop;
+  const cpuState = describeCpuState(vcpu);
+  return cpuState === "" ? stop : { kind: "triple-fault", cpuState };
+}
+
 function stopFromSlot(ctl: Int32Array): StopReason {
   const detail = ctl[SLOT.detail];
   switch (ctl[SLOT.stopCode]) {
@@ -556,7 +564,7 @@ export function describeStop(stop: StopReason): string {
     case "debug-exit":
       return `guest wrote isa-debug-exit: status ${stop.status}`;
     case "triple-fault":
-      return "guest triple-faulted (KVM_EXIT_SHUTDOWN)";
+      return `guest triple-faulted (KVM_EXIT_SHUTDOWN)${stop.cpuState ? `; ${stop.cpuState}` : ""}`;
     case "system-event":
       return `guest system event ${stop.type === 1 ? "shutdown" : stop.type === 2 ? "reset" : stop.type === 3 ? "crash" : stop.type}`;
     case "internal-error":
