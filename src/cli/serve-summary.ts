@@ -105,6 +105,10 @@ export function formatServeSummary(
   lines.push(
     `guest memory: ${m.regions} regions, ${sizeText(m.mappedBytes)} mapped; ${m.maps} maps (${m.sharedMaps} shared), ${m.unmaps} unmaps, ${m.refusedMaps} refused`,
   );
+  const t = m.firstTouch;
+  lines.push(
+    `guest memory first touches: ${t.populatedChunks} chunks populated (${sizeText(t.populatedBytes)}) in ${t.populateMs.toFixed(1)} ms${t.enabled ? "" : " (population off)"}; ${t.populateFailures} failed, ${t.unreachableChunks} unreachable`,
+  );
   if (viommu !== undefined) {
     const e = viommu.engine.stats();
     const ok = (r: Readonly<Record<string, number>>) => r.OK ?? 0;

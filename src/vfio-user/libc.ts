@@ -78,6 +78,7 @@ const c = {
   read: lib.func("intptr_t read(int fd, void *buf, uintptr_t count)"),
   mmap: lib.func("void *mmap(void *addr, uintptr_t length, int prot, int flags, int fd, int64_t offset)"),
   munmap: lib.func("int munmap(void *addr, uintptr_t length)"),
+  madvise: lib.func("int madvise(uintptr_t addr, uintptr_t length, int advice)"),
   eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
   memfdCreate: lib.func("int memfd_create(const char *name, unsigned int flags)"),
   ftruncate: lib.func("int ftruncate(int fd, int64_t length)"),
@@ -276,6 +277,21 @@ export function mappingView(m: NativeMapping, offset: number, sizeBytes: number)
 
 export function unmapMapping(m: NativeMapping): boolean {
   return (c.munmap(m.pointer, m.sizeBytes) as number) === 0;
+}
+
+/** madvise(2) advice values (Linux uapi asm-generic/mman-common.h). */
+export const MADV_POPULATE_READ = 22;
+export const MADV_POPULATE_WRITE = 23;
+/** errno of a memory-failure (hardware-poisoned) page. */
+export const EHWPOISON = 133;
+
+/**
+ * madvise(advice) on [offset, offset + sizeBytes) of a mapping; `offset` must be page-aligned
+ * (the kernel rounds the length up to pages). 0 or -errno.
+ */
+export function adviseMapping(m: NativeMapping, offset: number, sizeBytes: number, advice: number): number {
+  if (offset < 0 || sizeBytes <= 0 || offset + sizeBytes > m.sizeBytes) return -ERRNO.EINVAL;
+  return (c.madvise(Number(m.address) + offset, sizeBytes, advice) as number) < 0 ? -errno() : 0;
 }
 
 // --- recvmsg / sendmsg with SCM_RIGHTS --------------------------------------------------------

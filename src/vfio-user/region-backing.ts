@@ -7,6 +7,8 @@
  *     Only for files that cannot shrink under the mapping: a memfd sealed with F_SEAL_SHRINK
  *     (QEMU's memory-backend-memfd seals by default; we add the seal when the memfd allows it).
  *     A shrink would make device DMA past the new end raise SIGBUS, which kills the process.
+ *     The first DMA to each 2 MiB chunk populates the chunk's page tables at once
+ *     (first-touch.ts): a page fault per 4 KiB page costs ten times more here.
  *   - "file-io": any other regular file (a tmpfs or hugetlbfs file, an unsealable memfd). It is
  *     never mapped; device DMA is pread/pwrite on the descriptor, so a shrink makes later DMA
  *     past the end fail (a DMA fault), never a signal. No views: devices copy (slower).
@@ -29,6 +31,7 @@
  * milliseconds, so a disconnect with 60,000 regions never stalls the other clients for long.
  */
 import { fstatSync, readdirSync, readFileSync } from "node:fs";
+import { FirstTouch, type FirstTouchPolicy } from "./first-touch.ts";
 import {
   addSeals,
   closeFd,
@@ -76,6 +79,8 @@ export interface Backing {
   readonly mapping: NativeMapping | null;
   readonly windows: readonly Uint8Array[];
   readonly windowViews: readonly DataView[];
+  /** mapped: population of the region's 2 MiB chunks on first DMA (first-touch.ts); else null. */
+  readonly touch: FirstTouch | null;
   /** file-io: the descriptor kept for pread/pwrite (-1 otherwise). */
   readonly fd: number;
   readonly transport: DmaTransport | null;
@@ -211,6 +216,7 @@ export function createFileBacking(
   req: FileRegionRequest,
   identity: { dev: bigint; ino: bigint; sizeBytes: number },
   budget: ResourceBudget,
+  firstTouch: FirstTouchPolicy,
 ): BackingResult {
   const fail = (errno: number, why: string): BackingResult => {
     closeFd(req.fd);
@@ -241,7 +247,15 @@ export function createFileBacking(
     if (!budget.takeFile()) return fail(ERRNO.ENOMEM, "no descriptors left for client regions");
     return {
       ok: true,
-      backing: { ...base, kind: BACKING_FILE_IO, mapping: null, windows: [], windowViews: [], fd: req.fd },
+      backing: {
+        ...base,
+        kind: BACKING_FILE_IO,
+        mapping: null,
+        windows: [],
+        windowViews: [],
+        touch: null,
+        fd: req.fd,
+      },
     };
   }
   if (!budget.takeMapping()) return fail(ERRNO.ENOMEM, "no memory mappings left for client regions");
@@ -270,6 +284,7 @@ export function createFileBacking(
       mapping,
       windows,
       windowViews: windows.map((w) => new DataView(w.buffer, w.byteOffset, w.byteLength)),
+      touch: new FirstTouch(firstTouch, mapping, head, req.fileOffset, req.sizeBytes, req.writable),
       fd: -1,
     },
   };
@@ -305,6 +320,7 @@ export function createMessageBacking(
     mapping: null,
     windows: [],
     windowViews: [],
+    touch: null,
     fd: -1,
     transport,
     owner,

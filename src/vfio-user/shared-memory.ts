@@ -6,10 +6,12 @@
  */
 import { GuestMemory } from "../engine/guest-memory.ts";
 import type { ClientDmaTable } from "./client-dma-table.ts";
+import { FirstTouchPolicy } from "./first-touch.ts";
 import { type DmaTransport, ResourceBudget } from "./region-backing.ts";
 import { type SharedMemoryStats, SharedRegions } from "./shared-regions.ts";
 
 export { ClientDmaTable, type DmaMapRequest, type MapResult } from "./client-dma-table.ts";
+export { FirstTouchPolicy, type FirstTouchStats } from "./first-touch.ts";
 export type { DmaTransport } from "./region-backing.ts";
 export type { SharedMemoryStats } from "./shared-regions.ts";
 
@@ -17,9 +19,15 @@ export class SharedGuestMemory extends GuestMemory {
   /** The regions behind this memory, and their management (maps, references, releases). */
   readonly shared: SharedRegions;
 
-  /** `budget`: caps on mappings and descriptors (default: from the system's real limits). */
-  constructor(budget: ResourceBudget = ResourceBudget.fromSystem()) {
-    const shared = new SharedRegions(budget);
+  /**
+   * `budget`: caps on mappings and descriptors (default: from the system's real limits);
+   * `firstTouch`: how mapped regions are populated on first DMA (default: 2 MiB chunks).
+   */
+  constructor(
+    budget: ResourceBudget = ResourceBudget.fromSystem(),
+    firstTouch: FirstTouchPolicy = new FirstTouchPolicy(),
+  ) {
+    const shared = new SharedRegions(budget, firstTouch);
     super(shared);
     this.shared = shared;
   }

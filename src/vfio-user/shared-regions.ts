@@ -43,6 +43,7 @@
 import { fstatSync, readSync, writeSync } from "node:fs";
 import { GuestMemoryError, type MemoryBacking, type RamRegion } from "../engine/memory-backing.ts";
 import { ClientDmaTable } from "./client-dma-table.ts";
+import { type FirstTouch, FirstTouchPolicy, type FirstTouchStats } from "./first-touch.ts";
 import { closeFd } from "./libc.ts";
 import {
   BACKING_FILE_IO,
@@ -87,6 +88,8 @@ export interface SharedMemoryStats {
   readonly pendingReleaseBytes: number;
   readonly releasedBytes: number;
   readonly longestReleaseSliceMs: number;
+  /** Page-table population of mapped regions on first DMA, 2 MiB at a time (first-touch.ts). */
+  readonly firstTouch: FirstTouchStats;
 }
 
 /** Largest staging buffer `fill` uses per message or pwrite. */
@@ -103,6 +106,8 @@ export class SharedRegions implements MemoryBacking {
   private lastHit: Backing | null = null;
   private readonly tables = new Set<ClientDmaTable>();
   readonly budget: ResourceBudget;
+  /** How mapped regions' chunks are populated on first DMA, and the counters. */
+  readonly firstTouch: FirstTouchPolicy;
   private readonly releases: ReleaseQueue;
   maps = 0;
   unmaps = 0;
@@ -119,9 +124,10 @@ export class SharedRegions implements MemoryBacking {
   fileIoFailures = 0;
   droppedReadOnlyWrites = 0;
 
-  /** `budget`: caps on mappings and descriptors. */
-  constructor(budget: ResourceBudget) {
+  /** `budget`: caps on mappings and descriptors; `firstTouch`: population of mapped regions. */
+  constructor(budget: ResourceBudget, firstTouch: FirstTouchPolicy = new FirstTouchPolicy()) {
     this.budget = budget;
+    this.firstTouch = firstTouch;
     this.releases = new ReleaseQueue(budget);
   }
 
@@ -174,7 +180,7 @@ export class SharedRegions implements MemoryBacking {
       return { ok: true, backing: existing };
     }
     this.noteOverlaps(owner, req.iova, req.sizeBytes);
-    const r = createFileBacking(req, id, this.budget);
+    const r = createFileBacking(req, id, this.budget, this.firstTouch);
     if (!r.ok) {
       this.refusedMaps++;
       return r;
@@ -294,6 +300,7 @@ export class SharedRegions implements MemoryBacking {
     const at = off - w * WINDOW_BYTES;
     const win = b.windows[w];
     if (at + sizeBytes > win.length) return new GuestMemoryError(gpa, sizeBytes, "view across a window");
+    if (!(b.touch as FirstTouch).ready(off, sizeBytes)) return unreachable(gpa, sizeBytes);
     return win.subarray(at, at + sizeBytes);
   }
 
@@ -302,6 +309,8 @@ export class SharedRegions implements MemoryBacking {
     const b = this.findBacking(gpa, sizeBytes);
     if (b === undefined || b.kind !== BACKING_MAPPED) return null;
     const off = gpa - b.gpa;
+    // An unreachable chunk: null, and the staged read or write that follows reports the fault.
+    if (!(b.touch as FirstTouch).ready(off, sizeBytes)) return null;
     if (off + sizeBytes <= b.windows[0].length) {
       this.offset = off;
       return b.windowViews[0];
@@ -314,8 +323,9 @@ export class SharedRegions implements MemoryBacking {
   }
 
   /** Copies between a mapped region and `buf`, across windows. */
-  private copyMapped(b: Backing, gpa: number, buf: Uint8Array, toRegion: boolean): void {
+  private copyMapped(b: Backing, gpa: number, buf: Uint8Array, toRegion: boolean): GuestMemoryError | null {
     let off = gpa - b.gpa;
+    if (!(b.touch as FirstTouch).ready(off, buf.length)) return unreachable(gpa, buf.length);
     let done = 0;
     while (done < buf.length) {
       const w = Math.floor(off / WINDOW_BYTES);
@@ -327,6 +337,7 @@ export class SharedRegions implements MemoryBacking {
       done += n;
       off += n;
     }
+    return null;
   }
 
   /** pread of a file-io region; a short read (the client shrank the file) is a DMA fault. */
@@ -397,18 +408,17 @@ export class SharedRegions implements MemoryBacking {
     const b = this.backingFor(gpa, dest.length);
     if (b instanceof GuestMemoryError) return b;
     if (dest.length === 0) return null;
-    if (b.kind === BACKING_MAPPED) this.copyMapped(b, gpa, dest, false);
-    else if (b.kind === BACKING_FILE_IO) return this.fileRead(b, gpa, dest);
-    else return this.messageRead(b, gpa, dest);
-    return null;
+    if (b.kind === BACKING_MAPPED) return this.copyMapped(b, gpa, dest, false);
+    if (b.kind === BACKING_FILE_IO) return this.fileRead(b, gpa, dest);
+    return this.messageRead(b, gpa, dest);
   }
 
   write(gpa: number, src: Uint8Array): GuestMemoryError | null {
     const b = this.backingFor(gpa, src.length);
     if (b instanceof GuestMemoryError) return b;
     if (src.length === 0) return null;
-    if (b.kind === BACKING_MAPPED) this.copyMapped(b, gpa, src, true);
-    else if (!b.writable) this.droppedReadOnlyWrites++;
+    if (b.kind === BACKING_MAPPED) return this.copyMapped(b, gpa, src, true);
+    if (!b.writable) this.droppedReadOnlyWrites++;
     else if (b.kind === BACKING_FILE_IO) return this.fileWrite(b, gpa, src);
     else return this.messageWrite(b, gpa, src);
     return null;
@@ -426,6 +436,7 @@ export class SharedRegions implements MemoryBacking {
       return null;
     }
     let off = gpa - b.gpa;
+    if (!(b.touch as FirstTouch).ready(off, sizeBytes)) return unreachable(gpa, sizeBytes);
     let left = sizeBytes;
     while (left > 0) {
       const w = Math.floor(off / WINDOW_BYTES);
@@ -479,8 +490,14 @@ export class SharedRegions implements MemoryBacking {
       pendingReleaseBytes: r.pendingBytes,
       releasedBytes: r.releasedBytes,
       longestReleaseSliceMs: r.longestSliceMs,
+      firstTouch: this.firstTouch.stats(),
     };
   }
+}
+
+/** DMA to a chunk whose pages cannot be populated (a plain access would raise SIGBUS). */
+function unreachable(gpa: number, sizeBytes: number): GuestMemoryError {
+  return new GuestMemoryError(gpa, sizeBytes, "in client memory that cannot be populated");
 }
 
 function closeFdQuietly(fd: number): void {
