@@ -3,7 +3,7 @@
  * QEMU's own virtio-iommu-pci, virtio-blk-pci and edu, on the same QEMU 11 (TCG), kernel and
  * initramfs from the guest lab.
  *
- *   node --import tsx bench/vfio-user-vs-qemu.ts [--read-mib N] [--maps N] [--runs N]
+ *   node --import tsx bench/vfio-user-vs-qemu.ts [--read-mib N] [--maps N] [--runs N] [--baseline DIR]
  *
  * Per configuration, one boot: host milliseconds to guest userspace (/init's "ready"), sequential
  * virtio-blk read throughput (dd of N MiB after drop_caches, timed with the guest's
@@ -12,9 +12,16 @@
  * boots `--runs` times (default 3), alternating QEMU and ours; the table shows medians and
  * ours/QEMU ratios (above 1: ours takes longer, or moves more). TCG on a shared machine is
  * noisy: compare within one run.
+ *
+ * Two more columns, measured in the same run and alternating with the others:
+ *   - base: `--baseline DIR`, another checkout of this repository (the tree before a change):
+ *     its `viommu serve` against the same guest, so before and after come from one run;
+ *   - floor (IOMMU on, maps only): bench/support/floor-serve.ts, our server with MAP and UNMAP
+ *     answered at once without the IOMMU model: what the vfio-user round trip, the guest and
+ *     our transport cost without the model's work.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { findResult, labAvailable, type RunGuestOutcome, runGuest } from "../tools/guest-lab/lab.ts";
@@ -28,6 +35,8 @@ const argValue = (name: string, dflt: number) => {
 const READ_MIB = argValue("--read-mib", 128);
 const MAPS = argValue("--maps", 1000);
 const RUNS = argValue("--runs", 3);
+const baselineAt = args.indexOf("--baseline");
+const BASELINE = baselineAt >= 0 ? resolve(args[baselineAt + 1] ?? "") : null;
 
 interface Figures {
   bootMs: number;
@@ -37,8 +46,8 @@ interface Figures {
   unmapNs: number | null;
 }
 
-function guestScript(withVfio: boolean, eduBdf: string): string {
-  return [
+function guestScript(withVfio: boolean, eduBdf: string, withReads = true): string {
+  const reads = [
     "echo 3 > /proc/sys/vm/drop_caches",
     "t0=$(cut -d' ' -f1 /proc/uptime)",
     `dd if=/dev/vda of=/dev/null bs=1048576 count=${READ_MIB} 2>/dev/null`,
@@ -51,6 +60,9 @@ function guestScript(withVfio: boolean, eduBdf: string): string {
     `dd if=/dev/vda of=/dev/null bs=1048576 count=${READ_MIB} 2>/dev/null`,
     "t1=$(cut -d' ' -f1 /proc/uptime)",
     'echo "RESULT name=blk-read-again status=pass detail=t0=$t0 t1=$t1"',
+  ];
+  return [
+    ...(withReads ? reads : []),
     withVfio ? `vfio-map-bench ${eduBdf} --count ${MAPS} --huge-mib 0` : "",
   ].join("\n");
 }
@@ -74,17 +86,17 @@ function figures(run: RunGuestOutcome): Figures {
   };
 }
 
+/** Starts the server `script` (`viommu serve` or the floor); resolves with its QEMU arguments. */
 async function startServe(
+  script: string,
   dir: string,
   serveArgs: string[],
 ): Promise<{ child: ChildProcess; qemuArgs: string[] }> {
-  const child = spawn(
-    process.execPath,
-    ["--import", "tsx", join(REPO, "src/cli/serve.ts"), "--socket-dir", dir, ...serveArgs],
-    {
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+  const child = spawn(process.execPath, ["--import", "tsx", script, "--socket-dir", dir, ...serveArgs], {
+    // The checkout's own tsx and dependencies (a baseline tree resolves its own).
+    cwd: resolve(script, "../../.."),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   child.stderr!.resume();
   const line = await new Promise<string>((res, rej) => {
     let out = "";
@@ -106,19 +118,29 @@ async function stopServe(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-async function ours(disk: string, iommu: boolean): Promise<Figures> {
-  const dir = mkdtempSync(join(tmpdir(), "viommu-bench-"));
+/** `viommu serve` of the checkout at `repo` (this one, or the baseline). */
+async function ours(disk: string, iommu: boolean, repo = REPO): Promise<Figures> {
   const serveArgs = iommu
     ? ["--iommu", "virtio", "--disk", `path=${disk},iommu=on`, "--device", "edu,iommu=on"]
     : ["--disk", `path=${disk}`];
-  const { child, qemuArgs } = await startServe(dir, serveArgs);
+  return served(join(repo, "src/cli/serve.ts"), serveArgs, iommu, true);
+}
+
+/** The floor server (maps only: it serves no disk). */
+function floor(): Promise<Figures> {
+  return served(join(REPO, "bench/support/floor-serve.ts"), [], true, false);
+}
+
+async function served(script: string, serveArgs: string[], iommu: boolean, reads: boolean): Promise<Figures> {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-bench-"));
+  const { child, qemuArgs } = await startServe(script, dir, serveArgs);
   try {
     const run = await runGuest({
       qemuArgs,
       cmdline: "vfio_iommu_type1.allow_unsafe_interrupts=1",
       timeoutMs: 600_000,
       // With an IOMMU: virtio-iommu 00:10.0, disk 00:11.0, edu 00:12.0.
-      script: guestScript(iommu, "0000:00:12.0"),
+      script: guestScript(iommu, "0000:00:12.0", reads),
     });
     return figures(run);
   } finally {
@@ -163,10 +185,65 @@ const fmt = (x: number | null, digits = 1) => (x === null ? "n/a" : x.toFixed(di
 const ratio = (a: number | null, b: number | null) =>
   a === null || b === null || b === 0 ? "n/a" : (a / b).toFixed(2);
 
+/** One configuration's medians per column (null: the column was not measured). */
+interface Row {
+  name: string;
+  qemu: Figures;
+  ours: Figures;
+  base: Figures | null;
+  floor: Figures | null;
+}
+
+function printRows(rows: Row[]): void {
+  const cols: [string, (r: Row) => Figures | null][] = [
+    ["QEMU", (r) => r.qemu],
+    ...(BASELINE === null ? [] : [["base", (r: Row) => r.base] as [string, (r: Row) => Figures | null]]),
+    ["ours", (r) => r.ours],
+    ["floor", (r) => r.floor],
+  ];
+  const ratios = cols.slice(1);
+  console.log(
+    `\n${"config".padEnd(10)} ${"metric".padEnd(24)} ${cols.map(([n]) => n.padStart(10)).join(" ")} ${ratios.map(([n]) => `${n}/QEMU`.padStart(11)).join(" ")}`,
+  );
+  const pairs = (f: Figures) => (f.mapNs === null || f.unmapNs === null ? null : 1e9 / (f.mapNs + f.unmapNs));
+  const us = (x: number | null) => (x === null ? null : x / 1000);
+  const metrics: [string, (f: Figures) => number | null, number, boolean][] = [
+    ["boot to userspace (ms)", (f) => (f.bootMs < 0 ? null : f.bootMs), 0, false],
+    ["blk seq read (MiB/s)", (f) => f.readMiBps, 1, false],
+    ["blk read again (MiB/s)", (f) => f.readAgainMiBps, 1, false],
+    ["VFIO map 4 KiB (us)", (f) => us(f.mapNs), 1, true],
+    ["VFIO unmap 4 KiB (us)", (f) => us(f.unmapNs), 1, true],
+    // The issue 14 target is in these units: map+unmap pairs per second, ours/QEMU >= 0.5.
+    ["VFIO map+unmap (pairs/s)", pairs, 0, true],
+  ];
+  for (const r of rows) {
+    for (const [metric, get, digits, iommuOnly] of metrics) {
+      if (iommuOnly && r.floor === null) continue;
+      const q = get(r.qemu);
+      const values = cols.map(([, col]) => {
+        const f = col(r);
+        return f === null ? null : get(f);
+      });
+      console.log(
+        `${r.name.padEnd(10)} ${metric.padEnd(24)} ${values.map((v) => fmt(v, digits).padStart(10)).join(" ")} ${values
+          .slice(1)
+          .map((v) => ratio(v, q).padStart(11))
+          .join(" ")}`,
+      );
+    }
+  }
+}
+
 async function main(): Promise<void> {
   const lab = labAvailable();
   if (!lab.ok) {
     console.error(`guest lab not provisioned: ${lab.why}`);
+    process.exit(2);
+  }
+  if (BASELINE !== null && !existsSync(join(BASELINE, "src/cli/serve.ts"))) {
+    console.error(
+      `--baseline ${BASELINE}: no src/cli/serve.ts there (give another checkout of this repository)`,
+    );
     process.exit(2);
   }
   const work = mkdtempSync(join(tmpdir(), "viommu-bench-disk-"));
@@ -175,50 +252,35 @@ async function main(): Promise<void> {
   writeFileSync(disk, new Uint8Array(0));
   for (let i = 0; i < READ_MIB; i++) writeFileSync(disk, chunk, { flag: "a" });
   console.log(
-    `vfio-user vs QEMU: ${lab.why}; read ${READ_MIB} MiB, ${MAPS} VFIO 4 KiB maps; TCG, medians of ${RUNS} boots each`,
+    `vfio-user vs QEMU: ${lab.why}; read ${READ_MIB} MiB, ${MAPS} VFIO 4 KiB maps; TCG, medians of ${RUNS} boots each` +
+      (BASELINE === null ? "" : `; base: ${BASELINE}`),
   );
-  const rows: [string, Figures, Figures][] = [];
+  const rows: Row[] = [];
   try {
     for (const iommu of [false, true]) {
       const qs: Figures[] = [];
       const os: Figures[] = [];
+      const bs: Figures[] = [];
+      const fs: Figures[] = [];
       for (let r = 0; r < RUNS; r++) {
         qs.push(await qemu(disk, iommu));
+        if (BASELINE !== null) bs.push(await ours(disk, iommu, BASELINE));
         os.push(await ours(disk, iommu));
+        if (iommu) fs.push(await floor());
+        console.error(`run ${r + 1}/${RUNS} with the IOMMU ${iommu ? "on" : "off"} done`);
       }
-      rows.push([iommu ? "IOMMU on " : "IOMMU off", medianFigures(qs), medianFigures(os)]);
+      rows.push({
+        name: iommu ? "IOMMU on" : "IOMMU off",
+        qemu: medianFigures(qs),
+        ours: medianFigures(os),
+        base: BASELINE === null ? null : medianFigures(bs),
+        floor: iommu ? medianFigures(fs) : null,
+      });
     }
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
-  console.log(
-    `\n${"config".padEnd(10)} ${"metric".padEnd(24)} ${"QEMU".padStart(10)} ${"ours".padStart(10)} ${"ours/QEMU".padStart(10)}`,
-  );
-  for (const [name, q, o] of rows) {
-    const line = (metric: string, a: number | null, b: number | null, d = 1) =>
-      console.log(
-        `${name.padEnd(10)} ${metric.padEnd(24)} ${fmt(a, d).padStart(10)} ${fmt(b, d).padStart(10)} ${ratio(b, a).padStart(10)}`,
-      );
-    line("boot to userspace (ms)", q.bootMs, o.bootMs, 0);
-    line("blk seq read (MiB/s)", q.readMiBps, o.readMiBps);
-    line("blk read again (MiB/s)", q.readAgainMiBps, o.readAgainMiBps);
-    if (name.startsWith("IOMMU on")) {
-      line(
-        "VFIO map 4 KiB (us)",
-        q.mapNs === null ? null : q.mapNs / 1000,
-        o.mapNs === null ? null : o.mapNs / 1000,
-      );
-      line(
-        "VFIO unmap 4 KiB (us)",
-        q.unmapNs === null ? null : q.unmapNs / 1000,
-        o.unmapNs === null ? null : o.unmapNs / 1000,
-      );
-      // The issue 14 target is in these units: map+unmap pairs per second, ours/QEMU >= 0.5.
-      const pairs = (f: Figures) =>
-        f.mapNs === null || f.unmapNs === null ? null : 1e9 / (f.mapNs + f.unmapNs);
-      line("VFIO map+unmap (pairs/s)", pairs(q), pairs(o), 0);
-    }
-  }
+  printRows(rows);
 }
 
 await main();

@@ -7,14 +7,30 @@
  * The doorbell case drives `viommu serve --iommu virtio` the way QEMU 11 and Linux do
  * (test/support/remote-viommu.ts): rings in a memfd both processes map, each request announced
  * by one posted REGION_WRITE (no reply) and its completion polled on the used ring. That is the
- * path of a guest's VFIO map or unmap, without the guest.
+ * path of a guest's VFIO map or unmap, without the guest. Its floor, the same two posted doorbells
+ * answered in shared memory by a process that does nothing else (bench/support/doorbell-floor.ts),
+ * shows what the round trip itself costs on this machine, and so what of the doorbell case is ours.
+ *
+ * The first-touch case DMAs each time into a page of the client's memfd that nobody has touched:
+ * what a fresh guest's first virtio-blk reads cost in the server (page faults on its mapping).
  */
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { connectUnix, MsgScratch, memfdCreate, NativeBuffer } from "../src/vfio-user/libc.ts";
+import {
+  closeFd,
+  connectUnix,
+  MAP_SHARED,
+  MsgScratch,
+  mapFile,
+  mappingView,
+  memfdCreate,
+  NativeBuffer,
+  PROT_READ,
+  PROT_WRITE,
+} from "../src/vfio-user/libc.ts";
 import { RemoteViommuDriver } from "../test/support/remote-viommu.ts";
 import type { BenchCase } from "./harness.ts";
 
@@ -33,9 +49,13 @@ let client: Client | undefined;
 /** Starts `viommu serve` with `args` in a child process; returns the path of socket `name`. */
 function startServe(args: string[], name: string): string {
   const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
-  const socketPath = join(dir, `${name}.sock`);
   const serve = fileURLToPath(new URL("../src/cli/serve.ts", import.meta.url));
-  const child = spawn(process.execPath, ["--import", "tsx", serve, "--socket-dir", dir, ...args], {
+  return startChild([serve, "--socket-dir", dir, ...args], join(dir, `${name}.sock`));
+}
+
+/** Runs `node --import tsx ...argv` and waits until it has created `socketPath`. */
+function startChild(argv: string[], socketPath: string): string {
+  const child = spawn(process.execPath, ["--import", "tsx", ...argv], {
     stdio: "ignore",
   });
   // The server must not keep the runner alive: it is killed when the runner exits.
@@ -65,8 +85,12 @@ function setupViommu(): RemoteViommuDriver {
 }
 
 function setup(): Client {
-  if (client !== undefined) return client;
-  const socketPath = startServe(["--device", "edu"], "edu0");
+  client ??= connectClient(startServe(["--device", "edu"], "edu0"));
+  return client;
+}
+
+/** A negotiated client of the server at `socketPath`. */
+function connectClient(socketPath: string): Client {
   const c: Client = {
     fd: connectUnix(socketPath),
     scratch: new MsgScratch(),
@@ -76,7 +100,6 @@ function setup(): Client {
     memfd: memfdCreate("bench-ram", 1 << 20),
     dmaReady: false,
   };
-  client = c;
   const json = Buffer.from('{"capabilities":{"max_msg_fds":8}}\0');
   const v = new DataView(c.tx.bytes.buffer, c.tx.bytes.byteOffset, 4096);
   v.setUint16(16, 0, true);
@@ -117,6 +140,93 @@ function stageRegion(c: Client, region: number, offset: number, count: number, v
   v.setUint32(28, count, true);
   if (value !== undefined) v.setUint32(32, value, true);
   return 16 + (value !== undefined ? count : 0);
+}
+
+/** DMA_MAP of [iova, iova + sizeBytes) of `memfd` (read and write), then bus mastering on. */
+function dmaMap(c: Client, memfd: number, iova: number, sizeBytes: number): void {
+  const v = new DataView(c.tx.bytes.buffer, c.tx.bytes.byteOffset, 4096);
+  v.setUint32(16, 32, true);
+  v.setUint32(20, 3, true);
+  v.setBigUint64(24, 0n, true);
+  v.setBigUint64(32, BigInt(iova), true);
+  v.setBigUint64(40, BigInt(sizeBytes), true);
+  roundTrip(c, 2, 32, [memfd]);
+}
+
+function dmaUnmap(c: Client, iova: number, sizeBytes: number): void {
+  const v = new DataView(c.tx.bytes.buffer, c.tx.bytes.byteOffset, 4096);
+  v.setUint32(16, 24, true);
+  v.setUint32(20, 0, true);
+  v.setBigUint64(24, BigInt(iova), true);
+  v.setBigUint64(32, BigInt(sizeBytes), true);
+  roundTrip(c, 3, 24);
+}
+
+/**
+ * First touches: an edu on its own server, DMAing from its buffer into RAM, each time into the
+ * next page of a 128 MiB memfd nobody has touched (below edu's 2^28 DMA mask); a spent memfd is
+ * unmapped and a fresh one mapped in its place.
+ */
+const FRESH_IOVA = 0x800_0000;
+const FRESH_BYTES = 128 << 20;
+let fresh: { c: Client; memfd: number; nextPage: number } | undefined;
+
+function freshPage(): number {
+  if (fresh === undefined) {
+    const c = connectClient(startServe(["--device", "edu"], "edu0"));
+    roundTrip(c, 10, stageRegion(c, 7, 4, 4, 0x6)); // command: memory space, bus master
+    roundTrip(c, 10, stageRegion(c, 0, 0x80, 4, 0x40000)); // source: the edu buffer
+    roundTrip(c, 10, stageRegion(c, 0, 0x90, 4, 4096));
+    fresh = { c, memfd: -1, nextPage: FRESH_BYTES };
+  }
+  const f = fresh;
+  if (f.nextPage * 4096 >= FRESH_BYTES) {
+    if (f.memfd >= 0) {
+      dmaUnmap(f.c, FRESH_IOVA, FRESH_BYTES);
+      closeFd(f.memfd);
+    }
+    f.memfd = memfdCreate("bench-fresh", FRESH_BYTES);
+    dmaMap(f.c, f.memfd, FRESH_IOVA, FRESH_BYTES);
+    f.nextPage = 0;
+  }
+  return FRESH_IOVA + 4096 * f.nextPage++;
+}
+
+/** The doorbell floor: bench/support/doorbell-floor.ts, its counter in a memfd both map. */
+let floor: { c: Client; counter: Uint32Array; answered: number } | undefined;
+
+function setupFloor(): NonNullable<typeof floor> {
+  if (floor !== undefined) return floor;
+  const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
+  const script = fileURLToPath(new URL("./support/doorbell-floor.ts", import.meta.url));
+  const fd = connectUnix(startChild([script, join(dir, "floor.sock")], join(dir, "floor.sock")));
+  const c: Client = {
+    fd,
+    scratch: new MsgScratch(),
+    tx: new NativeBuffer(4096),
+    rx: new NativeBuffer(4096),
+    id: 0,
+    memfd: memfdCreate("bench-floor", 4096),
+    dmaReady: false,
+  };
+  const m = mapFile(c.memfd, 0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED);
+  if (m === null) throw new Error("mmap of the floor's memfd failed");
+  const counter = new Uint32Array(mappingView(m, 0, 4096).buffer, 0, 1);
+  floor = { c, counter, answered: 0 };
+  // The first message hands over the memory; it is answered like the others.
+  postAndPoll(floor, 16, [c.memfd]);
+  return floor;
+}
+
+/** Sends one message of `bytes` (posted: no reply) and polls the counter until it moved. */
+function postAndPoll(f: NonNullable<typeof floor>, bytes: number, fds: number[] = []): void {
+  const v = new DataView(f.c.tx.bytes.buffer, f.c.tx.bytes.byteOffset, 4096);
+  v.setUint32(4, bytes, true);
+  if (f.c.scratch.send(f.c.fd, f.c.tx, 0, bytes, fds) !== bytes) throw new Error("short send");
+  f.answered++;
+  for (let i = 0; Atomics.load(f.counter, 0) !== f.answered; i++) {
+    if ((i & 0xfffff) === 0xfffff && i > 0x4000000) throw new Error("the floor process does not answer");
+  }
 }
 
 export const cases: BenchCase[] = [
@@ -190,6 +300,32 @@ export const cases: BenchCase[] = [
         v.setBigUint64(24, 0x10000000n, true);
         v.setBigUint64(32, 0x10000n, true);
         roundTrip(c, 3, 24);
+      }
+    },
+  },
+  {
+    group: "vfio-user: server round trips over a UNIX socket (edu)",
+    name: "edu DMA 4 KiB to RAM, into untouched pages",
+    initialBatch: 50,
+    run(n) {
+      for (let i = 0; i < n; i++) {
+        const page = freshPage();
+        const c = (fresh as NonNullable<typeof fresh>).c;
+        roundTrip(c, 10, stageRegion(c, 0, 0x88, 4, page));
+        roundTrip(c, 10, stageRegion(c, 0, 0x98, 4, 0x3)); // start, buffer to RAM
+      }
+    },
+  },
+  {
+    group: "vfio-user: server round trips over a UNIX socket (edu)",
+    name: "floor: 2 doorbells answered by a no-op process",
+    initialBatch: 50,
+    run(n) {
+      const f = setupFloor();
+      // The size of QEMU's doorbell: a REGION_WRITE of 4 bytes (header, offset, region, count, data).
+      for (let i = 0; i < n; i++) {
+        postAndPoll(f, 36);
+        postAndPoll(f, 36);
       }
     },
   },

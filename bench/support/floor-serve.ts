@@ -1,0 +1,103 @@
+/**
+ * A floor for the guest's VFIO map and unmap over vfio-user: `viommu serve --iommu virtio
+ * --device edu,iommu=on` (edu at 00:12.0, as the side-by-side bench lays it out), except that
+ * the virtio-iommu answers MAP and UNMAP requests OK at once, without the IOMMU model: nothing
+ * is mapped, checked or propagated. Everything else is ours as served: socket wake-up, framing,
+ * dispatch, the virtio-pci transport, the request queue (pop, the writable-area check, the used
+ * ring). So the guest's map+unmap rate against it bounds what cutting the model's work could
+ * give, and the rest of the gap to QEMU is the round trip and the guest itself.
+ *
+ * Only for bench/vfio-user-vs-qemu.ts: the guest it serves must not DMA (edu's DMA would go
+ * through mappings that were never made).
+ *
+ *   node --import tsx bench/support/floor-serve.ts --socket-dir DIR
+ * stdout: one line of QEMU arguments, as `viommu serve` prints.
+ */
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buildVirtioPciIommuViot } from "../../src/acpi/viot.ts";
+import { qemuArgsLine } from "../../src/cli/serve.ts";
+import { EduDevice } from "../../src/devices/edu.ts";
+import { VirtioIommuPci } from "../../src/devices/virtio-iommu-pci.ts";
+import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
+import type { PciFunction } from "../../src/pci/function.ts";
+import { VfioUserDeviceServer } from "../../src/vfio-user/server.ts";
+import { SharedGuestMemory } from "../../src/vfio-user/shared-memory.ts";
+
+const REQ_MAP = 3;
+const REQ_UNMAP = 4;
+const IOMMU_SLOT = 0x10;
+const EDU_SLOT = 0x12;
+
+const dirArg = process.argv.indexOf("--socket-dir");
+if (dirArg < 0 || process.argv[dirArg + 1] === undefined) {
+  console.error("usage: floor-serve.ts --socket-dir DIR");
+  process.exit(2);
+}
+const socketDir = process.argv[dirArg + 1];
+const memory = new SharedGuestMemory();
+const viommu = new VirtioIommuPci(memory, {
+  name: "virtio-iommu",
+  pageSizeMask: (1n << 12n) | (1n << 21n) | (1n << 30n),
+  bypassInitially: true,
+});
+// The floor: MAP and UNMAP get a zeroed answer (status S_OK in the tail, VIRTIO 1.3 5.13.6.1),
+// every other request (ATTACH, PROBE at driver start-up) the model's.
+const modelAnswer = viommu.engine.handleRequest.bind(viommu.engine);
+let shortcuts = 0;
+viommu.engine.handleRequest = (request: Uint8Array, response: Uint8Array): number => {
+  const type = request.length > 0 ? request[0] : 0;
+  if ((type === REQ_MAP || type === REQ_UNMAP) && response.length >= 4) {
+    shortcuts++;
+    return 4;
+  }
+  return modelAnswer(request, response);
+};
+
+const servers: VfioUserDeviceServer[] = [];
+function serveFunction(name: string, slot: number, fn: PciFunction): void {
+  const socketPath = join(socketDir, `${name}.sock`);
+  rmSync(socketPath, { force: true });
+  const server = new VfioUserDeviceServer({
+    name,
+    fn,
+    socketPath,
+    memory,
+    dma: new DmaAddressSpace(memory, IDENTITY, slot << 3),
+    requesterId: slot << 3,
+    log: (line) => process.stderr.write(`floor-serve: ${line}\n`),
+  });
+  server.listen();
+  servers.push(server);
+}
+
+serveFunction("virtio-iommu", IOMMU_SLOT, viommu.pci);
+// edu is an endpoint of the IOMMU (the VIOT says so, so Linux gives it an IOMMU group and
+// VFIO uses the virtio-iommu); its own DMA is identity, and the bench does not start any.
+serveFunction("edu0", EDU_SLOT, new EduDevice({ name: "edu0" }).pci);
+const viotPath = join(socketDir, "viot.bin");
+writeFileSync(
+  viotPath,
+  buildVirtioPciIommuViot({
+    iommuBdf: IOMMU_SLOT << 3,
+    endpointBdfs: [EDU_SLOT << 3],
+    coverWholeSlots: true,
+  }),
+);
+const stop = () => {
+  process.stderr.write(`floor-serve: ${shortcuts} MAP/UNMAP answered without the model\n`);
+  for (const s of servers) {
+    s.close();
+    rmSync(s.socketPath, { force: true });
+  }
+  process.exit(0);
+};
+process.once("SIGINT", stop);
+process.once("SIGTERM", stop);
+process.stdout.write(
+  `${qemuArgsLine(
+    1024,
+    servers.map((s, i) => ({ slot: i === 0 ? IOMMU_SLOT : EDU_SLOT, socketPath: s.socketPath })),
+    viotPath,
+  )}\n`,
+);
