@@ -109,9 +109,12 @@ export class ConfigSpace {
   /**
    * Adds a capability of `sizeBytes` (including its 2-byte header) to the list and returns its
    * offset. The ID and next pointer are read-only; all other bytes start read-only and zero.
+   * `at` places it at a fixed offset (an assigned device keeps its capabilities where the
+   * hardware has them); the owner then links the list itself.
    */
-  addCapability(id: number, sizeBytes: number, hooks: CapabilityHooks = {}): number {
-    const offset = this.nextCapabilityOffset;
+  addCapability(id: number, sizeBytes: number, hooks: CapabilityHooks = {}, at?: number): number {
+    const offset = at ?? this.nextCapabilityOffset;
+    if (offset < 0x40 || offset % 4 !== 0) throw new Error(`capability offset 0x${offset.toString(16)}`);
     if (sizeBytes < 2 || offset + sizeBytes > LEGACY_CONFIG_SPACE_SIZE) {
       throw new Error(`capability 0x${id.toString(16)} of ${sizeBytes} bytes does not fit`);
     }
@@ -122,7 +125,7 @@ export class ConfigSpace {
     else this.bytes[prev.offset + 1] = offset;
     this.setU16(PCI_STATUS, this.u16(PCI_STATUS) | PCI_STATUS_CAP_LIST);
     this.capabilities.push({ id, offset, sizeBytes, hooks });
-    this.nextCapabilityOffset = (offset + sizeBytes + 3) & ~3;
+    this.nextCapabilityOffset = Math.max(this.nextCapabilityOffset, (offset + sizeBytes + 3) & ~3);
     return offset;
   }
 

@@ -25,6 +25,8 @@ export interface MsiOptions {
   /** Requested vectors: 1, 2, 4, 8, 16 or 32. */
   readonly vectors: number;
   readonly perVectorMask: boolean;
+  /** A fixed offset in config space (an assigned device's own); default the next free one. */
+  readonly at?: number;
 }
 
 export class MsiCapability implements MessageCapability {
@@ -46,9 +48,12 @@ export class MsiCapability implements MessageCapability {
     this.perVectorMask = options.perVectorMask;
     const size = options.perVectorMask ? 0x18 : 0x0e;
     const c = fn.config;
-    this.offset = c.addCapability(PCI_CAP_ID_MSI, size, {
-      afterWrite: (offsetInCap) => this.afterWrite(offsetInCap),
-    });
+    this.offset = c.addCapability(
+      PCI_CAP_ID_MSI,
+      size,
+      { afterWrite: (offsetInCap) => this.afterWrite(offsetInCap) },
+      options.at,
+    );
     const o = this.offset;
     c.setU16(
       o + MSI_CONTROL,

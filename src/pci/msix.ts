@@ -32,6 +32,8 @@ export interface MsixOptions {
   readonly tableOffset: number;
   readonly pbaBar: number;
   readonly pbaOffset: number;
+  /** A fixed offset in config space (an assigned device's own); default the next free one. */
+  readonly at?: number;
 }
 
 export class MsixCapability implements MessageCapability {
@@ -68,14 +70,19 @@ export class MsixCapability implements MessageCapability {
     this.pbaView = new DataView(this.pba.buffer);
     this.messages = new Array<MsiMessage | undefined>(n).fill(undefined);
     const c = fn.config;
-    this.offset = c.addCapability(PCI_CAP_ID_MSIX, 12, {
-      afterWrite: (offsetInCap) => {
-        if (offsetInCap <= MSIX_CONTROL + 1) {
-          fn.updatePin();
-          this.deliverPending();
-        }
+    this.offset = c.addCapability(
+      PCI_CAP_ID_MSIX,
+      12,
+      {
+        afterWrite: (offsetInCap) => {
+          if (offsetInCap <= MSIX_CONTROL + 1) {
+            fn.updatePin();
+            this.deliverPending();
+          }
+        },
       },
-    });
+      options.at,
+    );
     c.setU16(this.offset + MSIX_CONTROL, n - 1);
     c.setWritable(this.offset + MSIX_CONTROL, 2, MSIX_CONTROL_FUNCTION_MASK | MSIX_CONTROL_ENABLE);
     c.setU32(this.offset + MSIX_TABLE, options.tableOffset | options.tableBar);
@@ -167,7 +174,8 @@ export class MsixCapability implements MessageCapability {
     return true;
   }
 
-  private send(vector: number): void {
+  /** The message table entry `vector` (0..vectors-1) holds now. */
+  entryMessage(vector: number): MsiMessage {
     let message = this.messages[vector];
     if (message === undefined) {
       const e = vector * MSIX_ENTRY_SIZE;
@@ -176,7 +184,11 @@ export class MsixCapability implements MessageCapability {
       message = { address: hi * 2 ** 32 + lo, data: this.tableView.getUint32(e + 8, true) };
       this.messages[vector] = message;
     }
-    this.fn.sendMessage(message, vector);
+    return message;
+  }
+
+  private send(vector: number): void {
+    this.fn.sendMessage(this.entryMessage(vector), vector);
   }
 
   private resetTable(): void {

@@ -30,3 +30,10 @@ export const eventfd = libc.func("int eventfd(unsigned int initval, int flags)")
   initval: number,
   flags: number,
 ) => number;
+
+/** read(2) of `count` bytes into `buf`; returns bytes read or -1 (an empty non-blocking eventfd: EAGAIN). */
+export const read = libc.func("read", "intptr_t", ["int", "void *", "size_t"]) as (
+  fd: number,
+  buf: Uint8Array,
+  count: number,
+) => number;

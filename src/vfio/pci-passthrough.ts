@@ -4,8 +4,8 @@
  *
  * - Emulated here: the type-0 header (0x00-0x3F): identity copied from the device at open, the
  *   BARs (placed by our firmware, sized from the VFIO regions, never written to the device: the
- *   kernel keeps the real ones), the ROM BAR (no ROM is exposed: reads 0), the capability
- *   pointer, interrupt line and pin.
+ *   kernel keeps the real ones), the ROM BAR (no ROM is exposed: reads 0), interrupt line and
+ *   pin.
  * - Command: kept here (bus-master gate, decode). Bus Master and INTx Disable are written
  *   through to the device, so it may DMA only when the guest lets it. I/O and Memory decode are
  *   not: the guest's BARs are emulated and every BAR access is trapped here, so the guest's
@@ -13,85 +13,97 @@
  *   them) from open to close. A guest sizing BARs toggles decode a dozen times; written
  *   through, each toggle is a slow config write on the host and, when the host's device is
  *   itself emulated (a vfio-user device in a QEMU guest), a memory-map change there.
- * - MSI: an emulated MSI capability (the only one in the list) when the device has MSI vectors.
- *   When the guest enables it, each vector gets an eventfd that VFIO signals
- *   (VFIO_DEVICE_SET_IRQS) and the VMM binds to a KVM GSI routed to the guest's message, after
- *   interrupt remapping (KVM_IRQFD; `MsiWiring`), so interrupts never pass through this process.
- * - Everything else from 0x40 up goes to the device's config region as is; vfio-pci in the
- *   kernel filters it. The device's own capability list is not offered: MSI-X and INTx are not
- *   wired yet, and the guest must not try to use them.
- * - BAR accesses are trapped and become pread/pwrite on the VFIO region (no mmap into the guest).
+ * - Capabilities: the device's own list, at the device's offsets (`capabilities.ts`). MSI and
+ *   MSI-X are emulated in place (QEMU: vfio_msi_setup, vfio_msix_setup); the others (virtio's
+ *   vendor capabilities, PCIe, PM) are passed through, and vfio-pci in the kernel filters them.
+ *   MSI is offered when VFIO has MSI vectors and ours (always 64-bit) fits where the device's
+ *   is; MSI-X when VFIO has MSI-X vectors and its table and PBA lie in BARs we expose.
+ * - MSI / MSI-X delivery: when the guest enables one, each vector gets an eventfd that VFIO
+ *   signals (VFIO_DEVICE_SET_IRQS) and the VMM binds to a KVM GSI routed to the guest's message,
+ *   after interrupt remapping (KVM_IRQFD; `MsiWiring`), so interrupts never pass through this
+ *   process. A masked vector (MSI-X vector or function mask, PCI 3.0 6.8.2.9; MSI per-vector
+ *   mask, 6.8.1.7) is unrouted: the device's signal waits in its eventfd, shows as the vector's
+ *   pending bit when the guest reads the PBA / Pending Bits, and is delivered on unmask
+ *   (`irq-vectors.ts`).
+ * - MSI-X table and PBA are trapped and emulated (never reach the device); the rest of their
+ *   BAR, like every other BAR access, becomes pread/pwrite on the VFIO region (no mmap yet).
+ * - INTx is not wired: the pin reads 0.
  */
 import {
+  PCI_CAP_ID_MSI,
+  PCI_CAP_ID_MSIX,
+  PCI_CAPABILITY_LIST,
   PCI_COMMAND_INTX_DISABLE,
   PCI_COMMAND_IO,
   PCI_COMMAND_MASTER,
   PCI_COMMAND_MEMORY,
+  PCI_STATUS,
+  PCI_STATUS_CAP_LIST,
 } from "../pci/config-space.ts";
 import { type BarKind, PciFunction } from "../pci/function.ts";
-import { MSI_ADDRESS_HI, MSI_ADDRESS_LO, MSI_DATA, MsiCapability } from "../pci/msi.ts";
-import type { AccessSize, IoHandler } from "../platform/bus.ts";
-import type { MsiMessage } from "../platform/interrupts.ts";
+import {
+  MSI_ADDRESS_HI,
+  MSI_ADDRESS_LO,
+  MSI_DATA,
+  MSI_MASK_BITS,
+  MSI_PENDING_BITS,
+  MsiCapability,
+} from "../pci/msi.ts";
+import { MsixCapability } from "../pci/msix.ts";
+import type { AccessSize } from "../platform/bus.ts";
+import {
+  type DeviceCapability,
+  type DeviceMsixLayout,
+  fitsAt,
+  readCapabilityList,
+  readMsiLayout,
+  readMsixLayout,
+} from "./capabilities.ts";
 import type { VfioPciDevice } from "./device.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from "./libc.ts";
+import { type MsiWiring, type VectorStats, VfioVectors } from "./irq-vectors.ts";
 import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from "./uapi.ts";
 
-/** How the VMM delivers an assigned device's MSI vectors (KVM_IRQFD + a GSI route). */
-export interface MsiWiring {
-  /**
-   * Signals on eventfd `fd` reach the guest as `message` from `requesterId` (through interrupt
-   * remapping, like the device's other messages); null stops them.
-   */
-  route(fd: number, requesterId: number, message: MsiMessage | null): void;
-}
-
-/** The emulated MSI capability's size: 64-bit, no per-vector masking. */
-const MSI_CAP_BYTES = 0x0e;
+export type { MsiWiring } from "./irq-vectors.ts";
 
 const HEADER_END = 0x40;
 const COMMAND = 0x04;
 /** Command bits that follow the guest's; the decode bits stay as `resetDevice` set them. */
 const FORWARDED_COMMAND_BITS = PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
 const DECODE_BITS = PCI_COMMAND_IO | PCI_COMMAND_MEMORY;
-
-function barHandler(device: VfioPciDevice, index: number): IoHandler {
-  return {
-    read(offset: number, sizeBytes: AccessSize): number {
-      if (sizeBytes !== 8) return device.regionRead(index, offset, sizeBytes);
-      const lo = device.regionRead(index, offset, 4);
-      const hi = device.regionRead(index, offset + 4, 4);
-      return (hi & 0x1fffff) * 0x1_0000_0000 + lo;
-    },
-    write(offset: number, sizeBytes: AccessSize, value: number): void {
-      if (sizeBytes !== 8) {
-        device.regionWrite(index, offset, sizeBytes, value);
-        return;
-      }
-      device.regionWrite(index, offset, 4, value % 0x1_0000_0000);
-      device.regionWrite(index, offset + 4, 4, Math.floor(value / 0x1_0000_0000));
-    },
-  };
-}
+const MSIX_CAP_BYTES = 12;
 
 function isPowerOfTwo(n: number): boolean {
   return n > 0 && 2 ** Math.round(Math.log2(n)) === n;
 }
 
+function allOnes(sizeBytes: number): number {
+  return sizeBytes >= 4 ? 0xffffffff : (1 << (8 * sizeBytes)) - 1;
+}
+
+export interface VfioInterruptStats {
+  readonly msi: VectorStats | null;
+  readonly msix: VectorStats | null;
+}
+
 export class VfioPciFunction extends PciFunction {
   readonly device: VfioPciDevice;
-  /** Set by the VMM before the guest runs; without it MSI stays unwired (counted). */
-  msiWiring: MsiWiring | null = null;
   private readonly msiCap: MsiCapability | null = null;
-  private readonly msiFds: number[] = [];
-  /** Vectors armed in VFIO now (0: MSI off), and the messages they are routed to. */
-  private msiArmed = 0;
-  private readonly msiRouted: string[] = [];
-  private msiSetupErrors = 0;
-  private msiUnwired = 0;
+  private readonly msixCap: MsixCapability | null = null;
+  private readonly msixLayout: DeviceMsixLayout | null = null;
+  private readonly msiVectors: VfioVectors;
+  private readonly msixVectors: VfioVectors;
+  /** MSI-X vectors VFIO offers (the guest's table may be larger; the rest are never armed). */
+  private readonly msixVfioVectors: number;
+  /** [start, end) of the capabilities emulated here (not passed to the device). */
+  private readonly emulated: [number, number][] = [];
+  /** Next-pointer bytes of passed-through capabilities that differ from the device's (a capability left out). */
+  private readonly nextOverride = new Map<number, number>();
   /** I/O and/or Memory: what the device's BARs need decoded (set on the device at open). */
   private deviceDecode = 0;
   /** The Command value last written to the device (-1: unknown). */
   private deviceCommand = -1;
+  /** BAR accesses that hit the emulated MSI-X table or PBA. */
+  msixTableAccesses = 0;
 
   constructor(device: VfioPciDevice, name: string) {
     const d = device;
@@ -107,31 +119,34 @@ export class VfioPciFunction extends PciFunction {
       interruptPin: 0,
     });
     this.device = device;
-    for (let index = 0; index < 6; index++) {
-      const region = device.regions[index];
-      if (region === undefined || region.sizeBytes === 0) continue;
-      const low = device.readConfig(0x10 + 4 * index, 4);
-      const kind: BarKind = (low & 1) !== 0 ? "io" : (low & 0x6) === 0x4 ? "mem64" : "mem32";
-      if (!isPowerOfTwo(region.sizeBytes)) continue;
-      this.addBar(index, {
-        kind,
-        sizeBytes: region.sizeBytes,
-        prefetchable: kind !== "io" && (low & 0x8) !== 0,
-        handler: barHandler(device, index),
-        name: `${name} BAR${index}`,
-      });
-      if (kind === "mem64") index++;
+    this.msiVectors = new VfioVectors(device, VFIO_PCI_MSI_IRQ_INDEX, () => this.requesterId);
+    this.msixVectors = new VfioVectors(device, VFIO_PCI_MSIX_IRQ_INDEX, () => this.requesterId);
+    this.addDeviceBars(name);
+    const readConfig = (offset: number, sizeBytes: 1 | 2 | 4) => device.readConfig(offset, sizeBytes);
+    const caps = readCapabilityList(readConfig);
+    const kept: DeviceCapability[] = [];
+    const msi = device.irqCount(VFIO_PCI_MSI_IRQ_INDEX) > 0 ? readMsiLayout(caps, readConfig) : null;
+    this.msixVfioVectors = Math.min(device.irqCount(VFIO_PCI_MSIX_IRQ_INDEX), 2048);
+    const msix = this.msixVfioVectors > 0 ? readMsixLayout(caps, readConfig) : null;
+    for (const cap of caps) {
+      if (cap.id === PCI_CAP_ID_MSI) {
+        if (msi === null || this.msiCap !== null) continue;
+        // Vectors a guest may enable: a power of two, at most 32 (PCI 3.0 6.8.1.3).
+        const mmc = Math.min(5, (device.readConfig(cap.offset + 2, 2) >> 1) & 7);
+        const vectors = Math.min(1 << mmc, highestPowerOfTwo(device.irqCount(VFIO_PCI_MSI_IRQ_INDEX)));
+        const sizeBytes = msi.perVectorMask ? 0x18 : 0x0e;
+        if (!fitsAt(cap.offset, sizeBytes, caps)) continue;
+        this.msiCap = new MsiCapability(this, { vectors, perVectorMask: msi.perVectorMask, at: cap.offset });
+        this.emulated.push([cap.offset, cap.offset + sizeBytes]);
+      } else if (cap.id === PCI_CAP_ID_MSIX) {
+        if (msix === null || this.msixCap !== null || !this.msixFitsBars(msix)) continue;
+        this.msixLayout = msix;
+        this.msixCap = new MsixCapability(this, { ...msix, at: cap.offset });
+        this.emulated.push([cap.offset, cap.offset + MSIX_CAP_BYTES]);
+      }
+      kept.push(cap);
     }
-    const msiVectors = device.irqCount(VFIO_PCI_MSI_IRQ_INDEX);
-    if (msiVectors > 0) {
-      // Vectors a guest may enable: a power of two, at most 32 (PCI 3.0 6.8.1.3).
-      let vectors = 1;
-      while (vectors * 2 <= Math.min(msiVectors, 32)) vectors *= 2;
-      this.msiCap = new MsiCapability(this, { vectors, perVectorMask: false });
-    }
-    for (const bar of this.bars) {
-      if (bar !== undefined) this.deviceDecode |= bar.kind === "io" ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY;
-    }
+    this.linkCapabilities(kept);
     this.onCommandChange = (_old, now) => this.writeDeviceCommand(now & FORWARDED_COMMAND_BITS);
     // VM reset: the device's side of it (interrupts, decode, bus master, FLR), after the
     // emulated registers were reset.
@@ -139,6 +154,68 @@ export class VfioPciFunction extends PciFunction {
     // A guest starts with a quiet device, whatever the previous user left in it (QEMU resets
     // every device, vfio-pci included, at machine reset before the guest runs).
     this.resetDevice();
+  }
+
+  /** Set by the VMM before the guest runs; without it MSI and MSI-X stay unwired (counted). */
+  set msiWiring(wiring: MsiWiring | null) {
+    this.msiVectors.wiring = wiring;
+    this.msixVectors.wiring = wiring;
+  }
+
+  /** BARs sized from the VFIO regions (a size that is not a power of two is not offered). */
+  private addDeviceBars(name: string): void {
+    const device = this.device;
+    for (let index = 0; index < 6; index++) {
+      const region = device.regions[index];
+      if (region === undefined || region.sizeBytes === 0) continue;
+      const low = device.readConfig(0x10 + 4 * index, 4);
+      const kind: BarKind = (low & 1) !== 0 ? "io" : (low & 0x6) === 0x4 ? "mem64" : "mem32";
+      if (!isPowerOfTwo(region.sizeBytes)) continue;
+      const bar = index;
+      this.addBar(index, {
+        kind,
+        sizeBytes: region.sizeBytes,
+        prefetchable: kind !== "io" && (low & 0x8) !== 0,
+        handler: {
+          read: (offset, sizeBytes) => this.barRead(bar, offset, sizeBytes),
+          write: (offset, sizeBytes, value) => this.barWrite(bar, offset, sizeBytes, value),
+        },
+        name: `${name} BAR${index}`,
+      });
+      this.deviceDecode |= kind === "io" ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY;
+      if (kind === "mem64") index++;
+    }
+  }
+
+  /** True when the MSI-X table and PBA lie inside memory BARs offered to the guest. */
+  private msixFitsBars(l: DeviceMsixLayout): boolean {
+    const inBar = (bir: number, offset: number, sizeBytes: number): boolean => {
+      const bar = this.bars[bir];
+      return bar !== undefined && bar.kind !== "io" && offset + sizeBytes <= bar.sizeBytes;
+    };
+    return (
+      inBar(l.tableBar, l.tableOffset, l.vectors * 16) &&
+      inBar(l.pbaBar, l.pbaOffset, Math.ceil(l.vectors / 64) * 8)
+    );
+  }
+
+  /** The guest's capability list: `kept` in the device's order, from 0x34. */
+  private linkCapabilities(kept: readonly DeviceCapability[]): void {
+    const c = this.config;
+    c.setU8(PCI_CAPABILITY_LIST, kept[0]?.offset ?? 0);
+    const status = c.u16(PCI_STATUS);
+    c.setU16(PCI_STATUS, kept.length > 0 ? status | PCI_STATUS_CAP_LIST : status & ~PCI_STATUS_CAP_LIST);
+    kept.forEach((cap, i) => {
+      const next = kept[i + 1]?.offset ?? 0;
+      if (this.isEmulated(cap.offset, 1)) c.setU8(cap.offset + 1, next);
+      else if ((this.device.readConfig(cap.offset + 1, 1) & 0xfc) !== next)
+        this.nextOverride.set(cap.offset + 1, next);
+    });
+  }
+
+  private isEmulated(offset: number, sizeBytes: number): boolean {
+    for (const [start, end] of this.emulated) if (offset < end && start < offset + sizeBytes) return true;
+    return false;
   }
 
   /**
@@ -151,9 +228,9 @@ export class VfioPciFunction extends PciFunction {
    */
   private resetDevice(): void {
     const device = this.device;
-    this.disarmMsi();
+    if (device.irqCount(VFIO_PCI_MSI_IRQ_INDEX) > 0) this.msiVectors.disarm();
     if (device.irqCount(VFIO_PCI_INTX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_INTX_IRQ_INDEX);
-    if (device.irqCount(VFIO_PCI_MSIX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_MSIX_IRQ_INDEX);
+    if (this.msixVfioVectors > 0) this.msixVectors.disarm();
     const command = device.readConfig(COMMAND, 2);
     device.writeConfig(COMMAND, 2, command & ~(FORWARDED_COMMAND_BITS | DECODE_BITS) & 0xffff);
     device.reset();
@@ -170,12 +247,11 @@ export class VfioPciFunction extends PciFunction {
     this.device.writeConfig(COMMAND, 2, command);
   }
 
-  /** True when [offset, offset + sizeBytes) is device config (not header, not our MSI cap). */
+  /** True when [offset, offset + sizeBytes) is device config (not header, not an emulated capability). */
   private passedThrough(offset: number, sizeBytes: number): sizeBytes is 1 | 2 | 4 {
     if (offset < HEADER_END || offset + sizeBytes > 0x1000) return false;
     if (sizeBytes !== 1 && sizeBytes !== 2 && sizeBytes !== 4) return false;
-    const cap = this.msiCap;
-    return cap === null || offset + sizeBytes <= cap.offset || offset >= cap.offset + MSI_CAP_BYTES;
+    return !this.isEmulated(offset, sizeBytes);
   }
 
   override readConfig(offset: number, sizeBytes: number): number {
@@ -183,9 +259,26 @@ export class VfioPciFunction extends PciFunction {
       this.configReads++;
       const limit = this.device.regions[7]?.sizeBytes ?? 256;
       // Past the device's config space: all-ones, as QEMU answers a read beyond a function's size.
-      if (offset + sizeBytes > limit) return sizeBytes === 4 ? 0xffffffff : (1 << (8 * sizeBytes)) - 1;
-      return this.device.readConfig(offset, sizeBytes);
+      if (offset + sizeBytes > limit) return allOnes(sizeBytes);
+      let value = this.device.readConfig(offset, sizeBytes);
+      if (this.nextOverride.size > 0 && offset < 0x100) {
+        for (let i = 0; i < sizeBytes; i++) {
+          const next = this.nextOverride.get(offset + i);
+          if (next === undefined) continue;
+          const shift = 8 * i;
+          value = (value & ~(0xff << shift)) | (next << shift);
+        }
+        value >>>= 0;
+      }
+      return value;
     }
+    const msi = this.msiCap;
+    if (
+      msi?.perVectorMask === true &&
+      offset < msi.offset + MSI_PENDING_BITS + 4 &&
+      offset + sizeBytes > msi.offset + MSI_PENDING_BITS
+    )
+      this.collectMsiPending(msi);
     return super.readConfig(offset, sizeBytes);
   }
 
@@ -199,74 +292,125 @@ export class VfioPciFunction extends PciFunction {
       return;
     }
     super.writeConfig(offset, sizeBytes, value);
-    const cap = this.msiCap;
-    if (cap !== null && offset < cap.offset + MSI_CAP_BYTES && offset + sizeBytes > cap.offset)
-      this.syncMsi(cap);
+    const msi = this.msiCap;
+    if (msi !== null && offset < msi.offset + 0x18 && offset + sizeBytes > msi.offset) this.syncMsi(msi);
+    const msix = this.msixCap;
+    if (msix !== null && offset < msix.offset + MSIX_CAP_BYTES && offset + sizeBytes > msix.offset)
+      this.syncMsix(msix);
   }
 
   override reset(): void {
     super.reset();
     if (this.msiCap !== null) this.syncMsi(this.msiCap);
-  }
-
-  /**
-   * MSI off in VFIO (always: the previous user may have left it on) and every vector's route
-   * dropped.
-   */
-  private disarmMsi(): void {
-    if (this.msiCap === null) return;
-    this.device.disableIrq(VFIO_PCI_MSI_IRQ_INDEX);
-    for (let v = 0; v < this.msiArmed; v++) this.routeVector(v, null);
-    this.msiArmed = 0;
+    if (this.msixCap !== null) this.syncMsix(this.msixCap);
   }
 
   /** Makes VFIO and the VMM's routes follow the guest's MSI capability. */
   private syncMsi(cap: MsiCapability): void {
-    const device = this.device;
-    const want = cap.enabled ? cap.allocatedVectors : 0;
-    if (want !== this.msiArmed) {
-      // VFIO cannot resize an enabled MSI index (NORESIZE): disable, then enable with the new count.
-      if (this.msiArmed > 0) device.disableIrq(VFIO_PCI_MSI_IRQ_INDEX);
-      for (let v = want; v < this.msiArmed; v++) this.routeVector(v, null);
-      this.msiArmed = 0;
-      if (want > 0) {
-        while (this.msiFds.length < want) {
-          const fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-          if (fd < 0) {
-            this.msiSetupErrors++;
-            return;
-          }
-          this.msiFds.push(fd);
-        }
-        if (device.setIrqEventfds(VFIO_PCI_MSI_IRQ_INDEX, this.msiFds.slice(0, want)) !== null) {
-          this.msiSetupErrors++;
-          return;
-        }
-        this.msiArmed = want;
-      }
-    }
+    const vectors = this.msiVectors;
+    if (!vectors.arm(cap.enabled ? cap.allocatedVectors : 0)) return;
     const c = this.config;
     const o = cap.offset;
     const address = c.u32(o + MSI_ADDRESS_HI) * 2 ** 32 + c.u32(o + MSI_ADDRESS_LO);
     const data = c.u16(o + MSI_DATA);
-    for (let v = 0; v < this.msiArmed; v++) {
+    const mask = cap.perVectorMask ? c.u32(o + MSI_MASK_BITS) : 0;
+    for (let v = 0; v < vectors.armed; v++) {
+      const masked = (mask & (1 << v)) !== 0;
+      // Unmasked now, and the device signalled while it was masked: deliver it (6.8.1.7).
+      if (!masked && !vectors.isRouted(v) && vectors.drain(v)) cap.notify(v);
       // PCI 3.0 6.8.1.6: vector v replaces the low log2(allocated) bits of the data.
-      this.routeVector(v, { address, data: (data & ~(this.msiArmed - 1)) | v });
+      vectors.route(v, masked ? null : { address, data: (data & ~(vectors.armed - 1)) | v });
     }
   }
 
-  private routeVector(vector: number, message: MsiMessage | null): void {
-    const key = message === null ? "" : `${message.address}:${message.data}`;
-    if ((this.msiRouted[vector] ?? "") === key) return;
-    this.msiRouted[vector] = key;
-    if (this.msiWiring === null) {
-      this.msiUnwired++;
+  /** Signals that arrived on masked MSI vectors become their Pending Bits (6.8.1.8). */
+  private collectMsiPending(cap: MsiCapability): void {
+    const mask = this.config.u32(cap.offset + MSI_MASK_BITS);
+    for (let v = 0; v < this.msiVectors.armed; v++) {
+      if ((mask & (1 << v)) !== 0 && this.msiVectors.drain(v)) cap.notify(v);
+    }
+  }
+
+  /** Makes VFIO and the VMM's routes follow the guest's MSI-X capability and table. */
+  private syncMsix(cap: MsixCapability): void {
+    if (!this.msixVectors.arm(cap.enabled ? Math.min(cap.vectors, this.msixVfioVectors) : 0)) return;
+    for (let v = 0; v < this.msixVectors.armed; v++) this.syncMsixVector(cap, v);
+  }
+
+  private syncMsixVector(cap: MsixCapability, vector: number): void {
+    const vectors = this.msixVectors;
+    const masked = cap.functionMasked || cap.vectorMasked(vector);
+    // Unmasked now, and the device signalled while it was masked: deliver it (6.8.2.9).
+    if (!masked && !vectors.isRouted(vector) && vectors.drain(vector)) cap.notify(vector);
+    vectors.route(vector, masked ? null : cap.entryMessage(vector));
+  }
+
+  private barRead(bar: number, offset: number, sizeBytes: AccessSize): number {
+    const l = this.msixLayout;
+    const cap = this.msixCap;
+    if (l !== null && cap !== null) {
+      if (bar === l.tableBar && offset >= l.tableOffset && offset < l.tableOffset + cap.tableSizeBytes) {
+        this.msixTableAccesses++;
+        return cap.tableHandler.read(offset - l.tableOffset, sizeBytes);
+      }
+      if (bar === l.pbaBar && offset >= l.pbaOffset && offset < l.pbaOffset + cap.pbaSizeBytes) {
+        this.msixTableAccesses++;
+        // Signals that arrived on masked vectors become their pending bits (6.8.2.10).
+        for (let v = 0; v < this.msixVectors.armed; v++) {
+          if ((cap.functionMasked || cap.vectorMasked(v)) && this.msixVectors.drain(v)) cap.notify(v);
+        }
+        return cap.pbaHandler.read(offset - l.pbaOffset, sizeBytes);
+      }
+    }
+    const device = this.device;
+    if (sizeBytes !== 8) return device.regionRead(bar, offset, sizeBytes);
+    const lo = device.regionRead(bar, offset, 4);
+    const hi = device.regionRead(bar, offset + 4, 4);
+    return (hi & 0x1fffff) * 0x1_0000_0000 + lo;
+  }
+
+  private barWrite(bar: number, offset: number, sizeBytes: AccessSize, value: number): void {
+    const l = this.msixLayout;
+    const cap = this.msixCap;
+    if (l !== null && cap !== null) {
+      if (bar === l.tableBar && offset >= l.tableOffset && offset < l.tableOffset + cap.tableSizeBytes) {
+        this.msixTableAccesses++;
+        const inTable = offset - l.tableOffset;
+        cap.tableHandler.write(inTable, sizeBytes, value);
+        if (!Number.isInteger(inTable) || this.msixVectors.armed === 0) return;
+        const last = Math.min(Math.floor((inTable + sizeBytes - 1) / 16), this.msixVectors.armed - 1);
+        for (let v = Math.floor(inTable / 16); v <= last; v++) this.syncMsixVector(cap, v);
+        return;
+      }
+      // 6.8.2.10: the PBA is read-only.
+      if (bar === l.pbaBar && offset >= l.pbaOffset && offset < l.pbaOffset + cap.pbaSizeBytes) {
+        this.msixTableAccesses++;
+        return;
+      }
+    }
+    const device = this.device;
+    if (sizeBytes !== 8) {
+      device.regionWrite(bar, offset, sizeBytes, value);
       return;
     }
-    this.msiWiring.route(this.msiFds[vector], this.requesterId, message);
+    device.regionWrite(bar, offset, 4, value % 0x1_0000_0000);
+    device.regionWrite(bar, offset + 4, 4, Math.floor(value / 0x1_0000_0000));
   }
 
-  msiStats(): { vectorsArmed: number; setupErrors: number; unwired: number } {
-    return { vectorsArmed: this.msiArmed, setupErrors: this.msiSetupErrors, unwired: this.msiUnwired };
+  msiStats(): VectorStats {
+    return this.msiVectors.stats();
   }
+
+  interruptStats(): VfioInterruptStats {
+    return {
+      msi: this.msiCap === null ? null : this.msiVectors.stats(),
+      msix: this.msixCap === null ? null : this.msixVectors.stats(),
+    };
+  }
+}
+
+function highestPowerOfTwo(n: number): number {
+  let p = 1;
+  while (p * 2 <= n) p *= 2;
+  return p;
 }

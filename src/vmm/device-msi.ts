@@ -24,6 +24,8 @@ export class DeviceMsiRoutes implements MsiWiring {
   private readonly vm: Vm;
   private readonly byFd = new Map<number, DeviceVector>();
   private nextGsi: number;
+  /** GSIs of removed vectors, reused first: a guest masking and unmasking must not use them up. */
+  private readonly freeGsis: number[] = [];
   /** The routing table must be resubmitted (`now` for a new GSI, so it is routed before it fires). */
   private readonly changed: (now: boolean) => void;
   /** Routes left out: remapping blocked the message, or its address is not the interrupt window. */
@@ -45,9 +47,10 @@ export class DeviceMsiRoutes implements MsiWiring {
       if (e === undefined) return;
       this.byFd.delete(fd);
       this.vm.irqfd(fd, e.gsi, true);
+      this.freeGsis.push(e.gsi);
       this.changed(false);
     } else if (e === undefined) {
-      const gsi = this.nextGsi++;
+      const gsi = this.freeGsis.pop() ?? this.nextGsi++;
       this.byFd.set(fd, { gsi, requesterId, message });
       this.changed(true);
       this.vm.irqfd(fd, gsi);

@@ -315,6 +315,8 @@ export class Platform {
       stats: () => ({
         host: device.bdf,
         device: device.stats(),
+        interrupts: fn.interruptStats(),
+        msixTableAccesses: fn.msixTableAccesses,
         container: { maps: container.maps, unmaps: container.unmaps },
         identity: (identityHost as HostNotifier | null)?.stats() ?? null,
       }),

@@ -1,10 +1,11 @@
 // Nested device assignment, end to end in the KVM lab (issue 11 item 4). L0 `viommu serve`
 // gives L1 a virtio-iommu and an edu,iommu=on; L1 binds the edu to vfio-pci and `viommu run`
 // assigns it to an L2 Linux, behind our virtio-iommu and then behind our VT-d with caching mode
-// and interrupt remapping (one L1 boot, three L2 runs). In L2, vfio-edu-test's DMA crosses three
+// and interrupt remapping (one L1 boot, four L2 runs). In L2, vfio-edu-test's DMA crosses three
 // translations: L2 vIOMMU -> L1 VFIO -> L0 virtio-iommu. Its DMA after unmap must be stopped at
 // L0: L0's fault counters and L1's virtio-iommu driver name the endpoint and L2's own IOVA.
 // vfio-edu-msi checks the MSI path (L0 edu -> L1 VFIO eventfd -> KVM irqfd -> L2). The third
+// run assigns L0's virtio-rng instead (MSI-X, L2's own virtio driver, /dev/hwrng); the fourth
 // run meets L1's real dma_entry_limit (lowered to 200 so it is reached in seconds): L1's VFIO
 // refuses ENOSPC, our virtio-iommu answers the MAP S_NOMEM, and L2's VFIO_IOMMU_MAP_DMA fails
 // cleanly; the guest keeps running and unmaps what it had.
@@ -30,6 +31,35 @@ result edu-present pass "bdf=$edu"
 vfio-edu-test "$edu"
 vfio-edu-msi "$edu" --count 4
 `;
+
+// L0's virtio-rng assigned to L2: L2's own virtio-pci driver must get MSI-X vectors (the pin
+// reads 0, so without MSI-X the probe fails), and /dev/hwrng must return L0's bytes, which
+// arrive by DMA through L2's virtio-iommu, L1's VFIO and L0's virtio-iommu, each completion
+// signalled on an MSI-X vector.
+const RNG_MSIX = `
+rng=$(pci_find 1af4 1044)
+[ -n "$rng" ] || { result rng-present fail "no 1af4:1044 device"; exit 1; }
+result rng-present pass "bdf=$rng"
+dev=/sys/bus/pci/devices/$rng
+drv=$(basename "$(readlink $dev/driver)")
+[ "$drv" = virtio-pci ] && result rng-driver pass "driver=$drv" || result rng-driver fail "driver=$drv"
+modes=$(cat $dev/msi_irqs/* 2>/dev/null | sort -u | tr '\\n' ' ')
+irqs=$(ls $dev/msi_irqs 2>/dev/null | tr '\\n' ' ')
+[ "$modes" = "msix " ] && result rng-msix pass "irqs=$irqs" || result rng-msix fail "modes=$modes irqs=$irqs"
+count_irqs() { t=0; for i in $irqs; do n=$(awk -v q="$i:" '$1 == q { print $2 }' /proc/interrupts); t=$((t + \${n:-0})); done; echo $t; }
+before=$(count_irqs)
+mkdir -p /tmp && timeout 60 head -c 4096 /dev/hwrng > /tmp/rng.bin
+bytes=$(wc -c < /tmp/rng.bin)
+distinct=$(od -An -v -tx1 /tmp/rng.bin | tr -s ' ' '\\n' | sort -u | grep -c .)
+after=$(count_irqs)
+cur=$(cat /sys/class/misc/hw_random/rng_current)
+[ "$bytes" = 4096 ] && [ "$distinct" -gt 200 ] && result rng-read pass "bytes=$bytes distinct=$distinct rng=$cur" ||
+  result rng-read fail "bytes=$bytes distinct=$distinct rng=$cur"
+[ "$after" -gt "$before" ] && result rng-irqs pass "msix interrupts $before -> $after" ||
+  result rng-irqs fail "msix interrupts $before -> $after"
+`;
+
+const RNG_CHECKS = ["rng-present", "rng-driver", "rng-msix", "rng-read", "rng-irqs"];
 
 const ENTRY_LIMIT = `
 edu=$(pci_find 1234 11e8)
@@ -79,6 +109,7 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
         l2Script: EDU_AND_MSI,
         command: recipeText("assign-intel"),
       },
+      { iommu: "virtio", device: "rng", l2Script: RNG_MSIX },
       { iommu: "virtio", l2Script: ENTRY_LIMIT, l2Cmdline: "hugepages=2" },
     ],
     l1Cmdline: `vfio_iommu_type1.dma_entry_limit=${L1_DMA_ENTRY_LIMIT}`,
@@ -86,7 +117,7 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
     l0ServeArgs: (dir) => viommuArgs("nested-l0", "serve", { DIR: dir }),
     timeoutMs: 840_000,
   });
-  const [virtio, intel, limit] = out.runs;
+  const [virtio, intel, rng, limit] = out.runs;
   const why = () =>
     `lab: ${out.lab.failedStep} ${out.lab.failure}\n--- L1 stdout ---\n${out.lab.stdout.slice(-6000)}\n` +
     `--- L1 stderr ---\n${out.lab.stderr.slice(-3000)}\n--- L1 console ---\n${out.lab.console.slice(-3000)}\n` +
@@ -102,6 +133,19 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
     }
     assert.equal(r.results.filter((x) => x.status === "fail").length, 0, why());
   }
+  // MSI-X: L2's virtio-rng driver on L0's virtio-rng, every vector armed through L1's VFIO.
+  for (const res of rng.results) t.diagnostic(`rng: ${res.line}`);
+  assert.equal(rng.exitCode, 0, `rng: viommu run exit\n${rng.output.slice(-4000)}`);
+  for (const name of RNG_CHECKS) {
+    const found = rng.results.find((x) => x.name === name);
+    assert.equal(found?.status, "pass", `rng: ${name}\n${rng.output.slice(-4000)}`);
+  }
+  const msix = /interrupts\.msix\.vectorsArmed (\d+)/.exec(rng.output);
+  assert.ok(
+    msix !== null && Number(msix[1]) >= 2,
+    `rng: MSI-X vectors armed in VFIO\n${rng.output.slice(-3000)}`,
+  );
+  t.diagnostic(`rng: ${/vfio \S+ \(behind the IOMMU\): .*/.exec(rng.output)?.[0] ?? "no device line"}`);
   assert.equal(out.lab.exitCode, 0, why());
   // Where the DMA after unmap stopped: L0's virtio-iommu, at L2's own IOVAs (0x101000 written,
   // 0x100000 read), as L1's virtio-iommu driver reports the fault events L0 sent it.

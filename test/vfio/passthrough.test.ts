@@ -6,26 +6,57 @@
  * Also the VMM side of MSI delivery (DeviceMsiRoutes: one KVM GSI per vector, remapped routes).
  */
 import assert from "node:assert/strict";
+import { writeSync } from "node:fs";
 import { test } from "node:test";
+import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
+import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import type { MsiRoute, Vm } from "../../src/kvm/vm.ts";
 import type { MsiMessage } from "../../src/platform/interrupts.ts";
 import type { VfioPciDevice, VfioRegion } from "../../src/vfio/device.ts";
 import { VfioPciFunction } from "../../src/vfio/pci-passthrough.ts";
 import { DeviceMsiRoutes } from "../../src/vmm/device-msi.ts";
 
-/** A device with edu's identity: BAR0 1 MiB mem32, MSI with one vector, a 256-byte config. */
-function fakeDevice(msiVectors = 1) {
+type FakeOptions = {
+  msiVectors?: number;
+  /** The MSI capability's Message Control (64-bit by default; 0x100 adds per-vector masking). */
+  msiControl?: number;
+  /** MSI-X vectors: a capability at 0x50, table at BAR0 + 0x4000, PBA at BAR0 + 0x5000. */
+  msixVectors?: number;
+};
+
+/**
+ * A device with edu's identity: BAR0 1 MiB mem32, a 256-byte config, the capability list MSI
+ * (0x40) -> [MSI-X (0x50)] -> vendor-specific (0x60, passed through).
+ */
+function fakeDevice(opts: FakeOptions = {}) {
+  const msiVectors = opts.msiVectors ?? 1;
+  const msixVectors = opts.msixVectors ?? 0;
   const config = new Uint8Array(256);
   const cv = new DataView(config.buffer);
   cv.setUint16(0, 0x1234, true);
   cv.setUint16(2, 0x11e8, true);
+  cv.setUint16(6, 0x0010, true); // Status: capability list
   config[8] = 0x10;
   cv.setUint16(0x0a, 0x00ff, true);
   config[9] = 0;
   cv.setUint32(0x10, 0, true); // mem32, not prefetchable
   cv.setUint16(0x2c, 0x1af4, true);
   cv.setUint16(0x2e, 0x1100, true);
-  config[0x40] = 0x05; // the device's own MSI capability (must stay hidden behind ours)
+  config[0x34] = 0x40;
+  config[0x40] = 0x05; // the device's own MSI capability: ours is emulated in its place
+  config[0x41] = msixVectors > 0 ? 0x50 : 0x60;
+  cv.setUint16(0x42, opts.msiControl ?? 0x0080, true);
+  if (msixVectors > 0) {
+    config[0x50] = 0x11;
+    config[0x51] = 0x60;
+    cv.setUint16(0x52, msixVectors - 1, true);
+    cv.setUint32(0x54, 0x4000, true); // table: BAR0 + 0x4000
+    cv.setUint32(0x58, 0x5000, true); // PBA: BAR0 + 0x5000
+  }
+  config[0x60] = 0x09; // vendor-specific, passed through
+  config[0x61] = 0;
+  config[0x62] = 0x10;
+  config[0x63] = 0xab;
   const regions: VfioRegion[] = [
     { index: 0, flags: 7, sizeBytes: 1 << 20, offset: 0 },
     { index: 1, flags: 0, sizeBytes: 0, offset: 0 },
@@ -37,6 +68,8 @@ function fakeDevice(msiVectors = 1) {
     { index: 7, flags: 3, sizeBytes: 256, offset: 0 },
   ];
   const log: string[] = [];
+  /** The eventfds each interrupt index was last armed with. */
+  const armed = new Map<number, readonly number[]>();
   const device = {
     bdf: "0000:00:11.0",
     regions,
@@ -50,30 +83,78 @@ function fakeDevice(msiVectors = 1) {
     },
     regionWrite: (index: number, off: number, size: number, value: number) =>
       log.push(`write ${index} ${off.toString(16)}/${size}=${value.toString(16)}`),
-    irqCount: (index: number) => (index === 1 ? msiVectors : 0),
+    irqCount: (index: number) => (index === 1 ? msiVectors : index === 2 ? msixVectors : 0),
     setIrqEventfds: (index: number, fds: readonly number[]) => {
       log.push(`irqs ${index} x${fds.length}`);
+      armed.set(index, [...fds]);
       return null;
     },
-    disableIrq: (index: number) => log.push(`irqs ${index} off`),
+    disableIrq: (index: number) => {
+      log.push(`irqs ${index} off`);
+      armed.delete(index);
+    },
     reset: () => {
       log.push("reset");
       return false;
     },
   };
-  return { device: device as unknown as VfioPciDevice, log, config };
+  return { device: device as unknown as VfioPciDevice, log, config, armed };
 }
 
-test("identity comes from the device; the capability list is ours (MSI only), not the device's", () => {
-  const { device } = fakeDevice();
+/** The device signals vector `fd` (VFIO writes its eventfd). */
+function signal(fd: number): void {
+  const one = Buffer.alloc(8);
+  one.writeBigUint64LE(1n);
+  writeSync(fd, one);
+}
+
+/** `fn` on a bus: requester ID 0x10, its messages recorded, bus master on. */
+function connected(fn: VfioPciFunction) {
+  const sent: MsiMessage[] = [];
+  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 4096, name: "ram" }]);
+  fn.connect({
+    requesterId: 0x10,
+    interrupts: { signalMsi: (_rid, m) => sent.push(m), setPin: () => {} },
+    dma: new DmaAddressSpace(memory, IDENTITY, 0x10),
+  });
+  fn.writeConfig(4, 2, 0x0006);
+  const routes = new Map<number, MsiMessage | null>();
+  fn.msiWiring = { route: (fd, _rid, message) => routes.set(fd, message) };
+  return { sent, routes };
+}
+
+test("identity comes from the device; its capability list is offered, MSI emulated in place", () => {
+  const { device, log } = fakeDevice();
   const fn = new VfioPciFunction(device, "vfio0");
   assert.equal(fn.readConfig(0, 4), 0x11e81234);
   assert.equal(fn.readConfig(8, 4), 0x00ff0010);
   assert.equal(fn.readConfig(0x2c, 4), 0x11001af4);
-  const cap = fn.readConfig(0x34, 1);
-  assert.equal(fn.readConfig(cap, 1), 0x05, "an MSI capability");
-  assert.equal(fn.readConfig(cap + 1, 1), 0, "and no other");
+  assert.equal(fn.readConfig(6, 2) & 0x10, 0x10, "Status: capability list");
+  assert.equal(fn.readConfig(0x34, 1), 0x40, "the device's first capability, where it has it");
+  assert.equal(fn.readConfig(0x40, 2), 0x6005, "MSI, then the vendor capability");
+  log.length = 0;
+  assert.equal(fn.readConfig(0x40, 4) >>> 16, 0x0080, "our MSI: 64-bit, 1 vector, no mask bits");
+  assert.deepEqual(log, [], "the emulated MSI never reads the device");
+  assert.equal(fn.readConfig(0x60, 4), 0xab100009, "the vendor capability is the device's");
   assert.equal(fn.readConfig(0x3d, 1), 0, "no INTx pin offered (not wired)");
+});
+
+test("a capability we do not offer is left out of the list (MSI without VFIO vectors)", () => {
+  const { device } = fakeDevice({ msiVectors: 0, msixVectors: 2 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  assert.equal(fn.readConfig(0x34, 1), 0x50, "the list starts at MSI-X");
+  assert.equal(fn.readConfig(0x50, 2), 0x6011);
+  assert.equal(fn.readConfig(0x60, 2), 0x0009);
+});
+
+test("an MSI capability of the device too small for ours (32-bit, next one right after) is not offered", () => {
+  const { device, config } = fakeDevice({ msiControl: 0 });
+  config[0x41] = 0x4c; // a capability right after the 10-byte 32-bit MSI
+  config[0x4c] = 0x09;
+  config[0x4d] = 0x60;
+  const fn = new VfioPciFunction(device, "vfio0");
+  assert.equal(fn.readConfig(0x34, 1), 0x4c, "the list skips the MSI capability");
+  assert.equal(fn.readConfig(0x4c, 2), 0x6009);
 });
 
 test("BARs are sized from the VFIO regions and trapped to region reads and writes", () => {
@@ -196,4 +277,166 @@ test("DeviceMsiRoutes: one GSI per vector above the IOAPIC's, bound by KVM_IRQFD
   assert.equal(calls.at(-1), "7->24 off");
   assert.equal(routes.size, 1);
   assert.ok(submitted >= 3);
+});
+
+/** Writes MSI-X table entry `v` of `fn` (BAR0 + 0x4000) through the BAR, as a driver does. */
+function writeEntry(fn: VfioPciFunction, v: number, address: number, data: number, control: number): void {
+  const bar = fn.bars[0]!.handler;
+  bar.write(0x4000 + 16 * v, 4, address);
+  bar.write(0x4000 + 16 * v + 4, 4, 0);
+  bar.write(0x4000 + 16 * v + 8, 4, data);
+  bar.write(0x4000 + 16 * v + 12, 4, control);
+}
+
+test("MSI-X: the device's capability is emulated in place; table and PBA trapped, the rest of the BAR passed", () => {
+  const { device, log } = fakeDevice({ msixVectors: 3 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  assert.equal(fn.readConfig(0x50, 4), 0x00026011, "MSI-X, 3 vectors, off");
+  assert.equal(fn.readConfig(0x54, 4), 0x4000, "table at BAR0 + 0x4000");
+  assert.equal(fn.readConfig(0x58, 4), 0x5000, "PBA at BAR0 + 0x5000");
+  const bar = fn.bars[0]!.handler;
+  log.length = 0;
+  assert.equal(bar.read(0x4000 + 12, 4), 1, "6.8.2.9: every vector starts masked");
+  writeEntry(fn, 1, 0xfee00000, 0x41, 0);
+  assert.equal(bar.read(0x4010, 4), 0xfee00000);
+  assert.equal(bar.read(0x5000, 8), 0, "nothing pending");
+  bar.write(0x5000, 4, 0xffffffff);
+  assert.equal(bar.read(0x5000, 4), 0, "6.8.2.10: the PBA is read-only");
+  assert.deepEqual(log, [], "neither table nor PBA reaches the device");
+  assert.equal(bar.read(0x3000, 4), 0xed);
+  bar.write(0x6000, 2, 0x77);
+  assert.deepEqual(log, ["read 0 3000/4", "write 0 6000/2=77"], "the rest of the BAR is the device's");
+  fn.writeConfig(0x50, 4, 0xffffffff);
+  assert.equal(fn.readConfig(0x54, 4), 0x4000, "table offset / BIR are read-only");
+});
+
+test("MSI-X: enabling arms every vector in VFIO; unmasked vectors are routed to their entries, masked ones not", () => {
+  const { device, log, armed } = fakeDevice({ msixVectors: 3 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { routes } = connected(fn);
+  fn.writeConfig(0x52, 2, 0xc000); // enable + function mask, as Linux does first
+  assert.ok(log.includes("irqs 2 x3"));
+  const fds = armed.get(2)!;
+  assert.equal(routes.size, 0, "function masked: nothing routed");
+  writeEntry(fn, 0, 0xfee00000, 0x31, 0);
+  writeEntry(fn, 1, 0xfee01000, 0x32, 0);
+  assert.equal(routes.size, 0, "still function masked");
+  fn.writeConfig(0x52, 2, 0x8000);
+  assert.deepEqual(routes.get(fds[0]), { address: 0xfee00000, data: 0x31 });
+  assert.deepEqual(routes.get(fds[1]), { address: 0xfee01000, data: 0x32 });
+  assert.equal(routes.get(fds[2]), undefined, "vector 2 stays masked");
+  assert.deepEqual(fn.interruptStats().msix, {
+    vectorsArmed: 3,
+    vectorsRouted: 2,
+    setupErrors: 0,
+    unwired: 0,
+    maskedSignals: 0,
+  });
+  fn.writeConfig(0x52, 2, 0xc000);
+  assert.equal(routes.get(fds[0]), null, "function mask unroutes every vector");
+  fn.writeConfig(0x52, 2, 0);
+  assert.equal(log.at(-1), "irqs 2 off");
+  assert.equal(routes.get(fds[1]), null);
+  assert.equal(fn.interruptStats().msix?.vectorsArmed, 0);
+});
+
+test("MSI-X 6.8.2.9: a signal on a masked vector is held, shows in the PBA, and is delivered once on unmask", () => {
+  const { device, armed } = fakeDevice({ msixVectors: 3 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { sent, routes } = connected(fn);
+  fn.writeConfig(0x52, 2, 0x8000);
+  writeEntry(fn, 1, 0xfee00000, 0x45, 1); // programmed, masked
+  const fd = armed.get(2)![1];
+  signal(fd);
+  assert.equal(sent.length, 0, "masked: nothing reaches the guest");
+  const bar = fn.bars[0]!.handler;
+  assert.equal(bar.read(0x5000, 4), 0b10, "the pending bit of vector 1");
+  assert.equal(bar.read(0x5000, 4), 0b10, "and it stays until delivered");
+  bar.write(0x401c, 4, 0); // unmask vector 1
+  assert.deepEqual(sent, [{ address: 0xfee00000, data: 0x45 }], "delivered on unmask");
+  assert.equal(bar.read(0x5000, 4), 0, "pending bit cleared");
+  assert.deepEqual(routes.get(fd), { address: 0xfee00000, data: 0x45 }, "then routed in the kernel");
+  // Masked again, signalled, unmasked without a PBA read in between: still delivered once.
+  bar.write(0x401c, 4, 1);
+  assert.equal(routes.get(fd), null);
+  signal(fd);
+  signal(fd);
+  bar.write(0x401c, 4, 0);
+  assert.equal(sent.length, 2, "the held signals are one message (6.8.2.9: one pending bit)");
+  assert.equal(fn.interruptStats().msix?.maskedSignals, 2);
+});
+
+test("MSI-X: a function mask holds signals the same way", () => {
+  const { device, armed } = fakeDevice({ msixVectors: 2 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { sent } = connected(fn);
+  fn.writeConfig(0x52, 2, 0x8000);
+  writeEntry(fn, 0, 0xfee00000, 0x50, 0);
+  fn.writeConfig(0x52, 2, 0xc000);
+  signal(armed.get(2)![0]);
+  assert.equal(fn.bars[0]!.handler.read(0x5000, 1), 1);
+  assert.equal(sent.length, 0);
+  fn.writeConfig(0x52, 2, 0x8000);
+  assert.deepEqual(sent, [{ address: 0xfee00000, data: 0x50 }]);
+});
+
+test("MSI-X: junk from the guest (odd sizes, offsets past the table, NaN, reserved control bits) never throws", () => {
+  const { device } = fakeDevice({ msixVectors: 2 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  connected(fn);
+  fn.writeConfig(0x52, 2, 0xffff);
+  const bar = fn.bars[0]!.handler;
+  for (const [offset, size, value] of [
+    [0x4000, 8, 2 ** 52],
+    [0x401f, 1, 0xff],
+    [0x4020, 4, 1],
+    [0x4001, 2, Number.NaN],
+    [0x5000, 8, -1],
+    [0x400c, 4, 0xfffffffe],
+  ] as const) {
+    bar.write(offset, size, value);
+    bar.read(offset, size);
+  }
+  assert.equal(bar.read(0x400c, 4), 0, "vector control: only the Mask bit is writable");
+  fn.writeConfig(0x50, 4, Number.POSITIVE_INFINITY);
+  fn.reset();
+  assert.equal(fn.interruptStats().msix?.vectorsArmed, 0);
+});
+
+test("MSI per-vector masking (6.8.1.7): masked vectors are unrouted; their signals set Pending Bits, delivered on unmask", () => {
+  const { device, armed } = fakeDevice({ msiVectors: 2, msiControl: 0x0182 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { sent, routes } = connected(fn);
+  assert.equal(fn.readConfig(0x42, 2), 0x0182, "64-bit, per-vector masking, 2 vectors capable");
+  fn.writeConfig(0x44, 4, 0xfee00000);
+  fn.writeConfig(0x4c, 2, 0x60);
+  fn.writeConfig(0x50, 4, 0b10); // vector 1 masked
+  fn.writeConfig(0x42, 2, 0x0011); // enable, 2 vectors
+  const fds = armed.get(1)!;
+  assert.equal(fds.length, 2);
+  assert.deepEqual(routes.get(fds[0]), { address: 0xfee00000, data: 0x60 });
+  assert.equal(routes.get(fds[1]), undefined, "masked vector not routed");
+  signal(fds[1]);
+  assert.equal(fn.readConfig(0x54, 4), 0b10, "its pending bit");
+  fn.writeConfig(0x50, 4, 0);
+  assert.deepEqual(sent, [{ address: 0xfee00000, data: 0x61 }], "delivered on unmask");
+  assert.equal(fn.readConfig(0x54, 4), 0);
+  assert.deepEqual(routes.get(fds[1]), { address: 0xfee00000, data: 0x61 });
+});
+
+test("DeviceMsiRoutes: GSIs of removed vectors are reused (mask/unmask does not use them up)", () => {
+  const calls: string[] = [];
+  const vm = {
+    irqfd: (fd: number, gsi: number, off = false) => calls.push(`${fd}->${gsi}${off ? " off" : ""}`),
+  };
+  const routes = new DeviceMsiRoutes(vm as unknown as Vm, 24, () => {});
+  for (let i = 0; i < 1000; i++) {
+    routes.route(7, 0x10, { address: 0xfee00000, data: 0x31 });
+    routes.route(7, 0x10, null);
+  }
+  routes.route(8, 0x10, { address: 0xfee00000, data: 0x32 });
+  assert.ok(
+    calls.every((c) => c.includes("->24")),
+    "one GSI throughout",
+  );
 });

@@ -35,6 +35,11 @@ export type NestedL2Run = {
   vmm?: "viommu" | "qemu";
   /** L2's IOMMU in `viommu run` (intel gets caching-mode=on). */
   iommu: NestedIommu;
+  /**
+   * The L1 device assigned to L2: the edu (default), or L0's virtio-rng (MSI-X), which L1 binds
+   * to vfio-pci when L0 serves one. In `command` they are $edu and $rng.
+   */
+  device?: "edu" | "rng";
   /** Extra properties of `--iommu virtio` (e.g. "page-size-mask=4k:2m"). */
   iommuProps?: string;
   /** The script L2 runs (lab prelude included); default: vfio-edu-test on the edu. */
@@ -108,14 +113,26 @@ function l1Script(
     '  if [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ]; then edu=$(basename $d); fi',
     "done",
     '[ -n "$edu" ] || { echo "L1: no edu (1234:11e8) from viommu serve" >&2; exit 3; }',
-    `BDF=$edu LAB=${labPaths().cache}`,
-    ...(bindCommands === undefined
-      ? [
-          'echo vfio-pci > "/sys/bus/pci/devices/$edu/driver_override"',
-          'echo "$edu" > /sys/bus/pci/drivers_probe',
-        ]
-      : [bindCommands]),
-    'echo "L1: edu $edu driver $(basename $(readlink /sys/bus/pci/devices/$edu/driver)) group $(basename $(readlink /sys/bus/pci/devices/$edu/iommu_group))" >&2',
+    // L0's virtio-rng when it serves one (modern virtio-pci 1af4:1044): assigned with MSI-X.
+    'rng=""',
+    "for d in /sys/bus/pci/devices/*; do",
+    '  if [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1044 ]; then rng=$(basename $d); fi',
+    "done",
+    `LAB=${labPaths().cache}`,
+    ...["$edu", "$rng"].flatMap((dev) => [
+      `if [ -n "${dev}" ]; then`,
+      `BDF=${dev}`,
+      ...(bindCommands === undefined
+        ? [
+            '[ -e "/sys/bus/pci/devices/$BDF/driver" ] && echo "$BDF" > "/sys/bus/pci/devices/$BDF/driver/unbind"',
+            'echo vfio-pci > "/sys/bus/pci/devices/$BDF/driver_override"',
+            'echo "$BDF" > /sys/bus/pci/drivers_probe',
+          ]
+        : [bindCommands]),
+      'echo "L1: $BDF driver $(basename $(readlink /sys/bus/pci/devices/$BDF/driver)) group $(basename $(readlink /sys/bus/pci/devices/$BDF/iommu_group))" >&2',
+      "fi",
+    ]),
+    "BDF=$edu",
     `cd ${repo} || exit 3`,
     "worst=0",
   ];
@@ -136,7 +153,7 @@ function l1Script(
           ? `timeout 300 ${labPaths().qemu} -accel kvm -cpu host -m ${L2_RAM_MIB} -smp 1 -nodefaults -no-user-config ` +
             `-display none -monitor none -serial stdio -no-reboot ${qemuIommu} -device "vfio-pci,host=$edu" ` +
             `-kernel ${kernel} -initrd ${initrd} -append "${cmdline}"`
-          : `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$edu,iommu=on" --memory ${L2_RAM_MIB}M ` +
+          : `node bin/viommu.mjs run --iommu ${iommuArg} --device "vfio,host=$${run.device ?? "edu"},iommu=on" --memory ${L2_RAM_MIB}M ` +
             `--kernel ${kernel} --initramfs ${initrd} --timeout 240 --cmdline "${cmdline}"`;
     lines.push(
       `echo "${RUN_MARK} ${i} start"`,
