@@ -45,6 +45,7 @@ export class Vm {
   private readonly msiBuf = new Uint8Array(KVM_MSI_SIZE);
   private readonly msiView = new DataView(this.msiBuf.buffer);
   private nextSlot = 0;
+  private readonly freeSlots: number[] = [];
   splitIrqchip = false;
   msisSignalled = 0;
   msisBlocked = 0;
@@ -65,9 +66,29 @@ export class Vm {
     bufferIoctl(this.fd, KVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR", buf);
   }
 
-  /** Maps host memory at `hostAddress` into the guest at `gpa` (a new slot). Returns the slot. */
+  /**
+   * Maps host memory at `hostAddress` into the guest at `gpa` (a new slot, or one freed by
+   * `removeMemory`). Returns the slot; throws KvmError when KVM refuses (e.g. EEXIST: it overlaps
+   * another slot).
+   */
   addMemory(gpa: number, sizeBytes: number, hostAddress: bigint): number {
-    const slot = this.nextSlot++;
+    const slot = this.freeSlots.pop() ?? this.nextSlot++;
+    try {
+      this.setSlot(slot, gpa, sizeBytes, hostAddress);
+    } catch (e) {
+      this.freeSlots.push(slot);
+      throw e;
+    }
+    return slot;
+  }
+
+  /** Deletes memory slot `slot` (KVM: a region of size 0); its number is reused. */
+  removeMemory(slot: number): void {
+    this.setSlot(slot, 0, 0, 0n);
+    this.freeSlots.push(slot);
+  }
+
+  private setSlot(slot: number, gpa: number, sizeBytes: number, hostAddress: bigint): void {
     const buf = new Uint8Array(USER_MEMORY_REGION_SIZE);
     const v = new DataView(buf.buffer);
     v.setUint32(0, slot, true);
@@ -76,7 +97,6 @@ export class Vm {
     v.setBigUint64(16, BigInt(sizeBytes), true);
     v.setBigUint64(24, hostAddress, true);
     bufferIoctl(this.fd, KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", buf);
-    return slot;
   }
 
   /**

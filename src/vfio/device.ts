@@ -6,7 +6,23 @@
  * (/dev/vfio/N, must be VIABLE), GROUP_SET_CONTAINER, SET_IOMMU, GROUP_GET_DEVICE_FD, then
  * DEVICE_GET_INFO (a vfio-pci device has FLAGS_PCI) and one GET_REGION_INFO per region.
  */
-import { close, errno, errnoName, ioctlBuffer, ioctlValue, O_CLOEXEC, O_RDWR, open } from "../kvm/libc.ts";
+import {
+  close,
+  errno,
+  errnoName,
+  ioctlBuffer,
+  ioctlValue,
+  isMapFailed,
+  MAP_SHARED,
+  mmap,
+  munmap,
+  O_CLOEXEC,
+  O_RDWR,
+  open,
+  PROT_READ,
+  PROT_WRITE,
+  pointerAddress,
+} from "../kvm/libc.ts";
 import { VfioContainer } from "./container.ts";
 import { pread, pwrite } from "./libc.ts";
 import { findAssignableDevice, normalizeBdf, VfioSetupError } from "./sysfs.ts";
@@ -30,6 +46,9 @@ import {
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+  VFIO_REGION_INFO_FLAG_CAPS,
+  VFIO_REGION_INFO_FLAG_MMAP,
 } from "./uapi.ts";
 
 export interface VfioRegion {
@@ -38,6 +57,33 @@ export interface VfioRegion {
   readonly sizeBytes: number;
   /** Where the region starts in the device file descriptor. */
   readonly offset: number;
+  /**
+   * The parts that may be mmapped ([offset, offset + sizeBytes) inside the region): the whole
+   * region with FLAG_MMAP, the sparse-mmap capability's areas when it has one, none otherwise.
+   */
+  readonly mmapAreas?: readonly { readonly offset: number; readonly sizeBytes: number }[];
+}
+
+/** A region's sparse-mmap areas from its info capability chain (VFIO_REGION_INFO_CAP_SPARSE_MMAP). */
+function sparseMmapAreas(info: Uint8Array): { offset: number; sizeBytes: number }[] | null {
+  const v = new DataView(info.buffer, info.byteOffset, info.byteLength);
+  let at = v.getUint32(12, true);
+  for (let hops = 0; at >= REGION_INFO_BYTES && at + 8 <= info.length && hops < 16; hops++) {
+    if (v.getUint16(at, true) === VFIO_REGION_INFO_CAP_SPARSE_MMAP && at + 16 <= info.length) {
+      const areas: { offset: number; sizeBytes: number }[] = [];
+      const n = v.getUint32(at + 8, true);
+      for (let i = 0; i < n && at + 16 + 16 * (i + 1) <= info.length; i++) {
+        const o = at + 16 + 16 * i;
+        areas.push({
+          offset: Number(v.getBigUint64(o, true)),
+          sizeBytes: Number(v.getBigUint64(o + 8, true)),
+        });
+      }
+      return areas;
+    }
+    at = v.getUint32(at + 4, true);
+  }
+  return null;
 }
 
 export interface VfioDeviceStats {
@@ -47,6 +93,45 @@ export interface VfioDeviceStats {
   readonly regionErrors: number;
   readonly resets: number;
   readonly resetsUnavailable: number;
+  /** Region mmaps the kernel (or our checks) refused: those parts stay trapped. */
+  readonly mmapErrors: number;
+}
+
+/** VFIO_DEVICE_GET_REGION_INFO for regions 0..count-1 (a region the kernel refuses reads as size 0). */
+function readRegions(fd: number, count: number): VfioRegion[] {
+  const regions: VfioRegion[] = [];
+  const ri = new Uint8Array(REGION_INFO_BYTES);
+  const rv = new DataView(ri.buffer);
+  for (let index = 0; index < count; index++) {
+    ri.fill(0);
+    rv.setUint32(0, REGION_INFO_BYTES, true);
+    rv.setUint32(8, index, true);
+    if (ioctlBuffer(fd, VFIO_DEVICE_GET_REGION_INFO, ri) < 0) {
+      regions.push({ index, flags: 0, sizeBytes: 0, offset: 0 });
+      continue;
+    }
+    const flags = rv.getUint32(4, true);
+    const sizeBytes = Number(rv.getBigUint64(16, true));
+    const mmappable = (flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0;
+    let mmapAreas = mmappable ? [{ offset: 0, sizeBytes }] : [];
+    const needed = rv.getUint32(0, true);
+    if (
+      mmappable &&
+      (flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 &&
+      needed > REGION_INFO_BYTES &&
+      needed <= 65536
+    ) {
+      // The capability chain did not fit: ask again with the size the kernel said it needs.
+      const full = new Uint8Array(needed);
+      const fv = new DataView(full.buffer);
+      fv.setUint32(0, needed, true);
+      fv.setUint32(8, index, true);
+      if (ioctlBuffer(fd, VFIO_DEVICE_GET_REGION_INFO, full) >= 0)
+        mmapAreas = sparseMmapAreas(full) ?? mmapAreas;
+    }
+    regions.push({ index, flags, sizeBytes, offset: Number(rv.getBigUint64(24, true)), mmapAreas });
+  }
+  return regions;
 }
 
 export class VfioPciDevice {
@@ -65,6 +150,8 @@ export class VfioPciDevice {
   private regionErrors = 0;
   private resets = 0;
   private resetsUnavailable = 0;
+  private mmapErrors = 0;
+  private readonly mappings: { ptr: unknown; sizeBytes: number }[] = [];
 
   private constructor(
     bdf: string,
@@ -138,24 +225,7 @@ export class VfioPciDevice {
       fail(`${host.bdf}: VFIO says this is not a PCI device`);
     }
     const numRegions = Math.min(iv.getUint32(8, true), 64);
-    const regions: VfioRegion[] = [];
-    const ri = new Uint8Array(REGION_INFO_BYTES);
-    const rv = new DataView(ri.buffer);
-    for (let index = 0; index < numRegions; index++) {
-      ri.fill(0);
-      rv.setUint32(0, REGION_INFO_BYTES, true);
-      rv.setUint32(8, index, true);
-      if (ioctlBuffer(fd, VFIO_DEVICE_GET_REGION_INFO, ri) < 0) {
-        regions.push({ index, flags: 0, sizeBytes: 0, offset: 0 });
-        continue;
-      }
-      regions.push({
-        index,
-        flags: rv.getUint32(4, true),
-        sizeBytes: Number(rv.getBigUint64(16, true)),
-        offset: Number(rv.getBigUint64(24, true)),
-      });
-    }
+    const regions = readRegions(fd, numRegions);
     if (
       regions.length <= VFIO_PCI_CONFIG_REGION_INDEX ||
       regions[VFIO_PCI_CONFIG_REGION_INDEX].sizeBytes < 256
@@ -212,6 +282,35 @@ export class VfioPciDevice {
 
   writeConfig(offset: number, sizeBytes: 1 | 2 | 4, value: number): void {
     this.regionWrite(VFIO_PCI_CONFIG_REGION_INDEX, offset, sizeBytes, value);
+  }
+
+  /**
+   * mmaps [offset, offset + sizeBytes) of region `index` (inside one of its mmap areas; page
+   * aligned) shared, read/write; returns the host address, or null when the kernel refuses
+   * (counted). Unmapped at close.
+   */
+  mmapRegion(index: number, offset: number, sizeBytes: number): bigint | null {
+    const r = this.regions[index];
+    const inArea = r?.mmapAreas?.some(
+      (a) => offset >= a.offset && offset + sizeBytes <= a.offset + a.sizeBytes,
+    );
+    if (
+      r === undefined ||
+      inArea !== true ||
+      offset % 4096 !== 0 ||
+      sizeBytes % 4096 !== 0 ||
+      sizeBytes === 0
+    ) {
+      this.mmapErrors++;
+      return null;
+    }
+    const ptr = mmap(null, sizeBytes, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd, r.offset + offset);
+    if (isMapFailed(ptr)) {
+      this.mmapErrors++;
+      return null;
+    }
+    this.mappings.push({ ptr, sizeBytes });
+    return pointerAddress(ptr);
   }
 
   /** VFIO_DEVICE_GET_IRQ_INFO: how many vectors interrupt index `index` has (0: none). */
@@ -277,10 +376,13 @@ export class VfioPciDevice {
       regionErrors: this.regionErrors,
       resets: this.resets,
       resetsUnavailable: this.resetsUnavailable,
+      mmapErrors: this.mmapErrors,
     };
   }
 
   close(): void {
+    for (const m of this.mappings) munmap(m.ptr, m.sizeBytes);
+    this.mappings.length = 0;
     close(this.fd);
     close(this.groupFd);
     this.container.close();

@@ -40,7 +40,7 @@ import {
   PCI_STATUS,
   PCI_STATUS_CAP_LIST,
 } from "../pci/config-space.ts";
-import { type BarKind, PciFunction } from "../pci/function.ts";
+import { BAR_UNMAPPED, type BarKind, PciFunction } from "../pci/function.ts";
 import {
   MSI_ADDRESS_HI,
   MSI_ADDRESS_LO,
@@ -51,6 +51,7 @@ import {
 } from "../pci/msi.ts";
 import { MsixCapability } from "../pci/msix.ts";
 import type { AccessSize } from "../platform/bus.ts";
+import { BarMmap, type GuestMemoryMapper, mappablePieces } from "./bar-mmap.ts";
 import {
   type DeviceCapability,
   type DeviceMsixLayout,
@@ -104,6 +105,11 @@ export class VfioPciFunction extends PciFunction {
   private deviceCommand = -1;
   /** BAR accesses that hit the emulated MSI-X table or PBA. */
   msixTableAccesses = 0;
+  /** Accesses that trapped to the VMM, per BAR (an mmapped part of a BAR never traps). */
+  private readonly barTraps = [0, 0, 0, 0, 0, 0];
+  /** The mmappable memory BARs (the rest are trapped). */
+  private readonly barMmaps: BarMmap[] = [];
+  private memoryMapper: GuestMemoryMapper | null = null;
 
   constructor(device: VfioPciDevice, name: string) {
     const d = device;
@@ -147,6 +153,7 @@ export class VfioPciFunction extends PciFunction {
       kept.push(cap);
     }
     this.linkCapabilities(kept);
+    this.findMappableBars();
     this.onCommandChange = (_old, now) => this.writeDeviceCommand(now & FORWARDED_COMMAND_BITS);
     // VM reset: the device's side of it (interrupts, decode, bus master, FLR), after the
     // emulated registers were reset.
@@ -160,6 +167,42 @@ export class VfioPciFunction extends PciFunction {
   set msiWiring(wiring: MsiWiring | null) {
     this.msiVectors.wiring = wiring;
     this.msixVectors.wiring = wiring;
+  }
+
+  /**
+   * Set by the VMM before the guest runs: mmappable BAR parts then become guest memory while the
+   * guest decodes them (`bar-mmap.ts`); without it every BAR access traps.
+   */
+  set guestMemoryMapper(mapper: GuestMemoryMapper | null) {
+    this.memoryMapper = mapper;
+    this.syncBarMappings();
+  }
+
+  /** The memory BARs with parts VFIO lets us mmap, minus the MSI-X table and PBA pages. */
+  private findMappableBars(): void {
+    const l = this.msixLayout;
+    const cap = this.msixCap;
+    for (const bar of this.bars) {
+      if (bar === undefined || bar.kind === "io") continue;
+      const trapped: [number, number][] = [];
+      if (l !== null && cap !== null) {
+        if (l.tableBar === bar.index) trapped.push([l.tableOffset, l.tableOffset + cap.tableSizeBytes]);
+        if (l.pbaBar === bar.index) trapped.push([l.pbaOffset, l.pbaOffset + cap.pbaSizeBytes]);
+      }
+      const areas = this.device.regions[bar.index]?.mmapAreas ?? [];
+      const pieces = mappablePieces(areas, bar.sizeBytes, trapped);
+      if (pieces.length > 0) this.barMmaps.push(new BarMmap(this.device, bar.index, pieces));
+    }
+  }
+
+  /** Mapped BAR parts follow the guest's BAR addresses and Memory decode. */
+  private syncBarMappings(): void {
+    const mapper = this.memoryMapper;
+    if (mapper === null) return;
+    for (const m of this.barMmaps) {
+      const address = this.bars[m.barIndex]?.address ?? BAR_UNMAPPED;
+      m.moveTo(this.memoryDecodeEnabled && address !== BAR_UNMAPPED ? address : -1, mapper);
+    }
   }
 
   /** BARs sized from the VFIO regions (a size that is not a power of two is not offered). */
@@ -292,6 +335,9 @@ export class VfioPciFunction extends PciFunction {
       return;
     }
     super.writeConfig(offset, sizeBytes, value);
+    // Command (decode) or a BAR register: the mapped parts follow.
+    if ((offset < 0x06 && offset + sizeBytes > 0x04) || (offset < 0x28 && offset + sizeBytes > 0x10))
+      this.syncBarMappings();
     const msi = this.msiCap;
     if (msi !== null && offset < msi.offset + 0x18 && offset + sizeBytes > msi.offset) this.syncMsi(msi);
     const msix = this.msixCap;
@@ -301,6 +347,7 @@ export class VfioPciFunction extends PciFunction {
 
   override reset(): void {
     super.reset();
+    this.syncBarMappings();
     if (this.msiCap !== null) this.syncMsi(this.msiCap);
     if (this.msixCap !== null) this.syncMsix(this.msixCap);
   }
@@ -346,6 +393,7 @@ export class VfioPciFunction extends PciFunction {
   }
 
   private barRead(bar: number, offset: number, sizeBytes: AccessSize): number {
+    this.barTraps[bar]++;
     const l = this.msixLayout;
     const cap = this.msixCap;
     if (l !== null && cap !== null) {
@@ -370,6 +418,7 @@ export class VfioPciFunction extends PciFunction {
   }
 
   private barWrite(bar: number, offset: number, sizeBytes: AccessSize, value: number): void {
+    this.barTraps[bar]++;
     const l = this.msixLayout;
     const cap = this.msixCap;
     if (l !== null && cap !== null) {
@@ -399,6 +448,24 @@ export class VfioPciFunction extends PciFunction {
 
   msiStats(): VectorStats {
     return this.msiVectors.stats();
+  }
+
+  /**
+   * Per BAR: "mmap" (some of it is guest memory now, `mappedBytes`) or "trapped", and the
+   * accesses that trapped to the VMM.
+   */
+  barStats(): Record<string, { mapping: string; mappedBytes: number; traps: number }> {
+    const out: Record<string, { mapping: string; mappedBytes: number; traps: number }> = {};
+    for (const bar of this.bars) {
+      if (bar === undefined) continue;
+      const m = this.barMmaps.find((x) => x.barIndex === bar.index);
+      out[`bar${bar.index}`] = {
+        mapping: m !== undefined && m.mappedBytes > 0 ? "mmap" : "trapped",
+        mappedBytes: m?.mappedBytes ?? 0,
+        traps: this.barTraps[bar.index],
+      };
+    }
+    return out;
   }
 
   interruptStats(): VfioInterruptStats {

@@ -29,6 +29,9 @@ export const VFIO_DEVICE_FLAGS_PCI = 1 << 1;
 export const VFIO_REGION_INFO_FLAG_READ = 1 << 0;
 export const VFIO_REGION_INFO_FLAG_WRITE = 1 << 1;
 export const VFIO_REGION_INFO_FLAG_MMAP = 1 << 2;
+export const VFIO_REGION_INFO_FLAG_CAPS = 1 << 3;
+/** Region info capabilities (struct vfio_info_cap_header: id u16, version u16, next u32). */
+export const VFIO_REGION_INFO_CAP_SPARSE_MMAP = 1;
 export const VFIO_IOMMU_INFO_PGSIZES = 1 << 0;
 export const VFIO_IOMMU_INFO_CAPS = 1 << 1;
 export const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1;

@@ -221,8 +221,23 @@ export class Machine {
       this.ioapicRoutesDirty = true;
       if (now) this.refreshIoapicRoutes();
     });
-    for (const d of this.platform.devices)
-      if (d.fn instanceof VfioPciFunction) d.fn.msiWiring = this.deviceMsi;
+    // Assigned devices' mmappable BAR parts become KVM memory slots while the guest decodes them.
+    const barMemory = {
+      map: (gpa: number, sizeBytes: number, hostAddress: bigint): number | null => {
+        try {
+          return this.vm.addMemory(gpa, sizeBytes, hostAddress);
+        } catch {
+          // The guest placed the BAR over RAM or another slot (EEXIST): that BAR stays trapped.
+          return null;
+        }
+      },
+      unmap: (slot: number) => this.vm.removeMemory(slot),
+    };
+    for (const d of this.platform.devices) {
+      if (!(d.fn instanceof VfioPciFunction)) continue;
+      d.fn.msiWiring = this.deviceMsi;
+      d.fn.guestMemoryMapper = barMemory;
+    }
     const vtd = this.platform.vtd;
     if (vtd !== null) {
       vtd.interruptRemapper.onEntriesChanged = () => {

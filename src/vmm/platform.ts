@@ -315,6 +315,7 @@ export class Platform {
       stats: () => ({
         host: device.bdf,
         device: device.stats(),
+        bars: fn.barStats(),
         interrupts: fn.interruptStats(),
         msixTableAccesses: fn.msixTableAccesses,
         container: { maps: container.maps, unmaps: container.unmaps },

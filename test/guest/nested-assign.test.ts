@@ -132,6 +132,17 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
       assert.equal(found?.status, "pass", `${r.run.iommu}: ${name}\n${why()}`);
     }
     assert.equal(r.results.filter((x) => x.status === "fail").length, 0, why());
+    // BAR0 (edu's registers, 1 MiB) is mmapped into L2 by a KVM memory slot: L2's accesses
+    // (vfio-edu-test mmaps it and also preads it) no longer exit to `viommu run`.
+    const line = /vfio \S+ \(behind the IOMMU\): .*/.exec(r.output)?.[0] ?? "";
+    t.diagnostic(`${r.run.iommu}: ${line}`);
+    assert.match(
+      line,
+      /bars\.bar0\.mapping mmap, bars\.bar0\.mappedBytes 1048576/,
+      `${r.run.iommu}: BAR0 mmapped`,
+    );
+    const traps = Number(/bars\.bar0\.traps (\d+)/.exec(line)?.[1] ?? 0);
+    assert.ok(traps <= 4, `${r.run.iommu}: BAR0 accesses that trapped: ${traps}`);
   }
   // MSI-X: L2's virtio-rng driver on L0's virtio-rng, every vector armed through L1's VFIO.
   for (const res of rng.results) t.diagnostic(`rng: ${res.line}`);

@@ -12,6 +12,7 @@ import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import type { MsiRoute, Vm } from "../../src/kvm/vm.ts";
 import type { MsiMessage } from "../../src/platform/interrupts.ts";
+import { mappablePieces } from "../../src/vfio/bar-mmap.ts";
 import type { VfioPciDevice, VfioRegion } from "../../src/vfio/device.ts";
 import { VfioPciFunction } from "../../src/vfio/pci-passthrough.ts";
 import { DeviceMsiRoutes } from "../../src/vmm/device-msi.ts";
@@ -22,6 +23,8 @@ type FakeOptions = {
   msiControl?: number;
   /** MSI-X vectors: a capability at 0x50, table at BAR0 + 0x4000, PBA at BAR0 + 0x5000. */
   msixVectors?: number;
+  /** BAR0 may be mmapped (VFIO_REGION_INFO_FLAG_MMAP). */
+  mmap?: boolean;
 };
 
 /**
@@ -58,7 +61,13 @@ function fakeDevice(opts: FakeOptions = {}) {
   config[0x62] = 0x10;
   config[0x63] = 0xab;
   const regions: VfioRegion[] = [
-    { index: 0, flags: 7, sizeBytes: 1 << 20, offset: 0 },
+    {
+      index: 0,
+      flags: 7,
+      sizeBytes: 1 << 20,
+      offset: 0,
+      mmapAreas: opts.mmap ? [{ offset: 0, sizeBytes: 1 << 20 }] : [],
+    },
     { index: 1, flags: 0, sizeBytes: 0, offset: 0 },
     { index: 2, flags: 0, sizeBytes: 0, offset: 0 },
     { index: 3, flags: 0, sizeBytes: 0, offset: 0 },
@@ -96,6 +105,10 @@ function fakeDevice(opts: FakeOptions = {}) {
     reset: () => {
       log.push("reset");
       return false;
+    },
+    mmapRegion: (index: number, off: number, size: number) => {
+      log.push(`mmap ${index} ${off.toString(16)}+${size.toString(16)}`);
+      return 0x7f00_0000_0000n + BigInt(off);
     },
   };
   return { device: device as unknown as VfioPciDevice, log, config, armed };
@@ -439,4 +452,99 @@ test("DeviceMsiRoutes: GSIs of removed vectors are reused (mask/unmask does not 
     calls.every((c) => c.includes("->24")),
     "one GSI throughout",
   );
+});
+
+/** A recording GuestMemoryMapper: slots by handle; `refuse` makes the next maps fail. */
+function slots() {
+  const live = new Map<number, string>();
+  let next = 0;
+  const state = { refuse: false };
+  const mapper = {
+    map: (gpa: number, size: number, host: bigint) => {
+      if (state.refuse) return null;
+      live.set(next, `${gpa.toString(16)}+${size.toString(16)}@${host.toString(16)}`);
+      return next++;
+    },
+    unmap: (h: number) => {
+      live.delete(h);
+    },
+  };
+  return { mapper, live, state, list: () => [...live.values()].sort() };
+}
+
+test("mappablePieces: whole pages of the mmap areas, the trapped ranges cut out page-wide", () => {
+  assert.deepEqual(
+    mappablePieces([{ offset: 0, sizeBytes: 0x8000 }], 0x8000, [
+      [0x4000, 0x4030],
+      [0x5000, 0x5008],
+    ]),
+    [
+      { offset: 0, sizeBytes: 0x4000 },
+      { offset: 0x6000, sizeBytes: 0x2000 },
+    ],
+  );
+  assert.deepEqual(
+    mappablePieces([{ offset: 0x800, sizeBytes: 0x2000 }], 0x4000, []),
+    [{ offset: 0x1000, sizeBytes: 0x1000 }],
+    "partial pages stay trapped",
+  );
+  assert.deepEqual(
+    mappablePieces([{ offset: 0, sizeBytes: 0x100 }], 0x100, []),
+    [],
+    "a BAR below a page is trapped",
+  );
+  assert.deepEqual(
+    mappablePieces([{ offset: 0, sizeBytes: 1 << 30 }], 0x2000, []),
+    [{ offset: 0, sizeBytes: 0x2000 }],
+    "clipped to the BAR",
+  );
+});
+
+test("BAR mmap: mapped while Memory decode is on at the BAR's address, moved with it, removed on decode off", () => {
+  const { device, log } = fakeDevice({ mmap: true });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { mapper, list } = slots();
+  fn.guestMemoryMapper = mapper;
+  assert.deepEqual(list(), [], "no address yet");
+  fn.writeConfig(0x10, 4, 0xfe000000);
+  assert.deepEqual(list(), [], "decode off");
+  fn.writeConfig(4, 2, 0x0002);
+  assert.ok(log.includes("mmap 0 0+100000"), "the region mmapped once");
+  assert.deepEqual(list(), ["fe000000+100000@7f0000000000"]);
+  assert.equal(fn.barStats().bar0.mapping, "mmap");
+  assert.equal(fn.barStats().bar0.mappedBytes, 1 << 20);
+  fn.writeConfig(0x10, 4, 0xfd000000);
+  assert.deepEqual(list(), ["fd000000+100000@7f0000000000"], "moved with the BAR");
+  fn.writeConfig(0x10, 4, 0xffffffff);
+  assert.deepEqual(
+    list(),
+    ["fff00000+100000@7f0000000000"],
+    "sized with decode on: it decodes at the all-ones address, as the emulated decode does",
+  );
+  fn.writeConfig(0x10, 4, 0xfd000000);
+  fn.writeConfig(4, 2, 0);
+  assert.deepEqual(list(), [], "decode off unmaps");
+  fn.writeConfig(4, 2, 0x0002);
+  fn.reset();
+  assert.deepEqual(list(), [], "reset: BAR unassigned, decode off");
+  assert.equal(log.filter((l) => l.startsWith("mmap")).length, 1, "the host mapping is kept and reused");
+  assert.equal(fn.barStats().bar0.traps, 0, "no access trapped");
+  fn.bars[0]!.handler.read(0x10, 4);
+  assert.equal(fn.barStats().bar0.traps, 1, "an access the VMM saw is counted");
+});
+
+test("BAR mmap: the MSI-X table and PBA pages stay trapped; a refused slot leaves the BAR trapped", () => {
+  const { device } = fakeDevice({ mmap: true, msixVectors: 2 });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { mapper, list, state } = slots();
+  fn.guestMemoryMapper = mapper;
+  fn.writeConfig(0x10, 4, 0xfe000000);
+  fn.writeConfig(4, 2, 0x0002);
+  assert.deepEqual(list(), ["fe000000+4000@7f0000000000", "fe006000+fa000@7f0000006000"]);
+  fn.writeConfig(4, 2, 0);
+  state.refuse = true;
+  fn.writeConfig(4, 2, 0x0002);
+  assert.deepEqual(list(), []);
+  assert.equal(fn.barStats().bar0.mapping, "trapped");
+  assert.equal(fn.bars[0]!.handler.read(0x100, 4), 0xed, "still served by trapping");
 });
