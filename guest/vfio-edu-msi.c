@@ -4,7 +4,11 @@
  * eventfd, and acknowledges it (0x64). Under nested assignment this checks the whole interrupt
  * path: device MSI -> host VFIO eventfd -> KVM irqfd -> guest vfio-pci -> this eventfd.
  *
- *   vfio-edu-msi <bdf> [--count N]
+ * With --intx the same over INTx (edu asserts its pin while an interrupt is pending and MSI is
+ * off): VFIO masks the line when it fires (automasked), so after each acknowledgement the line
+ * is unmasked again (VFIO_IRQ_SET_ACTION_UNMASK). Results are named intx-* then.
+ *
+ *   vfio-edu-msi <bdf> [--count N] [--intx]
  */
 #include "vfio-common.h"
 
@@ -30,7 +34,7 @@ static void wr32(int device, uint64_t base, uint64_t off, uint32_t v)
 		fprintf(stderr, "pwrite 0x%llx: %s\n", (unsigned long long)off, strerror(errno));
 }
 
-static int set_msi(int device, int fd)
+static int set_irq(int device, unsigned index, int fd)
 {
 	char buf[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
 	struct vfio_irq_set *set = (struct vfio_irq_set *)buf;
@@ -38,7 +42,7 @@ static int set_msi(int device, int fd)
 	memset(buf, 0, sizeof(buf));
 	set->argsz = fd >= 0 ? sizeof(buf) : sizeof(*set);
 	set->flags = VFIO_IRQ_SET_ACTION_TRIGGER | (fd >= 0 ? VFIO_IRQ_SET_DATA_EVENTFD : VFIO_IRQ_SET_DATA_NONE);
-	set->index = VFIO_PCI_MSI_IRQ_INDEX;
+	set->index = index;
 	set->start = 0;
 	set->count = fd >= 0 ? 1 : 0;
 	if (fd >= 0)
@@ -46,19 +50,34 @@ static int set_msi(int device, int fd)
 	return ioctl(device, VFIO_DEVICE_SET_IRQS, set) < 0 ? -errno : 0;
 }
 
+static int unmask_irq(int device, unsigned index)
+{
+	struct vfio_irq_set set = {
+		.argsz = sizeof(set),
+		.flags = VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_DATA_NONE,
+		.index = index,
+		.start = 0,
+		.count = 1,
+	};
+	return ioctl(device, VFIO_DEVICE_SET_IRQS, &set) < 0 ? -errno : 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *bdf = NULL;
 	unsigned count = 3;
+	int intx = 0;
 	struct vfio_dev v;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--count") && i + 1 < argc)
 			count = (unsigned)parse_u64(argv[++i]);
+		else if (!strcmp(argv[i], "--intx"))
+			intx = 1;
 		else if (argv[i][0] != '-' && !bdf)
 			bdf = argv[i];
 		else {
-			fprintf(stderr, "usage: %s <bdf> [--count N]\n", argv[0]);
+			fprintf(stderr, "usage: %s <bdf> [--count N] [--intx]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -83,16 +102,21 @@ int main(int argc, char **argv)
 			fprintf(stderr, "command write: %s\n", strerror(errno));
 	}
 
-	struct vfio_irq_info info = { .argsz = sizeof(info), .index = VFIO_PCI_MSI_IRQ_INDEX };
+	const unsigned index = intx ? VFIO_PCI_INTX_IRQ_INDEX : VFIO_PCI_MSI_IRQ_INDEX;
+	const char *kind = intx ? "intx" : "msi";
+	char name[32];
+	struct vfio_irq_info info = { .argsz = sizeof(info), .index = index };
+	snprintf(name, sizeof(name), "%s-info", kind);
 	if (ioctl(v.device, VFIO_DEVICE_GET_IRQ_INFO, &info) < 0 || info.count == 0) {
-		result("msi-info", 0, "MSI index: count=%u (%s)", info.count, strerror(errno));
+		result(name, 0, "%s index: count=%u (%s)", kind, info.count, strerror(errno));
 		return 1;
 	}
-	result("msi-info", 1, "vectors=%u flags=0x%x", info.count, info.flags);
+	result(name, 1, "vectors=%u flags=0x%x", info.count, info.flags);
 
 	int efd = eventfd(0, EFD_CLOEXEC);
-	int err = efd < 0 ? -errno : set_msi(v.device, efd);
-	result("msi-enable", err == 0, "err=%s", err ? strerror(-err) : "none");
+	int err = efd < 0 ? -errno : set_irq(v.device, index, efd);
+	snprintf(name, sizeof(name), "%s-enable", kind);
+	result(name, err == 0, "err=%s", err ? strerror(-err) : "none");
 	if (err)
 		return 1;
 
@@ -113,14 +137,19 @@ int main(int argc, char **argv)
 		}
 		uint32_t status = rd32(v.device, bar0.offset, EDU_IRQ_STATUS);
 		wr32(v.device, bar0.offset, EDU_IRQ_ACK, status);
+		/* INTx: the line is down now (acknowledged); let VFIO deliver the next one. */
+		if (intx && unmask_irq(v.device, index) < 0)
+			fprintf(stderr, "unmask: %s\n", strerror(errno));
 		if (n != 1)
 			break;
 	}
-	result("msi-irq", received == count, "raised=%u received=%u worst_us=%llu", count, received,
+	snprintf(name, sizeof(name), "%s-irq", kind);
+	result(name, received == count, "raised=%u received=%u worst_us=%llu", count, received,
 	       (unsigned long long)worst_us);
-	set_msi(v.device, -1);
+	set_irq(v.device, index, -1);
 	close(efd);
 	vfio_close(&v);
-	printf("RESULT name=vfio-edu-msi status=%s detail=failures=%d\n", g_failures ? "fail" : "pass", g_failures);
+	printf("RESULT name=vfio-edu-%s status=%s detail=failures=%d\n", kind, g_failures ? "fail" : "pass",
+	       g_failures);
 	return g_failures ? 1 : 0;
 }

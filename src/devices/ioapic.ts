@@ -62,6 +62,7 @@ export class Ioapic implements IoHandler {
    * at the moment of asking, so an entry reprogrammed while the line is steady sees it right.
    */
   private readonly pinLevel = new Uint8Array(IOAPIC_PINS);
+  private readonly eoiListeners = new Map<number, (() => void)[]>();
 
   delivered = 0;
   maskedWhileAsserted = 0;
@@ -131,6 +132,17 @@ export class Ioapic implements IoHandler {
     this.deliver(this.messageFor(pin), pin);
   }
 
+  /**
+   * Calls `listener` at each EOI of pin `pin`'s vector, after remote IRR is cleared and before
+   * the pin is looked at again (an ack notifier: a source that only learns of its line's end here,
+   * such as an assigned device's INTx, deasserts or re-arms it in time).
+   */
+  addEoiListener(pin: number, listener: () => void): void {
+    const list = this.eoiListeners.get(pin) ?? [];
+    list.push(listener);
+    this.eoiListeners.set(pin, list);
+  }
+
   /** End of interrupt for `vector`: clears remote IRR of matching level entries, re-sends if still active. */
   eoi(vector: number): void {
     this.eois++;
@@ -138,6 +150,7 @@ export class Ioapic implements IoHandler {
       const low = this.rteLow[pin];
       if ((low & RTE_VECTOR_MASK) !== vector || (low & RTE_REMOTE_IRR) === 0) continue;
       this.rteLow[pin] = low & ~RTE_REMOTE_IRR;
+      for (const listener of this.eoiListeners.get(pin) ?? []) listener();
       if (this.isActive(pin) && low & RTE_TRIGGER_LEVEL) this.service(pin);
     }
   }

@@ -43,6 +43,7 @@ import {
   VFIO_GROUP_GET_DEVICE_FD,
   VFIO_GROUP_GET_STATUS,
   VFIO_IRQ_SET_ACTION_TRIGGER,
+  VFIO_IRQ_SET_ACTION_UNMASK,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_PCI_CONFIG_REGION_INDEX,
@@ -339,6 +340,22 @@ export class VfioPciDevice {
       v.setInt32(IRQ_SET_HEADER_BYTES + 4 * i, fd, true);
     });
     return ioctlBuffer(this.fd, VFIO_DEVICE_SET_IRQS, buf) < 0 ? errnoName(errno()) : null;
+  }
+
+  /**
+   * VFIO_DEVICE_SET_IRQS, DATA_NONE | ACTION_UNMASK of vector 0 of `index`: vfio-pci masks INTx
+   * itself when it fires (AUTOMASKED); this lets it fire again (at once, if the line is still
+   * asserted). False when the kernel refused.
+   */
+  unmaskIrq(index: number): boolean {
+    const buf = new Uint8Array(IRQ_SET_HEADER_BYTES);
+    const v = new DataView(buf.buffer);
+    v.setUint32(0, IRQ_SET_HEADER_BYTES, true);
+    v.setUint32(4, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, true);
+    v.setUint32(8, index, true);
+    v.setUint32(12, 0, true);
+    v.setUint32(16, 1, true);
+    return ioctlBuffer(this.fd, VFIO_DEVICE_SET_IRQS, buf) >= 0;
   }
 
   /** VFIO_DEVICE_SET_IRQS, DATA_NONE | ACTION_TRIGGER with count 0: disables index `index`. */

@@ -59,7 +59,7 @@ export class VfioVectors {
    */
   arm(count: number): boolean {
     if (count === this.armed) return true;
-    this.disarm();
+    if (this.armed > 0) this.disarm();
     if (count === 0) return true;
     while (this.fds.length < count) {
       const fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -27,7 +27,14 @@
  *   (`irq-vectors.ts`).
  * - MSI-X table and PBA are trapped and emulated (never reach the device); the rest of their
  *   BAR, like every other BAR access, becomes pread/pwrite on the VFIO region (no mmap yet).
- * - INTx is not wired: the pin reads 0.
+ * - INTx (when VFIO has it): the device's pin is offered. VFIO signals an eventfd when the line
+ *   asserts and masks it (AUTOMASKED); the VMM watches that eventfd and calls `intxFired`, which
+ *   raises the function's line (Status.Interrupt, the IOAPIC pin). The end of the interrupt is
+ *   the guest's EOI of the pin's vector (KVM_EXIT_IOAPIC_EOI under the split irqchip, which has
+ *   no resamplefd): `intxEoi` lowers the line and unmasks INTx in VFIO, which signals again at
+ *   once if the device still asserts it (as QEMU's vfio_intx_eoi). The guest clearing INTx
+ *   Disable resamples the same way. VFIO enables one index at a time: INTx is armed while
+ *   neither MSI nor MSI-X is (QEMU: vfio_intx_enable after reset and when MSI/MSI-X go off).
  */
 import {
   PCI_CAP_ID_MSI,
@@ -62,6 +69,7 @@ import {
 } from "./capabilities.ts";
 import type { VfioPciDevice } from "./device.ts";
 import { type MsiWiring, type VectorStats, VfioVectors } from "./irq-vectors.ts";
+import { EFD_CLOEXEC, eventfd } from "./libc.ts";
 import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from "./uapi.ts";
 
 export type { MsiWiring } from "./irq-vectors.ts";
@@ -82,6 +90,7 @@ function allOnes(sizeBytes: number): number {
 }
 
 export interface VfioInterruptStats {
+  readonly intx: { armed: boolean; signals: number; unmasks: number; setupErrors: number } | null;
   readonly msi: VectorStats | null;
   readonly msix: VectorStats | null;
 }
@@ -110,6 +119,14 @@ export class VfioPciFunction extends PciFunction {
   /** The mmappable memory BARs (the rest are trapped). */
   private readonly barMmaps: BarMmap[] = [];
   private memoryMapper: GuestMemoryMapper | null = null;
+  /** The device's INTx pin (1 = INTA#; 0: none or VFIO has no INTx). */
+  private readonly intxPin: number;
+  /** The eventfd VFIO signals when the device asserts INTx (blocking: the VMM's watcher reads it); -1: none. */
+  readonly intxEventfd: number = -1;
+  private intxArmed = false;
+  private intxSignals = 0;
+  private intxUnmasks = 0;
+  private intxSetupErrors = 0;
 
   constructor(device: VfioPciDevice, name: string) {
     const d = device;
@@ -121,10 +138,10 @@ export class VfioPciFunction extends PciFunction {
       classCode: d.readConfig(0x09, 1) | (d.readConfig(0x0a, 2) << 8),
       subsystemVendorId: d.readConfig(0x2c, 2),
       subsystemId: d.readConfig(0x2e, 2),
-      // INTx is not wired to the guest yet: report no pin rather than one that never fires.
-      interruptPin: 0,
+      interruptPin: intxPinOf(device),
     });
     this.device = device;
+    this.intxPin = intxPinOf(device);
     this.msiVectors = new VfioVectors(device, VFIO_PCI_MSI_IRQ_INDEX, () => this.requesterId);
     this.msixVectors = new VfioVectors(device, VFIO_PCI_MSIX_IRQ_INDEX, () => this.requesterId);
     this.addDeviceBars(name);
@@ -154,7 +171,12 @@ export class VfioPciFunction extends PciFunction {
     }
     this.linkCapabilities(kept);
     this.findMappableBars();
-    this.onCommandChange = (_old, now) => this.writeDeviceCommand(now & FORWARDED_COMMAND_BITS);
+    if (this.intxPin !== 0) this.intxEventfd = eventfd(0, EFD_CLOEXEC);
+    this.onCommandChange = (old, now) => {
+      this.writeDeviceCommand(now & FORWARDED_COMMAND_BITS);
+      // INTx Disable cleared: whatever the line did meanwhile, ask VFIO again (resample).
+      if ((old & PCI_COMMAND_INTX_DISABLE) !== 0 && (now & PCI_COMMAND_INTX_DISABLE) === 0) this.intxEoi();
+    };
     // VM reset: the device's side of it (interrupts, decode, bus master, FLR), after the
     // emulated registers were reset.
     this.onReset = () => this.resetDevice();
@@ -273,6 +295,8 @@ export class VfioPciFunction extends PciFunction {
     const device = this.device;
     if (device.irqCount(VFIO_PCI_MSI_IRQ_INDEX) > 0) this.msiVectors.disarm();
     if (device.irqCount(VFIO_PCI_INTX_IRQ_INDEX) > 0) device.disableIrq(VFIO_PCI_INTX_IRQ_INDEX);
+    this.intxArmed = false;
+    this.setIntx(false);
     if (this.msixVfioVectors > 0) this.msixVectors.disarm();
     const command = device.readConfig(COMMAND, 2);
     device.writeConfig(COMMAND, 2, command & ~(FORWARDED_COMMAND_BITS | DECODE_BITS) & 0xffff);
@@ -280,6 +304,44 @@ export class VfioPciFunction extends PciFunction {
     // The reset cleared the device's Command (an FLR does); decode goes back on for good.
     this.deviceCommand = -1;
     this.writeDeviceCommand(0);
+    this.armIntxIfIdle();
+  }
+
+  /** INTx armed in VFIO when neither MSI nor MSI-X is (VFIO: one interrupt index at a time). */
+  private armIntxIfIdle(): void {
+    if (this.intxEventfd < 0 || this.intxArmed) return;
+    if (this.msiVectors.armed > 0 || this.msixVectors.armed > 0) return;
+    if (this.device.setIrqEventfds(VFIO_PCI_INTX_IRQ_INDEX, [this.intxEventfd]) !== null) {
+      this.intxSetupErrors++;
+      return;
+    }
+    this.intxArmed = true;
+  }
+
+  /** INTx off in VFIO before MSI or MSI-X is armed; the line drops. */
+  private disarmIntx(): void {
+    if (!this.intxArmed) return;
+    this.device.disableIrq(VFIO_PCI_INTX_IRQ_INDEX);
+    this.intxArmed = false;
+    this.setIntx(false);
+  }
+
+  /** The VMM saw the INTx eventfd signalled: the device asserted its line (VFIO masked it). */
+  intxFired(): void {
+    if (!this.intxArmed) return;
+    this.intxSignals++;
+    this.setIntx(true);
+  }
+
+  /**
+   * The guest ended the pin's interrupt (EOI of its IOAPIC vector) or cleared INTx Disable:
+   * the line drops and VFIO unmasks it; a device still asserting signals again at once.
+   */
+  intxEoi(): void {
+    if (!this.intxArmed || !this.intxAsserted) return;
+    this.setIntx(false);
+    if (this.device.unmaskIrq(VFIO_PCI_INTX_IRQ_INDEX)) this.intxUnmasks++;
+    else this.intxSetupErrors++;
   }
 
   /** The device's Command: its BARs' decode, plus the guest's `forwarded` bits; only changes are written. */
@@ -355,7 +417,11 @@ export class VfioPciFunction extends PciFunction {
   /** Makes VFIO and the VMM's routes follow the guest's MSI capability. */
   private syncMsi(cap: MsiCapability): void {
     const vectors = this.msiVectors;
-    if (!vectors.arm(cap.enabled ? cap.allocatedVectors : 0)) return;
+    const want = cap.enabled ? cap.allocatedVectors : 0;
+    if (want > 0) this.disarmIntx();
+    const armed = vectors.arm(want);
+    this.armIntxIfIdle();
+    if (!armed) return;
     const c = this.config;
     const o = cap.offset;
     const address = c.u32(o + MSI_ADDRESS_HI) * 2 ** 32 + c.u32(o + MSI_ADDRESS_LO);
@@ -380,7 +446,11 @@ export class VfioPciFunction extends PciFunction {
 
   /** Makes VFIO and the VMM's routes follow the guest's MSI-X capability and table. */
   private syncMsix(cap: MsixCapability): void {
-    if (!this.msixVectors.arm(cap.enabled ? Math.min(cap.vectors, this.msixVfioVectors) : 0)) return;
+    const want = cap.enabled ? Math.min(cap.vectors, this.msixVfioVectors) : 0;
+    if (want > 0) this.disarmIntx();
+    const armed = this.msixVectors.arm(want);
+    this.armIntxIfIdle();
+    if (!armed) return;
     for (let v = 0; v < this.msixVectors.armed; v++) this.syncMsixVector(cap, v);
   }
 
@@ -470,10 +540,26 @@ export class VfioPciFunction extends PciFunction {
 
   interruptStats(): VfioInterruptStats {
     return {
+      intx:
+        this.intxPin === 0
+          ? null
+          : {
+              armed: this.intxArmed,
+              signals: this.intxSignals,
+              unmasks: this.intxUnmasks,
+              setupErrors: this.intxSetupErrors,
+            },
       msi: this.msiCap === null ? null : this.msiVectors.stats(),
       msix: this.msixCap === null ? null : this.msixVectors.stats(),
     };
   }
+}
+
+/** The device's INTx pin (Interrupt Pin, 1-4) when VFIO offers INTx, else 0. */
+function intxPinOf(device: VfioPciDevice): number {
+  if (device.irqCount(VFIO_PCI_INTX_IRQ_INDEX) === 0) return 0;
+  const pin = device.readConfig(0x3d, 1);
+  return pin >= 1 && pin <= 4 ? pin : 0;
 }
 
 function highestPowerOfTwo(n: number): number {

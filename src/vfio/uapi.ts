@@ -58,6 +58,7 @@ export const VFIO_PCI_MSI_IRQ_INDEX = 1;
 export const VFIO_PCI_MSIX_IRQ_INDEX = 2;
 export const VFIO_IRQ_SET_DATA_NONE = 1 << 0;
 export const VFIO_IRQ_SET_DATA_EVENTFD = 1 << 2;
+export const VFIO_IRQ_SET_ACTION_UNMASK = 1 << 4;
 export const VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5;
 export const IRQ_INFO_BYTES = 16;
 export const IRQ_SET_HEADER_BYTES = 20;

@@ -16,7 +16,7 @@ import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
 import { Kvm } from "../kvm/system.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import { type MsiRoute, Vm } from "../kvm/vm.ts";
-import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
+import { AssignedDevices } from "./assigned-devices.ts";
 import { describeCpuState, enterFlatProtectedMode } from "./cpu-state.ts";
 import { DeviceMsiRoutes } from "./device-msi.ts";
 import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout } from "./layout.ts";
@@ -131,6 +131,8 @@ export class Machine {
   private readonly deliveredData = new Int32Array(IOAPIC_PINS).fill(-1);
   /** Assigned devices' MSI vectors (KVM_IRQFD on GSIs above the IOAPIC's). */
   private readonly deviceMsi: DeviceMsiRoutes;
+  /** Assigned devices' vectors, BAR slots and INTx watchers. */
+  private readonly assigned: AssignedDevices;
   ioExits = 0;
   mmioExits = 0;
   eoiExits = 0;
@@ -221,23 +223,7 @@ export class Machine {
       this.ioapicRoutesDirty = true;
       if (now) this.refreshIoapicRoutes();
     });
-    // Assigned devices' mmappable BAR parts become KVM memory slots while the guest decodes them.
-    const barMemory = {
-      map: (gpa: number, sizeBytes: number, hostAddress: bigint): number | null => {
-        try {
-          return this.vm.addMemory(gpa, sizeBytes, hostAddress);
-        } catch {
-          // The guest placed the BAR over RAM or another slot (EEXIST): that BAR stays trapped.
-          return null;
-        }
-      },
-      unmap: (slot: number) => this.vm.removeMemory(slot),
-    };
-    for (const d of this.platform.devices) {
-      if (!(d.fn instanceof VfioPciFunction)) continue;
-      d.fn.msiWiring = this.deviceMsi;
-      d.fn.guestMemoryMapper = barMemory;
-    }
+    this.assigned = new AssignedDevices(this.platform, this.vm, this.deviceMsi);
     const vtd = this.platform.vtd;
     if (vtd !== null) {
       vtd.interruptRemapper.onEntriesChanged = () => {
@@ -387,13 +373,17 @@ export class Machine {
         vcpu,
         {
           beforeRun: () => {
+            this.assigned.poll();
             if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
           },
           io: (isWrite, port, size, count, data, offset) =>
             this.dispatchIo(isWrite, port, size, count, data, offset),
           mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
           eoi: (vector) => this.dispatchEoi(vector),
-          interrupted: () => platform.uart.poll(),
+          interrupted: () => {
+            platform.uart.poll();
+            this.assigned.poll();
+          },
           instructionPointer: () => vcpu.getRegs().rip,
           pendingStop: () => this.stopReason,
         },
@@ -465,6 +455,7 @@ export class Machine {
           threads.reply(slot);
         }
         this.platform.uart.poll();
+        this.assigned.poll();
         if (this.stopReason !== null) break;
         if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
         else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
@@ -522,6 +513,7 @@ export class Machine {
 
   /** Releases the VM, its fds and guest RAM: nothing of the machine may be used afterwards. */
   close(): void {
+    this.assigned.close();
     this.platform.close();
     for (const ap of this.apVcpus) ap.close();
     this.vcpu.close();

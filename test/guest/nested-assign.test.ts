@@ -4,7 +4,8 @@
 // and interrupt remapping (one L1 boot, four L2 runs). In L2, vfio-edu-test's DMA crosses three
 // translations: L2 vIOMMU -> L1 VFIO -> L0 virtio-iommu. Its DMA after unmap must be stopped at
 // L0: L0's fault counters and L1's virtio-iommu driver name the endpoint and L2's own IOVA.
-// vfio-edu-msi checks the MSI path (L0 edu -> L1 VFIO eventfd -> KVM irqfd -> L2). The third
+// vfio-edu-msi checks the MSI path (L0 edu -> L1 VFIO eventfd -> KVM irqfd -> L2), and with
+// --intx the INTx path (L1 VFIO eventfd -> our IOAPIC pin in L2, unmasked at L2's EOI). The third
 // run assigns L0's virtio-rng instead (MSI-X, L2's own virtio driver, /dev/hwrng); the fourth
 // run meets L1's real dma_entry_limit (lowered to 200 so it is reached in seconds): L1's VFIO
 // refuses ENOSPC, our virtio-iommu answers the MAP S_NOMEM, and L2's VFIO_IOMMU_MAP_DMA fails
@@ -30,6 +31,7 @@ edu=$(pci_find 1234 11e8)
 result edu-present pass "bdf=$edu"
 vfio-edu-test "$edu"
 vfio-edu-msi "$edu" --count 4
+vfio-edu-msi "$edu" --count 4 --intx
 `;
 
 // L0's virtio-rng assigned to L2: L2's own virtio-pci driver must get MSI-X vectors (the pin
@@ -81,6 +83,12 @@ const EDU_CHECKS = [
   "msi-enable",
   "msi-irq",
   "vfio-edu-msi",
+  // INTx: L0 edu's pin -> L1 QEMU -> L1 vfio-pci (automasked) -> eventfd -> our IOAPIC pin in
+  // L2; each EOI of L2's vector unmasks it in L1's VFIO.
+  "intx-info",
+  "intx-enable",
+  "intx-irq",
+  "vfio-edu-intx",
 ];
 
 type EngineStats = {

@@ -25,6 +25,8 @@ type FakeOptions = {
   msixVectors?: number;
   /** BAR0 may be mmapped (VFIO_REGION_INFO_FLAG_MMAP). */
   mmap?: boolean;
+  /** VFIO offers INTx on INTA#. */
+  intx?: boolean;
 };
 
 /**
@@ -46,6 +48,7 @@ function fakeDevice(opts: FakeOptions = {}) {
   cv.setUint16(0x2c, 0x1af4, true);
   cv.setUint16(0x2e, 0x1100, true);
   config[0x34] = 0x40;
+  config[0x3d] = opts.intx ? 1 : 0;
   config[0x40] = 0x05; // the device's own MSI capability: ours is emulated in its place
   config[0x41] = msixVectors > 0 ? 0x50 : 0x60;
   cv.setUint16(0x42, opts.msiControl ?? 0x0080, true);
@@ -92,7 +95,12 @@ function fakeDevice(opts: FakeOptions = {}) {
     },
     regionWrite: (index: number, off: number, size: number, value: number) =>
       log.push(`write ${index} ${off.toString(16)}/${size}=${value.toString(16)}`),
-    irqCount: (index: number) => (index === 1 ? msiVectors : index === 2 ? msixVectors : 0),
+    irqCount: (index: number) =>
+      index === 0 ? (opts.intx ? 1 : 0) : index === 1 ? msiVectors : index === 2 ? msixVectors : 0,
+    unmaskIrq: (index: number) => {
+      log.push(`irqs ${index} unmask`);
+      return true;
+    },
     setIrqEventfds: (index: number, fds: readonly number[]) => {
       log.push(`irqs ${index} x${fds.length}`);
       armed.set(index, [...fds]);
@@ -547,4 +555,51 @@ test("BAR mmap: the MSI-X table and PBA pages stay trapped; a refused slot leave
   assert.deepEqual(list(), []);
   assert.equal(fn.barStats().bar0.mapping, "trapped");
   assert.equal(fn.bars[0]!.handler.read(0x100, 4), 0xed, "still served by trapping");
+});
+
+test("INTx: the pin is offered and armed in VFIO after reset; a signal raises the line, the guest's EOI lowers it and unmasks", () => {
+  const { device, log } = fakeDevice({ intx: true });
+  const fn = new VfioPciFunction(device, "vfio0");
+  assert.equal(fn.readConfig(0x3d, 1), 1, "INTA#");
+  assert.ok(fn.intxEventfd >= 0);
+  assert.ok(log.indexOf("irqs 0 x1") > log.indexOf("reset"), "INTx armed after the reset");
+  const pins: boolean[] = [];
+  const memory = GuestMemory.anonymous([{ gpa: 0, sizeBytes: 4096, name: "ram" }]);
+  fn.connect({
+    requesterId: 0x10,
+    interrupts: { signalMsi: () => {}, setPin: (_rid, pin, level) => pins.push(pin === 0 && level) },
+    dma: new DmaAddressSpace(memory, IDENTITY, 0x10),
+  });
+  fn.intxFired();
+  assert.deepEqual(pins, [true], "the line is up");
+  assert.equal(fn.readConfig(6, 2) & 0x08, 0x08, "Status.Interrupt follows it");
+  log.length = 0;
+  fn.intxEoi();
+  assert.deepEqual(pins, [true, false]);
+  assert.equal(fn.readConfig(6, 2) & 0x08, 0);
+  assert.deepEqual(log, ["irqs 0 unmask"], "VFIO may fire again");
+  fn.intxEoi();
+  assert.deepEqual(log, ["irqs 0 unmask"], "an EOI of another source on the pin changes nothing");
+  // The guest masks by INTx Disable (as Linux's vfio-pci does), then unmasks: a resample.
+  fn.intxFired();
+  fn.writeConfig(4, 2, 0x0400);
+  assert.equal(pins.at(-1), false, "INTx Disable: the pin is not driven");
+  assert.equal(fn.readConfig(6, 2) & 0x08, 0x08, "but Status.Interrupt still shows the line");
+  fn.writeConfig(4, 2, 0);
+  assert.equal(log.at(-1), "irqs 0 unmask", "clearing INTx Disable asks VFIO again");
+  assert.deepEqual(fn.interruptStats().intx, { armed: true, signals: 2, unmasks: 2, setupErrors: 0 });
+});
+
+test("INTx and MSI: one VFIO index at a time, INTx off before MSI is armed and back after", () => {
+  const { device, log } = fakeDevice({ intx: true });
+  const fn = new VfioPciFunction(device, "vfio0");
+  connected(fn);
+  log.length = 0;
+  fn.writeConfig(0x44, 4, 0xfee00000);
+  fn.writeConfig(0x42, 2, 0x0001);
+  assert.deepEqual(log, ["irqs 0 off", "irqs 1 x1"]);
+  fn.intxFired();
+  assert.equal(fn.interruptStats().intx?.signals, 0, "a late INTx signal is ignored");
+  fn.writeConfig(0x42, 2, 0);
+  assert.deepEqual(log.slice(2), ["irqs 1 off", "irqs 0 x1"]);
 });

@@ -288,3 +288,26 @@ test("IOAPIC: delivery status and remote IRR are read-only; bad sizes are ignore
   assert.equal(io.read(0x10, 1), 0xff);
   assert.equal(sent.length, 0);
 });
+
+test("IOAPIC: an EOI listener runs after remote IRR clears and before the level is looked at again", () => {
+  const { io, sent, rte } = ioapic();
+  rte(17, 0x8000 | 0x51); // level, vector 0x51
+  let level = true;
+  const order: string[] = [];
+  io.addEoiListener(17, () => {
+    order.push("listener");
+    level = false;
+    io.setPin(17, false); // the source learns the interrupt ended and drops its line
+  });
+  io.setPin(17, level);
+  assert.equal(sent.length, 1);
+  io.eoi(0x51);
+  assert.deepEqual(order, ["listener"]);
+  assert.equal(sent.length, 1, "the line dropped in the listener: no second delivery");
+  io.eoi(0x51);
+  assert.deepEqual(order, ["listener"], "remote IRR clear: no EOI of this pin, no call");
+  io.addEoiListener(17, () => order.push("second"));
+  io.setPin(17, true);
+  io.eoi(0x51);
+  assert.deepEqual(order, ["listener", "listener", "second"]);
+});
