@@ -603,3 +603,14 @@ test("INTx and MSI: one VFIO index at a time, INTx off before MSI is armed and b
   fn.writeConfig(0x42, 2, 0);
   assert.deepEqual(log.slice(2), ["irqs 1 off", "irqs 0 x1"]);
 });
+
+test("a device capability list that loops or points outside 0x40-0xFF ends there", () => {
+  const { device, config } = fakeDevice({ msixVectors: 2 });
+  config[0x61] = 0x40; // vendor -> back to MSI: a loop
+  const fn = new VfioPciFunction(device, "vfio0");
+  assert.equal(fn.readConfig(0x61, 1), 0, "the last capability ends the guest's list");
+  const other = fakeDevice();
+  other.config[0x41] = 0x20; // MSI -> into the header
+  const fn2 = new VfioPciFunction(other.device, "vfio1");
+  assert.equal(fn2.readConfig(0x40, 2), 0x0005, "MSI, and nothing after it");
+});
