@@ -12,7 +12,9 @@
 // cleanly; the guest keeps running and unmaps what it had.
 // An L2 that stops (timeout, no output) may be the L0 QEMU's SVM emulation delivering a timer
 // interrupt twice (tools/guest-lab/README.md, "L2 hangs from a QEMU TCG bug"); `viommu run` keeps
-// the guest's decode toggles away from the device, which made that rare, not impossible.
+// the guest's decode toggles away from the device, which made that rare, not impossible (its Bus
+// Master writes still reach the device). So an L2 run that times out runs once more, and the test
+// says so in its output; a second timeout fails.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { kvmLabAvailable } from "../../tools/guest-lab/kvm-lab.ts";
@@ -124,6 +126,7 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
     bindCommands: recipeText("assign-bind"),
     l0ServeArgs: (dir) => viommuArgs("nested-l0", "serve", { DIR: dir }),
     timeoutMs: 840_000,
+    retryTimedOutOnce: true,
   });
   const [virtio, intel, rng, limit] = out.runs;
   const why = () =>
@@ -132,6 +135,10 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
     `--- L0 ---\n${out.l0Stderr.slice(-2000)}`;
   t.diagnostic(`L1 boot ${out.lab.bootMs} ms, whole run ${out.lab.durationMs} ms`);
   assert.equal(out.lab.failedStep, null, why());
+  for (const r of out.runs.filter((x) => x.retried))
+    t.diagnostic(
+      `*** ${r.run.iommu}: the first L2 run timed out (the L0 QEMU's SVM bug, tools/guest-lab/README.md); this is the second`,
+    );
   for (const r of [virtio, intel]) {
     for (const res of r.results) t.diagnostic(`${r.run.iommu}: ${res.line}`);
     assert.equal(r.exitCode, 0, `${r.run.iommu}: viommu run exit\n${why()}`);
@@ -177,7 +184,12 @@ test("nested assignment: vfio-edu-test in L2 behind our virtio-iommu and our VT-
   assert.ok(engine.requests.map.OK >= out.runs.length, "L1's VFIO mappings reached L0 as MAP requests");
   const faultLines =
     out.lab.console.match(/virtio_iommu virtio\d+: page fault from EP \d+ at 0x101000 \[W\]/g) ?? [];
-  assert.equal(faultLines.length, 2, why());
+  // One per run; a retried run's first attempt may have logged one before it hung.
+  const retried = out.runs.filter((x) => x.retried).length;
+  assert.ok(
+    faultLines.length >= 2 && faultLines.length <= 2 + retried,
+    `${faultLines.length} fault lines\n${why()}`,
+  );
 
   // L1's dma_entry_limit: every L2 mapping past entry 200 of L1's container is refused by L1's
   // kernel (ENOSPC), and our virtio-iommu answers that MAP S_NOMEM without keeping it (5.13.6:
