@@ -614,3 +614,57 @@ test("a device capability list that loops or points outside 0x40-0xFF ends there
   const fn2 = new VfioPciFunction(other.device, "vfio1");
   assert.equal(fn2.readConfig(0x40, 2), 0x0005, "MSI, and nothing after it");
 });
+
+test("hostile guest: random config, BAR, table and PBA traffic never throws, and VFIO never has two interrupt indexes armed", () => {
+  const { device, armed } = fakeDevice({
+    msixVectors: 3,
+    msiVectors: 2,
+    msiControl: 0x0182,
+    intx: true,
+    mmap: true,
+  });
+  const fn = new VfioPciFunction(device, "vfio0");
+  const { routes } = connected(fn);
+  const { mapper } = slots();
+  fn.guestMemoryMapper = mapper;
+  let seed = 0x2545f491;
+  const rand = (n: number) => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const values = [0, 1, 0xffffffff, 0x8000, 0xc000, 0x4000, 0xfee00000, 2 ** 52, -1, Number.NaN, 0.5];
+  const sizes = [1, 2, 4, 8] as const;
+  const bar = fn.bars[0]!.handler;
+  for (let i = 0; i < 20_000; i++) {
+    const value = rand(4) === 0 ? values[rand(values.length)] : rand(2 ** 31);
+    const size = sizes[rand(4)];
+    switch (rand(6)) {
+      case 0:
+        fn.writeConfig(rand(0x1004), size === 8 ? 4 : size, value);
+        break;
+      case 1:
+        fn.writeConfig(0x40 + rand(0x30), size === 8 ? 2 : size, value);
+        break;
+      case 2:
+        bar.write(0x4000 + rand(0x40), size, value);
+        break;
+      case 3:
+        bar.read(0x5000 + rand(0x10), size);
+        break;
+      case 4:
+        if (rand(2) === 0) fn.intxFired();
+        else fn.intxEoi();
+        break;
+      default:
+        if (rand(50) === 0) fn.reset();
+        else fn.readConfig(rand(0x1000), size === 8 ? 4 : size);
+    }
+    assert.ok(armed.size <= 1, `step ${i}: indexes armed ${[...armed.keys()]}`);
+  }
+  // Whatever state it ended in, a reset leaves nothing routed and only INTx armed.
+  fn.reset();
+  assert.ok([...routes.values()].every((m) => m === null));
+  assert.deepEqual([...armed.keys()], [0]);
+});
