@@ -66,7 +66,7 @@ export interface VfioRegion {
 }
 
 /** A region's sparse-mmap areas from its info capability chain (VFIO_REGION_INFO_CAP_SPARSE_MMAP). */
-function sparseMmapAreas(info: Uint8Array): { offset: number; sizeBytes: number }[] | null {
+export function sparseMmapAreas(info: Uint8Array): { offset: number; sizeBytes: number }[] | null {
   const v = new DataView(info.buffer, info.byteOffset, info.byteLength);
   let at = v.getUint32(12, true);
   for (let hops = 0; at >= REGION_INFO_BYTES && at + 8 <= info.length && hops < 16; hops++) {

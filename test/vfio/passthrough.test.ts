@@ -13,7 +13,7 @@ import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import type { MsiRoute, Vm } from "../../src/kvm/vm.ts";
 import type { MsiMessage } from "../../src/platform/interrupts.ts";
 import { mappablePieces } from "../../src/vfio/bar-mmap.ts";
-import type { VfioPciDevice, VfioRegion } from "../../src/vfio/device.ts";
+import { sparseMmapAreas, type VfioPciDevice, type VfioRegion } from "../../src/vfio/device.ts";
 import { VfioPciFunction } from "../../src/vfio/pci-passthrough.ts";
 import { DeviceMsiRoutes } from "../../src/vmm/device-msi.ts";
 
@@ -667,4 +667,52 @@ test("hostile guest: random config, BAR, table and PBA traffic never throws, and
   fn.reset();
   assert.ok([...routes.values()].every((m) => m === null));
   assert.deepEqual([...armed.keys()], [0]);
+});
+
+/** A vfio_region_info of `totalBytes` whose capability chain starts at 32 with `caps`. */
+function regionInfo(
+  totalBytes: number,
+  caps: { at: number; id: number; next: number; areas?: [number, number][] }[],
+) {
+  const info = new Uint8Array(totalBytes);
+  const v = new DataView(info.buffer);
+  v.setUint32(0, totalBytes, true);
+  v.setUint32(12, caps[0]?.at ?? 0, true);
+  for (const c of caps) {
+    v.setUint16(c.at, c.id, true);
+    v.setUint16(c.at + 2, 1, true);
+    v.setUint32(c.at + 4, c.next, true);
+    if (c.areas === undefined) continue;
+    v.setUint32(c.at + 8, c.areas.length, true);
+    c.areas.forEach(([offset, size], i) => {
+      v.setBigUint64(c.at + 16 + 16 * i, BigInt(offset), true);
+      v.setBigUint64(c.at + 24 + 16 * i, BigInt(size), true);
+    });
+  }
+  return info;
+}
+
+test("VFIO_REGION_INFO_CAP_SPARSE_MMAP: its areas are what may be mmapped; a broken chain gives none", () => {
+  // MSIX_MAPPABLE (id 3) first, then the sparse areas around a table page.
+  const good = regionInfo(32 + 8 + 48, [
+    { at: 32, id: 3, next: 40 },
+    {
+      at: 40,
+      id: 1,
+      next: 0,
+      areas: [
+        [0, 0x3000],
+        [0x4000, 0x4000],
+      ],
+    },
+  ]);
+  assert.deepEqual(sparseMmapAreas(good), [
+    { offset: 0, sizeBytes: 0x3000 },
+    { offset: 0x4000, sizeBytes: 0x4000 },
+  ]);
+  assert.equal(sparseMmapAreas(regionInfo(48, [{ at: 32, id: 3, next: 0 }])), null, "no sparse capability");
+  assert.equal(sparseMmapAreas(regionInfo(48, [{ at: 32, id: 3, next: 32 }])), null, "a looping chain ends");
+  const truncated = regionInfo(32 + 16 + 16, [{ at: 32, id: 1, next: 0, areas: [[0, 0x1000]] }]);
+  new DataView(truncated.buffer).setUint32(40, 1000, true); // claims 1000 areas in 16 bytes
+  assert.deepEqual(sparseMmapAreas(truncated), [{ offset: 0, sizeBytes: 0x1000 }], "only the areas that fit");
 });
