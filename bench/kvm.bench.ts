@@ -11,7 +11,7 @@ import { Machine } from "../src/vmm/machine.ts";
 import type { IommuChoice } from "../src/vmm/platform.ts";
 import type { BenchCase } from "./harness.ts";
 
-function loopKernel(body: number[]): Uint8Array {
+export function loopKernel(body: number[]): Uint8Array {
   const code = [...body, 0xeb, -(body.length + 2) & 0xff]; // body; jmp body
   const img = new Uint8Array(0x20 + code.length);
   const v = new DataView(img.buffer);
@@ -26,7 +26,7 @@ function loopKernel(body: number[]): Uint8Array {
   return img;
 }
 
-function machineRunning(body: number[]): Machine {
+export function machineRunning(body: number[]): Machine {
   const m = new Machine({
     cpus: 1,
     memorySizeBytes: 32 << 20,
