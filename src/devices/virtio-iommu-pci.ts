@@ -26,7 +26,7 @@
  * every host that uses this class (`viommu run`, `viommu serve`).
  */
 import { ACCESS_WRITE } from "../engine/access.ts";
-import { type DmaAddressSpace, SgList } from "../engine/dma-space.ts";
+import type { DmaAddressSpace } from "../engine/dma-space.ts";
 import type { GuestMemory } from "../engine/guest-memory.ts";
 import type { VirtioDevice, VirtioDeviceContext } from "../virtio/device.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
@@ -69,10 +69,9 @@ class VirtioIommuDevice implements VirtioDevice {
   private readonly request = new Uint8Array(MAX_REQUEST_BYTES);
   private response = new Uint8Array(512);
   // Views of the scratch buffers by length: request sizes repeat, so no allocation per request.
-  private readonly requestViews = new Map<number, Uint8Array>();
-  private readonly responseViews = new Map<number, Uint8Array>();
+  private readonly requestViews: (Uint8Array | undefined)[] = [];
+  private readonly responseViews: (Uint8Array | undefined)[] = [];
 
-  private readonly writableCheck = new SgList(4);
   private delivering = false;
   private deliverAgain = false;
   requests = 0;
@@ -128,7 +127,7 @@ class VirtioIommuDevice implements VirtioDevice {
       const respLen = Math.min(chain.writableBytes, MAX_RESPONSE_BYTES);
       if (this.response.length < respLen) {
         this.response = new Uint8Array(MAX_RESPONSE_BYTES);
-        this.responseViews.clear();
+        this.responseViews.length = 0;
       }
       const request = prefix(this.requestViews, this.request, reqLen);
       const response = prefix(this.responseViews, this.response, respLen);
@@ -163,7 +162,7 @@ class VirtioIommuDevice implements VirtioDevice {
     let left = length;
     for (let i = chain.firstWritable; i < chain.count && left > 0; i++) {
       const n = Math.min(chain.lengths[i], left);
-      if (dma.translateRange(chain.addrs[i], n, ACCESS_WRITE, this.writableCheck) !== null) return false;
+      if (!dma.accessible(chain.addrs[i], n, ACCESS_WRITE)) return false;
       left -= n;
     }
     return true;
@@ -223,14 +222,15 @@ class VirtioIommuDevice implements VirtioDevice {
   }
 }
 
-const MAX_CACHED_VIEWS = 64;
+/** Lengths up to this get a cached view (every request and the common answers are shorter). */
+const MAX_CACHED_VIEW_BYTES = 512;
 
-/** `buffer.subarray(0, length)`, cached per length (up to MAX_CACHED_VIEWS lengths). */
-function prefix(cache: Map<number, Uint8Array>, buffer: Uint8Array, length: number): Uint8Array {
-  const hit = cache.get(length);
+/** `buffer.subarray(0, length)`, cached by length (an array lookup: no hashing on this path). */
+function prefix(cache: (Uint8Array | undefined)[], buffer: Uint8Array, length: number): Uint8Array {
+  const hit = length <= MAX_CACHED_VIEW_BYTES ? cache[length] : undefined;
   if (hit !== undefined) return hit;
   const view = buffer.subarray(0, length);
-  if (cache.size < MAX_CACHED_VIEWS) cache.set(length, view);
+  if (length <= MAX_CACHED_VIEW_BYTES) cache[length] = view;
   return view;
 }
 

@@ -92,7 +92,7 @@ try {
     cmdline: `vfio_iommu_type1.allow_unsafe_interrupts=1${iommu.startsWith("intel") ? " intel_iommu=on" : ""}`,
     script: SCRIPT,
     timeoutS: 900,
-    env: { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` },
+    nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${profDir}`],
   });
   for (const r of run.results) console.log(r.line);
   for (const l of run.serial.split("\n").filter((l) => l.startsWith("VDA-STAT"))) console.log(l);

@@ -45,6 +45,8 @@ export type LinuxRunOptions = {
   onSerial?: (text: string) => void;
   /** Extra environment for the VMM process. */
   env?: Record<string, string>;
+  /** Options for the VMM's node (before its script), e.g. `--cpu-prof` (not allowed in NODE_OPTIONS). */
+  nodeArgs?: string[];
 };
 
 /** Runs the script in Linux under `viommu run`; never throws for guest failures. */
@@ -60,6 +62,7 @@ export async function runLinux(opts: LinuxRunOptions): Promise<LinuxRun> {
     const kernel = opts.kernel === "vmlinux" ? paths.vmlinux : paths.vmlinuz;
     const cmdline = ["console=ttyS0", "panic=-1", "loglevel=4", opts.cmdline ?? ""].join(" ").trim();
     const argv = [
+      ...(opts.nodeArgs ?? []),
       join(REPO, "bin/viommu.mjs"),
       "run",
       "--kernel",
