@@ -10,7 +10,7 @@ import {
   KVM_GET_VCPU_MMAP_SIZE,
   KvmError,
 } from "./ioctls.ts";
-import { close, errno, errnoName, ioctlValue, O_CLOEXEC, O_RDWR, open } from "./libc.ts";
+import { close, EINTR, errno, errnoName, ioctlValue, O_CLOEXEC, O_RDWR, open } from "./libc.ts";
 
 export const KVM_DEVICE_PATH = "/dev/kvm";
 
@@ -30,11 +30,18 @@ export class KvmUnavailableError extends Error {
   }
 }
 
-/** Calls an ioctl with an integer argument and throws a named `KvmError` when it fails. */
+/**
+ * Calls an ioctl with an integer argument and throws a named `KvmError` when it fails. One that a
+ * signal interrupted (EINTR: V8's profiler samples with SIGPROF, KVM_CREATE_VM gives up on a
+ * pending signal) is made again; KVM_RUN does not come here (its loops handle EINTR).
+ */
 export function kvmIoctl(fd: number, request: number, arg = 0): number {
-  const r = ioctlValue(fd, request, arg);
-  if (r < 0) throw new KvmError(ioctlName(request), errno());
-  return r;
+  for (let attempt = 0; ; attempt++) {
+    const r = ioctlValue(fd, request, arg);
+    if (r >= 0) return r;
+    const err = errno();
+    if (err !== EINTR || attempt >= 1000) throw new KvmError(ioctlName(request), err);
+  }
 }
 
 export class Kvm {
