@@ -350,7 +350,8 @@ function blkReadCase(name: string, runs: number, runBytes: number): BenchCase {
         const iovaBase = 0x4000_0000 + (op & 1) * windowBytes;
         const hdrIova = iovaBase;
         const tableIova = iovaBase + PAGE;
-        const dataIova = iovaBase + 2 * PAGE;
+        const statusIova = iovaBase + 2 * PAGE;
+        const dataIova = iovaBase + 3 * PAGE;
         // Header: IN at the next sector; status byte at +16.
         hdr.setUint32(0, 0, true);
         hdr.setUint32(8, ((op * requestBytes) % DISK_BYTES) / 512, true);
@@ -363,6 +364,8 @@ function blkReadCase(name: string, runs: number, runBytes: number): BenchCase {
           q.map(DOMAIN, dataIova + r * runBytes, runBytes, DATA_GPA + 2 * r * runBytes);
           q.sync();
         }
+        q.map(DOMAIN, statusIova, PAGE, HDR_GPA); // the status byte is an element of its own
+        q.sync();
         q.map(DOMAIN, tableIova, PAGE, TABLE_GPA); // vring_map_single of the indirect table
         q.sync();
         // Indirect table: header (readable), data runs, status (writable).
@@ -376,7 +379,7 @@ function blkReadCase(name: string, runs: number, runBytes: number): BenchCase {
         };
         put(0, hdrIova, 16, 0);
         for (let r = 0; r < runs; r++) put(1 + r, dataIova + r * runBytes, runBytes, DESC_F_WRITE);
-        put(runs + 1, hdrIova + 16, 1, DESC_F_WRITE);
+        put(runs + 1, statusIova + 16, 1, DESC_F_WRITE);
         addrs[0] = tableIova;
         mm.blkRing.post(addrs, lens, flags);
         mm.blkDoorbell();
@@ -384,6 +387,7 @@ function blkReadCase(name: string, runs: number, runBytes: number): BenchCase {
         // Completion: dma_unmap_page per element, queued UNMAPs without a doorbell (lazy mode).
         q.unmap(DOMAIN, hdrIova, PAGE);
         for (let r = 0; r < runs; r++) q.unmap(DOMAIN, dataIova + r * runBytes, runBytes);
+        q.unmap(DOMAIN, statusIova, PAGE);
         q.unmap(DOMAIN, tableIova, PAGE);
       }
     },
@@ -438,7 +442,7 @@ function exitPlusCase(name: string, inner: BenchCase | null): BenchCase {
 }
 
 const vfioPair = vfioPairCase();
-const read4k = blkReadCase("O_DIRECT 4 KiB read (3 MAP doorbells, 1 blk)", 1, PAGE);
+const read4k = blkReadCase("O_DIRECT 4 KiB read (4 MAP doorbells, 1 blk)", 1, PAGE);
 
 export const cases: BenchCase[] = [
   blkReadCase("O_DIRECT 1 MiB read: 64 runs of 16 KiB (67 MAP doorbells, 1 blk)", 64, 16 * 1024),
