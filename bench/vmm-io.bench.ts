@@ -18,7 +18,7 @@
  * figures are the device side's. Run one case under the profiler: `node --cpu-prof --import tsx
  * bench/vmm-io.bench.ts [case-substring] [ops]`.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -117,10 +117,20 @@ class GuestRing {
 }
 
 /** The platform of `viommu run --iommu virtio --disk path=...,iommu=on` (1 vCPU, 64 MiB). */
-function platformWithDisk(): Platform {
+let diskPath: string | undefined;
+
+/** One disk image for every machine of this process, removed when the process exits. */
+function benchDisk(): string {
+  if (diskPath !== undefined) return diskPath;
   const dir = mkdtempSync(join(tmpdir(), "viommu-vmm-io-bench-"));
-  const disk = join(dir, "disk.img");
-  writeFileSync(disk, new Uint8Array(DISK_BYTES).fill(0x5a));
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  diskPath = join(dir, "disk.img");
+  writeFileSync(diskPath, new Uint8Array(DISK_BYTES).fill(0x5a));
+  return diskPath;
+}
+
+function platformWithDisk(): Platform {
+  const disk = benchDisk();
   return new Platform({
     memory: GuestMemory.anonymous([{ gpa: 0, sizeBytes: RAM_BYTES }]),
     ramLayout: ramLayout(RAM_BYTES),
