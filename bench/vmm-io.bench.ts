@@ -192,8 +192,8 @@ function bringUp(
 }
 
 /**
- * Linux's side of the virtio-iommu requestq (drivers/iommu/virtio-iommu.c): requests in 64-byte
- * slots (request, then the 4-byte tail at +40), added to the ring; `sync` is the doorbell.
+ * Linux's side of the virtio-iommu requestq (drivers/iommu/virtio-iommu.c): requests in slots
+ * (request, 4-byte tail, indirect table), added to the ring; `sync` is the doorbell.
  */
 class GuestIommuQueue {
   private readonly ring: GuestRing;
@@ -202,31 +202,45 @@ class GuestIommuQueue {
   private readonly doorbell: () => void;
   private slot = 0;
   private pending = 0;
-  private readonly addrs = [0, 0];
-  private readonly lens = [0, 4];
-  private readonly flags = [0, DESC_F_WRITE];
+  private readonly addrs = [0];
+  private readonly lens = [32];
+  private readonly flags = [DESC_F_INDIRECT];
 
   constructor(memory: GuestMemory, ringGpa: number, slotsGpa: number, doorbell: () => void) {
     this.ring = new GuestRing(memory, ringGpa, ringGpa + 0x1000, ringGpa + 0x2000);
-    const u8 = memory.view(slotsGpa, 64 * REQ_SLOTS);
+    const u8 = memory.view(slotsGpa, REQ_SLOT_BYTES * REQ_SLOTS);
     this.slots = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
     this.slotsGpa = slotsGpa;
     this.doorbell = doorbell;
   }
 
-  /** Adds one request whose fields `fill` writes at `o` (zeroed first); `len` readable bytes. */
+  /**
+   * Adds one request whose fields `fill` writes at `o` (zeroed first); `len` readable bytes. Two
+   * buffers (the request, the tail) make Linux's ring use an indirect table when INDIRECT_DESC
+   * was negotiated (virtqueue_use_indirect), so every request is one indirect descriptor.
+   */
   private add(len: number, fill: (v: DataView, o: number) => void): void {
     // A full ring: viommu_add_req gets -ENOSPC, syncs (a doorbell) and adds again.
     if (this.pending >= QUEUE_SIZE / 2 - 2) this.sync();
     this.pending++;
-    const o = 64 * this.slot;
+    const o = REQ_SLOT_BYTES * this.slot;
     this.slot = (this.slot + 1) % REQ_SLOTS;
     const v = this.slots;
     for (let k = 0; k < 40; k += 4) v.setUint32(o + k, 0, true);
     fill(v, o);
-    this.addrs[0] = this.slotsGpa + o;
-    this.addrs[1] = this.slotsGpa + o + 40;
-    this.lens[0] = len;
+    const gpa = this.slotsGpa + o;
+    // The indirect table at +64: the request (readable, NEXT), then the tail at +48 (writable).
+    v.setUint32(o + 64, gpa, true);
+    v.setUint32(o + 68, 0, true);
+    v.setUint32(o + 72, len, true);
+    v.setUint16(o + 76, DESC_F_NEXT, true);
+    v.setUint16(o + 78, 1, true);
+    v.setUint32(o + 80, gpa + 48, true);
+    v.setUint32(o + 84, 0, true);
+    v.setUint32(o + 88, 4, true);
+    v.setUint16(o + 92, DESC_F_WRITE, true);
+    v.setUint16(o + 94, 0, true);
+    this.addrs[0] = gpa + 64;
     this.ring.post(this.addrs, this.lens, this.flags);
   }
 
@@ -271,6 +285,8 @@ class GuestIommuQueue {
 }
 
 const REQ_SLOTS = 512;
+/** A request slot: the request at 0, its tail at 48, its indirect table at 64. */
+const REQ_SLOT_BYTES = 128;
 const DOMAIN = 1;
 /** Guest-physical layout: the IOMMU's rings and requests, the blk rings (IOVA = gpa + BLK_IOVA). */
 const IOMMU_RING_GPA = 0x10_0000;
