@@ -13,7 +13,6 @@
  */
 import { ACCESS_READ, ACCESS_WRITE, type Access } from "../engine/access.ts";
 import type { DmaAddressSpace } from "../engine/dma-space.ts";
-import { GuestMemoryError } from "../engine/guest-memory.ts";
 import { Translation } from "../engine/translation.ts";
 
 const EMPTY: DataView = new DataView(new ArrayBuffer(0));
@@ -32,6 +31,8 @@ export class RingWindow {
   private iovaStart = 0;
   private length = 0;
   private view: DataView = EMPTY;
+  /** Where the window starts in `view` (a region's own view: the window is a part of it). */
+  private viewBase = 0;
   private readonly block = new Translation();
   /** Accesses served from the window, and window (re)translations. */
   hits = 0;
@@ -89,17 +90,16 @@ export class RingWindow {
     const start = Math.max(t.iovaBase, this.areaStart);
     const end = Math.min(t.iovaBase + t.sizeBytes, this.areaStart + this.areaBytes);
     const gpa = t.gpaBase + (start - t.iovaBase);
-    if (end <= start || dma.memory.contiguousBytesAt(gpa) < end - start) return OUTSIDE;
-    let bytes: Uint8Array;
-    try {
-      bytes = dma.memory.view(gpa, end - start);
-    } catch (e) {
-      // A memory reached by messages (vfio-user DMA_READ/WRITE) has RAM without bytes to view:
-      // the caller falls back to the address space's copying accessors.
-      if (e instanceof GuestMemoryError) return OUTSIDE;
-      throw e;
-    }
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (end <= start) return OUTSIDE;
+    // The region's own DataView, nothing allocated (a window refills at every indirect table and
+    // after every invalidation). None where no one view holds the window: not RAM, across
+    // regions, or memory reached by messages (vfio-user DMA_READ/WRITE); the caller then goes
+    // through the address space's copying accessors.
+    const backing = dma.memory.backing;
+    const view = backing.locate(gpa, end - start);
+    if (view === null) return OUTSIDE;
+    this.view = view;
+    this.viewBase = backing.offset;
     this.iovaStart = start;
     this.length = end - start;
     const off = iova - start;
@@ -111,7 +111,7 @@ export class RingWindow {
     const dma = this.dma;
     if (dma === undefined) return -1;
     const o = this.offset(dma, iova, 2);
-    if (o >= 0) return this.view.getUint16(o, true);
+    if (o >= 0) return this.view.getUint16(this.viewBase + o, true);
     return o === FAULTED ? -1 : dma.readUint(iova, 2);
   }
 
@@ -120,7 +120,7 @@ export class RingWindow {
     const dma = this.dma;
     if (dma === undefined) return -1;
     const o = this.offset(dma, iova, 4);
-    if (o >= 0) return this.view.getUint32(o, true);
+    if (o >= 0) return this.view.getUint32(this.viewBase + o, true);
     return o === FAULTED ? -1 : dma.readUint(iova, 4);
   }
 
@@ -130,7 +130,7 @@ export class RingWindow {
     if (dma === undefined) return false;
     const o = this.offset(dma, iova, 2);
     if (o >= 0) {
-      this.view.setUint16(o, value, true);
+      this.view.setUint16(this.viewBase + o, value, true);
       return true;
     }
     return o === FAULTED ? false : dma.writeUint(iova, 2, value) === null;
@@ -142,7 +142,7 @@ export class RingWindow {
     if (dma === undefined) return false;
     const o = this.offset(dma, iova, 4);
     if (o >= 0) {
-      this.view.setUint32(o, value, true);
+      this.view.setUint32(this.viewBase + o, value, true);
       return true;
     }
     return o === FAULTED ? false : dma.writeUint(iova, 4, value) === null;
