@@ -4,7 +4,7 @@
  *
  *   viommu serve --socket-dir DIR [--iommu virtio[,page-size-mask=4k:2m:1g][,boot-bypass=on|off]]
  *                [--disk path=F[,iommu=on]]... [--rng [iommu=on]]... [--device edu[,iommu=on]]...
- *                [--guest-ram-mib N]
+ *                [--guest-ram-mib N] [--guest-ram-backend memfd|hugetlb]
  *
  * All devices share one device platform and one guest memory view built from the DMA regions
  * the clients register (src/vfio-user/shared-memory.ts). Each device DMAs through its own
@@ -25,7 +25,7 @@
  * This module exports `runServe(argv)` for src/cli/main.ts; it also runs directly:
  * `node --import tsx src/cli/serve.ts --socket-dir DIR ...`.
  */
-import { accessSync, constants, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { accessSync, constants, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { buildVirtioPciIommuViot } from "../acpi/viot.ts";
@@ -70,15 +70,20 @@ export interface ServeOptions {
   readonly iommuBootBypass: boolean;
   readonly devices: readonly DeviceSpec[];
   readonly guestRamMiB: number;
+  /** The printed memory backend: a plain memfd, or a memfd of 2 MiB huge pages (hugetlb=on). */
+  readonly guestRamBackend: GuestRamBackend;
   /** Where every counter goes as JSON at exit (--stats-json); stderr gets a short table. */
   readonly statsJsonPath: string | undefined;
 }
 
 const serveError = (message: string): Error => new Error(message);
 
+export type GuestRamBackend = "memfd" | "hugetlb";
+
 type ServeState = {
   socketDir: string | undefined;
   guestRamMiB: number;
+  guestRamBackend: GuestRamBackend;
   iommuPageSizeMask: bigint | undefined;
   iommuBootBypass: boolean;
   devices: DeviceSpec[];
@@ -189,6 +194,24 @@ export const SERVE_OPTIONS: readonly OptionRow<ServeState>[] = [
     },
   },
   {
+    names: ["--guest-ram-backend"],
+    arity: "value",
+    help: [
+      {
+        synopsis: "--guest-ram-backend memfd|hugetlb",
+        text:
+          "the printed guest RAM backend: memfd (default), or hugetlb: a memfd of\n" +
+          "2 MiB huge pages (QEMU and the server fault once per 2 MiB, not per 4 KiB;\n" +
+          "the host needs that many free: vm.nr_hugepages)",
+      },
+    ],
+    apply: (s, v) => {
+      if (v !== "memfd" && v !== "hugetlb")
+        throw new Error(`--guest-ram-backend: "${v}" (available: memfd, hugetlb)`);
+      s.guestRamBackend = v;
+    },
+  },
+  {
     names: ["--stats-json"],
     arity: "value",
     help: [
@@ -216,7 +239,7 @@ export const SERVE_OPTIONS: readonly OptionRow<ServeState>[] = [
 export const USAGE = formatUsage(
   `usage: viommu serve --socket-dir DIR [--iommu virtio[,k=v]] [--disk path=FILE[,iommu=on][,readonly=on]]...
                     [--rng [iommu=on]]... [--device edu[,iommu=on]]... [--guest-ram-mib N]
-                    [--stats-json FILE]`,
+                    [--guest-ram-backend memfd|hugetlb] [--stats-json FILE]`,
   SERVE_OPTIONS,
   "",
   23,
@@ -254,6 +277,7 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
   const initial: ServeState = {
     socketDir: undefined,
     guestRamMiB: 1024,
+    guestRamBackend: "memfd",
     iommuPageSizeMask: undefined,
     iommuBootBypass: true,
     devices: [],
@@ -271,6 +295,9 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
   }
   if (s.iommuPageSizeMask === undefined && s.devices.some((d) => d.iommu)) {
     throw new Error("iommu=on needs --iommu virtio (or drop iommu=on)");
+  }
+  if (s.guestRamBackend === "hugetlb" && s.guestRamMiB % 2 !== 0) {
+    throw new Error("--guest-ram-backend hugetlb needs an even --guest-ram-mib (whole 2 MiB pages)");
   }
   if (IOMMU_SLOT + 1 + s.devices.length > 0x1f) {
     throw new Error(`too many devices for one bus (${s.devices.length}; at most ${0x1f - IOMMU_SLOT - 1})`);
@@ -293,6 +320,7 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions {
     iommuBootBypass: s.iommuBootBypass,
     devices: s.devices,
     guestRamMiB: s.guestRamMiB,
+    guestRamBackend: s.guestRamBackend,
     statsJsonPath: s.statsJsonPath,
   };
 }
@@ -302,14 +330,20 @@ interface Served extends ServedDevice {
   readonly close?: () => void;
 }
 
-/** The QEMU arguments for the served devices, as one shell-quoted line. */
+/**
+ * The QEMU arguments for the served devices, as one shell-quoted line. With hugetlb, QEMU's
+ * memfd backend takes its pages from the 2 MiB hugetlb pool (`hugetlb=on,hugetlbsize=2M`; it
+ * reserves them all at start and refuses to start without them) and seals the file as usual.
+ */
 export function qemuArgsLine(
   guestRamMiB: number,
   served: readonly { slot: number; socketPath: string }[],
   viotPath: string | undefined,
+  backend: GuestRamBackend = "memfd",
 ): string {
+  const huge = backend === "hugetlb" ? ",hugetlb=on,hugetlbsize=2M" : "";
   const parts = [
-    `-object memory-backend-memfd,id=viommu-ram,size=${guestRamMiB}M,share=on`,
+    `-object memory-backend-memfd,id=viommu-ram,size=${guestRamMiB}M,share=on${huge}`,
     "-machine memory-backend=viommu-ram",
   ];
   for (const s of served) {
@@ -393,8 +427,28 @@ async function serve(opts: ServeOptions, served: Served[]): Promise<number> {
     opts.guestRamMiB,
     served.map((s) => ({ slot: s.slot, socketPath: s.server.socketPath })),
     viotPath,
+    opts.guestRamBackend,
   );
+  if (opts.guestRamBackend === "hugetlb") checkHugePages(opts.guestRamMiB, log);
   return await untilSignalled(ctx, viommu, line);
+}
+
+/** Says on stderr when the host has fewer free 2 MiB huge pages than the guest's RAM needs. */
+function checkHugePages(guestRamMiB: number, log: (line: string) => void): void {
+  const path = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+  let free = 0;
+  try {
+    free = Number(readFileSync(path, "utf8").trim());
+  } catch {
+    log(`--guest-ram-backend hugetlb: this host has no 2 MiB huge pages (${path} missing)`);
+    return;
+  }
+  const need = guestRamMiB / 2;
+  if (free < need) {
+    log(
+      `--guest-ram-backend hugetlb: ${free} free 2 MiB huge pages, the guest needs ${need}: QEMU will refuse to start (reserve more with sysctl vm.nr_hugepages)`,
+    );
+  }
 }
 
 /**

@@ -209,12 +209,25 @@ function sealedAgainstShrink(fd: number): boolean {
 }
 
 /**
+ * The page size a mapping of the file must be aligned to: its block size when that is a power of
+ * two between 4 KiB and 1 GiB (hugetlbfs reports its huge page size), else 4 KiB.
+ */
+function mappingPageBytes(blockBytes: number): number {
+  const isPowerOfTwo = Number.isInteger(Math.log2(blockBytes));
+  return isPowerOfTwo && blockBytes > PAGE_SIZE && blockBytes <= 2 ** 30 ? blockBytes : PAGE_SIZE;
+}
+
+function roundUp(x: number, to: number): number {
+  return Math.ceil(x / to) * to;
+}
+
+/**
  * Backs a region shared with a descriptor. Consumes `req.fd` (closed, or kept by a file-io
  * backing). `identity` is the file's (st_dev, st_ino) as found by the caller.
  */
 export function createFileBacking(
   req: FileRegionRequest,
-  identity: { dev: bigint; ino: bigint; sizeBytes: number },
+  identity: FileIdentity,
   budget: ResourceBudget,
   firstTouch: FirstTouchPolicy,
 ): BackingResult {
@@ -261,12 +274,22 @@ export function createFileBacking(
   if (!budget.takeMapping()) return fail(ERRNO.ENOMEM, "no memory mappings left for client regions");
   // A read-only region is mapped private and writable: a device write to it lands in a private
   // copy-on-write page (dropped, as a DMA write to ROM is) instead of faulting the process.
-  // mmap needs a page-aligned file offset: map from the page below and skip the head.
-  const head = req.fileOffset % PAGE_SIZE;
+  // mmap needs a page-aligned file offset: map from the page below and skip the head. A
+  // hugetlb memfd (QEMU's memory-backend-memfd,hugetlb=on) has pages of its block size: its
+  // mapping must start on one, and its length is a whole number of them (munmap needs it), so
+  // the mapping is widened to the huge pages the region touches (inside the file, whose size is
+  // a multiple of them). A shared mapping reserves its huge pages at mmap, so running out of
+  // them is a refused map, not a SIGBUS at the first DMA.
+  const pageBytes = mappingPageBytes(identity.blockBytes);
+  const head = req.fileOffset % pageBytes;
+  const mapBytes =
+    pageBytes === PAGE_SIZE
+      ? head + req.sizeBytes
+      : Math.min(identity.sizeBytes - (req.fileOffset - head), roundUp(head + req.sizeBytes, pageBytes));
   const mapping = mapFile(
     req.fd,
     req.fileOffset - head,
-    head + req.sizeBytes,
+    mapBytes,
     PROT_READ | PROT_WRITE,
     req.writable ? MAP_SHARED : MAP_PRIVATE,
   );
@@ -290,14 +313,20 @@ export function createFileBacking(
   };
 }
 
-/** The (st_dev, st_ino, size) of a regular file, or why it cannot back a region. */
-export function regularFileIdentity(
-  fd: number,
-): { dev: bigint; ino: bigint; sizeBytes: number } | { why: string; errno: number } {
+export interface FileIdentity {
+  readonly dev: bigint;
+  readonly ino: bigint;
+  readonly sizeBytes: number;
+  /** st_blksize: the page size of a hugetlbfs file, 4 KiB for a memfd or tmpfs file. */
+  readonly blockBytes: number;
+}
+
+/** The (st_dev, st_ino, size, block size) of a regular file, or why it cannot back a region. */
+export function regularFileIdentity(fd: number): FileIdentity | { why: string; errno: number } {
   try {
     const st = fstatSync(fd, { bigint: true });
     if (!st.isFile()) return { errno: ERRNO.EINVAL, why: "descriptor is not a regular file" };
-    return { dev: st.dev, ino: st.ino, sizeBytes: Number(st.size) };
+    return { dev: st.dev, ino: st.ino, sizeBytes: Number(st.size), blockBytes: Number(st.blksize) };
   } catch {
     return { errno: ERRNO.EBADF, why: "descriptor cannot be stat'ed" };
   }

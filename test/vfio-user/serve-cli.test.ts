@@ -56,3 +56,41 @@ test("serve: the QEMU line uses vfio-user-pci's JSON socket syntax, the shared m
     `-object memory-backend-memfd,id=viommu-ram,size=2048M,share=on -machine memory-backend=viommu-ram -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"/s/a.sock"},"addr":"0x10"}' -acpitable file=/s/viot.bin`,
   );
 });
+
+test("serve: --guest-ram-backend hugetlb prints a memfd of 2 MiB huge pages; an odd size or another backend is refused", () => {
+  const opts = parseServeArgs([
+    "--socket-dir",
+    "/tmp/x",
+    "--device",
+    "edu",
+    "--guest-ram-backend",
+    "hugetlb",
+  ]);
+  assert.equal(opts.guestRamBackend, "hugetlb");
+  assert.equal(parseServeArgs(["--socket-dir", "/tmp/x", "--device", "edu"]).guestRamBackend, "memfd");
+  const line = qemuArgsLine(128, [{ slot: 0x11, socketPath: "/s/b.sock" }], undefined, "hugetlb");
+  assert.ok(
+    line.startsWith(
+      "-object memory-backend-memfd,id=viommu-ram,size=128M,share=on,hugetlb=on,hugetlbsize=2M -machine memory-backend=viommu-ram ",
+    ),
+    line,
+  );
+  assert.throws(
+    () =>
+      parseServeArgs([
+        "--socket-dir",
+        "/tmp/x",
+        "--device",
+        "edu",
+        "--guest-ram-mib",
+        "129",
+        "--guest-ram-backend",
+        "hugetlb",
+      ]),
+    /even --guest-ram-mib/,
+  );
+  assert.throws(
+    () => parseServeArgs(["--socket-dir", "/tmp/x", "--device", "edu", "--guest-ram-backend", "file"]),
+    /available: memfd, hugetlb/,
+  );
+});
