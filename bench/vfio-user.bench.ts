@@ -70,18 +70,44 @@ function startChild(argv: string[], socketPath: string): string {
 }
 
 let viommu: RemoteViommuDriver | undefined;
-/** The edu behind the served virtio-iommu: slot 0x11, endpoint ID = its BDF. */
-const EDU_ENDPOINT = 0x11 << 3;
+let viommuFloor: RemoteViommuDriver | undefined;
 
-function setupViommu(): RemoteViommuDriver {
-  if (viommu !== undefined) return viommu;
-  const d = new RemoteViommuDriver(
-    startServe(["--iommu", "virtio", "--device", "edu,iommu=on"], "virtio-iommu"),
-  );
+/** A driver of `socketPath`'s virtio-iommu, its endpoint `endpoint` attached to domain 1. */
+function driveViommu(socketPath: string, endpoint: number): RemoteViommuDriver {
+  const d = new RemoteViommuDriver(socketPath);
   d.bringUp();
-  if (d.attach(1, EDU_ENDPOINT) !== 0) throw new Error("ATTACH refused");
-  viommu = d;
+  if (d.attach(1, endpoint) !== 0) throw new Error("ATTACH refused");
   return d;
+}
+
+/** `viommu serve`: the edu behind the served virtio-iommu is at slot 0x11, endpoint ID = its BDF. */
+function setupViommu(): RemoteViommuDriver {
+  viommu ??= driveViommu(
+    startServe(["--iommu", "virtio", "--device", "edu,iommu=on"], "virtio-iommu"),
+    0x11 << 3,
+  );
+  return viommu;
+}
+
+/** bench/support/floor-serve.ts: MAP and UNMAP answered without the model; its edu is at 0x12. */
+function setupViommuFloor(): RemoteViommuDriver {
+  if (viommuFloor !== undefined) return viommuFloor;
+  const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
+  const script = fileURLToPath(new URL("./support/floor-serve.ts", import.meta.url));
+  viommuFloor = driveViommu(
+    startChild([script, "--socket-dir", dir], join(dir, "virtio-iommu.sock")),
+    0x12 << 3,
+  );
+  return viommuFloor;
+}
+
+/** `n` MAP+UNMAP pairs of 4 KiB through driver `d`. */
+function mapUnmapPairs(d: RemoteViommuDriver, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const iova = 0x10_0000 + (i & 63) * 4096;
+    if (d.map(1, iova, 4096, 0x20_0000) !== 0 || d.unmap(1, iova, 4096) !== 0)
+      throw new Error("MAP or UNMAP refused");
+  }
 }
 
 function setup(): Client {
@@ -334,12 +360,15 @@ export const cases: BenchCase[] = [
     name: "virtio-iommu MAP+UNMAP 4 KiB by doorbell (posted, as QEMU)",
     initialBatch: 50,
     run(n) {
-      const d = setupViommu();
-      for (let i = 0; i < n; i++) {
-        const iova = 0x10_0000 + (i & 63) * 4096;
-        if (d.map(1, iova, 4096, 0x20_0000) !== 0 || d.unmap(1, iova, 4096) !== 0)
-          throw new Error("MAP or UNMAP refused");
-      }
+      mapUnmapPairs(setupViommu(), n);
+    },
+  },
+  {
+    group: "vfio-user: server round trips over a UNIX socket (edu)",
+    name: "floor: the same, MAP/UNMAP answered without the model",
+    initialBatch: 50,
+    run(n) {
+      mapUnmapPairs(setupViommuFloor(), n);
     },
   },
 ];

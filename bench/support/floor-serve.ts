@@ -55,7 +55,7 @@ viommu.engine.handleRequest = (request: Uint8Array, response: Uint8Array): numbe
 };
 
 const servers: VfioUserDeviceServer[] = [];
-function serveFunction(name: string, slot: number, fn: PciFunction): void {
+function serveFunction(name: string, slot: number, fn: PciFunction, dma: DmaAddressSpace): void {
   const socketPath = join(socketDir, `${name}.sock`);
   rmSync(socketPath, { force: true });
   const server = new VfioUserDeviceServer({
@@ -63,7 +63,7 @@ function serveFunction(name: string, slot: number, fn: PciFunction): void {
     fn,
     socketPath,
     memory,
-    dma: new DmaAddressSpace(memory, IDENTITY, slot << 3),
+    dma,
     requesterId: slot << 3,
     log: (line) => process.stderr.write(`floor-serve: ${line}\n`),
   });
@@ -71,10 +71,15 @@ function serveFunction(name: string, slot: number, fn: PciFunction): void {
   servers.push(server);
 }
 
-serveFunction("virtio-iommu", IOMMU_SLOT, viommu.pci);
-// edu is an endpoint of the IOMMU (the VIOT says so, so Linux gives it an IOMMU group and
-// VFIO uses the virtio-iommu); its own DMA is identity, and the bench does not start any.
-serveFunction("edu0", EDU_SLOT, new EduDevice({ name: "edu0" }).pci);
+serveFunction("virtio-iommu", IOMMU_SLOT, viommu.pci, new DmaAddressSpace(memory, IDENTITY, IOMMU_SLOT << 3));
+// edu is an endpoint of the IOMMU (plugged, so ATTACH finds it; the VIOT names it, so Linux gives
+// it an IOMMU group and VFIO uses the virtio-iommu); the bench starts no DMA of its.
+serveFunction(
+  "edu0",
+  EDU_SLOT,
+  new EduDevice({ name: "edu0" }).pci,
+  viommu.engine.viommu.plugOrThrow({ vId: EDU_SLOT << 3, kind: "emulated", options: {} }),
+);
 const viotPath = join(socketDir, "viot.bin");
 writeFileSync(
   viotPath,
