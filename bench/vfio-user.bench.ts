@@ -23,6 +23,8 @@ import {
   closeFd,
   connectUnix,
   MAP_SHARED,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
   MsgScratch,
   mapFile,
   mappingView,
@@ -211,7 +213,9 @@ function freshPage(): number {
       dmaUnmap(f.c, FRESH_IOVA, FRESH_BYTES);
       closeFd(f.memfd);
     }
-    f.memfd = memfdCreate("bench-fresh", FRESH_BYTES);
+    // Sealable, as QEMU's memfd backend: the server maps it (an unsealable one is reached by
+    // pwrite, which takes no page faults).
+    f.memfd = memfdCreate("bench-fresh", FRESH_BYTES, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     dmaMap(f.c, f.memfd, FRESH_IOVA, FRESH_BYTES);
     f.nextPage = 0;
   }

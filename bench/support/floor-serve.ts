@@ -7,10 +7,12 @@
  * ring). So the guest's map+unmap rate against it bounds what cutting the model's work could
  * give, and the rest of the gap to QEMU is the round trip and the guest itself.
  *
- * Only for bench/vfio-user-vs-qemu.ts: the guest it serves must not DMA (edu's DMA would go
- * through mappings that were never made).
+ * Only for bench/vfio-user-vs-qemu.ts: the guest it serves must not DMA through the IOMMU (edu's
+ * DMA would go through mappings that were never made). `--disk FILE` adds a virtio-blk at 00:11.0
+ * outside the IOMMU, so the guest can run the same reads as against `viommu serve` before its
+ * maps (the same guest state when the maps run; the reads' figures mean nothing here).
  *
- *   node --import tsx bench/support/floor-serve.ts --socket-dir DIR
+ *   node --import tsx bench/support/floor-serve.ts --socket-dir DIR [--disk FILE]
  * stdout: one line of QEMU arguments, as `viommu serve` prints.
  */
 import { rmSync, writeFileSync } from "node:fs";
@@ -18,6 +20,7 @@ import { join } from "node:path";
 import { buildVirtioPciIommuViot } from "../../src/acpi/viot.ts";
 import { qemuArgsLine } from "../../src/cli/serve.ts";
 import { EduDevice } from "../../src/devices/edu.ts";
+import { VirtioBlk } from "../../src/devices/virtio-blk.ts";
 import { VirtioIommuPci } from "../../src/devices/virtio-iommu-pci.ts";
 import { DmaAddressSpace, IDENTITY } from "../../src/engine/dma-space.ts";
 import type { PciFunction } from "../../src/pci/function.ts";
@@ -27,6 +30,7 @@ import { SharedGuestMemory } from "../../src/vfio-user/shared-memory.ts";
 const REQ_MAP = 3;
 const REQ_UNMAP = 4;
 const IOMMU_SLOT = 0x10;
+const DISK_SLOT = 0x11;
 const EDU_SLOT = 0x12;
 
 const dirArg = process.argv.indexOf("--socket-dir");
@@ -35,6 +39,8 @@ if (dirArg < 0 || process.argv[dirArg + 1] === undefined) {
   process.exit(2);
 }
 const socketDir = process.argv[dirArg + 1];
+const diskArg = process.argv.indexOf("--disk");
+const diskPath = diskArg < 0 ? undefined : process.argv[diskArg + 1];
 const memory = new SharedGuestMemory();
 const viommu = new VirtioIommuPci(memory, {
   name: "virtio-iommu",
@@ -55,6 +61,7 @@ viommu.engine.handleRequest = (request: Uint8Array, response: Uint8Array): numbe
 };
 
 const servers: VfioUserDeviceServer[] = [];
+const slots: number[] = [];
 function serveFunction(name: string, slot: number, fn: PciFunction, dma: DmaAddressSpace): void {
   const socketPath = join(socketDir, `${name}.sock`);
   rmSync(socketPath, { force: true });
@@ -69,6 +76,7 @@ function serveFunction(name: string, slot: number, fn: PciFunction, dma: DmaAddr
   });
   server.listen();
   servers.push(server);
+  slots.push(slot);
 }
 
 serveFunction("virtio-iommu", IOMMU_SLOT, viommu.pci, new DmaAddressSpace(memory, IDENTITY, IOMMU_SLOT << 3));
@@ -80,6 +88,9 @@ serveFunction(
   new EduDevice({ name: "edu0" }).pci,
   viommu.engine.viommu.plugOrThrow({ vId: EDU_SLOT << 3, kind: "emulated", options: {} }),
 );
+const disk = diskPath === undefined ? undefined : new VirtioBlk({ path: diskPath, name: "disk0" });
+if (disk !== undefined)
+  serveFunction("disk0", DISK_SLOT, disk.pci, new DmaAddressSpace(memory, IDENTITY, DISK_SLOT << 3));
 const viotPath = join(socketDir, "viot.bin");
 writeFileSync(
   viotPath,
@@ -95,6 +106,7 @@ const stop = () => {
     s.close();
     rmSync(s.socketPath, { force: true });
   }
+  disk?.close();
   process.exit(0);
 };
 process.once("SIGINT", stop);
@@ -102,7 +114,7 @@ process.once("SIGTERM", stop);
 process.stdout.write(
   `${qemuArgsLine(
     1024,
-    servers.map((s, i) => ({ slot: i === 0 ? IOMMU_SLOT : EDU_SLOT, socketPath: s.socketPath })),
+    servers.map((s, i) => ({ slot: slots[i], socketPath: s.socketPath })),
     viotPath,
   )}\n`,
 );

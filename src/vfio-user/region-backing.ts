@@ -9,9 +9,10 @@
  *     A shrink would make device DMA past the new end raise SIGBUS, which kills the process.
  *     The first DMA to each 2 MiB chunk populates the chunk's page tables at once
  *     (first-touch.ts): a page fault per 4 KiB page costs ten times more here.
- *   - "file-io": any other regular file (a tmpfs or hugetlbfs file, an unsealable memfd). It is
- *     never mapped; device DMA is pread/pwrite on the descriptor, so a shrink makes later DMA
- *     past the end fail (a DMA fault), never a signal. No views: devices copy (slower).
+ *   - "file-io": any other regular file (a tmpfs or hugetlbfs file, an unsealable memfd), and a
+ *     read-only region of a hugetlb memfd. It is never mapped; device DMA is pread/pwrite on
+ *     the descriptor, so a shrink makes later DMA past the end fail (a DMA fault), never a
+ *     signal. No views: devices copy (slower).
  * A region shared without a descriptor is "message": DMA by VFIO_USER_DMA_READ/WRITE.
  *
  * Every map is refused (with a reply) when the file is not a regular file or the region extends
@@ -256,7 +257,11 @@ export function createFileBacking(
     refs: 1,
     live: true,
   };
-  if (!sealedAgainstShrink(req.fd)) {
+  const pageBytes = mappingPageBytes(identity.blockBytes);
+  // A read-only region is mapped private (below); a private mapping of a hugetlb file reserves
+  // huge pages for copies on write, which a guest's whole pool (QEMU reserves it) leaves none
+  // of: such a region (QEMU's read-only PAM and ROM areas) is reached by pread instead.
+  if (!sealedAgainstShrink(req.fd) || (!req.writable && pageBytes > PAGE_SIZE)) {
     if (!budget.takeFile()) return fail(ERRNO.ENOMEM, "no descriptors left for client regions");
     return {
       ok: true,
@@ -280,7 +285,6 @@ export function createFileBacking(
   // the mapping is widened to the huge pages the region touches (inside the file, whose size is
   // a multiple of them). A shared mapping reserves its huge pages at mmap, so running out of
   // them is a refused map, not a SIGBUS at the first DMA.
-  const pageBytes = mappingPageBytes(identity.blockBytes);
   const head = req.fileOffset % pageBytes;
   const mapBytes =
     pageBytes === PAGE_SIZE

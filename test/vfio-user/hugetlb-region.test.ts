@@ -90,6 +90,48 @@ test("regions of a hugetlb memfd at 4 KiB offsets are mapped (widened to huge pa
   }
 });
 
+test("a read-only region of a hugetlb memfd (QEMU's PAM areas) is served by pread: reads see the file, writes are dropped", {
+  skip,
+}, () => {
+  const fd = hugetlbMemfd() as number;
+  const memory = new SharedGuestMemory(new ResourceBudget(16, 16));
+  const table = memory.createClientTable(8);
+  try {
+    // The writable region puts bytes in the file; the read-only one sees them.
+    const rw = openSync(`/proc/self/fd/${fd}`, "r+");
+    assert.ok(
+      table.map({
+        iova: 0x4000_0000,
+        fileOffset: 0,
+        sizeBytes: 2 * MiB,
+        readable: true,
+        writable: true,
+        fd: rw,
+      }).ok,
+    );
+    memory.writeU32(0x4000_0000 + 0xc0010, 0xfeedf00d);
+    const ro = openSync(`/proc/self/fd/${fd}`, "r+");
+    const m = table.map({
+      iova: 0xc0000,
+      fileOffset: 0xc0000,
+      sizeBytes: 0x4000,
+      readable: true,
+      writable: false,
+      fd: ro,
+    });
+    assert.ok(m.ok, m.ok ? "" : m.why);
+    assert.equal(memory.stats().fileIoRegions, 1);
+    assert.equal(memory.readU32(0xc0010), 0xfeedf00d);
+    memory.writeU32(0xc0010, 1);
+    assert.equal(memory.readU32(0xc0010), 0xfeedf00d, "the write was dropped");
+    assert.equal(memory.stats().droppedReadOnlyWrites, 1);
+  } finally {
+    table.close();
+    memory.drainReleases();
+    closeFd(fd);
+  }
+});
+
 test("a region past the end of a hugetlb file is still refused (no widening past the file)", { skip }, () => {
   const fd = hugetlbMemfd() as number;
   const memory = new SharedGuestMemory(new ResourceBudget(16, 16));
