@@ -6,9 +6,9 @@
 import { NULL_SINK } from "../src/devices/uart16550.ts";
 import { Tracer } from "../src/engine/trace.ts";
 import { Kvm } from "../src/kvm/system.ts";
-import { builtinGuestImage } from "../src/vmm/builtin-guest.ts";
-import { Machine } from "../src/vmm/machine.ts";
-import type { IommuChoice } from "../src/vmm/platform.ts";
+import { builtinGuestImage } from "../src/vmm/x86/builtin-guest.ts";
+import { Machine } from "../src/vmm/x86/machine.ts";
+import type { IommuChoice } from "../src/vmm/x86/platform.ts";
 import type { BenchCase } from "./harness.ts";
 
 export function loopKernel(body: number[]): Uint8Array {

@@ -32,8 +32,8 @@ import {
   NOTIFY_OFF_MULTIPLIER,
   NOTIFY_OFFSET,
 } from "../src/virtio/pci-transport.ts";
-import { PCI_ECAM_BASE, ramLayout } from "../src/vmm/layout.ts";
-import { Platform } from "../src/vmm/platform.ts";
+import { PCI_ECAM_BASE, ramLayout } from "../src/vmm/x86/layout.ts";
+import { Platform } from "../src/vmm/x86/platform.ts";
 import { type Bdf, PciDriver } from "../test/support/pci-driver.ts";
 import type { BenchCase } from "./harness.ts";
 import { machineRunning } from "./kvm.bench.ts";

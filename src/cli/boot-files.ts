@@ -5,9 +5,9 @@
  * KVM lab boots L1 for it: tools/guest-lab/kvm-lab-cli.ts).
  */
 import { readFileSync } from "node:fs";
-import { builtinGuestImage } from "../vmm/builtin-guest.ts";
 import { isElf } from "../vmm/elf.ts";
-import { findMultibootHeader } from "../vmm/multiboot.ts";
+import { builtinGuestImage } from "../vmm/x86/builtin-guest.ts";
+import { findMultibootHeader } from "../vmm/x86/multiboot.ts";
 import { fileProblem } from "./file-errors.ts";
 import type { RunOptions } from "./run-options.ts";
 

@@ -11,8 +11,8 @@ import { KvmUnavailableError } from "../kvm/system.ts";
 import { SMMU_GPAS } from "../vmm/arm64/layout.ts";
 import { Arm64Machine, dtIommuFor, layoutArm64Linux, VCPU0_MPIDR } from "../vmm/arm64/machine.ts";
 import type { Arm64IommuChoice } from "../vmm/arm64/platform.ts";
-import { describeStop, type RunResult } from "../vmm/machine.ts";
-import type { DeviceChoice } from "../vmm/platform.ts";
+import { describeStop, type RunResult } from "../vmm/x86/machine.ts";
+import type { DeviceChoice } from "../vmm/x86/platform.ts";
 import type { RunOptions } from "./run-options.ts";
 
 export interface Arm64RunContext {

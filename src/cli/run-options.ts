@@ -7,7 +7,7 @@
  * `--device` kind is adding a row.
  */
 import { normalizeBdf, VfioSetupError } from "../vfio/sysfs.ts";
-import { platformPortOverlap } from "../vmm/layout.ts";
+import { platformPortOverlap } from "../vmm/x86/layout.ts";
 import { parseVtdConfig, VtdConfigError } from "../vtd/config.ts";
 import {
   formatUsage,

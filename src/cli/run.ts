@@ -7,11 +7,11 @@ import { LineBufferedSink, NULL_SINK, type SerialSink } from "../devices/uart165
 import { formatTraceEvent, Tracer } from "../engine/trace.ts";
 import { KvmUnavailableError, kvmArchitecture } from "../kvm/system.ts";
 import { VfioPciDevice } from "../vfio/device.ts";
-import { BUILTIN_PASS_STATUS } from "../vmm/builtin-guest.ts";
-import { describeStop, Machine, type RunResult } from "../vmm/machine.ts";
-import type { DeviceChoice } from "../vmm/platform.ts";
-import { SerialInput } from "../vmm/serial-input.ts";
-import { formatSummary } from "../vmm/summary.ts";
+import { BUILTIN_PASS_STATUS } from "../vmm/x86/builtin-guest.ts";
+import { describeStop, Machine, type RunResult } from "../vmm/x86/machine.ts";
+import type { DeviceChoice } from "../vmm/x86/platform.ts";
+import { SerialInput } from "../vmm/x86/serial-input.ts";
+import { formatSummary } from "../vmm/x86/summary.ts";
 import { type BootFiles, bootKind, readBootFiles } from "./boot-files.ts";
 import { runArm64 } from "./run-arm64.ts";
 import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";

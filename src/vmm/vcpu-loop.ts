@@ -14,7 +14,7 @@ import { alarm } from "../kvm/libc.ts";
 import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
 import { RUN } from "../kvm/structs.ts";
 import type { VcpuExit } from "../kvm/vcpu.ts";
-import type { StopReason } from "./machine.ts";
+import type { StopReason } from "./x86/machine.ts";
 
 /** What the loop needs of a vCPU (`Vcpu`; tests give it scripted exits). */
 export interface LoopVcpu {

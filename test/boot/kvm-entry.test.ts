@@ -1,6 +1,6 @@
 // @needs kvm (runs in the KVM lab where /dev/kvm is missing: tools/guest-lab/kvm-tests.mjs)
 /**
- * The 64-bit boot protocol state, applied by the micro-VMM (src/cli/run.ts -> src/vmm/linux.ts)
+ * The 64-bit boot protocol state, applied by the micro-VMM (src/cli/run.ts -> src/vmm/x86/linux.ts)
  * to a real KVM vCPU: a synthetic bzImage whose 64-bit entry (load + 0x200) checks, from inside
  * the guest, what boot.rst promises a kernel at that point:
  *   - the CPU executes 64-bit code (a REX.W shift of a 33-bit immediate yields 1);

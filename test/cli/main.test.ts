@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { Kvm } from "../../src/kvm/system.ts";
-import { REPO_ROOT } from "../../src/vmm/builtin-guest.ts";
+import { REPO_ROOT } from "../../src/vmm/x86/builtin-guest.ts";
 import { ensureBuild } from "../../tools/build/js-build.mjs";
 
 const BIN = join(REPO_ROOT, "bin", "viommu.mjs");

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { parseServeArgs } from "../../src/cli/serve.ts";
 import { formatTable } from "../../src/cli/serve-summary.ts";
-import { REPO_ROOT } from "../../src/vmm/builtin-guest.ts";
+import { REPO_ROOT } from "../../src/vmm/x86/builtin-guest.ts";
 import { ensureBuild } from "../../tools/build/js-build.mjs";
 
 const BIN = join(REPO_ROOT, "bin", "viommu.mjs");

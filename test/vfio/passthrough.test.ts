@@ -15,7 +15,7 @@ import type { MsiMessage } from "../../src/platform/interrupts.ts";
 import { mappablePieces } from "../../src/vfio/bar-mmap.ts";
 import { sparseMmapAreas, type VfioPciDevice, type VfioRegion } from "../../src/vfio/device.ts";
 import { VfioPciFunction } from "../../src/vfio/pci-passthrough.ts";
-import { DeviceMsiRoutes } from "../../src/vmm/device-msi.ts";
+import { DeviceMsiRoutes } from "../../src/vmm/x86/device-msi.ts";
 
 type FakeOptions = {
   msiVectors?: number;

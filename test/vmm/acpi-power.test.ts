@@ -3,10 +3,10 @@ import { test } from "node:test";
 import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
-import { AcpiPower, type PowerRequest } from "../../src/vmm/acpi-power.ts";
-import { ramLayout } from "../../src/vmm/layout.ts";
-import { acpiTablesFor } from "../../src/vmm/linux.ts";
-import { Platform } from "../../src/vmm/platform.ts";
+import { AcpiPower, type PowerRequest } from "../../src/vmm/x86/acpi-power.ts";
+import { ramLayout } from "../../src/vmm/x86/layout.ts";
+import { acpiTablesFor } from "../../src/vmm/x86/linux.ts";
+import { Platform } from "../../src/vmm/x86/platform.ts";
 
 function power() {
   const requests: PowerRequest[] = [];

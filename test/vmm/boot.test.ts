@@ -157,8 +157,8 @@ test("a guest write of v to isa-debug-exit ends the run with (v << 1) | 1; EAX h
 
 test("Machine.stats(): exits by kind, MSIs, IOMMU counters after the built-in guest", async (t) => {
   if (!KVM) return t.skip(NO_KVM);
-  const { Machine } = await import("../../src/vmm/machine.ts");
-  const { builtinGuestImage } = await import("../../src/vmm/builtin-guest.ts");
+  const { Machine } = await import("../../src/vmm/x86/machine.ts");
+  const { builtinGuestImage } = await import("../../src/vmm/x86/builtin-guest.ts");
   const { NULL_SINK } = await import("../../src/devices/uart16550.ts");
   const { Tracer } = await import("../../src/engine/trace.ts");
   const m = new Machine({
@@ -184,7 +184,7 @@ test("Machine.stats(): exits by kind, MSIs, IOMMU counters after the built-in gu
 
 test("a device model that throws stops the machine with its message (status 2), not a VMM crash", async (t) => {
   if (!KVM) return t.skip(NO_KVM);
-  const { Machine, describeStop } = await import("../../src/vmm/machine.ts");
+  const { Machine, describeStop } = await import("../../src/vmm/x86/machine.ts");
   const { NULL_SINK } = await import("../../src/devices/uart16550.ts");
   const { Tracer } = await import("../../src/engine/trace.ts");
   const m = new Machine({

@@ -10,10 +10,10 @@ import { Ioapic } from "../../src/devices/ioapic.ts";
 import { CapturingSink, Uart16550 } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import type { AccessSize, IoHandler } from "../../src/platform/bus.ts";
-import { builtinGuestImage } from "../../src/vmm/builtin-guest.ts";
 import { ImageError } from "../../src/vmm/elf.ts";
-import { e820Map, ramLayout } from "../../src/vmm/layout.ts";
-import { loadMultiboot } from "../../src/vmm/multiboot.ts";
+import { builtinGuestImage } from "../../src/vmm/x86/builtin-guest.ts";
+import { e820Map, ramLayout } from "../../src/vmm/x86/layout.ts";
+import { loadMultiboot } from "../../src/vmm/x86/multiboot.ts";
 import { prng } from "../support/prng.ts";
 
 const SIZES: AccessSize[] = [1, 2, 4, 8];

@@ -13,9 +13,9 @@ import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
 import { Kvm } from "../../src/kvm/system.ts";
-import { ramLayout } from "../../src/vmm/layout.ts";
-import { acpiTablesFor, linuxMemoryMap, planLinuxBootFor } from "../../src/vmm/linux.ts";
-import { type DeviceChoice, type IommuChoice, Platform } from "../../src/vmm/platform.ts";
+import { ramLayout } from "../../src/vmm/x86/layout.ts";
+import { acpiTablesFor, linuxMemoryMap, planLinuxBootFor } from "../../src/vmm/x86/linux.ts";
+import { type DeviceChoice, type IommuChoice, Platform } from "../../src/vmm/x86/platform.ts";
 
 const MiB = 1 << 20;
 

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { ImageError } from "../../src/vmm/elf.ts";
-import { E820_RAM, E820_RESERVED, e820Bytes, e820Map, ramLayout } from "../../src/vmm/layout.ts";
-import { findMultibootHeader, loadMultiboot, MB_INFO_GPA } from "../../src/vmm/multiboot.ts";
+import { E820_RAM, E820_RESERVED, e820Bytes, e820Map, ramLayout } from "../../src/vmm/x86/layout.ts";
+import { findMultibootHeader, loadMultiboot, MB_INFO_GPA } from "../../src/vmm/x86/multiboot.ts";
 
 const MiB = 1 << 20;
 
@@ -129,7 +129,7 @@ test("a kernel that does not fit in RAM is refused, not loaded partially", () =>
 });
 
 test("ELF kernels load by program headers (the built-in guest links at 1 MiB)", async () => {
-  const { builtinGuestImage } = await import("../../src/vmm/builtin-guest.ts");
+  const { builtinGuestImage } = await import("../../src/vmm/x86/builtin-guest.ts");
   const { mem, map } = memory();
   const boot = loadMultiboot(mem, builtinGuestImage(), { cmdline: "", modules: [], memoryMap: map });
   assert.equal(boot.loadedBy, "elf");

@@ -7,9 +7,9 @@ import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
 import { UNCLAIMED_ADDRESSES_KEPT } from "../../src/platform/bus.ts";
-import { InterruptFabric, intxIoapicPin } from "../../src/vmm/interrupts.ts";
-import { PLATFORM_PORTS, ramLayout } from "../../src/vmm/layout.ts";
-import { PCI_IO_BASE, PCI_IO_END, Platform } from "../../src/vmm/platform.ts";
+import { InterruptFabric, intxIoapicPin } from "../../src/vmm/x86/interrupts.ts";
+import { PLATFORM_PORTS, ramLayout } from "../../src/vmm/x86/layout.ts";
+import { PCI_IO_BASE, PCI_IO_END, Platform } from "../../src/vmm/x86/platform.ts";
 
 const MiB = 1 << 20;
 

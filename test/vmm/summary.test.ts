@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { formatCounters } from "../../src/vmm/summary.ts";
+import { formatCounters } from "../../src/vmm/x86/summary.ts";
 
 test("run summary: a device's counters show the non-zero ones, nested records with dotted names", () => {
   assert.equal(

@@ -20,10 +20,10 @@ import type { Vcpu } from "../../kvm/vcpu.ts";
 import { Vm } from "../../kvm/vm.ts";
 import type { AccessSize } from "../../platform/bus.ts";
 import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
-import type { RunResult, StopReason } from "../machine.ts";
-import { statusFor } from "../machine.ts";
-import type { DeviceChoice } from "../platform.ts";
 import { runOneVcpu } from "../vcpu-loop.ts";
+import type { RunResult, StopReason } from "../x86/machine.ts";
+import { statusFor } from "../x86/machine.ts";
+import type { DeviceChoice } from "../x86/platform.ts";
 import { buildDeviceTree, type DtIommu } from "./device-tree.ts";
 import {
   GIC_DIST_GPA,

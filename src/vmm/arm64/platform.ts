@@ -18,7 +18,7 @@ import type {
   VirtioIommuEndpointOptions,
 } from "../../virtio-iommu/endpoints.ts";
 import { placeEmulatedDevice } from "../emulated-devices.ts";
-import type { DeviceChoice, PlacedDevice } from "../platform.ts";
+import type { DeviceChoice, PlacedDevice } from "../x86/platform.ts";
 import { ECAM_BYTES } from "./device-tree.ts";
 import {
   hostStreamId,

@@ -6,48 +6,48 @@
  * PCI slots: 00:00.0 host bridge, 00:01.0 virtio-iommu-pci (with --iommu virtio), then the
  * devices in command-line order from 00:02.0.
  */
-import { DebugExit } from "../devices/debug-exit.ts";
+import { DebugExit } from "../../devices/debug-exit.ts";
 import {
   FW_CFG_DMA_IOBASE,
   FW_CFG_DMA_IOSIZE,
   FW_CFG_IOBASE,
   FW_CFG_IOSIZE,
   FwCfg,
-} from "../devices/fw-cfg.ts";
-import { IOAPIC_SIZE, Ioapic } from "../devices/ioapic.ts";
+} from "../../devices/fw-cfg.ts";
+import { IOAPIC_SIZE, Ioapic } from "../../devices/ioapic.ts";
 import {
   COM1_IOBASE,
   COM1_IRQ,
   type SerialSink,
   type SerialSource,
   Uart16550,
-} from "../devices/uart16550.ts";
-import { VirtioIommuPci } from "../devices/virtio-iommu-pci.ts";
-import { PERM_RW } from "../engine/access.ts";
-import { DmaAddressSpace, IDENTITY } from "../engine/dma-space.ts";
-import type { GuestMemory } from "../engine/guest-memory.ts";
-import type { HostIommu } from "../engine/host-iommu.ts";
-import { HostNotifier } from "../engine/host-notifier.ts";
-import type { Tracer } from "../engine/trace.ts";
-import { ViommuRegistry } from "../framework/registry.ts";
-import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../pci/bus.ts";
-import type { PciFunction } from "../pci/function.ts";
-import { type AccessSize, IoBus, type IoHandler } from "../platform/bus.ts";
-import type { MsiMessage } from "../platform/interrupts.ts";
-import type { VfioPciDevice } from "../vfio/device.ts";
-import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
+} from "../../devices/uart16550.ts";
+import { VirtioIommuPci } from "../../devices/virtio-iommu-pci.ts";
+import { PERM_RW } from "../../engine/access.ts";
+import { DmaAddressSpace, IDENTITY } from "../../engine/dma-space.ts";
+import type { GuestMemory } from "../../engine/guest-memory.ts";
+import type { HostIommu } from "../../engine/host-iommu.ts";
+import { HostNotifier } from "../../engine/host-notifier.ts";
+import type { Tracer } from "../../engine/trace.ts";
+import { ViommuRegistry } from "../../framework/registry.ts";
+import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../../pci/bus.ts";
+import type { PciFunction } from "../../pci/function.ts";
+import { type AccessSize, IoBus, type IoHandler } from "../../platform/bus.ts";
+import type { MsiMessage } from "../../platform/interrupts.ts";
+import type { VfioPciDevice } from "../../vfio/device.ts";
+import { VfioPciFunction } from "../../vfio/pci-passthrough.ts";
 import type {
   Endpoint as VirtioIommuEndpoint,
   VirtioIommuEndpointOptions,
-} from "../virtio-iommu/endpoints.ts";
-import { dmarForConfig } from "../vtd/dmar.ts";
+} from "../../virtio-iommu/endpoints.ts";
+import { dmarForConfig } from "../../vtd/dmar.ts";
 import type {
   EndpointOptions as VtdEndpointOptions,
   EndpointState as VtdEndpointState,
-} from "../vtd/options.ts";
-import { VtdUnit } from "../vtd/vtd.ts";
+} from "../../vtd/options.ts";
+import { VtdUnit } from "../../vtd/vtd.ts";
+import { placeEmulatedDevice } from "../emulated-devices.ts";
 import { ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, AcpiPower, type PowerRequest } from "./acpi-power.ts";
-import { placeEmulatedDevice } from "./emulated-devices.ts";
 import { InterruptFabric, intxIoapicPin, type MsiTarget } from "./interrupts.ts";
 import {
   e820Bytes,

@@ -5,8 +5,8 @@
  * value resets it. This VMM does not restart a guest: both end the run (like QEMU's
  * -no-reboot), with the guest's request as the stop reason.
  */
-import { ioPortByte } from "../acpi/gas.ts";
-import type { AccessSize, IoHandler } from "../platform/bus.ts";
+import { ioPortByte } from "../../acpi/gas.ts";
+import type { AccessSize, IoHandler } from "../../platform/bus.ts";
 
 export const ACPI_POWER_IOBASE = 0x600;
 export const ACPI_POWER_IOSIZE = 3;

@@ -10,7 +10,7 @@
  * input a device's INTx reaches is its IOAPIC input (16-23): that is the value written, and a
  * guest that programs its IOAPIC entry from Interrupt Line gets the interrupt.
  */
-import type { PciBus } from "../pci/bus.ts";
+import type { PciBus } from "../../pci/bus.ts";
 
 const REG_COMMAND = 0x04;
 const REG_BAR0 = 0x10;

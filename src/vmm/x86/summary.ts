@@ -2,8 +2,8 @@
  * The VMM's end-of-run summary: how the run ended, KVM exits, and what the IOMMU and the
  * devices did (mappings, IOTLB hits and misses, faults by reason, interrupts).
  */
-import type { HostNotifierStats } from "../engine/host-notifier.ts";
-import type { IotlbStats } from "../engine/iotlb.ts";
+import type { HostNotifierStats } from "../../engine/host-notifier.ts";
+import type { IotlbStats } from "../../engine/iotlb.ts";
 import type { Machine, RunResult } from "./machine.ts";
 import { describeStop } from "./machine.ts";
 

@@ -4,12 +4,12 @@
  * device's INTx eventfd raises the line, and the guest's EOI of the pin's IOAPIC vector ends it
  * (`VfioPciFunction.intxFired` / `intxEoi`).
  */
-import type { Vm } from "../kvm/vm.ts";
-import { PCI_INTERRUPT_PIN } from "../pci/config-space.ts";
-import type { GuestMemoryMapper } from "../vfio/bar-mmap.ts";
-import { VfioPciFunction } from "../vfio/pci-passthrough.ts";
+import type { Vm } from "../../kvm/vm.ts";
+import { PCI_INTERRUPT_PIN } from "../../pci/config-space.ts";
+import type { GuestMemoryMapper } from "../../vfio/bar-mmap.ts";
+import { VfioPciFunction } from "../../vfio/pci-passthrough.ts";
+import { EventfdWatch } from "../eventfd-watch.ts";
 import type { DeviceMsiRoutes } from "./device-msi.ts";
-import { EventfdWatch } from "./eventfd-watch.ts";
 import { intxIoapicPin } from "./interrupts.ts";
 import type { Platform } from "./platform.ts";
 

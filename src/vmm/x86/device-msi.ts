@@ -5,9 +5,9 @@
  * submits (KVM_SET_GSI_ROUTING replaces the whole table) and recomputes them when the guest
  * reprograms a vector or changes its IRTEs (as QEMU's kvm_update_msi_routes_all).
  */
-import type { MsiRoute, Vm } from "../kvm/vm.ts";
-import type { MsiMessage } from "../platform/interrupts.ts";
-import type { MsiWiring } from "../vfio/pci-passthrough.ts";
+import type { MsiRoute, Vm } from "../../kvm/vm.ts";
+import type { MsiMessage } from "../../platform/interrupts.ts";
+import type { MsiWiring } from "../../vfio/pci-passthrough.ts";
 
 export interface MsiTranslator {
   /** The message after interrupt remapping, or null when remapping blocks it. */

@@ -6,16 +6,19 @@
  * with device state shared across them; `cpus > 1` is refused with a clear message.
  */
 
-import { IOAPIC_PINS } from "../devices/ioapic.ts";
-import type { SerialSink, SerialSource } from "../devices/uart16550.ts";
-import { GuestMemory } from "../engine/guest-memory.ts";
-import type { Tracer } from "../engine/trace.ts";
-import { type HostMapping, mapGuestRam } from "../kvm/guest-ram.ts";
-import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../kvm/ioctls.ts";
-import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
-import { Kvm } from "../kvm/system.ts";
-import type { Vcpu } from "../kvm/vcpu.ts";
-import { type MsiRoute, Vm } from "../kvm/vm.ts";
+import { IOAPIC_PINS } from "../../devices/ioapic.ts";
+import type { SerialSink, SerialSource } from "../../devices/uart16550.ts";
+import { GuestMemory } from "../../engine/guest-memory.ts";
+import type { Tracer } from "../../engine/trace.ts";
+import { type HostMapping, mapGuestRam } from "../../kvm/guest-ram.ts";
+import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../../kvm/ioctls.ts";
+import { SIGINT, SIGTERM, SignalLatch } from "../../kvm/signal-latch.ts";
+import { Kvm } from "../../kvm/system.ts";
+import type { Vcpu } from "../../kvm/vcpu.ts";
+import { type MsiRoute, Vm } from "../../kvm/vm.ts";
+import { runOneVcpu } from "../vcpu-loop.ts";
+import { REQUEST, SLOT, SLOT_STATE, STOP } from "../vcpu-slot.ts";
+import { VcpuThreads } from "../vcpu-threads.ts";
 import { AssignedDevices } from "./assigned-devices.ts";
 import { describeCpuState, enterFlatProtectedMode } from "./cpu-state.ts";
 import { DeviceMsiRoutes } from "./device-msi.ts";
@@ -23,9 +26,6 @@ import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout }
 import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
 import { type DeviceChoice, type IommuChoice, Platform } from "./platform.ts";
-import { runOneVcpu } from "./vcpu-loop.ts";
-import { REQUEST, SLOT, SLOT_STATE, STOP } from "./vcpu-slot.ts";
-import { VcpuThreads } from "./vcpu-threads.ts";
 
 export interface MachineConfig {
   readonly cpus: number;

@@ -2,9 +2,9 @@
  * Initial vCPU state for the boot protocols: flat 32-bit protected mode (Multiboot, PVH).
  * The GDT is written into guest RAM so the guest may reload its segment registers.
  */
-import type { GuestMemory } from "../engine/guest-memory.ts";
-import type { Segment } from "../kvm/structs.ts";
-import type { Vcpu } from "../kvm/vcpu.ts";
+import type { GuestMemory } from "../../engine/guest-memory.ts";
+import type { Segment } from "../../kvm/structs.ts";
+import type { Vcpu } from "../../kvm/vcpu.ts";
 
 export const BOOT_GDT_GPA = 0x500;
 export const BOOT_CODE32_SELECTOR = 0x08;

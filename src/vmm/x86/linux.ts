@@ -8,21 +8,21 @@
  * ECAM (MCFG), a VIOT listing the iommu=on endpoints with --iommu virtio, and the VT-d unit's
  * DMAR (built by src/vtd/) with --iommu intel.
  */
-import { COM1, type IntxRoute } from "../acpi/dsdt.ts";
+import { COM1, type IntxRoute } from "../../acpi/dsdt.ts";
 import {
   type AcpiTableSet,
   BIOS_RSDP_SCAN_END_GPA,
   BIOS_RSDP_SCAN_START_GPA,
   layoutAcpiTables,
-} from "../acpi/layout.ts";
-import type { ViotDescription } from "../acpi/viot.ts";
-import { APIC_AREA, buildMemoryMap, type MemoryMap } from "../boot/e820.ts";
-import { type LinuxBootPlan, planLinuxBoot } from "../boot/linux-boot.ts";
-import type { EntryState } from "../boot/long-mode.ts";
-import type { SegmentState } from "../boot/segments.ts";
-import type { GuestMemory } from "../engine/guest-memory.ts";
-import type { Segment, SegmentName } from "../kvm/structs.ts";
-import type { Vcpu } from "../kvm/vcpu.ts";
+} from "../../acpi/layout.ts";
+import type { ViotDescription } from "../../acpi/viot.ts";
+import { APIC_AREA, buildMemoryMap, type MemoryMap } from "../../boot/e820.ts";
+import { type LinuxBootPlan, planLinuxBoot } from "../../boot/linux-boot.ts";
+import type { EntryState } from "../../boot/long-mode.ts";
+import type { SegmentState } from "../../boot/segments.ts";
+import type { GuestMemory } from "../../engine/guest-memory.ts";
+import type { Segment, SegmentName } from "../../kvm/structs.ts";
+import type { Vcpu } from "../../kvm/vcpu.ts";
 import { ACPI_POWER_FADT, S5_SLEEP_TYPE } from "./acpi-power.ts";
 import { intxIoapicPin, PCI_INTX_FIRST_IOAPIC_PIN } from "./interrupts.ts";
 import { IOAPIC_GPA, LOW_RAM_MAX_END, PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_END } from "./layout.ts";

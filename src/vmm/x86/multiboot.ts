@@ -6,8 +6,8 @@
  * Machine state at entry (spec 3.2): EAX = 0x2BADB002, EBX = info address, 32-bit protected
  * mode with flat segments, paging off, interrupts off.
  */
-import type { GuestMemory } from "../engine/guest-memory.ts";
-import { ImageError, isElf, PT_LOAD, parseElf } from "./elf.ts";
+import type { GuestMemory } from "../../engine/guest-memory.ts";
+import { ImageError, isElf, PT_LOAD, parseElf } from "../elf.ts";
 import { E820_RAM, type E820Entry, LEGACY_HOLE_END } from "./layout.ts";
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;

@@ -10,9 +10,9 @@
  * the interrupt range (0xFEEx_xxxx) is a memory write in real hardware; the VMM does not turn it
  * into an interrupt, and counts it.
  */
-import type { Ioapic } from "../devices/ioapic.ts";
-import type { Tracer } from "../engine/trace.ts";
-import type { InterruptSink, MsiMessage } from "../platform/interrupts.ts";
+import type { Ioapic } from "../../devices/ioapic.ts";
+import type { Tracer } from "../../engine/trace.ts";
+import type { InterruptSink, MsiMessage } from "../../platform/interrupts.ts";
 
 /** Where messages end up: KVM_SIGNAL_MSI in the VMM, a recorder in tests. */
 export interface MsiTarget {
