@@ -7,6 +7,8 @@
  * `--device` kind is adding a row.
  */
 import { normalizeBdf, VfioSetupError } from "../vfio/sysfs.ts";
+import type { DeviceRequest } from "../vmm/device-choice.ts";
+import type { IommuRequest } from "../vmm/vmm-machine.ts";
 import { platformPortOverlap } from "../vmm/x86/layout.ts";
 import { parseVtdConfig, VtdConfigError } from "../vtd/config.ts";
 import {
@@ -29,16 +31,13 @@ export interface RunOptions {
   /** Multiboot modules ("path args"), in order. */
   readonly modules: readonly string[];
   readonly cmdline: string;
-  readonly iommu:
-    | { readonly kind: "none" }
-    | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
-    | { readonly kind: "intel"; readonly spec: string }
-    | { readonly kind: "smmuv3"; readonly stage: SmmuStageOption; readonly instances: number };
+  readonly iommu: IommuRequest;
   readonly devices: readonly DeviceOption[];
   readonly serial:
     | { readonly kind: "tty" }
     | { readonly kind: "null" }
     | { readonly kind: "file"; readonly path: string };
+  /** DEFAULT_DEBUG_EXIT itself unless --debug-exit was given. */
   readonly debugExit: { readonly iobase: number; readonly iosize: number };
   readonly timeoutSeconds: number;
   readonly trace?: string;
@@ -47,11 +46,10 @@ export interface RunOptions {
   readonly help: boolean;
 }
 
-export type DeviceOption =
-  | { readonly kind: "edu" | "rng"; readonly iommu: boolean }
-  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean }
-  /** A host PCI device assigned through VFIO; `host` is its normalized BDF (DDDD:BB:DD.F). */
-  | { readonly kind: "vfio"; readonly iommu: boolean; readonly host: string };
+export type DeviceOption = DeviceRequest;
+
+/** QEMU's isa-debug-exit ports: the default, kept as this object so a given --debug-exit shows. */
+export const DEFAULT_DEBUG_EXIT: RunOptions["debugExit"] = Object.freeze({ iobase: 0x501, iosize: 2 });
 
 export class RunOptionError extends Error {
   constructor(message: string) {
@@ -105,7 +103,7 @@ type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 type RunState = Mutable<RunOptions> & { modules: string[]; devices: DeviceOption[] };
 
 /** Translation stages an SMMUv3 offers (IDR0.S1P / S2P): one of them, or both ("nested"). */
-export type SmmuStageOption = "1" | "2" | "nested";
+export type SmmuStageOption = Extract<IommuRequest, { kind: "smmuv3" }>["stage"];
 
 /** The values of `--iommu KIND[,props]`. */
 interface IommuKindRow {
@@ -489,7 +487,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
     iommu: { kind: "none" },
     devices: [],
     serial: { kind: "tty" },
-    debugExit: { iobase: 0x501, iosize: 2 },
+    debugExit: DEFAULT_DEBUG_EXIT,
     timeoutSeconds: 0,
     trace: undefined,
     stdin: false,

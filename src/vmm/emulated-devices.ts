@@ -9,7 +9,7 @@ import { VirtioRng } from "../devices/virtio-rng.ts";
 import type { Tracer } from "../engine/trace.ts";
 import type { PciBus, PlaceOptions } from "../pci/bus.ts";
 import { VirtioPciTransport } from "../virtio/pci-transport.ts";
-import type { DeviceChoice, PlacedDevice } from "./x86/platform.ts";
+import type { DeviceChoice, PlacedDevice } from "./device-choice.ts";
 
 export type EmulatedDeviceChoice = Extract<DeviceChoice, { kind: "edu" | "rng" | "disk" }>;
 

@@ -1,5 +1,6 @@
 /**
- * The single-vCPU run loop both machines use (x86 `Machine` with one vCPU, `Arm64Machine`):
+ * The run loop both machines use: `runVcpus` runs one vCPU here (`runOneVcpu`) or several on
+ * threads (vcpu-threads.ts), with the same exit handlers. The single-vCPU loop:
  * KVM_RUN, each exit handed to the machine's handlers, and everything that is not about the
  * architecture kept here: SIGINT/SIGTERM through latches (their JS listeners cannot run while
  * KVM_RUN blocks the event loop), the SIGALRM deadline, the stop reason of each terminal exit,
@@ -14,7 +15,8 @@ import { alarm } from "../kvm/libc.ts";
 import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
 import { RUN } from "../kvm/structs.ts";
 import type { VcpuExit } from "../kvm/vcpu.ts";
-import type { StopReason } from "./x86/machine.ts";
+import type { StopReason } from "./run-result.ts";
+import { runVcpuThreads, type ThreadedVcpus } from "./vcpu-threads.ts";
 
 /** What the loop needs of a vCPU (`Vcpu`; tests give it scripted exits). */
 export interface LoopVcpu {
@@ -39,12 +41,47 @@ export interface VcpuExitHandlers {
   ) => void;
   /** An EOI for a level-triggered IOAPIC vector (x86 split irqchip). */
   readonly eoi?: (vector: number) => void;
-  /** A signal interrupted KVM_RUN, before the loop checks its latches and the deadline. */
+  /**
+   * Host input to pick up (x86: COM1's): a signal interrupted KVM_RUN, before the loop checks
+   * its latches and the deadline; with vCPU threads, every pass of the device thread's loop.
+   */
   readonly interrupted?: () => void;
   /** The guest's instruction pointer for an internal-error stop, or -1 when unknown. */
   readonly instructionPointer: () => number;
   /** A stop a device asked for (debug-exit, guest power-off), or null; checked after each exit. */
   readonly pendingStop: () => StopReason | null;
+  /**
+   * A vCPU's own exit stopped the machine (vCPU `index`, now out of KVM_RUN): the machine may
+   * add what it can read of that vCPU (x86: its registers at a shutdown).
+   */
+  readonly vcpuStopped?: (stop: StopReason, index: number) => StopReason;
+}
+
+/** What `runVcpus` needs of a machine: its vCPUs (the first boots) and /dev/kvm (for threads). */
+export interface RunnableVcpus extends ThreadedVcpus {
+  readonly vcpus: readonly (LoopVcpu & {
+    readonly id: number;
+    readonly fd: number;
+    readonly exits: number;
+  })[];
+}
+
+/**
+ * Runs the machine's vCPUs until a stop: one on this thread (lowest latency), more each on a
+ * thread of its own with the devices on this one. `exits` counts KVM_RUN returns.
+ */
+export function runVcpus(
+  machine: RunnableVcpus,
+  handlers: VcpuExitHandlers,
+  timeoutSeconds: number,
+): { stop: StopReason; wallMs: number; exits: number } {
+  const [first, ...others] = machine.vcpus;
+  if (first === undefined) throw new Error("a machine without vCPUs cannot run");
+  if (others.length > 0) return runVcpuThreads(machine, handlers, timeoutSeconds);
+  const before = first.exits;
+  const r = runOneVcpu(first, handlers, timeoutSeconds);
+  const stop = handlers.vcpuStopped?.(r.stop, 0) ?? r.stop;
+  return { stop, wallMs: r.wallMs, exits: first.exits - before };
 }
 
 /**

@@ -1,13 +1,26 @@
 /**
- * The device thread's side of --cpus > 1: one worker per vCPU (src/vmm/vcpu-worker.ts), each
- * blocking in KVM_RUN, talking to this thread through its slot (src/vmm/vcpu-slot.ts). All
- * device models stay on this thread, so they need no locking: a vCPU's access is serviced
- * while that vCPU waits, as a hardware access stalls the CPU that issued it.
+ * The device thread's side of --cpus > 1, on either architecture: one worker per vCPU
+ * (src/vmm/vcpu-worker.ts), each blocking in KVM_RUN, talking to this thread through its slot
+ * (src/vmm/vcpu-slot.ts). All device models stay on this thread, so they need no locking: a
+ * vCPU's access is serviced while that vCPU waits, as a hardware access stalls the CPU that
+ * issued it. `runVcpuThreads` is the device thread's loop; the machine gives it the same exit
+ * handlers as the single-vCPU loop (vcpu-loop.ts).
  */
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { installKickHandler, kickThread } from "../kvm/kick.ts";
-import { DATA_OFFSET, SLOT, SLOT_BYTES, SLOT_STATE, type VcpuWorkerData } from "./vcpu-slot.ts";
+import { SIGINT, SIGTERM, SignalLatch } from "../kvm/signal-latch.ts";
+import type { StopReason } from "./run-result.ts";
+import type { VcpuExitHandlers } from "./vcpu-loop.ts";
+import {
+  DATA_OFFSET,
+  REQUEST,
+  SLOT,
+  SLOT_BYTES,
+  SLOT_STATE,
+  STOP,
+  type VcpuWorkerData,
+} from "./vcpu-slot.ts";
 
 export interface VcpuSlot {
   readonly vcpuId: number;
@@ -114,5 +127,119 @@ export class VcpuThreads {
 
   errors(): readonly string[] {
     return this.workerErrors;
+  }
+}
+
+/** Doorbell polls before the device thread sleeps (a futex sleep and wake cost tens of us). */
+const DOORBELL_SPINS = 20_000;
+
+/** What the threads need of the VM: /dev/kvm's fd and the kvm_run size, and each vCPU's fd. */
+export interface ThreadedVcpus {
+  readonly kvm: { readonly fd: number; readonly vcpuMmapSizeBytes: number };
+  readonly vcpus: readonly { readonly id: number; readonly fd: number }[];
+}
+
+/**
+ * Runs every vCPU on its own thread and services their accesses here, one at a time, until a
+ * device or a vCPU stops the machine, a signal arrives, or `timeoutSeconds` pass (0: no
+ * limit). `beforeRun` runs before any vCPU resumes: before the reply to each access too, so
+ * that what the access changed (x86: IOAPIC routes for a level interrupt it raised) is in KVM
+ * before the vCPU can act on it. `interrupted` (host input) runs on every pass.
+ */
+export function runVcpuThreads(
+  machine: ThreadedVcpus,
+  handlers: VcpuExitHandlers,
+  timeoutSeconds: number,
+): { stop: StopReason; wallMs: number; exits: number } {
+  const t0 = Date.now();
+  const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
+  const interrupt = new SignalLatch(SIGINT);
+  const terminate = new SignalLatch(SIGTERM);
+  interrupt.arm();
+  terminate.arm();
+  const threads = new VcpuThreads(machine.vcpus, machine.kvm.fd, machine.kvm.vcpuMmapSizeBytes);
+  let stop: StopReason | null = handlers.pendingStop();
+  try {
+    threads.waitReady();
+    while (stop === null) {
+      handlers.beforeRun?.();
+      const seen = Atomics.load(threads.doorbell, 0);
+      let serviced = false;
+      for (const [index, slot] of threads.slots.entries()) {
+        const state = Atomics.load(slot.ctl, SLOT.state);
+        if (state === SLOT_STATE.stopped) {
+          if (stop === null) {
+            const own = stopFromSlot(slot.ctl);
+            stop = handlers.vcpuStopped?.(own, index) ?? own;
+          }
+          continue;
+        }
+        if (state !== SLOT_STATE.request) continue;
+        serviced = true;
+        stop ??= serviceRequest(slot, handlers);
+        handlers.beforeRun?.();
+        threads.reply(slot);
+      }
+      handlers.interrupted?.();
+      stop ??= handlers.pendingStop();
+      if (stop !== null) break;
+      if (interrupt.fired()) stop = { kind: "interrupted", signal: SIGINT };
+      else if (terminate.fired()) stop = { kind: "interrupted", signal: SIGTERM };
+      else if (Date.now() >= deadline) stop = { kind: "timeout", seconds: timeoutSeconds };
+      else if (!serviced) {
+        // Spin a little for the next request before sleeping on the doorbell futex.
+        let spins = 0;
+        while (spins < DOORBELL_SPINS && Atomics.load(threads.doorbell, 0) === seen) spins++;
+        if (spins === DOORBELL_SPINS) Atomics.wait(threads.doorbell, 0, seen, 50);
+      }
+    }
+  } finally {
+    threads.stop();
+    interrupt.disarm();
+    terminate.disarm();
+  }
+  return { stop, wallMs: Date.now() - t0, exits: threads.totalExits() };
+}
+
+/** One vCPU's pending access, handed to the machine's handlers; a stop if it cannot be served. */
+function serviceRequest(slot: VcpuSlot, handlers: VcpuExitHandlers): StopReason | null {
+  const c = slot.ctl;
+  try {
+    const kind = c[SLOT.kind];
+    if (kind === REQUEST.mmio) {
+      const gpa = (c[SLOT.addrHi] >>> 0) * 0x1_0000_0000 + (c[SLOT.addrLo] >>> 0);
+      handlers.mmio(c[SLOT.isWrite] === 1, gpa, c[SLOT.sizeBytes], slot.data, 0);
+    } else if (kind === REQUEST.io && handlers.io) {
+      const size = c[SLOT.sizeBytes] as 1 | 2 | 4;
+      handlers.io(c[SLOT.isWrite] === 1, c[SLOT.addrLo], size, c[SLOT.count], slot.data, 0);
+    } else if (kind === REQUEST.eoi && handlers.eoi) {
+      handlers.eoi(c[SLOT.detail]);
+    } else {
+      // An exit this machine has no handler for (port I/O or an IOAPIC EOI on arm64).
+      return { kind: "unknown-exit", reason: -1 };
+    }
+  } catch (e) {
+    // A device model threw (a bug: models answer bad input architecturally).
+    return { kind: "device-error", message: (e as Error).message };
+  }
+  return null;
+}
+
+/** Why a vCPU thread left its loop, from its slot (a thread has no instruction pointer to report). */
+function stopFromSlot(ctl: Int32Array): StopReason {
+  const detail = ctl[SLOT.detail];
+  switch (ctl[SLOT.stopCode]) {
+    case STOP.tripleFault:
+      return { kind: "triple-fault" };
+    case STOP.systemEvent:
+      return { kind: "system-event", type: detail };
+    case STOP.internalError:
+      return { kind: "internal-error", suberror: detail, rip: -1 };
+    case STOP.failEntry:
+      return { kind: "fail-entry", hardwareReason: detail };
+    case STOP.unknownExit:
+      return { kind: "unknown-exit", reason: detail };
+    default:
+      return { kind: "device-error", message: "a vCPU thread stopped unexpectedly" };
   }
 }

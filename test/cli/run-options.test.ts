@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { devicesFor } from "../../src/cli/run.ts";
 import { parseRunOptions, parseSize, RUN_USAGE, RunOptionError } from "../../src/cli/run-options.ts";
+import { devicesFor } from "../../src/vmm/device-choice.ts";
 
 test("defaults: one vCPU, 256 MiB, built-in guest, no IOMMU, serial on the tty, QEMU's debug-exit port", () => {
   const o = parseRunOptions([]);

@@ -184,7 +184,8 @@ test("Machine.stats(): exits by kind, MSIs, IOMMU counters after the built-in gu
 
 test("a device model that throws stops the machine with its message (status 2), not a VMM crash", async (t) => {
   if (!KVM) return t.skip(NO_KVM);
-  const { Machine, describeStop } = await import("../../src/vmm/x86/machine.ts");
+  const { Machine } = await import("../../src/vmm/x86/machine.ts");
+  const { describeStop } = await import("../../src/vmm/run-result.ts");
   const { NULL_SINK } = await import("../../src/devices/uart16550.ts");
   const { Tracer } = await import("../../src/engine/trace.ts");
   const m = new Machine({

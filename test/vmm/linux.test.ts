@@ -13,9 +13,10 @@ import { NULL_SINK } from "../../src/devices/uart16550.ts";
 import { GuestMemory } from "../../src/engine/guest-memory.ts";
 import { Tracer } from "../../src/engine/trace.ts";
 import { Kvm } from "../../src/kvm/system.ts";
+import type { DeviceChoice } from "../../src/vmm/device-choice.ts";
 import { ramLayout } from "../../src/vmm/x86/layout.ts";
 import { acpiTablesFor, linuxMemoryMap, planLinuxBootFor } from "../../src/vmm/x86/linux.ts";
-import { type DeviceChoice, type IommuChoice, Platform } from "../../src/vmm/x86/platform.ts";
+import { type IommuChoice, Platform } from "../../src/vmm/x86/platform.ts";
 
 const MiB = 1 << 20;
 

@@ -3,8 +3,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RUN } from "../../src/kvm/structs.ts";
 import type { VcpuExit } from "../../src/kvm/vcpu.ts";
+import type { StopReason } from "../../src/vmm/run-result.ts";
 import { type LoopVcpu, runOneVcpu, type VcpuExitHandlers } from "../../src/vmm/vcpu-loop.ts";
-import type { StopReason } from "../../src/vmm/x86/machine.ts";
 
 function scripted(exits: VcpuExit[]): LoopVcpu & { runs: number } {
   const v = {

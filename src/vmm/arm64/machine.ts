@@ -3,9 +3,9 @@
  * the in-kernel GICv3 and ITS, RAM at 1 GiB, the platform's devices on MMIO (Arm64Platform) and
  * a Linux Image booted with a device tree (booting.rst): x0 = DTB, PC = Image.
  *
- * One vCPU, run by the loop the x86 machine uses too (../vcpu-loop.ts: KVM_RUN, signals through
- * latches, a SIGALRM deadline); arm64 gives it MMIO exits only, and a PSCI SYSTEM_OFF /
- * SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
+ * One vCPU, run by the loop the x86 machine uses too (../kvm-machine.ts, ../vcpu-loop.ts: KVM_RUN,
+ * signals through latches, a SIGALRM deadline); arm64 gives it MMIO exits only, and a PSCI
+ * SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
  */
 import { type Arm64BootPlan, parseArm64Image, planArm64Boot } from "../../boot/arm64-image.ts";
 import { FdtError } from "../../boot/fdt.ts";
@@ -14,16 +14,12 @@ import { GuestMemory } from "../../engine/guest-memory.ts";
 import type { Tracer } from "../../engine/trace.ts";
 import { initVcpu, preferredTarget, readMpidr, setBootRegisters } from "../../kvm/arm64/cpu.ts";
 import { VgicV3 } from "../../kvm/arm64/vgic.ts";
-import { type HostMapping, mapGuestRam } from "../../kvm/guest-ram.ts";
-import { Kvm } from "../../kvm/system.ts";
-import type { Vcpu } from "../../kvm/vcpu.ts";
-import { Vm } from "../../kvm/vm.ts";
 import type { AccessSize } from "../../platform/bus.ts";
 import { SMMU_FRAME_BYTES } from "../../smmuv3/regs.ts";
-import { runOneVcpu } from "../vcpu-loop.ts";
-import type { RunResult, StopReason } from "../x86/machine.ts";
-import { statusFor } from "../x86/machine.ts";
-import type { DeviceChoice } from "../x86/platform.ts";
+import type { DeviceChoice } from "../device-choice.ts";
+import { KvmMachine } from "../kvm-machine.ts";
+import type { RunResult } from "../run-result.ts";
+import type { VcpuExitHandlers } from "../vcpu-loop.ts";
 import { buildDeviceTree, type DtIommu } from "./device-tree.ts";
 import {
   GIC_DIST_GPA,
@@ -37,6 +33,7 @@ import {
   SPI_COUNT,
 } from "./layout.ts";
 import { ARM64_VIRTIO_IOMMU_SLOT, type Arm64IommuChoice, Arm64Platform } from "./platform.ts";
+import { formatArm64Summary } from "./summary.ts";
 
 export interface Arm64MachineConfig {
   readonly cpus: number;
@@ -123,37 +120,31 @@ export function layoutArm64Linux(
   return { plan, dtb };
 }
 
-export class Arm64Machine {
-  readonly kvm: Kvm;
-  readonly vm: Vm;
+export class Arm64Machine extends KvmMachine {
   readonly memory: GuestMemory;
   readonly platform: Arm64Platform;
   readonly gic: VgicV3;
-  readonly vcpu: Vcpu;
-  private readonly ram: HostMapping;
   private readonly tracer: Tracer;
   private readonly memorySizeBytes: number;
   private readonly iommu: DtIommu;
-  mmioExits = 0;
 
   constructor(config: Arm64MachineConfig) {
     if (config.cpus !== 1) throw new Error(`--cpus ${config.cpus}: the arm64 machine runs one vCPU`);
     if (config.memorySizeBytes > MAX_RAM_BYTES)
       throw new Error("guest RAM above 255 GiB does not fit the arm64 map");
+    super(config.memorySizeBytes, config.memoryFile);
     this.tracer = config.tracer;
     this.memorySizeBytes = config.memorySizeBytes;
     this.iommu = dtIommuFor(config.iommu);
-    this.kvm = Kvm.open();
-    this.vm = new Vm(this.kvm);
-    this.ram = mapGuestRam(config.memorySizeBytes, config.memoryFile);
     this.vm.addMemory(RAM_GPA, config.memorySizeBytes, this.ram.hostAddress);
     this.memory = new GuestMemory([
       { gpa: RAM_GPA, sizeBytes: config.memorySizeBytes, bytes: this.ram.bytes, name: "ram" },
     ]);
     // vCPUs before the GIC (its redistributors follow the vCPUs), and all initialised.
     const target = preferredTarget(this.vm.fd);
-    this.vcpu = this.vm.createVcpu(0);
-    initVcpu(this.vcpu.fd, target, true);
+    const boot = this.vm.createVcpu(0);
+    initVcpu(boot.fd, target, true);
+    this.vcpus.push(boot);
     if (GIC_REDIST_BYTES_PER_CPU * config.cpus > GIC_REDIST_REGION_BYTES)
       throw new Error("too many vCPUs for the GIC map");
     this.gic = new VgicV3(this.vm.fd, {
@@ -236,32 +227,26 @@ export class Arm64Machine {
     else data.setUint32(offset, v >>> 0, true);
   }
 
-  /** Runs until the guest powers off, fails, or `timeoutSeconds` pass (0: no limit). */
-  run(timeoutSeconds = 0): RunResult {
-    const vcpu = this.vcpu;
-    let result: { stop: StopReason; wallMs: number };
-    try {
-      // The loop shared with x86 (../vcpu-loop.ts): arm64 has MMIO exits only (no port I/O, no
-      // IOAPIC EOIs); a PSCI SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
-      result = runOneVcpu(
-        vcpu,
-        {
-          mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
-          instructionPointer: () => -1,
-          pendingStop: () => null,
-        },
-        timeoutSeconds,
-      );
-    } finally {
-      this.platform.uart.flush();
-    }
-    return { stop: result.stop, status: statusFor(result.stop), exits: vcpu.exits, wallMs: result.wallMs };
+  /**
+   * The arm64 exits for the shared loop: MMIO only (no port I/O, no IOAPIC EOIs); a PSCI
+   * SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT, which the loop stops on.
+   */
+  protected exitHandlers(): VcpuExitHandlers {
+    return {
+      mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
+      instructionPointer: () => -1,
+      pendingStop: () => null,
+    };
+  }
+
+  summary(result: RunResult): string {
+    return formatArm64Summary(this, result);
   }
 
   stats(): object {
     const p = this.platform;
     return {
-      exits: { total: this.vcpu.exits, mmio: this.mmioExits },
+      exits: { total: this.runExits, mmio: this.mmioExits },
       gic: {
         msisDelivered: this.gic.msisDelivered,
         msisUnmapped: this.gic.msisUnmapped,
@@ -272,20 +257,7 @@ export class Arm64Machine {
       unclaimed: { mmioReads: p.mmio.unclaimedReads, mmioWrites: p.mmio.unclaimedWrites },
       smmus: p.smmus.map((s) => s.stats()),
       virtioIommu: p.viommu?.engine.stats() ?? null,
-      devices: p.devices.map((d) => ({
-        kind: d.kind,
-        requesterId: d.requesterId,
-        iommu: d.iommu,
-        stats: d.stats(),
-      })),
+      devices: this.deviceStats(),
     };
-  }
-
-  close(): void {
-    this.platform.close();
-    this.vcpu.close();
-    this.vm.close();
-    this.kvm.close();
-    this.ram.unmap();
   }
 }

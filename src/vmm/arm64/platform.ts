@@ -17,8 +17,8 @@ import type {
   Endpoint as VirtioIommuEndpoint,
   VirtioIommuEndpointOptions,
 } from "../../virtio-iommu/endpoints.ts";
+import type { DeviceChoice, PlacedDevice } from "../device-choice.ts";
 import { placeEmulatedDevice } from "../emulated-devices.ts";
-import type { DeviceChoice, PlacedDevice } from "../x86/platform.ts";
 import { ECAM_BYTES } from "./device-tree.ts";
 import {
   hostStreamId,

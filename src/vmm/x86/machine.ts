@@ -1,31 +1,30 @@
 /**
- * The micro-VMM: one KVM VM with the split irqchip (local APICs in KVM, our IOAPIC), guest RAM
- * from mmap, the platform's devices on port I/O and MMIO, and a single vCPU run loop.
- *
- * One vCPU only: KVM_RUN blocks the JavaScript thread, so more vCPUs would need worker threads
- * with device state shared across them; `cpus > 1` is refused with a clear message.
+ * The x86 micro-VMM: one KVM VM with the split irqchip (local APICs in KVM, our IOAPIC), guest
+ * RAM below and above the 4 GiB hole, the platform's devices on port I/O and MMIO, and 1 to 16
+ * vCPUs run by the shared loop (../kvm-machine.ts, ../vcpu-loop.ts, ../vcpu-threads.ts). It
+ * boots a Multiboot kernel (or the built-in guest) or a Linux bzImage / PVH vmlinux.
  */
 
 import { IOAPIC_PINS } from "../../devices/ioapic.ts";
 import type { SerialSink, SerialSource } from "../../devices/uart16550.ts";
 import { GuestMemory } from "../../engine/guest-memory.ts";
 import type { Tracer } from "../../engine/trace.ts";
-import { type HostMapping, mapGuestRam } from "../../kvm/guest-ram.ts";
 import { KVM_CAP_SIGNAL_MSI, KVM_CAP_SPLIT_IRQCHIP } from "../../kvm/ioctls.ts";
-import { SIGINT, SIGTERM, SignalLatch } from "../../kvm/signal-latch.ts";
-import { Kvm } from "../../kvm/system.ts";
 import type { Vcpu } from "../../kvm/vcpu.ts";
-import { type MsiRoute, Vm } from "../../kvm/vm.ts";
-import { runOneVcpu } from "../vcpu-loop.ts";
-import { REQUEST, SLOT, SLOT_STATE, STOP } from "../vcpu-slot.ts";
-import { VcpuThreads } from "../vcpu-threads.ts";
+import type { MsiRoute } from "../../kvm/vm.ts";
+import type { DeviceChoice } from "../device-choice.ts";
+import { KvmMachine } from "../kvm-machine.ts";
+import { describeStop, type RunResult, type StopReason } from "../run-result.ts";
+import type { VcpuExitHandlers } from "../vcpu-loop.ts";
 import { AssignedDevices } from "./assigned-devices.ts";
+import { BUILTIN_PASS_STATUS } from "./builtin-guest.ts";
 import { describeCpuState, enterFlatProtectedMode } from "./cpu-state.ts";
 import { DeviceMsiRoutes } from "./device-msi.ts";
 import { e820Map, KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA, type RamLayout, ramLayout } from "./layout.ts";
 import { applyLinuxBootPlan, type LinuxBootInput, planLinuxBootFor } from "./linux.ts";
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from "./multiboot.ts";
-import { type DeviceChoice, type IommuChoice, Platform } from "./platform.ts";
+import { type IommuChoice, Platform } from "./platform.ts";
+import { formatSummary } from "./summary.ts";
 
 export interface MachineConfig {
   readonly cpus: number;
@@ -36,29 +35,8 @@ export interface MachineConfig {
   readonly devices: readonly DeviceChoice[];
   readonly debugExit: { readonly iobase: number; readonly iosize: number };
   readonly tracer: Tracer;
-  /** Host bytes for COM1's receive side (a SerialInput over stdin), if any. */
-  readonly serialInput?: SerialSource;
-}
-
-export type StopReason =
-  | { readonly kind: "debug-exit"; readonly status: number }
-  | { readonly kind: "triple-fault"; readonly cpuState?: string }
-  | { readonly kind: "system-event"; readonly type: number }
-  | { readonly kind: "internal-error"; readonly suberror: number; readonly rip: number }
-  | { readonly kind: "fail-entry"; readonly hardwareReason: number }
-  | { readonly kind: "timeout"; readonly seconds: number }
-  | { readonly kind: "interrupted"; readonly signal: number }
-  | { readonly kind: "hlt" }
-  | { readonly kind: "unknown-exit"; readonly reason: number }
-  | { readonly kind: "device-error"; readonly message: string }
-  | { readonly kind: "guest-power"; readonly request: "poweroff" | "reset" };
-
-export interface RunResult {
-  readonly stop: StopReason;
-  /** Process exit status: the debug-exit status, 0 for a guest-requested reset or shutdown, 2 for a crash, 124 on timeout, 128 + signal on SIGINT/SIGTERM. */
-  readonly status: number;
-  readonly exits: number;
-  readonly wallMs: number;
+  /** Host bytes for COM1's receive side (a SerialInput over stdin), if any; closed with the machine. */
+  readonly serialInput?: SerialSource & { close?: () => void };
 }
 
 export interface MachineStats {
@@ -91,9 +69,6 @@ export interface MachineStats {
   }[];
 }
 
-/** Doorbell polls before the device thread sleeps (see VcpuThreads). */
-const DOORBELL_SPINS = 20_000;
-
 /** vCPUs a machine may have (APIC IDs stay below the xAPIC broadcast ID). */
 export const MAX_CPUS = 16;
 
@@ -109,19 +84,15 @@ const IA32_APIC_LVT1 = 0x360;
 const APIC_MODE_EXTINT = 7 << 8;
 const APIC_MODE_NMI = 4 << 8;
 
-export class Machine {
-  readonly kvm: Kvm;
-  readonly vm: Vm;
-  readonly ram: HostMapping;
+export class Machine extends KvmMachine {
   readonly memory: GuestMemory;
   readonly ramLayout: RamLayout;
   readonly platform: Platform;
-  /** The bootstrap processor (vCPU 0). */
-  readonly vcpu: Vcpu;
-  /** Application processors (vCPUs 1..N-1): wait for INIT/SIPI in KVM's local APIC. */
-  readonly apVcpus: readonly Vcpu[];
+  /** The built-in guest runs (its verdict is the exit status): set by the x86 build. */
+  builtinGuest = false;
   private stopReason: StopReason | null = null;
   private readonly tracer: Tracer;
+  private readonly serialInput: (SerialSource & { close?: () => void }) | undefined;
 
   private ioapicRoutesDirty = true;
   /** The MSI data of each pin's KVM route (-1: none), to notice remapping changes. */
@@ -134,11 +105,8 @@ export class Machine {
   /** Assigned devices' vectors, BAR slots and INTx watchers. */
   private readonly assigned: AssignedDevices;
   ioExits = 0;
-  mmioExits = 0;
   eoiExits = 0;
   routeErrors = 0;
-  /** KVM_RUN returns counted by vCPU threads (--cpus > 1). */
-  threadedExits = 0;
 
   // About 90 lines, kept whole: KVM set-up in the order its API requires (irqchip before any
   // vCPU, guest RAM before the platform, MSI routes after the devices); it needs /dev/kvm, which
@@ -148,19 +116,17 @@ export class Machine {
     if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS) {
       throw new CpuCountError(config.cpus);
     }
+    super(config.memorySizeBytes, config.memoryFile);
     this.tracer = config.tracer;
-
-    this.kvm = Kvm.open();
+    this.serialInput = config.serialInput;
     if (!this.kvm.checkExtension(KVM_CAP_SPLIT_IRQCHIP))
       throw new Error("this KVM lacks KVM_CAP_SPLIT_IRQCHIP");
     if (!this.kvm.checkExtension(KVM_CAP_SIGNAL_MSI)) throw new Error("this KVM lacks KVM_CAP_SIGNAL_MSI");
-    this.vm = new Vm(this.kvm);
     this.vm.setSystemPages(KVM_TSS_GPA, KVM_IDENTITY_MAP_GPA);
     // KVM API: the irqchip (here: split) must exist before any vCPU.
     this.vm.enableSplitIrqchip(IOAPIC_PINS);
 
     this.ramLayout = ramLayout(config.memorySizeBytes);
-    this.ram = mapGuestRam(config.memorySizeBytes, config.memoryFile);
     const regions = this.ramLayout.regions.map((r, i) => {
       this.vm.addMemory(r.gpa, r.sizeBytes, this.ram.hostAddress + BigInt(r.hostOffset));
       return {
@@ -231,7 +197,6 @@ export class Machine {
       };
     }
 
-    const vcpus: Vcpu[] = [];
     for (let id = 0; id < config.cpus; id++) {
       const vcpu = this.vm.createVcpu(id);
       vcpu.setupCpuid((entries) =>
@@ -250,10 +215,13 @@ export class Machine {
         regs.setUint32(IA32_APIC_LVT0, APIC_MODE_EXTINT, true);
         regs.setUint32(IA32_APIC_LVT1, APIC_MODE_NMI, true);
       });
-      vcpus.push(vcpu);
+      this.vcpus.push(vcpu);
     }
-    this.vcpu = vcpus[0];
-    this.apVcpus = vcpus.slice(1);
+  }
+
+  /** Application processors (vCPUs 1..N-1): wait for INIT/SIPI in KVM's local APIC. */
+  get apVcpus(): readonly Vcpu[] {
+    return this.vcpus.slice(1);
   }
 
   /** Loads a Multiboot kernel and points the vCPU at it. */
@@ -360,122 +328,42 @@ export class Machine {
     this.platform.ioapic.eoi(vector);
   }
 
-  /** Runs until the guest stops the machine, or `timeoutSeconds` pass (0: no limit). */
-  run(timeoutSeconds = 0): RunResult {
-    if (this.apVcpus.length > 0) return this.runThreaded(timeoutSeconds);
-    const vcpu = this.vcpu;
-    const platform = this.platform;
-    let result: { stop: StopReason; wallMs: number };
-    try {
-      // The loop shared with the arm64 machine (vcpu-loop.ts); x86 adds port I/O, IOAPIC EOIs,
-      // its IOAPIC route refresh and COM1 input polling.
-      result = runOneVcpu(
-        vcpu,
-        {
-          beforeRun: () => {
-            this.assigned.poll();
-            if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
-          },
-          io: (isWrite, port, size, count, data, offset) =>
-            this.dispatchIo(isWrite, port, size, count, data, offset),
-          mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
-          eoi: (vector) => this.dispatchEoi(vector),
-          interrupted: () => {
-            platform.uart.poll();
-            this.assigned.poll();
-          },
-          instructionPointer: () => vcpu.getRegs().rip,
-          pendingStop: () => this.stopReason,
-        },
-        timeoutSeconds,
-      );
-    } finally {
-      platform.uart.flush();
-    }
-    const stop = withCpuState(result.stop, vcpu);
-    this.stopReason = stop;
-    return { stop, status: statusFor(stop), exits: vcpu.exits, wallMs: result.wallMs };
-  }
-
   /**
-   * --cpus > 1: every vCPU runs KVM_RUN on its own thread; this thread services their device
-   * accesses one at a time (src/vmm/vcpu-threads.ts) until the guest stops the machine.
+   * The x86 exits for the shared loop: port I/O, MMIO and IOAPIC EOIs, KVM's IOAPIC routes
+   * refreshed before a vCPU resumes, COM1 input polled, RIP for an internal-error stop.
    */
-  private runThreaded(timeoutSeconds: number): RunResult {
-    const t0 = Date.now();
-    const deadline = timeoutSeconds > 0 ? t0 + timeoutSeconds * 1000 : Number.POSITIVE_INFINITY;
-    const interrupt = new SignalLatch(SIGINT);
-    const terminate = new SignalLatch(SIGTERM);
-    interrupt.arm();
-    terminate.arm();
-    const all = [this.vcpu, ...this.apVcpus];
-    const threads = new VcpuThreads(
-      all.map((v) => ({ id: v.id, fd: v.fd })),
-      this.kvm.fd,
-      this.kvm.vcpuMmapSizeBytes,
-    );
-    try {
-      threads.waitReady();
-      while (this.stopReason === null) {
+  protected exitHandlers(): VcpuExitHandlers {
+    return {
+      beforeRun: () => {
+        this.assigned.poll();
         if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
-        const seen = Atomics.load(threads.doorbell, 0);
-        let serviced = false;
-        for (const slot of threads.slots) {
-          const state = Atomics.load(slot.ctl, SLOT.state);
-          if (state === SLOT_STATE.stopped) {
-            this.stopReason ??= withCpuState(stopFromSlot(slot.ctl), all[threads.slots.indexOf(slot)]);
-            continue;
-          }
-          if (state !== SLOT_STATE.request) continue;
-          serviced = true;
-          const c = slot.ctl;
-          try {
-            const kind = c[SLOT.kind];
-            if (kind === REQUEST.io) {
-              this.dispatchIo(
-                c[SLOT.isWrite] === 1,
-                c[SLOT.addrLo],
-                c[SLOT.sizeBytes] as 1 | 2 | 4,
-                c[SLOT.count],
-                slot.data,
-                0,
-              );
-            } else if (kind === REQUEST.mmio) {
-              const gpa = (c[SLOT.addrHi] >>> 0) * 0x1_0000_0000 + (c[SLOT.addrLo] >>> 0);
-              this.dispatchMmio(c[SLOT.isWrite] === 1, gpa, c[SLOT.sizeBytes], slot.data, 0);
-            } else if (kind === REQUEST.eoi) {
-              this.dispatchEoi(c[SLOT.detail]);
-            }
-          } catch (e) {
-            this.stopReason = { kind: "device-error", message: (e as Error).message };
-          }
-          // Routes first: the vCPU resumes on the reply and may EOI the interrupt this access
-          // raised at once; KVM must already know the vector is level-triggered.
-          if (this.ioapicRoutesDirty) this.refreshIoapicRoutes();
-          threads.reply(slot);
-        }
+      },
+      io: (isWrite, port, size, count, data, offset) =>
+        this.dispatchIo(isWrite, port, size, count, data, offset),
+      mmio: (isWrite, gpa, size, data, offset) => this.dispatchMmio(isWrite, gpa, size, data, offset),
+      eoi: (vector) => this.dispatchEoi(vector),
+      interrupted: () => {
         this.platform.uart.poll();
         this.assigned.poll();
-        if (this.stopReason !== null) break;
-        if (interrupt.fired()) this.stopReason = { kind: "interrupted", signal: SIGINT };
-        else if (terminate.fired()) this.stopReason = { kind: "interrupted", signal: SIGTERM };
-        else if (Date.now() >= deadline) this.stopReason = { kind: "timeout", seconds: timeoutSeconds };
-        else if (!serviced) {
-          // Spin a little for the next request before sleeping on the doorbell futex.
-          let spins = 0;
-          while (spins < DOORBELL_SPINS && Atomics.load(threads.doorbell, 0) === seen) spins++;
-          if (spins === DOORBELL_SPINS) Atomics.wait(threads.doorbell, 0, seen, 50);
-        }
-      }
-    } finally {
-      threads.stop();
-      interrupt.disarm();
-      terminate.disarm();
-      this.platform.uart.flush();
-    }
-    const stop: StopReason = this.stopReason ?? { kind: "interrupted", signal: SIGINT };
-    this.threadedExits = threads.totalExits();
-    return { stop, status: statusFor(stop), exits: this.threadedExits, wallMs: Date.now() - t0 };
+      },
+      instructionPointer: () => this.vcpu.getRegs().rip,
+      pendingStop: () => this.stopReason,
+      vcpuStopped: (stop, index) => withCpuState(stop, this.vcpus[index]),
+    };
+  }
+
+  summary(result: RunResult): string {
+    return formatSummary(this, result);
+  }
+
+  /** The built-in guest's verdict: pass (debug-exit value 0) -> 0, anything else -> 1. */
+  override outcome(result: RunResult): { status: number; verdict: string | null } {
+    if (!this.builtinGuest) return super.outcome(result);
+    const passed = result.stop.kind === "debug-exit" && result.status === BUILTIN_PASS_STATUS;
+    return {
+      status: passed ? 0 : 1,
+      verdict: `built-in guest ${passed ? "passed" : `failed (${describeStop(result.stop)})`}`,
+    };
   }
 
   /** Counters of the whole machine: KVM exits by kind, interrupts, devices, the IOMMU. */
@@ -483,7 +371,7 @@ export class Machine {
     const p = this.platform;
     return {
       exits: {
-        total: this.vcpu.exits + this.threadedExits,
+        total: this.runExits,
         portIo: this.ioExits,
         mmio: this.mmioExits,
         ioapicEoi: this.eoiExits,
@@ -502,95 +390,20 @@ export class Machine {
       },
       virtioIommu: p.viommu?.engine.stats() ?? null,
       vtd: p.vtd?.stats() ?? null,
-      devices: p.devices.map((d) => ({
-        kind: d.kind,
-        requesterId: d.requesterId,
-        iommu: d.iommu,
-        stats: d.stats(),
-      })),
+      devices: this.deviceStats(),
     };
   }
 
-  /** Releases the VM, its fds and guest RAM: nothing of the machine may be used afterwards. */
-  close(): void {
+  override close(): void {
+    this.serialInput?.close?.();
     this.assigned.close();
-    this.platform.close();
-    for (const ap of this.apVcpus) ap.close();
-    this.vcpu.close();
-    this.vm.close();
-    this.kvm.close();
-    this.ram.unmap();
+    super.close();
   }
 }
 
-/** A shutdown names the vCPU that took it and its state (the worker thread has stopped). */
+/** A shutdown names the vCPU that took it and its state (the vCPU is out of KVM_RUN). */
 function withCpuState(stop: StopReason, vcpu: Vcpu | undefined): StopReason {
   if (stop.kind !== "triple-fault" || vcpu === undefined) return stop;
   const cpuState = describeCpuState(vcpu);
   return cpuState === "" ? stop : { kind: "triple-fault", cpuState };
-}
-
-function stopFromSlot(ctl: Int32Array): StopReason {
-  const detail = ctl[SLOT.detail];
-  switch (ctl[SLOT.stopCode]) {
-    case STOP.tripleFault:
-      return { kind: "triple-fault" };
-    case STOP.systemEvent:
-      return { kind: "system-event", type: detail };
-    case STOP.internalError:
-      return { kind: "internal-error", suberror: detail, rip: -1 };
-    case STOP.failEntry:
-      return { kind: "fail-entry", hardwareReason: detail };
-    case STOP.unknownExit:
-      return { kind: "unknown-exit", reason: detail };
-    default:
-      return { kind: "device-error", message: "a vCPU thread stopped unexpectedly" };
-  }
-}
-
-export function statusFor(stop: StopReason): number {
-  switch (stop.kind) {
-    case "debug-exit":
-      return stop.status;
-    case "system-event":
-      return stop.type === 3 ? 2 : 0;
-    case "hlt":
-    case "guest-power":
-      return 0;
-    case "timeout":
-      return 124;
-    case "interrupted":
-      return 128 + stop.signal;
-    default:
-      return 2;
-  }
-}
-
-export function describeStop(stop: StopReason): string {
-  switch (stop.kind) {
-    case "debug-exit":
-      return `guest wrote isa-debug-exit: status ${stop.status}`;
-    case "triple-fault":
-      return `guest triple-faulted (KVM_EXIT_SHUTDOWN)${stop.cpuState ? `; ${stop.cpuState}` : ""}`;
-    case "system-event":
-      return `guest system event ${stop.type === 1 ? "shutdown" : stop.type === 2 ? "reset" : stop.type === 3 ? "crash" : stop.type}`;
-    case "internal-error":
-      return `KVM internal error, suberror ${stop.suberror}${stop.suberror === 1 ? " (instruction emulation failed)" : ""}${stop.rip >= 0 ? ` at rip 0x${stop.rip.toString(16)}` : ""}`;
-    case "fail-entry":
-      return `VM entry failed, hardware reason 0x${stop.hardwareReason.toString(16)}`;
-    case "timeout":
-      return `timed out after ${stop.seconds} s`;
-    case "interrupted":
-      return `interrupted (${stop.signal === SIGTERM ? "SIGTERM" : "SIGINT"})`;
-    case "hlt":
-      return "guest halted";
-    case "unknown-exit":
-      return `unhandled KVM exit reason ${stop.reason}`;
-    case "device-error":
-      return `a device model failed: ${stop.message}`;
-    case "guest-power":
-      return stop.request === "poweroff"
-        ? "guest powered off (ACPI S5)"
-        : "guest reset (ACPI reset register)";
-  }
 }

@@ -31,7 +31,6 @@ import { HostNotifier } from "../../engine/host-notifier.ts";
 import type { Tracer } from "../../engine/trace.ts";
 import { ViommuRegistry } from "../../framework/registry.ts";
 import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_PORTS_SIZE, PciBus } from "../../pci/bus.ts";
-import type { PciFunction } from "../../pci/function.ts";
 import { type AccessSize, IoBus, type IoHandler } from "../../platform/bus.ts";
 import type { MsiMessage } from "../../platform/interrupts.ts";
 import type { VfioPciDevice } from "../../vfio/device.ts";
@@ -46,6 +45,7 @@ import type {
   EndpointState as VtdEndpointState,
 } from "../../vtd/options.ts";
 import { VtdUnit } from "../../vtd/vtd.ts";
+import type { DeviceChoice, PlacedDevice } from "../device-choice.ts";
 import { placeEmulatedDevice } from "../emulated-devices.ts";
 import { ACPI_POWER_IOBASE, ACPI_POWER_IOSIZE, AcpiPower, type PowerRequest } from "./acpi-power.ts";
 import { InterruptFabric, intxIoapicPin, type MsiTarget } from "./interrupts.ts";
@@ -65,13 +65,6 @@ export type IommuChoice =
   | { readonly kind: "none" }
   | { readonly kind: "virtio"; readonly pageSizeMask?: bigint }
   | { readonly kind: "intel"; readonly spec: string };
-
-export type DeviceChoice =
-  | { readonly kind: "edu"; readonly iommu: boolean }
-  | { readonly kind: "rng"; readonly iommu: boolean }
-  | { readonly kind: "disk"; readonly iommu: boolean; readonly path: string; readonly readOnly: boolean }
-  /** A host device opened through VFIO; its container must know guest RAM (bindGuestRam). */
-  | { readonly kind: "vfio"; readonly iommu: boolean; readonly device: VfioPciDevice };
 
 export interface PlatformConfig {
   readonly memory: GuestMemory;
@@ -100,15 +93,6 @@ export const FIRST_DEVICE_SLOT = 2;
 /** I/O ports firmware hands out to PCI I/O BARs. */
 export const PCI_IO_BASE = 0xc000;
 export const PCI_IO_END = 0x10000;
-
-export interface PlacedDevice {
-  readonly kind: DeviceChoice["kind"];
-  readonly requesterId: number;
-  readonly iommu: boolean;
-  readonly fn: PciFunction;
-  readonly stats: () => object;
-  readonly close?: () => void;
-}
 
 /** An MMIO handler whose 8-byte accesses must not be split (the VT-d register file). */
 export interface WideIoHandler extends IoHandler {

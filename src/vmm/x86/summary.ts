@@ -4,8 +4,10 @@
  */
 import type { HostNotifierStats } from "../../engine/host-notifier.ts";
 import type { IotlbStats } from "../../engine/iotlb.ts";
-import type { Machine, RunResult } from "./machine.ts";
-import { describeStop } from "./machine.ts";
+import { nonZero } from "../counters.ts";
+import type { RunResult } from "../run-result.ts";
+import { describeStop } from "../run-result.ts";
+import type { Machine } from "./machine.ts";
 
 function bdf(rid: number): string {
   const h = (n: number, w: number) => n.toString(16).padStart(w, "0");
@@ -14,13 +16,6 @@ function bdf(rid: number): string {
 
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
-}
-
-function nonZero(record: Readonly<Record<string, number>>): string {
-  const parts = Object.entries(record)
-    .filter(([, v]) => v !== 0)
-    .map(([k, v]) => `${k} ${v}`);
-  return parts.length === 0 ? "none" : parts.join(", ");
 }
 
 /**
