@@ -41,10 +41,28 @@ const TSX_BOOTSTRAP = `import("tsx/esm/api").then((m) => { m.register(); return 
   WORKER_URL.href,
 )}); });`;
 
+/**
+ * The parent's Node options for a worker, less those about the main script's source: `-e`/`-p`
+ * with their code and `--input-type`. A worker inherits process.execArgv, and with the parent
+ * started as `node --input-type=module -e CODE` (the arm64 lab's way to run the build) a worker
+ * from the build never ran its own file and never became ready (measured here: the inherited
+ * --input-type=module does it, -e alone does not; without it the worker is ready in about 80 ms).
+ */
+export function workerExecArgv(argv: readonly string[] = process.execArgv): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "-e" || a === "--eval" || a === "-p" || a === "--print" || a === "--input-type") i++;
+    else if (!/^--(eval|print|input-type)=/.test(a)) out.push(a);
+  }
+  return out;
+}
+
 function startWorker(data: VcpuWorkerData): Worker {
+  const execArgv = workerExecArgv();
   return FROM_SOURCES
-    ? new Worker(TSX_BOOTSTRAP, { eval: true, workerData: data })
-    : new Worker(WORKER_URL, { workerData: data });
+    ? new Worker(TSX_BOOTSTRAP, { eval: true, workerData: data, execArgv })
+    : new Worker(WORKER_URL, { workerData: data, execArgv });
 }
 
 export class VcpuThreads {
