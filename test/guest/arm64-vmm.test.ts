@@ -8,6 +8,8 @@
 //    pattern back (every buffer an IOVA through stage 1); vfio-edu-test passes through a VFIO
 //    domain on the SMMU; its DMA after unmap is blocked and logged as an SMMU event (F_TRANSLATION).
 //  - --iommu smmuv3,stage=2: the driver uses stage 2 for DMA domains; the pattern still reads back.
+//  - --iommu smmuv3 --cpus 2: the secondary vCPU, powered off at start, comes up by PSCI CPU_ON
+//    (Linux sees two processors) and the pattern reads back through stage 1 with vCPU threads.
 //  - --iommu virtio: the same blk and vfio-edu-test checks through the virtio-iommu (DT binding).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -57,6 +59,7 @@ function linuxFeatures(r0: number, r3: number): number {
 
 function l2Script(expectSha: string): string {
   return `${SCRIPT_PRELUDE}
+result cpus pass "$(grep -c ^processor /proc/cpuinfo)"
 line=$(dmesg | grep -o 'arm-smmu-v3 .*ias [0-9]*-bit, oas [0-9]*-bit (features 0x[0-9a-f]*)' | head -1)
 [ -n "$line" ] && result smmu-probe pass "$line" || result smmu-probe skip "no arm-smmu-v3"
 result smmu-count pass "$(dmesg | grep -o 'arm-smmu-v3 [0-9a-f]*.iommu: ias' | sed 's/: ias//' | tr '\\n' ' ')"
@@ -93,7 +96,7 @@ fi
 `;
 }
 
-type Machine = { name: string; args: string[]; edu: boolean; smmus?: number };
+type Machine = { name: string; args: string[]; edu: boolean; smmus?: number; cpus?: number };
 
 function section(
   stdout: string,
@@ -107,7 +110,7 @@ function section(
   return { text, exit: m ? Number(m[1]) : null, results: parseResults(text) };
 }
 
-test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with Linux driving our SMMUv3 (stage 1, stage 2, two instances) and virtio-iommu", {
+test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with Linux driving our SMMUv3 (stage 1, stage 2, two instances, two vCPUs) and virtio-iommu", {
   timeout: 1_500_000,
 }, async (t) => {
   if (!lab.ok) return t.skip(NO_LAB);
@@ -139,6 +142,13 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
         edu: true,
       },
       { name: "smmuv3-s2", args: ["--iommu", "smmuv3,stage=2", "--disk", diskArg], edu: false },
+      // Two vCPUs (vcpu-threads.ts, as on x86): vCPU 1 starts powered off, Linux brings it up.
+      {
+        name: "smmuv3-cpus2",
+        args: ["--iommu", "smmuv3", "--cpus", "2", "--disk", diskArg],
+        edu: false,
+        cpus: 2,
+      },
       // Two SMMUs, each a physical IOMMU of its own in the framework: the disk (00:02.0) behind
       // the first, the edu (00:03.0) behind the second; the host's pSIDs differ from the vSIDs.
       {
@@ -211,7 +221,9 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
         assert.match(run.console, /VHE mode initialized successfully|Hyp mode initialized successfully/);
       },
     );
-    for (const m of machines) await t.test(`viommu run --iommu ${m.args[1]}`, () => check(m));
+    for (const m of machines) {
+      await t.test(`viommu run --iommu ${m.args[1]}${m.cpus ? ` --cpus ${m.cpus}` : ""}`, () => check(m));
+    }
     function check(m: Machine): void {
       const s = section(run.stdout, m.name);
       for (const r of s.results) t.diagnostic(`${m.name}: ${r.line}`);
@@ -220,6 +232,9 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
       assert.equal(res("blk-read")?.status, "pass", `${m.name} blk-read\n${why(s.text)}`);
       assert.equal(res("blk-read")?.detail, `sha256=${sha}`);
       assert.equal(res("blk-group")?.status, "pass", `${m.name} blk-group\n${why(s.text)}`);
+      assert.equal(res("cpus")?.detail, String(m.cpus ?? 1), `${m.name}: processors in /proc/cpuinfo`);
+      const cpus = m.cpus ?? 1;
+      assert.match(s.text, new RegExp(`kvm: ${cpus} vCPUs?, \\d+ exits`), `${m.name}: summary`);
       if (m.smmus === 2) {
         // Both probe; the edu's fault comes from the second SMMU with the guest's StreamID 0x18
         // (its RID), not the host's pSID 0x2018; the summary shows the vSID -> pSID tables.

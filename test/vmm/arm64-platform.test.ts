@@ -23,6 +23,7 @@ import {
   SMMU_SPI_BASES,
   SPI_UART,
 } from "../../src/vmm/arm64/layout.ts";
+import { kvmResetMpidr } from "../../src/vmm/arm64/machine.ts";
 import { type Arm64IommuChoice, Arm64Platform } from "../../src/vmm/arm64/platform.ts";
 import { cdWords, cmd, LinuxLikeDriver, PageAllocator, PageTables, writeWords } from "../smmuv3/harness.ts";
 
@@ -112,9 +113,12 @@ test("arm64 platform: --iommu smmuv3 stage options set IDR0.S1P/S2P", () => {
   assert.equal(both.mmio.read(SMMU_GPA + REG.IDR0, 4) & 3, 0b11);
 });
 
-function dts(iommu: Parameters<typeof buildDeviceTree>[0]["iommu"]): string | null {
+function dts(
+  iommu: Parameters<typeof buildDeviceTree>[0]["iommu"],
+  mpidrs: readonly bigint[] = [0x8000_0000n],
+): string | null {
   const dtb = buildDeviceTree({
-    mpidrs: [0x8000_0000n],
+    mpidrs,
     ramGpa: RAM_GPA,
     ramBytes: 512 * MiB,
     cmdline: "console=ttyAMA0",
@@ -133,6 +137,31 @@ test("arm64 device tree: SMMUv3 node (arm,smmu-v3.yaml) and iommu-map RID -> Str
   assert.match(s, /#iommu-cells = <0x01>;/);
   assert.match(s, /iommu-map = <0x00 0x04 0x00 0x10000>;/);
   assert.match(s, /msi-map = <0x00 0x02 0x00 0x10000>;/);
+});
+
+test("arm64 vCPUs: the MPIDR KVM resets vCPU n to (Aff0 = n & 15, Aff1 = n >> 4, bit 31) names each cpu node", () => {
+  assert.equal(kvmResetMpidr(0), 0x8000_0000n);
+  assert.equal(kvmResetMpidr(1), 0x8000_0001n);
+  assert.equal(kvmResetMpidr(17), 0x8000_0101n);
+  assert.equal(kvmResetMpidr(0x1234), 0x8001_2304n);
+});
+
+test("arm64 device tree: two vCPUs are two cpu nodes started by PSCI (hvc), and the redistributors cover both", (t) => {
+  const s = dts({ kind: "none" }, [kvmResetMpidr(0), kvmResetMpidr(1)]);
+  if (s === null) return t.skip("SKIPPED: dtc (device-tree-compiler) is not installed");
+  // cpus.yaml: reg = MPIDR affinity bits; psci.yaml: enable-method "psci" with the psci node's method.
+  for (const n of [0, 1]) {
+    assert.match(
+      s,
+      new RegExp(
+        `cpu@${n} \\{\\s+device_type = "cpu";\\s+compatible = "arm,arm-v8";\\s+reg = <0x0${n}>;\\s+enable-method = "psci";`,
+      ),
+    );
+  }
+  assert.doesNotMatch(s, /cpu@2/);
+  assert.match(s, /psci \{\s+compatible = "arm,psci-1.0\\0arm,psci-0.2\\0arm,psci";\s+method = "hvc";/);
+  // arm,gic-v3.yaml: the distributor, then one redistributor region of 2 x 64 KiB per vCPU.
+  assert.match(s, /reg = <0x00 0x8000000 0x00 0x10000 0x00 0x80a0000 0x00 0x40000>;/);
 });
 
 test("arm64 device tree: virtio-iommu node under the host bridge (virtio,pci-iommu), its own RID not translated", (t) => {

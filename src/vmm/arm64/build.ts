@@ -7,7 +7,7 @@
 import { Arm64ImageError, parseArm64Image } from "../../boot/arm64-image.ts";
 import { devicesFor } from "../device-choice.ts";
 import type { IommuRequest, MachineSpec } from "../vmm-machine.ts";
-import { Arm64Machine, dtIommuFor, layoutArm64Linux, VCPU0_MPIDR } from "./machine.ts";
+import { Arm64Machine, dtIommuFor, kvmResetMpidr, layoutArm64Linux } from "./machine.ts";
 import type { Arm64IommuChoice } from "./platform.ts";
 
 function arm64Iommu(iommu: IommuRequest): Arm64IommuChoice {
@@ -26,7 +26,8 @@ export function buildArm64Machine(spec: MachineSpec): Arm64Machine {
     parseArm64Image(kernel);
     if (spec.modules.length > 1) throw new Error("a Linux kernel takes one --initramfs");
     // The whole layout and device tree once before KVM: their errors leave no VM behind.
-    layoutArm64Linux({ kernel, initrd, cmdline }, spec.memorySizeBytes, dtIommuFor(iommu), [VCPU0_MPIDR]);
+    const mpidrs = Array.from({ length: spec.cpus }, (_, id) => kvmResetMpidr(id));
+    layoutArm64Linux({ kernel, initrd, cmdline }, spec.memorySizeBytes, dtIommuFor(iommu), mpidrs);
   } catch (e) {
     if (e instanceof Arm64ImageError) throw new Error(`${path}: ${e.message}`);
     throw e;

@@ -3,9 +3,11 @@
  * the in-kernel GICv3 and ITS, RAM at 1 GiB, the platform's devices on MMIO (Arm64Platform) and
  * a Linux Image booted with a device tree (booting.rst): x0 = DTB, PC = Image.
  *
- * One vCPU, run by the loop the x86 machine uses too (../kvm-machine.ts, ../vcpu-loop.ts: KVM_RUN,
- * signals through latches, a SIGALRM deadline); arm64 gives it MMIO exits only, and a PSCI
- * SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
+ * 1 to 16 vCPUs, run by the loop the x86 machine uses too (../kvm-machine.ts, ../vcpu-loop.ts:
+ * one vCPU on this thread, more each on a thread of its own). vCPU 0 boots; the others start
+ * powered off (KVM_ARM_VCPU_POWER_OFF) and the guest starts them with PSCI CPU_ON, which KVM
+ * handles (the DT's cpu nodes say enable-method "psci"). arm64 gives the loop MMIO exits only; a
+ * PSCI SYSTEM_OFF / SYSTEM_RESET arrives as KVM_EXIT_SYSTEM_EVENT.
  */
 import { type Arm64BootPlan, parseArm64Image, planArm64Boot } from "../../boot/arm64-image.ts";
 import { FdtError } from "../../boot/fdt.ts";
@@ -35,6 +37,12 @@ import {
 import { ARM64_VIRTIO_IOMMU_SLOT, type Arm64IommuChoice, Arm64Platform } from "./platform.ts";
 import { formatArm64Summary } from "./summary.ts";
 
+/**
+ * vCPUs the arm64 machine runs: as `viommu run --cpus` allows; the redistributor region (one
+ * 128 KiB RD_base + SGI_base pair per vCPU, GICv3 12.10) has room for 123.
+ */
+export const ARM64_MAX_CPUS = Math.min(16, Math.floor(GIC_REDIST_REGION_BYTES / GIC_REDIST_BYTES_PER_CPU));
+
 export interface Arm64MachineConfig {
   readonly cpus: number;
   readonly memorySizeBytes: number;
@@ -61,8 +69,14 @@ export function dtIommuFor(choice: Arm64IommuChoice): DtIommu {
 /** The longest kernel command line arm64 Linux keeps whole (COMMAND_LINE_SIZE less the NUL). */
 export const ARM64_COMMAND_LINE_MAX_BYTES = 2047;
 
-/** The MPIDR_EL1 KVM gives vCPU 0 (Aff0..3 = 0, bit 31 RES1): for laying out before KVM. */
-export const VCPU0_MPIDR = 0x8000_0000n;
+/**
+ * The MPIDR_EL1 KVM gives vCPU `id` at reset (arch/arm64/kvm/sys_regs.c reset_mpidr: Aff0 = id
+ * bits 3:0, so that GICv3 SGIs reach each CPU of a cluster of 16 directly; Aff1 = bits 11:4,
+ * Aff2 = bits 19:12; bit 31 RES1): for laying out before KVM. bootLinux reads the real ones.
+ */
+export function kvmResetMpidr(id: number): bigint {
+  return BigInt(((id & 0xf) | (((id >> 4) & 0xff) << 8) | (((id >> 12) & 0xff) << 16)) >>> 0) | 0x8000_0000n;
+}
 
 /** A device tree or boot layout that cannot be built: one line for the user. */
 export class Arm64BootLayoutError extends Error {
@@ -74,7 +88,7 @@ export class Arm64BootLayoutError extends Error {
 
 /**
  * Where the Image, initrd and DTB go, and the DTB itself. Pure: `viommu run` calls it before it
- * opens /dev/kvm (with VCPU0_MPIDR), so a layout or device-tree error is one line and status 2
+ * opens /dev/kvm (with kvmResetMpidr's), so a layout or device-tree error is one line and status 2
  * with no VM made; `bootLinux` calls it again with the MPIDRs KVM reports.
  */
 export function layoutArm64Linux(
@@ -129,7 +143,8 @@ export class Arm64Machine extends KvmMachine {
   private readonly iommu: DtIommu;
 
   constructor(config: Arm64MachineConfig) {
-    if (config.cpus !== 1) throw new Error(`--cpus ${config.cpus}: the arm64 machine runs one vCPU`);
+    if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > ARM64_MAX_CPUS)
+      throw new Error(`--cpus ${config.cpus}: the arm64 machine runs 1 to ${ARM64_MAX_CPUS} vCPUs`);
     if (config.memorySizeBytes > MAX_RAM_BYTES)
       throw new Error("guest RAM above 255 GiB does not fit the arm64 map");
     super(config.memorySizeBytes, config.memoryFile);
@@ -140,13 +155,14 @@ export class Arm64Machine extends KvmMachine {
     this.memory = new GuestMemory([
       { gpa: RAM_GPA, sizeBytes: config.memorySizeBytes, bytes: this.ram.bytes, name: "ram" },
     ]);
-    // vCPUs before the GIC (its redistributors follow the vCPUs), and all initialised.
+    // vCPUs before the GIC (its redistributors follow the vCPUs), and all initialised: vCPU 0
+    // runs, the others wait powered off for the guest's PSCI CPU_ON (api.rst 4.82).
     const target = preferredTarget(this.vm.fd);
-    const boot = this.vm.createVcpu(0);
-    initVcpu(boot.fd, target, true);
-    this.vcpus.push(boot);
-    if (GIC_REDIST_BYTES_PER_CPU * config.cpus > GIC_REDIST_REGION_BYTES)
-      throw new Error("too many vCPUs for the GIC map");
+    for (let id = 0; id < config.cpus; id++) {
+      const vcpu = this.vm.createVcpu(id);
+      initVcpu(vcpu.fd, target, id === 0);
+      this.vcpus.push(vcpu);
+    }
     this.gic = new VgicV3(this.vm.fd, {
       distributorGpa: GIC_DIST_GPA,
       redistributorGpa: GIC_REDIST_GPA,
@@ -165,7 +181,7 @@ export class Arm64Machine extends KvmMachine {
 
   /** Loads the Image, the initrd and the device tree, and points the boot vCPU at the Image. */
   bootLinux(input: Arm64LinuxBoot): Arm64BootPlan {
-    const mpidrs = [readMpidr(this.vcpu.fd)];
+    const mpidrs = this.vcpus.map((v) => readMpidr(v.fd));
     const { plan, dtb } = layoutArm64Linux(input, this.memorySizeBytes, this.iommu, mpidrs);
     this.memory.write(plan.kernelGpa, input.kernel);
     if (plan.initrdGpa !== null && input.initrd) this.memory.write(plan.initrdGpa, input.initrd);
