@@ -7,8 +7,8 @@
  *    tools/provision/arm64.sh step 10), the peer.
  * Figures: boot to ready (L1 milliseconds from starting the VMM process until the L2's /init says
  * "ready", so our node start-up counts), the L2's uptime at that point, and blk read MiB/s (dd of
- * the whole disk in the L2, cold, timed with /proc/uptime). The disk is a file on the L1's tmpfs,
- * so neither VMM reads through 9p.
+ * the whole disk in the L2, cold, timed with /proc/uptime). The disk is a file on the L1's tmpfs
+ * (/run/tmp, the lab's TMPDIR), so neither VMM reads through 9p.
  *
  *   flock /work/lab.lock node --import tsx bench/arm64-vs-qemu.ts [--disk-mib N]
  *
@@ -23,6 +23,7 @@ import {
   arm64LabWorkDir,
   runInArm64Lab,
   viommuInArm64Lab,
+  virtLinuxQemuArgs,
 } from "../tools/guest-lab/arm64-lab.ts";
 import { newcArchiveGz } from "../tools/guest-lab/cpio.ts";
 import { describeKvmLabRun, shQuote } from "../tools/guest-lab/kvm-lab.ts";
@@ -68,7 +69,7 @@ t1=$(cut -d' ' -f1 /proc/uptime)
 
 const CMDLINE = "console=ttyAMA0 panic=-1 loglevel=4";
 const MEMORY_MIB = 512;
-const L1_DISK = "/tmp/viommu-bench-disk.img";
+const L1_DISK = "/run/tmp/viommu-bench-disk.img";
 
 type Vmm = { name: string; label: string; command: string[] };
 
@@ -139,29 +140,16 @@ try {
         "timeout",
         "600",
         paths.peerQemu,
-        "-machine",
-        "virt,gic-version=3,iommu=smmuv3",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-smp",
-        "1",
-        "-m",
-        `${MEMORY_MIB}M`,
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-kernel",
-        paths.image,
-        "-initrd",
-        initrd,
-        "-append",
-        CMDLINE,
+        ...virtLinuxQemuArgs({
+          machine: "virt,gic-version=3,iommu=smmuv3",
+          accel: "kvm",
+          cpu: "host",
+          cpus: 1,
+          memMiB: MEMORY_MIB,
+          kernel: paths.image,
+          initrd,
+          append: CMDLINE,
+        }),
         "-drive",
         `file=${L1_DISK},if=none,id=disk,format=raw,readonly=on`,
         "-device",

@@ -13,7 +13,8 @@
 //  - --iommu virtio: the same blk and vfio-edu-test checks through the virtio-iommu (DT binding).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { DEFAULT_FEATURES, IDR3_VALUE, idr0 } from "../../src/smmuv3/regs.ts";
@@ -116,6 +117,9 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
   if (!lab.ok) return t.skip(NO_LAB);
   const p = arm64LabPaths();
   const work = arm64LabWorkDir();
+  // A directory under the host's /tmp (where a clone of the repository may live): L1 sees it.
+  const hostTmp = mkdtempSync(join(tmpdir(), "viommu-arm64-tmp-"));
+  writeFileSync(join(hostTmp, "marker"), "host-tmp-visible\n");
   try {
     const pattern = createHash("sha256");
     const data = new Uint8Array(PATTERN_BYTES);
@@ -170,6 +174,8 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
       "test -c /dev/kvm && echo kvm-ok; uname -m; pwd",
       `node -e 'import("koffi").then((k) => console.log(process.arch, typeof k.default.load))'`,
       'echo "=== lab end"',
+      `cd ${shQuote(hostTmp)} && cat marker && cd ${shQuote(REPO)}`,
+      'echo scratch > "$TMPDIR/scratch" && echo "tmpdir $TMPDIR $(cat "$TMPDIR/scratch")"',
       "echo err-line >&2",
     ];
     for (const m of machines) {
@@ -219,6 +225,16 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
         assert.equal(run.exitCode, 5, why(run.console));
         assert.equal(run.stderr, "err-line\n", why(run.stderr));
         assert.match(run.console, /VHE mode initialized successfully|Hyp mode initialized successfully/);
+      },
+    );
+    await t.test(
+      "arm64 lab: the host's /tmp is visible in L1 at its path (a clone under /tmp runs there); TMPDIR is L1's own tmpfs",
+      () => {
+        assert.match(
+          run.stdout,
+          /=== lab end\nhost-tmp-visible\ntmpdir \/run\/tmp scratch\n/,
+          why(run.stdout),
+        );
       },
     );
     for (const m of machines) {
@@ -302,5 +318,6 @@ test("arm64 lab, one L1 boot: the lab itself, then viommu run on arm64 KVM with 
     }
   } finally {
     work.remove();
+    rmSync(hostTmp, { recursive: true, force: true });
   }
 });

@@ -99,8 +99,9 @@ export function arm64LabAvailable(): { ok: boolean; why: string } {
 }
 
 /**
- * A fresh host directory the arm64 L1 can read at the same path (the L1 does not see the host's
- * /tmp): for kernels' initramfs files and disk images a test hands to `viommu run` there.
+ * A fresh host directory the arm64 L1 can read at the same path, under the cache (L1 sees the
+ * host's root read-only, /tmp included, but a host TMPDIR elsewhere may not be): for initramfs
+ * files and disk images a test hands to `viommu run` there.
  */
 export function arm64LabWorkDir(): { path: string; remove: () => void } {
   const base = join(arm64LabPaths().dir, "work");
@@ -134,9 +135,12 @@ function hostKoromix(): string {
 function jobArchive(opts: RunInArm64LabOptions, token: string): Buffer {
   const paths = arm64LabPaths();
   const cwd = resolve(opts.cwd ?? process.cwd());
+  // As in the x86 KVM lab: the host's /tmp is visible (read-only) at /tmp, so a repository or
+  // files under it keep their paths; L1's own temporary files go to a tmpfs at /run/tmp.
   const env: Record<string, string> = {
     PATH: "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-    HOME: "/tmp",
+    HOME: "/run/tmp",
+    TMPDIR: "/run/tmp",
     LANG: "C.UTF-8",
   };
   for (const [k, v] of Object.entries(process.env))
@@ -169,24 +173,37 @@ function jobArchive(opts: RunInArm64LabOptions, token: string): Buffer {
   return newcArchiveGz(entries);
 }
 
-/** The QEMU command line for the arm64 L1 (exported for tests and debugging). */
-export function arm64LabQemuArgs(
-  paths: Arm64LabPaths,
-  initrd: string,
-  sockets: { out: string; err: string },
-  opts: Pick<RunInArm64LabOptions, "cpus" | "memMiB">,
-): string[] {
+/** What differs between QEMU boots of a Linux Image on an arm64 `virt` machine. */
+export interface VirtLinuxBoot {
+  /** -machine, e.g. "virt,virtualization=on,gic-version=3". */
+  readonly machine: string;
+  /** -accel: "tcg,thread=multi" for the L1 on this x86 machine, "kvm" inside L1. */
+  readonly accel: string;
+  readonly cpu: string;
+  readonly cpus: number;
+  readonly memMiB: number;
+  readonly kernel: string;
+  readonly initrd: string;
+  readonly append: string;
+}
+
+/**
+ * The QEMU arguments every arm64 `virt` Linux boot here shares: the L1 of this lab, and the
+ * peer QEMU of bench/arm64-vs-qemu.ts inside it. No default devices or user config, no display
+ * or monitor, the console on stdio, no reboot (a guest reset ends QEMU); callers add devices.
+ */
+export function virtLinuxQemuArgs(boot: VirtLinuxBoot): string[] {
   return [
     "-machine",
-    "virt,virtualization=on,gic-version=3",
+    boot.machine,
     "-accel",
-    "tcg,thread=multi",
+    boot.accel,
     "-cpu",
-    "max",
+    boot.cpu,
     "-smp",
-    String(opts.cpus ?? 2),
+    String(boot.cpus),
     "-m",
-    `${opts.memMiB ?? 2048}M`,
+    `${boot.memMiB}M`,
     "-nodefaults",
     "-no-user-config",
     "-display",
@@ -197,11 +214,32 @@ export function arm64LabQemuArgs(
     "stdio",
     "-no-reboot",
     "-kernel",
-    paths.image,
+    boot.kernel,
     "-initrd",
-    initrd,
+    boot.initrd,
     "-append",
-    "console=ttyAMA0 panic=-1 loglevel=4",
+    boot.append,
+  ];
+}
+
+/** The QEMU command line for the arm64 L1 (exported for tests and debugging). */
+export function arm64LabQemuArgs(
+  paths: Arm64LabPaths,
+  initrd: string,
+  sockets: { out: string; err: string },
+  opts: Pick<RunInArm64LabOptions, "cpus" | "memMiB">,
+): string[] {
+  return [
+    ...virtLinuxQemuArgs({
+      machine: "virt,virtualization=on,gic-version=3",
+      accel: "tcg,thread=multi",
+      cpu: "max",
+      cpus: opts.cpus ?? 2,
+      memMiB: opts.memMiB ?? 2048,
+      kernel: paths.image,
+      initrd,
+      append: "console=ttyAMA0 panic=-1 loglevel=4",
+    }),
     "-drive",
     `file=${qemuValue(paths.rootImage)},if=none,format=raw,id=root,readonly=on`,
     "-device",

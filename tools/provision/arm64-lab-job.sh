@@ -6,8 +6,9 @@
 # gic-version=3 -cpu max), so KVM is built in and /dev/kvm exists. The command runs with arm64
 # binaries and the host's files at their own paths: a tmpfs root gets the arm64 Debian root's
 # /usr, /etc and /var (root.img, the read-only virtio disk /dev/vda), and every other top-level
-# directory of the host (9p tag "host", read-only), so the repository, node_modules symlinks and
-# the cache keep their paths.
+# directory of the host (9p tag "host", read-only), /tmp included, so the repository (a clone
+# under /tmp too), node_modules symlinks and the cache keep their paths. As in the x86 KVM lab
+# (kvm-lab-init.sh), L1's own temporary files go to a tmpfs at /run, TMPDIR=/run/tmp.
 # @koromix/ in the repository's node_modules is replaced by the cache's arm64 copy (koffi loads
 # its native module from there). Console lines use the x86 KVM lab's protocol (kvm-lab.ts):
 # "VIOMMU-KVM-LAB: step=NAME", "failed step=NAME: WHY", "exit=N"; stdout and stderr go to the
@@ -39,7 +40,7 @@ done
 for l in bin sbin lib; do ln -s "usr/$l" "/lab/$l"; done
 for d in /host/*; do
   n="${d#/host/}"
-  case "$n" in bin | boot | dev | etc | lib | lib32 | lib64 | libx32 | proc | run | sbin | sys | tmp | usr | var | lost+found) continue ;; esac
+  case "$n" in bin | boot | dev | etc | lib | lib32 | lib64 | libx32 | proc | run | sbin | sys | usr | var | lost+found) continue ;; esac
   [ -d "$d" ] && [ ! -L "$d" ] || continue
   mkdir -p "/lab/$n" && mount --bind "$d" "/lab/$n" || fail mounts "host /$n"
 done
@@ -53,8 +54,8 @@ mount -t devtmpfs devtmpfs /lab/dev || fail mounts devtmpfs
 mkdir -p /lab/dev/pts /lab/dev/shm
 mount -t devpts devpts /lab/dev/pts
 mount -t tmpfs tmpfs /lab/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /lab/tmp || fail mounts "tmpfs on /tmp"
-mount -t tmpfs tmpfs /lab/run
+mount -t tmpfs -o mode=755 tmpfs /lab/run || fail mounts "tmpfs on /run"
+mkdir -p -m 1777 /lab/run/tmp
 
 out=""
 err=""
@@ -66,9 +67,9 @@ for p in /sys/class/virtio-ports/*; do
 done
 [ -c "$out" ] && [ -c "$err" ] || fail ports "virtio-serial ports out/err missing"
 
-cp /viommu/command.sh /lab/tmp/.viommu-lab-command.sh
+cp /viommu/command.sh /lab/run/.viommu-lab-command.sh
 say "step=run uptime=$(cut -d' ' -f1 /proc/uptime)"
-chroot /lab /bin/sh /tmp/.viommu-lab-command.sh </dev/null >"$out" 2>"$err"
+chroot /lab /bin/sh /run/.viommu-lab-command.sh </dev/null >"$out" 2>"$err"
 rc=$?
 printf '%s' "$LAB_TOKEN" >"$out"
 printf '%s' "$LAB_TOKEN" >"$err"
