@@ -4,7 +4,7 @@
  * serves, driver reaps) for virtio-rng, virtio-blk and edu DMA, each with identity DMA and
  * behind virtio-iommu mappings, side by side.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EDU_DMA_BUFFER_ADDRESS, EduDevice } from "../src/devices/edu.ts";
@@ -311,6 +311,8 @@ function blkCase(translated: boolean, path: string, pages = 1): BenchCase {
 const dir = mkdtempSync(join(tmpdir(), "viommu-bench-"));
 const disk = join(dir, "disk.img");
 writeFileSync(disk, new Uint8Array(2 << 20).fill(0x5a));
+// Loading this module (bench/run.ts loads every case file) must not leave a disk in /tmp.
+process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 
 export const cases: BenchCase[] = [
   ...pciCases(),
