@@ -15,7 +15,7 @@
  * what a fresh guest's first virtio-blk reads cost in the server (page faults on its mapping).
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -48,9 +48,22 @@ interface Client {
 
 let client: Client | undefined;
 
+/** Run in order when the runner exits: servers killed, then their socket directories removed. */
+const atExit: (() => void)[] = [];
+process.on("exit", () => {
+  for (const f of atExit) f();
+});
+
+/** A directory for a server's sockets, removed when the runner exits (after its servers). */
+function socketDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
+  atExit.push(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
 /** Starts `viommu serve` with `args` in a child process; returns the path of socket `name`. */
 function startServe(args: string[], name: string): string {
-  const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
+  const dir = socketDir();
   const serve = fileURLToPath(new URL("../src/cli/serve.ts", import.meta.url));
   return startChild([serve, "--socket-dir", dir, ...args], join(dir, `${name}.sock`));
 }
@@ -62,7 +75,7 @@ function startChild(argv: string[], socketPath: string): string {
   });
   // The server must not keep the runner alive: it is killed when the runner exits.
   child.unref();
-  process.on("exit", () => child.kill("SIGKILL"));
+  atExit.unshift(() => child.kill("SIGKILL"));
   // The benchmark API is synchronous: wait for the socket without the event loop.
   const sleep = new Int32Array(new SharedArrayBuffer(4));
   for (let i = 0; i < 1000 && !existsSync(socketPath); i++) Atomics.wait(sleep, 0, 0, 10);
@@ -94,7 +107,7 @@ function setupViommu(): RemoteViommuDriver {
 /** bench/support/floor-serve.ts: MAP and UNMAP answered without the model; its edu is at 0x12. */
 function setupViommuFloor(): RemoteViommuDriver {
   if (viommuFloor !== undefined) return viommuFloor;
-  const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
+  const dir = socketDir();
   const script = fileURLToPath(new URL("./support/floor-serve.ts", import.meta.url));
   viommuFloor = driveViommu(
     startChild([script, "--socket-dir", dir], join(dir, "virtio-iommu.sock")),
@@ -227,7 +240,7 @@ let floor: { c: Client; counter: Uint32Array; answered: number } | undefined;
 
 function setupFloor(): NonNullable<typeof floor> {
   if (floor !== undefined) return floor;
-  const dir = mkdtempSync(join(tmpdir(), "vfio-user-bench-"));
+  const dir = socketDir();
   const script = fileURLToPath(new URL("./support/doorbell-floor.ts", import.meta.url));
   const fd = connectUnix(startChild([script, join(dir, "floor.sock")], join(dir, "floor.sock")));
   const c: Client = {
