@@ -1,16 +1,14 @@
 /**
  * The files `viommu run` boots: the kernel (--kernel) and the --initramfs modules, read before
- * any machine exists, so that a file that cannot be read is one line and status 2. The x86
- * KVM lab's front end (tools/guest-lab/kvm-lab-cli.ts) also classifies them with the x86
- * machine's `bootKind` before it boots L1 (readBootFiles: the built-in guest when no kernel).
+ * any machine exists, so that a file that cannot be read is one line and status 2; and the
+ * machine request they go into. A front end that must refuse what the machine would refuse
+ * before starting a run elsewhere (the x86 KVM lab's, tools/guest-lab/kvm-lab-cli.ts) hands that
+ * request to the factory's `checkMachineRequest`: this file knows no architecture.
  */
 import { readFileSync } from "node:fs";
-import type { BootFiles } from "../vmm/x86/boot-kind.ts";
-import { builtinGuestImage } from "../vmm/x86/builtin-guest.ts";
+import type { MachineRequest } from "../vmm/vmm-machine.ts";
 import { fileProblem } from "./file-errors.ts";
 import type { RunOptions } from "./run-options.ts";
-
-export { type BootFiles, bootKind } from "../vmm/x86/boot-kind.ts";
 
 /** A file named on the command line; a failure names the option, the path and the fix. */
 function readUserFile(option: string, path: string): Uint8Array {
@@ -37,8 +35,19 @@ export function readUserBootFiles(options: Pick<RunOptions, "kernel" | "modules"
   return { kernel, modules };
 }
 
-/** The x86 machine's boot files: the user's, or the built-in guest without --kernel. */
-export function readBootFiles(options: Pick<RunOptions, "kernel" | "modules">): BootFiles {
+/** The machine the options ask for, its files read (throws one line when one cannot be). */
+export function readMachineRequest(options: RunOptions): MachineRequest {
   const files = readUserBootFiles(options);
-  return { image: files.kernel?.image ?? builtinGuestImage(), modules: files.modules };
+  return {
+    cpus: options.cpus,
+    memorySizeBytes: options.memorySizeBytes,
+    memoryFile: options.memoryFile,
+    kernel: files.kernel,
+    modules: files.modules,
+    cmdline: options.cmdline,
+    iommu: options.iommu,
+    devices: options.devices,
+    debugExit: options.debugExit,
+    stdin: options.stdin,
+  };
 }

@@ -9,7 +9,6 @@
 import { normalizeBdf, VfioSetupError } from "../vfio/sysfs.ts";
 import type { DeviceRequest } from "../vmm/device-choice.ts";
 import type { IommuRequest } from "../vmm/vmm-machine.ts";
-import { platformPortOverlap } from "../vmm/x86/layout.ts";
 import { parseVtdConfig, VtdConfigError } from "../vtd/config.ts";
 import {
   formatUsage,
@@ -37,8 +36,11 @@ export interface RunOptions {
     | { readonly kind: "tty" }
     | { readonly kind: "null" }
     | { readonly kind: "file"; readonly path: string };
-  /** DEFAULT_DEBUG_EXIT itself unless --debug-exit was given. */
-  readonly debugExit: { readonly iobase: number; readonly iosize: number };
+  /**
+   * isa-debug-exit's ports if --debug-exit was given (the machine checks them against its port
+   * map); undefined leaves the machine's default (QEMU's 0x501, 2 bytes, on x86).
+   */
+  readonly debugExit?: { readonly iobase: number; readonly iosize: number };
   readonly timeoutSeconds: number;
   readonly trace?: string;
   /** Feed stdin to COM1 (with --serial tty). */
@@ -47,9 +49,6 @@ export interface RunOptions {
 }
 
 export type DeviceOption = DeviceRequest;
-
-/** QEMU's isa-debug-exit ports: the default, kept as this object so a given --debug-exit shows. */
-export const DEFAULT_DEBUG_EXIT: RunOptions["debugExit"] = Object.freeze({ iobase: 0x501, iosize: 2 });
 
 export class RunOptionError extends Error {
   constructor(message: string) {
@@ -248,7 +247,8 @@ function parseMemory(s: RunState, v: string): void {
   if (s.memorySizeBytes % 4096 !== 0) throw new RunOptionError("--memory: size must be a multiple of 4K");
 }
 
-function parseDebugExit(v: string): RunOptions["debugExit"] {
+/** `iobase=P,iosize=N`, each defaulting to QEMU's isa-debug-exit property; any port range QEMU allows. */
+function parseDebugExit(v: string): NonNullable<RunOptions["debugExit"]> {
   const p = props(v, "--debug-exit", ["iobase", "iosize"]);
   const base = p.get("iobase");
   const size = p.get("iosize");
@@ -256,12 +256,6 @@ function parseDebugExit(v: string): RunOptions["debugExit"] {
   const iosize = size === undefined ? 2 : parseIntStrict(size, "--debug-exit iosize");
   if (iobase > 0xffff || iosize < 1 || iosize > 4 || iobase + iosize > 0x10000) {
     throw new RunOptionError("--debug-exit: iobase must be a port (0..0xffff) and iosize 1..4");
-  }
-  const clash = platformPortOverlap(iobase, iosize);
-  if (clash !== undefined) {
-    throw new RunOptionError(
-      `--debug-exit: ports 0x${iobase.toString(16)}-0x${(iobase + iosize - 1).toString(16)} overlap ${clash}`,
-    );
   }
   return { iobase, iosize };
 }
@@ -487,7 +481,7 @@ export function parseRunOptions(argv: readonly string[]): RunOptions {
     iommu: { kind: "none" },
     devices: [],
     serial: { kind: "tty" },
-    debugExit: DEFAULT_DEBUG_EXIT,
+    debugExit: undefined,
     timeoutSeconds: 0,
     trace: undefined,
     stdin: false,

@@ -12,8 +12,8 @@ import type { KvmArchitecture } from "../kvm/system.ts";
 import { createMachine } from "../vmm/machine-factory.ts";
 import type { RunResult } from "../vmm/run-result.ts";
 import type { MachineSpec, VmmMachine } from "../vmm/vmm-machine.ts";
-import { readUserBootFiles } from "./boot-files.ts";
-import { DEFAULT_DEBUG_EXIT, parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
+import { readMachineRequest } from "./boot-files.ts";
+import { parseRunOptions, RUN_USAGE, type RunOptions } from "./run-options.ts";
 import { formatTraceCatalogue } from "./trace-help.ts";
 
 export interface RunIo {
@@ -37,21 +37,7 @@ function serialSink(o: RunOptions): { sink: SerialSink; close: () => void } {
 
 /** The machine's spec from the options: the files read, the serial port and tracer made. */
 function machineSpec(options: RunOptions, serial: SerialSink, tracer: Tracer): MachineSpec {
-  const files = readUserBootFiles(options);
-  return {
-    cpus: options.cpus,
-    memorySizeBytes: options.memorySizeBytes,
-    memoryFile: options.memoryFile,
-    kernel: files.kernel,
-    modules: files.modules,
-    cmdline: options.cmdline,
-    iommu: options.iommu,
-    devices: options.devices,
-    debugExit: options.debugExit === DEFAULT_DEBUG_EXIT ? undefined : options.debugExit,
-    stdin: options.stdin,
-    serial,
-    tracer,
-  };
+  return { ...readMachineRequest(options), serial, tracer };
 }
 
 /**

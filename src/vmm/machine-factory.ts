@@ -1,22 +1,30 @@
 /**
  * The one place that knows which architecture `viommu run` runs on: KVM runs guests of the
  * host's own instruction set, so the host picks the machine (src/vmm/x86/ or src/vmm/arm64/).
- * What only one architecture has is refused here, before anything is opened, as one line.
+ * What only one architecture has is refused here, before anything is opened, as one line; what
+ * one machine refuses of a request (its port map, its kernel formats, its boot layout) its own
+ * module checks, reached through `checkMachineRequest` by front ends that know no architecture.
  */
 import { type KvmArchitecture, kvmArchitecture } from "../kvm/system.ts";
-import { buildArm64Machine } from "./arm64/build.ts";
-import type { MachineSpec, VmmMachine } from "./vmm-machine.ts";
-import { buildX86Machine } from "./x86/build.ts";
+import { buildArm64Machine, checkArm64Request } from "./arm64/build.ts";
+import type { MachineRequest, MachineSpec, VmmMachine } from "./vmm-machine.ts";
+import { buildX86Machine, checkX86Request } from "./x86/build.ts";
 
-const BUILDERS: Readonly<Record<KvmArchitecture, (spec: MachineSpec) => VmmMachine>> = {
-  x86_64: buildX86Machine,
-  arm64: buildArm64Machine,
+/** Each architecture's machine: its checks without side effects, and its builder (which checks too). */
+const MACHINES: Readonly<
+  Record<
+    KvmArchitecture,
+    { readonly check: (request: MachineRequest) => void; readonly build: (spec: MachineSpec) => VmmMachine }
+  >
+> = {
+  x86_64: { check: checkX86Request, build: buildX86Machine },
+  arm64: { check: checkArm64Request, build: buildArm64Machine },
 };
 
 /** Options only one architecture has: the architecture, whether the spec uses it, and the line. */
 const ARCHITECTURE_ONLY: readonly {
   readonly on: KvmArchitecture;
-  readonly uses: (spec: MachineSpec) => boolean;
+  readonly uses: (spec: MachineRequest) => boolean;
   readonly refusal: string;
 }[] = [
   {
@@ -59,6 +67,32 @@ export class MachineSpecError extends Error {
   }
 }
 
+/** The architecture, once it has a machine and nothing of `request` belongs to the other one. */
+function supportedFor(
+  request: MachineRequest,
+  architecture: KvmArchitecture | "unsupported",
+): KvmArchitecture {
+  if (architecture === "unsupported") {
+    throw new MachineSpecError(`viommu run has machines for x86-64 and arm64 hosts, not ${process.arch}`);
+  }
+  for (const row of ARCHITECTURE_ONLY) {
+    if (row.on !== architecture && row.uses(request)) throw new MachineSpecError(row.refusal);
+  }
+  return architecture;
+}
+
+/**
+ * Everything `createMachine` would refuse of `request` before opening anything (its files are
+ * already read), for a front end that must know before it starts a run elsewhere (the KVM lab's:
+ * tools/guest-lab/kvm-lab-cli.ts). Throws the same one line `createMachine` would.
+ */
+export function checkMachineRequest(
+  request: MachineRequest,
+  architecture: KvmArchitecture | "unsupported" = kvmArchitecture(),
+): void {
+  MACHINES[supportedFor(request, architecture)].check(request);
+}
+
 /**
  * Builds the host architecture's machine for `spec`, its guest loaded. `architecture` is the
  * host's; tests pass another to check one machine's refusals on any host (they come before
@@ -69,11 +103,5 @@ export function createMachine(
   spec: MachineSpec,
   architecture: KvmArchitecture | "unsupported" = kvmArchitecture(),
 ): VmmMachine {
-  if (architecture === "unsupported") {
-    throw new MachineSpecError(`viommu run has machines for x86-64 and arm64 hosts, not ${process.arch}`);
-  }
-  for (const row of ARCHITECTURE_ONLY) {
-    if (row.on !== architecture && row.uses(spec)) throw new MachineSpecError(row.refusal);
-  }
-  return BUILDERS[architecture](spec);
+  return MACHINES[supportedFor(spec, architecture)].build(spec);
 }

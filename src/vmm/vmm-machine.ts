@@ -15,7 +15,11 @@ export type IommuRequest =
   | { readonly kind: "intel"; readonly spec: string }
   | { readonly kind: "smmuv3"; readonly stage: "1" | "2" | "nested"; readonly instances: number };
 
-export interface MachineSpec {
+/**
+ * What the user asked the machine to be: everything of a `MachineSpec` but the run's sinks, so
+ * a front end can have it checked (machine-factory.ts `checkMachineRequest`) before any run.
+ */
+export interface MachineRequest {
   readonly cpus: number;
   readonly memorySizeBytes: number;
   readonly memoryFile?: string;
@@ -31,6 +35,9 @@ export interface MachineSpec {
   readonly debugExit?: { readonly iobase: number; readonly iosize: number };
   /** Feed stdin to the machine's serial port. */
   readonly stdin: boolean;
+}
+
+export interface MachineSpec extends MachineRequest {
   readonly serial: SerialSink;
   readonly tracer: Tracer;
 }

@@ -5,9 +5,10 @@
 // its progress lines on stderr). With a usable /dev/kvm bin/viommu.mjs never gets here.
 import { spawn } from "node:child_process";
 import { resolve } from "node:path";
-import { bootKind, readBootFiles } from "../../src/cli/boot-files.ts";
+import { readMachineRequest } from "../../src/cli/boot-files.ts";
 import { DEMO_RUNS } from "../../src/cli/demo.ts";
 import { parseRunOptions } from "../../src/cli/run-options.ts";
+import { checkMachineRequest } from "../../src/vmm/machine-factory.ts";
 import { kvmLabAvailable, runInKvmLab } from "./kvm-lab.ts";
 
 /** Extra time the lab gets beyond the VMM's own --timeout: L1 boot and node start-up in L1. */
@@ -72,13 +73,14 @@ function lineWriter(write: (s: string) => void): { push: (t: string) => void; en
  */
 export async function runViommuInKvmLab(repo: string, args: readonly string[], why: string): Promise<number> {
   const err = (s: string) => process.stderr.write(s);
-  // A bad argument, or a kernel the VMM cannot boot, gets its one line and status 2 here, as
-  // without the lab: no L1 boot for it.
+  // A bad argument, or anything the machine would refuse before KVM (a kernel it cannot boot,
+  // isa-debug-exit on its ports, an option of the other architecture), gets its one line and
+  // status 2 here, as without the lab: no L1 boot for it. The lab's L1 is x86-64.
   try {
     const options = parseRunOptions(
       args[0] === "demo" ? [...(DEMO_RUNS[0] ?? []), ...args.slice(1)] : args.slice(1),
     );
-    if (!options.help) bootKind(options.kernel, readBootFiles(options));
+    if (!options.help) checkMachineRequest(readMachineRequest(options), "x86_64");
   } catch (e) {
     err(`viommu run: ${(e as Error).message}\n`);
     return 2;
