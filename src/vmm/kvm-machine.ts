@@ -31,6 +31,11 @@ export abstract class KvmMachine implements VmmMachine {
   mmioExits = 0;
   /** KVM_RUN returns of the last run, over all vCPUs. */
   runExits = 0;
+  /**
+   * What wakes the device thread with --cpus > 1 (vcpu-threads.ts): the vCPU threads' requests,
+   * and the INTx watchers of assigned devices (eventfd-watch.ts), so an INTx is raised at once.
+   */
+  readonly deviceDoorbell = new SharedArrayBuffer(4);
 
   /** Opens /dev/kvm, makes the VM and maps (not yet registers) guest RAM. */
   protected constructor(memorySizeBytes: number, memoryFile?: string) {

@@ -71,9 +71,14 @@ export class VcpuThreads {
   private readonly workers: Worker[] = [];
   private readonly workerErrors: string[] = [];
 
-  constructor(vcpus: readonly { id: number; fd: number }[], kvmFd: number, vcpuMmapSizeBytes: number) {
+  /** `doorbellBuffer`: 4 bytes, Int32 [0]; the machine's when others ring it too (eventfd-watch.ts). */
+  constructor(
+    vcpus: readonly { id: number; fd: number }[],
+    kvmFd: number,
+    vcpuMmapSizeBytes: number,
+    doorbellBuffer = new SharedArrayBuffer(4),
+  ) {
     installKickHandler();
-    const doorbellBuffer = new SharedArrayBuffer(4);
     this.doorbell = new Int32Array(doorbellBuffer);
     this.slots = vcpus.map((v) => {
       const slot = new SharedArrayBuffer(SLOT_BYTES);
@@ -150,11 +155,32 @@ export class VcpuThreads {
 
 /** Doorbell polls before the device thread sleeps (a futex sleep and wake cost tens of us). */
 const DOORBELL_SPINS = 20_000;
+/**
+ * The device thread's longest sleep: the bound on noticing what rings no doorbell (a signal
+ * latch, the run's timeout). vCPU requests and assigned devices' INTx ring it.
+ */
+const DOORBELL_WAIT_MS = 50;
+
+/**
+ * Waits until the doorbell moves from `seen` or `timeoutMs` pass: spins a little first, then
+ * sleeps on the futex. True when it was rung.
+ */
+export function waitForDoorbell(doorbell: Int32Array, seen: number, timeoutMs = DOORBELL_WAIT_MS): boolean {
+  for (let spins = 0; spins < DOORBELL_SPINS; spins++) {
+    if (Atomics.load(doorbell, 0) !== seen) return true;
+  }
+  return Atomics.wait(doorbell, 0, seen, timeoutMs) !== "timed-out";
+}
 
 /** What the threads need of the VM: /dev/kvm's fd and the kvm_run size, and each vCPU's fd. */
 export interface ThreadedVcpus {
   readonly kvm: { readonly fd: number; readonly vcpuMmapSizeBytes: number };
   readonly vcpus: readonly { readonly id: number; readonly fd: number }[];
+  /**
+   * The device thread's doorbell (4 bytes), when others than the vCPU threads ring it too: an
+   * assigned device's INTx watcher (eventfd-watch.ts). Absent: the threads make their own.
+   */
+  readonly deviceDoorbell?: SharedArrayBuffer;
 }
 
 /**
@@ -175,7 +201,12 @@ export function runVcpuThreads(
   const terminate = new SignalLatch(SIGTERM);
   interrupt.arm();
   terminate.arm();
-  const threads = new VcpuThreads(machine.vcpus, machine.kvm.fd, machine.kvm.vcpuMmapSizeBytes);
+  const threads = new VcpuThreads(
+    machine.vcpus,
+    machine.kvm.fd,
+    machine.kvm.vcpuMmapSizeBytes,
+    machine.deviceDoorbell,
+  );
   let stop: StopReason | null = handlers.pendingStop();
   try {
     threads.waitReady();
@@ -204,12 +235,7 @@ export function runVcpuThreads(
       if (interrupt.fired()) stop = { kind: "interrupted", signal: SIGINT };
       else if (terminate.fired()) stop = { kind: "interrupted", signal: SIGTERM };
       else if (Date.now() >= deadline) stop = { kind: "timeout", seconds: timeoutSeconds };
-      else if (!serviced) {
-        // Spin a little for the next request before sleeping on the doorbell futex.
-        let spins = 0;
-        while (spins < DOORBELL_SPINS && Atomics.load(threads.doorbell, 0) === seen) spins++;
-        if (spins === DOORBELL_SPINS) Atomics.wait(threads.doorbell, 0, seen, 50);
-      }
+      else if (!serviced) waitForDoorbell(threads.doorbell, seen);
     }
   } finally {
     threads.stop();

@@ -16,7 +16,8 @@ import type { Platform } from "./platform.ts";
 export class AssignedDevices {
   private readonly watches: EventfdWatch[] = [];
 
-  constructor(platform: Platform, vm: Vm, msi: DeviceMsiRoutes) {
+  /** `doorbell`: the device thread's (kvm-machine.ts), rung by each INTx signal. */
+  constructor(platform: Platform, vm: Vm, msi: DeviceMsiRoutes, doorbell: SharedArrayBuffer) {
     const barMemory: GuestMemoryMapper = {
       map: (gpa, sizeBytes, hostAddress) => {
         try {
@@ -34,7 +35,7 @@ export class AssignedDevices {
       fn.msiWiring = msi;
       fn.guestMemoryMapper = barMemory;
       if (fn.intxEventfd < 0) continue;
-      this.watches.push(new EventfdWatch(fn.intxEventfd, () => fn.intxFired()));
+      this.watches.push(new EventfdWatch(fn.intxEventfd, () => fn.intxFired(), doorbell));
       const pin = intxIoapicPin(d.requesterId, fn.config.u8(PCI_INTERRUPT_PIN) - 1);
       platform.ioapic.addEoiListener(pin, () => fn.intxEoi());
     }

@@ -189,7 +189,7 @@ export class Machine extends KvmMachine {
       this.ioapicRoutesDirty = true;
       if (now) this.refreshIoapicRoutes();
     });
-    this.assigned = new AssignedDevices(this.platform, this.vm, this.deviceMsi);
+    this.assigned = new AssignedDevices(this.platform, this.vm, this.deviceMsi, this.deviceDoorbell);
     const vtd = this.platform.vtd;
     if (vtd !== null) {
       vtd.interruptRemapper.onEntriesChanged = () => {
