@@ -36,7 +36,7 @@ export interface MachineConfig {
   readonly debugExit: { readonly iobase: number; readonly iosize: number };
   readonly tracer: Tracer;
   /** Host bytes for COM1's receive side (a SerialInput over stdin), if any; closed with the machine. */
-  readonly serialInput?: SerialSource & { close?: () => void };
+  readonly serialInput?: SerialSource & { close?: () => void; start?: (doorbell: SharedArrayBuffer) => void };
 }
 
 export interface MachineStats {
@@ -92,7 +92,7 @@ export class Machine extends KvmMachine {
   builtinGuest = false;
   private stopReason: StopReason | null = null;
   private readonly tracer: Tracer;
-  private readonly serialInput: (SerialSource & { close?: () => void }) | undefined;
+  private readonly serialInput: MachineConfig["serialInput"];
 
   private ioapicRoutesDirty = true;
   /** The MSI data of each pin's KVM route (-1: none), to notice remapping changes. */
@@ -190,6 +190,8 @@ export class Machine extends KvmMachine {
       if (now) this.refreshIoapicRoutes();
     });
     this.assigned = new AssignedDevices(this.platform, this.vm, this.deviceMsi, this.deviceDoorbell);
+    // COM1 input starts reading now that the device thread's doorbell exists (serial-input.ts).
+    this.serialInput?.start?.(this.deviceDoorbell);
     const vtd = this.platform.vtd;
     if (vtd !== null) {
       vtd.interruptRemapper.onEntriesChanged = () => {

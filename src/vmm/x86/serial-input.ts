@@ -2,7 +2,9 @@
  * Host input for COM1 without blocking the vCPU loop: a worker thread reads the input file
  * descriptor (stdin) into a shared ring and sends the process SIGUSR2, which interrupts
  * KVM_RUN (EINTR); the run loop then drains the ring into the UART's receive FIFO. Bytes that
- * do not fit in the ring wait in the worker (it blocks on the ring, never drops).
+ * do not fit in the ring wait in the worker (it blocks on the ring, never drops). With --cpus > 1
+ * the device thread sleeps on its doorbell instead of in KVM_RUN: the worker rings that too, so
+ * typed input is polled at once (vcpu-threads.ts).
  */
 import { Worker } from "node:worker_threads";
 
@@ -15,6 +17,7 @@ const { workerData } = require("node:worker_threads");
 const fs = require("node:fs");
 const ctl = new Int32Array(workerData.sab, 0, 2);
 const ring = new Uint8Array(workerData.sab, ${HEADER_BYTES}, ${RING_BYTES});
+const doorbell = workerData.doorbell ? new Int32Array(workerData.doorbell) : null;
 const buf = Buffer.alloc(256);
 for (;;) {
   let n = 0;
@@ -27,6 +30,7 @@ for (;;) {
     ring[w % ${RING_BYTES}] = buf[i];
     Atomics.store(ctl, 0, w + 1);
   }
+  if (doorbell) { Atomics.add(doorbell, 0, 1); Atomics.notify(doorbell, 0); }
   process.kill(process.pid, "SIGUSR2");
 }
 `;
@@ -35,15 +39,28 @@ export class SerialInput {
   private readonly sab = new SharedArrayBuffer(HEADER_BYTES + RING_BYTES);
   private readonly ctl = new Int32Array(this.sab, 0, 2);
   private readonly ring = new Uint8Array(this.sab, HEADER_BYTES, RING_BYTES);
-  private readonly worker: Worker;
+  private worker: Worker | null = null;
+  private closed = false;
   private readonly scratch = new Uint8Array(RING_BYTES);
 
   private readonly onSignal = () => {};
 
+  private readonly fd: number;
+
+  /** Reads nothing until `start`: the machine that owns the device thread's doorbell starts it. */
   constructor(fd = 0) {
+    this.fd = fd;
+  }
+
+  /** Starts the reader; each chunk read rings `deviceDoorbell` (Int32 [0]) when given. */
+  start(deviceDoorbell?: SharedArrayBuffer): void {
+    if (this.worker !== null || this.closed) return;
     // The listener must exist before the worker can signal: SIGUSR2's default action terminates.
     process.on("SIGUSR2", this.onSignal);
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { sab: this.sab, fd } });
+    this.worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { sab: this.sab, fd: this.fd, doorbell: deviceDoorbell },
+    });
     this.worker.unref();
   }
 
@@ -61,6 +78,7 @@ export class SerialInput {
 
   /** Stops the reader. The SIGUSR2 listener stays (a late signal from the exiting worker must not kill the process; the listener does not keep Node alive). */
   close(): void {
-    void this.worker.terminate();
+    this.closed = true;
+    if (this.worker !== null) void this.worker.terminate();
   }
 }

@@ -1,0 +1,35 @@
+// SerialInput (COM1's host input): a worker reads the fd into a shared ring; with --cpus > 1 it
+// also rings the device thread's doorbell, so typed input is polled at once rather than at the
+// end of the device thread's sleep (vcpu-threads.ts, waitForDoorbell).
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { waitForDoorbell } from "../../src/vmm/vcpu-threads.ts";
+import { SerialInput } from "../../src/vmm/x86/serial-input.ts";
+
+test("SerialInput: bytes read from the fd ring the device thread's doorbell, waking a sleeper before its timeout", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "viommu-serial-input-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const fifo = join(dir, "in");
+  execFileSync("mkfifo", [fifo]);
+  // Read-write: opening a FIFO this way never blocks, and the test writes through the same fd.
+  const fd = openSync(fifo, "r+");
+  const doorbell = new Int32Array(new SharedArrayBuffer(4));
+  const input = new SerialInput(fd);
+  try {
+    assert.equal(input.take(16).length, 0, "nothing before start");
+    input.start(doorbell.buffer as SharedArrayBuffer);
+    writeSync(fd, "hi");
+    const t0 = Date.now();
+    assert.ok(waitForDoorbell(doorbell, 0, 20_000), "the doorbell was rung");
+    assert.ok(Date.now() - t0 < 10_000, "well before the sleep's timeout");
+    const got = Buffer.from(input.take(16)).toString();
+    assert.equal(got, "hi");
+  } finally {
+    input.close();
+    closeSync(fd);
+  }
+});
