@@ -3,7 +3,7 @@
 // end of the device thread's sleep (vcpu-threads.ts, waitForDoorbell).
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { closeSync, constants, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -15,21 +15,24 @@ test("SerialInput: bytes read from the fd ring the device thread's doorbell, wak
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const fifo = join(dir, "in");
   execFileSync("mkfifo", [fifo]);
-  // Read-write: opening a FIFO this way never blocks, and the test writes through the same fd.
-  const fd = openSync(fifo, "r+");
+  // The reader's end non-blocking (the worker retries on EAGAIN), the writer's end separate:
+  // closing it is end of file, which ends the worker, so nothing is left blocked in read().
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const writeFd = openSync(fifo, constants.O_WRONLY);
   const doorbell = new Int32Array(new SharedArrayBuffer(4));
-  const input = new SerialInput(fd);
+  const input = new SerialInput(readFd);
   try {
     assert.equal(input.take(16).length, 0, "nothing before start");
     input.start(doorbell.buffer as SharedArrayBuffer);
-    writeSync(fd, "hi");
+    writeSync(writeFd, "hi");
     const t0 = Date.now();
     assert.ok(waitForDoorbell(doorbell, 0, 20_000), "the doorbell was rung");
     assert.ok(Date.now() - t0 < 10_000, "well before the sleep's timeout");
     const got = Buffer.from(input.take(16)).toString();
     assert.equal(got, "hi");
   } finally {
+    closeSync(writeFd);
     input.close();
-    closeSync(fd);
+    closeSync(readFd);
   }
 });
